@@ -1,0 +1,62 @@
+"""What machine and libraries produced an artefact or a measurement (manifests and records)."""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import os
+import platform
+
+LIBS = ("torch", "transformers", "onnx", "onnxruntime", "triton", "tensorrt", "torch_tensorrt", "torchao",
+        "bitsandbytes")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist.replace("_", "-"))
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@functools.lru_cache(maxsize=1)
+def host_info() -> dict:
+    """CPU, GPU (when torch sees one), and the versions of every library a variant may use."""
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "libs": {lib: v for lib in LIBS if (v := _version(lib))},
+        "gpu": None,
+    }
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            p = torch.cuda.get_device_properties(0)
+            info["gpu"] = {"name": p.name, "capability": f"sm_{p.major}{p.minor}",
+                           "memory_mb": p.total_memory // 2**20, "cuda": torch.version.cuda,
+                           "count": torch.cuda.device_count()}
+    except ImportError:
+        pass
+    return info
+
+
+def device_name() -> str:
+    """The device a CPU/GPU measurement ran on, in words (for tables)."""
+    h = host_info()
+    if h["gpu"]:
+        return h["gpu"]["name"]
+    return f"{h['cpu']} ({h.get('torch_threads', h['cpu_count'])} threads)"

@@ -1,0 +1,265 @@
+"""The offline demo suite, built from the human translations in Debian's gettext catalogs.
+
+Every English msgid and its translations form a parallel corpus in dozens of languages.
+From a fixed list of catalogs (those of `catalogs.DEBIAN_PACKAGES`) we build:
+
+- `demo-topic` (target task): what a message is, from the catalog it comes from: a country,
+  a language, a file type, a GUI label, a widget property or an image-loader message. The
+  head is trained on English only and evaluated on every language's translations
+  (zero-shot cross-lingual transfer, as XNLI or PAWS-X in XTREME).
+- `demo-intermediate` (English intermediate task): the same kind of question on *other*
+  catalogs (currencies, writing systems, subdivisions, command-line messages, PAM,
+  GLib), so that baseline (target only) vs X-STILTs (intermediate, then target) is a real
+  comparison, whatever its outcome.
+- `demo-retrieval` (Tatoeba-style): for each language, retrieve the English source of
+  each test translation among all the language's test sources (and back), top-1 by cosine
+  of mean-pooled embeddings.
+- a `shared` set: the same English test messages translated in every one of a group of
+  languages (at least the non-Latin scripts ar, hi, ja, ko, ru, th, zh, ka, ta, my), for
+  comparisons across languages on identical content (e.g. tokens per sentence).
+
+Splits are decided by a hash of (catalog, msgid), so a message is in the same split on
+every machine whatever languages it has. Messages that are only format strings, multi-line
+help texts and untranslated entries are dropped; duplicates are removed on normalised text
+on both sides (mnemonics, case, punctuation and digits ignored: "_Open"/"Open" collide).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import unicodedata
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from xopt.errors import XoptError
+from xopt.tasks.catalogs import APT_LINE, LOCALE_DIR, locale_catalogs, read_mo
+
+FORMAT = "xopt-demo-suite/1"
+
+TARGET = "demo-topic"
+INTERMEDIATE = "demo-intermediate"
+RETRIEVAL = "demo-retrieval"
+TASKS = (TARGET, RETRIEVAL)
+
+# catalog -> label, per task. Catalogs of the two tasks are disjoint.
+TARGET_LABELS = {
+    "iso_3166-1": "country", "iso_639-2": "language", "shared-mime-info": "file type",
+    "gtk20": "GUI label", "gtk20-properties": "widget property", "gdk-pixbuf": "image loader",
+}
+INTERMEDIATE_LABELS = {
+    "iso_4217": "currency", "iso_15924": "writing system", "iso_3166-2": "subdivision",
+    "coreutils": "command-line tool", "Linux-PAM": "authentication", "glib20": "system library",
+}
+
+# XTREME's 40 languages (English included) and the locale folder that holds each.
+XTREME_LANGS = ("af ar bg bn de el en es et eu fa fi fr he hi hu id it ja jv ka kk ko ml mr ms my nl pt ru "
+                "sw ta te th tl tr ur vi yo zh").split()
+LOCALE_OF = {"zh": "zh_CN"}
+NON_LATIN_REQUIRED = ("ar", "hi", "ja", "ko", "ru", "th", "zh", "ka", "ta", "my")
+QUICK_LANGS = ("de", "ru", "ar", "hi", "ja")
+SCRIPTS = {  # language -> script, for per-script groups in reports
+    **{lang: "Latin" for lang in "af de en es et eu fi fr hu id it jv ms nl pt sw tl tr vi yo".split()},
+    "ar": "Arabic", "fa": "Arabic", "ur": "Arabic", "bg": "Cyrillic", "kk": "Cyrillic", "ru": "Cyrillic",
+    "bn": "Bengali", "el": "Greek", "he": "Hebrew", "hi": "Devanagari", "mr": "Devanagari",
+    "ja": "Japanese", "ka": "Georgian", "ko": "Hangul", "ml": "Malayalam", "my": "Myanmar",
+    "ta": "Tamil", "te": "Telugu", "th": "Thai", "zh": "Han",
+}
+
+_FMT = re.compile(r"%(\d+\$)?[-+ #0']*(\d+|\*)?(\.\d+)?(hh|h|ll|l|L|q|j|z|t|I64|I32)?[diouxXeEfFgGaAcsSpn%]"
+                  r"|%\([^)]*\)[a-z]|\{[^{}]*\}|\$\{?\w+\}?|<[^>]+>")
+_MNEMONIC = re.compile(r"\(_[^\s)]\)|_(?=\w)|&(?=\w)")
+
+
+def clean(text: str) -> str:
+    """Display text: mnemonic markers removed, whitespace collapsed."""
+    return re.sub(r"\s+", " ", _MNEMONIC.sub("", text)).strip()
+
+
+def norm(text: str) -> str:
+    """Key for near-duplicate detection: case, punctuation, digits and format specifiers ignored."""
+    t = unicodedata.normalize("NFKC", _FMT.sub(" ", clean(text))).casefold()
+    return " ".join(re.sub(r"[\W\d_]+", " ", t).split())
+
+
+def usable(text: str, max_chars: int = 160) -> bool:
+    """Not a bare format string, not a multi-line help text, not too long."""
+    if "\n" in text.strip() or len(text) > max_chars:
+        return False
+    return len(norm(text).replace(" ", "")) >= 2
+
+
+def split_of(catalog: str, msgid: str) -> str:
+    """Stable split by hash: 20% test, 10% dev, 70% train."""
+    u = int.from_bytes(hashlib.sha1(f"{catalog}\x00{msgid}".encode()).digest()[:8], "big") / 2**64
+    return "test" if u < 0.2 else "dev" if u < 0.3 else "train"
+
+
+def _example_id(catalog: str, msgid: str) -> str:
+    return hashlib.sha1(f"{catalog}\x00{msgid}".encode()).hexdigest()[:12]
+
+
+def build_suite(locale_dir: Path = LOCALE_DIR, seed: int = 0, per_label: int = 40, train_per_label: int = 100,
+                intermediate_per_label: int = 400, calib_per_lang: int = 64, min_pairs: int = 200,
+                min_shared: int = 100, progress=None) -> dict:
+    """Read the catalogs and build the suite (a JSON-able dict). See the module doc."""
+    catalogs = tuple(TARGET_LABELS) + tuple(INTERMEDIATE_LABELS)
+    found = locale_catalogs(Path(locale_dir), catalogs)
+    if not found:
+        raise XoptError(f"no gettext catalogs under {locale_dir}; install them: {APT_LINE}")
+    label_of = {**TARGET_LABELS, **INTERMEDIATE_LABELS}
+    task_of = {**{c: TARGET for c in TARGET_LABELS}, **{c: INTERMEDIATE for c in INTERMEDIATE_LABELS}}
+
+    # 1. read every catalog of every locale we may use
+    pairs_by_lang: dict[str, list] = {}
+    english: dict[tuple[str, str], str] = {}  # (catalog, msgid) -> cleaned English
+    wanted = {lang: LOCALE_OF.get(lang, lang) for lang in XTREME_LANGS if lang != "en"}
+    items = [(lang, loc) for lang, loc in wanted.items() if loc in found]
+    for lang, loc in (progress(items, "reading catalogs") if progress else items):
+        prs = []
+        for cat, path in found[loc].items():
+            try:
+                entries = read_mo(path)
+            except XoptError:
+                continue   # one broken catalog must not sink the suite; it is simply absent
+            for p in entries:
+                src, tgt = clean(p.source), clean(p.target)
+                if not (usable(p.source) and usable(p.target)) or norm(src) == norm(tgt):
+                    continue
+                english[(cat, p.source)] = src
+                prs.append((cat, p.source, tgt))
+        pairs_by_lang[lang] = prs
+
+    # 2. the English pool: drop normalised duplicates (across catalogs too: ambiguous labels)
+    by_norm = defaultdict(list)
+    for key, src in english.items():
+        by_norm[norm(src)].append(key)
+    keep = {keys[0] for keys in by_norm.values() if len({c for c, _ in keys}) == 1 and len(keys) == 1}
+    keep |= {min(keys) for keys in by_norm.values() if len({c for c, _ in keys}) == 1 and len(keys) > 1}
+
+    rng = random.Random(seed)
+    tasks = {}
+    for task, labels in ((TARGET, TARGET_LABELS), (INTERMEDIATE, INTERMEDIATE_LABELS)):
+        label_names = sorted(set(labels.values()))
+        cap = train_per_label if task == TARGET else intermediate_per_label
+        splits = {"train": [], "dev": [], "test": []}
+        for cat, label in labels.items():
+            keys = sorted(k for k in keep if k[0] == cat)
+            for split in splits:
+                ks = [k for k in keys if (split_of(*k) if task == TARGET else
+                                          ("dev" if split_of(*k) == "dev" else "train")) == split]
+                rng.shuffle(ks)
+                limit = cap if split == "train" else per_label
+                splits[split] += [{"id": _example_id(*k), "text": english[k], "label": label}
+                                  for k in ks[:limit]]
+        for split in splits.values():
+            split.sort(key=lambda e: e["id"])
+        tasks[task] = {"labels": label_names, "catalogs": labels, **{k: v for k, v in splits.items() if v}}
+
+    # 3. per-language test sets (translations of English test messages) and calibration text
+    counts, test, calib, test_pools = {}, {}, {}, {}
+    for lang, prs in sorted(pairs_by_lang.items()):
+        seen, pool = set(), []
+        for cat, msgid, tgt in sorted(prs, key=lambda p: _example_id(p[0], p[1])):
+            n = norm(tgt)
+            if (cat, msgid) not in keep or n in seen:
+                continue
+            seen.add(n)
+            pool.append((cat, msgid, tgt))
+        counts[lang] = len(pool)
+        if len(pool) < min_pairs:
+            continue
+        tp = [p for p in pool if task_of[p[0]] == TARGET and split_of(p[0], p[1]) == "test"]
+        test_pools[lang] = {_example_id(c, m): (c, m, t) for c, m, t in tp}
+        by_label = defaultdict(list)
+        for p in tp:
+            by_label[label_of[p[0]]].append(p)
+        chosen = []
+        for label in sorted(by_label):
+            ps = by_label[label]
+            rng.shuffle(ps)
+            chosen += ps[:per_label]
+        test[lang] = sorted(({"id": _example_id(c, m), "source": english[(c, m)], "text": t,
+                              "label": label_of[c]} for c, m, t in chosen), key=lambda e: e["id"])
+        cp = [t for c, m, t in pool if split_of(c, m) == "train"]
+        rng.shuffle(cp)
+        calib[lang] = cp[:calib_per_lang]
+    # English: its own test set (source side) for in-language scores and calibration text
+    test["en"] = [{"id": e["id"], "source": e["text"], "text": e["text"], "label": e["label"]}
+                  for e in tasks[TARGET]["test"]]
+    en_train = [e["text"] for t in (TARGET, INTERMEDIATE) for e in tasks[t]["train"]]
+    rng.shuffle(en_train)
+    calib["en"] = en_train[:calib_per_lang]
+
+    shared_langs, shared_ids = _shared_set(test_pools, min_shared)
+    shared = {lang: sorted(({"id": i, "source": english[(test_pools[lang][i][0], test_pools[lang][i][1])],
+                             "text": test_pools[lang][i][2], "label": label_of[test_pools[lang][i][0]]}
+                            for i in shared_ids), key=lambda e: e["id"]) for lang in shared_langs}
+    return {"format": FORMAT, "seed": seed, "locale_dir": str(locale_dir),
+            "catalogs": {"target": TARGET_LABELS, "intermediate": INTERMEDIATE_LABELS},
+            "languages": sorted(test), "pair_counts": counts, "tasks": tasks,
+            "test": test, "shared": shared, "calibration": calib,
+            "params": {"per_label": per_label, "train_per_label": train_per_label,
+                       "intermediate_per_label": intermediate_per_label, "min_pairs": min_pairs}}
+
+
+def _shared_set(pools: dict[str, dict], min_shared: int) -> tuple[list[str], list[str]]:
+    """Largest group of languages (the required non-Latin ones always in) whose test pools
+    share at least `min_shared` English messages; drop the worst-covered language first."""
+    langs = sorted(pools)
+    while True:
+        ids = set.intersection(*(set(pools[lang]) for lang in langs)) if langs else set()
+        if len(ids) >= min_shared or len(langs) <= len(NON_LATIN_REQUIRED):
+            return langs, sorted(ids)
+        droppable = [lang for lang in langs if lang not in NON_LATIN_REQUIRED]
+        if not droppable:
+            return langs, sorted(ids)
+        best = max(droppable, key=lambda d: len(set.intersection(*(set(pools[x]) for x in langs if x != d))))
+        langs.remove(best)
+
+
+def save_suite(suite: dict, path: Path) -> Path:
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.fchmod(fd, 0o644)
+    with os.fdopen(fd, "w") as f:
+        json.dump(suite, f, ensure_ascii=False, separators=(",", ":"))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_suite(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise XoptError(f"{path}: demo suite not found; build it with `xopt demo` or `xopt suite --out {path}`")
+    try:
+        suite = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise XoptError(f"{path}: corrupt demo suite ({e}); delete it and rebuild") from None
+    if suite.get("format") != FORMAT:
+        raise XoptError(f"{path}: not a demo suite (format {suite.get('format')!r})")
+    return suite
+
+
+def summary(suite: dict) -> list[tuple[str, int, int, str]]:
+    """(language, catalog pairs, test examples, script) per language, for printing."""
+    return [(lang, suite["pair_counts"].get(lang, 0), len(suite["test"][lang]), SCRIPTS.get(lang, "?"))
+            for lang in suite["languages"]]
+
+
+def ensure_suite(path: Path | None = None, locale_dir: Path = LOCALE_DIR, force: bool = False) -> Path:
+    """The demo suite at `path` (default: in the cache), built from the catalogs if missing."""
+    from xopt.cache import cache_dir
+    from xopt.progress import track
+
+    path = Path(path) if path else cache_dir() / "demo-suite.json"
+    if force or not path.is_file():
+        save_suite(build_suite(locale_dir, progress=lambda items, desc: track(items, desc)), path)
+    return path

@@ -1,0 +1,119 @@
+"""The variant registry: every way xopt can compile a checkpoint, in one list.
+
+A variant is a `Variant` entry (name, backend, precision, device, what it needs) whose
+`build` writes its artefacts into a directory and whose `load` returns a `Runner`. Each
+family module (`eager.py`, `onnx.py`, ...) holds the whole recipe of its variants and
+exports them in `VARIANTS`; `REGISTRY` below is the union. Family modules import their
+heavy libraries inside functions so that listing the registry stays instant.
+
+`compile_variant` and `load_variant` are the only entry points the rest of xopt uses:
+they write/check the manifest, hash the files, refuse foreign or tampered directories and
+variants the host cannot run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from xopt import manifest as mf
+from xopt.errors import XoptError
+from xopt.variants.base import TOKENIZER_FILES, Runner, Variant
+
+FAMILIES = ("eager", "onnx")
+
+
+def _registry() -> dict[str, Variant]:
+    reg: dict[str, Variant] = {}
+    for fam in FAMILIES:
+        for v in importlib.import_module(f"xopt.variants.{fam}").VARIANTS:
+            if v.name in reg:
+                raise RuntimeError(f"variant {v.name} registered twice")
+            reg[v.name] = v
+    return reg
+
+
+REGISTRY = _registry()
+
+
+def get(name: str) -> Variant:
+    if name not in REGISTRY:
+        raise XoptError(f"unknown variant {name!r}; known: {', '.join(REGISTRY)} (see `xopt variants`)")
+    return REGISTRY[name]
+
+
+def compile_variant(checkpoint: str | Path, name: str, out: str | Path, force: bool = False,
+                    options: dict | None = None) -> dict:
+    """Build variant `name` of `checkpoint` into `out` (atomically); return its manifest."""
+    from xopt.models import open_checkpoint
+
+    variant = get(name)
+    if reason := variant.unavailable_reason():
+        raise XoptError(f"variant {name} is not available on this host: {reason}")
+    ckpt = open_checkpoint(checkpoint)
+    out = Path(out)
+    opts = {**variant.options, **(options or {})}
+    with mf.atomic_dir(out, force=force) as tmp:
+        for f in TOKENIZER_FILES:
+            if (ckpt.path / f).is_file():
+                shutil.copy2(ckpt.path / f, tmp / f)
+        t0 = time.perf_counter()
+        extra = variant.build(variant, ckpt, tmp, opts) or {}
+        build_s = time.perf_counter() - t0
+        weights = ckpt.path / "model.safetensors"
+        source = {"checkpoint": str(ckpt.path.resolve()),
+                  "name": ckpt.manifest.get("name", ckpt.path.name),
+                  "weights_sha256": ckpt.manifest.get("files", {}).get("model.safetensors")
+                  or (mf.sha256(weights) if weights.is_file() else None)}
+        man = mf.write(tmp, kind="variant", source=source, extra={
+            "variant": name, "backend": variant.backend, "precision": variant.precision,
+            "device": variant.device, "options": opts,
+            "calibration": extra.pop("calibration", None),
+            "build_s": round(build_s, 3),
+            "model": {**ckpt.card.to_json(), "name": source["name"],
+                      "role": ckpt.manifest.get("role"), "base_model": ckpt.manifest.get("base_model")},
+            **extra})
+    return man
+
+
+@dataclass
+class Loaded:
+    runner: Runner
+    manifest: dict
+    directory: Path
+
+    @property
+    def card(self):
+        from xopt.models import ModelCard
+
+        return ModelCard.from_json(self.manifest["model"])
+
+    @property
+    def model_name(self) -> str:
+        return self.manifest["model"].get("name") or self.manifest["source"].get("name", "?")
+
+    def tokenizer(self):
+        from xopt.models import load_tokenizer
+
+        return load_tokenizer(self.directory)
+
+    def artefact_mb(self) -> float:
+        return sum(p.stat().st_size for p in self.directory.rglob("*") if p.is_file()) / 2**20
+
+
+def load_variant(directory: str | Path) -> Loaded:
+    """Open a variant directory: check manifest, hashes and host, then load its runner."""
+    directory = Path(directory)
+    man = mf.read(directory, kind="variant")
+    name = man.get("variant")
+    if name not in REGISTRY:
+        raise XoptError(f"{directory}: manifest names variant {name!r}, which this xopt "
+                        f"({man.get('xopt_version')} -> current) does not know")
+    variant = REGISTRY[name]
+    if reason := variant.unavailable_reason():
+        raise XoptError(f"{directory}: variant {name} cannot run on this host: {reason}")
+    runner = variant.load(variant, directory, man)
+    return Loaded(runner, man, directory)

@@ -1,0 +1,125 @@
+"""PyTorch variants on the checkpoint's own weights: `fp32`, `compile`, `int8-dynamic`.
+
+All three keep the checkpoint's safetensors (hard-linked, not copied) and apply their
+recipe when loaded; the manifest pins the weights by hash, so a variant directory always
+runs the weights it was built from.
+
+- `fp32`: eager PyTorch with SDPA attention, the reference every other variant is
+  compared against.
+- `compile`: `torch.compile` (inductor) with dynamic batch and sequence dimensions; the
+  compilation happens on the first call, which benchmarks time apart from the loop.
+- `int8-dynamic`: int8 weights per output channel and int8 activations quantised on the fly
+  (torch.ao dynamic quantisation, fbgemm kernels). Linears listed in `keep_fp32` stay in
+  fp32: the FFN output projections see GELU outputs whose outliers per-tensor activation
+  scales cannot represent (measured in the closing note of the spine issue).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from xopt.variants.base import WEIGHT_FILES, Runner, Variant, link_or_copy
+
+
+class TorchRunner(Runner):
+    def __init__(self, name, module, output_names, device="cpu"):
+        super().__init__(name, output_names)
+        self.module = module
+        self.device = device
+
+    def prepare(self, input_ids, attention_mask):
+        import torch
+
+        return (torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)).to(self.device),
+                torch.from_numpy(np.ascontiguousarray(attention_mask, dtype=np.int64)).to(self.device))
+
+    def run(self, inputs):
+        import torch
+
+        with torch.inference_mode():
+            return self.module(*inputs)
+
+    def to_numpy(self, outputs):
+        return {n: o.detach().float().cpu().numpy() for n, o in zip(self.output_names, outputs)}
+
+    def synchronize(self):
+        if self.device != "cpu":
+            import torch
+
+            torch.cuda.synchronize()
+
+
+def _build_weights(variant, ckpt, out: Path, options) -> dict:
+    for f in WEIGHT_FILES:
+        if (ckpt.path / f).is_file():
+            link_or_copy(ckpt.path / f, out / f)
+    return {}
+
+
+def _module(directory: Path, man: dict):
+    from xopt.models import Checkpoint, ModelCard, load_module
+
+    return load_module(Checkpoint(directory, ModelCard.from_json(man["model"]), man))
+
+
+def _outputs(man) -> tuple[str, ...]:
+    from xopt.models import OUTPUT_NAMES
+
+    return OUTPUT_NAMES if man["model"].get("labels") else OUTPUT_NAMES[:1]
+
+
+def _load_fp32(variant, directory, man):
+    return TorchRunner(variant.name, _module(directory, man), _outputs(man))
+
+
+def _load_compile(variant, directory, man):
+    import torch
+
+    module = _module(directory, man)
+    # dynamic=True: one graph for every batch size and sequence length instead of a
+    # recompilation per shape. Options stay local to this module (no global config edits).
+    compiled = torch.compile(module, dynamic=True, mode=man["options"].get("mode"))
+    return TorchRunner(variant.name, compiled, _outputs(man))
+
+
+def quantize_dynamic_int8(module, keep_fp32: str = ""):
+    """int8 per-channel weights, dynamic activations, for every Linear not matched by `keep_fp32`."""
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    keep = re.compile(keep_fp32) if keep_fp32 else None
+    spec = {name: per_channel_dynamic_qconfig for name, m in module.named_modules()
+            if isinstance(m, torch.nn.Linear) and not (keep and keep.search(name))}
+    torch.backends.quantized.engine = "fbgemm" if "fbgemm" in torch.backends.quantized.supported_engines else "qnnpack"
+    return quantize_dynamic(module, qconfig_spec=spec, inplace=False), sorted(spec)
+
+
+def _load_int8_dynamic(variant, directory, man):
+    import warnings
+
+    t0 = time.perf_counter()
+    module = _module(directory, man)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # torch.ao's deprecation notice, once per load
+        qmodule, quantized = quantize_dynamic_int8(module, man["options"].get("keep_fp32", ""))
+    runner = TorchRunner(variant.name, qmodule, _outputs(man))
+    runner.info = {"quantized_linears": len(quantized), "quantize_s": round(time.perf_counter() - t0, 3)}
+    return runner
+
+
+VARIANTS = [
+    Variant("fp32", backend="torch", precision="fp32", device="cpu",
+            description="eager PyTorch, fp32, SDPA attention (the reference)",
+            build=_build_weights, load=_load_fp32),
+    Variant("compile", backend="torch.compile", precision="fp32", device="cpu",
+            description="torch.compile (inductor), dynamic batch and sequence length",
+            build=_build_weights, load=_load_compile, options={"mode": None}),
+    Variant("int8-dynamic", backend="torch", precision="int8", device="cpu",
+            description="int8 weights per channel + dynamic int8 activations (torch.ao, fbgemm)",
+            build=_build_weights, load=_load_int8_dynamic,
+            options={"keep_fp32": r"encoder\.layer\.\d+\.output\.dense$"}),
+]

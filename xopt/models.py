@@ -96,6 +96,14 @@ def open_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
     return Checkpoint(path, card, man)
 
 
+def quiet_hf() -> None:
+    """Transformers' own tqdm bars (loading/writing shards) would interleave with ours."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def load_tokenizer(path: str | Path):
     from transformers import AutoTokenizer
 
@@ -108,6 +116,7 @@ def load_module(ckpt: Checkpoint, dtype=None):
     from safetensors.torch import load_file
     from transformers import AutoModel
 
+    quiet_hf()
     enc = AutoModel.from_pretrained(str(ckpt.path), add_pooling_layer=False, attn_implementation="sdpa",
                                     dtype=dtype or torch.float32)
     model = build_module(enc, len(ckpt.card.labels))
@@ -125,6 +134,7 @@ def save_checkpoint(model, tokenizer, card: ModelCard, out: Path, source: dict, 
 
     from xopt import manifest as mf
 
+    quiet_hf()
     with mf.atomic_dir(out, force=force) as tmp:
         model.encoder.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))

@@ -68,7 +68,7 @@ def run_demo(out: Path, quick: bool = False, force: bool = False) -> dict:
     t = _step("demo suite (gettext catalogs)")
     suite_path = demo.ensure_suite()
     suite = demo.load_suite(suite_path)
-    langs = [lang for lang in (demo.QUICK_LANGS[:4] + ("en",) if quick else suite["test"]) if lang in suite["test"]]
+    langs = [lang for lang in (demo.QUICK_LANGS + ("en",) if quick else suite["test"]) if lang in suite["test"]]
     console.print(f"{suite_path}: {len(suite['languages'])} languages; catalog pairs per language: " +
                   ", ".join(f"{lang} {n}" for lang, n, _, _ in demo.summary(suite)))
     timings["suite_s"] = time.perf_counter() - t

@@ -191,9 +191,11 @@ def summary_table(rows: list[dict], tasks: list[str], reference: str = "fp32"):
                 cells += ["n/a"] * 3
                 continue
             lo, hi = st["retention_ci"]
-            ret = (f"{st['retention']:.2f}\n({lo:.1f}..{hi:.1f})" if np.isfinite(st["retention"]) else "n/a")
-            if st["retention_uncertain"]:
-                ret += "\n[dim]gain too small[/dim]"
+            if st["retention_uncertain"] or not np.isfinite(st["retention"]):
+                g_lo, g_hi = st["ref_gain_ci"]
+                ret = f"n/a: {reference} gain\n{st['ref_gain']:+.1f} ({g_lo:+.1f}..{g_hi:+.1f})"
+            else:
+                ret = f"{st['retention']:.2f}\n({lo:.2f}..{hi:.2f})"
             w = st.get("worst")
             cells += [f"{st['score']:.1f}", ret, f"{w[0]} {w[1]:+.1f}" if w else "n/a"]
         cells += [f"{r['p50_ms']:.1f}" if "p50_ms" in r else "n/a",

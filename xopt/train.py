@@ -135,7 +135,7 @@ def run_stage(model, tokenizer, prefix: str, suite: dict, stage: Stage, seed: in
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             if progress:
                 done = epoch * steps_per_epoch + b + 1
                 progress.update(task_id, advance=1,

@@ -9,9 +9,8 @@ runs the weights it was built from.
 - `compile`: `torch.compile` (inductor) with dynamic batch and sequence dimensions; the
   compilation happens on the first call, which benchmarks time apart from the loop.
 - `int8-dynamic`: int8 weights per output channel and int8 activations quantised on the fly
-  (torch.ao dynamic quantisation, fbgemm kernels). Linears listed in `keep_fp32` stay in
-  fp32: the FFN output projections see GELU outputs whose outliers per-tensor activation
-  scales cannot represent (measured in the closing note of the spine issue).
+  (torch.ao dynamic quantisation, fbgemm kernels). Linears matched by `keep_fp32` stay in
+  fp32: the FFN output projections and the head, as in `xopt.variants.onnx.KEEP_FP32`.
 """
 
 from __future__ import annotations
@@ -121,5 +120,5 @@ VARIANTS = [
     Variant("int8-dynamic", backend="torch", precision="int8", device="cpu",
             description="int8 weights per channel + dynamic int8 activations (torch.ao, fbgemm)",
             build=_build_weights, load=_load_int8_dynamic,
-            options={"keep_fp32": r"encoder\.layer\.\d+\.output\.dense$"}),
+            options={"keep_fp32": r"encoder\.layer\.\d+\.output\.dense$|^head$"}),
 ]

@@ -1,0 +1,82 @@
+"""The CLI through typer's CliRunner: exit codes, one-line errors, JSON output."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from xopt.cli import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _one_line_error(res, code=2):
+    assert res.exit_code == code, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("xopt: error:"), res.output
+    return lines[0]
+
+
+def test_help_is_instant_and_lists_every_command():
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "xopt.cli", "--help"], capture_output=True, text=True, check=True)
+    assert time.perf_counter() - t0 < 5
+    for cmd in ("demo", "import", "train", "compile", "eval", "bench", "report", "pick", "variants"):
+        assert cmd in out.stdout
+
+
+def test_variants_json():
+    res = run("variants", "--json")
+    assert res.exit_code == 0
+    rows = {r["name"]: r for r in json.loads(res.stdout)}
+    assert rows["fp32"]["available"] and rows["onnx-int8"]["precision"] == "int8"
+
+
+def test_errors_are_one_line(tmp_path, tiny_ckpt, tiny_suite):
+    assert "unknown variant 'nope'" in _one_line_error(run("compile", tiny_ckpt, "--variant", "nope", "--out",
+                                                           tmp_path / "v"))
+    assert "not a directory" in _one_line_error(run("compile", tmp_path / "missing", "--variant", "fp32", "--out",
+                                                    tmp_path / "v"))
+    assert "no manifest.json" in _one_line_error(run("eval", tmp_path, "--suite", "demo", "--data", tiny_suite))
+    assert "suite not found" in _one_line_error(run("eval", tmp_path, "--data", tmp_path / "x.json"))
+    assert "unknown model" in _one_line_error(run("import", "bert-huge", "--out", tmp_path / "m"))
+    assert not (tmp_path / "v").exists() and not (tmp_path / "m").exists()
+
+
+def test_compile_eval_bench_report_pick_on_a_tiny_model(tmp_path, tiny_ckpt, tiny_suite):
+    v = tmp_path / "fp32"
+    res = run("compile", tiny_ckpt, "--variant", "fp32", "--out", v, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["variant"] == "fp32"
+    assert "already exists" in _one_line_error(run("compile", tiny_ckpt, "--variant", "fp32", "--out", v))
+    out = tmp_path / "r.jsonl"
+    res = run("eval", v, "--suite", "demo", "--data", tiny_suite, "--langs", "de,ja", "--out", out, "--json")
+    assert res.exit_code == 0, res.output
+    recs = json.loads(res.stdout)
+    assert {(r["task"], r["lang"]) for r in recs} >= {("demo-topic", "de"), ("demo-retrieval", "ja"),
+                                                       ("demo-topic", "avg")}
+    assert "not in the demo suite" in _one_line_error(run("eval", v, "--data", tiny_suite, "--langs", "xx"))
+    assert "unknown demo task" in _one_line_error(run("eval", v, "--data", tiny_suite, "--tasks", "xnli2"))
+    res = run("bench", v, "--batch", "1,2", "--seq-len", "16", "--rounds", "2", "--min-time", "0.05",
+              "--min-iters", "3", "--out", out, "--compare", "fp32")
+    assert res.exit_code == 0, res.output
+    assert "exceeds the model's maximum length" in _one_line_error(run("bench", v, "--seq-len", "4096"))
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sum(r["kind"] == "bench" for r in lines) == 2
+    res = run("report", out, "--out", tmp_path / "rep")
+    assert res.exit_code == 0 and (tmp_path / "rep" / "report.md").is_file()
+    res = run("pick", out, "--max-p50-ms", "0.000001")
+    assert res.exit_code == 1 and "no variant meets" in res.output
+
+
+def test_train_refuses_unknown_task_before_training(tmp_path, tiny_ckpt, tiny_suite):
+    msg = _one_line_error(run("train", "--model", tiny_ckpt, "--target", "demo-topic", "--intermediate", "mnli",
+                              "--data", tiny_suite, "--out", tmp_path / "t"))
+    assert "unknown training task 'mnli'" in msg and not (tmp_path / "t").exists()

@@ -1,0 +1,58 @@
+"""The Dockerfile parses and installs this package; the package maps kernels/ and calibration/."""
+
+import json
+import shlex
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    out, buf = [], ""
+    for line in path.read_text().splitlines():
+        if not buf and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        buf += line.rstrip("\\").strip() + " "
+        if not line.rstrip().endswith("\\"):
+            word, _, rest = buf.strip().partition(" ")
+            out.append((word.upper(), rest.strip()))
+            buf = ""
+    assert not buf, "dangling line continuation"
+    return out
+
+
+def test_dockerfile_parses_and_installs_xopt():
+    ins = dockerfile_instructions(ROOT / "Dockerfile")
+    known = {"FROM", "RUN", "COPY", "WORKDIR", "ENTRYPOINT", "CMD", "ENV", "ARG", "LABEL"}
+    assert {i for i, _ in ins} <= known
+    assert ins[0][0] == "FROM" and ins[0][1].startswith("nvcr.io/nvidia/pytorch:")
+    assert ("ENTRYPOINT", '["xopt"]') in ins
+    copied = {shlex.split(a)[0] for i, a in ins if i == "COPY"}
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    for src in pyproject["tool"]["setuptools"]["package-dir"].values():
+        assert src in copied, f"Dockerfile does not copy {src}/"
+    run = " ".join(a for i, a in ins if i == "RUN")
+    assert "pip install" in run and "iso-codes" in run
+    for src in copied:
+        assert (ROOT / src).exists(), f"Dockerfile copies {src}, which is not in the repository"
+
+
+def test_wheel_installs_with_mapped_subpackages(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "w"), str(ROOT)], check=True)
+    wheel = next((tmp_path / "w").glob("xopt-*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp_path / "t"),
+                    str(wheel)], check=True)
+    code = ("import json, xopt, xopt.kernels, xopt.calibration, xopt.variants; "
+            "print(json.dumps([xopt.kernels.__file__, xopt.calibration.__file__, sorted(xopt.variants.REGISTRY)]))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "t")},
+                         capture_output=True, text=True, check=True)
+    kern, calib, names = json.loads(out.stdout)
+    assert kern.startswith(str(tmp_path / "t")) and calib.startswith(str(tmp_path / "t"))
+    assert "onnx-int8" in names
+    entry = (tmp_path / "t").glob("xopt-*.dist-info/entry_points.txt")
+    assert "xopt = xopt.cli:main" in next(entry).read_text()

@@ -1,0 +1,79 @@
+import json
+import time
+
+import numpy as np
+import pytest
+
+from xopt import results
+from xopt.bench import Measurement, Shape, Timer, measure_interleaved, percentiles, timed_loop, warm
+from xopt.errors import XoptError
+from xopt.variants.base import Runner
+
+
+def _bench_fields(**kw):
+    return dict(model="m", variant="v", batch=1, seq_len=8, p50_ms=1.0, p90_ms=1.0, p99_ms=1.0, mean_ms=1.0,
+                throughput_seq_s=1.0, throughput_tok_s=8.0, peak_mem_mb=1.0, warmup=1, iters=1,
+                scenario="fixed-batch", **kw)
+
+
+def test_records_validate_and_append_round_trip(tmp_path):
+    p = tmp_path / "r.jsonl"
+    rec = results.record("bench", **_bench_fields())
+    with pytest.raises(ValueError, match="lacks"):
+        results.record("eval", model="m", variant="v")
+    results.append(p, [rec, rec])
+    with open(p, "a") as f:
+        f.write("{broken\n")
+    got, skipped = results.read([p])
+    assert len(got) == 2 and skipped[0].where.endswith("r.jsonl:3")
+    with pytest.raises(XoptError, match="r.jsonl:3"):
+        results.read([p], strict=True)
+
+
+def test_percentiles_on_known_samples():
+    st = percentiles(list(range(1, 101)))
+    assert st["p50_ms"] == pytest.approx(50.5) and st["p99_ms"] == pytest.approx(99.01)
+    assert st["min_ms"] == 1 and st["mean_ms"] == pytest.approx(50.5)
+
+
+def busy_wait(ms):
+    end = time.perf_counter() + ms / 1000
+    while time.perf_counter() < end:
+        pass
+
+
+def test_timer_measures_a_busy_wait():
+    t = Timer("cpu")
+    got = [t(busy_wait, 5.0) for _ in range(10)]
+    assert 4.9 <= np.median(got) <= 6.5
+
+
+class FakeRunner(Runner):
+    def __init__(self, name, ms):
+        super().__init__(name, ("sentence_embedding",))
+        self.ms = ms
+
+    def prepare(self, ids, mask):
+        return ids
+
+    def run(self, x):
+        busy_wait(self.ms)
+
+
+def test_interleaved_measurement_ranks_two_runners_and_counts_real_tokens():
+    shape = Shape(4, lengths=[3, 5, 9], source="test")
+    ms = measure_interleaved({"fast": FakeRunner("fast", 1.0), "slow": FakeRunner("slow", 3.0)}, shape,
+                             vocab_size=100, pad_id=1, rounds=3, min_iters=5, min_time_s=0.02)
+    assert len(ms["fast"].round_p50_ms) == 3
+    assert ms["slow"].samples_ms and np.median(ms["slow"].samples_ms) > 2 * np.median(ms["fast"].samples_ms)
+    assert all(4 * 3 <= t <= 4 * 9 for t in ms["fast"].tokens)   # non-pad tokens of each batch
+    ids, mask = shape.batches(100, 1)[0]
+    assert ids.shape[1] == mask.sum(1).max() and (ids[mask == 0] == 1).all()
+
+
+def test_timed_loop_respects_min_iters_and_time():
+    r, m = FakeRunner("x", 0.5), Measurement()
+    warm(r, [None], Timer(), m, max_iters=12)
+    assert 1 < m.warmup <= 13
+    timed_loop(r, [None], [8], Timer(), m, min_iters=7, min_time_s=0.01, max_time_s=1.0)
+    assert len(m.samples_ms) >= 7

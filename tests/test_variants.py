@@ -1,0 +1,116 @@
+"""Every CPU variant on a tiny model: built, reloaded, and checked against fp32."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from xopt.errors import XoptError
+from xopt.variants import REGISTRY, compile_variant, load_variant
+
+CPU_VARIANTS = [v.name for v in REGISTRY.values() if v.device == "cpu"]
+TEXTS = ["query: Open the file", "query: ファイルを開けません", "query: Пароль изменён", "query: x"]
+
+
+def _inputs(ckpt):
+    from xopt.evaluate import pad, tokenize
+    from xopt.models import load_tokenizer
+
+    tok = load_tokenizer(ckpt)
+    return pad(tokenize(tok, TEXTS), tok.pad_token_id)
+
+
+def sqnr_db(ref, got):
+    return 10 * np.log10((ref ** 2).sum() / max(((ref - got) ** 2).sum(), 1e-30))
+
+
+@pytest.fixture(scope="module")
+def built(tiny_ckpt, tiny_suite, tmp_path_factory):
+    root = tmp_path_factory.mktemp("variants")
+    return {name: compile_variant(tiny_ckpt, name, root / name, options={"calib_data": str(tiny_suite),
+                                                                          "calib_samples": 24}
+                                  if REGISTRY[name].calibrated else None) and root / name
+            for name in CPU_VARIANTS}
+
+
+@pytest.mark.parametrize("name", CPU_VARIANTS)
+def test_variant_matches_fp32(name, built, tiny_ckpt):
+    ids, mask = _inputs(tiny_ckpt)
+    ref = load_variant(built["fp32"]).runner(ids, mask)
+    lv = load_variant(built[name])
+    got = lv.runner(ids, mask)
+    assert set(got) == {"sentence_embedding", "logits"}
+    man = lv.manifest
+    for key in ("xopt_version", "variant", "source", "precision", "backend", "calibration", "created", "host",
+                "files"):
+        assert key in man
+    assert man["source"]["weights_sha256"]
+    for out in got:
+        r, g = ref[out], got[out]
+        assert g.shape == r.shape
+        if REGISTRY[name].precision == "int8":
+            assert sqnr_db(r, g) >= 20, f"{name}/{out}: SQNR {sqnr_db(r, g):.1f} dB"
+        else:
+            cos = (r * g).sum(-1) / (np.linalg.norm(r, axis=-1) * np.linalg.norm(g, axis=-1))
+            assert cos.min() >= 0.99, f"{name}/{out}: cosine {cos.min():.4f}"
+    # padding must not change a row's result: the same text alone vs in a padded batch
+    alone = lv.runner(ids[3:4, :int(mask[3].sum())], mask[3:4, :int(mask[3].sum())])
+    tol = 0.05 if REGISTRY[name].precision == "int8" else 1e-3
+    assert np.allclose(alone["sentence_embedding"][0], got["sentence_embedding"][3], atol=tol * max(
+        1.0, np.abs(got["sentence_embedding"][3]).max()))
+
+
+def test_calibrated_variant_records_its_calibration(built):
+    cal = json.loads((built["onnx-int8"] / "manifest.json").read_text())["calibration"]
+    assert cal["samples"] == 24 and cal["method"] == "minmax" and set(cal["languages"]) >= {"de", "ja", "ru"}
+    assert len(cal["ids_sha256"]) == 64
+
+
+def test_onnx_int8_is_qdq_and_keeps_ffn_output_in_fp32(built):
+    import onnx
+
+    g = onnx.load(str(built["onnx-int8"] / "model.onnx")).graph
+    ops = {n.op_type for n in g.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    kept = json.loads((built["onnx-int8"] / "manifest.json").read_text())["kept_fp32"]
+    assert kept and all("output/dense" in k for k in kept)
+    # a kept MatMul takes float inputs straight, not through a DequantizeLinear of a weight
+    producers = {o: n for n in g.node for o in n.output}
+    for n in g.node:
+        if n.name in kept:
+            assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in n.input[1:])
+
+
+def test_tampered_variant_is_refused(built, tmp_path):
+    d = tmp_path / "v"
+    shutil.copytree(built["onnx-fp32"], d)
+    with open(d / "model.onnx", "r+b") as f:
+        f.seek(1000)
+        f.write(b"\x00\x01\x02\x03")
+    with pytest.raises(XoptError, match="does not match its manifest hash"):
+        load_variant(d)
+
+
+def test_unknown_variant_and_foreign_manifest(tiny_ckpt, built, tmp_path):
+    with pytest.raises(XoptError, match="unknown variant 'fp64'"):
+        compile_variant(tiny_ckpt, "fp64", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+    d = tmp_path / "v"
+    shutil.copytree(built["fp32"], d)
+    man = json.loads((d / "manifest.json").read_text())
+    man["variant"] = "tensorrt-from-the-future"
+    (d / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(XoptError, match="does not know"):
+        load_variant(d)
+
+
+def test_existing_output_refused_without_force(tiny_ckpt, built):
+    with pytest.raises(XoptError, match="--force"):
+        compile_variant(tiny_ckpt, "fp32", built["fp32"])
+
+
+def test_registry_lists_availability():
+    for v in REGISTRY.values():
+        assert v.unavailable_reason() is None or isinstance(v.unavailable_reason(), str)
+    assert {"fp32", "compile", "int8-dynamic", "onnx-fp32", "onnx-int8", "onnx-int8-dynamic"} <= set(REGISTRY)

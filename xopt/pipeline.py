@@ -79,7 +79,7 @@ def run_demo(out: Path, quick: bool = False, force: bool = False) -> dict:
 
     t = _step("train baseline and X-STILTs")
     ckpts = out / "checkpoints"
-    inter = replace(DEMO_INTERMEDIATE, epochs=1, max_examples=320) if quick else DEMO_INTERMEDIATE
+    inter = replace(DEMO_INTERMEDIATE, max_examples=320) if quick else DEMO_INTERMEDIATE
     train(base, demo.TARGET, suite_path, ckpts / "baseline", target_stage=DEMO_TARGET)
     train(base, demo.TARGET, suite_path, ckpts / "xstilts", intermediate=demo.INTERMEDIATE,
           target_stage=DEMO_TARGET, intermediate_stage=inter)
@@ -105,8 +105,8 @@ def run_demo(out: Path, quick: bool = False, force: bool = False) -> dict:
     t = _step("benchmark (interleaved rounds)")
     with bar() as progress:
         bench([dirs[("xstilts", n)] for n in names], batches=(1,) if quick else (1, 8), seq_lens=(128,),
-              lengths="demo", rounds=2 if quick else 3, min_time_s=0.2 if quick else 1.0,
-              max_time_s=5.0 if quick else 10.0, out=res, progress=progress)
+              lengths="demo", rounds=2 if quick else 3, min_time_s=0.2 if quick else 0.5,
+              min_iters=5, max_time_s=5.0, out=res, progress=progress)
     timings["bench_s"] = time.perf_counter() - t
 
     t = _step("report")

@@ -40,7 +40,7 @@ class Stage:
     top_layers: int | None = None   # train only the top k transformer layers (None: all)
 
 
-DEMO_INTERMEDIATE = Stage("demo-intermediate", train="encoder", epochs=2, lr=5e-5, top_layers=4)
+DEMO_INTERMEDIATE = Stage("demo-intermediate", train="encoder", epochs=1, lr=8e-5, top_layers=4)
 DEMO_TARGET = Stage("demo-topic", train="head", epochs=100, lr=3e-3, batch_size=64)
 
 

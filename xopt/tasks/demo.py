@@ -37,7 +37,7 @@ from pathlib import Path
 from xopt.errors import XoptError
 from xopt.tasks.catalogs import APT_LINE, LOCALE_DIR, locale_catalogs, read_mo
 
-FORMAT = "xopt-demo-suite/1"
+FORMAT = "xopt-demo-suite/2"
 
 TARGET = "demo-topic"
 INTERMEDIATE = "demo-intermediate"
@@ -101,7 +101,7 @@ def _example_id(catalog: str, msgid: str) -> str:
     return hashlib.sha1(f"{catalog}\x00{msgid}".encode()).hexdigest()[:12]
 
 
-def build_suite(locale_dir: Path = LOCALE_DIR, seed: int = 0, per_label: int = 40, train_per_label: int = 100,
+def build_suite(locale_dir: Path = LOCALE_DIR, seed: int = 0, per_label: int = 25, train_per_label: int = 100,
                 intermediate_per_label: int = 400, calib_per_lang: int = 64, min_pairs: int = 200,
                 min_shared: int = 100, progress=None) -> dict:
     """Read the catalogs and build the suite (a JSON-able dict). See the module doc."""
@@ -260,6 +260,11 @@ def ensure_suite(path: Path | None = None, locale_dir: Path = LOCALE_DIR, force:
     from xopt.progress import track
 
     path = Path(path) if path else cache_dir() / "demo-suite.json"
+    if not force and path.is_file():
+        try:
+            load_suite(path)
+        except XoptError:
+            force = True   # an older format or a damaged file: rebuild it
     if force or not path.is_file():
         save_suite(build_suite(locale_dir, progress=lambda items, desc: track(items, desc)), path)
     return path

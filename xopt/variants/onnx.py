@@ -24,7 +24,9 @@ kernels when the session is created. The same Q/DQ graph is what TensorRT consum
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import re
 import shutil
 import warnings
@@ -60,6 +62,20 @@ class OrtRunner(Runner):
 
     def to_numpy(self, outputs):
         return dict(zip(self.output_names, outputs))
+
+
+@contextlib.contextmanager
+def quiet():
+    """ONNX Runtime's quantiser logs advice on the root logger and warns freely; not ours to show."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
 
 
 def session(path: Path, threads: int | None = None):
@@ -187,8 +203,7 @@ def _build_int8_dynamic(variant, ckpt, out: Path, options) -> dict:
     # so a kept Gemm must be excluded under that name too.
     excluded = [x for n in graph.node if keep and keep.search(n.name)
                 for x in ([n.name, n.name + "_MatMul"] if n.op_type == "Gemm" else [n.name])]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet():
         # DefaultTensorType: the fused contrib ops (Attention, SkipLayerNormalization) carry no
         # type information for the quantiser's shape inference; their outputs are float.
         quantize_dynamic(str(fp32), str(out / MODEL_FILE), per_channel=True, weight_type=QuantType.QInt8,
@@ -217,8 +232,7 @@ def _build_int8(variant, ckpt, out: Path, options) -> dict:
     extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
     if method == "percentile":
         extra["CalibPercentile"] = float(options.get("calib_percentile", 99.999))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet():
         quantize_static(str(raw), str(out / MODEL_FILE), OrtReader(calib), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=op_types, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,

@@ -87,7 +87,8 @@ def gain_stats(t: Tables, task: str, variant: str, reference: str, baseline: str
     with np.errstate(divide="ignore", invalid="ignore"):
         ret_b = g_b / gr_b
     ret = gain / gain_ref if gain_ref else math.nan
-    lo, hi = (np.nanpercentile(ret_b, [2.5, 97.5]) if np.isfinite(ret_b).any() else (math.nan, math.nan))
+    finite = ret_b[np.isfinite(ret_b)]
+    lo, hi = np.percentile(finite, [2.5, 97.5]) if len(finite) else (math.nan, math.nan)
     g_lo, g_hi = np.percentile(g_b, [2.5, 97.5])
     gr_lo, gr_hi = np.percentile(gr_b, [2.5, 97.5])
     return {"task": task, "variant": variant, "n_langs": len(cols["x"]), "score": point["x"],

@@ -116,7 +116,7 @@ class Measurement:
     peak_mem_mb: float | None = None
 
 
-def warm(runner, prepared: list, timer: Timer, m: Measurement, max_iters: int = 50, max_s: float = 20.0) -> None:
+def warm(runner, prepared: list, timer: Timer, m: Measurement, max_iters: int = 50, max_s: float = 5.0) -> None:
     """Cold call, then warm-up until the moving median is stable (bounded)."""
     m.cold_ms = timer(runner.run, prepared[0])
     hist, t0 = [], time.perf_counter()
@@ -231,6 +231,8 @@ def bench(variant_dirs: list, batches=(1, 8), seq_lens=(128,), lengths: str | No
     for d in variant_dirs:
         lv = load_variant(d)
         key = f"{lv.model_name}/{lv.manifest['variant']}"
+        if key in loaded:        # two builds of one variant (e.g. other options): tell them apart
+            key += f"@{Path(d).name}"
         loaded[key] = lv
     first = next(iter(loaded.values()))
     tok = first.tokenizer()

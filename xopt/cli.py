@@ -114,7 +114,7 @@ def compile_cmd(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint dire
                     "--calib-langs", help="all, en, or a comma-separated list of language codes.")] = None,
                 calib_samples: Annotated[Optional[int], typer.Option("--calib-samples")] = None,
                 calib_method: Annotated[Optional[str], typer.Option(
-                    "--calib-method", help="minmax, percentile, entropy or distribution.")] = None,
+                    "--calib-method", help="minmax (percentile/entropy/MSE: see the calibration issue).")] = None,
                 keep_fp32: Annotated[Optional[str], typer.Option(
                     "--keep-fp32", help="Regex of layers/nodes left unquantised ('' quantises all).")] = None,
                 json_out: Json = False):

@@ -37,7 +37,7 @@ from pathlib import Path
 from xopt.errors import XoptError
 from xopt.tasks.catalogs import APT_LINE, LOCALE_DIR, locale_catalogs, read_mo
 
-FORMAT = "xopt-demo-suite/2"
+FORMAT = "xopt-demo-suite/3"
 
 TARGET = "demo-topic"
 INTERMEDIATE = "demo-intermediate"
@@ -101,7 +101,7 @@ def _example_id(catalog: str, msgid: str) -> str:
     return hashlib.sha1(f"{catalog}\x00{msgid}".encode()).hexdigest()[:12]
 
 
-def build_suite(locale_dir: Path = LOCALE_DIR, seed: int = 0, per_label: int = 25, train_per_label: int = 100,
+def build_suite(locale_dir: Path = LOCALE_DIR, seed: int = 0, per_label: int = 20, train_per_label: int = 100,
                 intermediate_per_label: int = 400, calib_per_lang: int = 64, min_pairs: int = 200,
                 min_shared: int = 100, progress=None) -> dict:
     """Read the catalogs and build the suite (a JSON-able dict). See the module doc."""

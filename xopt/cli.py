@@ -139,7 +139,7 @@ def eval_cmd(variant_dir: Annotated[Path, typer.Argument(help="Variant directory
              split: Annotated[str, typer.Option("--split", help="test, or shared (same messages in every "
                                                                 "language of the shared group).")] = "test",
              max_examples: Annotated[Optional[int], typer.Option("--max-examples")] = None,
-             batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+             batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
              out: OutResults = None, json_out: Json = False):
     """Score a variant on a suite, per task and language (records to --out)."""
     from xopt import results

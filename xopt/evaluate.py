@@ -80,7 +80,7 @@ def retrieval_outcomes(src: np.ndarray, tgt: np.ndarray) -> np.ndarray:
 
 
 def eval_demo(loaded, suite: dict, tasks=demo.TASKS, langs=None, split: str = "test",
-              batch_size: int = 32, max_examples: int | None = None) -> list[dict]:
+              batch_size: int = 64, max_examples: int | None = None) -> list[dict]:
     """Records for the demo suite's tasks on `langs` (default: all the suite has)."""
     unknown = [t for t in tasks if t not in demo.TASKS]
     if unknown:
@@ -150,7 +150,7 @@ def _ids_digest(exs) -> str:
 
 
 def evaluate(variant_dir: str | Path, suite: str, data: str | Path | None = None, tasks=None, langs=None,
-             split: str = "test", batch_size: int = 32, max_examples: int | None = None) -> list[dict]:
+             split: str = "test", batch_size: int = 64, max_examples: int | None = None) -> list[dict]:
     from xopt.variants import load_variant
 
     if suite != "demo":

@@ -105,7 +105,7 @@ def run_demo(out: Path, quick: bool = False, force: bool = False) -> dict:
     t = _step("benchmark (interleaved rounds)")
     with bar() as progress:
         bench([dirs[("xstilts", n)] for n in names], batches=(1,) if quick else (1, 8), seq_lens=(128,),
-              lengths="demo", rounds=2 if quick else 3, min_time_s=0.2 if quick else 0.5,
+              lengths="demo", rounds=2, min_time_s=0.2 if quick else 0.5,
               min_iters=5, max_time_s=5.0, out=res, progress=progress)
     timings["bench_s"] = time.perf_counter() - t
 

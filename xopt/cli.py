@@ -58,8 +58,9 @@ def _print_json(obj) -> None:
 @command("variants")
 def variants_cmd(json_out: Json = False):
     """List every variant with whether this host can build and run it (and why not)."""
-    from rich.console import Console
     from rich.table import Table
+
+    from xopt.progress import out_console
 
     from xopt.variants import REGISTRY
 
@@ -72,7 +73,7 @@ def variants_cmd(json_out: Json = False):
     for r in rows:
         t.add_row(r["name"], r["backend"], r["precision"], r["device"],
                   "yes" if r["available"] else f"no: {r['reason']}", r["description"])
-    Console().print(t)
+    out_console().print(t)
 
 
 @command("import")

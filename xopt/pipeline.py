@@ -20,7 +20,7 @@ from rich.console import Console
 from xopt.errors import XoptError
 
 # Wide enough for the summary table when stderr is a log file rather than a terminal.
-console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def cached_e5(force: bool = False) -> Path:

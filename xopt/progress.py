@@ -13,6 +13,11 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgress
 console = Console(stderr=True)
 
 
+def out_console() -> Console:
+    """Stdout for tables: the terminal's width, or wide enough when piped to a log."""
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
 def enabled() -> bool:
     return os.environ.get("XOPT_PROGRESS", "1") != "0"
 

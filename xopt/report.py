@@ -139,19 +139,21 @@ def summary_rows(t: Tables, reference="fp32", baseline="baseline", xstilts="xsti
 # ------------------------------------------------------------------ console tables
 
 def print_eval(recs: list[dict]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from xopt.progress import out_console
 
     t = Table("model", "variant", "task", "lang", "metric", "value", "n")
     for r in recs:
         t.add_row(r["model"], r["variant"], r["task"], r["lang"], r["metric"], f"{r['value']:.2f}",
                   str(r["n_examples"]))
-    Console().print(t)
+    out_console().print(t)
 
 
 def print_bench(recs: list[dict], compare: str | None = None) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from xopt.progress import out_console
 
     ref = {}
     if compare:
@@ -169,7 +171,7 @@ def print_bench(recs: list[dict], compare: str | None = None) -> None:
             rr = ref.get((r["model"], r["batch"], shape_key(r)))
             cells.append(f"{rr['p50_ms'] / r['p50_ms']:.2f}x" if rr else "n/a")
         t.add_row(*cells)
-    Console().print(t)
+    out_console().print(t)
 
 
 def summary_table(rows: list[dict], tasks: list[str], reference: str = "fp32"):

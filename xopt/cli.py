@@ -61,7 +61,6 @@ def variants_cmd(json_out: Json = False):
     from rich.table import Table
 
     from xopt.progress import out_console
-
     from xopt.variants import REGISTRY
 
     rows = [{"name": v.name, "backend": v.backend, "precision": v.precision, "device": v.device,

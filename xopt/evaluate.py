@@ -42,7 +42,7 @@ def length_batches(lengths: list[int], batch_size: int) -> list[np.ndarray]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def run_texts(loaded, texts: list[str], batch_size: int = 32, tokenizer=None, progress=None,
+def run_texts(loaded, texts: list[str], batch_size: int = 64, tokenizer=None, progress=None,
               description: str = "") -> dict[str, np.ndarray]:
     """Outputs of the variant for `texts`, in input order."""
     if not texts:

@@ -71,6 +71,11 @@ def build_module(encoder, num_labels: int = 0):
 OUTPUT_NAMES = ("sentence_embedding", "logits")   # "embedding" clashes with an ONNX value name
 
 
+def output_names(labels) -> tuple[str, ...]:
+    """What XoptModel returns: the embedding, and logits when there is a head."""
+    return OUTPUT_NAMES if labels else OUTPUT_NAMES[:1]
+
+
 @dataclass
 class Checkpoint:
     path: Path
@@ -79,7 +84,7 @@ class Checkpoint:
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        return OUTPUT_NAMES if self.card.labels else OUTPUT_NAMES[:1]
+        return output_names(self.card.labels)
 
 
 def open_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:

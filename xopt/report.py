@@ -164,7 +164,8 @@ def print_bench(recs: list[dict], compare: str | None = None) -> None:
               "peak MB", *(["p50 vs " + compare] if compare else []))
     for r in recs:
         name = Path(r["variant_dir"]).name if r.get("variant_dir") else r["variant"]
-        cells = [r["model"], r["variant"] + ("" if name == r["variant"] else f" ({name})"), str(r["batch"]), shape_key(r), f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
+        variant = r["variant"] + ("" if name == r["variant"] else f" ({name})")
+        cells = [r["model"], variant, str(r["batch"]), shape_key(r), f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
                  " ".join(f"{x:.1f}" for x in r.get("round_p50_ms", [])), f"{r['throughput_seq_s']:.1f}",
                  f"{r['throughput_tok_s']:.0f}", f"{r['peak_mem_mb']:.0f}" if r.get("peak_mem_mb") else "n/a"]
         if compare:

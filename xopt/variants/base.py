@@ -12,6 +12,11 @@ from typing import Any, Callable
 import numpy as np
 
 
+def output_names(man: dict) -> tuple[str, ...]:
+    """The outputs of the model a variant manifest describes."""
+    from xopt.models import output_names as names
+
+    return names(man["model"].get("labels"))
 
 
 class Runner:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xopt.variants.base import WEIGHT_FILES, Runner, Variant, link_or_copy
+from xopt.variants.base import WEIGHT_FILES, Runner, Variant, link_or_copy, output_names
 
 
 class TorchRunner(Runner):
@@ -65,14 +65,8 @@ def _module(directory: Path, man: dict):
     return load_module(Checkpoint(directory, ModelCard.from_json(man["model"]), man))
 
 
-def _outputs(man) -> tuple[str, ...]:
-    from xopt.models import OUTPUT_NAMES
-
-    return OUTPUT_NAMES if man["model"].get("labels") else OUTPUT_NAMES[:1]
-
-
 def _load_fp32(variant, directory, man):
-    return TorchRunner(variant.name, _module(directory, man), _outputs(man))
+    return TorchRunner(variant.name, _module(directory, man), output_names(man))
 
 
 def _load_compile(variant, directory, man):
@@ -82,7 +76,7 @@ def _load_compile(variant, directory, man):
     # dynamic=True: one graph for every batch size and sequence length instead of a
     # recompilation per shape. Options stay local to this module (no global config edits).
     compiled = torch.compile(module, dynamic=True, mode=man["options"].get("mode"))
-    return TorchRunner(variant.name, compiled, _outputs(man))
+    return TorchRunner(variant.name, compiled, output_names(man))
 
 
 def quantize_dynamic_int8(module, keep_fp32: str = ""):
@@ -105,7 +99,7 @@ def _load_int8_dynamic(variant, directory, man):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # torch.ao's deprecation notice, once per load
         qmodule, quantized = quantize_dynamic_int8(module, man["options"].get("keep_fp32", ""))
-    runner = TorchRunner(variant.name, qmodule, _outputs(man))
+    runner = TorchRunner(variant.name, qmodule, output_names(man))
     runner.info = {"quantized_linears": len(quantized), "quantize_s": round(time.perf_counter() - t0, 3)}
     return runner
 

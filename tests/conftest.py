@@ -54,8 +54,8 @@ def make_tiny_checkpoint(out: Path, labels: list[str], seed: int = 0, name: str 
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=250037, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                      intermediate_size=128, max_position_embeddings=128, type_vocab_size=2, pad_token_id=1)
-    model = build_module(BertModel(cfg, add_pooling_layer=False).eval(), len(labels))
     card = ModelCard(pooling="mean", input_prefix="query: ", labels=labels, task="demo-topic", max_length=128)
+    model = build_module(BertModel(cfg, add_pooling_layer=False).eval(), card)
     return save_checkpoint(model, e5_tokenizer(), card, out, {"kind": "test", "seed": seed},
                            manifest_extra={"name": name, "base_model": "tiny"})
 

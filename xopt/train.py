@@ -80,7 +80,7 @@ def run_stage(model, tokenizer, prefix: str, suite: dict, stage: Stage, seed: in
     x_train = tokenize(tokenizer, [e["text"] for e in train], prefix, stage.max_length)
     x_dev = tokenize(tokenizer, [e["text"] for e in dev], prefix, stage.max_length)
     _seed_all(seed)
-    model.head = torch.nn.Linear(model.encoder.config.hidden_size, len(labels))
+    model.set_head("sequence", len(labels))
     rng = np.random.RandomState(seed)
     pad_id = tokenizer.pad_token_id
 
@@ -128,7 +128,7 @@ def run_stage(model, tokenizer, prefix: str, suite: dict, stage: Stage, seed: in
                 logits = model.head(f_train[idx])
             else:
                 ids, mask = pad([x_train[i] for i in idx], pad_id)
-                logits = model(torch.from_numpy(ids), torch.from_numpy(mask))[1]
+                logits = model(torch.from_numpy(ids), torch.from_numpy(mask))[2]
             loss = torch.nn.functional.cross_entropy(logits, y_train[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -178,7 +178,7 @@ def train(model_path: str | Path, target: str, data: str | Path, out: str | Path
     tok = load_tokenizer(ckpt.path)
     torch.manual_seed(seed)
     model = load_module(ckpt)
-    model.head = None
+    model.set_head("none")
     stages = []
     with bar() as progress:
         if istage:

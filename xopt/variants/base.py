@@ -16,7 +16,7 @@ def output_names(man: dict) -> tuple[str, ...]:
     """The outputs of the model a variant manifest describes."""
     from xopt.models import output_names as names
 
-    return names(man["model"].get("labels"))
+    return names(man["model"])
 
 
 class Runner:

@@ -93,7 +93,7 @@ def export_onnx(ckpt, path: Path) -> tuple[str, ...]:
     """Export the checkpoint's XoptModel to ONNX with dynamic batch x sequence axes."""
     import torch
 
-    from xopt.models import load_module
+    from xopt.models import PER_TOKEN_OUTPUTS, load_module
 
     module = load_module(ckpt)
     module.encoder.set_attn_implementation("eager")   # see module doc: ORT fuses this pattern
@@ -101,7 +101,7 @@ def export_onnx(ckpt, path: Path) -> tuple[str, ...]:
     ids = torch.tensor([[0, 35378, 8999, 2], [0, 2, 1, 1]], dtype=torch.long)
     mask = (ids != 1).long()
     axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-            **{n: {0: "batch"} for n in names}}
+            **{n: {0: "batch", 1: "sequence"} if n in PER_TOKEN_OUTPUTS else {0: "batch"} for n in names}}
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (ids, mask), str(path), input_names=["input_ids", "attention_mask"],

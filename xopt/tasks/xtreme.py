@@ -177,7 +177,7 @@ def xtreme_paths(task: Task, lang: str, split: str, root: Path) -> list[Path]:
 def _need(path: Path, task: Task, lang: str, split: str) -> Path:
     if not path.is_file():
         raise XoptError(f"{path}: missing {task.name} {split} file for language {lang!r} "
-                        f"(expected XTREME's download layout or a google/xtreme HF directory under --data)")
+                        f"(expected XTREME's download layout or a google/xtreme HF directory under --data; or restrict --langs)")
     return path
 
 
@@ -433,7 +433,9 @@ def source_of(task: Task, lang: str, data_dir: Path) -> tuple[str, Path]:
     if not data_dir.is_dir():
         raise XoptError(f"--data {data_dir}: not a directory")
     cfg = data_dir / task.hf_config(lang)
-    if cfg.is_dir():
+    # "tydiqa" and "squad" name both a hub config and a folder of XTREME's layout: look inside
+    if cfg.is_dir() and ((cfg / "dataset_dict.json").is_file() or (cfg / "state.json").is_file()
+                         or any(cfg.glob("*.parquet")) or any(cfg.glob("*/*.parquet"))):
         return "hf", cfg
     return "xtreme", data_dir
 

@@ -303,7 +303,7 @@ def _score_unit(loaded, tok, task, lang, data, batch_size, progress, threshold):
         norm_lang = lang if task.name == "mlqa" else None
         sc = np.array([qa.scores(p, [a["text"] for a in e["answers"]], norm_lang) for p, e in zip(preds, data)])
         return (float(sc[:, 0].mean() * 100), len(data),
-                {"outcomes": [round(float(x), 4) for x in sc[:, 0]], "em_outcomes": sc[:, 1].tolist(),
+                {"outcomes": sc[:, 0].tolist(), "em_outcomes": sc[:, 1].tolist(),
                  "exact_match": float(sc[:, 1].mean() * 100), "outcome_kind": "mean",
                  "normalisation": "mlqa" if norm_lang else "squad-v1.1"}, len(feats))
     # retrieval: embeddings of both sides in one bucketed pass
@@ -336,6 +336,22 @@ def _choose_bucc_threshold(loaded, tok, lang, data_dir, batch_size, progress) ->
     cands = retrieval.mine(emb[:len(dev.src)], emb[len(dev.src):], k=4)
     s_index, e_index = {i: n for n, i in enumerate(dev.src_ids)}, {i: n for n, i in enumerate(dev.en_ids)}
     return retrieval.optimal_threshold(cands, {(s_index[s], e_index[e]) for s, e in dev.gold})
+
+
+_TOKENIZERS: dict = {}
+
+
+def _tokenizer(loaded):
+    """The variant's tokenizer, reused across calls in one process when its files hash the same
+    (parsing XLM-R's tokenizer.json takes seconds)."""
+    files = loaded.manifest.get("files", {})
+    key = tuple(sorted((k, v) for k, v in files.items() if k.startswith(("tokenizer", "special_tokens",
+                                                                        "sentencepiece"))))
+    if not key:
+        return loaded.tokenizer()
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = loaded.tokenizer()
+    return _TOKENIZERS[key]
 
 
 def evaluate_xtreme(variant_dir, data_dir, tasks=None, langs=None, split: str = "test", batch_size: int = 64,
@@ -371,7 +387,7 @@ def evaluate_xtreme(variant_dir, data_dir, tasks=None, langs=None, split: str = 
             else:
                 X.load("bucc2018", lang, "dev", data_dir)   # fail before running if the dev gold is missing
                 thresholds[lang] = None
-    tok = loaded.tokenizer()
+    tok = _tokenizer(loaded)
     common = dict(model=loaded.model_name, variant=variant, suite="xtreme", split=split,
                   base_model=card.to_json().get("base_model") or loaded.manifest["model"].get("base_model"),
                   role=loaded.manifest["model"].get("role"), variant_dir=str(loaded.directory),

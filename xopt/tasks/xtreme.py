@@ -44,6 +44,7 @@ from xopt.errors import XoptError
 
 SPLITS = ("train", "dev", "test")
 HF_SPLIT = {"train": "train", "dev": "validation", "test": "test"}
+HF_TEST_IS_VALIDATION = ("xquad", "tydiqa", "tatoeba")   # the hub has only these tasks' "validation"
 
 XNLI_LABELS = ("contradiction", "entailment", "neutral")
 PAWSX_LABELS = ("0", "1")
@@ -346,24 +347,28 @@ def load_xtreme_layout(task: Task, lang: str, split: str, root: Path):
 
 # --------------------------------------------------------------------------- Hugging Face datasets
 
+def hf_split(task: Task, split: str) -> str:
+    return "validation" if split == "test" and task.name in HF_TEST_IS_VALIDATION else HF_SPLIT[split]
+
+
 def _hf_rows(cfg_dir: Path, split: str, task: Task, lang: str):
     """(rows as a list of dicts, {column: ClassLabel names}) of one split of a google/xtreme config dir."""
-    hf_split = HF_SPLIT[split]
+    name = hf_split(task, split)
     if (cfg_dir / "dataset_dict.json").is_file() or (cfg_dir / "state.json").is_file():
         import datasets
 
         datasets.disable_progress_bars()
         ds = datasets.load_from_disk(str(cfg_dir))
         if isinstance(ds, datasets.DatasetDict):
-            if hf_split not in ds:
-                raise XoptError(f"{cfg_dir}: no {hf_split!r} split (it has: {', '.join(ds)})")
-            ds = ds[hf_split]
+            if name not in ds:
+                raise XoptError(f"{cfg_dir}: no {name!r} split (it has: {', '.join(ds)})")
+            ds = ds[name]
         names = {k: f.feature.names if hasattr(f, "feature") and hasattr(f.feature, "names") else
                  getattr(f, "names", None) for k, f in ds.features.items()}
         return ds.to_list(), {k: v for k, v in names.items() if v}
-    files = sorted(cfg_dir.glob(f"{hf_split}-*.parquet")) + sorted((cfg_dir / hf_split).glob("*.parquet"))
+    files = sorted(cfg_dir.glob(f"{name}-*.parquet")) + sorted((cfg_dir / name).glob("*.parquet"))
     if not files:
-        raise XoptError(f"{cfg_dir}: no {hf_split} split (expected save_to_disk output or {hf_split}-*.parquet)")
+        raise XoptError(f"{cfg_dir}: no {name} split (expected save_to_disk output or {name}-*.parquet)")
     import pyarrow.parquet as pq
 
     rows, names = [], {}
@@ -384,7 +389,7 @@ def _hf_rows(cfg_dir: Path, split: str, task: Task, lang: str):
 
 def load_hf(task: Task, lang: str, split: str, cfg_dir: Path):
     rows, names = _hf_rows(cfg_dir, split, task, lang)
-    where = f"{cfg_dir}[{HF_SPLIT[split]}]"
+    where = f"{cfg_dir}[{hf_split(task, split)}]"
 
     def lab(value, column, i):
         if isinstance(value, int) and column in names:

@@ -347,6 +347,16 @@ def load_xtreme_layout(task: Task, lang: str, split: str, root: Path):
 
 # --------------------------------------------------------------------------- Hugging Face datasets
 
+def _need_module(name: str, where: Path):
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise XoptError(f"{where}: reading Hugging Face dataset directories needs `datasets`: "
+                        "pip install 'xopt[xtreme]'") from None
+
+
 def hf_split(task: Task, split: str) -> str:
     return "validation" if split == "test" and task.name in HF_TEST_IS_VALIDATION else HF_SPLIT[split]
 
@@ -355,7 +365,7 @@ def _hf_rows(cfg_dir: Path, split: str, task: Task, lang: str):
     """(rows as a list of dicts, {column: ClassLabel names}) of one split of a google/xtreme config dir."""
     name = hf_split(task, split)
     if (cfg_dir / "dataset_dict.json").is_file() or (cfg_dir / "state.json").is_file():
-        import datasets
+        datasets = _need_module("datasets", cfg_dir)
 
         datasets.disable_progress_bars()
         ds = datasets.load_from_disk(str(cfg_dir))
@@ -369,8 +379,7 @@ def _hf_rows(cfg_dir: Path, split: str, task: Task, lang: str):
     files = sorted(cfg_dir.glob(f"{name}-*.parquet")) + sorted((cfg_dir / name).glob("*.parquet"))
     if not files:
         raise XoptError(f"{cfg_dir}: no {name} split (expected save_to_disk output or {name}-*.parquet)")
-    import pyarrow.parquet as pq
-
+    pq = _need_module("pyarrow.parquet", cfg_dir)
     rows, names = [], {}
     for f in files:
         table = pq.read_table(f)

@@ -130,6 +130,8 @@ def test_bad_input_is_one_clear_error(tmp_path):
         X.load("panx", "xx", "test", root)
     with pytest.raises(XoptError, match="unknown split 'valid'"):
         X.load("panx", "de", "valid", root)
+    with pytest.raises(XoptError, match="xquad has no dev split"):
+        X.load("xquad", "de", "dev", root)
     # malformed lines name file:line
     p = root / "panx" / "test-de.tsv"
     lines = p.read_text().splitlines()

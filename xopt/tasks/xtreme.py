@@ -148,6 +148,8 @@ def check_lang(task: Task, lang: str) -> None:
 def check_split(task: Task, split: str) -> None:
     if split not in SPLITS:
         raise XoptError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    if split not in task.splits:
+        raise XoptError(f"{task.name} has no {split} split (XTREME distributes: {', '.join(task.splits)})")
 
 
 # --------------------------------------------------------------------------- download-script layout

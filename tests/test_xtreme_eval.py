@@ -42,7 +42,8 @@ def one_line_error(res) -> str:
 
 @pytest.fixture(scope="session")
 def variants(tmp_path_factory) -> dict[str, Path]:
-    """fp32 variants of one tiny encoder (2 layers, hidden 32, the real e5 tokenizer) with each head."""
+    """fp32 variants of one tiny encoder (2 layers, hidden 16: the 250k-row embedding of the real e5
+    tokenizer dominates the files) with each head."""
     if not HAVE_DEMO:
         pytest.skip("needs the e5 tokenizer from the `demo` extra")
     import torch
@@ -53,8 +54,8 @@ def variants(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("xtreme-models")
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=250037, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=512, type_vocab_size=2, pad_token_id=1)
+    cfg = BertConfig(vocab_size=250037, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=512, type_vocab_size=2, pad_token_id=1)
     enc = BertModel(cfg, add_pooling_layer=False).eval()
     tok = e5_tokenizer()
     out = {}
@@ -77,7 +78,7 @@ def all_records(variants, tmp_path_factory) -> tuple[Path, list[dict]]:
         res = run("eval", variants[name], "--suite", "xtreme", "--data", FIX, "--tasks", ",".join(tasks),
                   "--langs", langs, "--out", out)
         assert res.exit_code == 0, res.output
-    recs, skipped = results.read([out], strict=True)
+    recs, _ = results.read([out], strict=True)
     return out, recs
 
 
@@ -172,4 +173,4 @@ def test_sharded_over_two_processes(variants, all_records, tmp_path):
     merged = {r["lang"]: r["value"] for p in parts for r in p}
     single = {r["lang"]: r["value"] for r in recs if r["task"] == "tatoeba"}
     assert merged == pytest.approx(single)          # same numbers as one process, avg included
-    assert [r["lang"] for r in parts[1]] != [] and all(r["lang"] != "avg" for r in parts[1])
+    assert any(r["lang"] == "avg" for r in parts[0]) and all(r["lang"] != "avg" for r in parts[1])

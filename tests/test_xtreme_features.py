@@ -1,0 +1,72 @@
+"""The training/eval features of the XTREME families (issue 5 trains on them): first-sub-token
+labels, QA windows with answer positions, pair encoding; decoding inverts them."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import HAVE_DEMO
+from xopt.tasks import classify, qa, tagging
+from xopt.tasks import xtreme as X
+
+FIX = Path(__file__).parent / "fixtures" / "xtreme"
+pytestmark = pytest.mark.skipif(not HAVE_DEMO, reason="needs the e5 tokenizer from the `demo` extra")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from xopt.models import e5_tokenizer
+
+    return e5_tokenizer()
+
+
+@pytest.mark.parametrize("max_length", [128, 9])   # 9: sentences cut into chunks of whole words
+def test_tagging_first_subtoken_labels_round_trip(tok, max_length):
+    labels = X.PANX_LABELS
+    for lang in ("de", "ru", "ja"):
+        exs = X.load("panx", lang, "test", FIX)
+        feats = tagging.features(exs, tok, labels, max_length, "query: ")
+        assert all(len(f["input_ids"]) <= max_length for f in feats)
+        for f in feats:
+            labelled = [i for i, lab in enumerate(f["label_ids"]) if lab != -100]
+            assert labelled == f["first"] and len(f["first"]) == len(f["words"])
+            assert [labels[f["label_ids"][i]] for i in f["first"]] == [exs[f["example"]]["tags"][w] for w in f["words"]]
+        if max_length == 9:
+            assert len(feats) > len(exs)
+        logits = [np.eye(len(labels))[np.maximum(f["label_ids"], 0)] for f in feats]   # one-hot gold
+        assert tagging.decode(feats, logits, len(exs), labels) == [e["tags"] for e in exs]
+
+
+def test_qa_windows_and_answer_positions(tok):
+    ctx = ("".join(f"Filler sentence number {i}. " for i in range(20)) + "The tower was completed in 1889 by "
+           "Gustave Eiffel. " + "".join(f"Filler sentence number {i}. " for i in range(20, 40)))
+    ex = [{"id": "q", "question": "Who completed the tower?", "context": ctx,
+           "answers": [{"text": "Gustave Eiffel", "answer_start": ctx.index("Gustave Eiffel")}]}]
+    feats = qa.features(ex, tok, max_length=48, doc_stride=16, prefix="query: ")
+    assert len(feats) > 3 and all(len(f["input_ids"]) <= 48 for f in feats)
+    inside = [f for f in feats if f["start_position"]]
+    assert inside and any(f["start_position"] == 0 == f["end_position"] for f in feats)
+    for f in inside:
+        s, e = f["offsets"][f["start_position"]], f["offsets"][f["end_position"]]
+        assert ctx[s[0]:e[1]].strip() == "Gustave Eiffel"
+    # consecutive windows start doc_stride context tokens apart and cover the whole context
+    firsts = [next(i for i, o in enumerate(f["offsets"]) if o) for f in feats]
+    starts = [f["offsets"][i][0] for f, i in zip(feats, firsts)]
+    assert starts == sorted(starts) and feats[-1]["offsets"][-2][1] >= len(ctx.rstrip())
+    start_logits = [np.zeros(len(f["input_ids"])) for f in feats]
+    end_logits = [np.zeros(len(f["input_ids"])) for f in feats]
+    f0 = feats.index(inside[0])
+    start_logits[f0][inside[0]["start_position"]] = 9
+    end_logits[f0][inside[0]["end_position"]] = 9
+    assert qa.decode(feats, start_logits, end_logits, ex) == ["Gustave Eiffel"]
+    # an answer longer than max_answer_length tokens is never proposed
+    assert qa.decode(feats, start_logits, end_logits, ex, max_answer_length=1) != ["Gustave Eiffel"]
+
+
+def test_pair_classification_features(tok):
+    exs = X.load("xnli", "ar", "test", FIX)
+    f = classify.features(exs, tok, X.XNLI_LABELS, 128, "query: ")
+    assert f["label_ids"] == [X.XNLI_LABELS.index(e["label"]) for e in exs]
+    text = tok.decode(f["input_ids"][0])
+    assert text.startswith("<s> query:") and exs[0]["text_b"] in text and text.count("</s>") == 3

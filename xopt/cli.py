@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -113,7 +114,8 @@ def train_cmd(plan: Annotated[Optional[Path], typer.Argument(
         if out is not None:
             p.out = str(out)
         for role, path in run_plan(p, resume=resume, force=force, plan_text=plan.read_text()).items():
-            typer.echo(f"wrote {path} ({role})")
+            if os.environ.get("RANK", "0") == "0":      # under torchrun: once, not once per process
+                typer.echo(f"wrote {path} ({role})")
         return
     if model is None or out is None:
         raise XoptError("give a plan file, or --model and --out (see `xopt train --help`)")
@@ -124,7 +126,8 @@ def train_cmd(plan: Annotated[Optional[Path], typer.Argument(
     inter = _csv(intermediate)
     path = train(model, target, data, out, intermediate=(inter[0] if inter and len(inter) == 1 else inter),
                  seed=seed, force=force, resume=resume)
-    typer.echo(f"wrote {path}")
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(f"wrote {path}")
 
 
 @command("compile")

@@ -219,7 +219,7 @@ def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: s
     """Train the plan's checkpoints; returns {role: path}. `single_out`: `plan.out` is the one
     checkpoint directory (the flags form) rather than a run directory."""
     from xopt import results
-    from xopt.models import ModelCard, load_module, load_tokenizer, open_checkpoint, save_checkpoint
+    from xopt.models import ModelCard, load_module, open_checkpoint, save_checkpoint
     from xopt.progress import bar
     from xopt.trainloop import barrier, dist_info, fit
 
@@ -261,7 +261,7 @@ def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: s
         if plan_text is not None:
             _write_atomic(meta_dir / "plan.toml", plan_text)
     barrier(world)
-    tok = load_tokenizer(ckpt.path)
+    tok = _tokenizer(ckpt.path)
     prefix = ckpt.card.input_prefix
     metrics = (state_root if single_out else out) / "metrics.jsonl"
 
@@ -322,6 +322,22 @@ def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: s
     if rank == 0 and single_out:
         shutil.rmtree(state_root, ignore_errors=True)    # finished: the checkpoint holds the history
     return written
+
+
+_TOKENIZERS: dict = {}
+
+
+def _tokenizer(path: Path):
+    """The checkpoint's tokenizer, loaded once per process (the 250k-piece XLM-R tokenizer takes
+    seconds to parse); keyed by the tokenizer file's identity so an edited file is re-read."""
+    from xopt.models import load_tokenizer
+
+    f = path / "tokenizer.json"
+    k = (str(path.resolve()), *((f.stat().st_mtime_ns, f.stat().st_size) if f.is_file() else ()))
+    if k not in _TOKENIZERS:
+        _TOKENIZERS.clear()
+        _TOKENIZERS[k] = load_tokenizer(path)
+    return _TOKENIZERS[k]
 
 
 def _head_of(t) -> tuple[str, int]:

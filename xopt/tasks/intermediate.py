@@ -322,7 +322,7 @@ def featurize(task: TaskData, examples: list[dict], tokenizer, prefix: str, max_
         feats = []
         for e in examples:
             enc = tokenizer(prefix + e["question"], e["context"], truncation="only_second", max_length=max_length,
-                            stride=doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True)
+                            stride=min(doc_stride, max_length // 4), return_overflowing_tokens=True, return_offsets_mapping=True)
             ans = e["answers"][0] if e["answers"] else None
             for w, ids in enumerate(enc["input_ids"]):
                 seq, offs = enc.sequence_ids(w), enc["offset_mapping"][w]

@@ -159,24 +159,32 @@ def compile_cmd(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint dire
 
 @command("eval")
 def eval_cmd(variant_dir: Annotated[Path, typer.Argument(help="Variant directory.")],
-             suite: Annotated[str, typer.Option("--suite", help="demo (XTREME: see its issue).")] = "demo",
-             data: Data = None,
+             suite: Annotated[str, typer.Option("--suite", help="demo or xtreme.")] = "demo",
+             data: Annotated[Optional[Path], typer.Option(
+                 "--data", help="demo: suite JSON (default: built from the gettext catalogs). xtreme: a directory "
+                                "in XTREME's download layout and/or with google/xtreme HF dataset dirs.")] = None,
              tasks: Annotated[Optional[str], typer.Option("--tasks", help="Comma-separated task names.")] = None,
              langs: Annotated[Optional[str], typer.Option("--langs", help="Comma-separated language codes.")] = None,
              split: Annotated[str, typer.Option("--split", help="test, or shared (same messages in every "
                                                                 "language of the shared group).")] = "test",
              max_examples: Annotated[Optional[int], typer.Option("--max-examples")] = None,
              batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
+             bucc_threshold_from: Annotated[Optional[list[Path]], typer.Option(
+                 "--bucc-threshold-from", help="xtreme: results of the fp32 variant of the same model, whose "
+                                               "bucc2018 records hold the dev-chosen thresholds.")] = None,
              out: OutResults = None, json_out: Json = False):
-    """Score a variant on a suite, per task and language (records to --out)."""
+    """Score a variant on a suite, per task and language (records to --out; under torchrun each
+    process writes OUT's stem + .rankR-of-W)."""
     from xopt import results
-    from xopt.evaluate import evaluate
+    from xopt.evaluate import evaluate, shard_out_path
 
-    recs = evaluate(variant_dir, suite, data, _csv(tasks), _csv(langs), split, batch_size, max_examples)
+    recs = evaluate(variant_dir, suite, data, _csv(tasks), _csv(langs), split, batch_size, max_examples,
+                    xtreme={"bucc_threshold_from": bucc_threshold_from} if suite == "xtreme" else None)
     if out:
-        results.append(out, recs)
+        results.append(shard_out_path(out), recs)
     if json_out:
-        return _print_json([{k: v for k, v in r.items() if k not in ("outcomes", "host")} for r in recs])
+        return _print_json([{k: v for k, v in r.items() if k not in ("outcomes", "em_outcomes", "counts",
+                                                                  "count_units", "host")} for r in recs])
     from xopt.report import print_eval
 
     print_eval(recs)

@@ -50,16 +50,31 @@ def run_texts(loaded, texts: list[str], batch_size: int = 64, tokenizer=None, pr
     tok = tokenizer or loaded.tokenizer()
     card = loaded.card
     seqs = tokenize(tok, texts, card.input_prefix, card.max_length)
+    return run_ids(loaded, seqs, tok.pad_token_id, batch_size, progress, description)
+
+
+def run_ids(loaded, seqs: list[list[int]], pad_id: int, batch_size: int = 64, progress=None,
+            description: str = "") -> dict:
+    """Outputs of the variant for token-id sequences, in input order. Batches are bucketed by
+    length (sorted, padded per batch). Per-sequence outputs are arrays [N, ...]; per-token outputs
+    (`models.PER_TOKEN_OUTPUTS`) are lists of arrays cut to each sequence's own length."""
+    from xopt.models import PER_TOKEN_OUTPUTS
+
     batches = length_batches([len(s) for s in seqs], batch_size)
-    out: dict[str, np.ndarray] = {}
-    task = progress.add_task(description or loaded.runner.name, total=len(texts), rate="") if progress else None
+    out: dict = {}
+    task = progress.add_task(description or loaded.runner.name, total=len(seqs), rate="") if progress else None
     t0, done = time.perf_counter(), 0
     for idx in batches:
-        ids, mask = pad([seqs[i] for i in idx], tok.pad_token_id)
+        ids, mask = pad([seqs[i] for i in idx], pad_id)
         got = loaded.runner(ids, mask)
         for name, arr in got.items():
+            if name in PER_TOKEN_OUTPUTS:
+                lst = out.setdefault(name, [None] * len(seqs))
+                for row, i in enumerate(idx):
+                    lst[i] = np.asarray(arr[row, :len(seqs[i])], dtype=np.float32)
+                continue
             if name not in out:
-                out[name] = np.empty((len(texts),) + arr.shape[1:], dtype=np.float32)
+                out[name] = np.empty((len(seqs),) + arr.shape[1:], dtype=np.float32)
             out[name][idx] = arr
         done += len(idx)
         if progress:
@@ -150,11 +165,255 @@ def _ids_digest(exs) -> str:
 
 
 def evaluate(variant_dir: str | Path, suite: str, data: str | Path | None = None, tasks=None, langs=None,
-             split: str = "test", batch_size: int = 64, max_examples: int | None = None) -> list[dict]:
+             split: str = "test", batch_size: int = 64, max_examples: int | None = None,
+             xtreme: dict | None = None) -> list[dict]:
     from xopt.variants import load_variant
 
+    if suite == "xtreme":
+        if data is None:
+            raise XoptError("--suite xtreme needs --data DIR (XTREME's download layout or google/xtreme HF dirs)")
+        return evaluate_xtreme(variant_dir, data, tasks, langs, split, batch_size, max_examples, **(xtreme or {}))
     if suite != "demo":
-        raise XoptError(f"unknown suite {suite!r}; available: demo (XTREME arrives with its own issue)")
+        raise XoptError(f"unknown suite {suite!r}; available: demo, xtreme")
     suite_data = demo.load_suite(Path(data) if data else demo.ensure_suite())
     loaded = load_variant(variant_dir)
     return eval_demo(loaded, suite_data, tuple(tasks or demo.TASKS), langs, split, batch_size, max_examples)
+
+
+# --------------------------------------------------------------------------- XTREME (zero-shot)
+#
+# Records: one per (task, language) plus one "avg" per task (mean over the evaluated languages,
+# English included, as XTREME's tables). Besides `value` and `n_examples`, each per-language
+# record keeps what a report needs to bootstrap:
+#   accuracy tasks (xnli, pawsx, tatoeba): `outcomes`, 0/1 per example (mean = value / 100);
+#   QA (xquad, mlqa, tydiqa): `outcomes` = per-question F1 in [0, 1] (mean = F1 / 100),
+#       `em_outcomes` 0/1 and `exact_match`;
+#   F1 over chunks (udpos, panx, bucc2018): `counts` = [tp, fp, fn] per sentence (BUCC: per source
+#       sentence, only the non-zero rows, with `n_units` = all source sentences); F1 = micro F1 of
+#       the summed counts; `outcome_kind` says which of the two forms a record carries.
+# BUCC's `threshold` is chosen on the reference (fp32) variant's dev split (XTREME's
+# bucc_optimize) and stored in its record; other variants of the same model read it back from
+# those records (`--bucc-threshold-from RESULTS.jsonl`), so every variant is scored with the
+# reference's threshold.
+
+REFERENCE_VARIANT = "fp32"
+
+
+def shard() -> tuple[int, int]:
+    """(rank, world size) of this process as set by torchrun / accelerate launch (RANK, WORLD_SIZE)."""
+    import os
+
+    try:
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError:
+        raise XoptError("RANK / WORLD_SIZE must be integers (as torchrun sets them)") from None
+    if not 0 <= rank < world:
+        raise XoptError(f"RANK {rank} is not in [0, WORLD_SIZE={world})")
+    return rank, world
+
+
+def shard_out_path(out: str | Path) -> Path:
+    """Each process of a sharded run writes its own records file: results.jsonl ->
+    results.rank0-of-2.jsonl, ...; the merge is simply reading all of them."""
+    rank, world = shard()
+    out = Path(out)
+    return out if world == 1 else out.with_name(f"{out.stem}.rank{rank}-of-{world}{out.suffix}")
+
+
+def bucc_thresholds(paths, model: str) -> dict[str, float]:
+    """{lang: threshold} from the reference variant's bucc2018 records of `model`."""
+    recs, _ = results.read(paths, strict=True)
+    out = {}
+    for r in recs:
+        if (r["kind"] == "eval" and r.get("suite") == "xtreme" and r["task"] == "bucc2018" and r["model"] == model
+                and r["variant"] == REFERENCE_VARIANT and "threshold" in r):
+            out[r["lang"]] = float(r["threshold"])
+    return out
+
+
+def _plan(card, task_names, langs) -> list[tuple[str, str]]:
+    from xopt.tasks import xtreme as X
+
+    if task_names is None:   # what this model can be evaluated on: its head's tasks + retrieval
+        task_names = [t for t in X.EVAL_TASKS if _head_problem(card, X.TASKS[t]) is None]
+    for t in task_names:
+        if t not in X.EVAL_TASKS:
+            raise XoptError(f"unknown XTREME task {t!r}; tasks: {', '.join(X.EVAL_TASKS)}")
+    for t in task_names:
+        if problem := _head_problem(card, X.TASKS[t]):
+            raise XoptError(problem)
+    if langs:
+        every = {lang for t in task_names for lang in X.TASKS[t].langs}
+        bad = [lang for lang in langs if lang not in every]
+        if bad:
+            raise XoptError(f"language code(s) {', '.join(bad)} not in the languages of {', '.join(task_names)}")
+    units = [(t, lang) for t in task_names for lang in X.TASKS[t].langs if not langs or lang in langs]
+    if not units:
+        raise XoptError(f"none of the languages {', '.join(langs or [])} belongs to {', '.join(task_names)}")
+    return units
+
+
+def _head_problem(card, task) -> str | None:
+    need = task.head
+    if need == "none":
+        return None
+    if card.head != need:
+        train = {"sequence": "a sentence-pair classifier", "token": "a tagger", "span": "an extractive QA model"}[need]
+        return (f"{task.name} needs a {need!r} head ({train} fine-tuned on English {task.name}); this model has "
+                f"head {card.head!r}: evaluate a fine-tuned checkpoint, or --tasks bucc2018,tatoeba for the encoder")
+    if need in ("sequence", "token") and list(card.labels) != list(task.labels):
+        return (f"{task.name} needs a head over its labels ({' '.join(task.labels)}); this model's head has "
+                f"({' '.join(card.labels)}) (trained on {card.task or '?'})")
+    return None
+
+
+def _load_units(units, data_dir, split, max_examples):
+    from xopt.tasks import xtreme as X
+
+    data = {}
+    for t, lang in units:
+        d = X.load(t, lang, split, data_dir)
+        if max_examples and not isinstance(d, X.Bitext):
+            d = d[:max_examples]
+        data[(t, lang)] = d
+    return data
+
+
+def _score_unit(loaded, tok, task, lang, data, batch_size, progress, threshold):
+    """(metric value, n_examples, extra record fields, examples run) of one task/language."""
+    from xopt.tasks import classify, qa, retrieval, tagging
+
+    card, pad_id = loaded.card, tok.pad_token_id
+    desc = f"{task.name} {lang}"
+    if task.family == "classify":
+        f = classify.features(data, tok, task.labels, card.max_length, card.input_prefix)
+        out = run_ids(loaded, f["input_ids"], pad_id, batch_size, progress, desc)
+        oc = classify.outcomes(classify.predict(out["logits"]), f["label_ids"])
+        return classify.accuracy(oc), len(data), {"outcomes": oc.tolist(), "outcome_kind": "mean"}, len(data)
+    if task.family == "tagging":
+        feats = tagging.features(data, tok, task.labels, card.max_length, card.input_prefix)
+        out = run_ids(loaded, [f["input_ids"] for f in feats], pad_id, batch_size, progress, desc)
+        pred = tagging.decode(feats, out["token_logits"], len(data), task.labels)
+        counts = tagging.sentence_counts([e["tags"] for e in data], pred)
+        return tagging.f1(counts), len(data), {"counts": counts.tolist(), "outcome_kind": "counts"}, len(feats)
+    if task.family == "qa":
+        feats = qa.features(data, tok, min(384, card.max_length), 128, 64, card.input_prefix)
+        out = run_ids(loaded, [f["input_ids"] for f in feats], pad_id, batch_size, progress, desc)
+        preds = qa.decode(feats, out["start_logits"], out["end_logits"], data)
+        norm_lang = lang if task.name == "mlqa" else None
+        sc = np.array([qa.scores(p, [a["text"] for a in e["answers"]], norm_lang) for p, e in zip(preds, data)])
+        return (float(sc[:, 0].mean() * 100), len(data),
+                {"outcomes": [round(float(x), 4) for x in sc[:, 0]], "em_outcomes": sc[:, 1].tolist(),
+                 "exact_match": float(sc[:, 1].mean() * 100), "outcome_kind": "mean",
+                 "normalisation": "mlqa" if norm_lang else "squad-v1.1"}, len(feats))
+    # retrieval: embeddings of both sides in one bucketed pass
+    texts = data.src + data.en
+    seqs = tokenize(tok, texts, card.input_prefix, card.max_length)
+    emb = run_ids(loaded, seqs, pad_id, batch_size, progress, desc)["layer_embedding"]
+    src, en = emb[:len(data.src)], emb[len(data.src):]
+    if task.name == "tatoeba":
+        oc = retrieval.tatoeba_outcomes(src, en)
+        return float(oc.mean() * 100), len(oc), {"outcomes": oc.tolist(), "outcome_kind": "mean"}, len(texts)
+    cands = retrieval.mine(src, en, k=4)
+    s_index, e_index = {i: n for n, i in enumerate(data.src_ids)}, {i: n for n, i in enumerate(data.en_ids)}
+    gold = {(s_index[s], e_index[e]) for s, e in data.gold}
+    counts = retrieval.bucc_counts(cands, threshold["value"], gold, len(data.src))
+    nz = np.flatnonzero(counts.any(1))
+    return (retrieval.f1(counts), len(data.gold),
+            {"counts": counts[nz].tolist(), "count_units": nz.tolist(), "n_units": len(data.src),
+             "outcome_kind": "counts", "threshold": threshold["value"], "threshold_from": threshold["from"],
+             "margin": "ratio", "k": 4}, len(texts))
+
+
+def _choose_bucc_threshold(loaded, tok, lang, data_dir, batch_size, progress) -> float:
+    """XTREME's protocol: mine the dev split, pick the F1-optimal threshold on its gold pairs."""
+    from xopt.tasks import retrieval, xtreme as X
+
+    dev = X.load("bucc2018", lang, "dev", data_dir)
+    seqs = tokenize(tok, dev.src + dev.en, loaded.card.input_prefix, loaded.card.max_length)
+    emb = run_ids(loaded, seqs, tok.pad_token_id, batch_size, progress, f"bucc2018 {lang} dev threshold")
+    emb = emb["layer_embedding"]
+    cands = retrieval.mine(emb[:len(dev.src)], emb[len(dev.src):], k=4)
+    s_index, e_index = {i: n for n, i in enumerate(dev.src_ids)}, {i: n for n, i in enumerate(dev.en_ids)}
+    return retrieval.optimal_threshold(cands, {(s_index[s], e_index[e]) for s, e in dev.gold})
+
+
+def evaluate_xtreme(variant_dir, data_dir, tasks=None, langs=None, split: str = "test", batch_size: int = 64,
+                    max_examples: int | None = None, bucc_threshold_from=None) -> list[dict]:
+    """Zero-shot XTREME records of one variant (module notes above). Everything is loaded and
+    checked before the model runs; sharded over torchrun's processes by (task, language)."""
+    from xopt.tasks import xtreme as X
+    from xopt.variants import load_variant
+
+    rank, world = shard()
+    X.check_split(X.TASKS["xnli"], split)
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise XoptError(f"--data {data_dir}: not a directory")
+    loaded = load_variant(variant_dir)
+    card = loaded.card
+    units = _plan(card, tasks, langs)
+    mine_units = units[rank::world]
+    # every process reads and checks all the data first, so a bad file stops all of them alike
+    data = _load_units(units, data_dir, split, max_examples)
+    variant = loaded.manifest["variant"]
+    thresholds = {}
+    bucc_langs = [lang for t, lang in mine_units if t == "bucc2018"]
+    if bucc_langs:
+        given = bucc_thresholds(bucc_threshold_from, loaded.model_name) if bucc_threshold_from else {}
+        for lang in bucc_langs:
+            if lang in given:
+                thresholds[lang] = {"value": given[lang], "from": "records:" + ",".join(map(str, bucc_threshold_from))}
+            elif variant != REFERENCE_VARIANT:
+                raise XoptError(f"bucc2018 {lang}: variant {variant} is scored with the threshold the {REFERENCE_VARIANT} "
+                                f"variant of model {loaded.model_name!r} chose on dev; evaluate that first and pass "
+                                "--bucc-threshold-from ITS_RESULTS.jsonl")
+            else:
+                X.load("bucc2018", lang, "dev", data_dir)   # fail before running if the dev gold is missing
+                thresholds[lang] = None
+    tok = loaded.tokenizer()
+    common = dict(model=loaded.model_name, variant=variant, suite="xtreme", split=split,
+                  base_model=card.to_json().get("base_model") or loaded.manifest["model"].get("base_model"),
+                  role=loaded.manifest["model"].get("role"), variant_dir=str(loaded.directory),
+                  rank=rank, world_size=world)
+    recs = []
+    with bar() as progress:
+        for t, lang in mine_units:
+            task = X.TASKS[t]
+            if t == "bucc2018" and thresholds[lang] is None:
+                thresholds[lang] = {"value": _choose_bucc_threshold(loaded, tok, lang, data_dir, batch_size, progress),
+                                    "from": f"{variant} dev"}
+            t0 = time.perf_counter()
+            value, n, extra, n_run = _score_unit(loaded, tok, task, lang, data[(t, lang)], batch_size, progress,
+                                                 thresholds.get(lang))
+            sec = time.perf_counter() - t0
+            recs.append(results.record("eval", **common, task=t, lang=lang, metric=task.metric, value=value,
+                                       n_examples=n, eval_s=round(sec, 3), sequences_run=n_run,
+                                       examples_per_s=round(n / sec, 2), **extra))
+    summary = [(r["task"], r["lang"], r["value"], r["n_examples"]) for r in recs]
+    if world > 1:
+        summary = _gather(summary)
+    if rank == 0:
+        for t in dict.fromkeys(u[0] for u in units):
+            rows = [s for s in summary if s[0] == t]
+            recs.append(results.record("eval", **common, task=t, lang="avg", metric=X.TASKS[t].metric,
+                                       value=float(np.mean([s[2] for s in rows])), n_examples=sum(s[3] for s in rows),
+                                       n_langs=len(rows), langs=[s[1] for s in rows],
+                                       note="mean over the evaluated languages, English included (XTREME)"))
+    return recs
+
+
+def _gather(summary: list) -> list:
+    """All processes' per-language summaries (gloo over the env that torchrun sets)."""
+    import torch.distributed as dist
+
+    own = not dist.is_initialized()
+    if own:
+        dist.init_process_group("gloo")
+    try:
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, summary)
+    finally:
+        if own:
+            dist.destroy_process_group()
+    return [s for p in parts for s in p]

@@ -226,3 +226,27 @@ def test_bad_plans_fail_before_training(tmp_path, ckpt32, body, message):
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("xopt: error:") and message in lines[0], res.output
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("target, head, metric_key", [("xnli", "sequence", "xnli"), ("udpos", "token", "udpos"),
+                                                      ("xquad", "span", "xquad")])
+def test_xtreme_target_families(tmp_path, ckpt32, target, head, metric_key):
+    """Target stage on XTREME's English train/dev (download layout) for each trainable family,
+    features and dev metric from xopt.tasks (accuracy, seqeval F1, SQuAD F1)."""
+    from xopt.tasks import xtreme as X
+    from xopt.train import Stage, train
+
+    xfix = Path(__file__).parent / "fixtures" / "xtreme"
+    out = train(ckpt32, target, xfix, tmp_path / target,
+                target_stage=Stage(target, steps=2, batch_size=4, lr=1e-3, max_length=96))
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["model"]["head"] == head and man["model"]["task"] == target
+    assert man["model"]["labels"] == (list(X.TASKS[target].labels) if head != "span" else ["start", "end"])
+    hist = man["source"]["stages"][-1]["history"]
+    assert metric_key in hist[-1]["dev"] and 0 <= hist[-1]["dev"][metric_key] <= 100
+    from xopt.models import load_module, open_checkpoint
+
+    names = open_checkpoint(out).output_names
+    assert names[2:] == {"sequence": ("logits",), "token": ("token_logits",),
+                         "span": ("start_logits", "end_logits")}[head]
+    load_module(open_checkpoint(out))          # the head file loads into the contract's model

@@ -49,7 +49,7 @@ from pathlib import Path
 
 from xopt.errors import XoptError
 
-RETRIEVAL_TARGETS = ("bucc2018", "tatoeba", "demo-retrieval")
+RETRIEVAL_TARGETS = ("bucc2018", "tatoeba", "demo-retrieval")   # no target stage (encoder only)
 DEMO_TASKS = ("demo-topic", "demo-intermediate")
 
 
@@ -177,8 +177,34 @@ def load_task(name: str, data: dict, stage: Stage):
         if not t or not t.get("train") or not t.get("dev"):
             raise XoptError(f"task {name}: empty train or dev split in {path}")
         return it.TaskData(name, "sequence", t["labels"], t["train"], t["dev"])
-    known = list(it.TASKS) + list(DEMO_TASKS) + list(RETRIEVAL_TARGETS)
+    from xopt.tasks import xtreme as X
+
+    if name in X.TASKS and X.TASKS[name].family != "retrieval":
+        return _xtreme_task(name, data)
+    known = list(it.TASKS) + list(DEMO_TASKS) + [t for t in X.TASKS if t != "squad"] + ["demo-retrieval"]
     raise XoptError(f"unknown task {name!r}; known: {', '.join(known)}")
+
+
+def _xtreme_task(name: str, data: dict):
+    """An XTREME target's English training data (xopt.tasks.xtreme: the download layout or google/xtreme
+    HF directories), English dev when XTREME has one (TyDiQA-GoldP has none: the last epoch is kept)."""
+    from xopt.tasks import intermediate as it
+    from xopt.tasks import xtreme as X
+
+    t = X.TASKS[X.TRAIN_TASK.get(name, name)]
+    root = data.get(name) or data.get("root")
+    if not root:
+        raise XoptError(f"task {name}: no data location (pass --data DIR: XTREME's download layout)")
+
+    def rows(split):
+        ex = X.load(t, "en", split, root)
+        if t.family == "classify":
+            return [{"text": e["text_a"], "text_pair": e["text_b"], "label": e["label"]} for e in ex]
+        return ex
+    kind = {"classify": "sequence", "tagging": "token", "qa": "span"}[t.family]
+    metric = {"classify": "accuracy", "tagging": "f1", "qa": "qa_f1"}[t.family]
+    return it.TaskData(name, kind, list(t.labels), rows("train"), rows("dev") if "dev" in t.splits else [],
+                       metric=metric)
 
 
 def _check_stage(st: Stage, tasks: dict, role: str) -> None:

@@ -221,36 +221,56 @@ def loss_of(trainee, task: TaskData, name: str, batch: dict, features=None):
     return (F.cross_entropy(out[2], batch["start"]) + F.cross_entropy(out[3], batch["end"])) / 2
 
 
-def dev_counts(trainee, task: TaskData, name: str, feats, tok, device, features=None) -> tuple[float, float]:
-    """(correct, total) on dev features: accuracy for sequence/choice, labelled-token accuracy
-    for token, exact start-and-end match per window for span (a proxy for SQuAD F1, enough to
-    choose an epoch)."""
+def dev_sums(trainee, task: TaskData, name: str, examples, feats, tok, device, features=None) -> list[float]:
+    """Summable dev statistics of one shard of examples, by the task's metric: [correct, total]
+    (accuracy; tagging: words), [tp, fp, fn] (seqeval F1, xopt.tasks.tagging) or
+    [sum of F1, examples] (SQuAD F1 of the decoded answer, xopt.tasks.qa)."""
     import torch
 
-    correct = total = 0.0
+    if not feats:
+        return [0.0, 0.0, 0.0] if task.metric == "f1" else [0.0, 0.0]
     with torch.inference_mode():
         if features is not None:
-            pred = trainee.heads[key(name)](features.to(device)).argmax(-1).cpu()
-            gold = torch.tensor([f["label"] for f in feats])
-            return float((pred == gold).sum()), float(len(gold))
-        order = np.argsort([len(f["input_ids"]) for f in feats], kind="stable")
-        for i in range(0, len(order), EVAL_BATCH):
-            b = collate(task, feats, order[i:i + EVAL_BATCH], tok, 0, 0)
-            b = {k: v.to(device) for k, v in b.items()}
-            out = trainee(name, b["input_ids"], b["attention_mask"])
-            if task.kind in ("sequence", "choice"):
-                pred = out[2].view(len(b["label"]), -1).argmax(-1)
-                correct += float((pred == b["label"]).sum())
-                total += len(b["label"])
-            elif task.kind == "token":
-                m = b["tags"] != -100
-                correct += float((out[2].argmax(-1)[m] == b["tags"][m]).sum())
-                total += float(m.sum())
-            else:
-                hit = (out[2].argmax(-1) == b["start"]) & (out[3].argmax(-1) == b["end"])
-                correct += float(hit.sum())
-                total += len(hit)
-    return correct, total
+            logits = [trainee.heads[key(name)](features.to(device)).float().cpu().numpy()]
+        else:
+            order = np.argsort([len(f["input_ids"][0] if task.kind == "choice" else f["input_ids"]) for f in feats],
+                               kind="stable")
+            outs = [None] * len(feats)
+            for i in range(0, len(order), EVAL_BATCH):
+                idx = order[i:i + EVAL_BATCH]
+                b = {k: v.to(device) for k, v in collate(task, feats, idx, tok, 0, 0).items()}
+                out = [o.float().cpu().numpy() for o in trainee(name, b["input_ids"], b["attention_mask"])[2:]]
+                if task.kind == "choice":
+                    out = [out[0].reshape(len(idx), -1)]
+                for r, j in enumerate(idx):
+                    outs[j] = [o[r] for o in out]
+            logits = None
+    if task.kind in ("sequence", "choice"):
+        pred = logits[0].argmax(-1) if logits else np.array([o[0].reshape(-1).argmax() for o in outs])
+        gold = np.array([f["label"] for f in feats])
+        return [float((pred == gold).sum()), float(len(gold))]
+    if task.kind == "token":
+        from xopt.tasks import tagging
+
+        pred = tagging.decode(feats, [o[0] for o in outs], len(examples), task.labels)
+        gold = [e["tags"] for e in examples]
+        if task.metric == "f1":
+            return [float(x) for x in tagging.sentence_counts(gold, pred).reshape(-1, 3).sum(0)]
+        return [float(sum(p == g for ps, gs in zip(pred, gold) for p, g in zip(ps, gs))),
+                float(sum(len(g) for g in gold))]
+    from xopt.tasks import qa
+
+    pred = qa.decode(feats, [o[0] for o in outs], [o[1] for o in outs], examples)
+    f1 = [qa.scores(p, [a["text"] for a in e["answers"]])[0] for p, e in zip(pred, examples) if e["answers"]]
+    return [float(sum(f1)), float(len(f1))]
+
+
+def metric_of(task: TaskData, sums) -> float:
+    if task.metric == "f1":
+        from xopt.tasks import tagging
+
+        return tagging.f1(np.asarray(sums))
+    return float(100 * sums[0] / max(1.0, sums[1]))
 
 
 # --- state -------------------------------------------------------------------------------------
@@ -316,7 +336,11 @@ def fit(model, tok, prefix: str, tasks: dict[str, TaskData], stage, seed: int, s
                         f"{stage.grad_accum}")
     feats = {n: featurize(t, t.train[:stage.max_examples] if stage.max_examples else t.train, tok, prefix,
                           stage.max_length, stage.doc_stride) for n, t in tasks.items()}
-    dev = {n: featurize(t, t.dev, tok, prefix, stage.max_length, stage.doc_stride) for n, t in tasks.items() if t.dev}
+    dev = {}
+    for n, t in tasks.items():
+        if t.dev:    # this rank's shard of the dev examples
+            shard = t.dev[rank::world]
+            dev[n] = (shard, featurize(t, shard, tok, prefix, stage.max_length, stage.doc_stride))
     torch.manual_seed(seed)
     trainee = make_trainee(model, tasks).to(device)
     if stage.dropout is not None:
@@ -331,8 +355,8 @@ def fit(model, tok, prefix: str, tasks: dict[str, TaskData], stage, seed: int, s
         model.eval()
         with torch.inference_mode():
             for n, t in tasks.items():
-                frozen[n] = {s: _embed(model, fs, tok, device) for s, fs in (("train", feats[n]), ("dev", dev.get(n)))
-                             if fs}
+                frozen[n] = {s: _embed(model, fs, tok, device)
+                             for s, fs in (("train", feats[n]), ("dev", dev[n][1] if n in dev else None)) if fs}
     else:
         n_layers = model.encoder.config.num_hidden_layers
         first = n_layers - (stage.top_layers or n_layers)
@@ -458,21 +482,20 @@ def _embed(model, feats, tok, device):
 
 
 def _evaluate(trainee, tasks, dev, tok, device, frozen, world, rank, amp):
-    """Mean dev metric (percent) over the tasks that have a dev split; dev sharded over ranks."""
+    """Mean dev metric (percent) over the tasks that have a dev split; each rank scores its
+    shard of the dev examples, the summable statistics are all-reduced."""
     import torch
 
     trainee.eval()
     per_task = {}
-    for n, feats in dev.items():
-        shard = feats[rank::world]
-        feat = frozen[n]["dev"][rank::world] if n in frozen else None
+    for n, (examples, feats) in dev.items():
+        feat = frozen[n]["dev"] if n in frozen and "dev" in frozen[n] else None
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            c = torch.tensor(dev_counts(trainee, tasks[n], n, shard, tok, device, feat) if shard else (0.0, 0.0),
-                             dtype=torch.float64)
+            c = torch.tensor(dev_sums(trainee, tasks[n], n, examples, feats, tok, device, feat), dtype=torch.float64)
         if world > 1:
             import torch.distributed as dist
 
             c = c.to(device)
             dist.all_reduce(c)
-        per_task[n] = round(float(100 * c[0] / max(1.0, float(c[1]))), 4)
+        per_task[n] = round(metric_of(tasks[n], c.cpu().tolist()), 4)
     return (float(np.mean(list(per_task.values()))) if per_task else None), per_task

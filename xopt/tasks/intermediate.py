@@ -19,9 +19,10 @@ Machine-translated intermediate data (the paper's alternative) is the same forma
 languages: list the files under the task's `translated` option and they join its training set.
 
 Examples are plain dicts; `featurize` turns them into token ids for the one model's heads:
-`sequence` (text[, pair] -> label id), `token` (first sub-token of each word -> tag id, other
-positions -100), `span` (question + context windows with doc stride -> start/end token,
-0/0 when the answer is outside the window), `choice` ((context, choice) pairs scored by a
+`sequence` (text[, pair] -> label id), `token` and `span` through the XTREME families'
+features (xopt.tasks.tagging: first sub-token of each word -> tag id, other positions -100;
+xopt.tasks.qa: question + context windows with doc stride -> start/end token, 0/0 when the
+answer is outside the window), `choice` ((context, choice) pairs scored by a
 1-output head, softmax over choices), `mlm` (unlabelled text; masked at batch time).
 """
 
@@ -47,6 +48,7 @@ class TaskData:
     labels: list[str]
     train: list[dict]
     dev: list[dict] = field(default_factory=list)
+    metric: str = "accuracy"        # dev metric for choosing the epoch: accuracy | f1 (seqeval) | qa_f1
 
 
 def _read_tsv(path: Path) -> list[dict]:
@@ -114,17 +116,9 @@ def _sst2(rows, path):
 
 
 def _squad_json(path: Path) -> list[dict]:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise XoptError(f"{path}: not SQuAD JSON ({e.msg})") from None
-    out = []
-    for art in _get(doc, "data", path):
-        for par in art["paragraphs"]:
-            for qa in par["qas"]:
-                out.append({"id": qa["id"], "question": qa["question"], "context": par["context"],
-                            "answers": [{"text": a["text"], "answer_start": a["answer_start"]} for a in qa["answers"]]})
-    return out
+    from xopt.tasks import xtreme
+
+    return xtreme.read_squad(path, xtreme.TASKS["squad"], "en")
 
 
 def _squad_hf(rows, path):
@@ -262,9 +256,9 @@ def load(name: str, root: str | Path, translated: list[str | Path] = ()) -> Task
     if not train:
         raise XoptError(f"task {name}: no training examples in {root}")
     labels = list(spec.labels)
-    if spec.kind == "token":
-        labels = sorted({t for e in train for t in e["tags"]})
-    return TaskData(name, spec.kind, labels, train, dev)
+    if spec.kind == "token":      # supertags seen only in dev get an output too (never trained)
+        labels = sorted({t for e in train + dev for t in e["tags"]})
+    return TaskData(name, spec.kind, labels, train, dev, metric="qa_f1" if spec.kind == "span" else "accuracy")
 
 
 def load_text(name: str, files: list[str | Path]) -> TaskData:
@@ -305,35 +299,15 @@ def featurize(task: TaskData, examples: list[dict], tokenizer, prefix: str, max_
         if len({len(f["input_ids"]) for f in feats}) > 1:
             raise XoptError(f"task {task.name}: examples have different numbers of choices")
         return feats
-    if kind == "token":
-        lead = prefix.split()
-        index = {t: i for i, t in enumerate(task.labels)}
-        feats = []
-        for e in examples:
-            enc = tokenizer(lead + e["tokens"], is_split_into_words=True, truncation=True, max_length=max_length)
-            tags, prev = [], None
-            for w in enc.word_ids():
-                first = w is not None and w != prev and w >= len(lead)
-                tags.append(index.get(e["tags"][w - len(lead)], -100) if first else -100)
-                prev = w
-            feats.append({"input_ids": enc["input_ids"], "tags": tags})
-        return feats
-    if kind == "span":
-        feats = []
-        for e in examples:
-            enc = tokenizer(prefix + e["question"], e["context"], truncation="only_second", max_length=max_length,
-                            stride=min(doc_stride, max_length // 4), return_overflowing_tokens=True, return_offsets_mapping=True)
-            ans = e["answers"][0] if e["answers"] else None
-            for w, ids in enumerate(enc["input_ids"]):
-                seq, offs = enc.sequence_ids(w), enc["offset_mapping"][w]
-                start = end = 0
-                if ans:
-                    a0 = ans["answer_start"]
-                    a1 = a0 + len(ans["text"])
-                    ctx = [i for i, s in enumerate(seq) if s == 1]
-                    if ctx and offs[ctx[0]][0] <= a0 and offs[ctx[-1]][1] >= a1:
-                        start = next(i for i in ctx if offs[i][1] > a0)
-                        end = next(i for i in reversed(ctx) if offs[i][0] < a1)
-                feats.append({"input_ids": ids, "start": start, "end": end})
-        return feats
+    if kind == "token":      # XTREME's tagging features: first sub-token of each word, chunks of long sentences
+        from xopt.tasks import tagging
+
+        return [{"input_ids": f["input_ids"], "tags": f["label_ids"], "example": f["example"], "first": f["first"]}
+                for f in tagging.features(examples, tokenizer, task.labels, max_length, prefix)]
+    if kind == "span":       # XTREME's QA features: question + context windows, doc stride
+        from xopt.tasks import qa
+
+        return [{"input_ids": f["input_ids"], "start": f["start_position"], "end": f["end_position"],
+                 "example": f["example"], "offsets": f["offsets"]}
+                for f in qa.features(examples, tokenizer, max_length, min(doc_stride, max_length // 2), 64, prefix)]
     raise XoptError(f"task {task.name}: unknown kind {kind!r}")

@@ -42,7 +42,8 @@ def tok():
 def ckpt32(tmp_path_factory):
     if not HAVE_DEMO:
         pytest.skip("needs the e5 tokenizer from the `demo` extra")
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt32") / "tiny32", ["x", "y"], hidden=32)
+    # encoder only (head "none"), as the imported e5-small the demo trains from
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt32") / "tiny32", [], hidden=32)
 
 
 def _plan(path: Path, ckpt: Path, body: str, out: str = "run") -> Path:

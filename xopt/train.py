@@ -43,11 +43,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from xopt.errors import XoptError
+
+try:
+    import tomllib
+except ImportError:          # Python 3.10
+    import tomli as tomllib
 
 RETRIEVAL_TARGETS = ("bucc2018", "tatoeba", "demo-retrieval")   # no target stage (encoder only)
 DEMO_TASKS = ("demo-topic", "demo-intermediate")
@@ -241,7 +245,7 @@ def _seed_all(seed: int) -> None:
 
 
 def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: str | None = None,
-             single_out: bool = False, on_step=None) -> dict:
+             single_out: bool = False, on_step=None, name: str | None = None) -> dict:
     """Train the plan's checkpoints; returns {role: path}. `single_out`: `plan.out` is the one
     checkpoint directory (the flags form) rather than a run directory."""
     from xopt import results
@@ -341,7 +345,7 @@ def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: s
                 base_model = (ckpt.manifest.get("base_model") or ckpt.manifest.get("source", {}).get("name")
                               or ckpt.path.name)
                 save_checkpoint(model, tok, card, targets[role], source, force=True,
-                                manifest_extra={"role": role, "name": role if not single_out else targets[role].name,
+                                manifest_extra={"role": role, "name": role if not single_out else name or targets[role].name,
                                                 "base_model": base_model})
             barrier(world)
             written[role] = targets[role]
@@ -448,5 +452,5 @@ def train(model_path: str | Path, target: str, data: str | Path, out: str | Path
             istage = replace(istage, task=intermediate)
     plan = Plan(model=str(model_path), out=str(out), target=tstage, intermediate=istage,
                 data={"root": str(data)}, seed=seed, models=["xstilts" if intermediate else "baseline"])
-    written = run_plan(plan, resume=resume, force=force, single_out=True, on_step=on_step)
+    written = run_plan(plan, resume=resume, force=force, single_out=True, on_step=on_step, name=name)
     return next(iter(written.values()))

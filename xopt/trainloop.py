@@ -93,11 +93,11 @@ def make_trainee(model, tasks: dict[str, TaskData]):
                 hidden_states = self.model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
                 return self.heads[key(task)](hidden_states[mlm_positions])
             self.model.kind = self.kinds[task]
-            self.model._modules["head"] = self.heads[key(task)]
+            self.model.head = self.heads[key(task)]
             try:
                 return self.model(input_ids, attention_mask)
             finally:
-                self.model._modules["head"] = None
+                self.model.head = None
                 self.model.kind = "none"
 
     return Trainee()

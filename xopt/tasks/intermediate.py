@@ -241,6 +241,9 @@ def load(name: str, root: str | Path, translated: list[str | Path] = ()) -> Task
     if name not in SPECS:
         raise XoptError(f"unknown intermediate task {name!r}; known: {', '.join(TASKS)}")
     spec, root = SPECS[name], Path(root)
+    if root.is_file():
+        raise XoptError(f"task {name}: {root} is a file; {name} needs the directory that holds its files "
+                        f"(--data DIR with DIR/{name}/, or data.{name} in the plan)")
     if not root.is_dir():
         raise XoptError(f"task {name}: data directory {root} not found")
     if (root / "dataset_dict.json").is_file():

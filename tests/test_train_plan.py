@@ -251,3 +251,37 @@ def test_xtreme_target_families(tmp_path, ckpt32, target, head, metric_key):
     assert names[2:] == {"sequence": ("logits",), "token": ("token_logits",),
                          "span": ("start_logits", "end_logits")}[head]
     load_module(open_checkpoint(out))          # the head file loads into the contract's model
+
+
+def test_xopt_run_chains_train_compile_eval_bench_report(tmp_path, ckpt32):
+    xfix = Path(__file__).parent / "fixtures" / "xtreme"
+    plan = tmp_path / "plan.toml"
+    plan.write_text(f'''model = "{ckpt32}"
+out = "run"
+data = {{root = "{xfix}", qqp = "{FIX}/qqp"}}
+[intermediate]
+task = "qqp"
+steps = 2
+batch_size = 4
+[target]
+task = "xnli"
+steps = 2
+batch_size = 4
+[run]
+variants = ["fp32"]
+langs = ["en", "de"]
+bench = {{batch = [1], seq_len = [16], min_time = 0.02}}
+''')
+    res = CliRunner().invoke(app, ["run", str(plan)])
+    assert res.exit_code == 0, res.output
+    recs = [json.loads(x) for x in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
+    evals = {(r["model"], r["variant"], r["task"], r["lang"]) for r in recs if r["kind"] == "eval"}
+    assert {(m, "fp32", "xnli", lang) for m in ("baseline", "xstilts") for lang in ("en", "de")} <= evals
+    assert any(r["kind"] == "bench" and r["model"] == "xstilts" for r in recs)
+    assert (tmp_path / "run" / "report" / "report.md").is_file()
+
+
+def test_xopt_run_refuses_a_bad_run_section_before_training(tmp_path, ckpt32):
+    plan = _plan(tmp_path / "plan.toml", ckpt32, '[target]\ntask = "sst2"\n[run]\nvariants = ["fp33"]\n')
+    res = CliRunner().invoke(app, ["run", str(plan)])
+    assert res.exit_code == 2 and "unknown variant 'fp33'" in res.output and not (tmp_path / "run").exists()

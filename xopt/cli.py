@@ -130,6 +130,16 @@ def train_cmd(plan: Annotated[Optional[Path], typer.Argument(
         typer.echo(f"wrote {path}")
 
 
+@command("run")
+def run_cmd(plan: Annotated[Path, typer.Argument(help="Plan file (TOML): training stages plus a [run] section.")],
+            resume: Annotated[bool, typer.Option("--resume", help="Finish an interrupted run.")] = False,
+            force: Force = False):
+    """The whole flow from a plan: train -> compile -> eval -> bench -> report / pick."""
+    from xopt.pipeline import run_plan_file
+
+    run_plan_file(plan, resume=resume, force=force)
+
+
 @command("compile")
 def compile_cmd(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
                 variant: Annotated[str, typer.Option("--variant", help="Variant name (see `xopt variants`).")],

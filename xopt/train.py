@@ -103,6 +103,7 @@ class Plan:
     data: dict = field(default_factory=dict)   # task -> path; "root" -> default location
     seed: int = 0
     models: list = field(default_factory=lambda: ["baseline", "xstilts"])
+    run: dict = field(default_factory=dict)    # `xopt run`: compile/eval/bench settings (xopt/pipeline.py)
 
 
 def _stage(d: dict, where: str) -> Stage:
@@ -126,7 +127,7 @@ def load_plan(path: str | Path) -> Plan:
         d = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise XoptError(f"plan {path}: not valid TOML ({e})") from None
-    known = {"model", "out", "data", "seed", "models", "intermediate", "target"}
+    known = {"model", "out", "data", "seed", "models", "intermediate", "target", "run"}
     bad = [k for k in d if k not in known]
     if bad:
         raise XoptError(f"plan {path}: unknown key {bad[0]!r}; known: {', '.join(sorted(known))}")
@@ -139,7 +140,8 @@ def load_plan(path: str | Path) -> Plan:
     data = {k: str(base / v) for k, v in data.items()}     # relative to the plan file
     plan = Plan(model=str(base / d["model"]), out=str(base / d["out"]), target=_stage(d["target"], f"plan {path} [target]"),
                 intermediate=_stage(d["intermediate"], f"plan {path} [intermediate]") if "intermediate" in d else None,
-                data=data, seed=int(d.get("seed", 0)), models=list(d.get("models", ["baseline", "xstilts"])))
+                data=data, seed=int(d.get("seed", 0)), models=list(d.get("models", ["baseline", "xstilts"])),
+                run=dict(d.get("run", {})))
     for st in filter(None, (plan.intermediate,)):
         st.mlm = [str(base / f) for f in st.mlm]
         st.translated = {t: [str(base / f) for f in fs] for t, fs in st.translated.items()}

@@ -197,6 +197,10 @@ def evaluate(variant_dir: str | Path, suite: str, data: str | Path | None = None
 # reference's threshold.
 
 REFERENCE_VARIANT = "fp32"
+# XTREME's settings (run_classify.py / run_tag.py: 128 tokens; run_squad.py: 384, doc stride 128,
+# 64 query tokens, 20-best, answers of at most 30 tokens; retrieval: the model's maximum)
+XTREME_MAX_LENGTH = {"classify": 128, "tagging": 128, "qa": 384}
+QA_DOC_STRIDE = 128
 
 
 def shard() -> tuple[int, int]:
@@ -286,24 +290,27 @@ def _score_unit(loaded, tok, task, lang, data, batch_size, progress, threshold):
     card, pad_id = loaded.card, tok.pad_token_id
     desc = f"{task.name} {lang}"
     if task.family == "classify":
-        f = classify.features(data, tok, task.labels, card.max_length, card.input_prefix)
+        f = classify.features(data, tok, task.labels, min(XTREME_MAX_LENGTH[task.family], card.max_length),
+                              card.input_prefix)
         out = run_ids(loaded, f["input_ids"], pad_id, batch_size, progress, desc)
         oc = classify.outcomes(classify.predict(out["logits"]), f["label_ids"])
         return classify.accuracy(oc), len(data), {"outcomes": oc.tolist(), "outcome_kind": "mean"}, len(data)
     if task.family == "tagging":
-        feats = tagging.features(data, tok, task.labels, card.max_length, card.input_prefix)
+        feats = tagging.features(data, tok, task.labels, min(XTREME_MAX_LENGTH[task.family], card.max_length),
+                                 card.input_prefix)
         out = run_ids(loaded, [f["input_ids"] for f in feats], pad_id, batch_size, progress, desc)
         pred = tagging.decode(feats, out["token_logits"], len(data), task.labels)
         counts = tagging.sentence_counts([e["tags"] for e in data], pred)
         return tagging.f1(counts), len(data), {"counts": counts.tolist(), "outcome_kind": "counts"}, len(feats)
     if task.family == "qa":
-        feats = qa.features(data, tok, min(384, card.max_length), 128, 64, card.input_prefix)
+        feats = qa.features(data, tok, min(XTREME_MAX_LENGTH["qa"], card.max_length), QA_DOC_STRIDE, 64,
+                            card.input_prefix)
         out = run_ids(loaded, [f["input_ids"] for f in feats], pad_id, batch_size, progress, desc)
         preds = qa.decode(feats, out["start_logits"], out["end_logits"], data)
         norm_lang = lang if task.name == "mlqa" else None
         sc = np.array([qa.scores(p, [a["text"] for a in e["answers"]], norm_lang) for p, e in zip(preds, data)])
         return (float(sc[:, 0].mean() * 100), len(data),
-                {"outcomes": [round(float(x), 4) for x in sc[:, 0]], "em_outcomes": sc[:, 1].tolist(),
+                {"outcomes": sc[:, 0].tolist(), "em_outcomes": sc[:, 1].tolist(),
                  "exact_match": float(sc[:, 1].mean() * 100), "outcome_kind": "mean",
                  "normalisation": "mlqa" if norm_lang else "squad-v1.1"}, len(feats))
     # retrieval: embeddings of both sides in one bucketed pass
@@ -338,6 +345,22 @@ def _choose_bucc_threshold(loaded, tok, lang, data_dir, batch_size, progress) ->
     return retrieval.optimal_threshold(cands, {(s_index[s], e_index[e]) for s, e in dev.gold})
 
 
+_TOKENIZERS: dict = {}
+
+
+def _tokenizer(loaded):
+    """The variant's tokenizer, reused across calls in one process when its files hash the same
+    (parsing XLM-R's tokenizer.json takes seconds)."""
+    files = loaded.manifest.get("files", {})
+    key = tuple(sorted((k, v) for k, v in files.items() if k.startswith(("tokenizer", "special_tokens",
+                                                                        "sentencepiece"))))
+    if not key:
+        return loaded.tokenizer()
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = loaded.tokenizer()
+    return _TOKENIZERS[key]
+
+
 def evaluate_xtreme(variant_dir, data_dir, tasks=None, langs=None, split: str = "test", batch_size: int = 64,
                     max_examples: int | None = None, bucc_threshold_from=None) -> list[dict]:
     """Zero-shot XTREME records of one variant (module notes above). Everything is loaded and
@@ -346,7 +369,8 @@ def evaluate_xtreme(variant_dir, data_dir, tasks=None, langs=None, split: str = 
     from xopt.variants import load_variant
 
     rank, world = shard()
-    X.check_split(X.TASKS["xnli"], split)
+    if split not in X.SPLITS:
+        raise XoptError(f"unknown split {split!r}; use one of {', '.join(X.SPLITS)}")
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise XoptError(f"--data {data_dir}: not a directory")
@@ -371,7 +395,7 @@ def evaluate_xtreme(variant_dir, data_dir, tasks=None, langs=None, split: str = 
             else:
                 X.load("bucc2018", lang, "dev", data_dir)   # fail before running if the dev gold is missing
                 thresholds[lang] = None
-    tok = loaded.tokenizer()
+    tok = _tokenizer(loaded)
     common = dict(model=loaded.model_name, variant=variant, suite="xtreme", split=split,
                   base_model=card.to_json().get("base_model") or loaded.manifest["model"].get("base_model"),
                   role=loaded.manifest["model"].get("role"), variant_dir=str(loaded.directory),

@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import re
 import string
-import sys
 import unicodedata
 from collections import Counter
-from functools import lru_cache
 
 import numpy as np
 
@@ -106,10 +104,15 @@ def squad_normalize(s: str) -> str:
 _ASCII_PUNCT = set(string.punctuation)
 
 
-@lru_cache(maxsize=1)
-def _unicode_punct() -> frozenset:
-    return frozenset(chr(i) for i in range(sys.maxunicode) if unicodedata.category(chr(i)).startswith("P")) | \
-        _ASCII_PUNCT
+class _Punct:
+    """MLQA's PUNCT set (every Unicode P* character, plus ASCII punctuation) as a membership test;
+    building the set itself walks all 1.1M code points (2 s)."""
+
+    def __contains__(self, ch: str) -> bool:
+        return ch in _ASCII_PUNCT or unicodedata.category(ch).startswith("P")
+
+
+_PUNCT = _Punct()
 
 
 MLQA_ARTICLES = {
@@ -138,7 +141,7 @@ def mlqa_normalize(s: str, lang: str) -> str:
     """MLQA's official normalisation (mlqa_evaluation_v1.py) for answer language `lang`."""
     if lang not in MLQA_ARTICLES:
         raise ValueError(f"MLQA has no normalisation for language {lang!r}")
-    punct = _unicode_punct()
+    punct = _PUNCT
     s = "".join(ch for ch in s.lower() if ch not in punct)
     if MLQA_ARTICLES[lang]:
         s = re.sub(MLQA_ARTICLES[lang], " ", s)

@@ -44,6 +44,7 @@ from xopt.errors import XoptError
 
 SPLITS = ("train", "dev", "test")
 HF_SPLIT = {"train": "train", "dev": "validation", "test": "test"}
+HF_TEST_IS_VALIDATION = ("xquad", "tydiqa", "tatoeba")   # the hub has only these tasks' "validation"
 
 XNLI_LABELS = ("contradiction", "entailment", "neutral")
 PAWSX_LABELS = ("0", "1")
@@ -147,6 +148,8 @@ def check_lang(task: Task, lang: str) -> None:
 def check_split(task: Task, split: str) -> None:
     if split not in SPLITS:
         raise XoptError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    if split not in task.splits:
+        raise XoptError(f"{task.name} has no {split} split (XTREME distributes: {', '.join(task.splits)})")
 
 
 # --------------------------------------------------------------------------- download-script layout
@@ -346,26 +349,39 @@ def load_xtreme_layout(task: Task, lang: str, split: str, root: Path):
 
 # --------------------------------------------------------------------------- Hugging Face datasets
 
+def _need_module(name: str, where: Path):
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise XoptError(f"{where}: reading Hugging Face dataset directories needs `datasets`: "
+                        "pip install 'xopt[xtreme]'") from None
+
+
+def hf_split(task: Task, split: str) -> str:
+    return "validation" if split == "test" and task.name in HF_TEST_IS_VALIDATION else HF_SPLIT[split]
+
+
 def _hf_rows(cfg_dir: Path, split: str, task: Task, lang: str):
     """(rows as a list of dicts, {column: ClassLabel names}) of one split of a google/xtreme config dir."""
-    hf_split = HF_SPLIT[split]
+    name = hf_split(task, split)
     if (cfg_dir / "dataset_dict.json").is_file() or (cfg_dir / "state.json").is_file():
-        import datasets
+        datasets = _need_module("datasets", cfg_dir)
 
         datasets.disable_progress_bars()
         ds = datasets.load_from_disk(str(cfg_dir))
         if isinstance(ds, datasets.DatasetDict):
-            if hf_split not in ds:
-                raise XoptError(f"{cfg_dir}: no {hf_split!r} split (it has: {', '.join(ds)})")
-            ds = ds[hf_split]
+            if name not in ds:
+                raise XoptError(f"{cfg_dir}: no {name!r} split (it has: {', '.join(ds)})")
+            ds = ds[name]
         names = {k: f.feature.names if hasattr(f, "feature") and hasattr(f.feature, "names") else
                  getattr(f, "names", None) for k, f in ds.features.items()}
         return ds.to_list(), {k: v for k, v in names.items() if v}
-    files = sorted(cfg_dir.glob(f"{hf_split}-*.parquet")) + sorted((cfg_dir / hf_split).glob("*.parquet"))
+    files = sorted(cfg_dir.glob(f"{name}-*.parquet")) + sorted((cfg_dir / name).glob("*.parquet"))
     if not files:
-        raise XoptError(f"{cfg_dir}: no {hf_split} split (expected save_to_disk output or {hf_split}-*.parquet)")
-    import pyarrow.parquet as pq
-
+        raise XoptError(f"{cfg_dir}: no {name} split (expected save_to_disk output or {name}-*.parquet)")
+    pq = _need_module("pyarrow.parquet", cfg_dir)
     rows, names = [], {}
     for f in files:
         table = pq.read_table(f)
@@ -384,7 +400,7 @@ def _hf_rows(cfg_dir: Path, split: str, task: Task, lang: str):
 
 def load_hf(task: Task, lang: str, split: str, cfg_dir: Path):
     rows, names = _hf_rows(cfg_dir, split, task, lang)
-    where = f"{cfg_dir}[{HF_SPLIT[split]}]"
+    where = f"{cfg_dir}[{hf_split(task, split)}]"
 
     def lab(value, column, i):
         if isinstance(value, int) and column in names:

@@ -119,11 +119,15 @@ def train_cmd(plan: Annotated[Optional[Path], typer.Argument(
         return
     if model is None or out is None:
         raise XoptError("give a plan file, or --model and --out (see `xopt train --help`)")
+    inter = _csv(intermediate)
     if data is None:
+        from xopt.train import DEMO_TASKS
+
+        if not {target, *(inter or [])} <= {*DEMO_TASKS, "demo-retrieval"}:
+            raise XoptError(f"--data DIR is needed for {target} (the default data is the demo suite)")
         from xopt.tasks.demo import ensure_suite
 
         data = ensure_suite()
-    inter = _csv(intermediate)
     path = train(model, target, data, out, intermediate=(inter[0] if inter and len(inter) == 1 else inter),
                  seed=seed, force=force, resume=resume)
     if os.environ.get("RANK", "0") == "0":

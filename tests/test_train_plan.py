@@ -285,3 +285,20 @@ def test_xopt_run_refuses_a_bad_run_section_before_training(tmp_path, ckpt32):
     plan = _plan(tmp_path / "plan.toml", ckpt32, '[target]\ntask = "sst2"\n[run]\nvariants = ["fp33"]\n')
     res = CliRunner().invoke(app, ["run", str(plan)])
     assert res.exit_code == 2 and "unknown variant 'fp33'" in res.output and not (tmp_path / "run").exists()
+
+
+def test_hf_datasets_directories_open_offline(tmp_path):
+    """`save_to_disk` directories with the Hub's columns (glue/mnli, commonsense_qa)."""
+    datasets = pytest.importorskip("datasets", reason="the `datasets` package (test extra) is not installed")
+    nli = {"premise": ["A man plays.", "A dog runs."], "hypothesis": ["Someone plays.", "A cat sleeps."],
+           "label": [0, 2], "idx": [0, 1]}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(nli),
+                          "validation_matched": datasets.Dataset.from_dict(nli)}).save_to_disk(str(tmp_path / "mnli"))
+    t = it.load("mnli", tmp_path / "mnli")
+    assert [e["label"] for e in t.train] == ["entailment", "contradiction"] and len(t.dev) == 2
+    cq = {"id": ["a"], "question": ["Where do fish live?"], "question_concept": ["fish"],
+          "choices": [{"label": ["A", "B", "C"], "text": ["desert", "water", "attic"]}], "answerKey": ["B"]}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(cq),
+                          "validation": datasets.Dataset.from_dict(cq)}).save_to_disk(str(tmp_path / "csqa"))
+    t = it.load("commonsenseqa", tmp_path / "csqa")
+    assert t.train == [{"first": "Where do fish live?", "choices": ["desert", "water", "attic"], "label": 1}]

@@ -395,7 +395,7 @@ def fit(model, tok, prefix: str, tasks: dict[str, TaskData], stage, seed: int, s
     start = meta["step"]
     bar_id = progress.add_task(f"{label}{'+'.join(tasks)} ({stage.train})", total=total, completed=start,
                                rate="") if progress and rank == 0 else None
-    t0, tokens0, done_tokens = time.perf_counter(), 0, 0
+    t0, tokens0, done_tokens, eval_s = time.perf_counter(), 0, 0, 0.0
     for step in range(start, total):
         name, idx = sched_steps[step]
         task = tasks[name]
@@ -427,12 +427,14 @@ def fit(model, tok, prefix: str, tasks: dict[str, TaskData], stage, seed: int, s
             progress.update(bar_id, advance=1, rate=f"loss {np.mean(meta['losses'][-20:]):.3f} {rate:.2f} step/s")
         end_of_epoch = (step + 1) % epoch_steps == 0 or step + 1 == total
         if end_of_epoch:
+            dt = time.perf_counter() - t0 - eval_s          # training time only
+            te = time.perf_counter()
             score, per_task = _evaluate(trainee, tasks, dev, tok, device, frozen, world, rank, amp)
-            dt = time.perf_counter() - t0
+            eval_s += time.perf_counter() - te
             rec = {"epoch": math.ceil((step + 1) / epoch_steps), "step": step + 1,
                    "train_loss": float(np.mean(meta["losses"])), "dev": per_task, "dev_score": score,
                    "lr": sched.get_last_lr()[0], "steps_per_s": round((step + 1 - start) / dt, 3),
-                   "tokens_per_s": round((done_tokens - tokens0) / dt, 1)}
+                   "tokens_per_s": round((done_tokens - tokens0) / dt, 1), "eval_s": round(eval_s, 2)}
             meta["history"].append(rec)
             meta["losses"] = []
             if records is not None and rank == 0:
@@ -440,7 +442,8 @@ def fit(model, tok, prefix: str, tasks: dict[str, TaskData], stage, seed: int, s
             if score is None or meta["best"] is None or score > meta["best"]:   # no dev split: the last epoch
                 meta["best"] = score
                 best = {n: p.detach().cpu().clone() for n, p in named.items()}
-        if state_dir is not None and (end_of_epoch or (stage.checkpoint_every and
+        # head-only stages (seconds of work) save only when asked to
+        if state_dir is not None and ((end_of_epoch and not head_only) or (stage.checkpoint_every and
                                                        (step + 1) % stage.checkpoint_every == 0)):
             if rank == 0:
                 save_state(state_dir, named, opt, sched, scaler, meta, best)

@@ -174,6 +174,23 @@ def test_resume_gives_the_same_weights(tmp_path, ckpt32):
     assert all(torch.equal(a[k], b[k]) for k in a)
     ha, hb = load_file(str(full / "head.safetensors")), load_file(str(cut / "head.safetensors"))
     assert all(torch.equal(ha[k], hb[k]) for k in ha)
+    # X-STILTs killed in its target stage: resuming keeps the finished intermediate stage
+    calls = []
+
+    def kill_in_target(step):
+        calls.append(step)
+        if len(calls) == 3:          # intermediate steps 1, 2, then target step 1
+            raise Killed
+
+    inter = Stage("qqp", steps=2, batch_size=4, lr=1e-3)
+    tgt = Stage("sst2", steps=2, batch_size=4, lr=1e-3, checkpoint_every=1)
+    with pytest.raises(Killed):
+        train(ckpt32, "sst2", FIX, tmp_path / "xs", intermediate="qqp", intermediate_stage=inter,
+              target_stage=tgt, on_step=kill_in_target)
+    steps = []
+    xs = train(ckpt32, "sst2", FIX, tmp_path / "xs", intermediate="qqp", intermediate_stage=inter,
+               target_stage=tgt, on_step=steps.append, resume=True)
+    assert steps == [2] and len(json.loads((xs / "manifest.json").read_text())["source"]["stages"]) == 2
 
 
 def test_two_process_ddp_matches_one_process(tmp_path, ckpt32):

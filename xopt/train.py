@@ -138,7 +138,8 @@ def load_plan(path: str | Path) -> Plan:
     data = d.get("data", {})
     data = {"root": data} if isinstance(data, str) else dict(data)
     data = {k: str(base / v) for k, v in data.items()}     # relative to the plan file
-    plan = Plan(model=str(base / d["model"]), out=str(base / d["out"]), target=_stage(d["target"], f"plan {path} [target]"),
+    plan = Plan(model=str(base / d["model"]), out=str(base / d["out"]),
+                target=_stage(d["target"], f"plan {path} [target]"),
                 intermediate=_stage(d["intermediate"], f"plan {path} [intermediate]") if "intermediate" in d else None,
                 data=data, seed=int(d.get("seed", 0)), models=list(d.get("models", ["baseline", "xstilts"])),
                 run=dict(d.get("run", {})))
@@ -347,7 +348,8 @@ def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: s
                 base_model = (ckpt.manifest.get("base_model") or ckpt.manifest.get("source", {}).get("name")
                               or ckpt.path.name)
                 save_checkpoint(model, tok, card, targets[role], source, force=True,
-                                manifest_extra={"role": role, "name": role if not single_out else name or targets[role].name,
+                                manifest_extra={"role": role,
+                                                "name": role if not single_out else name or targets[role].name,
                                                 "base_model": base_model})
             barrier(world)
             written[role] = targets[role]
@@ -438,7 +440,8 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def train(model_path: str | Path, target: str, data: str | Path, out: str | Path, intermediate: str | list | None = None,
+def train(model_path: str | Path, target: str, data: str | Path, out: str | Path,
+          intermediate: str | list | None = None,
           seed: int = 0, force: bool = False, target_stage: Stage | None = None,
           intermediate_stage: Stage | None = None, name: str | None = None, resume: bool = False,
           on_step=None) -> Path:

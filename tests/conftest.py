@@ -44,7 +44,7 @@ def tiny_suite(tiny_locale, tmp_path_factory) -> Path:
     return save_suite(suite, tmp_path_factory.mktemp("suite") / "suite.json")
 
 
-def make_tiny_checkpoint(out: Path, labels: list[str], seed: int = 0, name: str = "tiny") -> Path:
+def make_tiny_checkpoint(out: Path, labels: list[str], seed: int = 0, name: str = "tiny", hidden: int = 64) -> Path:
     """A 2-layer BERT from config with the real e5 tokenizer and a classification head."""
     import torch
     from transformers import BertConfig, BertModel
@@ -52,8 +52,8 @@ def make_tiny_checkpoint(out: Path, labels: list[str], seed: int = 0, name: str 
     from xopt.models import ModelCard, build_module, e5_tokenizer, save_checkpoint
 
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=250037, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=128, max_position_embeddings=128, type_vocab_size=2, pad_token_id=1)
+    cfg = BertConfig(vocab_size=250037, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=2 * hidden, max_position_embeddings=128, type_vocab_size=2, pad_token_id=1)
     card = ModelCard(pooling="mean", input_prefix="query: ", labels=labels, task="demo-topic", max_length=128)
     model = build_module(BertModel(cfg, add_pooling_layer=False).eval(), card)
     return save_checkpoint(model, e5_tokenizer(), card, out, {"kind": "test", "seed": seed},

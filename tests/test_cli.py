@@ -77,6 +77,6 @@ def test_compile_eval_bench_report_pick_on_a_tiny_model(tmp_path, tiny_ckpt, tin
 
 
 def test_train_refuses_unknown_task_before_training(tmp_path, tiny_ckpt, tiny_suite):
-    msg = _one_line_error(run("train", "--model", tiny_ckpt, "--target", "demo-topic", "--intermediate", "mnli",
+    msg = _one_line_error(run("train", "--model", tiny_ckpt, "--target", "demo-topic", "--intermediate", "nosuchtask",
                               "--data", tiny_suite, "--out", tmp_path / "t"))
-    assert "unknown training task 'mnli'" in msg and not (tmp_path / "t").exists()
+    assert "unknown task 'nosuchtask'" in msg and not (tmp_path / "t").exists()

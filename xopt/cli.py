@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -87,20 +88,60 @@ def import_cmd(name: Annotated[str, typer.Argument(help="Packaged model to impor
 
 
 @command("train")
-def train_cmd(model: Annotated[Path, typer.Option("--model", help="Checkpoint directory to start from.")],
-              out: Annotated[Path, typer.Option("--out", help="Checkpoint directory to write.")],
+def train_cmd(plan: Annotated[Optional[Path], typer.Argument(
+                  help="Plan file (TOML): encoder, stages, hyper-parameters, outputs (see xopt/train.py).")] = None,
+              model: Annotated[Optional[Path], typer.Option("--model", help="Checkpoint directory to start from.")] = None,
+              out: Annotated[Optional[Path], typer.Option(
+                  "--out", help="Checkpoint directory to write (with a plan: its run directory).")] = None,
               target: Annotated[str, typer.Option("--target", help="English target task.")] = "demo-topic",
               intermediate: Annotated[Optional[str], typer.Option(
-                  "--intermediate", help="English intermediate task (X-STILTs); omit for the baseline.")] = None,
-              data: Data = None,
+                  "--intermediate", help="English intermediate task(s), comma-separated for a mixture "
+                                         "(X-STILTs); omit for the baseline.")] = None,
+              data: Annotated[Optional[Path], typer.Option(
+                  "--data", help="Task data: a directory (<DIR>/<task>/ or DIR itself) or the demo suite JSON "
+                                 "(default: the cached demo suite).")] = None,
               seed: Annotated[int, typer.Option("--seed")] = 0,
+              resume: Annotated[bool, typer.Option(
+                  "--resume", help="Continue from the last complete training-state checkpoint.")] = False,
               force: Force = False):
-    """Train a baseline (target task only) or X-STILTs (intermediate, then target) checkpoint."""
-    from xopt.tasks.demo import ensure_suite
-    from xopt.train import train
+    """Train a baseline (target task only) or X-STILTs (intermediate, then target) checkpoint.
 
-    path = train(model, target, data or ensure_suite(), out, intermediate=intermediate, seed=seed, force=force)
-    typer.echo(f"wrote {path}")
+    Data parallel: launch the same command with `torchrun --nproc-per-node N -m xopt.cli train ...`."""
+    from xopt.train import load_plan, run_plan, train
+
+    if plan is not None:
+        p = load_plan(plan)
+        if out is not None:
+            p.out = str(out)
+        for role, path in run_plan(p, resume=resume, force=force, plan_text=plan.read_text()).items():
+            if os.environ.get("RANK", "0") == "0":      # under torchrun: once, not once per process
+                typer.echo(f"wrote {path} ({role})")
+        return
+    if model is None or out is None:
+        raise XoptError("give a plan file, or --model and --out (see `xopt train --help`)")
+    inter = _csv(intermediate)
+    if data is None:
+        from xopt.train import DEMO_TASKS
+
+        if not {target, *(inter or [])} <= {*DEMO_TASKS, "demo-retrieval"}:
+            raise XoptError(f"--data DIR is needed for {target} (the default data is the demo suite)")
+        from xopt.tasks.demo import ensure_suite
+
+        data = ensure_suite()
+    path = train(model, target, data, out, intermediate=(inter[0] if inter and len(inter) == 1 else inter),
+                 seed=seed, force=force, resume=resume)
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(f"wrote {path}")
+
+
+@command("run")
+def run_cmd(plan: Annotated[Path, typer.Argument(help="Plan file (TOML): training stages plus a [run] section.")],
+            resume: Annotated[bool, typer.Option("--resume", help="Finish an interrupted run.")] = False,
+            force: Force = False):
+    """The whole flow from a plan: train -> compile -> eval -> bench -> report / pick."""
+    from xopt.pipeline import run_plan_file
+
+    run_plan_file(plan, resume=resume, force=force)
 
 
 @command("compile")

@@ -120,3 +120,77 @@ def run_demo(out: Path, quick: bool = False, force: bool = False) -> dict:
     console.print(f"records: {res}\nreport:  {report_md}\n" +
                   "timings: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     return {"results": res, "report": report_md, "rows": rows, "pick": choice, "timings": timings}
+
+
+def run_plan_file(path: Path, resume: bool = False, force: bool = False) -> dict:
+    """`xopt run PLAN.toml`: train the plan's checkpoints, then compile each into the `[run]`
+    variants, evaluate every variant, benchmark the X-STILTs variants, report and pick. All of it
+    lands in the plan's run directory (checkpoints, variants/<model>/<variant>/, results.jsonl,
+    report/). `[run]` keys: variants (default: every CPU variant this host can build), suite
+    (xtreme | demo; default from the target), eval_data (default: the plan's data root), tasks,
+    langs, split, max_examples, calib (compile options of calibrated variants), bench
+    ({batch = [..], seq_len = [..], min_time = s}, or false)."""
+    from xopt import report, results
+    from xopt.bench import bench
+    from xopt.evaluate import evaluate
+    from xopt.pick import pick, render
+    from xopt.progress import bar
+    from xopt.tasks import xtreme
+    from xopt.train import load_plan, run_plan
+    from xopt.variants import REGISTRY, compile_variant
+
+    path = Path(path)
+    plan = load_plan(path)
+    cfg = dict(plan.run)
+    known = {"variants", "suite", "eval_data", "tasks", "langs", "split", "max_examples", "calib", "bench"}
+    bad = [k for k in cfg if k not in known]
+    if bad:
+        raise XoptError(f"plan {path} [run]: unknown key {bad[0]!r}; known: {', '.join(sorted(known))}")
+    variants = cfg.get("variants") or [v.name for v in REGISTRY.values()
+                                       if v.device == "cpu" and v.unavailable_reason() is None]
+    unknown = [v for v in variants if v not in REGISTRY]
+    if unknown:
+        raise XoptError(f"plan {path} [run]: unknown variant {unknown[0]!r}; see `xopt variants`")
+    target = plan.target.tasks[0]
+    suite = cfg.get("suite") or ("xtreme" if target in xtreme.TASKS else "demo")
+    eval_data = cfg.get("eval_data")
+    eval_data = str(path.parent / eval_data) if eval_data else plan.data.get("root")
+    tasks = cfg.get("tasks") or ([target] if suite == "xtreme" else None)
+    out = Path(plan.out)
+    res = out / "results.jsonl"
+    if res.exists() and not (resume or force):
+        raise XoptError(f"{res} already exists; pass --force to redo the run (or --resume to finish it)")
+    t = _step("train")
+    written = run_plan(plan, resume=resume, force=force, plan_text=path.read_text())
+    timings = {"train_s": time.perf_counter() - t}
+    if force and res.exists():
+        res.unlink()
+    t = _step("compile, evaluate")
+    dirs = {}
+    for model, ckpt in written.items():
+        for name in variants:
+            d = out / "variants" / model / name
+            if not (d / "manifest.json").is_file():
+                console.print(f"compile {model} -> {name}")
+                compile_variant(ckpt, name, d, force=True,
+                                options=cfg.get("calib") if REGISTRY[name].calibrated else None)
+            dirs[(model, name)] = d
+            results.append(res, evaluate(d, suite, eval_data, tasks, cfg.get("langs"), cfg.get("split", "test"),
+                                         max_examples=cfg.get("max_examples")))
+    timings["compile_eval_s"] = time.perf_counter() - t
+    b = cfg.get("bench", {})
+    if b is not False:
+        t = _step("benchmark")
+        with bar() as progress:
+            bench([d for (m, _), d in dirs.items() if m == "xstilts"] or list(dirs.values()),
+                  batches=tuple(b.get("batch", (1, 8))), seq_lens=tuple(b.get("seq_len", (128,))),
+                  rounds=2, min_time_s=float(b.get("min_time", 0.5)), min_iters=5, max_time_s=10.0, out=res,
+                  progress=progress)
+        timings["bench_s"] = time.perf_counter() - t
+    _step("report")
+    report_md = report.write_report([res], out / "report", force=True)
+    choice = pick([res]) if "xstilts" in written and "baseline" in written else None
+    if choice:
+        console.print(render(choice))
+    console.print(f"records: {res}\nreport:  {report_md}")
+    return {"results": res, "report": report_md, "pick": choice, "checkpoints": written, "timings": timings}

@@ -1,59 +1,245 @@
-"""`xopt train`: baseline and X-STILTs checkpoints.
+"""`xopt train`: baseline and X-STILTs checkpoints, from flags or a plan file.
 
-X-STILTs = an English intermediate task first (encoder + that task's head), then the
-English target task on the carried-over encoder with a fresh head; the baseline runs the
-same target stage from the original encoder with the same seed. The intermediate head is
-discarded. Each stage keeps the epoch that scores best on its English dev split (zero-shot
-protocol: nothing in another language is seen before evaluation).
+X-STILTs = an English intermediate task first (encoder + that task's head; one task or a
+mixture), then the English target task on the carried-over encoder with a fresh head; the
+baseline runs the same target stage from the original encoder with the same seed. The
+intermediate heads are discarded. Each stage keeps the epoch that scores best on its English
+dev split (zero-shot protocol: nothing in another language is seen before evaluation).
+Retrieval targets (BUCC, Tatoeba, demo-retrieval) have no target stage: the X-STILTs
+checkpoint is the encoder right after the intermediate stage (head "none").
 
-A stage trains either the encoder (its transformer layers; the 250k-row embedding matrix
-stays frozen, which keeps the optimiser state small and the multilingual vocabulary
-untouched) plus the head, or the head alone on frozen features (`train="head"`), which the
-demo uses for its target stage: then the X-STILTs encoder is exactly the encoder right
-after the intermediate stage, which is what the retrieval task evaluates.
+A stage trains either the encoder (its transformer layers, optionally only the top k; the
+250k-row embedding matrix stays frozen, which keeps the optimiser state small and the
+multilingual vocabulary untouched) plus the heads, or the head alone on frozen features
+(`train = "head"`, sequence tasks), which the demo uses for its target stage.
+
+Plan file (TOML), every key but `model`, `out` and `[target]` optional:
+
+    model = "ckpt/e5-small"          # checkpoint directory (xopt or plain Hugging Face)
+    out = "runs/xnli"                # run directory: baseline/, xstilts/, plan.toml, resolved.json,
+                                     # metrics.jsonl, .state/ (resumable training state)
+    data = "data"                    # root: a task's files are in <data>/<task>/ (or data itself)
+    # data = {root = "data", mnli = "glue/MNLI"}    # or per-task locations
+    seed = 0
+    models = ["baseline", "xstilts"]
+    [intermediate]                   # omit for a baseline-only run
+    tasks = ["mnli", "qqp"]          # or task = "mnli"; several = multi-task mixture
+    mixing = "capped"                # proportional | capped (cap = N examples) | temperature (temperature = T)
+    cap = 50000
+    mlm = ["mono/de.txt"]            # continue MLM on unlabelled target-language text, mixed in
+    translated = {mnli = ["mnli.de.jsonl"]}   # machine-translated intermediate data, same format
+    epochs = 1
+    lr = 2e-5
+    [target]
+    task = "xnli"
+    epochs = 2
+    # any Stage field: batch_size, grad_accum, warmup, max_length, max_examples, top_layers,
+    # dropout, weight_decay, precision (fp32|bf16|fp16), length_grouped, checkpoint_every, steps,
+    # train (encoder|head), head (sequence|token|span: checked against the task), doc_stride
 """
 
 from __future__ import annotations
 
-import math
-import random
-import time
-from dataclasses import asdict, dataclass
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-import numpy as np
-
 from xopt.errors import XoptError
-from xopt.progress import bar
+
+try:
+    import tomllib
+except ImportError:          # Python 3.10
+    import tomli as tomllib
+
+RETRIEVAL_TARGETS = ("bucc2018", "tatoeba", "demo-retrieval")   # no target stage (encoder only)
+DEMO_TASKS = ("demo-topic", "demo-intermediate")
 
 
 @dataclass
 class Stage:
-    task: str
+    task: str | list = ""      # one task, or a list (multi-task mixture)
     train: str = "encoder"     # "encoder" (layers + head) | "head" (frozen encoder)
     epochs: int = 2
+    steps: int | None = None   # overrides epochs
     lr: float = 5e-5
-    batch_size: int = 32
-    warmup: float = 0.1        # fraction of steps
+    batch_size: int = 32       # global (all processes, all accumulation micro-batches)
+    grad_accum: int = 1
+    warmup: float = 0.1        # fraction of steps (< 1) or a number of steps
     max_length: int = 128
     max_examples: int | None = None
     top_layers: int | None = None   # train only the top k transformer layers (None: all)
+    weight_decay: float = 0.01
+    dropout: float | None = None    # None: the model's own
+    precision: str = "fp32"    # fp32 | bf16 | fp16 (autocast)
+    length_grouped: bool = True
+    mixing: str = "proportional"
+    cap: int | None = None
+    temperature: float = 2.0
+    checkpoint_every: int = 0  # steps between training-state saves (0: each epoch end only)
+    doc_stride: int = 64
+    head: str | None = None    # expected head kind; checked against the task
+    mlm: list = field(default_factory=list)          # unlabelled text files (continued MLM)
+    translated: dict = field(default_factory=dict)   # task -> extra training files
+
+    @property
+    def tasks(self) -> list[str]:
+        names = [self.task] if isinstance(self.task, str) else list(self.task)
+        return names + (["mlm"] if self.mlm else [])
 
 
-DEMO_INTERMEDIATE = Stage("demo-intermediate", train="encoder", epochs=1, lr=8e-5, top_layers=4)
-DEMO_TARGET = Stage("demo-topic", train="head", epochs=100, lr=3e-3, batch_size=64)
+DEMO_INTERMEDIATE = Stage("demo-intermediate", train="encoder", epochs=1, lr=8e-5, top_layers=4,
+                          length_grouped=False)
+DEMO_TARGET = Stage("demo-topic", train="head", epochs=100, lr=3e-3, batch_size=64, length_grouped=False)
 
 
-def _task_data(suite: dict, task: str) -> dict:
-    if task not in suite["tasks"]:
-        raise XoptError(f"unknown training task {task!r}; the data has: {', '.join(suite['tasks'])}")
-    t = suite["tasks"][task]
-    if not t.get("train") or not t.get("dev"):
-        raise XoptError(f"task {task}: empty train or dev split")
-    return t
+@dataclass
+class Plan:
+    model: str
+    out: str
+    target: Stage | None
+    intermediate: Stage | None = None
+    data: dict = field(default_factory=dict)   # task -> path; "root" -> default location
+    seed: int = 0
+    models: list = field(default_factory=lambda: ["baseline", "xstilts"])
+    run: dict = field(default_factory=dict)    # `xopt run`: compile/eval/bench settings (xopt/pipeline.py)
 
+
+def _stage(d: dict, where: str) -> Stage:
+    d = dict(d)
+    if "tasks" in d:
+        d["task"] = d.pop("tasks")
+    known = {f.name for f in fields(Stage)}
+    bad = [k for k in d if k not in known]
+    if bad:
+        raise XoptError(f"{where}: unknown key {bad[0]!r}; known: tasks, {', '.join(sorted(known))}")
+    if not d.get("task"):
+        raise XoptError(f"{where}: no task (set task = \"NAME\" or tasks = [...])")
+    return Stage(**d)
+
+
+def load_plan(path: str | Path) -> Plan:
+    path = Path(path)
+    if not path.is_file():
+        raise XoptError(f"plan {path} not found")
+    try:
+        d = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise XoptError(f"plan {path}: not valid TOML ({e})") from None
+    known = {"model", "out", "data", "seed", "models", "intermediate", "target", "run"}
+    bad = [k for k in d if k not in known]
+    if bad:
+        raise XoptError(f"plan {path}: unknown key {bad[0]!r}; known: {', '.join(sorted(known))}")
+    for k in ("model", "out", "target"):
+        if k not in d:
+            raise XoptError(f"plan {path}: missing {k!r}")
+    base = path.parent
+    data = d.get("data", {})
+    data = {"root": data} if isinstance(data, str) else dict(data)
+    data = {k: str(base / v) for k, v in data.items()}     # relative to the plan file
+    plan = Plan(model=str(base / d["model"]), out=str(base / d["out"]),
+                target=_stage(d["target"], f"plan {path} [target]"),
+                intermediate=_stage(d["intermediate"], f"plan {path} [intermediate]") if "intermediate" in d else None,
+                data=data, seed=int(d.get("seed", 0)), models=list(d.get("models", ["baseline", "xstilts"])),
+                run=dict(d.get("run", {})))
+    for st in filter(None, (plan.intermediate,)):
+        st.mlm = [str(base / f) for f in st.mlm]
+        st.translated = {t: [str(base / f) for f in fs] for t, fs in st.translated.items()}
+    return plan
+
+
+# --- tasks -------------------------------------------------------------------------------------
+
+def _norm(s: str) -> str:
+    return "".join(c for c in s.lower() if c.isalnum())
+
+
+def task_path(name: str, data: dict) -> Path:
+    if name in data:
+        return Path(data[name])
+    if "root" not in data:
+        raise XoptError(f"task {name}: no data location (pass --data DIR or set data.{name} in the plan)")
+    root = Path(data["root"])
+    if root.is_dir():
+        for child in sorted(root.iterdir()):      # <root>/MNLI, <root>/SST-2, <root>/mnli ...
+            if child.is_dir() and _norm(child.name) == _norm(name):
+                return child
+    return root
+
+
+def load_task(name: str, data: dict, stage: Stage):
+    """TaskData for a task name (intermediate task, demo task, or `mlm`)."""
+    from xopt.tasks import intermediate as it
+
+    if name == "mlm":
+        return it.load_text("mlm", stage.mlm)
+    if name in it.SPECS:
+        return it.load(name, task_path(name, data), stage.translated.get(name, []))
+    if name in DEMO_TASKS:
+        from xopt.tasks.demo import load_suite
+
+        path = task_path(name, data)
+        t = load_suite(path)["tasks"].get(name)
+        if not t or not t.get("train") or not t.get("dev"):
+            raise XoptError(f"task {name}: empty train or dev split in {path}")
+        return it.TaskData(name, "sequence", t["labels"], t["train"], t["dev"])
+    from xopt.tasks import xtreme as X
+
+    if name in X.TASKS and X.TASKS[name].family != "retrieval":
+        return _xtreme_task(name, data)
+    known = list(it.TASKS) + list(DEMO_TASKS) + [t for t in X.TASKS if t != "squad"] + ["demo-retrieval"]
+    raise XoptError(f"unknown task {name!r}; known: {', '.join(known)}")
+
+
+def _xtreme_task(name: str, data: dict):
+    """An XTREME target's English training data (xopt.tasks.xtreme: the download layout or google/xtreme
+    HF directories), English dev when XTREME has one (TyDiQA-GoldP has none: the last epoch is kept)."""
+    from xopt.tasks import intermediate as it
+    from xopt.tasks import xtreme as X
+
+    t = X.TASKS[X.TRAIN_TASK.get(name, name)]
+    root = data.get(name) or data.get("root")
+    if not root:
+        raise XoptError(f"task {name}: no data location (pass --data DIR: XTREME's download layout)")
+
+    def rows(split):
+        ex = X.load(t, "en", split, root)
+        if t.family == "classify":
+            return [{"text": e["text_a"], "text_pair": e["text_b"], "label": e["label"]} for e in ex]
+        return ex
+    kind = {"classify": "sequence", "tagging": "token", "qa": "span"}[t.family]
+    metric = {"classify": "accuracy", "tagging": "f1", "qa": "qa_f1"}[t.family]
+    return it.TaskData(name, kind, list(t.labels), rows("train"), rows("dev") if "dev" in t.splits else [],
+                       metric=metric)
+
+
+def _check_stage(st: Stage, tasks: dict, role: str) -> None:
+    from xopt.tasks.intermediate import HEAD_OF
+
+    if st.train not in ("encoder", "head"):
+        raise XoptError(f"{role} stage: train must be 'encoder' or 'head', not {st.train!r}")
+    if st.precision not in ("fp32", "bf16", "fp16"):
+        raise XoptError(f"{role} stage: precision must be fp32, bf16 or fp16, not {st.precision!r}")
+    for n in st.tasks:
+        t = tasks[n]
+        if st.head and HEAD_OF[t.kind] != st.head:
+            raise XoptError(f"{role} stage: task {n} needs a {HEAD_OF[t.kind]!r} head, the plan says {st.head!r}")
+        if st.train == "head" and t.kind != "sequence":
+            raise XoptError(f"{role} stage: train = 'head' (frozen features) supports sequence tasks only; "
+                            f"{n} is a {t.kind} task: use train = 'encoder'")
+    if role == "target" and len(st.tasks) != 1:
+        raise XoptError("target stage: exactly one task (mixtures are for the intermediate stage)")
+    if role == "target" and tasks[st.tasks[0]].kind in ("choice", "mlm"):
+        raise XoptError(f"target task {st.tasks[0]}: a {tasks[st.tasks[0]].kind} task is an intermediate task only")
+
+
+# --- running -----------------------------------------------------------------------------------
 
 def _seed_all(seed: int) -> None:
+    import random
+
+    import numpy as np
     import torch
 
     random.seed(seed)
@@ -61,136 +247,215 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _accuracy(logits, gold) -> float:
-    return float((logits.argmax(1) == gold).float().mean()) * 100
+def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: str | None = None,
+             single_out: bool = False, on_step=None, name: str | None = None) -> dict:
+    """Train the plan's checkpoints; returns {role: path}. `single_out`: `plan.out` is the one
+    checkpoint directory (the flags form) rather than a run directory."""
+    from xopt import results
+    from xopt.models import ModelCard, load_module, open_checkpoint, save_checkpoint
+    from xopt.progress import bar
+    from xopt.trainloop import barrier, dist_info, fit
 
+    out = Path(plan.out)
+    roles = list(plan.models)
+    if not set(roles) <= {"baseline", "xstilts"} or not roles:
+        raise XoptError(f"models must be a subset of baseline, xstilts (got {roles})")
+    if plan.intermediate is None:
+        roles = [r for r in roles if r == "baseline"] or ["baseline"]
+    retrieval = plan.target is not None and plan.target.tasks[0] in RETRIEVAL_TARGETS
+    # 1. everything a user can get wrong fails here, before any training
+    tasks = {}
+    for role, st in (("intermediate", plan.intermediate), ("target", None if retrieval else plan.target)):
+        if st is None:
+            continue
+        for n in st.tasks:
+            tasks[n] = load_task(n, plan.data, st)
+        _check_stage(st, tasks, role)
+    ckpt = open_checkpoint(plan.model)
+    targets = {r: (out if single_out else out / r) for r in roles}
+    state_root = out.parent / f".{out.name}.state" if single_out else out / ".state"
+    if not resume:
+        for r, p in targets.items():
+            if p.exists() and not force:
+                raise XoptError(f"{p} already exists; pass --force to replace it (or --resume to finish a run)")
+        if state_root.exists() and not force:
+            raise XoptError(f"{state_root} holds an unfinished run; pass --resume to continue it or --force to "
+                            "start over")
+    rank, world, _ = dist_info()
+    if rank == 0:
+        if force and not resume and state_root.exists():
+            shutil.rmtree(state_root)
+        state_root.mkdir(parents=True, exist_ok=True)
+        resolved = {"plan": _jsonable(plan), "world_size": world, "roles": roles,
+                    "tasks": {n: {"kind": t.kind, "labels": t.labels if t.kind != "token" else len(t.labels),
+                                  "train": len(t.train), "dev": len(t.dev)} for n, t in tasks.items()}}
+        meta_dir = state_root if single_out else out
+        _write_atomic(meta_dir / "resolved.json", json.dumps(resolved, indent=1, default=str))
+        if plan_text is not None:
+            _write_atomic(meta_dir / "plan.toml", plan_text)
+    barrier(world)
+    tok = _tokenizer(ckpt.path)
+    prefix = ckpt.card.input_prefix
+    metrics = (state_root if single_out else out) / "metrics.jsonl"
 
-def run_stage(model, tokenizer, prefix: str, suite: dict, stage: Stage, seed: int, progress=None) -> dict:
-    """Train `model` (XoptModel with a fresh head for `stage.task`) in place; return history."""
-    import torch
+    def records(role, stage_name):
+        return lambda rec: results.append(metrics, [{"kind": "train", "model": role, "stage": stage_name, **rec}])
 
-    from xopt.evaluate import pad, tokenize
+    def fresh():
+        _seed_all(plan.seed)
+        m = load_module(ckpt)
+        m.set_head("none")
+        return m
 
-    data = _task_data(suite, stage.task)
-    labels = data["labels"]
-    train = data["train"][:stage.max_examples] if stage.max_examples else data["train"]
-    dev = data["dev"]
-    y_train = torch.tensor([labels.index(e["label"]) for e in train])
-    y_dev = torch.tensor([labels.index(e["label"]) for e in dev])
-    x_train = tokenize(tokenizer, [e["text"] for e in train], prefix, stage.max_length)
-    x_dev = tokenize(tokenizer, [e["text"] for e in dev], prefix, stage.max_length)
-    _seed_all(seed)
-    model.set_head("sequence", len(labels))
-    rng = np.random.RandomState(seed)
-    pad_id = tokenizer.pad_token_id
-
-    def embed(seqs, grad: bool):
-        outs = []
-        for i in range(0, len(seqs), 64):
-            ids, mask = pad(seqs[i:i + 64], pad_id)
-            with torch.set_grad_enabled(grad):
-                outs.append(model(torch.from_numpy(ids), torch.from_numpy(mask))[0])
-        return torch.cat(outs)
-
-    if stage.train == "head":
-        for p in model.encoder.parameters():
-            p.requires_grad_(False)
-        model.eval()
-        with torch.inference_mode():
-            f_train, f_dev = embed(x_train, False).clone(), embed(x_dev, False).clone()
-        params = list(model.head.parameters())
-    elif stage.train == "encoder":
-        n_layers = model.encoder.config.num_hidden_layers
-        first = n_layers - (stage.top_layers or n_layers)
-        for name, p in model.encoder.named_parameters():
-            layer = int(name.split(".")[2]) if name.startswith("encoder.layer.") else -1
-            p.requires_grad_(layer >= first)
-        params = [p for p in model.parameters() if p.requires_grad]
-    else:
-        raise XoptError(f"stage {stage.task}: train must be 'encoder' or 'head', not {stage.train!r}")
-
-    steps_per_epoch = math.ceil(len(train) / stage.batch_size)
-    total = steps_per_epoch * stage.epochs
-    warm = max(1, int(stage.warmup * total))
-    opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
-    history, best, best_state = [], -1.0, None
-    task_id = progress.add_task(f"train {stage.task} ({stage.train})", total=total, rate="") if progress else None
-    t0 = time.perf_counter()
-    for epoch in range(stage.epochs):
-        order = rng.permutation(len(train))
-        model.train(stage.train == "encoder")
-        losses = []
-        for b in range(steps_per_epoch):
-            idx = order[b * stage.batch_size:(b + 1) * stage.batch_size]
-            if stage.train == "head":
-                logits = model.head(f_train[idx])
-            else:
-                ids, mask = pad([x_train[i] for i in idx], pad_id)
-                logits = model(torch.from_numpy(ids), torch.from_numpy(mask))[2]
-            loss = torch.nn.functional.cross_entropy(logits, y_train[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            if progress:
-                done = epoch * steps_per_epoch + b + 1
-                progress.update(task_id, advance=1,
-                                rate=f"loss {np.mean(losses[-20:]):.3f} {done / (time.perf_counter() - t0):.1f} step/s")
-        model.eval()
-        with torch.inference_mode():
-            dev_logits = model.head(f_dev) if stage.train == "head" else model.head(embed(x_dev, False))
-        acc = _accuracy(dev_logits, y_dev)
-        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "dev_accuracy": acc})
-        if acc > best:
-            best = acc
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()
-                          if stage.train == "encoder" or k.startswith("head.")}
-    model.load_state_dict(best_state, strict=False)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return {"stage": asdict(stage), "seed": seed, "labels": labels, "history": history, "best_dev_accuracy": best,
-            "seconds": round(time.perf_counter() - t0, 2)}
-
-
-def train(model_path: str | Path, target: str, data: str | Path, out: str | Path, intermediate: str | None = None,
-          seed: int = 0, force: bool = False, target_stage: Stage | None = None,
-          intermediate_stage: Stage | None = None, name: str | None = None) -> Path:
-    """Baseline (no `intermediate`) or X-STILTs checkpoint at `out`."""
-    import torch
-
-    from xopt.models import ModelCard, load_module, load_tokenizer, open_checkpoint, save_checkpoint
-    from xopt.tasks.demo import load_suite
-
-    out = Path(out)
-    if out.exists() and not force:
-        raise XoptError(f"{out} already exists; pass --force to replace it")
-    suite = load_suite(Path(data))
-    tstage = target_stage or (DEMO_TARGET if target == DEMO_TARGET.task else Stage(target))
-    istage = (intermediate_stage or (DEMO_INTERMEDIATE if intermediate == DEMO_INTERMEDIATE.task
-                                     else Stage(intermediate))) if intermediate else None
-    for st in filter(None, (istage, tstage)):      # fail before any training
-        _task_data(suite, st.task)
-    ckpt = open_checkpoint(model_path)
-    tok = load_tokenizer(ckpt.path)
-    torch.manual_seed(seed)
-    model = load_module(ckpt)
-    model.set_head("none")
-    stages = []
+    written = {}
     with bar() as progress:
-        if istage:
-            stages.append(run_stage(model, tok, ckpt.card.input_prefix, suite, istage, seed, progress))
-        stages.append(run_stage(model, tok, ckpt.card.input_prefix, suite, tstage, seed, progress))
-    card = ModelCard(pooling=ckpt.card.pooling, input_prefix=ckpt.card.input_prefix,
-                     labels=stages[-1]["labels"], task=tstage.task, max_length=ckpt.card.max_length)
-    src_files = ckpt.manifest.get("files", {})
-    source = {"kind": "train", "from": str(ckpt.path.resolve()), "from_sha256": src_files.get("model.safetensors"),
-              "data": str(Path(data).resolve()), "target": target, "intermediate": intermediate, "seed": seed,
-              "stages": stages}
-    role = "xstilts" if intermediate else "baseline"
-    base_model = ckpt.manifest.get("base_model") or ckpt.manifest.get("source", {}).get("name") or ckpt.path.name
-    return save_checkpoint(model, tok, card, out, source, force=force,
-                           manifest_extra={"role": role, "name": name or out.name, "base_model": base_model})
+        inter = None     # (trainable encoder tensors after the intermediate stage, history)
+        for role in roles:
+            if targets[role].exists() and resume:
+                written[role] = targets[role]
+                continue
+            model, stages = fresh(), []
+            if role == "xstilts":
+                if inter is None:
+                    inter = _stage_run(model, tok, prefix, tasks, plan.intermediate, plan.seed,
+                                       state_root / "xstilts-intermediate", resume, progress,
+                                       records(role, "intermediate"), on_step, fit, keep_encoder=True)
+                else:
+                    _load_encoder(model, inter["encoder"])
+                stages.append(inter["summary"])
+            if not retrieval:
+                res = _stage_run(model, tok, prefix, tasks, plan.target, plan.seed, state_root / f"{role}-target",
+                                 resume, progress, records(role, "target"), on_step, fit)
+                t = tasks[plan.target.tasks[0]]
+                kind, n = _head_of(t)
+                model.set_head(kind, n)
+                model.head.load_state_dict(res["head"])
+                stages.append(res["summary"])
+                card = ModelCard(pooling=ckpt.card.pooling, input_prefix=prefix, labels=list(t.labels),
+                                 task=t.name, max_length=ckpt.card.max_length, head=kind,
+                                 retrieval_layer=ckpt.card.retrieval_layer)
+            else:
+                model.set_head("none")
+                card = ModelCard(pooling=ckpt.card.pooling, input_prefix=prefix, max_length=ckpt.card.max_length,
+                                 task=plan.target.tasks[0], retrieval_layer=ckpt.card.retrieval_layer)
+            if rank == 0:
+                src_files = ckpt.manifest.get("files", {})
+                source = {"kind": "train", "from": str(ckpt.path.resolve()),
+                          "from_sha256": src_files.get("model.safetensors"), "data": plan.data,
+                          "target": plan.target.tasks[0],
+                          "intermediate": plan.intermediate.tasks if role == "xstilts" else None,
+                          "seed": plan.seed, "world_size": world, "stages": stages}
+                base_model = (ckpt.manifest.get("base_model") or ckpt.manifest.get("source", {}).get("name")
+                              or ckpt.path.name)
+                save_checkpoint(model, tok, card, targets[role], source, force=True,
+                                manifest_extra={"role": role,
+                                                "name": role if not single_out else name or targets[role].name,
+                                                "base_model": base_model})
+            barrier(world)
+            written[role] = targets[role]
+    if rank == 0 and single_out:
+        shutil.rmtree(state_root, ignore_errors=True)    # finished: the checkpoint holds the history
+    return written
+
+
+_TOKENIZERS: dict = {}
+
+
+def _tokenizer(path: Path):
+    """The checkpoint's tokenizer, loaded once per process (the 250k-piece XLM-R tokenizer takes
+    seconds to parse); keyed by the tokenizer file's identity so an edited file is re-read."""
+    from xopt.models import load_tokenizer
+
+    f = path / "tokenizer.json"
+    k = (str(path.resolve()), *((f.stat().st_mtime_ns, f.stat().st_size) if f.is_file() else ()))
+    if k not in _TOKENIZERS:
+        _TOKENIZERS.clear()
+        _TOKENIZERS[k] = load_tokenizer(path)
+    return _TOKENIZERS[k]
+
+
+def _head_of(t) -> tuple[str, int]:
+    from xopt.trainloop import head_shape
+
+    return head_shape(t, 0)
+
+
+def _load_encoder(model, tensors: dict) -> None:
+    import torch
+
+    with torch.no_grad():
+        for n, p in model.encoder.named_parameters():
+            if n in tensors:
+                p.copy_(tensors[n])
+
+
+def _stage_run(model, tok, prefix, tasks, stage, seed, state_dir, resume, progress, records, on_step, fit,
+               keep_encoder=False) -> dict:
+    """One stage, or its saved result when a resumed run already finished it."""
+    from safetensors.torch import load_file, save_file
+
+    from xopt.manifest import atomic_dir
+    from xopt.trainloop import barrier, dist_info
+
+    rank, world, _ = dist_info()
+    done = state_dir.with_name(state_dir.name + ".done")
+    if resume and (done / "result.json").is_file():
+        summary = json.loads((done / "result.json").read_text())
+        enc = load_file(str(done / "encoder.safetensors"))
+        _load_encoder(model, enc)
+        return {"encoder": enc, "summary": summary, "head": load_file(str(done / "head.safetensors"))
+                if (done / "head.safetensors").is_file() else None}
+    stage_tasks = {n: tasks[n] for n in stage.tasks}
+    res = fit(model, tok, prefix, stage_tasks, stage, seed, state_dir=state_dir, resume=resume, progress=progress,
+              records=records, label="", on_step=on_step)
+    trainee = res.pop("trainee")
+    summary = {"stage": _jsonable(stage), "seed": seed, "labels": {n: t.labels for n, t in stage_tasks.items()
+                                                                  if t.kind != "mlm"},
+               **{k: v for k, v in res.items()}}
+    enc = {n: p.detach().cpu().contiguous() for n, p in model.encoder.named_parameters()
+           if not n.startswith("embeddings.")}
+    head = None
+    if not keep_encoder:
+        from xopt.trainloop import key
+
+        head = {k: v.detach().cpu().contiguous() for k, v in trainee.heads[key(stage.tasks[0])].state_dict().items()}
+    if rank == 0:
+        with atomic_dir(done, force=True) as tmp:
+            (tmp / "result.json").write_text(json.dumps(summary, default=str))
+            save_file(enc, str(tmp / "encoder.safetensors"))
+            if head:
+                save_file(head, str(tmp / "head.safetensors"))
+        shutil.rmtree(state_dir, ignore_errors=True)
+    barrier(world)
+    return {"encoder": enc, "summary": summary, "head": head}
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(asdict(obj), default=str))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def train(model_path: str | Path, target: str, data: str | Path, out: str | Path,
+          intermediate: str | list | None = None,
+          seed: int = 0, force: bool = False, target_stage: Stage | None = None,
+          intermediate_stage: Stage | None = None, name: str | None = None, resume: bool = False,
+          on_step=None) -> Path:
+    """Baseline (no `intermediate`) or X-STILTs checkpoint at `out` (the flags form of `xopt train`)."""
+    tstage = target_stage or (DEMO_TARGET if target == DEMO_TARGET.task else Stage(target))
+    if tstage.task != target:
+        tstage = replace(tstage, task=target)
+    istage = None
+    if intermediate:
+        istage = intermediate_stage or (DEMO_INTERMEDIATE if intermediate == DEMO_INTERMEDIATE.task
+                                        else Stage(intermediate, epochs=1, lr=2e-5))
+        if istage.task != intermediate:
+            istage = replace(istage, task=intermediate)
+    plan = Plan(model=str(model_path), out=str(out), target=tstage, intermediate=istage,
+                data={"root": str(data)}, seed=seed, models=["xstilts" if intermediate else "baseline"])
+    written = run_plan(plan, resume=resume, force=force, single_out=True, on_step=on_step, name=name)
+    return next(iter(written.values()))

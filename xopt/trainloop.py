@@ -1,0 +1,504 @@
+"""The training loop of `xopt train`: one stage (one task, or a mixture of tasks) on the one model.
+
+- Model: `XoptModel` (xopt.models) with one head per task of the stage, swapped in before each
+  forward so the loss is computed on the contract's outputs (`logits`, `token_logits`,
+  `start_logits`/`end_logits`). Multiple-choice tasks score each (context, choice) pair with a
+  1-output sequence head and take the softmax over the choices. Continued MLM uses a
+  token head whose weight is the (frozen) word-embedding matrix, applied to the masked
+  positions only (a [B, T, 250k] logit tensor would not fit).
+- Schedule: decided up front from the seed: per task, epochs of length-grouped batches
+  (shuffle, sort within mega-batches of 50 batches, shuffle the batches); per step, which task
+  (mixing rule: `proportional`, `capped` at `cap` examples, or `temperature` n^(1/T)). So
+  step k's batch is a function of (seed, k) alone: resuming and running on N processes see
+  the same global batches. Dropout/masking randomness is re-seeded every step from
+  (seed, step, rank), which is what makes `--resume` exact without pickled RNG objects.
+- Data parallel: under `torchrun` (WORLD_SIZE > 1) the process group comes from
+  `torch.distributed` (nccl on GPU, gloo on CPU) and the model is wrapped in
+  DistributedDataParallel; each rank takes its slice of the global batch (batch_size is
+  global), gradient accumulation splits that slice into micro-batches (DDP `no_sync` between).
+- State: every `checkpoint_every` steps (and at each epoch end) rank 0 writes trainable
+  weights, the best weights so far, AdamW moments (safetensors), scheduler/scaler/history
+  (JSON) into a temp dir renamed into place; a killed run loses at most one interval.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from xopt.errors import XoptError
+from xopt.tasks.intermediate import HEAD_OF, TaskData
+
+EVAL_BATCH = 64
+
+
+def dist_info():
+    """(rank, world size, device); initialises the process group under torchrun."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        if cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return (dist.get_rank() if world > 1 else 0), world, device
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def head_shape(task: TaskData, vocab: int) -> tuple[str, int]:
+    """The model head (kind, outputs) a task trains."""
+    n = {"sequence": len(task.labels), "token": len(task.labels), "span": 2, "choice": 1, "mlm": vocab}
+    return HEAD_OF[task.kind], n[task.kind]
+
+
+def make_trainee(model, tasks: dict[str, TaskData]):
+    """XoptModel + one head per task (ModuleDict), forward(task, ids, mask) -> contract outputs."""
+    from torch import nn
+
+    enc = model.encoder
+    hidden, vocab = enc.config.hidden_size, enc.config.vocab_size
+
+    class Trainee(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.heads = nn.ModuleDict()
+            self.kinds = {}
+            for name, t in tasks.items():
+                kind, n = head_shape(t, vocab)
+                lin = nn.Linear(hidden, n)
+                if t.kind == "mlm":
+                    lin.weight = enc.embeddings.word_embeddings.weight    # tied, as BERT's MLM decoder
+                self.heads[key(name)] = lin
+                self.kinds[name] = kind
+            model.set_head("none")
+
+        def forward(self, task: str, input_ids, attention_mask, mlm_positions=None):
+            if mlm_positions is not None:     # hidden states of masked positions only
+                hidden_states = self.model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+                return self.heads[key(task)](hidden_states[mlm_positions])
+            self.model.kind = self.kinds[task]
+            self.model.head = self.heads[key(task)]
+            try:
+                return self.model(input_ids, attention_mask)
+            finally:
+                self.model.head = None
+                self.model.kind = "none"
+
+    return Trainee()
+
+
+def key(task: str) -> str:
+    return task.replace(".", "_")
+
+
+# --- schedule ----------------------------------------------------------------------------------
+
+def epoch_batches(lengths: np.ndarray, batch: int, rng: np.random.RandomState, grouped: bool) -> list[np.ndarray]:
+    perm = rng.permutation(len(lengths))
+    if not grouped:
+        return [perm[i:i + batch] for i in range(0, len(perm), batch)]
+    mega = batch * 50
+    out = []
+    for i in range(0, len(perm), mega):
+        chunk = perm[i:i + mega]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        out += [chunk[j:j + batch] for j in range(0, len(chunk), batch)]
+    return [out[i] for i in rng.permutation(len(out))]
+
+
+def mixture(sizes: dict[str, int], rule: str, cap: int | None, temperature: float) -> dict[str, float]:
+    if rule == "proportional":
+        w = {t: float(n) for t, n in sizes.items()}
+    elif rule == "capped":
+        w = {t: float(min(n, cap or n)) for t, n in sizes.items()}
+    elif rule == "temperature":
+        w = {t: float(n) ** (1.0 / temperature) for t, n in sizes.items()}
+    else:
+        raise XoptError(f"unknown mixing rule {rule!r}; use proportional, capped or temperature")
+    s = sum(w.values())
+    return {t: v / s for t, v in w.items()}
+
+
+def build_schedule(lengths: dict[str, np.ndarray], stage, seed: int) -> tuple[list[tuple[str, np.ndarray]], int]:
+    """[(task, global batch indices)] for every step, and the steps per epoch."""
+    names = list(lengths)
+    sizes = {t: len(v) for t, v in lengths.items()}
+    probs = mixture(sizes, stage.mixing, stage.cap, stage.temperature)
+    per_epoch = sum(min(n, stage.cap or n) if stage.mixing == "capped" else n for n in sizes.values())
+    epoch_steps = max(1, math.ceil(per_epoch / stage.batch_size))
+    total = stage.steps or epoch_steps * stage.epochs
+    streams = {t: [] for t in names}
+    epochs_seen = {t: 0 for t in names}
+    pick = np.random.RandomState([seed, 7919])
+    sched = []
+    for _ in range(total):
+        t = names[0] if len(names) == 1 else names[pick.choice(len(names), p=[probs[n] for n in names])]
+        if not streams[t]:
+            rng = np.random.RandomState([seed, names.index(t), epochs_seen[t]])
+            streams[t] = epoch_batches(lengths[t], stage.batch_size, rng, stage.length_grouped)
+            epochs_seen[t] += 1
+        sched.append((t, streams[t].pop(0)))
+    return sched, epoch_steps
+
+
+# --- batches -----------------------------------------------------------------------------------
+
+def _pad(seqs, pad_id):
+    from xopt.evaluate import pad
+
+    return pad(seqs, pad_id)
+
+
+def collate(task: TaskData, feats: list[dict], idx, tok, seed: int, step: int) -> dict:
+    import torch
+
+    b = [feats[i] for i in idx]
+    if task.kind == "choice":
+        ids, mask = _pad([s for f in b for s in f["input_ids"]], tok.pad_token_id)
+    else:
+        ids, mask = _pad([f["input_ids"] for f in b], tok.pad_token_id)
+    out = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+    if task.kind in ("sequence", "choice"):
+        out["label"] = torch.tensor([f["label"] for f in b])
+    elif task.kind == "token":
+        tags = np.full(ids.shape, -100, dtype=np.int64)
+        for r, f in enumerate(b):
+            tags[r, :len(f["tags"])] = f["tags"]
+        out["tags"] = torch.from_numpy(tags)
+    elif task.kind == "span":
+        out["start"] = torch.tensor([f["start"] for f in b])
+        out["end"] = torch.tensor([f["end"] for f in b])
+    elif task.kind == "mlm":       # BERT masking: 15% of real tokens; 80% <mask>, 10% random, 10% kept
+        special = set(tok.all_special_ids)
+        labels = np.full(ids.shape, -100, dtype=np.int64)
+        for r, i in enumerate(idx):
+            rng = np.random.RandomState([seed, step, int(i)])     # same masks on any number of ranks
+            cand = [j for j, t in enumerate(b[r]["input_ids"]) if t not in special]
+            pick = [j for j in cand if rng.rand() < 0.15] or cand[:1]
+            for j in pick:
+                labels[r, j] = ids[r, j]
+                u = rng.rand()
+                ids[r, j] = tok.mask_token_id if u < 0.8 else rng.randint(len(tok)) if u < 0.9 else ids[r, j]
+        lab = torch.from_numpy(labels)
+        out["input_ids"] = torch.from_numpy(ids)
+        out["mlm_positions"] = lab != -100
+        out["mlm_labels"] = lab[lab != -100]
+    return out
+
+
+def loss_of(trainee, task: TaskData, name: str, batch: dict, features=None):
+    """Training loss of one batch (features: frozen sentence embeddings in head-only mode)."""
+    import torch.nn.functional as F
+
+    if features is not None:
+        return F.cross_entropy(trainee.heads[key(name)](features), batch["label"])
+    if task.kind == "mlm":
+        logits = trainee(name, batch["input_ids"], batch["attention_mask"], mlm_positions=batch["mlm_positions"])
+        return F.cross_entropy(logits, batch["mlm_labels"])
+    out = trainee(name, batch["input_ids"], batch["attention_mask"])
+    if task.kind == "sequence":
+        return F.cross_entropy(out[2], batch["label"])
+    if task.kind == "choice":
+        return F.cross_entropy(out[2].view(len(batch["label"]), -1), batch["label"])
+    if task.kind == "token":
+        return F.cross_entropy(out[2].flatten(0, 1), batch["tags"].flatten(), ignore_index=-100)
+    return (F.cross_entropy(out[2], batch["start"]) + F.cross_entropy(out[3], batch["end"])) / 2
+
+
+def dev_sums(trainee, task: TaskData, name: str, examples, feats, tok, device, features=None) -> list[float]:
+    """Summable dev statistics of one shard of examples, by the task's metric: [correct, total]
+    (accuracy; tagging: words), [tp, fp, fn] (seqeval F1, xopt.tasks.tagging) or
+    [sum of F1, examples] (SQuAD F1 of the decoded answer, xopt.tasks.qa)."""
+    import torch
+
+    if not feats:
+        return [0.0, 0.0, 0.0] if task.metric == "f1" else [0.0, 0.0]
+    with torch.inference_mode():
+        if features is not None:
+            logits = [trainee.heads[key(name)](features.to(device)).float().cpu().numpy()]
+        else:
+            order = np.argsort([len(f["input_ids"][0] if task.kind == "choice" else f["input_ids"]) for f in feats],
+                               kind="stable")
+            outs = [None] * len(feats)
+            for i in range(0, len(order), EVAL_BATCH):
+                idx = order[i:i + EVAL_BATCH]
+                b = {k: v.to(device) for k, v in collate(task, feats, idx, tok, 0, 0).items()}
+                out = [o.float().cpu().numpy() for o in trainee(name, b["input_ids"], b["attention_mask"])[2:]]
+                if task.kind == "choice":
+                    out = [out[0].reshape(len(idx), -1)]
+                for r, j in enumerate(idx):
+                    outs[j] = [o[r] for o in out]
+            logits = None
+    if task.kind in ("sequence", "choice"):
+        pred = logits[0].argmax(-1) if logits else np.array([o[0].reshape(-1).argmax() for o in outs])
+        gold = np.array([f["label"] for f in feats])
+        return [float((pred == gold).sum()), float(len(gold))]
+    if task.kind == "token":
+        from xopt.tasks import tagging
+
+        pred = tagging.decode(feats, [o[0] for o in outs], len(examples), task.labels)
+        gold = [e["tags"] for e in examples]
+        if task.metric == "f1":
+            return [float(x) for x in tagging.sentence_counts(gold, pred).reshape(-1, 3).sum(0)]
+        return [float(sum(p == g for ps, gs in zip(pred, gold) for p, g in zip(ps, gs))),
+                float(sum(len(g) for g in gold))]
+    from xopt.tasks import qa
+
+    pred = qa.decode(feats, [o[0] for o in outs], [o[1] for o in outs], examples)
+    f1 = [qa.scores(p, [a["text"] for a in e["answers"]])[0] for p, e in zip(pred, examples) if e["answers"]]
+    return [float(sum(f1)), float(len(f1))]
+
+
+def metric_of(task: TaskData, sums) -> float:
+    if task.metric == "f1":
+        from xopt.tasks import tagging
+
+        return tagging.f1(np.asarray(sums))
+    return float(100 * sums[0] / max(1.0, sums[1]))
+
+
+# --- state -------------------------------------------------------------------------------------
+
+def save_state(path: Path, named: dict, opt, sched, scaler, meta: dict, best: dict | None) -> None:
+    from safetensors.torch import save_file
+
+    from xopt.manifest import atomic_dir
+
+    osd = opt.state_dict()
+    moments = {f"{pid}.{k}": v.detach().cpu().contiguous() for pid, st in osd["state"].items()
+               for k, v in st.items()}
+    with atomic_dir(path, force=True) as tmp:
+        save_file({n: p.detach().cpu().contiguous() for n, p in named.items()}, str(tmp / "weights.safetensors"))
+        if best:
+            save_file(best, str(tmp / "best.safetensors"))
+        save_file(moments, str(tmp / "optimizer.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({
+            **meta, "param_groups": osd["param_groups"], "scheduler": sched.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None}, indent=1))
+
+
+def load_state(path: Path, named: dict, opt, sched, scaler) -> tuple[dict, dict | None]:
+    import torch
+    from safetensors.torch import load_file
+
+    try:
+        meta = json.loads((path / "state.json").read_text())
+        weights = load_file(str(path / "weights.safetensors"))
+        moments = load_file(str(path / "optimizer.safetensors"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise XoptError(f"{path}: unreadable training state ({e}); start over with --force") from None
+    if set(weights) != set(named):
+        raise XoptError(f"{path}: training state does not match this plan's model/stage; start over with --force")
+    with torch.no_grad():
+        for n, p in named.items():
+            p.copy_(weights[n])
+    state = {}
+    for k, v in moments.items():
+        pid, name = k.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
+    sched.load_state_dict(meta.pop("scheduler"))
+    sc = meta.pop("scaler")
+    if sc and scaler is not None:
+        scaler.load_state_dict(sc)
+    best = load_file(str(path / "best.safetensors")) if (path / "best.safetensors").is_file() else None
+    return meta, best
+
+
+# --- the stage ---------------------------------------------------------------------------------
+
+def fit(model, tok, prefix: str, tasks: dict[str, TaskData], stage, seed: int, state_dir: Path | None = None,
+        resume: bool = False, progress=None, records=None, label: str = "", on_step=None) -> dict:
+    """Train `model` in place on `tasks` (one stage); the best dev state is loaded at the end."""
+    import torch
+
+    from xopt.tasks.intermediate import featurize
+
+    rank, world, device = dist_info()
+    if stage.batch_size % (world * stage.grad_accum):
+        raise XoptError(f"batch_size {stage.batch_size} is not divisible by {world} processes x grad_accum "
+                        f"{stage.grad_accum}")
+    feats = {n: featurize(t, t.train[:stage.max_examples] if stage.max_examples else t.train, tok, prefix,
+                          stage.max_length, stage.doc_stride) for n, t in tasks.items()}
+    dev = {}
+    for n, t in tasks.items():
+        if t.dev:    # this rank's shard of the dev examples
+            shard = t.dev[rank::world]
+            dev[n] = (shard, featurize(t, shard, tok, prefix, stage.max_length, stage.doc_stride))
+    torch.manual_seed(seed)
+    trainee = make_trainee(model, tasks).to(device)
+    if stage.dropout is not None:
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = stage.dropout
+    head_only = stage.train == "head"
+    frozen = {}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if head_only:
+        model.eval()
+        with torch.inference_mode():
+            for n, t in tasks.items():
+                frozen[n] = {s: _embed(model, fs, tok, device)
+                             for s, fs in (("train", feats[n]), ("dev", dev[n][1] if n in dev else None)) if fs}
+    else:
+        n_layers = model.encoder.config.num_hidden_layers
+        first = n_layers - (stage.top_layers or n_layers)
+        for pname, p in model.encoder.named_parameters():
+            layer = int(pname.split(".")[2]) if pname.startswith("encoder.layer.") else -1
+            p.requires_grad_(layer >= first)
+    for n, h in trainee.heads.items():
+        for pname, p in h.named_parameters():
+            p.requires_grad_(not (tasks_kind(tasks, n) == "mlm" and pname == "weight"))
+    named = {n: p for n, p in trainee.named_parameters() if p.requires_grad}
+    decay = [p for n, p in named.items() if p.ndim > 1 and "LayerNorm" not in n]
+    no_decay = [p for n, p in named.items() if not (p.ndim > 1 and "LayerNorm" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": stage.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=stage.lr)
+    lengths = {n: np.array([len(f["input_ids"][0] if t.kind == "choice" else f["input_ids"]) for f in feats[n]])
+               for n, t in tasks.items()}
+    sched_steps, epoch_steps = build_schedule(lengths, stage, seed)
+    total = len(sched_steps)
+    warm = int(stage.warmup * total) if stage.warmup < 1 else int(stage.warmup)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / max(1, warm), max(0.0, (total - s) / max(1, total - warm))))
+    amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[stage.precision]
+    if amp is torch.float16 and device.type != "cuda":
+        raise XoptError("precision fp16 needs a CUDA GPU; use bf16 (or fp32) on CPU")
+    scaler = torch.amp.GradScaler("cuda", enabled=amp is torch.float16)
+    net = trainee
+    if world > 1 and not head_only:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(trainee, device_ids=[device.index] if device.type == "cuda" else None,
+                  find_unused_parameters=len(tasks) > 1)
+    meta = {"step": 0, "best": None, "history": [], "losses": []}
+    best = None
+    if resume and state_dir is not None and (state_dir / "state.json").is_file():
+        meta, best = load_state(state_dir, named, opt, sched, scaler)
+    start = meta["step"]
+    bar_id = progress.add_task(f"{label}{'+'.join(tasks)} ({stage.train})", total=total, completed=start,
+                               rate="") if progress and rank == 0 else None
+    t0, tokens0, done_tokens, eval_s = time.perf_counter(), 0, 0, 0.0
+    for step in range(start, total):
+        name, idx = sched_steps[step]
+        task = tasks[name]
+        torch.manual_seed(seed * 1_000_003 + step * 1009 + rank)       # dropout: a function of (seed, step, rank)
+        trainee.train(not head_only)
+        # head-only: every rank trains the same head on the whole batch (nothing to reduce)
+        local = idx if head_only else np.array_split(idx, world)[rank]
+        micro = [m for m in np.array_split(local, stage.grad_accum) if len(m)]
+        step_loss = 0.0
+        for j, m in enumerate(micro):
+            b = {k: v.to(device) for k, v in collate(task, feats[name], m, tok, seed, step).items()}
+            ctx = net.no_sync() if world > 1 and net is not trainee and j < len(micro) - 1 else _null()
+            with ctx, torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                loss = loss_of(net, task, name, b, frozen[name]["train"][m] if head_only else None)
+                scaled = loss * (len(m) / len(local))
+            scaler.scale(scaled).backward()
+            step_loss += float(scaled.detach())
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(list(named.values()), 1.0)
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        meta["losses"].append(step_loss)
+        done_tokens += int(lengths[name][idx].sum())
+        meta["step"] = step + 1
+        if bar_id is not None:
+            rate = (step + 1 - start) / (time.perf_counter() - t0)
+            progress.update(bar_id, advance=1, rate=f"loss {np.mean(meta['losses'][-20:]):.3f} {rate:.2f} step/s")
+        end_of_epoch = (step + 1) % epoch_steps == 0 or step + 1 == total
+        if end_of_epoch:
+            dt = time.perf_counter() - t0 - eval_s          # training time only
+            te = time.perf_counter()
+            score, per_task = _evaluate(trainee, tasks, dev, tok, device, frozen, world, rank, amp)
+            eval_s += time.perf_counter() - te
+            rec = {"epoch": math.ceil((step + 1) / epoch_steps), "step": step + 1,
+                   "train_loss": float(np.mean(meta["losses"])), "dev": per_task, "dev_score": score,
+                   "lr": sched.get_last_lr()[0], "steps_per_s": round((step + 1 - start) / dt, 3),
+                   "tokens_per_s": round((done_tokens - tokens0) / dt, 1), "eval_s": round(eval_s, 2)}
+            meta["history"].append(rec)
+            meta["losses"] = []
+            if records is not None and rank == 0:
+                records(rec)
+            if score is None or meta["best"] is None or score > meta["best"]:   # no dev split: the last epoch
+                meta["best"] = score
+                best = {n: p.detach().cpu().clone() for n, p in named.items()}
+        # head-only stages (seconds of work) save only when asked to
+        if state_dir is not None and ((end_of_epoch and not head_only) or (stage.checkpoint_every and
+                                                       (step + 1) % stage.checkpoint_every == 0)):
+            if rank == 0:
+                save_state(state_dir, named, opt, sched, scaler, meta, best)
+            barrier(world)
+        if on_step:
+            on_step(step + 1)
+    if best:
+        with torch.no_grad():
+            for n, p in named.items():
+                p.copy_(best[n].to(p.device))
+    for p in trainee.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    return {"trainee": trainee, "history": meta["history"], "best_dev": meta["best"], "steps": total,
+            "epoch_steps": epoch_steps, "world_size": world,
+            "train_examples": {n: len(f) for n, f in feats.items()}}
+
+
+def tasks_kind(tasks: dict[str, TaskData], head_key: str) -> str:
+    return next(t.kind for n, t in tasks.items() if key(n) == head_key)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _embed(model, feats, tok, device):
+    import torch
+
+    out = []
+    for i in range(0, len(feats), EVAL_BATCH):
+        ids, mask = _pad([f["input_ids"] for f in feats[i:i + EVAL_BATCH]], tok.pad_token_id)
+        out.append(model(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))[0].clone())
+    return torch.cat(out)
+
+
+def _evaluate(trainee, tasks, dev, tok, device, frozen, world, rank, amp):
+    """Mean dev metric (percent) over the tasks that have a dev split; each rank scores its
+    shard of the dev examples, the summable statistics are all-reduced."""
+    import torch
+
+    trainee.eval()
+    per_task = {}
+    for n, (examples, feats) in dev.items():
+        feat = frozen[n]["dev"] if n in frozen and "dev" in frozen[n] else None
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            c = torch.tensor(dev_sums(trainee, tasks[n], n, examples, feats, tok, device, feat), dtype=torch.float64)
+        if world > 1:
+            import torch.distributed as dist
+
+            c = c.to(device)
+            dist.all_reduce(c)
+        per_task[n] = round(metric_of(tasks[n], c.cpu().tolist()), 4)
+    return (float(np.mean(list(per_task.values()))) if per_task else None), per_task

@@ -42,10 +42,14 @@ def busy_wait(ms):
         pass
 
 
-def test_timer_measures_a_busy_wait():
+def test_timer_measures_a_busy_wait_and_a_sleep():
+    # a wall-clock timer can only over-measure (preemption on a shared machine): the
+    # fastest of several calls is the one to hold to a tight tolerance
     t = Timer("cpu")
     got = [t(busy_wait, 5.0) for _ in range(10)]
-    assert 4.9 <= np.median(got) <= 6.5
+    assert 5.0 <= min(got) <= 15.0          # never under; over only by preemption (load ~8 on 2 cores seen)
+    got = [t(time.sleep, 0.05) for _ in range(3)]
+    assert 50.0 <= min(got) <= 65.0         # sleeping needs no CPU: tight even on a busy machine
 
 
 class FakeRunner(Runner):

@@ -20,8 +20,9 @@ from test_results_bench import FakeRunner
 def test_harness_overhead_per_iteration_is_microseconds():
     o = harness_overhead()
     print(f"harness overhead on CPU: {o}")
-    # target < 5 us; generous bound: this machine's cores are shared by parallel jobs
-    assert 0 < o["timer_us"] < 50 and 0 < o["loop_us"] < 50
+    # the target: < 5 us per iteration (loop_us: fastest chunk, so preemption by
+    # other processes on a shared machine does not count as harness cost)
+    assert 0 < o["timer_us"] < 5 and 0 < o["loop_us"] < 5
 
 
 def test_warmup_fixed_count_and_bounded_auto():

@@ -522,9 +522,12 @@ def bench(variant_dirs: list, batches=(1, 8), seq_lens=(128,), lengths: str | No
     if scenario != "fixed-batch":
         from xopt import loadgen
 
+        import tempfile
+
         lg_root = Path(loadgen_dir) if loadgen_dir else (
-            Path(out).with_suffix(".loadgen") if out else Path(__import__("tempfile").mkdtemp(prefix="xopt-loadgen-")))
-        run_id = time.strftime("%Y%m%dT%H%M%S")
+            Path(out).with_suffix(".loadgen") if out else Path(tempfile.gettempdir()) / "xopt-loadgen")
+        lg_root.mkdir(parents=True, exist_ok=True)      # one new directory per sweep: logs are never overwritten
+        lg_run = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%dT%H%M%S-"), dir=lg_root))
     recs = []
     for i, shape in enumerate(shapes):
         try:
@@ -534,7 +537,7 @@ def bench(variant_dirs: list, batches=(1, 8), seq_lens=(128,), lengths: str | No
                 shape_recs = [to_record(loaded[k], shape, m) for k, m in ms.items()]
             else:
                 shape_recs = [loadgen.run_scenario(
-                    lv, shape, scenario, lg_root / run_id, vocab_size=len(tok), pad_id=tok.pad_token_id,
+                    lv, shape, scenario, lg_run, vocab_size=len(tok), pad_id=tok.pad_token_id,
                     min_time_s=min_time_s, min_queries=min_iters, warmup=warmup,
                     latency_bound_ms=latency_bound_ms, server_qps=server_qps, server_max_runs=server_max_runs,
                     progress=progress) for lv in loaded.values()]

@@ -6,6 +6,7 @@ warm-up, timer and loop (the code `xopt bench` runs) and hands the samples to py
     python bench/compare.py bench-now.json          # against bench/baselines/<machine kind>.json
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -50,6 +51,6 @@ def measure(benchmark):
         m = measure_interleaved({runner.name: runner}, shape, vocab_size, pad_id, rounds=ROUNDS,
                                 min_iters=MIN_ITERS, min_time_s=MIN_TIME_S)[runner.name]
         to_pytest_benchmark(benchmark, m, shape=shape.label, cold_ms=m.cold_ms, warmup=m.warmup,
-                            round_p50_ms=m.round_p50_ms, peak_mem_mb=m.peak_mem_mb, **info)
+                            round_p50_ms=m.round_p50_ms, peak_mem_mb=m.peak_mem_mb, loadavg=os.getloadavg(), **info)
         return m
     return run

@@ -64,6 +64,22 @@ def test_compare_flags_median_regressions_over_threshold():
     assert failed and rows[0]["regressed"]
 
 
+def test_compare_script_exit_codes(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_compare", Path(__file__).parents[1] / "bench" / "compare.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    base, now = tmp_path / "base.json", tmp_path / "now.json"
+    base.write_text(json.dumps({"benchmarks": [_bm("a", 1.0)]}))
+    now.write_text(json.dumps({"benchmarks": [_bm("a", 1.1)]}))
+    assert mod.main([str(now), "--baseline", str(base)]) == 0
+    now.write_text(json.dumps({"benchmarks": [_bm("a", 1.2)]}))
+    assert mod.main([str(now), "--baseline", str(base)]) == 1 and "REGRESSED" in capsys.readouterr().out
+    assert mod.main([str(now), "--baseline", str(tmp_path / "none.json")]) == 2
+
+
 def test_pytest_benchmark_bridge_takes_xopt_samples():
     class FakeFixture:
         disabled, extra_info = False, {}

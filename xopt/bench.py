@@ -38,6 +38,7 @@ interval of the GPU's own clock except for the launch gap after the start event)
 from __future__ import annotations
 
 import functools
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,6 +148,14 @@ def harness_overhead(n: int = 2000, chunks: int = 10) -> dict:
         timed_loop(_NoopRunner, [None], [0], t, m, min_iters=n // chunks, min_time_s=0.0, max_time_s=10.0)
         per.append((time.perf_counter_ns() - t0) / 1e3 / (len(m.samples_ms) - k))
     return {"timer_us": round(float(np.median(m.samples_ms)) * 1e3, 3), "loop_us": round(min(per), 3)}
+
+
+def _loadavg() -> list[float] | None:
+    """The host's 1/5/15-minute load averages: a measurement taken on a busy machine says so."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _proc_status_mb(key: str) -> float | None:
@@ -327,7 +336,7 @@ def to_record(loaded, shape: Shape, m: Measurement, scenario: str = "fixed-batch
         build_s=loaded.manifest.get("build_s"), load_s=getattr(loaded, "load_s", None),
         mem_load_mb=getattr(loaded, "mem_load_mb", None), runner_info=loaded.runner.info,
         env={"gpu": gpu_env() if loaded.runner.device.startswith("cuda") else None,
-             "harness_overhead_us": harness_overhead()})
+             "harness_overhead_us": harness_overhead(), "loadavg": _loadavg()})
 
 
 # ---------------------------------------------------------------- length distributions
@@ -527,7 +536,7 @@ def bench(variant_dirs: list, batches=(1, 8), seq_lens=(128,), lengths: str | No
         lg_root = Path(loadgen_dir) if loadgen_dir else (
             Path(out).with_suffix(".loadgen") if out else Path(tempfile.gettempdir()) / "xopt-loadgen")
         lg_root.mkdir(parents=True, exist_ok=True)      # one new directory per sweep: logs are never overwritten
-        lg_run = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%dT%H%M%S-"), dir=lg_root))
+        lg_run = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%dT%H%M%S-"), dir=lg_root)).resolve()
     recs = []
     for i, shape in enumerate(shapes):
         try:

@@ -12,7 +12,8 @@ provides the system under test (SUT) around a variant's `Runner`:
 - server: Poisson arrivals at a target QPS; a worker thread runs whatever is queued, up to
   `--batch` samples (dynamic batching). The figure is the highest QPS whose p99 latency stays
   within `--latency-bound-ms`, found by `server_search`: at most `server_max_runs` LoadGen
-  runs between the bounds `server_qps` (default: from the warm-up's latency).
+  runs between the bounds `server_qps` (default: 1/100 to 1.5 times the samples/s of full
+  batches in the warm-up).
 
 Samples are the real token counts of the shape (`--lengths`) or fixed-length rows; they are
 warmed up (the same bounded warm-up as `fixed-batch`) before LoadGen starts. Each LoadGen
@@ -251,7 +252,8 @@ def run_scenario(loaded, shape: Shape, scenario: str, log_root: Path, *, vocab_s
             res, sut = run_once(runner, sample_lens, scenario, log_dir, **kw)
         else:
             capacity = shape.batch / max(est_ms, 1e-3) * 1e3       # samples/s at full batches
-            lo, hi = server_qps or (max(capacity / 8, 0.5), max(capacity * 1.5, 1.0))
+            # the warm-up's figure leaves out queueing and the SUT's own overhead: start far below it
+            lo, hi = server_qps or (max(capacity / 100, 0.5), max(capacity * 1.5, 1.0))
             runs: dict[float, tuple] = {}
 
             def probe_qps(q: float) -> bool:

@@ -96,12 +96,19 @@ def test_pytest_benchmark_bridge_takes_xopt_samples():
 
 @pytest.fixture(scope="module")
 def variants(tiny_ckpt, tmp_path_factory):
+    """fp32 and int8-dynamic of the tiny model. One torch thread while these tests run: on a
+    machine shared by parallel jobs, intra-op thread barriers make tiny calls 100x slower."""
+    import torch
+
     from xopt.variants import compile_variant
 
     root = tmp_path_factory.mktemp("bench-variants")
     for name in ("fp32", "int8-dynamic"):
         compile_variant(tiny_ckpt, name, root / name)
-    return root
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield root
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -197,20 +197,46 @@ def test_bad_inputs_are_one_line_errors(variants, tmp_path, monkeypatch):
         assert "needs an NVIDIA GPU" in _one_line_error(run(variants / "fp32"))
 
 
-def test_xtreme_lengths_hook_says_what_is_missing(variants, monkeypatch):
+def test_xtreme_lengths_through_the_task_loaders(variants, monkeypatch, tmp_path):
     import sys
     import types
 
     with pytest.raises(XoptError, match="xtreme:TASK:LANG"):
         bench([variants / "fp32"], lengths="xtreme:xnli")
-    fake = types.ModuleType("xopt.tasks.xtreme")
+    fake = types.ModuleType("xopt.tasks.xtreme")        # the API of xopt.tasks.xtreme (issue 4)
     monkeypatch.setitem(sys.modules, "xopt.tasks.xtreme", fake)
-    with pytest.raises(XoptError, match="no bench_texts"):
+    with pytest.raises(XoptError, match="no load"):
         bench([variants / "fp32"], lengths="xtreme:xnli:de")
-    fake.bench_texts = lambda task, lang, n: ["ein kurzer Satz", "noch ein etwas längerer Satz hier"]
+    pairs = [{"id": "1", "text_a": "ein kurzer Satz", "text_b": "noch ein etwas längerer Satz hier", "label": "x"},
+             {"id": "2", "text_a": "kurz", "text_b": "", "label": "x"}]
+    fake.get_task = lambda name: types.SimpleNamespace(name=name, family="classify")
+    fake.load = lambda task, lang, split, data_dir: pairs if (lang, split, data_dir) == ("de", "test", tmp_path) \
+        else pytest.fail("wrong arguments")
+    with pytest.raises(XoptError, match="give --data"):
+        bench([variants / "fp32"], lengths="xtreme:xnli:de")
     recs = bench([variants / "fp32"], batches=(1,), seq_lens=(), lengths="xtreme:xnli:de", rounds=1, min_iters=2,
-                 min_time_s=0.0, warmup=1)
+                 min_time_s=0.0, warmup=1, data_dir=tmp_path)
+    from xopt.bench import tokenizer_of
+    from xopt.variants import load_variant
+
+    lv = load_variant(variants / "fp32")
+    tok, pre = tokenizer_of(lv), lv.card.input_prefix
+    want = [len(tok(pre + "ein kurzer Satz", "noch ein etwas längerer Satz hier")["input_ids"]),
+            len(tok(pre + "kurz")["input_ids"])]
     assert recs[0]["length_dist"] == "xtreme:xnli:de" and recs[0]["lang"] == "de"
+    assert recs[0]["mean_tokens"] == pytest.approx(np.mean(want)) and want[0] > want[1] + 8
+
+
+def test_engine_profile_from_the_manifest():
+    from types import SimpleNamespace
+
+    from xopt.bench import runner_limits
+
+    lv = SimpleNamespace(runner=SimpleNamespace(), manifest={"variant": "trt-fp16", "tensorrt": {
+        "version": "10", "profile": {"min": [1, 1], "opt": [8, 128], "max": [32, 256]}}})
+    assert runner_limits(lv) == {"max_batch": 32, "max_seq_len": 256}
+    lv.runner.limits = {"max_batch": 4}
+    assert runner_limits(lv) == {"max_batch": 4, "max_seq_len": 256}
 
 
 def test_engine_profile_limits_and_partial_sweeps(variants, tmp_path, monkeypatch):

@@ -25,8 +25,9 @@ Method (one implementation, used by `xopt bench`, `xopt demo`, the LoadGen scena
 - shapes: fixed lengths (`seq_len`, every row full) or a real length mix (`length_dist`):
   the token counts of real sentences (demo suite, XTREME, a file), per language, so that
   the per-language cost of the same content shows up (`lang`, `mean_tokens`);
-- a runner may declare `limits = {"max_batch": B, "max_seq_len": T}` (an engine's
-  optimisation profile): shapes beyond them are refused before anything is measured.
+- a runner may declare `limits = {"max_batch": B, "max_seq_len": T}`, or its manifest an
+  engine's optimisation profile (`<backend>: {profile: {max: [B, T]}}`, as TensorRT
+  variants record it): shapes beyond them are refused before anything is measured.
 
 Harness overhead (`harness_overhead()`, in every record): the timer adds two
 `perf_counter_ns` calls to each CPU sample (measured 0.10-0.16 us on the project's 2-core
@@ -352,10 +353,10 @@ class Lengths:
     split: str | None = None
 
 
-def _token_counts(tokenizer, texts: list[str], prefix: str) -> list[int]:
+def _token_counts(tokenizer, texts: list[str], prefix: str, max_length: int = 512) -> list[int]:
     from xopt.evaluate import tokenize
 
-    return [len(s) for s in tokenize(tokenizer, texts, prefix)]
+    return [len(s) for s in tokenize(tokenizer, texts, prefix, max_length)]
 
 
 def demo_lengths(tokenizer, suite: dict, lang: str | None, prefix: str) -> list[int]:
@@ -388,29 +389,51 @@ def _demo_sources(spec: str, tokenizer, prefix: str) -> list[Lengths]:
     return out
 
 
-def _xtreme_sources(spec: str, tokenizer, prefix: str, n: int = 512) -> list[Lengths]:
-    """`xtreme:TASK:LANG[,LANG..]`: texts from the XTREME loaders (xopt.tasks.xtreme), which
-    must provide `bench_texts(task, lang, n) -> list[str]`."""
+def xtreme_texts(examples, family: str) -> list:
+    """What the model reads of each XTREME example (xopt.tasks.xtreme's internal forms): a
+    text or a (text, text) pair, so that pairs are tokenised with their separators."""
+    if family == "retrieval":
+        return list(examples.src)
+    if family == "classify":
+        return [(e["text_a"], e["text_b"]) if e.get("text_b") else e["text_a"] for e in examples]
+    if family == "tagging":
+        return [" ".join(e["tokens"]) for e in examples]
+    if family == "qa":
+        return [(e["question"], e["context"]) for e in examples]
+    raise XoptError(f"XTREME task family {family!r} has no text for a length mix")
+
+
+def _xtreme_sources(spec: str, tokenizer, prefix: str, data_dir, max_length: int, n: int = 1000) -> list[Lengths]:
+    """`xtreme:TASK:LANG[,LANG..]`: the test split of an XTREME task (xopt.tasks.xtreme.load,
+    from `--data`), at most `n` examples per language, tokenised as the evaluation does."""
     check_lengths_spec(spec)
     from xopt.tasks import xtreme
 
-    parts, fn = spec.split(":"), xtreme.bench_texts
+    if data_dir is None:
+        raise XoptError(f"--lengths {spec}: give --data, the directory of the XTREME data (see `xopt eval --help`)")
+    _, task, langs = spec.split(":")
+    family = xtreme.get_task(task).family
     out = []
-    for la in [x.strip() for x in parts[2].split(",") if x.strip()]:
-        texts = fn(parts[1], la, n)
-        if not texts:
-            raise XoptError(f"--lengths {spec}: no {parts[1]} texts for language {la}")
-        out.append(Lengths(_token_counts(tokenizer, list(texts), prefix), f"xtreme:{parts[1]}:{la}", la, parts[1]))
+    for la in [x.strip() for x in langs.split(",") if x.strip()]:
+        texts = xtreme_texts(xtreme.load(task, la, "test", data_dir), family)[:n]
+        singles = [t for t in texts if isinstance(t, str)]
+        pairs = [t for t in texts if not isinstance(t, str)]
+        counts = _token_counts(tokenizer, singles, prefix, max_length) if singles else []
+        if pairs:
+            enc = tokenizer([prefix + a for a, _ in pairs], [b for _, b in pairs], truncation="longest_first",
+                            max_length=max_length)
+            counts += [len(x) for x in enc["input_ids"]]
+        out.append(Lengths(counts, f"xtreme:{task}:{la}", la, "test"))
     return out
 
 
-def length_sources(spec: str, tokenizer, prefix: str) -> list[Lengths]:
+def length_sources(spec: str, tokenizer, prefix: str, data_dir=None, max_length: int = 512) -> list[Lengths]:
     """The length mixes named by `--lengths`: demo, demo:LANG[,LANG..], demo:each,
-    xtreme:TASK:LANG[,LANG..], or a text file with one integer token count per line."""
+    xtreme:TASK:LANG[,LANG..] (with `data_dir`), or a text file with one token count per line."""
     if spec == "demo" or spec.startswith("demo:"):
         return _demo_sources(spec, tokenizer, prefix)
     if spec.startswith("xtreme:"):
-        return _xtreme_sources(spec, tokenizer, prefix)
+        return _xtreme_sources(spec, tokenizer, prefix, data_dir, max_length)
     path = Path(spec)
     if not path.is_file():
         raise XoptError(f"--lengths {spec}: not demo, demo:LANG, demo:each, xtreme:TASK:LANG or an existing file")
@@ -450,9 +473,10 @@ def check_lengths_spec(spec: str) -> None:
         except ImportError:
             raise XoptError(f"--lengths {spec}: this xopt has no XTREME loaders (xopt.tasks.xtreme); "
                             "use --lengths demo:LANG or a file of token counts") from None
-        if not callable(getattr(xtreme, "bench_texts", None)):
-            raise XoptError(f"--lengths {spec}: xopt.tasks.xtreme has no bench_texts(task, lang, n); "
+        if not (callable(getattr(xtreme, "load", None)) and callable(getattr(xtreme, "get_task", None))):
+            raise XoptError(f"--lengths {spec}: xopt.tasks.xtreme has no load()/get_task(); "
                             "use --lengths demo:LANG or a file of token counts")
+        xtreme.get_task(parts[1])        # an unknown task name: its own one-line error
         return
     if not Path(spec).is_file():
         raise XoptError(f"--lengths {spec}: not demo, demo:LANG, demo:each, xtreme:TASK:LANG or an existing file")
@@ -477,7 +501,21 @@ def _load_all(variant_dirs: list) -> dict:
     return loaded
 
 
-def make_shapes(loaded: dict, batches, seq_lens, lengths: str | None, scenario: str) -> list[Shape]:
+def runner_limits(lv) -> dict:
+    """{max_batch, max_seq_len} a variant accepts: the runner's `limits`, else an engine's
+    optimisation profile recorded in its manifest (`<backend>.profile.max` = [batch, seq])."""
+    lim = dict(getattr(lv.runner, "limits", None) or {})
+    for v in lv.manifest.values():
+        prof = v.get("profile") if isinstance(v, dict) else None
+        hi = prof.get("max") if isinstance(prof, dict) else None
+        if isinstance(hi, (list, tuple)) and len(hi) == 2:
+            lim.setdefault("max_batch", int(hi[0]))
+            lim.setdefault("max_seq_len", int(hi[1]))
+    return lim
+
+
+def make_shapes(loaded: dict, batches, seq_lens, lengths: str | None, scenario: str,
+                data_dir=None) -> list[Shape]:
     """Every shape of the sweep, checked against the models' maximum length and the
     runners' declared limits before anything is measured."""
     first = next(iter(loaded.values()))
@@ -486,7 +524,8 @@ def make_shapes(loaded: dict, batches, seq_lens, lengths: str | None, scenario: 
         batches = [1]            # one sample per query by definition
     if any(b < 1 for b in batches) or any(s < 1 for s in seq_lens):
         raise XoptError("--batch and --seq-len take positive integers")
-    sources = length_sources(lengths, tokenizer_of(first), first.card.input_prefix) if lengths else []
+    sources = (length_sources(lengths, tokenizer_of(first), first.card.input_prefix, data_dir, max_len)
+               if lengths else [])
     shapes = []
     for b in batches:
         for s in seq_lens:
@@ -499,7 +538,7 @@ def make_shapes(loaded: dict, batches, seq_lens, lengths: str | None, scenario: 
     if not shapes:
         raise XoptError("nothing to measure: give --seq-len and/or --lengths")
     for lv in loaded.values():
-        lim = getattr(lv.runner, "limits", None) or {}
+        lim = runner_limits(lv)
         for shape in shapes:
             if lim.get("max_batch") and shape.batch > lim["max_batch"]:
                 raise XoptError(f"{lv.directory}: batch {shape.batch} is beyond the engine's profile (max batch "
@@ -514,7 +553,7 @@ def bench(variant_dirs: list, batches=(1, 8), seq_lens=(128,), lengths: str | No
           min_iters: int = 10, min_time_s: float = 0.5, max_time_s: float = 10.0, out: str | Path | None = None,
           progress=None, scenario: str = "fixed-batch", warmup: int | None = None, compare: str | None = None,
           latency_bound_ms: float = 100.0, server_qps: tuple[float, float] | None = None,
-          server_max_runs: int = 8, loadgen_dir: str | Path | None = None) -> list[dict]:
+          server_max_runs: int = 8, loadgen_dir: str | Path | None = None, data_dir=None) -> list[dict]:
     """Measure every variant on every shape; records are appended to `out` shape by shape,
     so an interrupted sweep keeps what it measured (and the error says where it stopped).
 
@@ -529,7 +568,7 @@ def bench(variant_dirs: list, batches=(1, 8), seq_lens=(128,), lengths: str | No
     if compare and compare not in {lv.manifest["variant"] for lv in loaded.values()}:
         raise XoptError(f"--compare {compare}: not among the variants given "
                         f"({', '.join(lv.manifest['variant'] for lv in loaded.values())})")
-    shapes = make_shapes(loaded, list(batches), list(seq_lens), lengths, scenario)
+    shapes = make_shapes(loaded, list(batches), list(seq_lens), lengths, scenario, data_dir)
     tok = tokenizer_of(next(iter(loaded.values())))
     if scenario != "fixed-batch":
         from xopt import loadgen

@@ -184,6 +184,8 @@ def bench_cmd(variant_dirs: Annotated[list[Path], typer.Argument(help="Variant d
                                                                              "search.")] = 8,
               compare: Annotated[Optional[str], typer.Option(
                   "--compare", help="Reference variant (measured in the same run) for a table of ratios.")] = None,
+              data: Annotated[Optional[Path], typer.Option(
+                  "--data", help="--lengths xtreme:..: the XTREME data directory (as for `xopt eval`).")] = None,
               out: OutResults = None, json_out: Json = False):
     """Latency / throughput / memory of variants, interleaved in the same run or under MLPerf LoadGen."""
     from xopt.bench import bench, ratio_table
@@ -204,7 +206,7 @@ def bench_cmd(variant_dirs: Annotated[list[Path], typer.Argument(help="Variant d
                      min_iters=min_iters, min_time_s=min_time, max_time_s=max(10.0, 4 * min_time), out=out,
                      progress=progress, scenario=scenario, warmup=None if warmup == "auto" else int(warmup),
                      compare=compare, latency_bound_ms=latency_bound_ms,
-                     server_qps=tuple(qps) if qps else None, server_max_runs=server_runs)
+                     server_qps=tuple(qps) if qps else None, server_max_runs=server_runs, data_dir=data)
     if json_out:
         rows = [{k: v for k, v in r.items() if k != "host"} for r in recs]
         if compare:

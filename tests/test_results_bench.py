@@ -43,13 +43,21 @@ def busy_wait(ms):
 
 
 def test_timer_measures_a_busy_wait_and_a_sleep():
-    # a wall-clock timer can only over-measure (preemption on a shared machine): the
-    # fastest of several calls is the one to hold to a tight tolerance
+    # Against an independent clock read around the same call: the timer never reads less than
+    # the known wait nor more than the outer clock, and adds well under a millisecond. The
+    # wait itself may overrun by a scheduling slice on a loaded machine (load ~11 on 2 cores
+    # seen while writing this): the upper bound against the known value is loose on purpose.
     t = Timer("cpu")
-    got = [t(busy_wait, 5.0) for _ in range(10)]
-    assert 5.0 <= min(got) <= 15.0          # never under; over only by preemption (load ~8 on 2 cores seen)
-    got = [t(time.sleep, 0.05) for _ in range(3)]
-    assert 50.0 <= min(got) <= 65.0         # sleeping needs no CPU: tight even on a busy machine
+    for fn, arg, ms in ((busy_wait, 5.0, 5.0), (time.sleep, 0.02, 20.0)):
+        got, gaps = [], []
+        for _ in range(5):
+            o0 = time.monotonic_ns()
+            g = t(fn, arg)
+            outer = (time.monotonic_ns() - o0) / 1e6
+            assert ms <= g <= outer
+            got.append(g)
+            gaps.append(outer - g)
+        assert min(gaps) < 0.5 and min(got) < ms + 50
 
 
 class FakeRunner(Runner):

@@ -1,4 +1,56 @@
+"""Shared set-up of the pytest-benchmark suites: the packaged e5-small checkpoint, its CPU
+variants built once per session, and `measure`, which times a runner with xopt.bench's own
+warm-up, timer and loop (the code `xopt bench` runs) and hands the samples to pytest-benchmark.
+
+    python -m pytest bench/ --benchmark-json=bench-now.json
+    python bench/compare.py bench-now.json          # against bench/baselines/<machine kind>.json
+"""
+
+import os
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from xopt.bench import Shape, measure_interleaved, to_pytest_benchmark  # noqa: E402
+
+# Fixed budgets so that runs are comparable with the saved baselines.
+ROUNDS, MIN_ITERS, MIN_TIME_S = 3, 5, 0.5
+
+
+@pytest.fixture(scope="session")
+def e5_checkpoint():
+    from xopt.pipeline import cached_e5
+
+    return cached_e5()
+
+
+@pytest.fixture(scope="session")
+def variant_dir(e5_checkpoint, tmp_path_factory):
+    """variant_dir(name) -> a directory of that variant of e5-small, built on first use."""
+    from xopt.variants import REGISTRY, compile_variant
+
+    root, built = tmp_path_factory.mktemp("bench-variants"), {}
+
+    def get(name):
+        if name not in built:
+            opts = {"calib_samples": 64} if REGISTRY[name].calibrated else None
+            compile_variant(e5_checkpoint, name, root / name, options=opts)
+            built[name] = root / name
+        return built[name]
+    return get
+
+
+@pytest.fixture
+def measure(benchmark):
+    """measure(runner, shape, vocab_size, pad_id, **info): xopt.bench's measurement of one
+    runner on one shape, reported through pytest-benchmark; returns the Measurement."""
+    def run(runner, shape: Shape, vocab_size: int, pad_id: int, **info):
+        m = measure_interleaved({runner.name: runner}, shape, vocab_size, pad_id, rounds=ROUNDS,
+                                min_iters=MIN_ITERS, min_time_s=MIN_TIME_S)[runner.name]
+        to_pytest_benchmark(benchmark, m, shape=shape.label, cold_ms=m.cold_ms, warmup=m.warmup,
+                            round_p50_ms=m.round_p50_ms, peak_mem_mb=m.peak_mem_mb, loadavg=os.getloadavg(), **info)
+        return m
+    return run

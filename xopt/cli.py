@@ -206,27 +206,66 @@ def eval_cmd(variant_dir: Annotated[Path, typer.Argument(help="Variant directory
 
 @command("bench")
 def bench_cmd(variant_dirs: Annotated[list[Path], typer.Argument(help="Variant directories.")],
-              batch: Annotated[str, typer.Option("--batch", help="Comma-separated batch sizes.")] = "1,8",
-              seq_len: Annotated[str, typer.Option("--seq-len", help="Comma-separated fixed lengths.")] = "128",
+              batch: Annotated[str, typer.Option("--batch", help="Comma-separated batch sizes (server: the "
+                                                                 "largest dynamic batch).")] = "1,8",
+              seq_len: Annotated[str, typer.Option("--seq-len", help="Comma-separated fixed lengths ('' for "
+                                                                     "none).")] = "128",
               lengths: Annotated[Optional[str], typer.Option(
-                  "--lengths", help="Real length mix: demo, demo:LANG, or a file of token counts.")] = None,
-              rounds: Annotated[int, typer.Option("--rounds", help="Interleaved rounds per shape.")] = 3,
-              min_time: Annotated[float, typer.Option("--min-time", help="Seconds per variant per round.")] = 1.0,
-              min_iters: Annotated[int, typer.Option("--min-iters")] = 10,
+                  "--lengths", help="Real length mixes: demo, demo:LANG[,LANG..], demo:each, "
+                                    "xtreme:TASK:LANG, or a file of token counts.")] = None,
+              scenario: Annotated[str, typer.Option(
+                  "--scenario", help="fixed-batch (interleaved rounds), or an MLPerf LoadGen scenario: "
+                                     "single-stream, offline, server.")] = "fixed-batch",
+              duration: Annotated[Optional[float], typer.Option(
+                  "--duration", help="Seconds per variant and shape (fixed-batch: split over the rounds; "
+                                     "LoadGen: min duration of each run).")] = None,
+              iters: Annotated[Optional[int], typer.Option(
+                  "--iters", help="Timed calls per variant and shape (fixed-batch: split over the rounds; "
+                                  "LoadGen: min query count).")] = None,
+              warmup: Annotated[str, typer.Option(
+                  "--warmup", help="auto (until the moving median is stable, bounded) or a number of calls.")] = "auto",
+              rounds: Annotated[int, typer.Option("--rounds", help="Interleaved rounds per shape (fixed-batch).")] = 3,
+              latency_bound_ms: Annotated[float, typer.Option(
+                  "--latency-bound-ms", help="Server: p99 latency bound of the max-QPS search.")] = 100.0,
+              server_qps: Annotated[Optional[str], typer.Option(
+                  "--server-qps", help="Server: LOW:HIGH bounds of the QPS search (default: from the warm-up).")] = None,
+              server_runs: Annotated[int, typer.Option("--server-runs", help="Server: most LoadGen runs per "
+                                                                             "search.")] = 8,
               compare: Annotated[Optional[str], typer.Option(
-                  "--compare", help="Reference variant name for the ratio table.")] = None,
+                  "--compare", help="Reference variant (measured in the same run) for a table of ratios.")] = None,
+              data: Annotated[Optional[Path], typer.Option(
+                  "--data", help="--lengths xtreme:..: the XTREME data directory (as for `xopt eval`).")] = None,
               out: OutResults = None, json_out: Json = False):
-    """Latency / throughput / memory of variants, interleaved in the same run."""
-    from xopt.bench import bench
+    """Latency / throughput / memory of variants, interleaved in the same run or under MLPerf LoadGen."""
+    from xopt.bench import bench, ratio_table
     from xopt.progress import bar
     from xopt.report import print_bench
 
+    if warmup != "auto" and not warmup.isdigit():
+        raise XoptError(f"--warmup {warmup}: expected auto or a number of calls")
+    qps = _csv(server_qps.replace(":", ","), float) if server_qps else None
+    if qps is not None and len(qps) != 2:
+        raise XoptError(f"--server-qps {server_qps}: expected LOW:HIGH, e.g. 5:200")
+    loadgen = scenario != "fixed-batch"
+    per = 1 if loadgen else max(rounds, 1)
+    min_time = (duration / per) if duration is not None else (0.0 if iters is not None else 1.0)
+    min_iters = max(1, -(-iters // per)) if iters is not None else (3 if duration is not None else 10)
     with bar() as progress:
-        recs = bench(variant_dirs, _csv(batch, int), _csv(seq_len, int) or [], lengths, rounds, min_iters,
-                     min_time, max(10.0, 4 * min_time), out, progress)
+        recs = bench(variant_dirs, _csv(batch, int) or [1], _csv(seq_len, int) or [], lengths, rounds=rounds,
+                     min_iters=min_iters, min_time_s=min_time, max_time_s=max(10.0, 4 * min_time), out=out,
+                     progress=progress, scenario=scenario, warmup=None if warmup == "auto" else int(warmup),
+                     compare=compare, latency_bound_ms=latency_bound_ms,
+                     server_qps=tuple(qps) if qps else None, server_max_runs=server_runs, data_dir=data)
     if json_out:
-        return _print_json([{k: v for k, v in r.items() if k != "host"} for r in recs])
+        rows = [{k: v for k, v in r.items() if k != "host"} for r in recs]
+        if compare:
+            for row, ratio in zip(rows, ratio_table(recs, compare)):
+                row["vs_" + compare] = {"p50_speedup": ratio["p50_speedup"],
+                                        "throughput_ratio": ratio["throughput_ratio"]}
+        return _print_json(rows)
     print_bench(recs, compare)
+    if out and loadgen:
+        typer.echo(f"LoadGen logs: {Path(recs[0]['loadgen_log_dir']).parent}")
 
 
 @command("report")

@@ -42,7 +42,11 @@ class Tables:
 
 
 def shape_key(rec: dict) -> str:
-    return f"s{rec['seq_len']}" if rec.get("seq_len") else f"len:{rec['length_dist']['source']}"
+    """s128, len:demo:de, ...; prefixed by the scenario when it is a LoadGen one (offline/s128)."""
+    ld = rec.get("length_dist")
+    key = f"s{rec['seq_len']}" if rec.get("seq_len") else f"len:{ld['source'] if isinstance(ld, dict) else ld}"
+    scenario = rec.get("scenario")
+    return key if scenario in (None, "fixed-batch") else f"{scenario}/{key}"
 
 
 def load(paths) -> Tables:

@@ -19,6 +19,21 @@ from xopt.errors import XoptError
 from xopt.host import host_info
 from xopt.manifest import now
 
+# Bench records carry, beside the required fields (xopt.bench writes them):
+#   seq_len (fixed length, every row full) or length_dist: the source of a real length mix
+#     ("demo", "demo:de", "xtreme:xnli:de", a file path; null for fixed lengths), with
+#     length_stats {split, p50_tokens, max_tokens, n};
+#   lang: language of the sentences (null: fixed length or a mix of languages);
+#   mean_tokens: mean real tokens per sequence of the shape; tokens_per_call / tokens_per_sample;
+#   scenario: fixed-batch (interleaved rounds) | single-stream | offline | server (MLPerf LoadGen);
+#   min_ms, std_ms, round_p50_ms, rounds, cold_ms (first call, apart), load_s, build_s;
+#   peak_mem_kind: "process_rss" (whole process: all variants of the run) | "cuda_allocator";
+#     mem_load_mb / mem_run_mb: RSS growth while this variant loaded / during its timed loops;
+#   env: {gpu: driver, clocks, power limit (NVML) or null, harness_overhead_us};
+#   LoadGen scenarios: loadgen (LoadGen's result_* values), loadgen_log_dir, samples,
+#     latency_source ("loadgen_per_sample" | "timer_per_batch"), batch_p50_ms...;
+#     server: latency_bound_ms, server_max_qps (null: the bound fails at the lowest QPS),
+#     server_qps_bounds, server_search [{qps, p99_ms, ok, validity, log_dir}].
 COMMON = ("kind", "model", "variant", "host", "xopt_version", "created")
 REQUIRED = {
     "eval": COMMON + ("suite", "task", "lang", "split", "metric", "value", "n_examples"),

@@ -1,0 +1,290 @@
+"""xopt bench: harness overhead, warm-up, per-language lengths, LoadGen scenarios, the server
+search's bounds, the regression comparison, bad inputs and partial sweeps."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from xopt import results
+from xopt.bench import (Measurement, Timer, bench, compare_benchmark_json, harness_overhead, machine_kind,
+                        ratio_table, to_pytest_benchmark, warm)
+from xopt.cli import app
+from xopt.errors import XoptError
+from xopt.loadgen import read_detail, server_search
+from test_results_bench import FakeRunner
+
+
+def test_harness_overhead_per_iteration_is_microseconds():
+    o = harness_overhead()
+    print(f"harness overhead on CPU: {o}")
+    # the issue's target: < 5 us per iteration (loop_us: fastest chunk, so preemption by
+    # other processes on a shared machine does not count as harness cost)
+    assert 0 < o["timer_us"] < 5 and 0 < o["loop_us"] < 5
+
+
+def test_warmup_fixed_count_and_bounded_auto():
+    r, m = FakeRunner("x", 0.2), Measurement()
+    warm(r, [None], Timer(), m, fixed=4)
+    assert m.warmup == 5 and len(m.warmup_ms) == 4
+    m = Measurement()
+    warm(r, [None], Timer(), m, max_iters=12, max_s=5.0)
+    assert 10 <= len(m.warmup_ms) <= 12 and m.cold_ms is not None
+
+
+def test_server_search_stays_within_bounds_and_converges():
+    capacity, calls = 123.0, []
+
+    def probe(q):
+        calls.append(q)
+        return q <= capacity
+
+    best, tried = server_search(probe, 1.0, 1000.0, max_runs=8)
+    assert tried == calls and len(tried) <= 8 and all(1.0 <= q <= 1000.0 for q in tried)
+    assert capacity / 1.15 <= best <= capacity
+    assert server_search(lambda q: False, 2.0, 50.0)[0] is None            # even the low bound fails: 1 run
+    assert server_search(lambda q: True, 2.0, 50.0) == (50.0, [2.0, 50.0])  # capacity above the high bound
+    best, tried = server_search(probe, 1.0, 1000.0, max_runs=3)
+    assert len(tried) == 3 and best <= capacity
+    with pytest.raises(XoptError):
+        server_search(probe, 10.0, 5.0)
+
+
+def _bm(name, median):
+    return {"fullname": name, "stats": {"median": median}}
+
+
+def test_compare_flags_median_regressions_over_threshold():
+    base = {"benchmarks": [_bm("a", 1.0), _bm("b", 1.0)]}
+    rows, failed = compare_benchmark_json(base, {"benchmarks": [_bm("a", 1.10), _bm("b", 0.5), _bm("new", 1)]})
+    assert not failed and rows[0]["ratio"] == pytest.approx(1.10) and rows[2]["baseline_median_s"] is None
+    rows, failed = compare_benchmark_json(base, {"benchmarks": [_bm("a", 1.2)]}, threshold=0.15)
+    assert failed and rows[0]["regressed"]
+
+
+def test_compare_script_exit_codes(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_compare", Path(__file__).parents[1] / "bench" / "compare.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    base, now = tmp_path / "base.json", tmp_path / "now.json"
+    base.write_text(json.dumps({"benchmarks": [_bm("a", 1.0)]}))
+    now.write_text(json.dumps({"benchmarks": [_bm("a", 1.1)]}))
+    assert mod.main([str(now), "--baseline", str(base)]) == 0
+    now.write_text(json.dumps({"benchmarks": [_bm("a", 1.2)]}))
+    assert mod.main([str(now), "--baseline", str(base)]) == 1 and "REGRESSED" in capsys.readouterr().out
+    assert mod.main([str(now), "--baseline", str(tmp_path / "none.json")]) == 2
+
+
+def test_pytest_benchmark_bridge_takes_xopt_samples():
+    class FakeFixture:
+        disabled, extra_info = False, {}
+
+        def _make_stats(self, iterations):
+            self.got = []
+            return type("S", (), {"update": lambda s, d: self.got.append(d)})()
+
+    fx, m = FakeFixture(), Measurement(samples_ms=[1.0, 2.0, 4.0])
+    to_pytest_benchmark(fx, m, variant="v")
+    assert fx.got == [0.001, 0.002, 0.004] and fx.extra_info["variant"] == "v"
+    assert machine_kind().startswith(("cpu-", "cuda-"))
+
+
+@pytest.fixture(scope="module")
+def variants(tiny_ckpt, tmp_path_factory):
+    """fp32 and int8-dynamic of the tiny model. One torch thread while these tests run: on a
+    machine shared by parallel jobs, intra-op thread barriers make tiny calls 100x slower."""
+    import torch
+
+    from xopt.variants import compile_variant
+
+    root = tmp_path_factory.mktemp("bench-variants")
+    for name in ("fp32", "int8-dynamic"):
+        compile_variant(tiny_ckpt, name, root / name)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield root
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def suite_cache(tiny_suite, monkeypatch):
+    from xopt.tasks import demo
+
+    monkeypatch.setattr(demo, "ensure_suite", lambda *a, **k: tiny_suite)
+    return json.loads(tiny_suite.read_text())
+
+
+def test_fixed_batch_records_per_language_and_ratio_table(variants, tmp_path, suite_cache):
+    out = tmp_path / "r.jsonl"
+    lang = next(la for la in ("ja", "ru") if la in suite_cache["shared"])
+    recs = bench([variants / "fp32", variants / "int8-dynamic"], batches=(2,), seq_lens=(16,),
+                 lengths=f"demo:{lang}", rounds=2, min_iters=3, min_time_s=0.0, out=out, warmup=2)
+    got, skipped = results.read([out], strict=True)
+    assert len(got) == len(recs) == 4 and not skipped
+    by = {(r["variant"], r["length_dist"]): r for r in got}
+    fixed = by[("fp32", None)]
+    assert fixed["seq_len"] == 16 and fixed["mean_tokens"] == 16 and fixed["throughput_tok_s"] == pytest.approx(
+        fixed["throughput_seq_s"] * 16)
+    r = by[("fp32", f"demo:{lang}")]
+    assert r["lang"] == lang and r["length_stats"]["split"] == "shared" and r["scenario"] == "fixed-batch"
+    from xopt.evaluate import tokenize
+    from xopt.variants import load_variant
+
+    lv = load_variant(variants / "fp32")
+    texts = [e["text"] for e in suite_cache["shared"][lang]]
+    assert r["mean_tokens"] == pytest.approx(np.mean([len(s) for s in tokenize(lv.tokenizer(), texts,
+                                                                                lv.card.input_prefix)]), abs=0.01)
+    assert r["warmup"] == 3 and r["iters"] >= 6 and r["rounds"] == 2 and r["cold_ms"] > 0
+    assert r["peak_mem_kind"] == "process_rss" and r["peak_mem_mb"] > 0 and r["load_s"] >= 0
+    assert r["env"]["harness_overhead_us"]["timer_us"] > 0
+    ratios = ratio_table(recs, "fp32")
+    assert all(x["p50_speedup"] == pytest.approx(1.0) for x, rec in zip(ratios, recs) if rec["variant"] == "fp32")
+    assert all(x["p50_speedup"] > 0 for x in ratios)
+
+
+def test_loadgen_scenarios_complete_on_a_tiny_model(variants, tmp_path):
+    pytest.importorskip("mlperf_loadgen", reason="mlcommons-loadgen is a dependency of xopt")
+    out = tmp_path / "lg.jsonl"
+    kw = dict(seq_lens=(8,), min_iters=4, min_time_s=0.05, out=out, warmup=2)
+    single = bench([variants / "fp32"], batches=(4,), scenario="single-stream", **kw)[0]
+    assert single["batch"] == 1 and single["scenario"] == "single-stream" and single["samples"] >= 4
+    assert single["loadgen"]["result_validity"] in ("VALID", "INVALID")
+    assert 0 < single["p50_ms"] <= single["p90_ms"] <= single["p99_ms"] and single["throughput_seq_s"] > 0
+    assert (tmp_path / "lg.loadgen").is_dir()
+    assert read_detail(single["loadgen_log_dir"])["result_query_count"] >= 4
+    offline = bench([variants / "fp32"], batches=(4,), scenario="offline", **kw)[0]
+    assert offline["latency_source"] == "timer_per_batch" and offline["samples"] >= 4
+    assert offline["iters"] == len(range(0, offline["samples"], 4)) and offline["throughput_seq_s"] > 0
+    server = bench([variants / "fp32"], batches=(2,), scenario="server", latency_bound_ms=1000.0,
+                   server_qps=(5.0, 40.0), server_max_runs=3, **kw)[0]
+    tried = [t["qps"] for t in server["server_search"]]
+    assert 1 <= len(tried) <= 3 and all(5.0 <= q <= 40.0 for q in tried)
+    assert server["server_max_qps"] is None or 5.0 <= server["server_max_qps"] <= 40.0
+    assert all((tmp_path / t["log_dir"] / "mlperf_log_summary.txt").is_file() for t in server["server_search"])
+    got, _ = results.read([out], strict=True)
+    assert [r["scenario"] for r in got] == ["single-stream", "offline", "server"]
+
+
+def _one_line_error(res, code=2):
+    assert res.exit_code == code, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("xopt: error:"), res.output
+    return lines[0]
+
+
+def test_bad_inputs_are_one_line_errors(variants, tmp_path, monkeypatch):
+    cli = CliRunner()
+
+    def run(*a):
+        return cli.invoke(app, ["bench", *map(str, a)])
+
+    assert "no manifest.json" in _one_line_error(run(tmp_path))
+    assert "no such directory" in _one_line_error(run(tmp_path / "nope"))
+    assert "maximum length 128" in _one_line_error(run(variants / "fp32", "--seq-len", "256"))
+    assert "--scenario" in _one_line_error(run(variants / "fp32", "--scenario", "multistream"))
+    assert "--compare onnx-fp32" in _one_line_error(run(variants / "fp32", "--compare", "onnx-fp32"))
+    from xopt import variants as reg
+
+    monkeypatch.setitem(reg.REGISTRY, "fp32", replace(reg.REGISTRY["fp32"], device="cuda"))
+    import torch
+
+    if not torch.cuda.is_available():
+        assert "needs an NVIDIA GPU" in _one_line_error(run(variants / "fp32"))
+
+
+def test_xtreme_lengths_through_the_task_loaders(variants, monkeypatch, tmp_path):
+    import sys
+    import types
+
+    with pytest.raises(XoptError, match="xtreme:TASK:LANG"):
+        bench([variants / "fp32"], lengths="xtreme:xnli")
+    import xopt.tasks
+
+    fake = types.ModuleType("xopt.tasks.xtreme")        # the API of xopt.tasks.xtreme (issue 4)
+    monkeypatch.setitem(sys.modules, "xopt.tasks.xtreme", fake)
+    monkeypatch.setattr(xopt.tasks, "xtreme", fake, raising=False)
+    with pytest.raises(XoptError, match="no load"):
+        bench([variants / "fp32"], lengths="xtreme:xnli:de")
+    pairs = [{"id": "1", "text_a": "ein kurzer Satz", "text_b": "noch ein etwas längerer Satz hier", "label": "x"},
+             {"id": "2", "text_a": "kurz", "text_b": "", "label": "x"}]
+    fake.get_task = lambda name: types.SimpleNamespace(name=name, family="classify")
+    fake.load = lambda task, lang, split, data_dir: pairs if (lang, split, data_dir) == ("de", "test", tmp_path) \
+        else pytest.fail("wrong arguments")
+    with pytest.raises(XoptError, match="give --data"):
+        bench([variants / "fp32"], lengths="xtreme:xnli:de")
+    recs = bench([variants / "fp32"], batches=(1,), seq_lens=(), lengths="xtreme:xnli:de", rounds=1, min_iters=2,
+                 min_time_s=0.0, warmup=1, data_dir=tmp_path)
+    from xopt.bench import tokenizer_of
+    from xopt.variants import load_variant
+
+    lv = load_variant(variants / "fp32")
+    tok, pre = tokenizer_of(lv), lv.card.input_prefix
+    want = [len(tok(pre + "ein kurzer Satz", "noch ein etwas längerer Satz hier")["input_ids"]),
+            len(tok(pre + "kurz")["input_ids"])]
+    assert recs[0]["length_dist"] == "xtreme:xnli:de" and recs[0]["lang"] == "de"
+    assert recs[0]["mean_tokens"] == pytest.approx(np.mean(want)) and want[0] > want[1] + 8
+
+
+def test_engine_profile_from_the_manifest():
+    from types import SimpleNamespace
+
+    from xopt.bench import runner_limits
+
+    lv = SimpleNamespace(runner=SimpleNamespace(), manifest={"variant": "trt-fp16", "tensorrt": {
+        "version": "10", "profile": {"min": [1, 1], "opt": [8, 128], "max": [32, 256]}}})
+    assert runner_limits(lv) == {"max_batch": 32, "max_seq_len": 256}
+    lv.runner.limits = {"max_batch": 4}
+    assert runner_limits(lv) == {"max_batch": 4, "max_seq_len": 256}
+
+
+def test_engine_profile_limits_and_partial_sweeps(variants, tmp_path, monkeypatch):
+    import xopt.variants as reg
+
+    real_load = reg.load_variant
+
+    def limited(d):
+        lv = real_load(d)
+        lv.runner.limits = {"max_batch": 4, "max_seq_len": 32}
+        return lv
+
+    monkeypatch.setattr(reg, "load_variant", limited)
+    with pytest.raises(XoptError, match="beyond the engine's profile .max batch 4"):
+        bench([variants / "fp32"], batches=(8,), seq_lens=(16,))
+    with pytest.raises(XoptError, match=r"48 tokens .*\(max 32\)"):
+        bench([variants / "fp32"], batches=(1,), seq_lens=(48,))
+
+    def failing(d):      # batch 3 fails inside the backend (e.g. out of memory)
+        lv = real_load(d)
+        run = lv.runner.run
+
+        def run_or_fail(x):
+            if x[0].shape[0] == 3:
+                raise RuntimeError("CUDA out of memory (simulated)\nsecond line")
+            return run(x)
+        lv.runner.run = run_or_fail
+        return lv
+
+    monkeypatch.setattr(reg, "load_variant", failing)
+    out = tmp_path / "partial.jsonl"
+    with pytest.raises(XoptError, match=r"stopped at shape 2/2 \(b3xs8\): CUDA out of memory \(simulated\); "
+                                        r"1 records of the 1 shapes before it kept in .*partial.jsonl") as e:
+        bench([variants / "fp32"], batches=(1, 3), seq_lens=(8,), rounds=1, min_iters=2, min_time_s=0.0,
+              out=out, warmup=1)
+    assert "\n" not in str(e.value)
+    got, _ = results.read([out], strict=True)
+    assert [r["batch"] for r in got] == [1]
+
+
+def test_cli_json_with_compare(variants):
+    res = CliRunner().invoke(app, ["bench", str(variants / "fp32"), str(variants / "int8-dynamic"), "--batch", "1",
+                                   "--seq-len", "8", "--iters", "3", "--warmup", "1", "--rounds", "1", "--json",
+                                   "--compare", "fp32"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert {r["variant"] for r in rows} == {"fp32", "int8-dynamic"}
+    assert all(r["iters"] >= 3 and r["warmup"] == 2 and r["vs_fp32"]["p50_speedup"] > 0 for r in rows)

@@ -1,0 +1,300 @@
+"""MLPerf LoadGen scenarios for `xopt bench --scenario single-stream|offline|server`.
+
+LoadGen (the `mlcommons-loadgen` package, MLPerf Inference's own load generator) decides
+when queries arrive and measures each sample's latency from issue to completion; xopt
+provides the system under test (SUT) around a variant's `Runner`:
+
+- single-stream: one sample per query, the next query after the previous completes. The
+  MLPerf figure is the p90 latency; the record's percentiles are LoadGen's per-sample ones.
+- offline: every sample in one query; the SUT runs them in batches of `--batch`, each padded
+  to its longest row. The figure is samples/s (LoadGen's); the record's percentiles are those
+  of the batches, timed with the same `Timer` as every other xopt measurement.
+- server: Poisson arrivals at a target QPS; a worker thread runs whatever is queued, up to
+  `--batch` samples (dynamic batching). The figure is the highest QPS whose p99 latency stays
+  within `--latency-bound-ms`, found by `server_search`: at most `server_max_runs` LoadGen
+  runs between the bounds `server_qps` (default: 1/100 to 1.5 times the samples/s of full
+  batches in the warm-up).
+
+Samples are the real token counts of the shape (`--lengths`) or fixed-length rows; they are
+warmed up (the same bounded warm-up as `fixed-batch`) before LoadGen starts. Each LoadGen
+run keeps its logs (mlperf_log_summary.txt, mlperf_log_detail.txt) in its own directory,
+named in the record (`loadgen_log_dir`); the record's `loadgen` field holds LoadGen's
+`result_*` values (validity, percentiles, QPS).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import queue
+import re
+import threading
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from xopt.bench import Measurement, MemoryProbe, Shape, Timer, make_batch, percentiles, to_record, warm
+from xopt.errors import XoptError
+
+LG_SCENARIO = {"single-stream": "SingleStream", "offline": "Offline", "server": "Server"}
+MAX_SAMPLES = 1024          # distinct samples in LoadGen's sample library
+
+
+def _lg():
+    try:
+        import mlperf_loadgen
+    except ImportError:
+        raise XoptError("--scenario single-stream/offline/server needs MLPerf LoadGen: "
+                        "pip install mlcommons-loadgen") from None
+    return mlperf_loadgen
+
+
+def read_detail(log_dir: Path) -> dict:
+    """LoadGen's `result_*` values from mlperf_log_detail.txt."""
+    path = Path(log_dir) / "mlperf_log_detail.txt"
+    out = {}
+    if path.is_file():
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith(":::MLLOG"):
+                try:
+                    d = json.loads(line[len(":::MLLOG"):])
+                except json.JSONDecodeError:
+                    continue
+                if str(d.get("key", "")).startswith("result_"):
+                    out[d["key"]] = d["value"]
+    return out
+
+
+class SUT:
+    """The system under test: runs LoadGen's samples on a runner, `batch` at a time."""
+
+    def __init__(self, lg, runner, sample_lens: list[int], batch: int, vocab_size: int, pad_id: int,
+                 server: bool = False, seed: int = 0):
+        self.lg, self.runner, self.batch, self.server = lg, runner, batch, server
+        self.sample_lens, self.vocab_size, self.pad_id = sample_lens, vocab_size, pad_id
+        self.rng = np.random.default_rng(seed)
+        self.rows: dict[int, np.ndarray] = {}
+        self.timer = Timer(runner.device)
+        self.batch_ms: list[float] = []
+        self.batch_tokens: list[int] = []
+        self.samples = 0
+        self.error: BaseException | None = None
+        self.q: queue.Queue = queue.Queue()
+        self.worker: threading.Thread | None = None
+
+    # QSL callbacks: the sample library holds token-id rows of the sampled lengths
+    def load(self, indices):
+        for i in indices:
+            ids, _ = make_batch([self.sample_lens[i]], self.vocab_size, self.pad_id, self.rng)
+            self.rows[i] = ids[0]
+
+    def unload(self, indices):
+        for i in indices:
+            self.rows.pop(i, None)
+
+    def _run(self, qs) -> None:
+        try:
+            if self.error is None:
+                rows = [self.rows[q.index] for q in qs]
+                width = max(len(r) for r in rows)
+                ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+                mask = np.zeros((len(rows), width), dtype=np.int64)
+                for j, r in enumerate(rows):
+                    ids[j, :len(r)], mask[j, :len(r)] = r, 1
+                x = self.runner.prepare(ids, mask)
+                self.batch_ms.append(self.timer(self.runner.run, x))
+                self.batch_tokens.append(int(mask.sum()))
+                self.samples += len(rows)
+        except BaseException as e:     # raised again after the test: LoadGen's thread must not die
+            self.error = e
+        self.lg.QuerySamplesComplete([self.lg.QuerySampleResponse(q.id, 0, 0) for q in qs])
+
+    def issue(self, qs) -> None:
+        if self.server:
+            for q in qs:
+                self.q.put(q)
+            return
+        for i in range(0, len(qs), self.batch):
+            self._run(qs[i:i + self.batch])
+
+    def flush(self) -> None:
+        pass
+
+    def _work(self) -> None:
+        while True:
+            first = self.q.get()
+            if first is None:
+                return
+            qs = [first]
+            while len(qs) < self.batch:     # dynamic batching: whatever is already queued
+                try:
+                    nxt = self.q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self.q.put(None)
+                    break
+                qs.append(nxt)
+            self._run(qs)
+
+    def __enter__(self):
+        if self.server:
+            self.worker = threading.Thread(target=self._work, daemon=True)
+            self.worker.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.worker:
+            self.q.put(None)
+            self.worker.join()
+        return False
+
+
+def run_once(runner, sample_lens: list[int], scenario: str, log_dir: Path, *, batch: int, vocab_size: int,
+             pad_id: int, min_time_s: float, min_queries: int, expected_ms: float, target_qps: float | None = None,
+             latency_bound_ms: float | None = None) -> tuple[dict, SUT]:
+    """One LoadGen performance run; returns LoadGen's results and the SUT (its batch timings)."""
+    lg = _lg()
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    s = lg.TestSettings()
+    s.scenario = getattr(lg.TestScenario, LG_SCENARIO[scenario])
+    s.mode = lg.TestMode.PerformanceOnly
+    s.min_duration_ms = int(min_time_s * 1000)
+    s.max_duration_ms = int(1000 * max(4 * min_time_s, min_time_s + 10))
+    s.min_query_count = max(1, min_queries)
+    s.single_stream_expected_latency_ns = max(1000, int(expected_ms * 1e6))
+    s.offline_expected_qps = max(1.0, batch / max(expected_ms, 1e-3) * 1e3)
+    if scenario == "server":
+        s.server_target_qps = float(target_qps)
+        s.server_target_latency_ns = int(latency_bound_ms * 1e6)
+        s.server_target_latency_percentile = 0.99
+    ls = lg.LogSettings()
+    ls.log_output.outdir = str(log_dir)
+    ls.log_output.copy_summary_to_stdout = False
+    ls.enable_trace = False
+    sut_obj = SUT(lg, runner, sample_lens, batch, vocab_size, pad_id, server=scenario == "server")
+    sut = lg.ConstructSUT(sut_obj.issue, sut_obj.flush)
+    qsl = lg.ConstructQSL(len(sample_lens), len(sample_lens), sut_obj.load, sut_obj.unload)
+    try:
+        with sut_obj:
+            lg.StartTestWithLogSettings(sut, qsl, s, ls)
+    finally:
+        lg.DestroyQSL(qsl)
+        lg.DestroySUT(sut)
+    if sut_obj.error is not None:
+        e = sut_obj.error
+        raise XoptError(f"{type(e).__name__} in the variant during LoadGen's {scenario} run: {e}") from e
+    res = read_detail(log_dir)
+    if not res:
+        raise XoptError(f"LoadGen wrote no results to {log_dir} (see mlperf_log_summary.txt there)")
+    return res, sut_obj
+
+
+def server_search(probe: Callable[[float], bool], lo: float, hi: float, max_runs: int = 8,
+                  rel_tol: float = 0.1) -> tuple[float | None, list[float]]:
+    """Highest QPS in [lo, hi] for which `probe(qps)` holds (p99 within the bound), assuming
+    it holds below some capacity and fails above. Probes lo, then hi, then bisects
+    geometrically until hi/lo <= 1 + rel_tol; never more than `max_runs` probes and never
+    outside [lo, hi]. Returns (best QPS or None when even lo fails, QPS probed in order)."""
+    if not (0 < lo < hi) or max_runs < 2:
+        raise XoptError(f"server search needs 0 < low < high QPS and at least 2 runs (got {lo}, {hi}, {max_runs})")
+    tried = [lo]
+    if not probe(lo):
+        return None, tried
+    tried.append(hi)
+    if probe(hi):
+        return hi, tried
+    a, b = lo, hi
+    while len(tried) < max_runs and b > a * (1 + rel_tol):
+        q = math.sqrt(a * b)
+        tried.append(q)
+        if probe(q):
+            a = q
+        else:
+            b = q
+    return a, tried
+
+
+def _ns_ms(res: dict, key: str) -> float | None:
+    v = res.get(key)
+    return None if v is None else v / 1e6
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def run_scenario(loaded, shape: Shape, scenario: str, log_root: Path, *, vocab_size: int, pad_id: int,
+                 min_time_s: float = 1.0, min_queries: int = 10, warmup: int | None = None,
+                 latency_bound_ms: float = 100.0, server_qps: tuple[float, float] | None = None,
+                 server_max_runs: int = 8, progress=None) -> dict:
+    """Warm the variant up on `shape`, run LoadGen's `scenario`, return one bench record."""
+    runner = loaded.runner
+    m = Measurement()
+    warm(runner, [runner.prepare(ids, mask) for ids, mask in shape.batches(vocab_size, pad_id)],
+         Timer(runner.device), m, fixed=warmup)
+    est_ms = m.estimate_ms()
+    rng = np.random.default_rng(0)
+    pool = shape.lengths or [shape.seq_len] * 64
+    sample_lens = [int(x) for x in (rng.choice(pool, MAX_SAMPLES, replace=False) if len(pool) > MAX_SAMPLES
+                                     else pool)]
+    name = _safe(f"{loaded.model_name}-{loaded.manifest['variant']}-{scenario}-{shape.label}")
+    kw = dict(batch=shape.batch, vocab_size=vocab_size, pad_id=pad_id, min_time_s=min_time_s,
+              min_queries=min_queries, expected_ms=est_ms, latency_bound_ms=latency_bound_ms)
+    label = f"{loaded.manifest['variant']} {scenario} {shape.label}"
+    task = progress.add_task(label, total=server_max_runs if scenario == "server" else 1, rate="") if progress else None
+    extra: dict = {}
+    with MemoryProbe(runner.device) as probe:
+        if scenario != "server":
+            log_dir = log_root / name
+            res, sut = run_once(runner, sample_lens, scenario, log_dir, **kw)
+        else:
+            capacity = shape.batch / max(est_ms, 1e-3) * 1e3       # samples/s at full batches
+            # the warm-up's figure leaves out queueing and the SUT's own overhead: start far below it
+            lo, hi = server_qps or (max(capacity / 100, 0.5), max(capacity * 1.5, 1.0))
+            runs: dict[float, tuple] = {}
+
+            def probe_qps(q: float) -> bool:
+                d = log_root / name / f"qps{q:.2f}"
+                r, s = run_once(runner, sample_lens, scenario, d, target_qps=q, **kw)
+                p99 = _ns_ms(r, "result_99.00_percentile_latency_ns")
+                ok = p99 is not None and p99 <= latency_bound_ms
+                runs[q] = (r, s, d, ok, p99)
+                if progress:
+                    progress.update(task, advance=1, rate=f"{q:.1f} QPS p99 {p99:.1f} ms {'ok' if ok else 'over'}")
+                return ok
+
+            best, tried = server_search(probe_qps, lo, hi, server_max_runs)
+            res, sut, log_dir, _, _ = runs[best if best is not None else tried[0]]
+            extra = {"latency_bound_ms": latency_bound_ms, "server_max_qps": best, "server_qps_bounds": [lo, hi],
+                     "server_search": [{"qps": round(q, 3), "p99_ms": runs[q][4], "ok": runs[q][3],
+                                        "validity": runs[q][0].get("result_validity"),
+                                        "log_dir": str(runs[q][2])} for q in tried]}
+    m.samples_ms, m.tokens = sut.batch_ms, sut.batch_tokens
+    m.round_p50_ms = [float(np.median(sut.batch_ms))] if sut.batch_ms else []
+    probe.update(m)
+    if progress and scenario != "server":
+        progress.update(task, advance=1, rate=f"{res.get('result_validity', '?')}")
+    if not sut.batch_ms:
+        raise XoptError(f"LoadGen issued no samples for {label}; see {log_dir}")
+    tok_per_sample = sum(sut.batch_tokens) / max(sut.samples, 1)
+    rec = to_record(loaded, shape, m, scenario, loadgen={k: v for k, v in res.items()},
+                    loadgen_log_dir=str(log_dir), samples=sut.samples, **extra)
+    per_batch = {f"batch_{k}": v for k, v in percentiles(sut.batch_ms).items()}
+    if scenario == "offline":
+        seq_s = res.get("result_samples_per_second") or 0.0
+        rec.update(latency_source="timer_per_batch")
+    else:
+        seq_s = res.get("result_qps_with_loadgen_overhead" if scenario == "single-stream"
+                        else "result_completed_samples_per_sec") or 0.0
+        rec.update(latency_source="loadgen_per_sample", **per_batch,
+                   **{k: _ns_ms(res, f"result_{p}_percentile_latency_ns") for k, p in
+                      (("p50_ms", "50.00"), ("p90_ms", "90.00"), ("p99_ms", "99.00"))},
+                   mean_ms=_ns_ms(res, "result_mean_latency_ns"), min_ms=_ns_ms(res, "result_min_latency_ns"))
+        if scenario == "server" and best is None:
+            seq_s = 0.0         # no QPS in the bounds meets the latency bound
+    rec.update(throughput_seq_s=float(seq_s), throughput_tok_s=float(seq_s) * tok_per_sample,
+               tokens_per_sample=tok_per_sample, iters=sut.samples if scenario != "offline" else len(sut.batch_ms))
+    return rec

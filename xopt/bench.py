@@ -182,6 +182,7 @@ def to_record(loaded, shape: Shape, m: Measurement, scenario: str = "fixed-batch
                               "n": len(shape.lengths)}})
     return results.record(
         "bench", model=loaded.model_name, variant=loaded.manifest["variant"], variant_dir=str(loaded.directory),
+        **loaded.model_fields,
         batch=shape.batch, **extra, **stats, throughput_seq_s=shape.batch / mean_s,
         throughput_tok_s=tok_per_call / mean_s, tokens_per_call=tok_per_call, peak_mem_mb=m.peak_mem_mb,
         warmup=m.warmup, iters=len(m.samples_ms), rounds=len(m.round_p50_ms),

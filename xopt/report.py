@@ -340,7 +340,7 @@ def summary_rows(t: Tables, reference="fp32", batch=1, shape: str | None = None,
         for task in t.tasks(family):
             st = gain_stats(t, task, v, reference, family=family)
             if st:
-                st["worst"] = worst_language(t, task, v, reference, family)
+                st["worst"] = worst_language(t, task, v, reference, family) if v != reference else None
                 row["tasks"][task] = st
         b = t.bench.get((family, v, batch, shape))
         if b:
@@ -525,7 +525,7 @@ def _summary_section(doc: Doc, t: Tables, fam: str, reference: str):
                 continue
             w = st.get("worst")
             cells += [f"{st['score']:.2f}", fmt_ci(st["gain"], st["gain_ci"]), fmt_retention(st, reference),
-                      f"{w[0]} ({w[1]:+.1f})" if w else "n/a"]
+                      f"{w[0]} ({w[1]:+.1f})" if w else "reference" if r["variant"] == reference else "n/a"]
         cells += [_cost(r, "p50_ms"), f"{r['speedup']:.2f}x" if r.get("speedup") else "n/a"]
         body.append(cells)
     doc.table(header, body)
@@ -746,9 +746,12 @@ def _plots(t: Tables, all_rows: dict, out: Path, reference: str) -> list[str]:
                 ax.scatter(xs, ys, color="tab:blue")
                 for x, y, n in zip(xs, ys, names):
                     ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-                front = pareto_front([(x if better_low else -x, y) for x, y in pts])
+                front = sorted(pareto_front([(x if better_low else -x, y) for x, y in pts]), key=lambda i: xs[i])
+                # the staircase bounding what is attainable: right then up for latency, up then right for
+                # throughput
                 ax.plot([xs[i] for i in front], [ys[i] for i in front], color="tab:red", lw=1, ls="--",
                         drawstyle="steps-post" if better_low else "steps-pre", label="Pareto front")
+                ax.margins(0.1)
                 if ykey == "avg_retention":
                     ax.axhline(1.0, color="grey", lw=0.8, ls=":")
                 ax.set_xlabel(f"{xlabel}, batch {batch}")

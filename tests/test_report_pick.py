@@ -24,7 +24,7 @@ OUT = {  # (model, variant, lang) -> per-example outcomes
 
 
 def ev(model, variant, lang, outcomes=None, task="t", counts=None, value=None, **kw):
-    extra = {"outcomes": outcomes} if outcomes is not None else {"outcome_counts": counts} if counts else {}
+    extra = {"outcomes": outcomes} if outcomes is not None else {"counts": counts} if counts else {}
     n = len(outcomes if outcomes is not None else counts or [0])
     if value is None:
         value = 100 * float(np.mean(outcomes)) if outcomes is not None else report.Outcomes(extra).score()
@@ -38,7 +38,7 @@ def bn(variant, p50, batch=1, model="xstilts", peak=100.0, **kw):
     return results.record("bench", model=model, variant=variant, batch=batch, **shape, p50_ms=p50, p90_ms=p50,
                           p99_ms=kw.pop("p99", p50 * 1.5), mean_ms=p50, throughput_seq_s=1000 * batch / p50,
                           throughput_tok_s=128000 * batch / p50, peak_mem_mb=peak, warmup=3, iters=10,
-                          scenario="fixed-batch", device="cpu", **kw)
+                          scenario="fixed-batch", **{"device": "cpu", **kw})
 
 
 def _write(tmp_path, recs=None, bench=True, name="r.jsonl"):
@@ -94,6 +94,9 @@ def test_count_outcomes_are_micro_f1_of_summed_counts(tmp_path):
     assert o.score() == pytest.approx(100 * 2 * 4 / (2 * 4 + 0 + 2))      # 80, not the mean of sentence F1s (62)
     mean_of_f1 = np.mean([100 * 2 * tp / (2 * tp + fp + fn) for tp, fp, fn in good])
     assert abs(o.score() - mean_of_f1) > 10
+    # issue-4 form: `counts`, only non-zero units kept, `n_units` in all: same score, zero rows resampled too
+    sparse = report.Outcomes({"counts": good, "n_units": 5})
+    assert sparse.n == 5 and sparse.score() == pytest.approx(o.score())
     recs = [ev("baseline", v, "sw", counts=base, task="panx") for v in ("fp32", "int8")]
     recs += [ev("xstilts", "fp32", "sw", counts=good, task="panx"),
              ev("xstilts", "int8", "sw", counts=[[2, 0, 2], [3, 0, 1], [1, 1, 0]], task="panx")]
@@ -244,6 +247,12 @@ def test_pick_ties_and_missing_measurements(tmp_path):
     assert c["chosen"] is None and "peak memory 100.00 MB > 50" in pick.render(c)
     c = pick.pick([p], device="cuda")
     assert c["chosen"] is None and "device cuda" in pick.render(c)
+    gpu = bn("fp16", 1.0, device="cuda:0")
+    gpu["host"] = {**gpu["host"], "gpu": {"name": "NVIDIA H100 80GB HBM3"}}
+    results.append(p, [gpu])      # later records win: fp16 now measured on the GPU
+    c = pick.pick([p], device="h100")
+    assert c["chosen"]["variant"] == "fp16" and c["chosen"]["p50_ms"] == 1.0
+    assert pick.pick([p], device="cpu")["chosen"]["variant"] == "bf16"
 
 
 def test_cli_report_and_pick(tmp_path):

@@ -188,11 +188,13 @@ def report_cmd(results_files: Annotated[list[Path], typer.Argument(help="Result 
                xstilts: Annotated[str, typer.Option("--xstilts", help="Model name of X-STILTs.")] = "xstilts",
                model: Annotated[Optional[str], typer.Option(
                    "--model", help="Only this model (records' base_model); default: every model, compared.")] = None,
+               device: Annotated[Optional[str], typer.Option(
+                   "--device", help="Only bench records of this device (cpu, cuda, or part of a GPU name).")] = None,
                force: Force = False):
     """Gain-retention tables and plots: report.md, a single-file report.html and the PNGs."""
     from xopt.report import load, write
 
-    t = load(results_files, baseline, xstilts, model)
+    t = load(results_files, baseline, xstilts, model, device)
     path = write(t, out, reference, force=force)
     for note in t.notes:
         typer.echo(f"note: {note}", err=True)

@@ -31,15 +31,6 @@ def _shape(seq_len: int | None, lengths: str | None) -> str:
     return f"len:{lengths}" if lengths else f"s{seq_len or 128}"
 
 
-def _bench(t, fam: str, variant: str, batch: int, shape: str, device: str | None) -> dict | None:
-    b = t.bench.get((fam, variant, batch, shape))
-    if b is None or device is None:
-        return b
-    gpu = (b.get("host") or {}).get("gpu") or {}
-    names = {str(b.get("device", "")).lower(), str(gpu.get("name", "")).lower(), "gpu" if gpu else "cpu"}
-    return b if any(device.lower() in n for n in names if n) else None
-
-
 def _fail(c: dict, text: str, miss: float = 1.0) -> None:
     """Record a failed constraint; `miss` = relative violation (for 'closest'), inf when not measured."""
     c["fails"].append(text)
@@ -50,14 +41,14 @@ def pick(paths, max_p50_ms=None, max_p99_ms=None, batch: int = 1, seq_len: int |
          lengths: str | None = None, min_throughput=None, min_retention=None, min_lang_retention=None,
          max_mem_mb=None, max_drop=None, device: str | None = None, model: str | None = None,
          reference="fp32", baseline="baseline", xstilts="xstilts") -> dict:
-    t = report.load(paths, baseline, xstilts, model)
+    t = report.load(paths, baseline, xstilts, model, device)
     shape = _shape(seq_len, lengths)
     where = f"batch {batch}, {report.shape_label(shape)}" + (f", device {device}" if device else "")
     cands = []
     for fam in t.families:
         rows = {r["variant"]: r for r in report.summary_rows(t, reference, batch, shape, family=fam)}
         for v in t.variants(fam):
-            b = _bench(t, fam, v, batch, shape, device)
+            b = t.bench.get((fam, v, batch, shape))
             row = rows[v]
             c = {"model": fam, "variant": v, "name": f"{fam}/{v}" if len(t.families) > 1 else v,
                  "p50_ms": b and b["p50_ms"], "p99_ms": b and b["p99_ms"],

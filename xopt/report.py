@@ -14,8 +14,10 @@ Reads only result records (xopt.results). Definitions:
 Per-example outcomes an eval record may keep (one of):
 - `outcomes`: list of numbers, one per example; score = 100 * mean (accuracy, exact match,
   per-example F1 of extractive QA);
-- `outcome_counts`: list of [tp, fp, fn], one per example (sentence); score = 100 * micro-F1
-  of the summed counts (NER: F1 of the summed counts, not the mean of per-sentence F1).
+- `counts` (alias `outcome_counts`): list of [tp, fp, fn], one per example (sentence, or
+  source sentence for BUCC); score = 100 * micro-F1 of the summed counts (NER: F1 of the
+  summed counts, not the mean of per-sentence F1). With `n_units` > len(counts), the rows
+  kept are the non-zero ones and the rest are zero rows (they count when resampling).
 Records of one language are paired only when they have as many examples (and the same
 `example_ids` digest, when they carry one).
 
@@ -31,6 +33,7 @@ import html
 import math
 import re
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,12 +155,23 @@ def _role(rec: dict, baseline: str, xstilts: str) -> str | None:
     return rec.get("role") if rec.get("role") in ("baseline", "xstilts") else None
 
 
-def load(paths, baseline: str = "baseline", xstilts: str = "xstilts", model: str | None = None) -> Tables:
+def device_matches(rec: dict, device: str) -> bool:
+    """`device`: cpu, cuda, gpu, or part of the GPU's name (h100, l4, ...)."""
+    dev = str(rec.get("device", "cpu")).lower()
+    names = {dev}
+    if dev.startswith("cuda"):
+        names |= {"gpu", str(((rec.get("host") or {}).get("gpu") or {}).get("name", "")).lower()}
+    return any(device.lower() in n for n in names if n)
+
+
+def load(paths, baseline: str = "baseline", xstilts: str = "xstilts", model: str | None = None,
+         device: str | None = None) -> Tables:
     """Valid records of `paths`, grouped by model family; what cannot be used goes to `skipped`."""
     recs, skipped = results.read(paths)
     t = Tables(skipped=skipped, records=recs)
     # a record without base_model joins the family its model name has elsewhere, when unambiguous
     fam_of: dict[str, set] = {}
+    devs: set = set()
     for r in recs:
         if r.get("base_model"):
             fam_of.setdefault(r["model"], set()).add(r["base_model"])
@@ -184,14 +198,22 @@ def load(paths, baseline: str = "baseline", xstilts: str = "xstilts", model: str
                 continue
             t.evals[(fam, role, r["variant"], r["task"], r["lang"])] = r
         else:
-            if _role(r, baseline, xstilts) == "baseline" and (fam, r["variant"], r["batch"], shape_key(r)) in t.bench:
+            key = (fam, r["variant"], r["batch"], shape_key(r))
+            if device is not None and not device_matches(r, device):
+                continue
+            if _role(r, baseline, xstilts) == "baseline" and key in t.bench:
                 continue   # cost is the architecture's; prefer the X-STILTs measurement
-            t.bench[(fam, r["variant"], r["batch"], shape_key(r))] = r
+            if key in t.bench and t.bench[key].get("device") != r.get("device"):
+                devs.add(f"{r['variant']} ({t.bench[key].get('device')}, {r.get('device')})")
+            t.bench[key] = r
     if model is not None and not t.evals and not t.bench:
         fams = sorted({r.get("base_model") or "(unnamed model)" for r in recs})
         raise XoptError(f"--model {model}: no records of that model; models in the records: {', '.join(fams)}")
     if not t.evals and not t.bench:
         raise XoptError(f"no valid records in {', '.join(map(str, paths))}")
+    if devs:
+        t.notes.append(f"bench records of one variant on several devices: {', '.join(sorted(devs))}; the last "
+                       f"one is shown; pass --device to choose")
     if len(t.families) > 1:
         t.notes.append(f"records of {len(t.families)} models ({', '.join(t.families)}): each model's tables are "
                        f"separate, the size and Pareto sections compare them; pass --model NAME for one model only")
@@ -205,8 +227,11 @@ class Outcomes:
 
     def __init__(self, rec: dict):
         self.counts = None
-        if rec.get("outcome_counts") is not None:
-            self.counts = np.asarray(rec["outcome_counts"], dtype=np.float64).reshape(-1, 3)
+        counts = rec.get("counts", rec.get("outcome_counts"))
+        if counts is not None:
+            self.counts = np.asarray(counts, dtype=np.float64).reshape(-1, 3)
+            if rec.get("n_units", 0) > len(self.counts):      # only the units with non-zero counts were kept
+                self.counts = np.vstack([self.counts, np.zeros((rec["n_units"] - len(self.counts), 3))])
             self.n = len(self.counts)
         elif rec.get("outcomes") is not None:
             self.values = np.asarray(rec["outcomes"], dtype=np.float64)
@@ -222,41 +247,70 @@ class Outcomes:
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(den > 0, 2 * tp / np.where(den > 0, den, 1), 0.0) * 100
 
-    def score(self, idx: np.ndarray | None = None):
-        """The score (0-100); with `idx` [B, n] of resampled example indices, B replicates."""
+    def score(self) -> float:
+        """The score (0-100)."""
+        return self.from_sums(self.columns().sum(0))
+
+    def columns(self) -> np.ndarray:
+        """[n, k]: what a replicate sums over its resampled examples."""
+        return self.counts if self.counts is not None else self.values[:, None]
+
+    def from_sums(self, sums: np.ndarray):
+        """Score(s) from summed columns ([k] or [B, k]): micro-F1 of counts, or the mean."""
         if self.counts is not None:
-            return self.f1(self.counts.sum(0) if idx is None else self.counts[idx].sum(1))
-        return (self.values.mean() if idx is None else self.values[idx].mean(1)) * 100
+            return self.f1(sums)
+        return sums[..., 0] / self.n * 100
 
 
 ROLES = (("x", "xstilts", False), ("b", "baseline", False), ("xr", "xstilts", True), ("br", "baseline", True))
 
 
-def lang_scores(t: Tables, family: str, task: str, lang: str, variant: str, reference: str,
-                n_boot: int = 1000, seed: int = 0) -> dict | None:
-    """{x, b, xr, br: (point, replicates or None)} for one language; None when a record is missing."""
-    key = (family, task, lang, variant, reference, n_boot, seed)
+def lang_replicates(t: Tables, family: str, task: str, lang: str, n_boot: int = 1000,
+                    seed: int = 0) -> dict:
+    """{(role, variant): (score, bootstrap replicates or None)} for every record of one language.
+    One resampling of the examples serves every record (paired across checkpoints and
+    variants); a record is resampled when it has the example set most records share."""
+    key = ("reps", family, task, lang, n_boot, seed)
     if key in t._cache:
         return t._cache[key]
-    recs = {k: t.ev(family, role, reference if ref else variant, task, lang) for k, role, ref in ROLES}
-    out = None
-    if all(recs.values()):
+    recs = {(k[1], k[2]): r for k, r in t.evals.items() if k[0] == family and k[3] == task and k[4] == lang}
+    res = {k: (float(r["value"]), None) for k, r in recs.items()}
+    outs = {}
+    for k, r in recs.items():
         try:
-            outs = {k: Outcomes(r) for k, r in recs.items()}
-            paired = len({o.n for o in outs.values()}) == 1 and len({o.ids for o in outs.values()}) == 1
+            outs[k] = Outcomes(r)
         except ValueError:
-            outs, paired = None, False
-        if outs and paired and next(iter(outs.values())).n:
-            n = next(iter(outs.values())).n
-            # the same resampled examples for every variant of this language: paired everywhere
-            rng = np.random.default_rng([seed, zlib.crc32(f"{family}/{task}/{lang}".encode())])
-            idx = rng.integers(0, n, (n_boot, n))
-            out = {k: (float(o.score()), o.score(idx)) for k, o in outs.items()}
-        else:
-            out = {k: (float(r["value"]), None) for k, r in recs.items()}
-        out["n"] = recs["x"]["n_examples"]
-    t._cache[key] = out
-    return out
+            pass
+    common = Counter((o.n, o.ids) for o in outs.values()).most_common(1)
+    if common and common[0][0][0] > 0:
+        n, ids = common[0][0]
+        rng = np.random.default_rng([seed, zlib.crc32(f"{family}/{task}/{lang}".encode())])
+        idx = rng.integers(0, n, (n_boot, n)) + (np.arange(n_boot) * n)[:, None]
+        # how often each example is drawn in each replicate: replicates become one matrix product per record
+        w = np.bincount(idx.ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(np.float64)
+        del idx
+        paired = [(k, o) for k, o in outs.items() if (o.n, o.ids) == (n, ids)]
+        cols = [o.columns() for _, o in paired]
+        sums = w @ np.concatenate(cols, axis=1)      # one product for every record of the language
+        at = 0
+        for (k, o), c in zip(paired, cols):
+            res[k] = (float(o.score()), o.from_sums(sums[:, at:at + c.shape[1]]))
+            at += c.shape[1]
+    t._cache[key] = res
+    return res
+
+
+def lang_scores(t: Tables, family: str, task: str, lang: str, variant: str, reference: str,
+                n_boot: int = 1000, seed: int = 0) -> dict | None:
+    """{x, b, xr, br: (score, replicates or None), n} for one language; None when a record is missing."""
+    reps = lang_replicates(t, family, task, lang, n_boot, seed)
+    got = {k: reps.get((role, reference if ref else variant)) for k, role, ref in ROLES}
+    if not all(got.values()):
+        return None
+    if any(v[1] is None for v in got.values()):     # not all four paired: points only
+        got = {k: (v[0], None) for k, v in got.items()}
+    got["n"] = t.ev(family, "xstilts", variant, task, lang)["n_examples"]
+    return got
 
 
 def _ci(a: np.ndarray) -> tuple[float, float]:
@@ -304,7 +358,7 @@ def worst_language(t: Tables, task: str, variant: str, reference: str = "fp32",
         a, r = t.ev(family, "xstilts", variant, task, lang), t.ev(family, "xstilts", reference, task, lang)
         if a and r and lang != "en":
             drops.append((a["value"] - r["value"], lang))
-    return (min(drops)[1], min(drops)[0]) if drops else None
+    return (min(drops)[1], min(drops)[0]) if drops and min(drops)[0] < 0 else None
 
 
 def fmt_ci(x: float | None, ci, digits: int = 2) -> str:
@@ -315,9 +369,9 @@ def fmt_ci(x: float | None, ci, digits: int = 2) -> str:
     return f"{x:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
 
 
-def fmt_retention(st: dict, reference: str = "fp32") -> str:
+def fmt_retention(st: dict, reference: str = "fp32", short: bool = False) -> str:
     if st["ref_gain"] <= 0:
-        return f"n/a: no {reference} gain ({st['ref_gain']:+.1f})"
+        return "n/a: no gain" if short else f"n/a: no {reference} gain ({st['ref_gain']:+.1f})"
     s = fmt_ci(st["retention"], st["retention_ci"])
     return s + (" ⚠ gain too small" if st["retention_uncertain"] and st["has_ci"] else
                 " (no per-example outcomes)" if not st["has_ci"] else "")
@@ -478,7 +532,7 @@ class Doc:
         out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{e(title)}</title>",
                "<style>body{font-family:sans-serif;margin:1.5em;background:#fff;color:#111}"
                "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #bbb;padding:2px 6px;"
-               "font-size:13px;text-align:right}td:first-child,th:first-child{text-align:left}"
+               "font-size:13px;text-align:right;white-space:nowrap}td:first-child,th:first-child{text-align:left}"
                "th{background:#eef}td.worst{background:#fdd;font-weight:bold}img{max-width:100%}</style>",
                "</head><body>"]
         for b in self.blocks:
@@ -525,7 +579,7 @@ def _summary_section(doc: Doc, t: Tables, fam: str, reference: str):
                 continue
             w = st.get("worst")
             cells += [f"{st['score']:.2f}", fmt_ci(st["gain"], st["gain_ci"]), fmt_retention(st, reference),
-                      f"{w[0]} ({w[1]:+.1f})" if w else "reference" if r["variant"] == reference else "n/a"]
+                      f"{w[0]} ({w[1]:+.1f})" if w else "reference" if r["variant"] == reference else "no drop"]
         cells += [_cost(r, "p50_ms"), f"{r['speedup']:.2f}x" if r.get("speedup") else "n/a"]
         body.append(cells)
     doc.table(header, body)
@@ -558,7 +612,7 @@ def _task_section(doc: Doc, t: Tables, fam: str, task: str, reference: str):
             if not st:
                 cells += ["n/a", "n/a"]
                 continue
-            g, ret = fmt_ci(st["gain"], st["gain_ci"], 1), fmt_retention(st, reference)
+            g, ret = fmt_ci(st["gain"], st["gain_ci"], 1), fmt_retention(st, reference, short=True)
             cells += [(g, "worst") if worst[v] == lang else g, ret]
         rows.append(cells)
     doc.table(header, rows)
@@ -574,7 +628,7 @@ def _task_section(doc: Doc, t: Tables, fam: str, task: str, reference: str):
             cells = [name, " ".join(members), fmt_ci(ref["gain"], ref["gain_ci"], 1) if ref else "n/a"]
             for v in variants:
                 st = gain_stats(t, task, v, reference, langs=members, family=fam)
-                cells.append(fmt_retention(st, reference) if st else "n/a")
+                cells.append(fmt_retention(st, reference, short=True) if st else "n/a")
             grows.append(cells)
         doc.table(header, grows)
 
@@ -595,8 +649,9 @@ def _reference_section(doc: Doc, t: Tables, fam: str, reference: str):
                      f"{ox - ob:+.1f}" if ours else "n/a", str(len(ours))])
     if rows:
         doc.h(3, "X-STILTs paper reference (XLM-R large, test)")
-        doc.p("Phang et al. 2020, averages over each task's languages. Check that our fp32 reproduction is close "
-              "before trusting retention figures.")
+        doc.p("Phang et al. 2020, averages over each task's languages; ours: averages of the record values over "
+              "every language evaluated (en included). Check that our fp32 reproduction is close before trusting "
+              "retention figures.")
         doc.table(["task", "metric", "paper baseline", "paper X-STILTs", "paper gain", f"our baseline ({reference})",
                    f"our X-STILTs ({reference})", "our gain", "languages"], rows)
 
@@ -685,10 +740,12 @@ def _calibration_section(doc: Doc, t: Tables, out: Path) -> None:
     """Hook for the calibration issue: `xopt.calibration.report.calibration_tables(records, out_dir)`
     returns [(title, header, rows)] (and may write PNGs into out_dir, returned as image names in a
     4th element); nothing is shown when that module or its records do not exist."""
-    try:
-        from xopt.calibration.report import calibration_tables
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("xopt.calibration.report") is None:
         return
+    from xopt.calibration.report import calibration_tables
+
     tables = calibration_tables(t.records, out) or []
     if tables:
         doc.h(2, "Calibration")
@@ -791,11 +848,12 @@ def _plots(t: Tables, all_rows: dict, out: Path, reference: str) -> list[str]:
             files.append(name)
     # 3. retention vs model size, per variant
     fams = [f for f in t.families if f in t.sizes]
-    if fams:
+    series = {v: sorted((t.sizes[f]["params"], r["avg_retention"]) for f in fams for r in all_rows[f]
+                        if r["variant"] == v and r["avg_retention"] is not None)
+              for v in sorted({r["variant"] for f in fams for r in all_rows[f]})}
+    if any(series.values()):
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        for v in sorted({r["variant"] for f in fams for r in all_rows[f]}):
-            pts = sorted((t.sizes[f]["params"], r["avg_retention"]) for f in fams for r in all_rows[f]
-                         if r["variant"] == v and r["avg_retention"] is not None)
+        for v, pts in series.items():
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=v)
         ax.set_xscale("log")

@@ -781,6 +781,7 @@ def _plots(t: Tables, all_rows: dict, out: Path, reference: str) -> list[str]:
     for batch in sorted({k[2] for k in t.bench}):
         fig, axes = plt.subplots(2, 3, figsize=(15, 8.5), squeeze=False)
         drew = False
+        shapes = ", ".join(shape_label(s) for s in sorted({default_shape(t, f, batch) for f in t.families} - {None}))
         for col, (key, xlabel, better_low) in enumerate((("p50_ms", "p50 latency (ms)", True),
                                                          ("p99_ms", "p99 latency (ms)", True),
                                                          ("throughput_seq_s", "sequences/s", False))):
@@ -811,7 +812,7 @@ def _plots(t: Tables, all_rows: dict, out: Path, reference: str) -> list[str]:
                 ax.margins(0.1)
                 if ykey == "avg_retention":
                     ax.axhline(1.0, color="grey", lw=0.8, ls=":")
-                ax.set_xlabel(f"{xlabel}, batch {batch}")
+                ax.set_xlabel(f"{xlabel}, batch {batch}, {shapes}")
                 ax.set_ylabel(ylabel)
                 ax.legend(fontsize=7, loc="lower right")
         if drew:

@@ -264,7 +264,13 @@ def test_cli_report_and_pick(tmp_path):
     assert (tmp_path / "rep" / "report.html").is_file()
     res = runner.invoke(app, ["pick", str(p), "--min-retention", "0.8", "--json"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["chosen"]["variant"] == "fp32"
+
+    def strict(name):
+        raise ValueError(f"not JSON: {name}")
+    got = json.loads(res.stdout, parse_constant=strict)
+    assert got["chosen"]["variant"] == "fp32" and got["runner_up"]["fails"] == ["t: retention 0.50 < 0.8"]
+    res = runner.invoke(app, ["pick", str(p), "--batch", "4", "--json"])     # inf / NaN inside: still strict JSON
+    assert res.exit_code == 1 and json.loads(res.stdout, parse_constant=strict)["chosen"] is None
     res = runner.invoke(app, ["pick", str(p), "--max-p99-ms", "1"])
     assert res.exit_code == 1 and "closest: int8, which misses: p99 6.00 ms > 1.0 ms" in res.output
     res = runner.invoke(app, ["report", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "r2")])

@@ -229,14 +229,14 @@ def pick_cmd(results_files: Annotated[list[Path], typer.Argument(help="Result JS
              xstilts: Annotated[str, typer.Option("--xstilts")] = "xstilts",
              json_out: Json = False):
     """Choose the fastest variant that meets the constraints, and say why (exit 1 when none does)."""
-    from xopt.pick import pick, render
+    from xopt.pick import json_safe, pick, render
 
     choice = pick(results_files, max_p50_ms=max_p50_ms, max_p99_ms=max_p99_ms, batch=batch, seq_len=seq_len,
                   lengths=lengths, min_throughput=min_throughput, min_retention=min_retention,
                   min_lang_retention=min_lang_retention, max_mem_mb=max_mem_mb, max_drop=max_drop, device=device,
                   model=model, reference=reference, baseline=baseline, xstilts=xstilts)
     if json_out:
-        _print_json(choice)
+        _print_json(json_safe(choice))
     else:
         typer.echo(render(choice))
     if not choice["chosen"]:

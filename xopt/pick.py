@@ -87,6 +87,17 @@ def pick(paths, max_p50_ms=None, max_p99_ms=None, batch: int = 1, seq_len: int |
             "closest": None if ok else (bad[0] if bad else None), "candidates": cands, "skipped": len(t.skipped)}
 
 
+def json_safe(obj):
+    """The choice as strict JSON can hold it: NaN/inf -> null, tuples -> lists, no internal keys."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items() if k != "miss"}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def _num(x, worst=math.inf) -> float:
     return worst if x is None else x
 

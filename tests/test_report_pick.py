@@ -273,6 +273,10 @@ def test_cli_report_and_pick(tmp_path):
     assert res.exit_code == 1 and json.loads(res.stdout, parse_constant=strict)["chosen"] is None
     res = runner.invoke(app, ["pick", str(p), "--max-p99-ms", "1"])
     assert res.exit_code == 1 and "closest: int8, which misses: p99 6.00 ms > 1.0 ms" in res.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{oops\n")
+    res = runner.invoke(app, ["report", str(bad), "--out", str(tmp_path / "r2")])
+    assert res.exit_code == 2 and "no usable records" in res.output and "bad.jsonl:1: Expecting" in res.output
     res = runner.invoke(app, ["report", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "r2")])
     assert res.exit_code == 2 and "results file not found" in res.output and not (tmp_path / "r2").exists()
 

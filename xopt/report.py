@@ -210,7 +210,8 @@ def load(paths, baseline: str = "baseline", xstilts: str = "xstilts", model: str
         fams = sorted({r.get("base_model") or "(unnamed model)" for r in recs})
         raise XoptError(f"--model {model}: no records of that model; models in the records: {', '.join(fams)}")
     if not t.evals and not t.bench:
-        raise XoptError(f"no valid records in {', '.join(map(str, paths))}")
+        first = f" ({len(t.skipped)} skipped; first: {t.skipped[0].where}: {t.skipped[0].why})" if t.skipped else ""
+        raise XoptError(f"no usable records in {', '.join(map(str, paths))}{first}")
     if devs:
         t.notes.append(f"bench records of one variant on several devices: {', '.join(sorted(devs))}; the last "
                        f"one is shown; pass --device to choose")

@@ -147,7 +147,8 @@ def _quality(t, c, fam, v, row, reference, min_retention, min_lang_retention, ma
 
 
 RANK_KEYS = (("p50", "p50_ms", "{:.2f} ms", "slower"), ("average retention", "avg_retention", "{:.3f}", "lower"),
-             ("average score", "avg_score", "{:.2f}", "lower"), ("peak memory", "peak_mem_mb", "{:.0f} MB", "more memory"))
+             ("average score", "avg_score", "{:.2f}", "lower"),
+             ("peak memory", "peak_mem_mb", "{:.0f} MB", "more memory"))
 
 
 def _why(c: dict, ru: dict) -> str:

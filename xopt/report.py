@@ -383,7 +383,8 @@ def default_shape(t: Tables, family: str, batch: int = 1) -> str | None:
     return "s128" if "s128" in shapes else (shapes[0] if shapes else None)
 
 
-def summary_rows(t: Tables, reference="fp32", batch=1, shape: str | None = None, family: str | None = None) -> list[dict]:
+def summary_rows(t: Tables, reference="fp32", batch=1, shape: str | None = None,
+                 family: str | None = None) -> list[dict]:
     """One row per variant of `family`: per task score/gain/retention/worst language, and cost
     (absent keys = not measured)."""
     family = family or t.family
@@ -644,7 +645,8 @@ def _reference_section(doc: Doc, t: Tables, fam: str, reference: str):
         metric, pb, px = PAPER[key]
         langs = t.langs(task, fam)
         ours = [(x["value"], b["value"]) for la in langs
-                if (x := t.ev(fam, "xstilts", reference, task, la)) and (b := t.ev(fam, "baseline", reference, task, la))]
+                if (x := t.ev(fam, "xstilts", reference, task, la))
+                and (b := t.ev(fam, "baseline", reference, task, la))]
         ob, ox = (np.mean([b for _, b in ours]), np.mean([x for x, _ in ours])) if ours else (None, None)
         rows.append([task, metric, f"{pb:.1f}", f"{px:.1f}", f"{px - pb:+.1f}",
                      f"{ob:.1f}" if ours else "n/a", f"{ox:.1f}" if ours else "n/a",

@@ -176,7 +176,8 @@ def load(paths, baseline: str = "baseline", xstilts: str = "xstilts", model: str
         if r.get("base_model"):
             fam_of.setdefault(r["model"], set()).add(r["base_model"])
     for r in recs:   # later records win: re-running a measurement replaces it
-        where = f"{r['kind']} record {r['model']}/{r['variant']}"
+        where = f"{r['kind']} record {r['model']}/{r['variant']}" + (
+            f" {r['task']}/{r['lang']}" if r["kind"] == "eval" else f" batch {r['batch']} {shape_key(r)}")
         fam = r.get("base_model")
         if not fam:
             known = fam_of.get(r["model"], set())

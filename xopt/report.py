@@ -240,7 +240,8 @@ class Outcomes:
             self.n = len(self.values)
         else:
             raise ValueError("no per-example outcomes")
-        self.ids = rec.get("example_ids")
+        ids = rec.get("example_ids")
+        self.ids = ids if ids is None or isinstance(ids, str) else str(zlib.crc32(repr(ids).encode()))
 
     @staticmethod
     def f1(c: np.ndarray) -> np.ndarray:

@@ -336,7 +336,7 @@ def to_record(loaded, shape: Shape, m: Measurement, scenario: str = "fixed-batch
     fields.update(extra)
     return results.record(
         "bench", model=loaded.model_name, variant=loaded.manifest["variant"], variant_dir=str(loaded.directory),
-        **fields, device=loaded.runner.device, artefact_mb=round(loaded.artefact_mb(), 1),
+        **loaded.model_fields, **fields, device=loaded.runner.device, artefact_mb=round(loaded.artefact_mb(), 1),
         build_s=loaded.manifest.get("build_s"), load_s=getattr(loaded, "load_s", None),
         mem_load_mb=getattr(loaded, "mem_load_mb", None), runner_info=loaded.runner.info,
         env={"gpu": gpu_env() if loaded.runner.device.startswith("cuda") else None,

@@ -274,12 +274,22 @@ def report_cmd(results_files: Annotated[list[Path], typer.Argument(help="Result 
                reference: Annotated[str, typer.Option("--reference")] = "fp32",
                baseline: Annotated[str, typer.Option("--baseline", help="Model name of the baseline.")] = "baseline",
                xstilts: Annotated[str, typer.Option("--xstilts", help="Model name of X-STILTs.")] = "xstilts",
+               model: Annotated[Optional[str], typer.Option(
+                   "--model", help="Only this model (records' base_model); default: every model, compared.")] = None,
+               device: Annotated[Optional[str], typer.Option(
+                   "--device", help="Only bench records of this device (cpu, cuda, or part of a GPU name).")] = None,
                force: Force = False):
-    """Gain-retention tables and plots (report.md + PNGs) from result records."""
-    from xopt.report import write_report
+    """Gain-retention tables and plots: report.md, a single-file report.html and the PNGs."""
+    from xopt.report import load, write
 
-    path = write_report(results_files, out, reference, baseline, xstilts, force=force)
-    typer.echo(f"wrote {path}")
+    t = load(results_files, baseline, xstilts, model, device)
+    path = write(t, out, reference, force=force)
+    for note in t.notes:
+        typer.echo(f"note: {note}", err=True)
+    if t.skipped:
+        typer.echo(f"skipped {len(t.skipped)} record(s), listed in the report; first: {t.skipped[0].where}: "
+                   f"{t.skipped[0].why}", err=True)
+    typer.echo(f"wrote {path} and {path.with_suffix('.html')}")
 
 
 @command("pick")
@@ -287,19 +297,34 @@ def pick_cmd(results_files: Annotated[list[Path], typer.Argument(help="Result JS
              max_p50_ms: Annotated[Optional[float], typer.Option("--max-p50-ms")] = None,
              max_p99_ms: Annotated[Optional[float], typer.Option("--max-p99-ms")] = None,
              batch: Annotated[int, typer.Option("--batch")] = 1,
-             seq_len: Annotated[Optional[int], typer.Option("--seq-len")] = 128,
-             min_retention: Annotated[Optional[float], typer.Option("--min-retention")] = None,
+             seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Fixed length (default 128).")] = None,
+             lengths: Annotated[Optional[str], typer.Option(
+                 "--lengths", help="Length mix the bench used instead (e.g. demo, demo:ja).")] = None,
+             min_throughput: Annotated[Optional[float], typer.Option(
+                 "--min-throughput", help="Sequences/s at --batch.")] = None,
+             min_retention: Annotated[Optional[float], typer.Option(
+                 "--min-retention", help="Per task, average over zero-shot languages.")] = None,
+             min_lang_retention: Annotated[Optional[float], typer.Option(
+                 "--min-lang-retention", help="Per task and language with a clear fp32 gain.")] = None,
+             max_mem_mb: Annotated[Optional[float], typer.Option("--max-mem-mb", help="Peak memory.")] = None,
+             max_drop: Annotated[Optional[float], typer.Option(
+                 "--max-drop", help="Largest X-STILTs score drop vs the reference, points.")] = None,
+             device: Annotated[Optional[str], typer.Option(
+                 "--device", help="Only bench records of this device (cpu, cuda, or part of a GPU name).")] = None,
+             model: Annotated[Optional[str], typer.Option("--model", help="Only this model (base_model).")] = None,
              reference: Annotated[str, typer.Option("--reference")] = "fp32",
              baseline: Annotated[str, typer.Option("--baseline")] = "baseline",
              xstilts: Annotated[str, typer.Option("--xstilts")] = "xstilts",
              json_out: Json = False):
-    """Choose the fastest variant that meets the constraints, and say why."""
-    from xopt.pick import pick, render
+    """Choose the fastest variant that meets the constraints, and say why (exit 1 when none does)."""
+    from xopt.pick import json_safe, pick, render
 
     choice = pick(results_files, max_p50_ms=max_p50_ms, max_p99_ms=max_p99_ms, batch=batch, seq_len=seq_len,
-                  min_retention=min_retention, reference=reference, baseline=baseline, xstilts=xstilts)
+                  lengths=lengths, min_throughput=min_throughput, min_retention=min_retention,
+                  min_lang_retention=min_lang_retention, max_mem_mb=max_mem_mb, max_drop=max_drop, device=device,
+                  model=model, reference=reference, baseline=baseline, xstilts=xstilts)
     if json_out:
-        _print_json(choice)
+        _print_json(json_safe(choice))
     else:
         typer.echo(render(choice))
     if not choice["chosen"]:

@@ -123,8 +123,7 @@ def eval_demo(loaded, suite: dict, tasks=demo.TASKS, langs=None, split: str = "t
         out = run_texts(loaded, texts, batch_size, tok, progress, f"eval {loaded.model_name}/{loaded.runner.name}")
     seconds = time.perf_counter() - t0
     common = dict(model=loaded.model_name, variant=loaded.manifest["variant"], suite="demo", split=split,
-                  base_model=card.to_json().get("base_model") or loaded.manifest["model"].get("base_model"),
-                  role=loaded.manifest["model"].get("role"), variant_dir=str(loaded.directory))
+                  **loaded.model_fields, variant_dir=str(loaded.directory))
     recs = []
     for task in tasks:
         per_lang = []

@@ -186,6 +186,26 @@ def load_module(ckpt: Checkpoint, dtype=None):
     return model.eval()
 
 
+def param_counts(path: str | Path) -> dict:
+    """{"params", "non_embedding_params"} of a checkpoint, from its safetensors headers (no
+    weights loaded). Non-embedding = all but the token, position and token-type embedding
+    tables (Kaplan et al. 2020's convention), head included."""
+    from safetensors import safe_open
+
+    total = emb = 0
+    for name in ("model.safetensors", HEAD_FILE):
+        f = Path(path) / name
+        if not f.is_file():
+            continue
+        with safe_open(str(f), framework="numpy") as st:
+            for k in st.keys():
+                n = int(np.prod(st.get_slice(k).get_shape()))
+                total += n
+                if k.endswith("_embeddings.weight") or k.endswith("embed_tokens.weight"):
+                    emb += n
+    return {"params": total, "non_embedding_params": total - emb}
+
+
 def save_checkpoint(model, tokenizer, card: ModelCard, out: Path, source: dict, force: bool = False,
                     manifest_extra: dict | None = None) -> Path:
     """Write an XoptModel + tokenizer as a checkpoint directory, atomically."""

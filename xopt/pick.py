@@ -1,58 +1,177 @@
 """`xopt pick`: the fastest variant that meets the constraints, with the numbers that decided it.
 
-Candidates are the variants of the X-STILTs model with a bench record at the requested
-batch and shape. Constraints: latency (p50/p99), minimum gain retention (checked on every
-task whose reference gain is positive: a task where intermediate training did not help has
-no gain to retain, and says so), maximum average score drop vs the reference. A variant
-without the measurement a constraint needs fails that constraint as "not measured".
+Candidates: every (model, variant) pair of the records (the X-STILTs checkpoint's variants;
+with records of several models, pairs of every model compete: a smaller model in fp16 may
+beat a larger one in int8). Cost comes from the bench record at the requested batch and
+shape (`--seq-len L`, or `--lengths SOURCE` for a real length mix), on `--device` when given.
+
+Constraints: p50/p99 latency, throughput (sequences/s), peak memory, minimum gain retention
+(checked on every task whose reference gain is positive: a task where intermediate training
+did not help has no gain to retain), minimum per-language retention (checked on the
+languages whose reference gain is clearly positive: interval above zero, or point above zero
+when the records keep no per-example outcomes), maximum average score drop vs the reference.
+A candidate without the measurement a constraint needs fails it as "not measured"; it is
+never skipped silently.
+
+Ranking of the feasible: lowest p50, then higher average retention, then higher average
+score, then lower peak memory, then name: ties are broken deterministically and reported.
 """
 
 from __future__ import annotations
 
+import math
+
 from xopt import report
+from xopt.errors import XoptError
 
 
-def pick(paths, max_p50_ms=None, max_p99_ms=None, batch: int = 1, seq_len: int | None = 128,
-         min_retention=None, max_drop=None, reference="fp32", baseline="baseline", xstilts="xstilts") -> dict:
-    t = report.load(paths)
-    shape = f"s{seq_len}" if seq_len else None
+def _shape(seq_len: int | None, lengths: str | None) -> str:
+    if seq_len and lengths:
+        raise XoptError("pass either --seq-len or --lengths, not both")
+    return f"len:{lengths}" if lengths else f"s{seq_len or 128}"
+
+
+def _fail(c: dict, text: str, miss: float = 1.0) -> None:
+    """Record a failed constraint; `miss` = relative violation (for 'closest'), inf when not measured."""
+    c["fails"].append(text)
+    c["miss"] += miss
+
+
+def pick(paths, max_p50_ms=None, max_p99_ms=None, batch: int = 1, seq_len: int | None = None,
+         lengths: str | None = None, min_throughput=None, min_retention=None, min_lang_retention=None,
+         max_mem_mb=None, max_drop=None, device: str | None = None, model: str | None = None,
+         reference="fp32", baseline="baseline", xstilts="xstilts") -> dict:
+    t = report.load(paths, baseline, xstilts, model, device)
+    shape = _shape(seq_len, lengths)
+    where = f"batch {batch}, {report.shape_label(shape)}" + (f", device {device}" if device else "")
     cands = []
-    for v in t.variants():
-        b = t.bench.get((xstilts, v, batch, shape)) if shape else None
-        c = {"variant": v, "p50_ms": b and b["p50_ms"], "p99_ms": b and b["p99_ms"],
-             "throughput_seq_s": b and b["throughput_seq_s"], "fails": [], "tasks": {}}
-        if b is None:
-            c["fails"].append(f"no bench record at batch {batch}, {shape}")
-        if max_p50_ms is not None and b and b["p50_ms"] > max_p50_ms:
-            c["fails"].append(f"p50 {b['p50_ms']:.2f} ms > {max_p50_ms} ms")
-        if max_p99_ms is not None and b and b["p99_ms"] > max_p99_ms:
-            c["fails"].append(f"p99 {b['p99_ms']:.2f} ms > {max_p99_ms} ms")
-        for task in t.tasks:
-            st = report.gain_stats(t, task, v, reference, baseline, xstilts)
-            if st is None:
-                if min_retention is not None or max_drop is not None:
-                    c["fails"].append(f"{task}: not evaluated for {baseline}/{xstilts} and {reference}")
-                continue
-            c["tasks"][task] = {k: st[k] for k in ("score", "gain", "retention", "retention_ci", "score_drop")}
-            if min_retention is not None and st["ref_gain"] > 0 and st["retention"] < min_retention:
-                c["fails"].append(f"{task}: retention {st['retention']:.2f} < {min_retention}")
-            if max_drop is not None and -st["score_drop"] > max_drop:
-                c["fails"].append(f"{task}: score drop {-st['score_drop']:.2f} > {max_drop} points")
-        cands.append(c)
-    ok = sorted((c for c in cands if not c["fails"]), key=lambda c: c["p50_ms"])
-    bad = sorted((c for c in cands if c["fails"]), key=lambda c: (len(c["fails"]), c["p50_ms"] or 1e18))
-    constraints = {k: v for k, v in dict(max_p50_ms=max_p50_ms, max_p99_ms=max_p99_ms, batch=batch, seq_len=seq_len,
-                                         min_retention=min_retention, max_drop=max_drop).items() if v is not None}
-    return {"constraints": constraints, "chosen": ok[0] if ok else None,
-            "runner_up": ok[1] if len(ok) > 1 else (bad[0] if bad else None),
-            "closest": None if ok else (bad[0] if bad else None), "candidates": cands}
+    for fam in t.families:
+        rows = {r["variant"]: r for r in report.summary_rows(t, reference, batch, shape, family=fam)}
+        for v in t.variants(fam):
+            b = t.bench.get((fam, v, batch, shape))
+            row = rows[v]
+            c = {"model": fam, "variant": v, "name": f"{fam}/{v}" if len(t.families) > 1 else v,
+                 "p50_ms": b and b["p50_ms"], "p99_ms": b and b["p99_ms"],
+                 "throughput_seq_s": b and b["throughput_seq_s"], "peak_mem_mb": b and b.get("peak_mem_mb"),
+                 "avg_retention": row["avg_retention"], "avg_score": row["avg_score"],
+                 "fails": [], "miss": 0.0, "tasks": {}}
+            nm = f"not measured (no bench record at {where})"
+            if b is None:
+                _fail(c, f"p50 {nm}", math.inf)
+            for key, limit, unit, low in (("p50_ms", max_p50_ms, "ms", True), ("p99_ms", max_p99_ms, "ms", True),
+                                          ("throughput_seq_s", min_throughput, "sequences/s", False),
+                                          ("peak_mem_mb", max_mem_mb, "MB", True)):
+                if limit is None or (b is None and key == "p50_ms"):
+                    continue
+                label = {"p50_ms": "p50", "p99_ms": "p99", "throughput_seq_s": "throughput",
+                         "peak_mem_mb": "peak memory"}[key]
+                val = c[key]
+                if val is None:
+                    _fail(c, f"{label} {nm if b is None else 'not measured (the bench record has no ' + key + ')'}",
+                          math.inf)
+                elif (val > limit) if low else (val < limit):
+                    _fail(c, f"{label} {val:.2f} {unit} {'>' if low else '<'} {limit} {unit}",
+                          abs(val - limit) / max(abs(limit), 1e-9))
+            _quality(t, c, fam, v, row, reference, min_retention, min_lang_retention, max_drop)
+            cands.append(c)
+    ok = sorted((c for c in cands if not c["fails"]), key=_rank)
+    bad = sorted((c for c in cands if c["fails"]), key=lambda c: (len(c["fails"]), c["miss"], _rank(c)))
+    constraints = {k: v for k, v in dict(max_p50_ms=max_p50_ms, max_p99_ms=max_p99_ms, batch=batch, shape=shape,
+                                         min_throughput=min_throughput, min_retention=min_retention,
+                                         min_lang_retention=min_lang_retention, max_mem_mb=max_mem_mb,
+                                         max_drop=max_drop, device=device, model=model).items() if v is not None}
+    chosen = ok[0] if ok else None
+    runner_up = ok[1] if len(ok) > 1 else (bad[0] if bad else None)
+    return {"constraints": constraints, "chosen": chosen, "runner_up": runner_up,
+            "why_runner_up_lost": _why(chosen, runner_up) if chosen and runner_up else None,
+            "closest": None if ok else (bad[0] if bad else None), "candidates": cands, "skipped": len(t.skipped)}
+
+
+def json_safe(obj):
+    """The choice as strict JSON can hold it: NaN/inf -> null, tuples -> lists, no internal keys."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items() if k != "miss"}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def _num(x, worst=math.inf) -> float:
+    return worst if x is None else x
+
+
+def _rank(c: dict):
+    return (_num(c["p50_ms"]), -_num(c["avg_retention"], -math.inf), -_num(c["avg_score"], -math.inf),
+            _num(c["peak_mem_mb"]), c["name"])
+
+
+def _quality(t, c, fam, v, row, reference, min_retention, min_lang_retention, max_drop) -> None:
+    need = min_retention is not None or max_drop is not None or min_lang_retention is not None
+    if need and not t.tasks(fam):
+        _fail(c, "retention not measured (no eval records)", math.inf)
+    langs_checked = 0
+    for task in t.tasks(fam):
+        st = row["tasks"].get(task)
+        if st is None:
+            if need:
+                _fail(c, f"{task}: not evaluated for both checkpoints on {v} and {reference}", math.inf)
+            continue
+        c["tasks"][task] = {k: st[k] for k in ("score", "gain", "ref_gain", "retention", "retention_ci", "score_drop")}
+        if min_retention is not None:
+            if st["ref_gain"] <= 0:
+                c["tasks"][task]["note"] = f"no {reference} gain to retain ({st['ref_gain']:+.1f}); not checked"
+            elif st["retention"] < min_retention:
+                _fail(c, f"{task}: retention {st['retention']:.2f} < {min_retention}",
+                      (min_retention - st["retention"]) / max(min_retention, 1e-9))
+        if max_drop is not None and -st["score_drop"] > max_drop:
+            _fail(c, f"{task}: score drop {-st['score_drop']:.2f} > {max_drop} points",
+                  (-st["score_drop"] - max_drop) / max(max_drop, 1e-9))
+        if min_lang_retention is not None:
+            checked = 0
+            for lang in st["langs"]:
+                ls = report.gain_stats(t, task, v, reference, langs=[lang], family=fam)
+                ref_lo = ls["ref_gain_ci"][0] if ls["has_ci"] else ls["ref_gain"]
+                if not ref_lo > 0:
+                    continue
+                checked += 1
+                if ls["retention"] < min_lang_retention:
+                    _fail(c, f"{task}/{lang}: retention {ls['retention']:.2f} < {min_lang_retention}",
+                          (min_lang_retention - ls["retention"]) / max(min_lang_retention, 1e-9))
+            c["tasks"][task]["langs_checked"] = checked
+            langs_checked += checked
+    if min_lang_retention is not None and c["tasks"] and not langs_checked:
+        _fail(c, f"per-language retention not measurable: no language has a clear {reference} gain "
+                 f"(interval above 0) in any task; evaluate more examples", math.inf)
+
+
+RANK_KEYS = (("p50", "p50_ms", "{:.2f} ms", "slower"), ("average retention", "avg_retention", "{:.3f}", "lower"),
+             ("average score", "avg_score", "{:.2f}", "lower"),
+             ("peak memory", "peak_mem_mb", "{:.0f} MB", "more memory"))
+
+
+def _why(c: dict, ru: dict) -> str:
+    if ru["fails"]:
+        return "; ".join(ru["fails"])
+    ra, rb = _rank(c), _rank(ru)
+    for i, (what, key, fmt, worse) in enumerate(RANK_KEYS):
+        if ra[i] != rb[i]:
+            f = lambda x: "n/a" if x is None else fmt.format(x)  # noqa: E731
+            tied = f"tied on {', '.join(k[0] for k in RANK_KEYS[:i])}; " if i else ""
+            return f"{tied}{worse} {what}: {f(ru[key])} vs {f(c[key])}"
+    return "tied on every measure (p50, retention, score, memory); the order of names decided"
 
 
 def _describe(c: dict) -> str:
-    parts = [f"p50 {c['p50_ms']:.2f} ms" if c["p50_ms"] else "p50 not measured"]
+    parts = [f"p50 {c['p50_ms']:.2f} ms, p99 {c['p99_ms']:.2f} ms, {c['throughput_seq_s']:.1f} seq/s"
+             if c["p50_ms"] is not None else "p50 not measured"]
+    if c.get("peak_mem_mb"):
+        parts.append(f"peak {c['peak_mem_mb']:.0f} MB")
     for task, st in c["tasks"].items():
-        parts.append(f"{task} score {st['score']:.1f} (drop {-st['score_drop']:+.1f}), retention "
-                     f"{report.fmt_ci(st['retention'], st['retention_ci'])}")
+        ret = (st.get("note") or f"retention {report.fmt_ci(st['retention'], st['retention_ci'])}"
+               if st["ref_gain"] > 0 else f"no fp32 gain ({st['ref_gain']:+.1f})")
+        parts.append(f"{task} score {st['score']:.1f} (drop {-st['score_drop']:+.1f}), {ret}")
     return "; ".join(parts)
 
 
@@ -61,14 +180,14 @@ def render(choice: dict) -> str:
     lines = [f"constraints: {cons}"]
     if choice["chosen"]:
         c = choice["chosen"]
-        lines.append(f"pick: {c['variant']} ({_describe(c)})")
+        lines.append(f"pick: {c['name']} ({_describe(c)})")
         ru = choice["runner_up"]
         if ru:
-            why = ("; ".join(ru["fails"]) if ru["fails"] else
-                   f"slower: p50 {ru['p50_ms']:.2f} ms vs {c['p50_ms']:.2f} ms")
-            lines.append(f"runner-up: {ru['variant']} lost because {why}")
+            lines.append(f"runner-up: {ru['name']} lost: {choice['why_runner_up_lost']}")
     else:
         c = choice["closest"]
         lines.append("no variant meets the constraints" +
-                     (f"; closest: {c['variant']}, which misses: {'; '.join(c['fails'])}" if c else ""))
+                     (f"; closest: {c['name']}, which misses: {'; '.join(c['fails'])}" if c else ""))
+    if choice.get("skipped"):
+        lines.append(f"({choice['skipped']} records skipped as invalid; `xopt report` lists them)")
     return "\n".join(lines)

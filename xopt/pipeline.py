@@ -110,12 +110,14 @@ def run_demo(out: Path, quick: bool = False, force: bool = False) -> dict:
     timings["bench_s"] = time.perf_counter() - t
 
     t = _step("report")
-    report_md = report.write_report([res], out / "report")
     tables = report.load([res])
+    report_md = report.write(tables, out / "report")
     rows = report.summary_rows(tables)
-    console.print(report.summary_table(rows, tables.tasks))
+    console.print(report.summary_table(rows, tables.tasks()))
+    # default budget: the fastest variant (batch 1, seq 128) within 1 point of fp32 on every task
     choice = pick([res], max_drop=1.0)
     console.print(render(choice))
+    console.print(f"html report: {report_md.with_suffix('.html')}")
     timings["report_s"] = time.perf_counter() - t
     console.print(f"records: {res}\nreport:  {report_md}\n" +
                   "timings: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))

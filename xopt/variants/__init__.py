@@ -48,7 +48,7 @@ def get(name: str) -> Variant:
 def compile_variant(checkpoint: str | Path, name: str, out: str | Path, force: bool = False,
                     options: dict | None = None) -> dict:
     """Build variant `name` of `checkpoint` into `out` (atomically); return its manifest."""
-    from xopt.models import open_checkpoint
+    from xopt.models import open_checkpoint, param_counts
 
     variant = get(name)
     if reason := variant.unavailable_reason():
@@ -74,7 +74,8 @@ def compile_variant(checkpoint: str | Path, name: str, out: str | Path, force: b
             "calibration": extra.pop("calibration", None),
             "build_s": round(build_s, 3),
             "model": {**ckpt.card.to_json(), "name": source["name"],
-                      "role": ckpt.manifest.get("role"), "base_model": ckpt.manifest.get("base_model")},
+                      "role": ckpt.manifest.get("role"), "base_model": ckpt.manifest.get("base_model"),
+                      **param_counts(ckpt.path)},
             **extra})
     return man
 
@@ -94,6 +95,12 @@ class Loaded:
     @property
     def model_name(self) -> str:
         return self.manifest["model"].get("name") or self.manifest["source"].get("name", "?")
+
+    @property
+    def model_fields(self) -> dict:
+        """What every eval and bench record says about the model: family, role, size."""
+        m = self.manifest["model"]
+        return {k: m[k] for k in ("base_model", "role", "params", "non_embedding_params") if m.get(k) is not None}
 
     def tokenizer(self):
         from xopt.models import load_tokenizer

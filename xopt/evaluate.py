@@ -395,10 +395,8 @@ def evaluate_xtreme(variant_dir, data_dir, tasks=None, langs=None, split: str = 
                 X.load("bucc2018", lang, "dev", data_dir)   # fail before running if the dev gold is missing
                 thresholds[lang] = None
     tok = _tokenizer(loaded)
-    common = dict(model=loaded.model_name, variant=variant, suite="xtreme", split=split,
-                  base_model=card.to_json().get("base_model") or loaded.manifest["model"].get("base_model"),
-                  role=loaded.manifest["model"].get("role"), variant_dir=str(loaded.directory),
-                  rank=rank, world_size=world)
+    common = dict(model=loaded.model_name, variant=variant, suite="xtreme", split=split, **loaded.model_fields,
+                  variant_dir=str(loaded.directory), rank=rank, world_size=world)
     recs = []
     with bar() as progress:
         for t, lang in mine_units:

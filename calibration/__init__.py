@@ -21,6 +21,7 @@ manifest, so two int8 variants can be compared knowing whether they saw the same
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -51,12 +52,17 @@ class CalibrationSet:
                 "ids_sha256": hashlib.sha256("\n".join(self.texts).encode()).hexdigest(),
                 "dev_samples": len(self.dev_texts)}
 
+    @functools.cached_property
+    def tokenizer(self):
+        """Loaded once per set (the XLM-R tokenizer takes seconds to load)."""
+        from xopt.models import load_tokenizer
+
+        return load_tokenizer(self.tokenizer_dir)
+
     def batches(self, max_length: int = 512, texts: list[str] | None = None):
         """(input_ids, attention_mask) per text: batch 1, no padding, so padded positions
         never enter the activation statistics."""
-        from xopt.models import load_tokenizer
-
-        tok = load_tokenizer(self.tokenizer_dir)
+        tok = self.tokenizer
         for t in self.texts if texts is None else texts:
             ids = tok(self.input_prefix + t, truncation=True, max_length=max_length)["input_ids"]
             arr = np.asarray([ids], dtype=np.int64)

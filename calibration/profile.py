@@ -77,6 +77,11 @@ def onnx_node_to_module(node_name: str) -> str:
     return ".".join(parts[:-1])
 
 
+def module_to_onnx_node(name: str, op: str = "MatMul") -> str:
+    """The inverse: `encoder.layer.0.attention.self.query` -> `/encoder/layer.0/attention/self/query/MatMul`."""
+    return "/" + name.replace(".", "/").replace("/layer/", "/layer.") + f"/{op}"
+
+
 def fingerprint(model, names: Iterable[str] | None = None) -> dict[str, str]:
     """Linear name -> "OUTxIN:<sha256 prefix of its fp32 weight>": identifies the model a
     profile belongs to, tensor by tensor."""

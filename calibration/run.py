@@ -3,7 +3,7 @@
 Options (the compile/calibrate flags, same names for every int8 variant):
 - `calib_method`: minmax | percentile | entropy | mse, optionally `+smoothquant`
   ("smoothquant" alone = "minmax+smoothquant", as in the SmoothQuant paper);
-  `calib_percentile` (default 99.99); `smoothquant_alpha` (a number, or unset: chosen on the
+  "percentile:99.9" for another percentile than 99.99; `smoothquant_alpha` (a number, or unset: chosen on the
   held-out sample from `SMOOTHQUANT_ALPHAS`);
 - `calib_data`, `calib_langs`, `calib_samples`, `calib_seed`, `calib_dev_samples`
   (see `xopt.calibration.CalibrationSet`);
@@ -26,16 +26,42 @@ from xopt.errors import XoptError
 SMOOTHQUANT_ALPHAS = (0.3, 0.5, 0.7, 0.85)
 
 
-def parse_method(spec: str | None) -> tuple[str, bool]:
-    """"percentile+smoothquant" -> ("percentile", True); "smoothquant" -> ("minmax", True)."""
-    spec = (spec or "minmax").strip().lower()
-    parts = [p for p in spec.replace("-", "").split("+") if p]
+def parse_method(spec: str | None) -> tuple[str, bool, dict]:
+    """"percentile:99.9+smoothquant" -> ("percentile", True, {"percentile": 99.9});
+    "smoothquant" -> ("minmax", True, {})."""
+    raw = (spec or "minmax").strip().lower()
+    parts = [p for p in raw.replace("-", "").split("+") if p]
     smooth = "smoothquant" in parts
     base = [p for p in parts if p != "smoothquant"]
+    params = {}
+    if len(base) == 1 and ":" in base[0]:
+        base[0], arg = base[0].split(":", 1)
+        try:
+            params = {"percentile": float(arg)}
+        except ValueError:
+            base = ["?"]
+        if base[0] != "percentile" or not 0 < params.get("percentile", -1) <= 100:
+            raise XoptError(f"calibration method {spec!r}: only percentile takes a value, in (0, 100], "
+                            "e.g. percentile:99.9")
     if len(base) > 1 or (base and base[0] not in METHODS) or not parts:
-        raise XoptError(f"unknown calibration method {spec!r}; use one of {', '.join(METHODS)}, "
-                        "smoothquant, or METHOD+smoothquant")
-    return (base[0] if base else "minmax"), smooth
+        raise XoptError(f"unknown calibration method {spec!r}; use one of {', '.join(METHODS)} "
+                        "(percentile:P for another percentile), smoothquant, or METHOD+smoothquant")
+    return (base[0] if base else "minmax"), smooth, params
+
+
+def keep_filter(keep_fp32: str | None) -> Callable[[str], bool]:
+    """Predicate "this Linear is quantised" from a recipe's `keep_fp32` regex, which may be
+    written against torch module names (`encoder.layer.3.output.dense`) or ONNX node names
+    (`/encoder/layer.3/output/dense/MatMul`): both forms are tried."""
+    import re
+
+    from xopt.calibration.profile import module_to_onnx_node
+
+    if not keep_fp32:
+        return lambda name: True
+    rx = re.compile(keep_fp32)
+    return lambda name: not (rx.search(name) or rx.search(module_to_onnx_node(name)) or
+                             rx.search(module_to_onnx_node(name, "Gemm")))
 
 
 def model_info(ckpt, module) -> dict:
@@ -57,29 +83,30 @@ def calibrate_checkpoint(ckpt, options: dict, quantized: Callable[[str], bool] |
     from xopt.calibration.profile import (Profile, apply_smoothing, calibrate_model, collect_activation_stats,
                                           fake_quantize, forward_loop_from_batches, linear_names, output_fidelity,
                                           smoothing_factors)
-    from xopt.models import load_module, load_tokenizer
+    from xopt.models import load_module
 
     module = module if module is not None else load_module(ckpt)
     if options.get("calib_profile"):
+        if options.get("keep_fp16") is not None or options.get("max_drop") is not None:
+            raise XoptError("--keep-fp16/--max-drop choose layers while calibrating; a saved profile already "
+                            "carries its choice: recalibrate with them instead of passing --calib-profile")
         prof = Profile.load(options["calib_profile"])
         prof.check(module, f"calibration profile {options['calib_profile']}")
         prof.apply_smoothing(module)
         return prof, module
 
-    method, smooth = parse_method(options.get("calib_method"))
-    params = {"percentile": float(options["calib_percentile"])} if method == "percentile" and \
-        options.get("calib_percentile") is not None else {}
+    method, smooth, params = parse_method(options.get("calib_method"))
     keep_k = options.get("keep_fp16")
     max_drop = options.get("max_drop")
     info = model_info(ckpt, module)
     calib = CalibrationSet.from_options(options, tokenizer_dir=ckpt.path, input_prefix=ckpt.card.input_prefix)
     names = linear_names(module)
     qnames = [n for n in names if quantized is None or quantized(n)]
-    loop = forward_loop_from_batches(lambda: calib.batches(ckpt.card.max_length))
+    loop = forward_loop_from_batches(list(calib.batches(ckpt.card.max_length)))   # tokenised once
     needs_dev = smooth or keep_k is not None or max_drop is not None
     outs = ckpt.output_names
     if needs_dev:
-        batches = sens.dev_batches(load_tokenizer(ckpt.path), calib.dev_texts, ckpt.card.input_prefix,
+        batches = sens.dev_batches(calib.tokenizer, calib.dev_texts, ckpt.card.input_prefix,
                                    ckpt.card.max_length)
         ref = sens.run_outputs(module, batches, outs)
 
@@ -135,3 +162,35 @@ def _unsmooth(module, orig: dict, handles) -> None:
             mods[n].weight.copy_(w)
             del mods[n]._buffers["smooth_inv"]
             mods[n]._xopt_smoothed = False
+
+
+def sensitivity_records(prof, model_name: str, variant: str) -> list[dict]:
+    """The profile's sensitivity ranking as result records (kind "sensitivity", see xopt.results)."""
+    from xopt import results
+
+    cal = {"method": prof.full_method, "langs": prof.calibration.get("languages"),
+           "samples": prof.calibration.get("samples")}
+    return [results.record("sensitivity", model=model_name, variant=variant, unit=r["unit"], layers=r["layers"],
+                           rank=r["rank"], metric="fidelity_drop", drop=r["drop"],
+                           n_examples=prof.calibration.get("dev_samples"), kept=all(n in prof.keep for n in r["layers"]),
+                           calibration=cal, unit_kind=prof.params.get("fallback", {}).get("unit", "layer"))
+            for r in prof.sensitivity]
+
+
+def calibrate_to_file(checkpoint, out, options: dict, force: bool = False, results_out=None,
+                      variant: str = "onnx-int8"):
+    """`xopt calibrate`: profile of a checkpoint written atomically to `out`."""
+    from pathlib import Path
+
+    from xopt import results
+    from xopt.models import open_checkpoint
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise XoptError(f"{out} already exists; pass --force to replace it")
+    ckpt = open_checkpoint(checkpoint)
+    prof, _ = calibrate_checkpoint(ckpt, options, keep_filter(options.get("keep_fp32")))
+    prof.save(out)
+    if results_out and prof.sensitivity:
+        results.append(results_out, sensitivity_records(prof, prof.model.get("name", "?"), variant))
+    return prof

@@ -180,3 +180,142 @@ def test_profile_of_another_model_is_refused_naming_tensors(tiny_profile, tmp_pa
     p.write_text('{"format": "something-else"}')
     with pytest.raises(XoptError, match="not an xopt calibration profile"):
         Profile.load(p)
+
+
+def test_nan_activation_stops_calibration_naming_the_layer(tiny_ckpt):
+    import torch
+
+    from xopt.calibration.profile import calibrate_model, forward_loop_from_batches
+    from xopt.models import load_module, open_checkpoint
+
+    module = load_module(open_checkpoint(tiny_ckpt))
+    with torch.no_grad():
+        module.encoder.encoder.layer[1].intermediate.dense.weight[0, 0] = float("nan")
+    ids = np.array([[0, 35378, 8999, 2]])
+    loop = forward_loop_from_batches([(ids, np.ones_like(ids))])
+    with pytest.raises(XoptError, match=r"NaN in the input of layer encoder\.encoder\.layer\.1\.output\.dense"):
+        calibrate_model(module, loop)
+
+
+def test_smoothing_keeps_the_full_precision_function(tiny_ckpt):
+    import torch
+
+    from xopt.calibration.profile import (apply_smoothing, collect_activation_stats, forward_loop_from_batches,
+                                          smoothing_factors)
+    from xopt.models import load_module, open_checkpoint
+
+    module = load_module(open_checkpoint(tiny_ckpt))
+    ids = torch.tensor([[0, 35378, 8999, 2, 6, 9]])
+    ref = module(ids, torch.ones_like(ids))
+    name = "encoder.encoder.layer.0.intermediate.dense"
+    st = collect_activation_stats(module, forward_loop_from_batches([(ids.numpy(), np.ones((1, 6), np.int64))]),
+                                  [name], channel_amax=True)[name]
+    lin = dict(module.named_modules())[name]
+    s = smoothing_factors(st.channel_amax, lin.weight, 0.5)
+    # alpha 0.5: the smoothed input's and weight's per-channel maxima become equal
+    w_after = (lin.weight.detach().abs().amax(0) * torch.as_tensor(s, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(st.channel_amax / s, w_after, rtol=1e-4)
+    apply_smoothing(module, {name: s})
+    got = module(ids, torch.ones_like(ids))
+    for r, g in zip(ref, got):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------ onnx-int8 from profiles
+
+def _qdq_inputs(graph):
+    """MatMul name -> (activation Q scale or None, weight DQ or None)."""
+    prod = {o: n for n in graph.node for o in n.output}
+    init = {i.name: i for i in graph.initializer}
+    out = {}
+    for n in graph.node:
+        if n.op_type != "MatMul":
+            continue
+        a, w = prod.get(n.input[0]), prod.get(n.input[1])
+        scale = None
+        if a is not None and a.op_type == "DequantizeLinear":
+            q = prod.get(a.input[0])
+            if q is not None and q.op_type == "QuantizeLinear" and q.input[1] in init:
+                from onnx import numpy_helper
+
+                scale = float(numpy_helper.to_array(init[q.input[1]]))
+        out[n.name] = (scale, w if w is not None and w.op_type == "DequantizeLinear" else None)
+    return out
+
+
+def _fp32_onnx_outputs(tiny_ckpt, model_path):
+    from xopt.evaluate import pad, tokenize
+    from xopt.models import load_tokenizer
+    from xopt.variants.onnx import session
+
+    tok = load_tokenizer(tiny_ckpt)
+    texts = ["query: Open the file", "query: ファイルを開けません", "query: Пароль изменён", "query: PNG image"]
+    ids, mask = pad(tokenize(tok, texts), tok.pad_token_id)
+    return session(model_path).run(None, {"input_ids": ids, "attention_mask": mask})
+
+
+def test_qdq_model_from_a_saved_profile(tiny_ckpt, tiny_profile, tmp_path):
+    import onnx
+
+    from xopt.models import open_checkpoint
+    from xopt.variants import compile_variant
+    from xopt.variants.onnx import exported
+
+    path = tiny_profile.save(tmp_path / "p.json")
+    man = compile_variant(tiny_ckpt, "onnx-int8", tmp_path / "v", options={"calib_profile": str(path)})
+    assert man["calibration"]["method"] == "percentile" and man["calibration"]["samples"] == 16
+    g = onnx.load(str(tmp_path / "v" / "model.onnx")).graph
+    qdq = _qdq_inputs(g)
+    node = "/encoder/encoder/layer.1/intermediate/dense/MatMul"
+    want = tiny_profile.activations["encoder.encoder.layer.1.intermediate.dense"]["scale"]
+    assert qdq[node][0] == pytest.approx(want, rel=1e-6)          # the profile's scale, not ORT's own
+    assert qdq[node][1] is not None                                # int8 weight, per channel
+    ref = _fp32_onnx_outputs(tiny_ckpt, exported(open_checkpoint(tiny_ckpt), fuse=False))
+    got = _fp32_onnx_outputs(tiny_ckpt, tmp_path / "v" / "model.onnx")
+    for r, q in zip(ref, got):
+        sqnr = 10 * np.log10((r ** 2).sum() / ((r - q) ** 2).sum())
+        assert sqnr >= 20, sqnr
+
+
+def test_smoothquant_with_fallback_leaves_the_chosen_layers_unquantised(tiny_ckpt, tiny_suite, tmp_path):
+    import onnx
+
+    from xopt.calibration.profile import module_to_onnx_node
+    from xopt.models import open_checkpoint
+    from xopt.variants import compile_variant
+    from xopt.variants.onnx import exported
+
+    man = compile_variant(tiny_ckpt, "onnx-int8", tmp_path / "v", options={
+        "calib_data": str(tiny_suite), "calib_samples": 16, "calib_dev_samples": 8,
+        "calib_method": "smoothquant", "keep_fp16": 2})
+    cal = man["calibration"]
+    assert cal["method"] == "minmax+smoothquant" and cal["smoothquant_alpha"] in (0.3, 0.5, 0.7, 0.85)
+    assert len(cal["keep"]) == 2 and man["fallback_fp32"] == [module_to_onnx_node(n) for n in cal["keep"]]
+    prof = json.loads((tmp_path / "v" / "calibration_profile.json").read_text())
+    ranked = [r["unit"] for r in prof["sensitivity"]]
+    assert cal["keep"] == ranked[:2] and len(ranked) == 10       # q, k, v, attn-out, ffn-in x 2 layers
+    assert all(a["drop"] >= b["drop"] for a, b in zip(prof["sensitivity"], prof["sensitivity"][1:]))
+    g = onnx.load(str(tmp_path / "v" / "model.onnx")).graph
+    qdq = _qdq_inputs(g)
+    for name in cal["keep"]:
+        scale, wdq = qdq[module_to_onnx_node(name)]
+        assert scale is None and wdq is None                      # float in, float weight: unquantised
+    quantised = [n for n in ranked if n not in cal["keep"]]
+    assert all(qdq[module_to_onnx_node(n)][0] is not None for n in quantised)
+    raw = onnx.load(str(exported(open_checkpoint(tiny_ckpt), fuse=False))).graph
+    muls = sum(n.op_type == "Mul" for n in g.node) - sum(n.op_type == "Mul" for n in raw.node)
+    assert muls == len(ranked)                                    # one x / s per smoothed Linear
+    got = _fp32_onnx_outputs(tiny_ckpt, tmp_path / "v" / "model.onnx")
+    assert all(np.isfinite(x).all() for x in got)
+
+
+def test_profile_of_another_model_refused_at_compile_nothing_written(tiny_profile, tmp_path, tiny_suite):
+    from conftest import make_tiny_checkpoint
+    from xopt.variants import compile_variant
+
+    labels = json.loads(tiny_suite.read_text())["tasks"]["demo-topic"]["labels"]
+    other = make_tiny_checkpoint(tmp_path / "other", labels, seed=2)
+    path = tiny_profile.save(tmp_path / "p.json")
+    with pytest.raises(XoptError, match=r"made for another model .*different weights: encoder\.encoder\.layer\.0"):
+        compile_variant(other, "onnx-int8", tmp_path / "v", options={"calib_profile": str(path)})
+    assert not (tmp_path / "v").exists() and not list(tmp_path.glob(".v.tmp-*"))

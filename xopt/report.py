@@ -51,7 +51,7 @@ def load(paths) -> Tables:
     for r in recs:   # later records win: re-running a measurement replaces it
         if r["kind"] == "eval":
             t.evals[(r["model"], r["variant"], r["task"], r["lang"])] = r
-        else:
+        elif r["kind"] == "bench":
             t.bench[(r["model"], r["variant"], r["batch"], shape_key(r))] = r
     if not t.evals and not t.bench:
         raise XoptError(f"no valid records in {', '.join(map(str, paths))}")

@@ -155,7 +155,12 @@ def load_pools(data) -> tuple[str, str, dict[str, list[str]]]:
     if not path.is_file():
         raise XoptError(f"calibration data {path} not found")
     if path.suffix == ".json":
-        pools = demo.load_suite(path)["calibration"]
+        suite = demo.load_suite(path)
+        pools = dict(suite["calibration"])
+        # English: the suite's English calibration text plus the tasks' English *training*
+        # messages (the target task's training data), so en-only sets can be as large as others
+        pools["en"] = sorted(set(pools.get("en", [])) | {e["text"] for t in suite["tasks"].values()
+                                                          for e in t.get("train", [])})
     else:
         lang = path.stem if path.stem in demo.XTREME_LANGS else "text"
         pools = {lang: _text_lines(path)}

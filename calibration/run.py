@@ -85,21 +85,25 @@ def calibrate_checkpoint(ckpt, options: dict, quantized: Callable[[str], bool] |
                                           smoothing_factors)
     from xopt.models import load_module
 
-    module = module if module is not None else load_module(ckpt)
     if options.get("calib_profile"):
         if options.get("keep_fp16") is not None or options.get("max_drop") is not None:
             raise XoptError("--keep-fp16/--max-drop choose layers while calibrating; a saved profile already "
                             "carries its choice: recalibrate with them instead of passing --calib-profile")
         prof = Profile.load(options["calib_profile"])
+        module = module if module is not None else load_module(ckpt)
         prof.check(module, f"calibration profile {options['calib_profile']}")
         prof.apply_smoothing(module)
         return prof, module
 
+    # user errors first, before any model is loaded
     method, smooth, params = parse_method(options.get("calib_method"))
     keep_k = options.get("keep_fp16")
     max_drop = options.get("max_drop")
-    info = model_info(ckpt, module)
+    if keep_k is not None and int(keep_k) < 0 or max_drop is not None and float(max_drop) < 0:
+        raise XoptError("--keep-fp16 and --max-drop must be >= 0")
     calib = CalibrationSet.from_options(options, tokenizer_dir=ckpt.path, input_prefix=ckpt.card.input_prefix)
+    module = module if module is not None else load_module(ckpt)
+    info = model_info(ckpt, module)
     names = linear_names(module)
     qnames = [n for n in names if quantized is None or quantized(n)]
     loop = forward_loop_from_batches(list(calib.batches(ckpt.card.max_length)))   # tokenised once
@@ -135,7 +139,7 @@ def calibrate_checkpoint(ckpt, options: dict, quantized: Callable[[str], bool] |
         alpha, _, scales = min(trials, key=lambda t: (t[1] if t[1] == t[1] else 0.0))
         apply_smoothing(module, scales)
         smoothing = {"alpha": alpha, "chosen_on": "held-out sample" if len(alphas) > 1 else "given",
-                     "trials": [{"alpha": a, "drop": round(d, 6)} for a, d, _ in trials if d == d],
+                     "trials": [{"alpha": a, "drop": d} for a, d, _ in trials if d == d],
                      "scales": {n: [float(v) for v in s] for n, s in scales.items()}}
 
     prof = calibrate_model(module, loop, method, params, names, calibration=calib.identity(), model_info=info,
@@ -146,7 +150,7 @@ def calibrate_checkpoint(ckpt, options: dict, quantized: Callable[[str], bool] |
         prof.keep, prof.sensitivity = keep, ranking
         prof.params = {**prof.params, "fallback": {"keep_fp16": keep_k, "max_drop": max_drop,
                                                    "unit": options.get("sensitivity_unit", "layer"),
-                                                   "drop_after_fallback": round(drop, 6)}}
+                                                   "drop_after_fallback": drop}}
     return prof, module
 
 

@@ -92,7 +92,7 @@ def rank(model, profile: Profile, batches, output_names, names: list[str], unit:
     rows = []
     for u, members in track(list(units(names, unit).items()), "sensitivity"):
         drop = 100.0 - fidelity(model, profile, batches, output_names, ref, only=members)
-        rows.append({"unit": u, "layers": members, "drop": round(drop, 6)})
+        rows.append({"unit": u, "layers": members, "drop": drop})
     rows.sort(key=lambda r: -r["drop"])
     for i, r in enumerate(rows, 1):
         r["rank"] = i

@@ -319,3 +319,86 @@ def test_profile_of_another_model_refused_at_compile_nothing_written(tiny_profil
     with pytest.raises(XoptError, match=r"made for another model .*different weights: encoder\.encoder\.layer\.0"):
         compile_variant(other, "onnx-int8", tmp_path / "v", options={"calib_profile": str(path)})
     assert not (tmp_path / "v").exists() and not list(tmp_path.glob(".v.tmp-*"))
+
+
+def test_max_drop_keeps_the_most_sensitive_prefix(tiny_ckpt, tiny_suite):
+    from xopt.calibration import CalibrationSet
+    from xopt.calibration import sensitivity as sens
+    from xopt.calibration.profile import calibrate_model, forward_loop_from_batches, linear_names
+    from xopt.models import load_module, open_checkpoint
+
+    ckpt = open_checkpoint(tiny_ckpt)
+    module = load_module(ckpt)
+    cs = CalibrationSet.from_options({"calib_data": str(tiny_suite), "calib_samples": 8, "calib_dev_samples": 8},
+                                     tokenizer_dir=tiny_ckpt, input_prefix="query: ")
+    prof = calibrate_model(module, forward_loop_from_batches(list(cs.batches())), "minmax")
+    names = [n for n in linear_names(module) if n != "head"]
+    batches = sens.dev_batches(cs.tokenizer, cs.dev_texts, "query: ")
+    ref = sens.run_outputs(module, batches, ckpt.output_names)
+    ranking = sens.rank(module, prof, batches, ckpt.output_names, names, "kind", ref)
+    assert {r["unit"] for r in ranking} == {"attention.self.query", "attention.self.key", "attention.self.value",
+                                            "attention.output.dense", "intermediate.dense", "output.dense"}
+    assert all(len(r["layers"]) == 2 for r in ranking)              # one per encoder layer
+    full = 100 - sens.fidelity(module, prof, batches, ckpt.output_names, ref, only=names)
+    assert full > 0
+    keep, drop = sens.choose_keep(module, prof, batches, ckpt.output_names, names, ranking, max_drop=full / 2,
+                                  ref=ref)
+    assert keep and drop <= full / 2
+    prefix = [n for r in ranking[:len(keep) // 2] for n in r["layers"]]
+    assert keep == prefix                                           # the most sensitive kinds, in rank order
+
+
+# ------------------------------------------------------------------ CLI and report
+
+def _one_line_error(res):
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("xopt: error:"), res.output
+    return lines[0]
+
+
+def test_calibrate_command_and_its_bad_inputs(tiny_ckpt, tiny_suite, tmp_path):
+    from typer.testing import CliRunner
+
+    from xopt.cli import app
+
+    run = CliRunner().invoke
+    base = ["calibrate", str(tiny_ckpt), "--calib-data", str(tiny_suite), "--calib-samples", "8"]
+    out = tmp_path / "p.json"
+    assert "foo" in _one_line_error(run(app, base + ["--out", str(out), "--calib-method", "foo"]))
+    assert "xx" in _one_line_error(run(app, base + ["--out", str(out), "--calib-langs", "de,xx"]))
+    assert "percentile" in _one_line_error(run(app, base + ["--out", str(out), "--calib-method", "mse:3"]))
+    assert not out.exists() and not list(tmp_path.iterdir())
+    res = run(app, base + ["--out", str(out), "--calib-method", "percentile:99.9", "--json"])
+    assert res.exit_code == 0, res.output
+    prof = json.loads(out.read_text())
+    assert prof["method"] == "percentile" and prof["params"]["percentile"] == 99.9
+    assert json.loads(res.stdout)["calibration"]["samples"] == 8
+    assert "--force" in _one_line_error(run(app, base + ["--out", str(out)]))
+
+
+def test_report_renders_calibration_tables(tmp_path):
+    from xopt import report, results
+
+    def ev(variant, lang, outcomes, langs=None, method="minmax"):
+        extra = {"calibration": {"method": method, "langs": langs, "samples": 64}} if langs else {}
+        return results.record("eval", model="m", variant=variant, suite="demo", task="demo-topic", lang=lang,
+                              split="test", metric="accuracy", value=100 * np.mean(outcomes),
+                              n_examples=len(outcomes), outcomes=outcomes, example_ids="x" + lang, **extra)
+
+    ok = [1] * 10
+    recs = [ev("fp32", "de", ok), ev("fp32", "ja", ok),
+            ev("onnx-int8", "de", [1] * 9 + [0], ["en"]), ev("onnx-int8", "ja", [1] * 5 + [0] * 5, ["en"]),
+            ev("onnx-int8", "de", [1] * 9 + [0], ["de", "en", "ja"]), ev("onnx-int8", "ja", ok, ["de", "en", "ja"]),
+            results.record("sensitivity", model="m", variant="onnx-int8", unit="encoder.layer.0.output.dense",
+                           layers=["encoder.layer.0.output.dense"], rank=1, metric="fidelity_drop", drop=0.5,
+                           n_examples=8, calibration={"method": "minmax", "langs": ["en"], "samples": 64}, kept=True)]
+    md = "\n".join(report.calibration_section(recs))
+    assert "| m | onnx-int8 | minmax / en / 64 | demo-topic | 2 | -30.00 | ja (-50.0) |" in md
+    assert "| ja | 100.0 | 50.0 | 100.0 | +50.0 [" in md and "| de | 100.0 | 90.0 | 90.0 | +0.0 [+0.0, +0.0] |" in md
+    assert "| 1 | encoder.layer.0.output.dense | 0.5 | yes |" in md
+    assert report.calibration_section([r for r in recs if r["variant"] == "fp32"]) == []
+    p = tmp_path / "r.jsonl"
+    results.append(p, recs)
+    text = report.write_report([p], tmp_path / "rep").read_text()
+    assert "## Calibration" in text and (tmp_path / "rep" / "sensitivity_m_onnx-int8.png").is_file()

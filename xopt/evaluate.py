@@ -109,7 +109,8 @@ def eval_demo(loaded, suite: dict, tasks=demo.TASKS, langs=None, split: str = "t
     seconds = time.perf_counter() - t0
     common = dict(model=loaded.model_name, variant=loaded.manifest["variant"], suite="demo", split=split,
                   base_model=card.to_json().get("base_model") or loaded.manifest["model"].get("base_model"),
-                  role=loaded.manifest["model"].get("role"), variant_dir=str(loaded.directory))
+                  role=loaded.manifest["model"].get("role"), variant_dir=str(loaded.directory),
+                  **calibration_fields(loaded.manifest))
     recs = []
     for task in tasks:
         per_lang = []
@@ -141,6 +142,16 @@ def eval_demo(loaded, suite: dict, tasks=demo.TASKS, langs=None, split: str = "t
         r["eval_s"] = round(seconds, 3)
         r["examples_per_s"] = round(len(texts) / seconds, 2)
     return recs
+
+
+def calibration_fields(manifest: dict) -> dict:
+    """`calibration: {method, langs, samples}` for records of a calibrated variant (none otherwise)."""
+    cal = manifest.get("calibration")
+    if not cal:
+        return {}
+    return {"calibration": {"method": cal.get("method"), "langs": cal.get("languages"),
+                            "samples": cal.get("samples"), "ids_sha256": cal.get("ids_sha256"),
+                            "keep": cal.get("keep") or []}}
 
 
 def _ids_digest(exs) -> str:

@@ -3,8 +3,8 @@
 Options (the compile/calibrate flags, same names for every int8 variant):
 - `calib_method`: minmax | percentile | entropy | mse, optionally `+smoothquant`
   ("smoothquant" alone = "minmax+smoothquant", as in the SmoothQuant paper);
-  "percentile:99.9" for another percentile than 99.99; `smoothquant_alpha` (a number, or unset: chosen on the
-  held-out sample from `SMOOTHQUANT_ALPHAS`);
+  "percentile:99.9" for another percentile than 99.99; `smoothquant_alpha` (a number; a comma
+  list to choose from; unset: chosen on the held-out sample from `SMOOTHQUANT_ALPHAS`);
 - `calib_data`, `calib_langs`, `calib_samples`, `calib_seed`, `calib_dev_samples`
   (see `xopt.calibration.CalibrationSet`);
 - `keep_fp16` (k) / `max_drop` (fidelity points): sensitivity-ranked fallback;
@@ -118,8 +118,14 @@ def calibrate_checkpoint(ckpt, options: dict, quantized: Callable[[str], bool] |
     if smooth:
         stats = collect_activation_stats(module, loop, qnames, channel_amax=True)
         mods = dict(module.named_modules())
-        fixed = options.get("smoothquant_alpha")
-        alphas = [float(fixed)] if fixed is not None else list(SMOOTHQUANT_ALPHAS)
+        given = options.get("smoothquant_alpha")
+        try:
+            alphas = list(SMOOTHQUANT_ALPHAS) if given is None else \
+                [float(a) for a in (given.split(",") if isinstance(given, str) else [given])]
+        except ValueError:
+            raise XoptError(f"smoothquant_alpha {given!r}: give a number or a comma list in [0, 1]") from None
+        if not alphas or not all(0 <= a <= 1 for a in alphas):
+            raise XoptError(f"smoothquant_alpha {given!r}: values must lie in [0, 1]")
         trials = []
         orig = {n: mods[n].weight.detach().clone() for n in qnames}
         for alpha in alphas:

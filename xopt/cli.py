@@ -154,8 +154,10 @@ def calibrate_cmd(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint di
                                         "and sensitivity).")] = "onnx-int8",
                   calib_data: Annotated[Optional[Path], typer.Option(
                       "--calib-data", help="Demo suite JSON, a text file or a directory of <lang>.txt.")] = None,
-                  calib_langs: Annotated[Optional[str], typer.Option("--calib-langs")] = None,
-                  calib_samples: Annotated[Optional[int], typer.Option("--calib-samples")] = None,
+                  calib_langs: Annotated[Optional[str], typer.Option(
+                      "--calib-langs", help="all, en, or a comma-separated list of language codes.")] = None,
+                  calib_samples: Annotated[Optional[int], typer.Option(
+                      "--calib-samples", help="Calibration texts, balanced over the languages (default 256).")] = None,
                   calib_method: CalibMethod = None,
                   keep_fp16: KeepFp16 = None,
                   max_drop: MaxDrop = None,

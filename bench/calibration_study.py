@@ -44,8 +44,11 @@ def main(argv=None) -> None:
         todo.append((f"int8-{method}-{cl}", "onnx-int8", {"calib_method": method, "calib_langs": cl,
                                                           "calib_samples": args.samples,
                                                           "calib_data": str(suite_path)}))
+    done = {r.get("variant_dir") for r in results.read([res])[0]} if res.is_file() else set()
     for tag, variant, opts in todo:
         d = args.out / "variants" / tag
+        if str(d) in done:   # a re-run continues where an interrupted one stopped
+            continue
         t0 = time.perf_counter()
         if not d.exists():
             compile_variant(args.checkpoint, variant, d, options=opts or None)

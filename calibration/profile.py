@@ -111,10 +111,18 @@ def forward_loop_from_batches(batches, description: str = "calibration") -> Call
         from xopt.progress import track
 
         items = list(batches() if callable(batches) else batches)
-        with torch.inference_mode():
-            for ids, mask in track(items, description):
-                model(torch.from_numpy(np.asarray(ids, dtype=np.int64)),
-                      torch.from_numpy(np.asarray(mask, dtype=np.int64)))
+        # One intra-op thread: batch-1 ops are too small to split, and on a loaded machine each
+        # op of a 2-thread pool waited for its second thread (measured: 24 ms per op instead of
+        # <1 ms, e5-small calibration 16 min instead of ~1).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with torch.inference_mode():
+                for ids, mask in track(items, description):
+                    model(torch.from_numpy(np.asarray(ids, dtype=np.int64)),
+                          torch.from_numpy(np.asarray(mask, dtype=np.int64)))
+        finally:
+            torch.set_num_threads(threads)
     return loop
 
 

@@ -144,6 +144,19 @@ def run_cmd(plan: Annotated[Path, typer.Argument(help="Plan file (TOML): trainin
     run_plan_file(plan, resume=resume, force=force)
 
 
+# Calibration options (int8 variants and `xopt calibrate`; see xopt.calibration.run).
+CalibMethod = Annotated[Optional[str], typer.Option(
+    "--calib-method", help="minmax | percentile (99.99; percentile:99.9 for another) | entropy | mse, "
+                           "or smoothquant / METHOD+smoothquant (alpha chosen on a held-out sample).")]
+CalibProfile = Annotated[Optional[Path], typer.Option(
+    "--calib-profile", help="Use this profile (from `xopt calibrate`) instead of calibrating.")]
+KeepFp16 = Annotated[Optional[int], typer.Option(
+    "--keep-fp16", help="Keep the k most sensitive layers unquantised (higher precision).")]
+MaxDrop = Annotated[Optional[float], typer.Option(
+    "--max-drop", help="Keep the most sensitive layers unquantised until the fidelity drop on the held-out "
+                       "sample is at most this (points of 100 x cosine to full precision).")]
+
+
 @command("compile")
 def compile_cmd(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
                 variant: Annotated[str, typer.Option("--variant", help="Variant name (see `xopt variants`).")],
@@ -154,21 +167,63 @@ def compile_cmd(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint dire
                 calib_langs: Annotated[Optional[str], typer.Option(
                     "--calib-langs", help="all, en, or a comma-separated list of language codes.")] = None,
                 calib_samples: Annotated[Optional[int], typer.Option("--calib-samples")] = None,
-                calib_method: Annotated[Optional[str], typer.Option(
-                    "--calib-method", help="minmax (percentile/entropy/MSE: see the calibration issue).")] = None,
+                calib_method: CalibMethod = None,
                 keep_fp32: Annotated[Optional[str], typer.Option(
                     "--keep-fp32", help="Regex of layers/nodes left unquantised ('' quantises all).")] = None,
+                calib_profile: CalibProfile = None,
+                keep_fp16: KeepFp16 = None,
+                max_drop: MaxDrop = None,
                 json_out: Json = False):
     """Build a variant directory (artefacts + manifest) from a checkpoint."""
     from xopt.variants import compile_variant
 
     opts = {k: v for k, v in {"calib_data": str(calib_data) if calib_data else None, "calib_langs": calib_langs,
                               "calib_samples": calib_samples, "calib_method": calib_method,
-                              "keep_fp32": keep_fp32}.items() if v is not None}
+                              "keep_fp32": keep_fp32, "calib_profile": str(calib_profile) if calib_profile else None,
+                              "keep_fp16": keep_fp16, "max_drop": max_drop}.items() if v is not None}
     man = compile_variant(checkpoint, variant, out, force=force, options=opts)
     if json_out:
         return _print_json(man)
     typer.echo(f"wrote {out} ({variant}, built in {man['build_s']:.1f} s)")
+
+
+@command("calibrate")
+def calibrate_cmd(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
+                  out: Annotated[Path, typer.Option("--out", help="Profile JSON to write.")],
+                  variant: Annotated[str, typer.Option(
+                      "--variant", help="Whose recipe decides which layers are quantised (for SmoothQuant "
+                                        "and sensitivity).")] = "onnx-int8",
+                  calib_data: Annotated[Optional[Path], typer.Option(
+                      "--calib-data", help="Demo suite JSON, a text file or a directory of <lang>.txt.")] = None,
+                  calib_langs: Annotated[Optional[str], typer.Option(
+                      "--calib-langs", help="all, en, or a comma-separated list of language codes.")] = None,
+                  calib_samples: Annotated[Optional[int], typer.Option(
+                      "--calib-samples", help="Calibration texts, balanced over the languages (default 256).")] = None,
+                  calib_method: CalibMethod = None,
+                  keep_fp16: KeepFp16 = None,
+                  max_drop: MaxDrop = None,
+                  sensitivity_unit: Annotated[str, typer.Option(
+                      "--sensitivity-unit", help="layer (each Linear) or kind (query, key, ... across layers).")
+                  ] = "layer",
+                  results_out: Annotated[Optional[Path], typer.Option(
+                      "--results", help="Append the sensitivity ranking as records to this JSONL file.")] = None,
+                  force: Force = False, json_out: Json = False):
+    """Calibrate a checkpoint on its own: write the calibration profile every int8 variant consumes."""
+    from xopt.calibration.run import calibrate_to_file
+    from xopt.variants import get
+
+    v = get(variant)
+    opts = {**{k: v.options[k] for k in ("keep_fp32",) if k in v.options},
+            **{k: val for k, val in {"calib_data": str(calib_data) if calib_data else None,
+                                     "calib_langs": calib_langs, "calib_samples": calib_samples,
+                                     "calib_method": calib_method, "keep_fp16": keep_fp16, "max_drop": max_drop,
+                                     "sensitivity_unit": sensitivity_unit}.items() if val is not None}}
+    prof = calibrate_to_file(checkpoint, out, opts, force=force, results_out=results_out, variant=variant)
+    if json_out:
+        return _print_json({k: v for k, v in prof.to_json().items() if k not in ("activations", "weights")})
+    typer.echo(f"wrote {out} ({prof.full_method}, {len(prof.activations)} layers, "
+               f"{prof.calibration.get('samples')} samples in {', '.join(prof.calibration.get('languages', []))}"
+               + (f"; kept unquantised: {', '.join(prof.keep)}" if prof.keep else "") + ")")
 
 
 @command("eval")

@@ -123,7 +123,7 @@ def eval_demo(loaded, suite: dict, tasks=demo.TASKS, langs=None, split: str = "t
         out = run_texts(loaded, texts, batch_size, tok, progress, f"eval {loaded.model_name}/{loaded.runner.name}")
     seconds = time.perf_counter() - t0
     common = dict(model=loaded.model_name, variant=loaded.manifest["variant"], suite="demo", split=split,
-                  **loaded.model_fields, variant_dir=str(loaded.directory))
+                  **loaded.model_fields, variant_dir=str(loaded.directory), **calibration_fields(loaded.manifest))
     recs = []
     for task in tasks:
         per_lang = []
@@ -155,6 +155,16 @@ def eval_demo(loaded, suite: dict, tasks=demo.TASKS, langs=None, split: str = "t
         r["eval_s"] = round(seconds, 3)
         r["examples_per_s"] = round(len(texts) / seconds, 2)
     return recs
+
+
+def calibration_fields(manifest: dict) -> dict:
+    """`calibration: {method, langs, samples}` for records of a calibrated variant (none otherwise)."""
+    cal = manifest.get("calibration")
+    if not cal:
+        return {}
+    return {"calibration": {"method": cal.get("method"), "langs": cal.get("languages"),
+                            "samples": cal.get("samples"), "ids_sha256": cal.get("ids_sha256"),
+                            "keep": cal.get("keep") or []}}
 
 
 def _ids_digest(exs) -> str:
@@ -396,7 +406,7 @@ def evaluate_xtreme(variant_dir, data_dir, tasks=None, langs=None, split: str = 
                 thresholds[lang] = None
     tok = _tokenizer(loaded)
     common = dict(model=loaded.model_name, variant=variant, suite="xtreme", split=split, **loaded.model_fields,
-                  variant_dir=str(loaded.directory), rank=rank, world_size=world)
+                  variant_dir=str(loaded.directory), rank=rank, world_size=world, **calibration_fields(loaded.manifest))
     recs = []
     with bar() as progress:
         for t, lang in mine_units:

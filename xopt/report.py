@@ -180,6 +180,8 @@ def load(paths, baseline: str = "baseline", xstilts: str = "xstilts", model: str
         if r.get("base_model"):
             fam_of.setdefault(r["model"], set()).add(r["base_model"])
     for r in recs:   # later records win: re-running a measurement replaces it
+        if r["kind"] not in ("eval", "bench"):
+            continue   # sensitivity records: the calibration section reads them from t.records
         where = f"{r['kind']} record {r['model']}/{r['variant']}" + (
             f" {r['task']}/{r['lang']}" if r["kind"] == "eval" else f" batch {r['batch']} {shape_key(r)}")
         fam = r.get("base_model")
@@ -752,27 +754,6 @@ def _per_language_cost(t: Tables) -> list[dict]:
     return sorted(out, key=lambda r: (r["family"], r["variant"], r["batch"], r["lang"]))
 
 
-def _calibration_section(doc: Doc, t: Tables, out: Path) -> None:
-    """Hook for the calibration issue: `xopt.calibration.report.calibration_tables(records, out_dir)`
-    returns [(title, header, rows)] (and may write PNGs into out_dir, returned as image names in a
-    4th element); nothing is shown when that module or its records do not exist."""
-    import importlib.util
-
-    if importlib.util.find_spec("xopt.calibration.report") is None:
-        return
-    from xopt.calibration.report import calibration_tables
-
-    tables = calibration_tables(t.records, out) or []
-    if tables:
-        doc.h(2, "Calibration")
-    for item in tables:
-        title, header, rows = item[:3]
-        doc.h(3, title)
-        doc.table(header, rows)
-        for name in (item[3] if len(item) > 3 else []):
-            doc.img(name, title)
-
-
 # ------------------------------------------------------------------ plots
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -908,6 +889,110 @@ def _plots(t: Tables, all_rows: dict, out: Path, reference: str) -> list[str]:
     return files
 
 
+def calibration_section(doc: "Doc", recs: list[dict], reference: str = "fp32", out: Path | None = None,
+                        n_boot: int = 1000, seed: int = 0) -> None:
+    """The report's calibration section (nothing when the records hold none). Self-contained:
+    takes raw records (xopt.results.read), so several calibrations of one variant stay apart.
+
+    1. methods: per (model, variant, calibration) and task, the average and the worst-language
+       score drop vs `reference` over the zero-shot languages;
+    2. en-only vs multilingual calibration (same variant and method, calibration languages
+       ["en"] vs several): per language both scores and the difference with a 95% paired
+       bootstrap interval over the examples;
+    3. sensitivity records: the ranking (and, with `out`, a bar plot sensitivity.png)."""
+    evals = [r for r in recs if r.get("kind") == "eval" and r.get("lang") != "avg"]
+    cal = [r for r in evals if r.get("calibration")]
+    sens = [r for r in recs if r.get("kind") == "sensitivity"]
+    if not cal and not sens:
+        return
+
+    def label(c: dict) -> str:
+        langs = c.get("langs") or []
+        where = "en" if langs == ["en"] else (",".join(langs) if len(langs) <= 4 else f"{len(langs)} langs")
+        kept = f", {len(c['keep'])} kept" if c.get("keep") else ""
+        return f"{c.get('method')} / {where} / {c.get('samples')}{kept}"
+
+    ref = {(r["model"], r["task"], r["lang"]): r for r in evals if r["variant"] == reference}
+    groups: dict[tuple, dict] = {}
+    for r in cal:
+        groups.setdefault((r["model"], r["variant"], label(r["calibration"])), {})[(r["task"], r["lang"])] = r
+    doc.h(2, "Calibration")
+    rows = []
+    for (model, variant, lab), by in groups.items():
+        for task in sorted({t for t, _ in by}):
+            drops = [(by[(task, lang)]["value"] - ref[(model, task, lang)]["value"], lang)
+                     for t, lang in by if t == task and lang != "en" and (model, task, lang) in ref]
+            if drops:
+                worst = min(drops)
+                rows.append([model, variant, lab, task, str(len(drops)), f"{np.mean([d for d, _ in drops]):+.2f}",
+                             f"{worst[1]} ({worst[0]:+.1f})"])
+    if rows:
+        doc.p(f"Score change vs {reference} (points), zero-shot languages.")
+        doc.table(["model", "variant", "calibration", "task", "langs", "avg change", "worst lang (change)"], rows)
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for (model, variant, lab), by in groups.items():
+        first = next(iter(by.values()))["calibration"]
+        if (first.get("langs") or []) != ["en"]:
+            continue
+        for (m2, v2, lab2), by2 in groups.items():
+            c2 = next(iter(by2.values()))["calibration"]
+            if (m2, v2) == (model, variant) and len(c2.get("langs") or []) > 1 and \
+                    (c2.get("method"), c2.get("samples")) == (first.get("method"), first.get("samples")):
+                pairs.append((model, variant, lab, by, lab2, by2))
+    for model, variant, lab, by, lab2, by2 in pairs:
+        for task in sorted({t for t, _ in by}):
+            body, diffs = [], []
+            for t, lang in sorted(k for k in by if k[0] == task):
+                a, b = by.get((task, lang)), by2.get((task, lang))
+                if not (a and b) or a.get("example_ids") != b.get("example_ids"):
+                    continue
+                oa, ob = np.asarray(a.get("outcomes", []), float), np.asarray(b.get("outcomes", []), float)
+                d = b["value"] - a["value"]
+                lo = hi = math.nan
+                if len(oa) and len(oa) == len(ob):
+                    idx = rng.integers(0, len(oa), (n_boot, len(oa)))
+                    lo, hi = np.percentile((ob[idx] - oa[idx]).mean(1) * 100, [2.5, 97.5])
+                r = ref.get((model, task, lang))
+                diffs.append((d, lang))
+                body.append([lang, f"{r['value']:.1f}" if r else "n/a", f"{a['value']:.1f}", f"{b['value']:.1f}",
+                             f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]" + (" *" if lo > 0 or hi < 0 else "")])
+            if body:
+                top = ", ".join(f"{lang} {d:+.1f}" for d, lang in sorted(diffs, reverse=True)[:3])
+                doc.h(3, f"{model} {variant}, {task}: en-only ({lab}) vs multilingual ({lab2}) calibration")
+                doc.table(["lang", reference, "en-only", "multilingual", "multi - en [95% CI]"], body)
+                doc.p(f"Mean difference {np.mean([d for d, _ in diffs]):+.2f} points over {len(diffs)} languages; "
+                      f"largest gains: {top}. `*`: interval excludes 0.")
+    if sens:
+        doc.h(3, "Per-layer sensitivity (quantised alone; drop of 100 x cosine to full precision, held-out "
+                 "multilingual sample)")
+        by_run: dict[tuple, list] = {}
+        for r in sens:
+            by_run.setdefault((r["model"], r["variant"], label(r["calibration"])), []).append(r)
+        for (model, variant, lab), rs in by_run.items():
+            rs = sorted(rs, key=lambda r: r["rank"])
+            doc.p(f"{model} {variant}, {lab}:")
+            doc.table(["rank", "unit", "drop", "kept"], [[str(r["rank"]), r["unit"], f"{r['drop']:.3g}",
+                                                         "yes" if r.get("kept") else ""] for r in rs[:20]])
+            if out is not None:
+                import matplotlib
+
+                matplotlib.use("Agg")
+                import matplotlib.pyplot as plt
+
+                fig, ax = plt.subplots(figsize=(7, 0.18 * len(rs) + 1.2))
+                ax.barh([r["unit"].replace("encoder.encoder.", "") for r in rs][::-1], [r["drop"] for r in rs][::-1],
+                        color=["tab:red" if r.get("kept") else "tab:blue" for r in rs][::-1])
+                ax.tick_params(axis="y", labelsize=6)
+                ax.set_xlabel("fidelity drop when quantised alone (red: kept in higher precision)")
+                fig.tight_layout()
+                name = f"sensitivity_{model}_{variant}.png".replace("/", "_")
+                fig.savefig(Path(out) / name, dpi=110)
+                plt.close(fig)
+                doc.img(name, f"sensitivity of {model} {variant}")
+
+
+
 # ------------------------------------------------------------------ the report
 
 def build(t: Tables, out: Path, reference: str = "fp32") -> Doc:
@@ -943,7 +1028,7 @@ def build(t: Tables, out: Path, reference: str = "fp32") -> Doc:
             doc.img(name, f"retention and score vs latency and throughput, batch {name[8:-4]}")
     _size_section(doc, t, all_rows, reference, images)
     _tokens_section(doc, t, images)
-    _calibration_section(doc, t, out)
+    calibration_section(doc, t.records, reference, out)
     if t.skipped:
         doc.h(2, "Skipped records")
         doc.ul([f"{s.where}: {s.why}" for s in t.skipped])

@@ -39,6 +39,10 @@ REQUIRED = {
     "eval": COMMON + ("suite", "task", "lang", "split", "metric", "value", "n_examples"),
     "bench": COMMON + ("batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput_seq_s",
                        "throughput_tok_s", "peak_mem_mb", "warmup", "iters", "scenario"),
+    # per-layer quantisation sensitivity (xopt.calibration.sensitivity): `unit` (a Linear or an
+    # op kind), the Linears it covers, its `rank` (1 = most sensitive) and `drop` in `metric`
+    # on `n_examples` held-out texts; `calibration` says which calibration it was measured with
+    "sensitivity": COMMON + ("unit", "layers", "rank", "metric", "drop", "n_examples", "calibration"),
 }
 
 

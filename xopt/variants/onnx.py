@@ -17,9 +17,12 @@ the speed targets are stated against.
 
 Recipe, `onnx-int8`: the same export (unfused, so every MatMul is visible), then ONNX
 Runtime's own static quantiser in Q/DQ format: int8 weights per output channel, uint8
-activations with scales calibrated on a multilingual sample (`xopt.calibration`), MatMuls
-whose name matches `keep_fp32` left in fp32. ONNX Runtime fuses the Q/DQ pairs into int8
-kernels when the session is created. The same Q/DQ graph is what TensorRT consumes.
+activations with the ranges of a calibration profile (`xopt.calibration`: min-max,
+percentile, entropy or MSE on a multilingual sample, optionally SmoothQuant, optionally the
+most sensitive layers left in fp32 by `keep_fp16`/`max_drop`), MatMuls whose name matches
+`keep_fp32` left in fp32. The profile is saved beside the model (`calibration_profile.json`)
+and its identity goes into the manifest. ONNX Runtime fuses the Q/DQ pairs into int8 kernels
+when the session is created. The same Q/DQ graph is what TensorRT consumes.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from xopt.errors import XoptError
 from xopt.variants.base import Runner, Variant, output_names
 
 MODEL_FILE = "model.onnx"
+PROFILE_FILE = "calibration_profile.json"
 # Left in fp32 by the int8 recipes: FFN output projections (their input is GELU's output,
 # whose outliers per-tensor activation scales cannot represent; measured with
 # onnx-int8-dynamic on the demo model: retrieval drop 1.25 -> 0.8 points) and the classifier
@@ -91,13 +95,18 @@ def session(path: Path, threads: int | None = None):
 
 def export_onnx(ckpt, path: Path) -> tuple[str, ...]:
     """Export the checkpoint's XoptModel to ONNX with dynamic batch x sequence axes."""
+    from xopt.models import load_module
+
+    return export_module(load_module(ckpt), ckpt.output_names, path)
+
+
+def export_module(module, names: tuple[str, ...], path: Path) -> tuple[str, ...]:
+    """Export an XoptModel (possibly modified: SmoothQuant's smoothing) to ONNX."""
     import torch
 
-    from xopt.models import PER_TOKEN_OUTPUTS, load_module
+    from xopt.models import PER_TOKEN_OUTPUTS
 
-    module = load_module(ckpt)
     module.encoder.set_attn_implementation("eager")   # see module doc: ORT fuses this pattern
-    names = ckpt.output_names
     ids = torch.tensor([[0, 35378, 8999, 2], [0, 2, 1, 1]], dtype=torch.long)
     mask = (ids != 1).long()
     axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
@@ -213,42 +222,70 @@ def _build_int8_dynamic(variant, ckpt, out: Path, options) -> dict:
 
 
 def _build_int8(variant, ckpt, out: Path, options) -> dict:
+    """Calibrate (`xopt.calibration.run`: the method, languages, SmoothQuant and sensitivity
+    fallback of the options, or a saved profile), then ONNX Runtime's static quantiser inserts
+    Q/DQ with the profile's ranges: they reach it as a `TensorsData` calibration cache
+    (`calibration_cache_path`), ORT's own way of taking ranges computed elsewhere. Our ranges
+    come from batch-1 unpadded samples, which ORT's histogram calibrators cannot take."""
+    import tempfile
+
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
-    from xopt.calibration import CalibrationSet, OrtReader
+    from xopt.calibration.profile import onnx_node_to_module
+    from xopt.calibration.run import calibrate_checkpoint, keep_filter
 
-    calib = CalibrationSet.from_options(options, tokenizer_dir=ckpt.path, input_prefix=ckpt.card.input_prefix)
-    raw = exported(ckpt, fuse=False)
-    graph = onnx.load(str(raw), load_external_data=False).graph
+    if options.get("activation_matmuls"):
+        raise XoptError("activation_matmuls: calibration profiles hold Linear inputs only; attention's "
+                        "activation products stay fp32 in onnx-int8")
+    profile, module = calibrate_checkpoint(ckpt, options, keep_filter(options.get("keep_fp32")))
     keep = re.compile(options["keep_fp32"]) if options.get("keep_fp32") else None
     op_types = list(options.get("op_types", ["MatMul"]))
-    excluded = [n.name for n in graph.node if n.op_type in op_types and keep and keep.search(n.name)]
-    if not options.get("activation_matmuls", False):
-        # attention's QK^T and PV multiply two activations, each given one static scale for
-        # every sentence; keeping them fp32 gained +0.2 points on both demo tasks (X-STILTs
-        # checkpoint, 36 languages) at no measurable cost: they are ~3% of the FLOPs at s128
+    with tempfile.TemporaryDirectory(prefix="xopt-int8-") as tmpdir:
+        if profile.smoothing:   # the smoothed module: its 1/s multiplies are in the graph
+            raw = Path(tmpdir) / "smoothed.onnx"
+            export_module(module, ckpt.output_names, raw)
+        else:
+            raw = exported(ckpt, fuse=False)
+        graph = onnx.load(str(raw), load_external_data=False).graph
         weights = {i.name for i in graph.initializer}
-        excluded += [n.name for n in graph.node if n.op_type == "MatMul" and n.name not in excluded
-                     and not any(i in weights for i in n.input)]
-    # Only min-max for now: ONNX Runtime's histogram calibrators (percentile, entropy) need
-    # every calibration batch to have one shape, and padding to one length would put padded
-    # positions into the statistics. The calibration issue brings xopt.calibration's own.
-    methods = {"minmax": CalibrationMethod.MinMax}
-    method = options.get("calib_method", "minmax")
-    if method not in methods:
-        raise XoptError(f"calibration method {method!r} is not available yet for onnx-int8; use minmax")
-    extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
-    with quiet():
-        quantize_static(str(raw), str(out / MODEL_FILE), OrtReader(calib), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=op_types, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=excluded, calibrate_method=methods[method], extra_options=extra)
+        excluded, fallback, ranges = [], [], {}
+        for n in graph.node:
+            if n.op_type not in op_types:
+                continue
+            name = onnx_node_to_module(n.name)
+            if not any(i in weights for i in n.input):
+                # attention's QK^T and PV multiply two activations, each given one static scale for
+                # every sentence; keeping them fp32 gained +0.2 points on both demo tasks (X-STILTs
+                # checkpoint, 36 languages) at no measurable cost: they are ~3% of the FLOPs at s128
+                excluded.append(n.name)
+            elif (keep and keep.search(n.name)) or name not in profile.activations:
+                excluded.append(n.name)
+            elif name in profile.keep:
+                excluded.append(n.name)
+                fallback.append(n.name)
+            else:
+                act = profile.activations[name]
+                ranges[n.input[0]] = (np.array(act["rmin"], np.float32), np.array(act["rmax"], np.float32))
+        cache = Path(tmpdir) / "ranges.json"
+        save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges), cache)
+        # Q/DQ on each MatMul's inputs only (as TensorRT's explicit quantisation and Model-Optimizer
+        # place them): the float output goes on to the bias Add; ORT fuses DQ -> MatMul into
+        # MatMulIntegerToFloat. The profile holds exactly these input ranges.
+        extra = {"ActivationSymmetric": False, "WeightSymmetric": True,
+                 "OpTypesToExcludeOutputQuantization": op_types}
+        with quiet():
+            quantize_static(str(raw), str(out / MODEL_FILE), None, quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=op_types, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=excluded, calibrate_method=CalibrationMethod.MinMax,
+                            extra_options=extra, calibration_cache_path=cache)
     for leftover in out.glob("*augmented*"):
         leftover.unlink()
-    return {"calibration": {**calib.identity(), "method": method},
-            "ops": fused_op_counts(out / MODEL_FILE), "kept_fp32": excluded,
-            "export_check": check_against_torch(ckpt, out / MODEL_FILE)}
+    profile.save(out / PROFILE_FILE)
+    return {"calibration": profile.identity(), "ops": fused_op_counts(out / MODEL_FILE), "kept_fp32": excluded,
+            "fallback_fp32": fallback, "export_check": check_against_torch(ckpt, out / MODEL_FILE)}
 
 
 def _load(variant, directory: Path, man):
@@ -266,7 +303,7 @@ VARIANTS = [
             description="ONNX Runtime static int8 (Q/DQ), per-channel weights, calibrated on a multilingual sample",
             build=_build_int8, load=_load, requires=("onnxruntime",), calibrated=True,
             options={"calib_method": "minmax", "calib_langs": "all", "calib_samples": 256,
-                     "keep_fp32": KEEP_FP32, "activation_matmuls": False}),
+                     "keep_fp32": KEEP_FP32, "activation_matmuls": False, "keep_fp16": None, "max_drop": None}),
     Variant("onnx-int8-dynamic", backend="onnxruntime", precision="int8", device="cpu",
             description="ONNX Runtime dynamic int8 on the fused graph (QAttention, per-channel weights)",
             build=_build_int8_dynamic, load=_load, requires=("onnxruntime",),

@@ -1,0 +1,206 @@
+"""Checkpoint -> calibration profile: what `xopt calibrate` and the int8 variants call.
+
+Options (the compile/calibrate flags, same names for every int8 variant):
+- `calib_method`: minmax | percentile | entropy | mse, optionally `+smoothquant`
+  ("smoothquant" alone = "minmax+smoothquant", as in the SmoothQuant paper);
+  "percentile:99.9" for another percentile than 99.99; `smoothquant_alpha` (a number; a comma
+  list to choose from; unset: chosen on the held-out sample from `SMOOTHQUANT_ALPHAS`);
+- `calib_data`, `calib_langs`, `calib_samples`, `calib_seed`, `calib_dev_samples`
+  (see `xopt.calibration.CalibrationSet`);
+- `keep_fp16` (k) / `max_drop` (fidelity points): sensitivity-ranked fallback;
+  `sensitivity_unit`: layer | kind;
+- `calib_profile`: a saved profile to use instead of calibrating (checked against the model).
+
+`quantized` (a predicate on Linear names) says which Linears the calling recipe quantises; the
+others are calibrated (a profile serves every backend) but not smoothed, not fake-quantised
+when scoring, and not candidates for the fallback.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from xopt.calibration.calibrators import METHODS
+from xopt.errors import XoptError
+
+SMOOTHQUANT_ALPHAS = (0.3, 0.5, 0.7, 0.85)
+
+
+def parse_method(spec: str | None) -> tuple[str, bool, dict]:
+    """"percentile:99.9+smoothquant" -> ("percentile", True, {"percentile": 99.9});
+    "smoothquant" -> ("minmax", True, {})."""
+    raw = (spec or "minmax").strip().lower()
+    parts = [p for p in raw.replace("-", "").split("+") if p]
+    smooth = "smoothquant" in parts
+    base = [p for p in parts if p != "smoothquant"]
+    params = {}
+    if len(base) == 1 and ":" in base[0]:
+        base[0], arg = base[0].split(":", 1)
+        try:
+            params = {"percentile": float(arg)}
+        except ValueError:
+            base = ["?"]
+        if base[0] != "percentile" or not 0 < params.get("percentile", -1) <= 100:
+            raise XoptError(f"calibration method {spec!r}: only percentile takes a value, in (0, 100], "
+                            "e.g. percentile:99.9")
+    if len(base) > 1 or (base and base[0] not in METHODS) or not parts:
+        raise XoptError(f"unknown calibration method {spec!r}; use one of {', '.join(METHODS)} "
+                        "(percentile:P for another percentile), smoothquant, or METHOD+smoothquant")
+    return (base[0] if base else "minmax"), smooth, params
+
+
+def keep_filter(keep_fp32: str | None) -> Callable[[str], bool]:
+    """Predicate "this Linear is quantised" from a recipe's `keep_fp32` regex, which may be
+    written against torch module names (`encoder.layer.3.output.dense`) or ONNX node names
+    (`/encoder/layer.3/output/dense/MatMul`): both forms are tried."""
+    import re
+
+    from xopt.calibration.profile import module_to_onnx_node
+
+    if not keep_fp32:
+        return lambda name: True
+    rx = re.compile(keep_fp32)
+    return lambda name: not (rx.search(name) or rx.search(module_to_onnx_node(name)) or
+                             rx.search(module_to_onnx_node(name, "Gemm")))
+
+
+def model_info(ckpt, module) -> dict:
+    from xopt.calibration.profile import fingerprint
+
+    files = ckpt.manifest.get("files", {})
+    return {"name": ckpt.manifest.get("name", ckpt.path.name), "checkpoint": str(ckpt.path.resolve()),
+            "weights_sha256": files.get("model.safetensors"), "head_sha256": files.get("head.safetensors"),
+            "fingerprint": fingerprint(module)}
+
+
+def calibrate_checkpoint(ckpt, options: dict, quantized: Callable[[str], bool] | None = None, module=None):
+    """(Profile, module) for a checkpoint: the module is the fp32 XoptModel with the profile's
+    smoothing applied (what the recipe then exports or converts)."""
+    import math
+
+    from xopt.calibration import CalibrationSet
+    from xopt.calibration import sensitivity as sens
+    from xopt.calibration.profile import (Profile, apply_smoothing, calibrate_model, collect_activation_stats,
+                                          fake_quantize, forward_loop_from_batches, linear_names, output_fidelity,
+                                          smoothing_factors)
+    from xopt.models import load_module
+
+    if options.get("calib_profile"):
+        if options.get("keep_fp16") is not None or options.get("max_drop") is not None:
+            raise XoptError("--keep-fp16/--max-drop choose layers while calibrating; a saved profile already "
+                            "carries its choice: recalibrate with them instead of passing --calib-profile")
+        prof = Profile.load(options["calib_profile"])
+        module = module if module is not None else load_module(ckpt)
+        prof.check(module, f"calibration profile {options['calib_profile']}")
+        prof.apply_smoothing(module)
+        return prof, module
+
+    # user errors first, before any model is loaded
+    method, smooth, params = parse_method(options.get("calib_method"))
+    keep_k = options.get("keep_fp16")
+    max_drop = options.get("max_drop")
+    if keep_k is not None and int(keep_k) < 0 or max_drop is not None and float(max_drop) < 0:
+        raise XoptError("--keep-fp16 and --max-drop must be >= 0")
+    calib = CalibrationSet.from_options(options, tokenizer_dir=ckpt.path, input_prefix=ckpt.card.input_prefix)
+    module = module if module is not None else load_module(ckpt)
+    info = model_info(ckpt, module)
+    names = linear_names(module)
+    qnames = [n for n in names if quantized is None or quantized(n)]
+    loop = forward_loop_from_batches(list(calib.batches(ckpt.card.max_length)))   # tokenised once
+    needs_dev = smooth or keep_k is not None or max_drop is not None
+    outs = ckpt.output_names
+    if needs_dev:
+        batches = sens.dev_batches(calib.tokenizer, calib.dev_texts, ckpt.card.input_prefix,
+                                   ckpt.card.max_length)
+        ref = sens.run_outputs(module, batches, outs)
+
+    smoothing = None
+    if smooth:
+        stats = collect_activation_stats(module, loop, qnames, channel_amax=True)
+        mods = dict(module.named_modules())
+        given = options.get("smoothquant_alpha")
+        try:
+            alphas = list(SMOOTHQUANT_ALPHAS) if given is None else \
+                [float(a) for a in (given.split(",") if isinstance(given, str) else [given])]
+        except ValueError:
+            raise XoptError(f"smoothquant_alpha {given!r}: give a number or a comma list in [0, 1]") from None
+        if not alphas or not all(0 <= a <= 1 for a in alphas):
+            raise XoptError(f"smoothquant_alpha {given!r}: values must lie in [0, 1]")
+        trials = []
+        orig = {n: mods[n].weight.detach().clone() for n in qnames}
+        for alpha in alphas:
+            scales = {n: smoothing_factors(stats[n].channel_amax, mods[n].weight, alpha) for n in qnames}
+            if len(alphas) == 1:
+                trials.append((alpha, math.nan, scales))
+                break
+            handles = apply_smoothing(module, scales)
+            try:
+                trial = calibrate_model(module, loop, method, params, qnames, model_info=info,
+                                        smoothing={"alpha": alpha, "scales": {}})
+                with fake_quantize(module, trial, only=qnames):
+                    fid = output_fidelity(ref, sens.run_outputs(module, batches, outs))
+            finally:
+                _unsmooth(module, orig, handles)
+            trials.append((alpha, 100.0 - fid, scales))
+        alpha, _, scales = min(trials, key=lambda t: (t[1] if t[1] == t[1] else 0.0))
+        apply_smoothing(module, scales)
+        smoothing = {"alpha": alpha, "chosen_on": "held-out sample" if len(alphas) > 1 else "given",
+                     "trials": [{"alpha": a, "drop": d} for a, d, _ in trials if d == d],
+                     "scales": {n: [float(v) for v in s] for n, s in scales.items()}}
+
+    prof = calibrate_model(module, loop, method, params, names, calibration=calib.identity(), model_info=info,
+                           smoothing=smoothing)
+    if keep_k is not None or max_drop is not None:
+        ranking = sens.rank(module, prof, batches, outs, qnames, options.get("sensitivity_unit", "layer"), ref)
+        keep, drop = sens.choose_keep(module, prof, batches, outs, qnames, ranking, keep_k, max_drop, ref)
+        prof.keep, prof.sensitivity = keep, ranking
+        prof.params = {**prof.params, "fallback": {"keep_fp16": keep_k, "max_drop": max_drop,
+                                                   "unit": options.get("sensitivity_unit", "layer"),
+                                                   "drop_after_fallback": drop}}
+    return prof, module
+
+
+def _unsmooth(module, orig: dict, handles) -> None:
+    """Undo a trial smoothing exactly: the original weights back, the hooks and buffers gone."""
+    import torch
+
+    mods = dict(module.named_modules())
+    for h in handles:
+        h.remove()
+    with torch.no_grad():
+        for n, w in orig.items():
+            mods[n].weight.copy_(w)
+            del mods[n]._buffers["smooth_inv"]
+            mods[n]._xopt_smoothed = False
+
+
+def sensitivity_records(prof, model_name: str, variant: str) -> list[dict]:
+    """The profile's sensitivity ranking as result records (kind "sensitivity", see xopt.results)."""
+    from xopt import results
+
+    cal = {"method": prof.full_method, "langs": prof.calibration.get("languages"),
+           "samples": prof.calibration.get("samples")}
+    return [results.record("sensitivity", model=model_name, variant=variant, unit=r["unit"], layers=r["layers"],
+                           rank=r["rank"], metric="fidelity_drop", drop=r["drop"],
+                           n_examples=prof.calibration.get("dev_samples"), kept=all(n in prof.keep for n in r["layers"]),
+                           calibration=cal, unit_kind=prof.params.get("fallback", {}).get("unit", "layer"))
+            for r in prof.sensitivity]
+
+
+def calibrate_to_file(checkpoint, out, options: dict, force: bool = False, results_out=None,
+                      variant: str = "onnx-int8"):
+    """`xopt calibrate`: profile of a checkpoint written atomically to `out`."""
+    from pathlib import Path
+
+    from xopt import results
+    from xopt.models import open_checkpoint
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise XoptError(f"{out} already exists; pass --force to replace it")
+    ckpt = open_checkpoint(checkpoint)
+    prof, _ = calibrate_checkpoint(ckpt, options, keep_filter(options.get("keep_fp32")))
+    prof.save(out)
+    if results_out and prof.sensitivity:
+        results.append(results_out, sensitivity_records(prof, prof.model.get("name", "?"), variant))
+    return prof

@@ -1,0 +1,66 @@
+"""Unpadded execution with xopt's own kernels: `unpadded` and `unpadded-int8`.
+
+Recipe (both): the checkpoint's safetensors (hard-linked; the manifest pins their hash) are
+loaded into the HF encoder, whose weights `xopt.kernels.encoder.UnpaddedEncoder` takes over:
+each batch is packed without its padding (cu_seqlens), Q/K/V run as one GEMM, attention is
+variable-length (FlashAttention varlen on CUDA, SDPA per sentence on CPU), bias+GELU and
+bias+residual+LayerNorm are fused Triton kernels on CUDA.
+
+- `unpadded`: fp16 on CUDA (LayerNorm statistics and pooling in fp32), fp32 on CPU.
+- `unpadded-int8`: W8A8 — int8 weights per output channel (quantised when loaded: the
+  rounding is deterministic, so the manifest's weight hash still pins the result), int8
+  activations per token computed on the fly, int8 GEMMs with dequant/bias/GELU fused in the
+  epilogue (Triton on CUDA; torch._int_mm on CPU). Linears matched by `keep_fp` stay in the
+  float dtype: by default the FFN output projections, as in every xopt int8 recipe (their
+  input is GELU's output, the activation with the widest range).
+
+The device is chosen when loading (`device: auto` = CUDA when torch sees one), so the same
+variant directory runs on a CPU host (the documented PyTorch path of `xopt.kernels`, tested
+against fp32) and on a GPU (Triton kernels). The runner's `info` records which path ran.
+"""
+
+from __future__ import annotations
+
+import time
+
+from xopt.variants.base import Variant, output_names
+from xopt.variants.eager import TorchRunner, _build_weights, _module
+
+
+def _load(variant, directory, man):
+    import torch
+
+    from xopt import kernels
+    from xopt.errors import XoptError
+    from xopt.kernels.encoder import UnpaddedEncoder
+
+    opts = man["options"]
+    device = opts.get("device", "auto")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise XoptError(f"{directory}: variant {variant.name} was asked to run on CUDA (option device=cuda) "
+                        "but torch sees no GPU; rebuild with --option device=auto")
+    dtype = {"cuda": torch.float16, "cpu": torch.float32}[device] if opts.get("dtype", "auto") == "auto" \
+        else getattr(torch, opts["dtype"])
+    t0 = time.perf_counter()
+    enc = UnpaddedEncoder(_module(directory, man), dtype=dtype, device=device, int8=variant.precision == "int8",
+                          keep_fp=opts.get("keep_fp", ""))
+    runner = TorchRunner(variant.name, enc, output_names(man), device=device)
+    probe = torch.empty(0, device=device)
+    runner.info = {"device": device, "dtype": str(dtype).removeprefix("torch."), "kernels": kernels.which(probe),
+                   "quantized_linears": len(enc.quantized), "load_s": round(time.perf_counter() - t0, 3)}
+    return runner
+
+
+VARIANTS = [
+    Variant("unpadded", backend="xopt.kernels", precision="fp16", device="cpu",
+            description="packed tokens without padding, varlen attention, fused Triton kernels "
+                        "(fp16 on CUDA; fp32 PyTorch path on CPU)",
+            build=_build_weights, load=_load, options={"device": "auto", "dtype": "auto"}),
+    Variant("unpadded-int8", backend="xopt.kernels", precision="int8", device="cpu",
+            description="unpadded + W8A8: int8 per-channel weights, per-token int8 activations, int8 GEMM "
+                        "with fused dequant/bias/GELU (Triton on CUDA; torch._int_mm on CPU)",
+            build=_build_weights, load=_load,
+            options={"device": "auto", "dtype": "auto", "keep_fp": r"encoder\.layer\.\d+\.output\.dense$"}),
+]

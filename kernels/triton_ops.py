@@ -27,37 +27,39 @@ def _bias_gelu(x_ptr, b_ptr, y_ptr, numel, N, BLOCK: tl.constexpr):
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=m)
 
 
-def _add_layernorm(x_ptr, b_ptr, r_ptr, w_ptr, lb_ptr, y_ptr, N, eps,
-                   HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
+def _add_layernorm(x_ptr, b_ptr, r_ptr, w_ptr, lb_ptr, y_ptr, M, N, eps,
+                   HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK)
-    m = cols < N
-    x = tl.load(x_ptr + row * N + cols, mask=m, other=0.0).to(tl.float32)
+    m = (rows[:, None] < M) & (cols[None, :] < N)
+    off = rows[:, None] * N + cols[None, :]
+    x = tl.load(x_ptr + off, mask=m, other=0.0).to(tl.float32)
     if HAS_BIAS:
-        x += tl.load(b_ptr + cols, mask=m, other=0.0).to(tl.float32)
+        x += tl.load(b_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
     if HAS_RES:
-        x += tl.load(r_ptr + row * N + cols, mask=m, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=0) / N
-    d = tl.where(m, x - mean, 0.0)
-    var = tl.sum(d * d, axis=0) / N
-    y = d / tl.sqrt(var + eps)
-    y = y * tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32) + tl.load(lb_ptr + cols, mask=m, other=0.0).to(tl.float32)
-    tl.store(y_ptr + row * N + cols, y.to(y_ptr.dtype.element_ty), mask=m)
+        x += tl.load(r_ptr + off, mask=m, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=1) / N
+    d = tl.where(m, x - mean[:, None], 0.0)
+    var = tl.sum(d * d, axis=1) / N
+    y = d / tl.sqrt(var + eps)[:, None]
+    w = tl.load(w_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
+    lb = tl.load(lb_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
+    tl.store(y_ptr + off, (y * w[None, :] + lb[None, :]).to(y_ptr.dtype.element_ty), mask=m)
 
 
-def _quantize_rows(x_ptr, q_ptr, s_ptr, K, BLOCK: tl.constexpr):
+def _quantize_rows(x_ptr, q_ptr, s_ptr, M, K, ROWS: tl.constexpr, BLOCK: tl.constexpr):
     """Symmetric per-row (per-token) int8: scale = amax / 127, q = round half away from zero."""
-    row = tl.program_id(0)
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK)
-    m = cols < K
-    x = tl.load(x_ptr + row * K + cols, mask=m, other=0.0).to(tl.float32)
-    amax = tl.maximum(tl.max(tl.abs(x), axis=0), 1e-8)
-    scale = amax / 127.0
-    y = x / scale
+    m = (rows[:, None] < M) & (cols[None, :] < K)
+    off = rows[:, None] * K + cols[None, :]
+    x = tl.load(x_ptr + off, mask=m, other=0.0).to(tl.float32)
+    scale = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-8) / 127.0
+    y = x / scale[:, None]
     q = tl.where(y >= 0, tl.floor(y + 0.5), -tl.floor(-y + 0.5))
     q = tl.minimum(tl.maximum(q, -127.0), 127.0)
-    tl.store(q_ptr + row * K + cols, q.to(tl.int8), mask=m)
-    tl.store(s_ptr + row, scale)
+    tl.store(q_ptr + off, q.to(tl.int8), mask=m)
+    tl.store(s_ptr + rows, scale, mask=rows < M)
 
 
 def _int8_gemm(a_ptr, w_ptr, as_ptr, ws_ptr, b_ptr, c_ptr, M, N, K,
@@ -112,13 +114,22 @@ def bias_gelu(x, bias, interpret=False):
     return y
 
 
+def _rows_per_program(m: int, block: int, interpret: bool) -> int:
+    """Rows per program of the row-wise kernels: ~4K elements a program on the GPU (4 rows of
+    XLM-R-base's 768); every row in one program for the interpreter, whose cost is per program."""
+    return triton.next_power_of_2(max(m, 1)) if interpret else max(1, 4096 // block)
+
+
 def add_layernorm(x, bias, residual, weight, ln_bias, eps, interpret=False):
     n = x.shape[-1]
     y = x.new_empty(x.shape)
-    rows = x.numel() // n
-    kernels(interpret).add_layernorm[(rows,)](
-        x, bias if bias is not None else x, residual if residual is not None else x, weight, ln_bias, y, n, eps,
-        HAS_BIAS=bias is not None, HAS_RES=residual is not None, BLOCK=triton.next_power_of_2(n))
+    m = x.numel() // n
+    block = triton.next_power_of_2(n)
+    rows = _rows_per_program(m, block, interpret)
+    if m:
+        kernels(interpret).add_layernorm[(triton.cdiv(m, rows),)](
+            x, bias if bias is not None else x, residual if residual is not None else x, weight, ln_bias, y, m, n,
+            eps, HAS_BIAS=bias is not None, HAS_RES=residual is not None, ROWS=rows, BLOCK=block)
     return y
 
 
@@ -128,8 +139,10 @@ def quantize_rows(x, interpret=False):
     m, k = x.shape
     q = torch.empty((m, k), dtype=torch.int8, device=x.device)
     s = torch.empty((m,), dtype=torch.float32, device=x.device)
+    block = triton.next_power_of_2(k)
+    rows = _rows_per_program(m, block, interpret)
     if m:
-        kernels(interpret).quantize_rows[(m,)](x, q, s, k, BLOCK=triton.next_power_of_2(k))
+        kernels(interpret).quantize_rows[(triton.cdiv(m, rows),)](x, q, s, m, k, ROWS=rows, BLOCK=block)
     return q, s
 
 

@@ -1,0 +1,146 @@
+"""GPU variant families (cuda.py, unpadded.py, tensorrt.py): availability, refusal on a host
+that cannot run them, the unpadded variants on CPU, and, under `gpu`/`tensorrt`, every GPU
+variant on a tiny model against fp32 (cosine >= 0.99 for fp16/bf16, SQNR >= 20 dB for int8/fp8).
+
+The numerics of `unpadded`/`unpadded-int8` on CPU against fp32 are in test_variants.py (they
+are CPU-runnable variants, so its parametrised check covers them)."""
+
+import importlib.util
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from xopt.cli import app
+from xopt.errors import XoptError
+from xopt.variants import REGISTRY, compile_variant, load_variant
+
+GPU_FAMILY_VARIANTS = ["fp16", "bf16", "compile-cuda", "int8", "fp8", "bnb-int8", "trt-fp16", "torch-tensorrt"]
+HAVE_CUDA = torch.cuda.is_available()
+TEXTS = ["query: Open the file", "query: ファイルを開けません", "query: Пароль изменён", "query: x"]
+
+
+def _inputs(ckpt):
+    from xopt.evaluate import pad, tokenize
+    from xopt.models import load_tokenizer
+
+    tok = load_tokenizer(ckpt)
+    return pad(tokenize(tok, TEXTS), tok.pad_token_id)
+
+
+def sqnr_db(ref, got):
+    return 10 * np.log10((ref ** 2).sum() / max(((ref - got) ** 2).sum(), 1e-30))
+
+
+@pytest.fixture(scope="module")
+def fp32_dir(tiny_ckpt, tmp_path_factory):
+    d = tmp_path_factory.mktemp("gpuvar") / "fp32"
+    compile_variant(tiny_ckpt, "fp32", d)
+    return d
+
+
+def test_every_gpu_variant_is_registered_with_a_reason_when_unavailable():
+    assert set(GPU_FAMILY_VARIANTS) | {"unpadded", "unpadded-int8"} <= set(REGISTRY)
+    res = CliRunner().invoke(app, ["variants", "--json"])
+    assert res.exit_code == 0
+    rows = {r["name"]: r for r in json.loads(res.stdout)}
+    for name in GPU_FAMILY_VARIANTS:
+        v = REGISTRY[name]
+        assert v.device == "cuda"
+        assert rows[name]["available"] == (v.unavailable_reason() is None)
+        if not HAVE_CUDA:
+            assert not rows[name]["available"]
+            assert "GPU" in rows[name]["reason"] or "package" in rows[name]["reason"], rows[name]
+    assert REGISTRY["fp8"].min_capability == (8, 9)
+    assert rows["unpadded"]["available"] and rows["unpadded-int8"]["available"]   # CPU path everywhere
+
+
+@pytest.mark.skipif(HAVE_CUDA, reason="checks the refusal on a host without CUDA")
+@pytest.mark.parametrize("name", ["fp16", "int8"])
+def test_gpu_variant_on_cpu_host_is_refused_in_one_line(name, fp32_dir, tiny_ckpt, tmp_path):
+    # a directory as a GPU host would have built it (same files; only the variant differs)
+    d = tmp_path / name
+    shutil.copytree(fp32_dir, d)
+    man = json.loads((d / "manifest.json").read_text())
+    man.update(variant=name, device="cuda", precision=REGISTRY[name].precision)
+    (d / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(XoptError, match=f"variant {name} cannot run on this host: needs (an NVIDIA GPU|the)"):
+        load_variant(d)
+    res = CliRunner().invoke(app, ["bench", str(d), "--batch", "1", "--seq-len", "8"])
+    assert res.exit_code == 2
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("xopt: error:") and "cannot run on this host" in lines[0]
+    with pytest.raises(XoptError, match="not available on this host"):
+        compile_variant(tiny_ckpt, name, tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+
+
+def test_unpadded_reloads_from_disk_and_records_its_path(tiny_ckpt, fp32_dir, tmp_path):
+    ids, mask = _inputs(tiny_ckpt)
+    ref = load_variant(fp32_dir).runner(ids, mask)
+    man = compile_variant(tiny_ckpt, "unpadded-int8", tmp_path / "u8")
+    assert man["options"]["keep_fp"] and man["files"]["model.safetensors"]
+    lv = load_variant(tmp_path / "u8")
+    got = lv.runner(ids, mask)
+    assert lv.runner.info["kernels"] == ("triton" if HAVE_CUDA else "torch")
+    assert lv.runner.info["quantized_linears"] == 2 * 3     # qkv, attn out, ffn in per layer; ffn out kept
+    for out in ref:
+        assert sqnr_db(ref[out], got[out]) >= 20, out
+    # a longer batch with more padding than tokens gives the same rows (nothing padded is computed)
+    wide_ids = np.full((ids.shape[0], ids.shape[1] + 20), 1, dtype=np.int64)
+    wide_mask = np.zeros_like(wide_ids)
+    wide_ids[:, :ids.shape[1]], wide_mask[:, :ids.shape[1]] = ids, mask
+    wide = lv.runner(wide_ids, wide_mask)
+    np.testing.assert_allclose(wide["sentence_embedding"], got["sentence_embedding"], rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- on a GPU
+
+def _tolerance_check(name, ref, got):
+    for out in ref:
+        r, g = ref[out], got[out]
+        assert g.shape == r.shape, out
+        if REGISTRY[name].precision in ("int8", "fp8"):
+            assert sqnr_db(r, g) >= 20, f"{name}/{out}: SQNR {sqnr_db(r, g):.1f} dB"
+        else:
+            cos = (r * g).sum(-1) / (np.linalg.norm(r, axis=-1) * np.linalg.norm(g, axis=-1))
+            assert cos.min() >= 0.99, f"{name}/{out}: cosine {cos.min():.4f}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAVE_CUDA, reason="needs a CUDA GPU (torch sees none)")
+@pytest.mark.parametrize("name", [n for n in GPU_FAMILY_VARIANTS if not n.startswith("trt")]
+                         + ["unpadded", "unpadded-int8"])
+def test_gpu_variant_matches_fp32(name, tiny_ckpt, fp32_dir, tmp_path):
+    if reason := REGISTRY[name].unavailable_reason():
+        pytest.skip(f"{name}: {reason}")
+    ids, mask = _inputs(tiny_ckpt)
+    ref = load_variant(fp32_dir).runner(ids, mask)
+    compile_variant(tiny_ckpt, name, tmp_path / name)
+    lv = load_variant(tmp_path / name)
+    got = lv.runner(ids, mask)
+    _tolerance_check(name, ref, got)
+    alone = lv.runner(ids[3:4, :int(mask[3].sum())], mask[3:4, :int(mask[3].sum())])
+    assert np.allclose(alone["sentence_embedding"][0], got["sentence_embedding"][3], atol=0.05 * max(
+        1.0, np.abs(got["sentence_embedding"][3]).max()))
+
+
+HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(not (HAVE_TRT and HAVE_CUDA), reason="needs the tensorrt package and a CUDA GPU")
+def test_trt_fp16_engine_and_foreign_engine_refused(tiny_ckpt, fp32_dir, tmp_path):
+    ids, mask = _inputs(tiny_ckpt)
+    ref = load_variant(fp32_dir).runner(ids, mask)
+    man = compile_variant(tiny_ckpt, "trt-fp16", tmp_path / "trt", options={"opt": "4x16", "max": "8x64"})
+    assert man["tensorrt"]["version"] and man["tensorrt"]["gpu"]["name"]
+    _tolerance_check("trt-fp16", ref, load_variant(tmp_path / "trt").runner(ids, mask))
+    m = json.loads((tmp_path / "trt" / "manifest.json").read_text())
+    m["tensorrt"]["version"] = "0.0.1"
+    (tmp_path / "trt" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(XoptError, match="rebuild with `xopt compile"):
+        load_variant(tmp_path / "trt")

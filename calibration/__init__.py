@@ -1,18 +1,31 @@
-"""Calibration sets for int8 variants (imported as `xopt.calibration`).
+"""Calibration for int8 variants (imported as `xopt.calibration`).
 
-A calibration set is a list of texts drawn from the demo suite's *training* messages
-(never its test messages) in the requested languages, or from a user's text file (one
-text per line): balanced across languages, stratified by length within each language
-(evenly spaced over the length-sorted texts), with a fixed seed. Its identity (source,
-languages, count, sha256 of the texts) goes into the variant manifest, so two int8
-variants can be compared knowing whether they saw the same calibration data.
+Modules: this one (calibration *sets*), `calibrators` (min-max, percentile, entropy, MSE),
+`profile` (the calibration profile every int8 backend consumes, SmoothQuant, fake-quant;
+its docstring is the API), `sensitivity` (per-layer sensitivity and the mixed-precision
+fallback) and `run` (checkpoint -> profile, what `xopt calibrate` and the int8 variants call).
+
+A calibration set is a list of texts drawn from
+- the demo suite's *training* messages (never its test messages) in the requested languages
+  (`calib_data` unset or a demo suite JSON),
+- a user's text files: one text per line; a file `<lang>.txt` is that language, a directory
+  holds one `<lang>.txt` per language, any other file is the language "text",
+- a registered source, `calib_data="NAME:ARG"` (`register_source`; `xtreme:TASK` is looked up
+  in `xopt.tasks.xtreme.calibration_pools(task)` when the XTREME loaders are installed),
+balanced across languages, stratified by length within each language (evenly spaced over the
+length-sorted texts), with a fixed seed. A disjoint held-out sample of the same pools
+(`dev_texts`, also balanced per language) scores sensitivity and SmoothQuant's alpha. The
+set's identity (source, languages, count, sha256 of the texts) goes into the variant
+manifest, so two int8 variants can be compared knowing whether they saw the same data.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,54 +42,118 @@ class CalibrationSet:
     seed: int
     tokenizer_dir: Path | None = None
     input_prefix: str = ""
+    dev_texts: list[str] = field(default_factory=list)   # held out: sensitivity, SmoothQuant alpha
+    lang_of: dict[str, str] = field(default_factory=dict)  # text -> language
 
     def identity(self) -> dict:
         return {"data": self.source, "data_sha256": self.source_sha256, "languages": self.langs,
                 "samples": len(self.texts), "seed": self.seed,
-                "ids_sha256": hashlib.sha256("\n".join(self.texts).encode()).hexdigest()}
+                "ids_sha256": hashlib.sha256("\n".join(self.texts).encode()).hexdigest(),
+                "dev_samples": len(self.dev_texts)}
 
-    def batches(self, max_length: int = 512):
+    def batches(self, max_length: int = 512, texts: list[str] | None = None):
         """(input_ids, attention_mask) per text: batch 1, no padding, so padded positions
         never enter the activation statistics."""
         from xopt.models import load_tokenizer
 
         tok = load_tokenizer(self.tokenizer_dir)
-        for t in self.texts:
+        for t in self.texts if texts is None else texts:
             ids = tok(self.input_prefix + t, truncation=True, max_length=max_length)["input_ids"]
             arr = np.asarray([ids], dtype=np.int64)
             yield arr, np.ones_like(arr)
 
     @classmethod
     def from_options(cls, options: dict, tokenizer_dir=None, input_prefix: str = "") -> "CalibrationSet":
-        """From compile options: calib_data (suite JSON or text file; default: the demo suite),
-        calib_langs ("all", "en" or a comma list), calib_samples, calib_seed."""
-        from xopt.manifest import sha256
-        from xopt.tasks import demo
-
+        """From compile options: calib_data (suite JSON, text file or directory, NAME:ARG;
+        default: the demo suite), calib_langs ("all", "en" or a comma list), calib_samples,
+        calib_seed, calib_dev_samples (held-out sample, default 96)."""
         n = int(options.get("calib_samples", 256))
         seed = int(options.get("calib_seed", 0))
+        n_dev = int(options.get("calib_dev_samples", 96))
         if n <= 0:
             raise XoptError("--calib-samples must be positive")
-        data = options.get("calib_data")
-        path = Path(data) if data else demo.ensure_suite()
-        if not path.is_file():
-            raise XoptError(f"calibration data {path} not found")
-        if path.suffix == ".json":
-            pools = demo.load_suite(path)["calibration"]
-        else:
-            lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-            pools = {"text": lines}
+        source, digest, pools = load_pools(options.get("calib_data"))
         spec = options.get("calib_langs", "all")
-        langs = sorted(pools) if spec in ("all", None) else [s.strip() for s in str(spec).split(",") if s.strip()]
+        langs = sorted(pools) if spec in ("all", None, "") else [s.strip() for s in str(spec).split(",") if s.strip()]
+        if not langs:
+            raise XoptError("--calib-langs is empty; give all, en, or a comma-separated list of language codes")
         unknown = [lang for lang in langs if lang not in pools]
         if unknown:
-            raise XoptError(f"calibration language(s) {', '.join(unknown)} not in {path}; "
+            raise XoptError(f"unknown calibration language code(s) {', '.join(unknown)}: not in {source}; "
                             f"it has: {', '.join(sorted(pools))}")
-        texts = sample_balanced({lang: pools[lang] for lang in langs}, n, seed)
+        chosen = {lang: sample_balanced({lang: pools[lang]}, share, seed)
+                  for lang, share in _shares(langs, n).items()}
+        texts = [t for lang in langs for t in chosen[lang]]
         if not texts:
-            raise XoptError(f"empty calibration set from {path} for languages {', '.join(langs)}")
-        return cls(texts, langs, str(path), sha256(path), seed, Path(tokenizer_dir) if tokenizer_dir else None,
-                   input_prefix)
+            raise XoptError(f"empty calibration set from {source} for languages {', '.join(langs)}; "
+                            "give a source with text in those languages")
+        rest = {lang: sorted(set(pools[lang]) - set(chosen[lang])) for lang in langs}
+        dev = sample_balanced(rest, n_dev, seed + 1) if n_dev > 0 else []
+        lang_of = {t: lang for lang in langs for t in pools[lang]}
+        return cls(texts, langs, source, digest, seed, Path(tokenizer_dir) if tokenizer_dir else None,
+                   input_prefix, dev, lang_of)
+
+
+def _shares(langs: list[str], n: int) -> dict[str, int]:
+    return {lang: n // len(langs) + (1 if i < n % len(langs) else 0) for i, lang in enumerate(sorted(langs))}
+
+
+# name -> fn(arg) -> {lang: [texts]}: extra calibration sources (`calib_data="NAME:ARG"`).
+SOURCES: dict[str, Callable[[str], dict[str, list[str]]]] = {}
+
+
+def register_source(name: str, fn: Callable[[str], dict[str, list[str]]]) -> None:
+    SOURCES[name] = fn
+
+
+def _xtreme_pools(task: str) -> dict[str, list[str]]:
+    """Unlabelled text per language from an XTREME task's splits (the XTREME loaders own the
+    data; this is the hook they fill: `xopt.tasks.xtreme.calibration_pools(task)`)."""
+    try:
+        from xopt.tasks import xtreme
+    except ImportError:
+        raise XoptError("calibration source xtreme:TASK needs the XTREME loaders (xopt.tasks.xtreme), "
+                        "which this install lacks; use the demo suite or text files") from None
+    if not hasattr(xtreme, "calibration_pools"):
+        raise XoptError("xopt.tasks.xtreme has no calibration_pools(task); use the demo suite or text files")
+    return xtreme.calibration_pools(task)
+
+
+register_source("xtreme", _xtreme_pools)
+
+def _text_lines(path: Path) -> list[str]:
+    try:
+        return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except UnicodeDecodeError as e:
+        raise XoptError(f"calibration text file {path} is not UTF-8 ({e})") from None
+
+
+def load_pools(data) -> tuple[str, str, dict[str, list[str]]]:
+    """(source description, sha256, {lang: texts}) of a calibration source (see module doc)."""
+    from xopt.manifest import sha256
+    from xopt.tasks import demo
+
+    if data and ":" in str(data) and str(data).split(":", 1)[0] in SOURCES and not Path(str(data)).exists():
+        name, arg = str(data).split(":", 1)
+        pools = SOURCES[name](arg)
+        blob = json.dumps(pools, sort_keys=True, ensure_ascii=False).encode()
+        return str(data), hashlib.sha256(blob).hexdigest(), pools
+    path = Path(data) if data else demo.ensure_suite()
+    if path.is_dir():
+        files = sorted(path.glob("*.txt"))
+        if not files:
+            raise XoptError(f"calibration directory {path} holds no <lang>.txt files")
+        pools = {p.stem: _text_lines(p) for p in files}
+        digest = hashlib.sha256("".join(sha256(p) for p in files).encode()).hexdigest()
+        return str(path), digest, pools
+    if not path.is_file():
+        raise XoptError(f"calibration data {path} not found")
+    if path.suffix == ".json":
+        pools = demo.load_suite(path)["calibration"]
+    else:
+        lang = path.stem if path.stem in demo.XTREME_LANGS else "text"
+        pools = {lang: _text_lines(path)}
+    return str(path), sha256(path), pools
 
 
 def sample_balanced(pools: dict[str, list[str]], n: int, seed: int) -> list[str]:

@@ -1,0 +1,137 @@
+"""Checkpoint -> calibration profile: what `xopt calibrate` and the int8 variants call.
+
+Options (the compile/calibrate flags, same names for every int8 variant):
+- `calib_method`: minmax | percentile | entropy | mse, optionally `+smoothquant`
+  ("smoothquant" alone = "minmax+smoothquant", as in the SmoothQuant paper);
+  `calib_percentile` (default 99.99); `smoothquant_alpha` (a number, or unset: chosen on the
+  held-out sample from `SMOOTHQUANT_ALPHAS`);
+- `calib_data`, `calib_langs`, `calib_samples`, `calib_seed`, `calib_dev_samples`
+  (see `xopt.calibration.CalibrationSet`);
+- `keep_fp16` (k) / `max_drop` (fidelity points): sensitivity-ranked fallback;
+  `sensitivity_unit`: layer | kind;
+- `calib_profile`: a saved profile to use instead of calibrating (checked against the model).
+
+`quantized` (a predicate on Linear names) says which Linears the calling recipe quantises; the
+others are calibrated (a profile serves every backend) but not smoothed, not fake-quantised
+when scoring, and not candidates for the fallback.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from xopt.calibration.calibrators import METHODS
+from xopt.errors import XoptError
+
+SMOOTHQUANT_ALPHAS = (0.3, 0.5, 0.7, 0.85)
+
+
+def parse_method(spec: str | None) -> tuple[str, bool]:
+    """"percentile+smoothquant" -> ("percentile", True); "smoothquant" -> ("minmax", True)."""
+    spec = (spec or "minmax").strip().lower()
+    parts = [p for p in spec.replace("-", "").split("+") if p]
+    smooth = "smoothquant" in parts
+    base = [p for p in parts if p != "smoothquant"]
+    if len(base) > 1 or (base and base[0] not in METHODS) or not parts:
+        raise XoptError(f"unknown calibration method {spec!r}; use one of {', '.join(METHODS)}, "
+                        "smoothquant, or METHOD+smoothquant")
+    return (base[0] if base else "minmax"), smooth
+
+
+def model_info(ckpt, module) -> dict:
+    from xopt.calibration.profile import fingerprint
+
+    files = ckpt.manifest.get("files", {})
+    return {"name": ckpt.manifest.get("name", ckpt.path.name), "checkpoint": str(ckpt.path.resolve()),
+            "weights_sha256": files.get("model.safetensors"), "head_sha256": files.get("head.safetensors"),
+            "fingerprint": fingerprint(module)}
+
+
+def calibrate_checkpoint(ckpt, options: dict, quantized: Callable[[str], bool] | None = None, module=None):
+    """(Profile, module) for a checkpoint: the module is the fp32 XoptModel with the profile's
+    smoothing applied (what the recipe then exports or converts)."""
+    import math
+
+    from xopt.calibration import CalibrationSet
+    from xopt.calibration import sensitivity as sens
+    from xopt.calibration.profile import (Profile, apply_smoothing, calibrate_model, collect_activation_stats,
+                                          fake_quantize, forward_loop_from_batches, linear_names, output_fidelity,
+                                          smoothing_factors)
+    from xopt.models import load_module, load_tokenizer
+
+    module = module if module is not None else load_module(ckpt)
+    if options.get("calib_profile"):
+        prof = Profile.load(options["calib_profile"])
+        prof.check(module, f"calibration profile {options['calib_profile']}")
+        prof.apply_smoothing(module)
+        return prof, module
+
+    method, smooth = parse_method(options.get("calib_method"))
+    params = {"percentile": float(options["calib_percentile"])} if method == "percentile" and \
+        options.get("calib_percentile") is not None else {}
+    keep_k = options.get("keep_fp16")
+    max_drop = options.get("max_drop")
+    info = model_info(ckpt, module)
+    calib = CalibrationSet.from_options(options, tokenizer_dir=ckpt.path, input_prefix=ckpt.card.input_prefix)
+    names = linear_names(module)
+    qnames = [n for n in names if quantized is None or quantized(n)]
+    loop = forward_loop_from_batches(lambda: calib.batches(ckpt.card.max_length))
+    needs_dev = smooth or keep_k is not None or max_drop is not None
+    outs = ckpt.output_names
+    if needs_dev:
+        batches = sens.dev_batches(load_tokenizer(ckpt.path), calib.dev_texts, ckpt.card.input_prefix,
+                                   ckpt.card.max_length)
+        ref = sens.run_outputs(module, batches, outs)
+
+    smoothing = None
+    if smooth:
+        stats = collect_activation_stats(module, loop, qnames, channel_amax=True)
+        mods = dict(module.named_modules())
+        fixed = options.get("smoothquant_alpha")
+        alphas = [float(fixed)] if fixed is not None else list(SMOOTHQUANT_ALPHAS)
+        trials = []
+        orig = {n: mods[n].weight.detach().clone() for n in qnames}
+        for alpha in alphas:
+            scales = {n: smoothing_factors(stats[n].channel_amax, mods[n].weight, alpha) for n in qnames}
+            if len(alphas) == 1:
+                trials.append((alpha, math.nan, scales))
+                break
+            handles = apply_smoothing(module, scales)
+            try:
+                trial = calibrate_model(module, loop, method, params, qnames, model_info=info,
+                                        smoothing={"alpha": alpha, "scales": {}})
+                with fake_quantize(module, trial, only=qnames):
+                    fid = output_fidelity(ref, sens.run_outputs(module, batches, outs))
+            finally:
+                _unsmooth(module, orig, handles)
+            trials.append((alpha, 100.0 - fid, scales))
+        alpha, _, scales = min(trials, key=lambda t: (t[1] if t[1] == t[1] else 0.0))
+        apply_smoothing(module, scales)
+        smoothing = {"alpha": alpha, "chosen_on": "held-out sample" if len(alphas) > 1 else "given",
+                     "trials": [{"alpha": a, "drop": round(d, 6)} for a, d, _ in trials if d == d],
+                     "scales": {n: [float(v) for v in s] for n, s in scales.items()}}
+
+    prof = calibrate_model(module, loop, method, params, names, calibration=calib.identity(), model_info=info,
+                           smoothing=smoothing)
+    if keep_k is not None or max_drop is not None:
+        ranking = sens.rank(module, prof, batches, outs, qnames, options.get("sensitivity_unit", "layer"), ref)
+        keep, drop = sens.choose_keep(module, prof, batches, outs, qnames, ranking, keep_k, max_drop, ref)
+        prof.keep, prof.sensitivity = keep, ranking
+        prof.params = {**prof.params, "fallback": {"keep_fp16": keep_k, "max_drop": max_drop,
+                                                   "unit": options.get("sensitivity_unit", "layer"),
+                                                   "drop_after_fallback": round(drop, 6)}}
+    return prof, module
+
+
+def _unsmooth(module, orig: dict, handles) -> None:
+    """Undo a trial smoothing exactly: the original weights back, the hooks and buffers gone."""
+    import torch
+
+    mods = dict(module.named_modules())
+    for h in handles:
+        h.remove()
+    with torch.no_grad():
+        for n, w in orig.items():
+            mods[n].weight.copy_(w)
+            del mods[n]._buffers["smooth_inv"]
+            mods[n]._xopt_smoothed = False

@@ -144,3 +144,47 @@ def test_trt_fp16_engine_and_foreign_engine_refused(tiny_ckpt, fp32_dir, tmp_pat
     (tmp_path / "trt" / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(XoptError, match="rebuild with `xopt compile"):
         load_variant(tmp_path / "trt")
+
+
+def test_trt_int8_qdq_onnx_is_symmetric_and_matches_fp32_in_onnxruntime(tiny_ckpt, tiny_suite, fp32_dir, tmp_path):
+    """Everything trt-int8 does before TensorRT: calibration (xopt.calibration), explicit Q/DQ
+    placement in the TensorRT form (int8, zero point 0, per-channel weights), checked by running
+    the Q/DQ model in ONNX Runtime against fp32."""
+    import onnx
+    from onnx import numpy_helper
+
+    from xopt.calibration.profile import Profile
+    from xopt.models import open_checkpoint
+    from xopt.variants.onnx import session
+    from xopt.variants.tensorrt import PROFILE_FILE, build_qdq_onnx
+
+    opts = {**REGISTRY["trt-int8"].options, "calib_data": str(tiny_suite), "calib_samples": 12,
+            "calib_dev_samples": 4}
+    extra = build_qdq_onnx(open_checkpoint(tiny_ckpt), tmp_path, opts)
+    assert extra["calibration"]["samples"] == 12 and extra["calibration"]["method"] == "percentile"
+    assert Profile.load(tmp_path / PROFILE_FILE).activations
+    g = onnx.load(str(tmp_path / "model.onnx")).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    qs = [n for n in g.node if n.op_type == "QuantizeLinear"]
+    dqs = [n for n in g.node if n.op_type == "DequantizeLinear"]
+    assert qs and len(dqs) == len(qs) + len(extra["qdq"]["quantized"])    # activation pairs + one per weight
+    for n in qs + dqs:
+        zp = inits[n.input[2]]
+        assert zp.dtype == np.int8 and not zp.any(), n.name                 # symmetric: zero point 0
+    weight_dqs = [n for n in dqs if n.input[0] in inits]
+    for n in weight_dqs:
+        assert inits[n.input[0]].dtype == np.int8
+        assert {a.name: a.i for a in n.attribute}.get("axis") == 1
+        assert inits[n.input[1]].shape == (inits[n.input[0]].shape[1],)     # one scale per output channel
+    # 2 layers x (Q, K, V, attention output, FFN input); FFN outputs (and the head) stay float
+    assert len(extra["qdq"]["quantized"]) == 10 and len(extra["qdq"]["kept_fp"]) == 2
+    producers = {o: n for n in g.node for o in n.output}
+    for n in g.node:
+        if n.name in extra["qdq"]["kept_fp"]:
+            assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in n.input)
+
+    ids, mask = _inputs(tiny_ckpt)
+    ref = load_variant(fp32_dir).runner(ids, mask)
+    got = session(tmp_path / "model.onnx").run(list(ref), {"input_ids": ids, "attention_mask": mask})
+    for out, g_ in zip(ref, got):
+        assert sqnr_db(ref[out], g_) >= 20, f"{out}: SQNR {sqnr_db(ref[out], g_):.1f} dB"

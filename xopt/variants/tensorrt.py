@@ -261,6 +261,52 @@ def _build_fp16(variant, ckpt, out: Path, options) -> dict:
     return build_engine(out / ONNX_FILE, out / ENGINE_FILE, options, int8=False)
 
 
+PROFILE_FILE = "calibration_profile.json"
+
+
+def _keep_module(keep_fp: str):
+    """`keep_fp` (ONNX node names) as a predicate on Linear module names, for the calibrator."""
+    keep = re.compile(keep_fp) if keep_fp else None
+
+    def quantized(module_name: str) -> bool:
+        node = "/" + module_name.replace(".", "/").replace("layer/", "layer.") + "/MatMul"
+        return not (keep and keep.search(node)) and module_name != "head"
+
+    return quantized
+
+
+def build_qdq_onnx(ckpt, out: Path, options) -> dict:
+    """The Q/DQ ONNX model trt-int8 hands to TensorRT (`out/model.onnx`), with activation
+    ranges from `xopt.calibration` (its profile saved beside it). Runs in ONNX Runtime."""
+    import onnx
+
+    from xopt.calibration.profile import onnx_node_to_module
+    from xopt.calibration.run import calibrate_checkpoint, parse_method
+    from xopt.variants.onnx import exported
+
+    if parse_method(options.get("calib_method"))[1]:
+        raise XoptError("trt-int8 takes no SmoothQuant factors (its ONNX export is of the unsmoothed model); "
+                        "use a --calib-method without +smoothquant, or the int8-smooth variant")
+    keep_fp = options.get("keep_fp", KEEP_FP)
+    prof, _ = calibrate_checkpoint(ckpt, options, quantized=_keep_module(keep_fp))
+    prof.save(out / PROFILE_FILE)
+    raw = exported(ckpt, fuse=False)
+    kept_by_profile = set(prof.keep)
+    act = {}
+    for n in onnx.load(str(raw), load_external_data=False).graph.node:
+        if n.op_type == "MatMul":
+            mod = onnx_node_to_module(n.name)
+            if mod in prof.activations and mod not in kept_by_profile:
+                act[n.name] = prof.activations[mod]["amax"]
+    placed = insert_qdq(raw, out / ONNX_FILE, act, keep_fp)
+    return {"calibration": prof.identity(), "qdq": placed}
+
+
+def _build_int8(variant, ckpt, out: Path, options) -> dict:
+    extra = build_qdq_onnx(ckpt, out, options)
+    return {**extra, **build_engine(out / ONNX_FILE, out / ENGINE_FILE, options, int8=True)}
+
+
 def _load_engine(variant, directory: Path, man):
     check_engine_host(directory, man)
     return TrtRunner(variant.name, (directory / ENGINE_FILE).read_bytes(), output_names(man))
@@ -297,6 +343,12 @@ VARIANTS = [
     Variant("trt-fp16", backend="tensorrt", precision="fp16", device="cuda",
             description="ONNX -> TensorRT engine, fp16, one optimisation profile over batch x sequence",
             build=_build_fp16, load=_load_engine, requires=("tensorrt",), options=dict(PROFILE)),
+    Variant("trt-int8", backend="tensorrt", precision="int8", device="cuda",
+            description="ONNX with explicit symmetric int8 Q/DQ (xopt.calibration ranges) -> TensorRT engine, "
+                        "int8 GEMMs, fp16 elsewhere",
+            build=_build_int8, load=_load_engine, requires=("tensorrt",), calibrated=True,
+            options={**PROFILE, "keep_fp": KEEP_FP, "calib_method": "percentile", "calib_langs": "all",
+                     "calib_samples": 256}),
     Variant("torch-tensorrt", backend="torch_tensorrt", precision="fp16", device="cuda",
             description="torch_tensorrt dynamo compile, fp16, dynamic batch x sequence (compiled when loaded)",
             build=_build_weights, load=_load_torch_trt, requires=("torch_tensorrt",), options=dict(PROFILE)),

@@ -18,7 +18,8 @@ from xopt.cli import app
 from xopt.errors import XoptError
 from xopt.variants import REGISTRY, compile_variant, load_variant
 
-GPU_FAMILY_VARIANTS = ["fp16", "bf16", "compile-cuda", "int8", "fp8", "bnb-int8", "trt-fp16", "torch-tensorrt"]
+GPU_FAMILY_VARIANTS = ["fp16", "bf16", "compile-cuda", "int8", "int8-smooth", "fp8", "bnb-int8", "trt-fp16", "trt-int8",
+                       "torch-tensorrt"]
 HAVE_CUDA = torch.cuda.is_available()
 TEXTS = ["query: Open the file", "query: ファイルを開けません", "query: Пароль изменён", "query: x"]
 
@@ -114,12 +115,13 @@ def _tolerance_check(name, ref, got):
 @pytest.mark.skipif(not HAVE_CUDA, reason="needs a CUDA GPU (torch sees none)")
 @pytest.mark.parametrize("name", [n for n in GPU_FAMILY_VARIANTS if not n.startswith("trt")]
                          + ["unpadded", "unpadded-int8"])
-def test_gpu_variant_matches_fp32(name, tiny_ckpt, fp32_dir, tmp_path):
+def test_gpu_variant_matches_fp32(name, tiny_ckpt, tiny_suite, fp32_dir, tmp_path):
     if reason := REGISTRY[name].unavailable_reason():
         pytest.skip(f"{name}: {reason}")
     ids, mask = _inputs(tiny_ckpt)
     ref = load_variant(fp32_dir).runner(ids, mask)
-    compile_variant(tiny_ckpt, name, tmp_path / name)
+    calib = {"calib_data": str(tiny_suite), "calib_samples": 24, "calib_dev_samples": 8}
+    compile_variant(tiny_ckpt, name, tmp_path / name, options=calib if REGISTRY[name].calibrated else None)
     lv = load_variant(tmp_path / name)
     got = lv.runner(ids, mask)
     _tolerance_check(name, ref, got)
@@ -133,7 +135,7 @@ HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 
 @pytest.mark.tensorrt
 @pytest.mark.skipif(not (HAVE_TRT and HAVE_CUDA), reason="needs the tensorrt package and a CUDA GPU")
-def test_trt_fp16_engine_and_foreign_engine_refused(tiny_ckpt, fp32_dir, tmp_path):
+def test_trt_engines_and_foreign_engine_refused(tiny_ckpt, tiny_suite, fp32_dir, tmp_path):
     ids, mask = _inputs(tiny_ckpt)
     ref = load_variant(fp32_dir).runner(ids, mask)
     man = compile_variant(tiny_ckpt, "trt-fp16", tmp_path / "trt", options={"opt": "4x16", "max": "8x64"})
@@ -144,6 +146,44 @@ def test_trt_fp16_engine_and_foreign_engine_refused(tiny_ckpt, fp32_dir, tmp_pat
     (tmp_path / "trt" / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(XoptError, match="rebuild with `xopt compile"):
         load_variant(tmp_path / "trt")
+    compile_variant(tiny_ckpt, "trt-int8", tmp_path / "trt8", options={
+        "opt": "4x16", "max": "8x64", "calib_data": str(tiny_suite), "calib_samples": 24})
+    _tolerance_check("trt-int8", ref, load_variant(tmp_path / "trt8").runner(ids, mask))
+
+
+def test_int8_smooth_profile_folds_back_to_the_fp32_function(tiny_ckpt, tiny_suite, tmp_path):
+    """int8-smooth's build on any host: the SmoothQuant profile it saves matches the weights and,
+    applied as its loader does (W * s, x / s), leaves the fp32 model's outputs unchanged; the
+    int8 GEMMs that follow are torchao's (GPU test above)."""
+    import torch
+
+    from xopt.calibration.profile import Profile
+    from xopt.models import load_module, open_checkpoint
+    from xopt.variants.cuda import PROFILE_FILE, _build_smooth
+
+    ckpt = open_checkpoint(tiny_ckpt)
+    v = REGISTRY["int8-smooth"]
+    extra = _build_smooth(v, ckpt, tmp_path, {**v.options, "calib_data": str(tiny_suite), "calib_samples": 6,
+                                              "calib_dev_samples": 2, "smoothquant_alpha": 0.5})
+    assert extra["calibration"]["method"].endswith("+smoothquant") and (tmp_path / "model.safetensors").is_file()
+    prof = Profile.load(tmp_path / PROFILE_FILE)
+    assert prof.smoothing["alpha"] == 0.5
+    assert set(prof.smoothing["scales"]) == {n for n in prof.activations if "output.dense" not in n
+                                             or "attention" in n} - {"head"}
+    module = load_module(ckpt)
+    ids, mask = (torch.from_numpy(a) for a in _inputs(tiny_ckpt))
+    with torch.inference_mode():
+        ref = module(ids, mask)
+    prof.check(module)
+    prof.apply_smoothing(module)
+    scales = np.concatenate([np.asarray(s) for s in prof.smoothing["scales"].values()])
+    assert not np.allclose(scales, 1.0)                       # the weights really changed
+    with torch.inference_mode():
+        got = module(ids, mask)
+    for r, g in zip(ref, got):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+    with pytest.raises(XoptError, match="SmoothQuant calibration method"):
+        _build_smooth(v, ckpt, tmp_path / "x", {**v.options, "calib_method": "minmax"})
 
 
 def test_trt_int8_qdq_onnx_is_symmetric_and_matches_fp32_in_onnxruntime(tiny_ckpt, tiny_suite, fp32_dir, tmp_path):
@@ -158,10 +198,10 @@ def test_trt_int8_qdq_onnx_is_symmetric_and_matches_fp32_in_onnxruntime(tiny_ckp
     from xopt.variants.onnx import session
     from xopt.variants.tensorrt import PROFILE_FILE, build_qdq_onnx
 
-    opts = {**REGISTRY["trt-int8"].options, "calib_data": str(tiny_suite), "calib_samples": 12,
-            "calib_dev_samples": 4}
+    opts = {**REGISTRY["trt-int8"].options, "calib_data": str(tiny_suite), "calib_samples": 6,
+            "calib_dev_samples": 2}
     extra = build_qdq_onnx(open_checkpoint(tiny_ckpt), tmp_path, opts)
-    assert extra["calibration"]["samples"] == 12 and extra["calibration"]["method"] == "percentile"
+    assert extra["calibration"]["samples"] == 6 and extra["calibration"]["method"] == "percentile"
     assert Profile.load(tmp_path / PROFILE_FILE).activations
     g = onnx.load(str(tmp_path / "model.onnx")).graph
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}

@@ -17,6 +17,11 @@ their recipe when loaded, on the GPU. Loading one on a host without CUDA fails i
   (`torch._int_mm`) — compiled with the same buckets, which is how torchao gets its speed
   (eager torchao int8 is slower than fp16). LayerNorm and softmax stay fp16. Linears matched by
   `keep_fp` (FFN output projections and the head, as every xopt int8 recipe) stay fp16.
+- `int8-smooth`: `int8` after SmoothQuant (Xiao et al. 2023): per-input-channel factors s from
+  calibration (`xopt.calibration`: activation channel maxima on a multilingual sample, alpha
+  chosen on a held-out sample) move activation outliers into the weights, W[:, j] * s_j, x / s.
+  The profile (factors and ranges) is saved in the variant directory at build time and checked
+  against the weights when loaded.
 - `fp8`: e4m3 weights and activations, per-row scales, `torch._scaled_mm` (torchao
   `Float8DynamicActivationFloat8WeightConfig`, PerRow); compute capability 8.9+ (Ada, Hopper).
 - `bnb-int8`: bitsandbytes LLM.int8 (`Linear8bitLt`, outlier threshold 6.0): the baseline many
@@ -118,11 +123,40 @@ def _load_compile(variant, directory, man):
     return _compiled(variant, directory, man, _gpu_module(directory, man, "float16"))
 
 
+PROFILE_FILE = "calibration_profile.json"
+
+
+def _build_smooth(variant, ckpt, out, options) -> dict:
+    """Weights (linked) + the SmoothQuant calibration profile of the Linears int8 quantises."""
+    from xopt.calibration.run import calibrate_checkpoint, parse_method
+    from xopt.errors import XoptError
+
+    if not parse_method(options.get("calib_method"))[1]:
+        raise XoptError(f"int8-smooth needs a SmoothQuant calibration method (got {options.get('calib_method')!r}); "
+                        "use --calib-method smoothquant or METHOD+smoothquant, or the int8 variant")
+    _build_weights(variant, ckpt, out, options)
+    keep = re.compile(options.get("keep_fp", KEEP_FP))
+    prof, _ = calibrate_checkpoint(ckpt, options, quantized=lambda n: not keep.search(n))
+    prof.save(out / PROFILE_FILE)
+    return {"calibration": prof.identity()}
+
+
 def _load_torchao(variant, directory, man):
+    import torch
     from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig,
                                       Int8DynamicActivationInt8WeightConfig, PerRow, quantize_)
 
-    module = _gpu_module(directory, man, "bfloat16" if variant.precision == "fp8" else "float16")
+    dtype = "bfloat16" if variant.precision == "fp8" else "float16"
+    if variant.calibrated:                      # int8-smooth: fold the profile's factors in first
+        from xopt.calibration.profile import Profile
+
+        module = _module(directory, man)
+        prof = Profile.load(directory / PROFILE_FILE)
+        prof.check(module, f"{directory / PROFILE_FILE}")
+        prof.apply_smoothing(module)            # W *= s; x / s in a pre-hook (moves to the GPU with it)
+        module = module.to(device="cuda", dtype=getattr(torch, dtype))
+    else:
+        module = _gpu_module(directory, man, dtype)
     names = set(_linears(module, man["options"].get("keep_fp", KEEP_FP)))
     config = (Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()) if variant.precision == "fp8"
               else Int8DynamicActivationInt8WeightConfig())
@@ -173,6 +207,12 @@ VARIANTS = [
             build=_build_weights, load=_load_torchao, requires=("torchao",), min_capability=(8, 0),
             options={"keep_fp": KEEP_FP, "compile": True, "mode": "max-autotune",
                      "batch_buckets": BATCH_BUCKETS, "seq_multiple": 32}),
+    Variant("int8-smooth", backend="torchao", precision="int8", device="cuda",
+            description="int8 (W8A8, torchao) after SmoothQuant scaling calibrated by xopt.calibration",
+            build=_build_smooth, load=_load_torchao, requires=("torchao",), min_capability=(8, 0), calibrated=True,
+            options={"keep_fp": KEEP_FP, "compile": True, "mode": "max-autotune",
+                     "batch_buckets": BATCH_BUCKETS, "seq_multiple": 32, "calib_method": "smoothquant",
+                     "calib_langs": "all", "calib_samples": 256}),
     Variant("fp8", backend="torchao", precision="fp8", device="cuda",
             description="fp8 e4m3 weights and activations, per-row scales, torch._scaled_mm (torchao)",
             build=_build_weights, load=_load_torchao, requires=("torchao",), min_capability=(8, 9),

@@ -16,6 +16,14 @@ from types import SimpleNamespace
 import triton
 import triton.language as tl
 
+# Only builtins inside the kernels. Row reductions go through `tl.reduce` with tl.standard's own combine functions (what tl.sum
+# and tl.max call), not through tl.sum/tl.max themselves: those are @jit library functions whose
+# mode (compiled or interpreted) was fixed when `triton` was first imported, and in a process
+# that imported it before TRITON_INTERPRET was set (torch.compile does) the interpreter cannot
+# call them. The interpreter recognises these combine functions and reduces with numpy.
+_SUM = tl.standard._sum_combine
+_MAX = tl.standard._elementwise_max
+
 
 def _bias_gelu(x_ptr, b_ptr, y_ptr, numel, N, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -38,9 +46,9 @@ def _add_layernorm(x_ptr, b_ptr, r_ptr, w_ptr, lb_ptr, y_ptr, M, N, eps,
         x += tl.load(b_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
     if HAS_RES:
         x += tl.load(r_ptr + off, mask=m, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=1) / N
+    mean = tl.reduce(x, 1, _SUM) / N
     d = tl.where(m, x - mean[:, None], 0.0)
-    var = tl.sum(d * d, axis=1) / N
+    var = tl.reduce(d * d, 1, _SUM) / N
     y = d / tl.sqrt(var + eps)[:, None]
     w = tl.load(w_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
     lb = tl.load(lb_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
@@ -54,7 +62,7 @@ def _quantize_rows(x_ptr, q_ptr, s_ptr, M, K, ROWS: tl.constexpr, BLOCK: tl.cons
     m = (rows[:, None] < M) & (cols[None, :] < K)
     off = rows[:, None] * K + cols[None, :]
     x = tl.load(x_ptr + off, mask=m, other=0.0).to(tl.float32)
-    scale = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-8) / 127.0
+    scale = tl.maximum(tl.reduce(tl.abs(x), 1, _MAX), 1e-8) / 127.0
     y = x / scale[:, None]
     q = tl.where(y >= 0, tl.floor(y + 0.5), -tl.floor(-y + 0.5))
     q = tl.minimum(tl.maximum(q, -127.0), 127.0)
@@ -74,7 +82,7 @@ def _int8_gemm(a_ptr, w_ptr, as_ptr, ws_ptr, b_ptr, c_ptr, M, N, K,
     rm = pid_m * BM + tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)
     rk = tl.arange(0, BK)
-    acc = tl.zeros((BM, BN), dtype=tl.int32)
+    acc = tl.full((BM, BN), 0, dtype=tl.int32)     # tl.full, not tl.zeros: see _SUM above
     for k0 in range(0, K, BK):
         kk = k0 + rk
         a = tl.load(a_ptr + rm[:, None] * K + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < K), other=0)

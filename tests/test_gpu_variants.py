@@ -83,7 +83,7 @@ def test_unpadded_reloads_from_disk_and_records_its_path(tiny_ckpt, fp32_dir, tm
     ids, mask = _inputs(tiny_ckpt)
     ref = load_variant(fp32_dir).runner(ids, mask)
     man = compile_variant(tiny_ckpt, "unpadded-int8", tmp_path / "u8")
-    assert man["options"]["keep_fp"] and man["files"]["model.safetensors"]
+    assert man["options"]["keep_fp32"] and man["files"]["model.safetensors"]
     lv = load_variant(tmp_path / "u8")
     got = lv.runner(ids, mask)
     assert lv.runner.info["kernels"] == ("triton" if HAVE_CUDA else "torch")

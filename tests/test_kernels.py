@@ -11,6 +11,10 @@ import torch.nn.functional as F
 from xopt import kernels as K
 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
+if HAVE_TRITON:
+    # imported here, before any test sets TRITON_INTERPRET, as torch.compile would in a real
+    # session: the interpreted kernels must work with triton's library jitted for the GPU
+    import triton  # noqa: F401
 needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed (pip install -e '.[test]')")
 HAVE_CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not HAVE_CUDA, reason="needs a CUDA GPU (torch sees none)")

@@ -16,7 +16,7 @@ their recipe when loaded, on the GPU. Loading one on a host without CUDA fails i
   output channel, int8 activations per token computed on the fly, int8 tensor-core GEMMs
   (`torch._int_mm`) — compiled with the same buckets, which is how torchao gets its speed
   (eager torchao int8 is slower than fp16). LayerNorm and softmax stay fp16. Linears matched by
-  `keep_fp` (FFN output projections and the head, as every xopt int8 recipe) stay fp16.
+  `keep_fp32` (FFN output projections and the head, as every xopt int8 recipe) stay fp16.
 - `int8-smooth`: `int8` after SmoothQuant (Xiao et al. 2023): per-input-channel factors s from
   calibration (`xopt.calibration`: activation channel maxima on a multilingual sample, alpha
   chosen on a held-out sample) move activation outliers into the weights, W[:, j] * s_j, x / s.
@@ -135,8 +135,9 @@ def _build_smooth(variant, ckpt, out, options) -> dict:
         raise XoptError(f"int8-smooth needs a SmoothQuant calibration method (got {options.get('calib_method')!r}); "
                         "use --calib-method smoothquant or METHOD+smoothquant, or the int8 variant")
     _build_weights(variant, ckpt, out, options)
-    keep = re.compile(options.get("keep_fp", KEEP_FP))
-    prof, _ = calibrate_checkpoint(ckpt, options, quantized=lambda n: not keep.search(n))
+    pattern = options.get("keep_fp32", KEEP_FP)
+    keep = re.compile(pattern) if pattern else None       # '' quantises every Linear
+    prof, _ = calibrate_checkpoint(ckpt, options, quantized=lambda n: not (keep and keep.search(n)))
     prof.save(out / PROFILE_FILE)
     return {"calibration": prof.identity()}
 
@@ -157,7 +158,7 @@ def _load_torchao(variant, directory, man):
         module = module.to(device="cuda", dtype=getattr(torch, dtype))
     else:
         module = _gpu_module(directory, man, dtype)
-    names = set(_linears(module, man["options"].get("keep_fp", KEEP_FP)))
+    names = set(_linears(module, man["options"].get("keep_fp32", KEEP_FP)))
     config = (Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()) if variant.precision == "fp8"
               else Int8DynamicActivationInt8WeightConfig())
     quantize_(module, config, filter_fn=lambda m, fqn: fqn in names)
@@ -172,7 +173,7 @@ def _load_bnb(variant, directory, man):
     import torch
 
     module = _module(directory, man).to(torch.float16)
-    names = _linears(module, man["options"].get("keep_fp", KEEP_FP))
+    names = _linears(module, man["options"].get("keep_fp32", KEEP_FP))
     threshold = float(man["options"].get("threshold", 6.0))
     for name in names:
         parent, _, attr = name.rpartition(".")
@@ -205,21 +206,21 @@ VARIANTS = [
             description="W8A8 (torchao): int8 per-channel weights, dynamic per-token int8 activations, "
                         "int8 tensor-core GEMMs, compiled per shape bucket",
             build=_build_weights, load=_load_torchao, requires=("torchao",), min_capability=(8, 0),
-            options={"keep_fp": KEEP_FP, "compile": True, "mode": "max-autotune",
+            options={"keep_fp32": KEEP_FP, "compile": True, "mode": "max-autotune",
                      "batch_buckets": BATCH_BUCKETS, "seq_multiple": 32}),
     Variant("int8-smooth", backend="torchao", precision="int8", device="cuda",
             description="int8 (W8A8, torchao) after SmoothQuant scaling calibrated by xopt.calibration",
             build=_build_smooth, load=_load_torchao, requires=("torchao",), min_capability=(8, 0), calibrated=True,
-            options={"keep_fp": KEEP_FP, "compile": True, "mode": "max-autotune",
+            options={"keep_fp32": KEEP_FP, "compile": True, "mode": "max-autotune",
                      "batch_buckets": BATCH_BUCKETS, "seq_multiple": 32, "calib_method": "smoothquant",
                      "calib_langs": "all", "calib_samples": 256}),
     Variant("fp8", backend="torchao", precision="fp8", device="cuda",
             description="fp8 e4m3 weights and activations, per-row scales, torch._scaled_mm (torchao)",
             build=_build_weights, load=_load_torchao, requires=("torchao",), min_capability=(8, 9),
-            options={"keep_fp": KEEP_FP, "compile": True, "mode": "max-autotune",
+            options={"keep_fp32": KEEP_FP, "compile": True, "mode": "max-autotune",
                      "batch_buckets": BATCH_BUCKETS, "seq_multiple": 32}),
     Variant("bnb-int8", backend="bitsandbytes", precision="int8", device="cuda",
             description="bitsandbytes LLM.int8 (Linear8bitLt, outlier threshold 6): the common baseline",
             build=_build_weights, load=_load_bnb, requires=("bitsandbytes",),
-            options={"keep_fp": KEEP_FP, "threshold": 6.0}),
+            options={"keep_fp32": KEEP_FP, "threshold": 6.0}),
 ]

@@ -7,7 +7,7 @@ engine built with the FP16 builder flag and one optimisation profile over batch 
 engine came from is kept beside it.
 
 Recipe, `trt-int8`: the same export with explicit QuantizeLinear/DequantizeLinear pairs
-(`insert_qdq`) on the inputs of every weight MatMul not matched by `keep_fp`: activations
+(`insert_qdq`) on the inputs of every weight MatMul not matched by `keep_fp32`: activations
 per tensor, weights per output channel, both symmetric int8 with zero point 0 (the only
 form TensorRT accepts); activation ranges from the calibration profile of
 `xopt.calibration` (the same profile the other int8 variants use), weight ranges from the
@@ -58,7 +58,7 @@ def _int8_const(name: str, value) -> "onnx.TensorProto":   # noqa: F821
     return numpy_helper.from_array(np.asarray(value, dtype=np.int8), name)
 
 
-def insert_qdq(src: Path, dst: Path, act_amax: dict[str, float], keep_fp: str = KEEP_FP) -> dict:
+def insert_qdq(src: Path, dst: Path, act_amax: dict[str, float], keep_fp32: str = KEEP_FP) -> dict:
     """Put symmetric int8 Q/DQ on the inputs of the weight MatMuls of `src` named in `act_amax`.
 
     `act_amax`: ONNX MatMul node name -> clip range of its activation input (scale = amax/127).
@@ -71,7 +71,7 @@ def insert_qdq(src: Path, dst: Path, act_amax: dict[str, float], keep_fp: str = 
     model = onnx.load(str(src))
     g = model.graph
     inits = {i.name: i for i in g.initializer}
-    keep = re.compile(keep_fp) if keep_fp else None
+    keep = re.compile(keep_fp32) if keep_fp32 else None
     targets = [n for n in g.node if n.op_type == "MatMul" and len(n.input) == 2 and n.input[1] in inits
                and n.name in act_amax and not (keep and keep.search(n.name))]
     amax_of: dict[str, float] = {}
@@ -264,9 +264,9 @@ def _build_fp16(variant, ckpt, out: Path, options) -> dict:
 PROFILE_FILE = "calibration_profile.json"
 
 
-def _keep_module(keep_fp: str):
-    """`keep_fp` (ONNX node names) as a predicate on Linear module names, for the calibrator."""
-    keep = re.compile(keep_fp) if keep_fp else None
+def _keep_module(keep_fp32: str):
+    """`keep_fp32` (ONNX node names) as a predicate on Linear module names, for the calibrator."""
+    keep = re.compile(keep_fp32) if keep_fp32 else None
 
     def quantized(module_name: str) -> bool:
         node = "/" + module_name.replace(".", "/").replace("layer/", "layer.") + "/MatMul"
@@ -287,8 +287,8 @@ def build_qdq_onnx(ckpt, out: Path, options) -> dict:
     if parse_method(options.get("calib_method"))[1]:
         raise XoptError("trt-int8 takes no SmoothQuant factors (its ONNX export is of the unsmoothed model); "
                         "use a --calib-method without +smoothquant, or the int8-smooth variant")
-    keep_fp = options.get("keep_fp", KEEP_FP)
-    prof, _ = calibrate_checkpoint(ckpt, options, quantized=_keep_module(keep_fp))
+    keep_fp32 = options.get("keep_fp32", KEEP_FP)
+    prof, _ = calibrate_checkpoint(ckpt, options, quantized=_keep_module(keep_fp32))
     prof.save(out / PROFILE_FILE)
     raw = exported(ckpt, fuse=False)
     kept_by_profile = set(prof.keep)
@@ -298,7 +298,7 @@ def build_qdq_onnx(ckpt, out: Path, options) -> dict:
             mod = onnx_node_to_module(n.name)
             if mod in prof.activations and mod not in kept_by_profile:
                 act[n.name] = prof.activations[mod]["amax"]
-    placed = insert_qdq(raw, out / ONNX_FILE, act, keep_fp)
+    placed = insert_qdq(raw, out / ONNX_FILE, act, keep_fp32)
     return {"calibration": prof.identity(), "qdq": placed}
 
 
@@ -347,7 +347,7 @@ VARIANTS = [
             description="ONNX with explicit symmetric int8 Q/DQ (xopt.calibration ranges) -> TensorRT engine, "
                         "int8 GEMMs, fp16 elsewhere",
             build=_build_int8, load=_load_engine, requires=("tensorrt",), calibrated=True,
-            options={**PROFILE, "keep_fp": KEEP_FP, "calib_method": "percentile", "calib_langs": "all",
+            options={**PROFILE, "keep_fp32": KEEP_FP, "calib_method": "percentile", "calib_langs": "all",
                      "calib_samples": 256}),
     Variant("torch-tensorrt", backend="torch_tensorrt", precision="fp16", device="cuda",
             description="torch_tensorrt dynamo compile, fp16, dynamic batch x sequence (compiled when loaded)",

@@ -10,7 +10,7 @@ bias+residual+LayerNorm are fused Triton kernels on CUDA.
 - `unpadded-int8`: W8A8 — int8 weights per output channel (quantised when loaded: the
   rounding is deterministic, so the manifest's weight hash still pins the result), int8
   activations per token computed on the fly, int8 GEMMs with dequant/bias/GELU fused in the
-  epilogue (Triton on CUDA; torch._int_mm on CPU). Linears matched by `keep_fp` stay in the
+  epilogue (Triton on CUDA; torch._int_mm on CPU). Linears matched by `keep_fp32` stay in the
   float dtype: by default the FFN output projections, as in every xopt int8 recipe (their
   input is GELU's output, the activation with the widest range).
 
@@ -39,13 +39,13 @@ def _load(variant, directory, man):
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise XoptError(f"{directory}: variant {variant.name} was asked to run on CUDA (option device=cuda) "
-                        "but torch sees no GPU; rebuild with --option device=auto")
+        raise XoptError(f"{directory}: variant {variant.name} was built to run on CUDA (option device=cuda) "
+                        "but torch sees no GPU; run it on a GPU host or rebuild it with options device=auto")
     dtype = {"cuda": torch.float16, "cpu": torch.float32}[device] if opts.get("dtype", "auto") == "auto" \
         else getattr(torch, opts["dtype"])
     t0 = time.perf_counter()
     enc = UnpaddedEncoder(_module(directory, man), dtype=dtype, device=device, int8=variant.precision == "int8",
-                          keep_fp=opts.get("keep_fp", ""))
+                          keep_fp=opts.get("keep_fp32", ""))
     runner = TorchRunner(variant.name, enc, output_names(man), device=device)
     probe = torch.empty(0, device=device)
     runner.info = {"device": device, "dtype": str(dtype).removeprefix("torch."), "kernels": kernels.which(probe),
@@ -62,5 +62,5 @@ VARIANTS = [
             description="unpadded + W8A8: int8 per-channel weights, per-token int8 activations, int8 GEMM "
                         "with fused dequant/bias/GELU (Triton on CUDA; torch._int_mm on CPU)",
             build=_build_weights, load=_load,
-            options={"device": "auto", "dtype": "auto", "keep_fp": r"encoder\.layer\.\d+\.output\.dense$"}),
+            options={"device": "auto", "dtype": "auto", "keep_fp32": r"encoder\.layer\.\d+\.output\.dense$"}),
 ]

@@ -210,7 +210,6 @@ class TrtRunner(Runner):
         if self.engine is None:
             raise XoptError(f"{name}: TensorRT could not deserialise the engine; rebuild it with `xopt compile --force`")
         self.context = self.engine.create_execution_context()
-        self.stream = torch.cuda.Stream()
         self.torch_dtype = {trt.int64: torch.int64, trt.int32: torch.int32, trt.float32: torch.float32,
                             trt.float16: torch.float16}
 
@@ -232,27 +231,23 @@ class TrtRunner(Runner):
             outs[n] = torch.empty(tuple(self.context.get_tensor_shape(n)),
                                   dtype=self.torch_dtype[self.engine.get_tensor_dtype(n)], device="cuda")
             self.context.set_tensor_address(n, outs[n].data_ptr())
-        self.stream.wait_stream(torch.cuda.current_stream())
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
+        # on torch's current stream: CUDA-event timers and the outputs' consumers see its work
+        if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
             raise RuntimeError("TensorRT execution failed")
         return outs
 
     def synchronize(self):
-        self.stream.synchronize()
+        import torch
+
+        torch.cuda.synchronize()
 
     def to_numpy(self, outputs):
-        self.stream.synchronize()
+        self.synchronize()
         return {n: t.float().cpu().numpy() for n, t in outputs.items()}
 
 
 # ---------------------------------------------------------------------------------------
 # The variants
-
-def _onnx_check(ckpt, path: Path) -> dict:
-    from xopt.variants.onnx import check_against_torch
-
-    return check_against_torch(ckpt, path)
-
 
 def _build_fp16(variant, ckpt, out: Path, options) -> dict:
     from xopt.variants.onnx import exported

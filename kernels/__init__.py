@@ -76,6 +76,20 @@ def quantize_rows(x):
     return q, scale
 
 
+def quantize_static(x, scale):
+    """int8 with one calibrated scale (fp32 tensor of one element): q = round(x / scale), clipped.
+    Returns (q, scale per row) in the form `int8_linear` takes."""
+    path = which(x)
+    if path != "torch":
+        q = _ops(x).quantize_static(x.contiguous(), scale, interpret=path == "interpret")
+    else:
+        import torch
+
+        y = x.float() / scale
+        q = (torch.sign(y) * torch.floor(y.abs() + 0.5)).clamp(-127, 127).to(torch.int8)
+    return q, scale.expand(x.shape[0])
+
+
 def quantize_weight(w):
     """Symmetric per-output-channel int8 weights: (w_q int8 [N,K], scale fp32 [N])."""
     import torch

@@ -31,9 +31,11 @@ from xopt.errors import XoptError
 class Linear:
     """y = x W^T + b, fp (F.linear) or W8A8 int8; bias and GELU applied where the caller asks."""
 
-    def __init__(self, lin: torch.nn.Linear, int8: bool, dtype, device):
+    def __init__(self, lin: torch.nn.Linear, int8: bool, dtype, device, act_amax: float | None = None):
         self.bias = lin.bias.detach().to(device=device, dtype=dtype)
         self.int8 = int8
+        # static activation scale (from calibration) or None: per-token scales computed per call
+        self.act_scale = None if act_amax is None else torch.tensor([act_amax / 127.0], device=device)
         w = lin.weight.detach().to(device)
         if int8:
             self.w_q, self.w_scale = K.quantize_weight(w)
@@ -43,7 +45,7 @@ class Linear:
 
     def __call__(self, x, bias: bool = True, gelu: bool = False):
         if self.int8:
-            q, s = K.quantize_rows(x)
+            q, s = K.quantize_rows(x) if self.act_scale is None else K.quantize_static(x, self.act_scale)
             return K.int8_linear(q, s, self.w_q, self.w_scale, self.bias32 if bias else None, x.dtype, gelu=gelu)
         if gelu:
             return K.bias_gelu(F.linear(x, self.weight), self.bias)
@@ -53,7 +55,10 @@ class Linear:
 class UnpaddedEncoder(torch.nn.Module):
     """Runs an XoptModel (HF BERT/XLM-R encoder + mean pooling + head) on packed tokens."""
 
-    def __init__(self, xopt_model, dtype=torch.float32, device="cpu", int8: bool = False, keep_fp: str = ""):
+    def __init__(self, xopt_model, dtype=torch.float32, device="cpu", int8: bool = False, keep_fp: str = "",
+                 act_amax: dict[str, float] | None = None):
+        """`act_amax`: static int8 activations, clip range of each Linear's input by the
+        XoptModel's module name (xopt.calibration's profile); None = dynamic per-token scales."""
         super().__init__()
         enc = xopt_model.encoder
         cfg = enc.config
@@ -74,11 +79,18 @@ class UnpaddedEncoder(torch.nn.Module):
         self.emb_ln = (t(emb.LayerNorm.weight), t(emb.LayerNorm.bias))
         self.quantized: list[str] = []
 
-        def lin(name, m):
+        def lin(name, m, sources=None):
             q = int8 and not (keep and keep.search(name))
             if q:
                 self.quantized.append(name)
-            return Linear(m, q, dtype, device)
+            amax = None
+            if q and act_amax is not None:
+                names = ["encoder." + s for s in (sources or [name])]     # XoptModel names: encoder.<HF name>
+                missing = [n for n in names if n not in act_amax]
+                if missing:
+                    raise XoptError(f"calibration profile has no range for {missing[0]}: recalibrate this checkpoint")
+                amax = max(act_amax[n] for n in names)
+            return Linear(m, q, dtype, device, amax)
 
         self.layers = []
         for i, layer in enumerate(enc.encoder.layer):
@@ -89,7 +101,7 @@ class UnpaddedEncoder(torch.nn.Module):
                 qkv.bias.copy_(torch.cat([a.self.query.bias, a.self.key.bias, a.self.value.bias]))
             p = f"encoder.layer.{i}."
             self.layers.append({
-                "qkv": lin(p + "attention.self.qkv", qkv),
+                "qkv": lin(p + "attention.self.qkv", qkv, [p + "attention.self." + x for x in ("query", "key", "value")]),
                 "attn_out": lin(p + "attention.output.dense", a.output.dense),
                 "ln1": (t(a.output.LayerNorm.weight), t(a.output.LayerNorm.bias)),
                 "ffn_in": lin(p + "intermediate.dense", layer.intermediate.dense),

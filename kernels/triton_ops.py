@@ -70,6 +70,16 @@ def _quantize_rows(x_ptr, q_ptr, s_ptr, M, K, ROWS: tl.constexpr, BLOCK: tl.cons
     tl.store(s_ptr + rows, scale, mask=rows < M)
 
 
+def _quantize_static(x_ptr, q_ptr, s_ptr, numel, BLOCK: tl.constexpr):
+    """int8 with one calibrated scale for the whole tensor (static activation quantisation)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < numel
+    y = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32) / tl.load(s_ptr)
+    q = tl.where(y >= 0, tl.floor(y + 0.5), -tl.floor(-y + 0.5))
+    q = tl.minimum(tl.maximum(q, -127.0), 127.0)
+    tl.store(q_ptr + offs, q.to(tl.int8), mask=m)
+
+
 def _int8_gemm(a_ptr, w_ptr, as_ptr, ws_ptr, b_ptr, c_ptr, M, N, K,
                HAS_BIAS: tl.constexpr, GELU: tl.constexpr,
                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
@@ -106,7 +116,8 @@ def kernels(interpret: bool) -> SimpleNamespace:
     os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
     try:
         return SimpleNamespace(bias_gelu=triton.jit(_bias_gelu), add_layernorm=triton.jit(_add_layernorm),
-                               quantize_rows=triton.jit(_quantize_rows), int8_gemm=triton.jit(_int8_gemm))
+                               quantize_rows=triton.jit(_quantize_rows),
+                               quantize_static=triton.jit(_quantize_static), int8_gemm=triton.jit(_int8_gemm))
     finally:
         if old is None:
             os.environ.pop("TRITON_INTERPRET", None)
@@ -154,11 +165,22 @@ def quantize_rows(x, interpret=False):
     return q, s
 
 
+def quantize_static(x, scale, interpret=False):
+    import torch
+
+    q = torch.empty(x.shape, dtype=torch.int8, device=x.device)
+    n = x.numel()
+    if n:
+        kernels(interpret).quantize_static[(triton.cdiv(n, 1024),)](x, q, scale, n, BLOCK=1024)
+    return q
+
+
 def int8_gemm(a_q, a_scale, w_q, w_scale, bias, out_dtype, gelu=False, interpret=False):
     import torch
 
     m, k = a_q.shape
     n = w_q.shape[0]
+    a_scale, w_scale = a_scale.contiguous(), w_scale.contiguous()   # an expanded (stride-0) scale is not
     c = torch.empty((m, n), dtype=out_dtype, device=a_q.device)
     if m == 0:
         return c

@@ -80,6 +80,18 @@ def test_quantize_rows_matches_torch_path(interp):
 
 
 @needs_triton
+def test_quantize_static_matches_torch_path(interp):
+    x = torch.randn(5, 24) * 4
+    scale = torch.tensor([3.0 / 127])                 # clips everything beyond |3|
+    q, s = K.quantize_static(x, scale)
+    q_ref, _ = _torch_path(K.quantize_static, x, scale)
+    assert s.shape == (5,) and (s == scale).all()
+    assert (q.int() - q_ref.int()).abs().max() <= 1 and q.abs().max() == 127
+    inside = x.abs() < 3
+    assert ((q.float() * scale - x)[inside].abs() <= scale / 2 + 1e-6).all()
+
+
+@needs_triton
 @pytest.mark.parametrize("m,bias,gelu", [(1, True, False), (17, False, False), (33, True, True)])
 def test_int8_gemm_epilogue(interp, m, bias, gelu):
     k, n = 40, 24                                 # neither a multiple of the 16x16x16 tiles
@@ -165,9 +177,20 @@ def test_unpadded_encoder_triton_interpreter(interp, case):
         got = UnpaddedEncoder(model)(ids, mask)
         q = UnpaddedEncoder(model, int8=True)(ids, mask)
         q_torch = _torch_path(UnpaddedEncoder(model, int8=True), ids, mask)
+        # static scales: each Linear input's max |x| on this very batch (a stand-in profile)
+        amax = {}
+        hooks = [m.register_forward_pre_hook(lambda m, a, n=n: amax.__setitem__(n, float(a[0].abs().max())))
+                 for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+        model(ids, mask)
+        for h in hooks:
+            h.remove()
+        qs = UnpaddedEncoder(model, int8=True, act_amax=amax)(ids, mask)
+        qs_torch = _torch_path(UnpaddedEncoder(model, int8=True, act_amax=amax), ids, mask)
     _compare(ref, got, mask, 90)
     _compare(ref, q, mask, 30)
     _compare(q_torch, q, mask, 60)     # kernel vs PyTorch path: same int8 function
+    _compare(ref, qs, mask, 25)
+    _compare(qs_torch, qs, mask, 60)
 
 
 @pytest.mark.parametrize("bad", ["gelu_new", "relative_key"])

@@ -159,8 +159,10 @@ def _load_torchao(variant, directory, man):
     else:
         module = _gpu_module(directory, man, dtype)
     names = set(_linears(module, man["options"].get("keep_fp32", KEEP_FP)))
-    config = (Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()) if variant.precision == "fp8"
-              else Int8DynamicActivationInt8WeightConfig())
+    # set_inductor_config=False: torchao would otherwise change torch.compile's global settings,
+    # which then leak into every variant compiled or benchmarked later in the same process
+    config = (Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
+              if variant.precision == "fp8" else Int8DynamicActivationInt8WeightConfig(set_inductor_config=False))
     quantize_(module, config, filter_fn=lambda m, fqn: fqn in names)
     runner = _compiled(variant, directory, man, module) if man["options"].get("compile", True) else \
         TorchRunner(variant.name, module, output_names(man), "cuda")

@@ -318,8 +318,8 @@ def _load_torch_trt(variant, directory, man):
     opts = man["options"]
     lo, opt, hi = (_shape(opts.get(k, PROFILE[k])) for k in ("min", "opt", "max"))
     module = _module(directory, man).to(device="cuda", dtype=torch.float16)
-    spec = [torch_tensorrt.Input(min_shape=lo, opt_shape=opt, max_shape=hi, dtype=torch.int64, name=n)
-            for n in INPUTS]
+    spec = [torch_tensorrt.Input(min_shape=lo, opt_shape=opt, max_shape=hi, dtype=torch.int64)
+            for _ in INPUTS]
     t0 = time.perf_counter()
     compiled = torch_tensorrt.compile(module, ir="dynamo", inputs=spec, enabled_precisions={torch.float16},
                                       min_block_size=int(opts.get("min_block_size", 5)))

@@ -14,6 +14,10 @@ bias+residual+LayerNorm are fused Triton kernels on CUDA.
   float dtype: by default the FFN output projections, as in every xopt int8 recipe (their
   input is GELU's output, the activation with the widest range).
 
+- `unpadded-int8-static`: as `unpadded-int8` with static activation scales: one int8 range
+  per Linear input from the calibration profile of `xopt.calibration` (saved in the variant
+  directory at build time, checked against the weights at load), no per-call reduction.
+
 The device is chosen when loading (`device: auto` = CUDA when torch sees one), so the same
 variant directory runs on a CPU host (the documented PyTorch path of `xopt.kernels`, tested
 against fp32) and on a GPU (Triton kernels). The runner's `info` records which path ran.
@@ -25,6 +29,25 @@ import time
 
 from xopt.variants.base import Variant, output_names
 from xopt.variants.eager import TorchRunner, _build_weights, _module
+
+
+PROFILE_FILE = "calibration_profile.json"
+
+
+def _build_static(variant, ckpt, out, options) -> dict:
+    import re
+
+    from xopt.calibration.run import calibrate_checkpoint
+    from xopt.errors import XoptError
+
+    if options.get("keep_fp16") is not None or options.get("max_drop") is not None:
+        raise XoptError("unpadded-int8-static does not take a sensitivity fallback (keep_fp16/max_drop); "
+                        "use keep_fp32 to leave Linears unquantised")
+    _build_weights(variant, ckpt, out, options)
+    keep = re.compile(options["keep_fp32"]) if options.get("keep_fp32") else None
+    prof, _ = calibrate_checkpoint(ckpt, options, quantized=lambda n: not (keep and keep.search(n)))
+    prof.save(out / PROFILE_FILE)
+    return {"calibration": prof.identity()}
 
 
 def _load(variant, directory, man):
@@ -44,8 +67,16 @@ def _load(variant, directory, man):
     dtype = {"cuda": torch.float16, "cpu": torch.float32}[device] if opts.get("dtype", "auto") == "auto" \
         else getattr(torch, opts["dtype"])
     t0 = time.perf_counter()
-    enc = UnpaddedEncoder(_module(directory, man), dtype=dtype, device=device, int8=variant.precision == "int8",
-                          keep_fp=opts.get("keep_fp32", ""))
+    module = _module(directory, man)
+    act_amax = None
+    if variant.calibrated:
+        from xopt.calibration.profile import Profile
+
+        prof = Profile.load(directory / PROFILE_FILE)
+        prof.check(module, str(directory / PROFILE_FILE))
+        act_amax = {n: e["amax"] for n, e in prof.activations.items()}
+    enc = UnpaddedEncoder(module, dtype=dtype, device=device, int8=variant.precision == "int8",
+                          keep_fp=opts.get("keep_fp32", ""), act_amax=act_amax)
     runner = TorchRunner(variant.name, enc, output_names(man), device=device)
     probe = torch.empty(0, device=device)
     runner.info = {"device": device, "dtype": str(dtype).removeprefix("torch."), "kernels": kernels.which(probe),
@@ -63,4 +94,9 @@ VARIANTS = [
                         "with fused dequant/bias/GELU (Triton on CUDA; torch._int_mm on CPU)",
             build=_build_weights, load=_load,
             options={"device": "auto", "dtype": "auto", "keep_fp32": r"encoder\.layer\.\d+\.output\.dense$"}),
+    Variant("unpadded-int8-static", backend="xopt.kernels", precision="int8", device="cpu",
+            description="unpadded-int8 with static activation scales calibrated by xopt.calibration",
+            build=_build_static, load=_load, calibrated=True,
+            options={"device": "auto", "dtype": "auto", "keep_fp32": r"encoder\.layer\.\d+\.output\.dense$",
+                     "calib_method": "percentile", "calib_langs": "all", "calib_samples": 256}),
 ]

@@ -66,6 +66,9 @@ def test_every_gpu_variant_is_registered_with_a_reason_when_unavailable():
             assert not rows[name]["available"]
             assert "GPU" in rows[name]["reason"] or "package" in rows[name]["reason"], rows[name]
     assert REGISTRY["fp8"].min_capability == (8, 9)
+    if "package" in (REGISTRY["bnb-int8"].unavailable_reason() or ""):
+        table = CliRunner().invoke(app, ["variants"]).output
+        assert "[gpu]" in table                          # the install hint survives the rich table
     assert all(rows[n]["available"] for n in ("unpadded", "unpadded-int8", "unpadded-int8-static"))  # CPU path
 
 

@@ -147,8 +147,8 @@ def _compare(ref, got, mask, min_db):
         assert sqnr_db(r, g) >= min_db, f"SQNR {sqnr_db(r, g):.1f} dB"
 
 
-@pytest.mark.parametrize("case", list(LENGTHS))
-@pytest.mark.parametrize("model_type,head", [("bert", "sequence"), ("xlm-roberta", "token"), ("bert", "span")])
+@pytest.mark.parametrize("case,model_type,head", [(c, "bert", "sequence") for c in LENGTHS] + [
+    ("ragged", "xlm-roberta", "token"), ("with-empty-row", "xlm-roberta", "span")])
 def test_unpadded_encoder_torch_path_matches_hf(case, model_type, head):
     """The CPU path (what `unpadded` runs on hosts without CUDA) computes XoptModel exactly."""
     from xopt.kernels.encoder import UnpaddedEncoder

@@ -10,7 +10,7 @@ bias+residual+LayerNorm are fused Triton kernels on CUDA.
 - `unpadded-int8`: W8A8 — int8 weights per output channel (quantised when loaded: the
   rounding is deterministic, so the manifest's weight hash still pins the result), int8
   activations per token computed on the fly, int8 GEMMs with dequant/bias/GELU fused in the
-  epilogue (Triton on CUDA; torch._int_mm on CPU). Linears matched by `keep_fp32` stay in the
+  epilogue (Triton on CUDA; exact float64 products on CPU). Linears matched by `keep_fp32` stay in the
   float dtype: by default the FFN output projections, as in every xopt int8 recipe (their
   input is GELU's output, the activation with the widest range).
 
@@ -93,7 +93,7 @@ VARIANTS = [
             build=_build_weights, load=_load, options={"device": "auto", "dtype": "auto"}),
     Variant("unpadded-int8", backend="xopt.kernels", precision="int8", device="auto",
             description="unpadded + W8A8: int8 per-channel weights, per-token int8 activations, int8 GEMM "
-                        "with fused dequant/bias/GELU (Triton on CUDA; torch._int_mm on CPU)",
+                        "with fused dequant/bias/GELU (Triton on CUDA; exact float64 products on CPU)",
             build=_build_weights, load=_load,
             options={"device": "auto", "dtype": "auto", "keep_fp32": r"encoder\.layer\.\d+\.output\.dense$"}),
     Variant("unpadded-int8-static", backend="xopt.kernels", precision="int8", device="auto",

@@ -59,6 +59,7 @@ def _print_json(obj) -> None:
 @command("variants")
 def variants_cmd(json_out: Json = False):
     """List every variant with whether this host can build and run it (and why not)."""
+    from rich.markup import escape
     from rich.table import Table
 
     from xopt.progress import out_console
@@ -71,8 +72,8 @@ def variants_cmd(json_out: Json = False):
         return _print_json(rows)
     t = Table("variant", "backend", "precision", "device", "available", "description")
     for r in rows:
-        t.add_row(r["name"], r["backend"], r["precision"], r["device"],
-                  "yes" if r["available"] else f"no: {r['reason']}", r["description"])
+        t.add_row(r["name"], r["backend"], r["precision"], r["device"],   # escape: "[gpu]" is not rich markup
+                  "yes" if r["available"] else escape(f"no: {r['reason']}"), r["description"])
     out_console().print(t)
 
 

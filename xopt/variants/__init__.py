@@ -23,7 +23,7 @@ from xopt import manifest as mf
 from xopt.errors import XoptError
 from xopt.variants.base import TOKENIZER_FILES, Runner, Variant
 
-FAMILIES = ("eager", "onnx")
+FAMILIES = ("eager", "onnx", "unpadded", "cuda", "tensorrt")
 
 
 def _registry() -> dict[str, Variant]:

@@ -1,0 +1,200 @@
+"""Triton kernels of the unpadded encoder (`xopt.kernels`): fused bias+GELU, bias+residual+
+LayerNorm, per-token int8 quantisation and an int8 GEMM with a fused dequant/bias/GELU epilogue.
+
+The kernel bodies are plain functions; `kernels(interpret)` decorates them with `triton.jit`
+once per mode, because Triton decides at decoration time whether a kernel is compiled for
+the GPU or run by its interpreter (`TRITON_INTERPRET=1`, numpy on the CPU: how the tests
+check the numerics on hosts without a GPU). Callers use the wrappers in `xopt.kernels`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from types import SimpleNamespace
+
+import triton
+import triton.language as tl
+
+# Only builtins inside the kernels. Row reductions go through `tl.reduce` with tl.standard's own combine functions (what tl.sum
+# and tl.max call), not through tl.sum/tl.max themselves: those are @jit library functions whose
+# mode (compiled or interpreted) was fixed when `triton` was first imported, and in a process
+# that imported it before TRITON_INTERPRET was set (torch.compile does) the interpreter cannot
+# call them. The interpreter recognises these combine functions and reduces with numpy.
+_SUM = tl.standard._sum_combine
+_MAX = tl.standard._elementwise_max
+
+
+def _bias_gelu(x_ptr, b_ptr, y_ptr, numel, N, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < numel
+    x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + offs % N, mask=m, other=0.0).to(tl.float32)
+    x = x + b
+    y = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))   # exact GELU, as BERT's "gelu"
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=m)
+
+
+def _add_layernorm(x_ptr, b_ptr, r_ptr, w_ptr, lb_ptr, y_ptr, M, N, eps,
+                   HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK)
+    m = (rows[:, None] < M) & (cols[None, :] < N)
+    off = rows[:, None] * N + cols[None, :]
+    x = tl.load(x_ptr + off, mask=m, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        x += tl.load(b_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+    if HAS_RES:
+        x += tl.load(r_ptr + off, mask=m, other=0.0).to(tl.float32)
+    mean = tl.reduce(x, 1, _SUM) / N
+    d = tl.where(m, x - mean[:, None], 0.0)
+    var = tl.reduce(d * d, 1, _SUM) / N
+    y = d / tl.sqrt(var + eps)[:, None]
+    w = tl.load(w_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
+    lb = tl.load(lb_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
+    tl.store(y_ptr + off, (y * w[None, :] + lb[None, :]).to(y_ptr.dtype.element_ty), mask=m)
+
+
+def _quantize_rows(x_ptr, q_ptr, s_ptr, M, K, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    """Symmetric per-row (per-token) int8: scale = amax / 127, q = round half away from zero."""
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK)
+    m = (rows[:, None] < M) & (cols[None, :] < K)
+    off = rows[:, None] * K + cols[None, :]
+    x = tl.load(x_ptr + off, mask=m, other=0.0).to(tl.float32)
+    scale = tl.maximum(tl.reduce(tl.abs(x), 1, _MAX), 1e-8) / 127.0
+    y = x / scale[:, None]
+    q = tl.where(y >= 0, tl.floor(y + 0.5), -tl.floor(-y + 0.5))
+    q = tl.minimum(tl.maximum(q, -127.0), 127.0)
+    tl.store(q_ptr + off, q.to(tl.int8), mask=m)
+    tl.store(s_ptr + rows, scale, mask=rows < M)
+
+
+def _quantize_static(x_ptr, q_ptr, s_ptr, numel, BLOCK: tl.constexpr):
+    """int8 with one calibrated scale for the whole tensor (static activation quantisation)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < numel
+    y = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32) / tl.load(s_ptr)
+    q = tl.where(y >= 0, tl.floor(y + 0.5), -tl.floor(-y + 0.5))
+    q = tl.minimum(tl.maximum(q, -127.0), 127.0)
+    tl.store(q_ptr + offs, q.to(tl.int8), mask=m)
+
+
+def _int8_gemm(a_ptr, w_ptr, as_ptr, ws_ptr, b_ptr, c_ptr, M, N, K,
+               HAS_BIAS: tl.constexpr, GELU: tl.constexpr,
+               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """C[M,N] = (A_q[M,K] @ W_q[N,K]^T) * a_scale[M] * w_scale[N] (+ bias[N]) (-> GELU).
+
+    int8 x int8 products accumulate in int32 (tensor-core IMMA on sm_80+); the dequantisation,
+    bias and activation run on the accumulator before the single store."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    acc = tl.full((BM, BN), 0, dtype=tl.int32)     # tl.full, not tl.zeros: see _SUM above
+    for k0 in range(0, K, BK):
+        kk = k0 + rk
+        a = tl.load(a_ptr + rm[:, None] * K + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < K), other=0)
+        w = tl.load(w_ptr + rn[None, :] * K + kk[:, None], mask=(rn[None, :] < N) & (kk[:, None] < K), other=0)
+        acc += tl.dot(a, w)
+    sa = tl.load(as_ptr + rm, mask=rm < M, other=0.0)
+    sw = tl.load(ws_ptr + rn, mask=rn < N, other=0.0)
+    y = acc.to(tl.float32) * sa[:, None] * sw[None, :]
+    if HAS_BIAS:
+        y += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    if GELU:
+        y = 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
+    tl.store(c_ptr + rm[:, None] * N + rn[None, :], y.to(c_ptr.dtype.element_ty),
+             mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+@functools.cache
+def kernels(interpret: bool) -> SimpleNamespace:
+    """The kernels, jitted for the GPU (`interpret=False`) or for Triton's CPU interpreter."""
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
+    try:
+        return SimpleNamespace(bias_gelu=triton.jit(_bias_gelu), add_layernorm=triton.jit(_add_layernorm),
+                               quantize_rows=triton.jit(_quantize_rows),
+                               quantize_static=triton.jit(_quantize_static), int8_gemm=triton.jit(_int8_gemm))
+    finally:
+        if old is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = old
+
+
+def bias_gelu(x, bias, interpret=False):
+    y = x.new_empty(x.shape)
+    n = x.numel()
+    block = 1024
+    kernels(interpret).bias_gelu[(triton.cdiv(n, block),)](x, bias, y, n, x.shape[-1], BLOCK=block)
+    return y
+
+
+def _rows_per_program(m: int, block: int, interpret: bool) -> int:
+    """Rows per program of the row-wise kernels: ~4K elements a program on the GPU (4 rows of
+    XLM-R-base's 768); every row in one program for the interpreter, whose cost is per program."""
+    return triton.next_power_of_2(max(m, 1)) if interpret else max(1, 4096 // block)
+
+
+def add_layernorm(x, bias, residual, weight, ln_bias, eps, interpret=False):
+    n = x.shape[-1]
+    y = x.new_empty(x.shape)
+    m = x.numel() // n
+    block = triton.next_power_of_2(n)
+    rows = _rows_per_program(m, block, interpret)
+    if m:
+        kernels(interpret).add_layernorm[(triton.cdiv(m, rows),)](
+            x, bias if bias is not None else x, residual if residual is not None else x, weight, ln_bias, y, m, n,
+            eps, HAS_BIAS=bias is not None, HAS_RES=residual is not None, ROWS=rows, BLOCK=block)
+    return y
+
+
+def quantize_rows(x, interpret=False):
+    import torch
+
+    m, k = x.shape
+    q = torch.empty((m, k), dtype=torch.int8, device=x.device)
+    s = torch.empty((m,), dtype=torch.float32, device=x.device)
+    block = triton.next_power_of_2(k)
+    rows = _rows_per_program(m, block, interpret)
+    if m:
+        kernels(interpret).quantize_rows[(triton.cdiv(m, rows),)](x, q, s, m, k, ROWS=rows, BLOCK=block)
+    return q, s
+
+
+def quantize_static(x, scale, interpret=False):
+    import torch
+
+    q = torch.empty(x.shape, dtype=torch.int8, device=x.device)
+    n = x.numel()
+    if n:
+        kernels(interpret).quantize_static[(triton.cdiv(n, 1024),)](x, q, scale, n, BLOCK=1024)
+    return q
+
+
+def int8_gemm(a_q, a_scale, w_q, w_scale, bias, out_dtype, gelu=False, interpret=False):
+    import torch
+
+    m, k = a_q.shape
+    n = w_q.shape[0]
+    a_scale, w_scale = a_scale.contiguous(), w_scale.contiguous()   # an expanded (stride-0) scale is not
+    c = torch.empty((m, n), dtype=out_dtype, device=a_q.device)
+    if m == 0:
+        return c
+    # Tile sizes: 16 is the smallest int8 tensor-core tile and keeps the interpreter fast;
+    # on the GPU, 128x128x64 tiles (8 warps, 3 stages) are the usual int8 IMMA starting point.
+    # Not tuned on hardware yet (no GPU in the session that wrote this).
+    if interpret:
+        bm = bn = bk = 16
+        extra = {}
+    else:
+        bm = 64 if m <= 64 else 128
+        bn, bk = 128, 64
+        extra = {"num_warps": 8 if bm == 128 else 4, "num_stages": 3}
+    grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
+    kernels(interpret).int8_gemm[grid](a_q, w_q, a_scale, w_scale, bias if bias is not None else a_scale, c,
+                                       m, n, k, HAS_BIAS=bias is not None, GELU=gelu, BM=bm, BN=bn, BK=bk, **extra)
+    return c

@@ -1,0 +1,228 @@
+"""PyTorch variants on an NVIDIA GPU: `fp16`, `bf16`, `compile-cuda`, `int8`, `fp8`, `bnb-int8`.
+
+All keep the checkpoint's safetensors (hard-linked; the manifest pins their hash) and apply
+their recipe when loaded, on the GPU. Loading one on a host without CUDA fails in
+`load_variant` with one line (`Variant.unavailable_reason`).
+
+- `fp16`, `bf16`: the HF encoder (SDPA attention) cast to half precision; pooling and
+  LayerNorm in the module's own dtype, as HF runs them.
+- `compile-cuda`: `fp16` under `torch.compile(mode="max-autotune")`: inductor with GEMM
+  autotuning and CUDA graphs. CUDA graphs need fixed shapes, so every batch is padded up to a
+  shape bucket (batch to the next of `batch_buckets`, length to a multiple of `seq_multiple`)
+  and the outputs cut back: padding does not change a row's result (masked attention, masked
+  mean pooling; per-token outputs are sliced). One graph per bucket, compiled on first use;
+  `info["buckets"]` counts them. (The CPU `compile` variant, dynamic shapes, stays.)
+- `int8`: W8A8 through torchao (`Int8DynamicActivationInt8WeightConfig`): int8 weights per
+  output channel, int8 activations per token computed on the fly, int8 tensor-core GEMMs
+  (`torch._int_mm`) — compiled with the same buckets, which is how torchao gets its speed
+  (eager torchao int8 is slower than fp16). LayerNorm and softmax stay fp16. Linears matched by
+  `keep_fp32` (FFN output projections and the head, as every xopt int8 recipe) stay fp16.
+- `int8-smooth`: `int8` after SmoothQuant (Xiao et al. 2023): per-input-channel factors s from
+  calibration (`xopt.calibration`: activation channel maxima on a multilingual sample, alpha
+  chosen on a held-out sample) move activation outliers into the weights, W[:, j] * s_j, x / s.
+  The profile (factors and ranges) is saved in the variant directory at build time and checked
+  against the weights when loaded.
+- `fp8`: e4m3 weights and activations, per-row scales, `torch._scaled_mm` (torchao
+  `Float8DynamicActivationFloat8WeightConfig`, PerRow); compute capability 8.9+ (Ada, Hopper).
+- `bnb-int8`: bitsandbytes LLM.int8 (`Linear8bitLt`, outlier threshold 6.0): the baseline many
+  users try first; measured, not recommended blindly (its mixed int8/fp16 decomposition is
+  often slower than fp16 at encoder batch sizes).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+
+from xopt.variants.base import Variant, output_names
+from xopt.variants.eager import TorchRunner, _build_weights, _module
+
+KEEP_FP = r"encoder\.layer\.\d+\.output\.dense$|^head$"
+BATCH_BUCKETS = "1,2,4,8,16,32,64,128"
+
+
+def _gpu_module(directory, man, dtype):
+    import torch
+
+    return _module(directory, man).to(device="cuda", dtype=getattr(torch, dtype))
+
+
+def _linears(module, keep: str):
+    import torch
+
+    k = re.compile(keep) if keep else None
+    return [n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear) and not (k and k.search(n))]
+
+
+class BucketRunner(TorchRunner):
+    """A compiled module fed fixed shape buckets (CUDA graphs replay one graph per shape)."""
+
+    def __init__(self, name, module, output_names, batch_buckets, seq_multiple: int, max_length: int, pad_id: int):
+        super().__init__(name, module, output_names, device="cuda")
+        self.batch_buckets = sorted(batch_buckets)
+        self.seq_multiple, self.max_length, self.pad_id = seq_multiple, max_length, pad_id
+        self.shapes: set[tuple[int, int]] = set()
+        self.info["buckets"] = 0
+
+    def bucket(self, b: int, t: int) -> tuple[int, int]:
+        bb = next((x for x in self.batch_buckets if x >= b), b)
+        tt = -(-t // self.seq_multiple) * self.seq_multiple
+        return bb, max(t, min(tt, self.max_length))
+
+    def prepare(self, input_ids, attention_mask):
+        b, t = input_ids.shape
+        bb, tt = self.bucket(b, t)
+        ids = np.full((bb, tt), self.pad_id, dtype=np.int64)
+        mask = np.zeros((bb, tt), dtype=np.int64)
+        ids[:b, :t], mask[:b, :t] = input_ids, attention_mask
+        mask[b:, 0] = 1                 # filler rows: one token each, so no row is fully masked
+        self.shapes.add((bb, tt))
+        self.info["buckets"] = len(self.shapes)
+        return super().prepare(ids, mask), (b, t)
+
+    def run(self, inputs):
+        import torch
+
+        (ids, mask), shape = inputs
+        # one graph per bucket: allow more recompilations than dynamo's default, for this call only
+        with torch._dynamo.config.patch(recompile_limit=max(64, 2 * len(self.shapes))):
+            return super().run((ids, mask)), shape
+
+    def to_numpy(self, outputs):
+        outs, (b, t) = outputs
+        res = super().to_numpy(outs)
+        return {n: (v[:b, :t] if v.ndim >= 2 and n in ("token_logits", "start_logits", "end_logits") else v[:b])
+                for n, v in res.items()}
+
+
+def _compiled(variant, directory, man, module):
+    import torch
+
+    from xopt.models import load_tokenizer
+
+    opts = man["options"]
+    t0 = time.perf_counter()
+    compiled = torch.compile(module, mode=opts.get("mode", "max-autotune"), dynamic=False)
+    tok = load_tokenizer(directory)
+    runner = BucketRunner(variant.name, compiled, output_names(man),
+                          [int(x) for x in str(opts.get("batch_buckets", BATCH_BUCKETS)).split(",")],
+                          int(opts.get("seq_multiple", 32)), int(man["model"].get("max_length", 512)),
+                          tok.pad_token_id)
+    runner.info["wrap_s"] = round(time.perf_counter() - t0, 3)   # compilation itself: first call per bucket
+    return runner
+
+
+def _load_half(variant, directory, man):
+    dtype = {"fp16": "float16", "bf16": "bfloat16"}[variant.precision]
+    return TorchRunner(variant.name, _gpu_module(directory, man, dtype), output_names(man), "cuda")
+
+
+def _load_compile(variant, directory, man):
+    return _compiled(variant, directory, man, _gpu_module(directory, man, "float16"))
+
+
+PROFILE_FILE = "calibration_profile.json"
+
+
+def _build_smooth(variant, ckpt, out, options) -> dict:
+    """Weights (linked) + the SmoothQuant calibration profile of the Linears int8 quantises."""
+    from xopt.calibration.run import calibrate_checkpoint, parse_method
+    from xopt.errors import XoptError
+
+    if not parse_method(options.get("calib_method"))[1]:
+        raise XoptError(f"int8-smooth needs a SmoothQuant calibration method (got {options.get('calib_method')!r}); "
+                        "use --calib-method smoothquant or METHOD+smoothquant, or the int8 variant")
+    _build_weights(variant, ckpt, out, options)
+    pattern = options.get("keep_fp32", KEEP_FP)
+    keep = re.compile(pattern) if pattern else None       # '' quantises every Linear
+    prof, _ = calibrate_checkpoint(ckpt, options, quantized=lambda n: not (keep and keep.search(n)))
+    prof.save(out / PROFILE_FILE)
+    return {"calibration": prof.identity()}
+
+
+def _load_torchao(variant, directory, man):
+    import torch
+    from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig,
+                                      Int8DynamicActivationInt8WeightConfig, PerRow, quantize_)
+
+    dtype = "bfloat16" if variant.precision == "fp8" else "float16"
+    if variant.calibrated:                      # int8-smooth: fold the profile's factors in first
+        from xopt.calibration.profile import Profile
+
+        module = _module(directory, man)
+        prof = Profile.load(directory / PROFILE_FILE)
+        prof.check(module, f"{directory / PROFILE_FILE}")
+        prof.apply_smoothing(module)            # W *= s; x / s in a pre-hook (moves to the GPU with it)
+        module = module.to(device="cuda", dtype=getattr(torch, dtype))
+    else:
+        module = _gpu_module(directory, man, dtype)
+    names = set(_linears(module, man["options"].get("keep_fp32", KEEP_FP)))
+    # set_inductor_config=False: torchao would otherwise change torch.compile's global settings,
+    # which then leak into every variant compiled or benchmarked later in the same process
+    config = (Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
+              if variant.precision == "fp8" else Int8DynamicActivationInt8WeightConfig(set_inductor_config=False))
+    quantize_(module, config, filter_fn=lambda m, fqn: fqn in names)
+    runner = _compiled(variant, directory, man, module) if man["options"].get("compile", True) else \
+        TorchRunner(variant.name, module, output_names(man), "cuda")
+    runner.info["quantized_linears"] = len(names)
+    return runner
+
+
+def _load_bnb(variant, directory, man):
+    import bitsandbytes as bnb
+    import torch
+
+    module = _module(directory, man).to(torch.float16)
+    names = _linears(module, man["options"].get("keep_fp32", KEEP_FP))
+    threshold = float(man["options"].get("threshold", 6.0))
+    for name in names:
+        parent, _, attr = name.rpartition(".")
+        owner = module.get_submodule(parent) if parent else module
+        lin = getattr(owner, attr)
+        q = bnb.nn.Linear8bitLt(lin.in_features, lin.out_features, bias=lin.bias is not None,
+                                has_fp16_weights=False, threshold=threshold)
+        q.weight = bnb.nn.Int8Params(lin.weight.data.clone(), requires_grad=False, has_fp16_weights=False)
+        if lin.bias is not None:
+            q.bias = torch.nn.Parameter(lin.bias.data.clone(), requires_grad=False)
+        setattr(owner, attr, q)
+    module = module.cuda()            # Int8Params quantise on the move to the GPU
+    runner = TorchRunner(variant.name, module.eval(), output_names(man), "cuda")
+    runner.info["quantized_linears"] = len(names)
+    return runner
+
+
+VARIANTS = [
+    Variant("fp16", backend="torch", precision="fp16", device="cuda",
+            description="HF model in fp16 on the GPU, SDPA attention",
+            build=_build_weights, load=_load_half),
+    Variant("bf16", backend="torch", precision="bf16", device="cuda",
+            description="HF model in bf16 on the GPU, SDPA attention",
+            build=_build_weights, load=_load_half, min_capability=(8, 0)),
+    Variant("compile-cuda", backend="torch.compile", precision="fp16", device="cuda",
+            description="fp16 + torch.compile max-autotune (inductor) + CUDA graphs per shape bucket",
+            build=_build_weights, load=_load_compile,
+            options={"mode": "max-autotune", "batch_buckets": BATCH_BUCKETS, "seq_multiple": 32}),
+    Variant("int8", backend="torchao", precision="int8", device="cuda",
+            description="W8A8 (torchao): int8 per-channel weights, dynamic per-token int8 activations, "
+                        "int8 tensor-core GEMMs, compiled per shape bucket",
+            build=_build_weights, load=_load_torchao, requires=("torchao",), min_capability=(8, 0),
+            options={"keep_fp32": KEEP_FP, "compile": True, "mode": "max-autotune",
+                     "batch_buckets": BATCH_BUCKETS, "seq_multiple": 32}),
+    Variant("int8-smooth", backend="torchao", precision="int8", device="cuda",
+            description="int8 (W8A8, torchao) after SmoothQuant scaling calibrated by xopt.calibration",
+            build=_build_smooth, load=_load_torchao, requires=("torchao",), min_capability=(8, 0), calibrated=True,
+            options={"keep_fp32": KEEP_FP, "compile": True, "mode": "max-autotune",
+                     "batch_buckets": BATCH_BUCKETS, "seq_multiple": 32, "calib_method": "smoothquant",
+                     "calib_langs": "all", "calib_samples": 256}),
+    Variant("fp8", backend="torchao", precision="fp8", device="cuda",
+            description="fp8 e4m3 weights and activations, per-row scales, torch._scaled_mm (torchao)",
+            build=_build_weights, load=_load_torchao, requires=("torchao",), min_capability=(8, 9),
+            options={"keep_fp32": KEEP_FP, "compile": True, "mode": "max-autotune",
+                     "batch_buckets": BATCH_BUCKETS, "seq_multiple": 32}),
+    Variant("bnb-int8", backend="bitsandbytes", precision="int8", device="cuda",
+            description="bitsandbytes LLM.int8 (Linear8bitLt, outlier threshold 6): the common baseline",
+            build=_build_weights, load=_load_bnb, requires=("bitsandbytes",),
+            options={"keep_fp32": KEEP_FP, "threshold": 6.0}),
+]

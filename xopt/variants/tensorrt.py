@@ -1,0 +1,350 @@
+"""TensorRT variants: `trt-fp16`, `trt-int8` (explicit Q/DQ) and `torch-tensorrt`.
+
+Recipe, `trt-fp16`: the checkpoint's ONNX export (`xopt.variants.onnx.exported`: TorchScript
+exporter, dynamic batch x sequence axes, unfused, opset 17) -> TensorRT's ONNX parser -> an
+engine built with the FP16 builder flag and one optimisation profile over batch x sequence
+(`min`/`opt`/`max` from the options) -> `model.engine`, an opaque file. The ONNX file the
+engine came from is kept beside it.
+
+Recipe, `trt-int8`: the same export with explicit QuantizeLinear/DequantizeLinear pairs
+(`insert_qdq`) on the inputs of every weight MatMul not matched by `keep_fp32`: activations
+per tensor, weights per output channel, both symmetric int8 with zero point 0 (the only
+form TensorRT accepts); activation ranges from the calibration profile of
+`xopt.calibration` (the same profile the other int8 variants use), weight ranges from the
+weights. TensorRT's implicit calibrators are deprecated; with Q/DQ in the graph it runs
+explicit quantisation (INT8 and FP16 builder flags: int8 where the graph says so, fp16
+elsewhere). The Q/DQ ONNX runs in ONNX Runtime too, which is how it is tested on hosts
+without TensorRT.
+
+Loading checks the engine against this host: an engine is only valid for the TensorRT
+version and GPU model that built it, so another one is refused with the command that
+rebuilds it (never rebuilt silently).
+
+Recipe, `torch-tensorrt`: the fp16 module compiled by torch_tensorrt's dynamo frontend with
+dynamic batch x sequence inputs, when loaded (the variant directory holds the weights only).
+
+Written against TensorRT's documented Python API (10.x; 8.6 works through the explicit-batch
+flag). TensorRT cannot be installed on the machines this was written on: everything up to the
+engine (export, Q/DQ placement and its numerics in ONNX Runtime) is tested; building and
+running engines is tested under the `tensorrt` marker only.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from xopt.errors import XoptError
+from xopt.variants.base import Runner, Variant, output_names
+
+ENGINE_FILE = "model.engine"
+ONNX_FILE = "model.onnx"
+INPUTS = ("input_ids", "attention_mask")
+# FFN output projections (their input is GELU's output) and the head stay fp16, as in every
+# xopt int8 recipe; the names are the TorchScript exporter's MatMul node names.
+KEEP_FP = r"layer\.\d+/output/dense/MatMul|^/head/"
+PROFILE = {"min": "1x1", "opt": "32x128", "max": "128x512"}
+
+
+# ---------------------------------------------------------------------------------------
+# Q/DQ placement (ONNX only: runs and is tested without TensorRT)
+
+def _int8_const(name: str, value) -> "onnx.TensorProto":   # noqa: F821
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.asarray(value, dtype=np.int8), name)
+
+
+def insert_qdq(src: Path, dst: Path, act_amax: dict[str, float], keep_fp32: str = KEEP_FP) -> dict:
+    """Put symmetric int8 Q/DQ on the inputs of the weight MatMuls of `src` named in `act_amax`.
+
+    `act_amax`: ONNX MatMul node name -> clip range of its activation input (scale = amax/127).
+    The weight input becomes an int8 initializer (per output channel, axis 1 of the [K, N]
+    MatMul weight) behind a DequantizeLinear, as TensorRT expects pre-quantised weights.
+    One Q/DQ pair per activation tensor (Q, K and V share theirs). Returns what was quantised."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    keep = re.compile(keep_fp32) if keep_fp32 else None
+    targets = [n for n in g.node if n.op_type == "MatMul" and len(n.input) == 2 and n.input[1] in inits
+               and n.name in act_amax and not (keep and keep.search(n.name))]
+    amax_of: dict[str, float] = {}
+    for n in targets:
+        amax_of[n.input[0]] = max(amax_of.get(n.input[0], 0.0), float(act_amax[n.name]))
+    new_nodes, new_inits, qdq_of = [], [], {}
+    for t, amax in amax_of.items():
+        if not np.isfinite(amax) or amax <= 0:
+            raise XoptError(f"calibration range of {t!r} is {amax}: recalibrate (a constant or broken activation)")
+        base = t.strip("/").replace("/", "_")
+        s, z, q, dq = f"{base}_act_scale", f"{base}_act_zp", f"{base}_q", f"{base}_dq"
+        new_inits += [numpy_helper.from_array(np.asarray(amax / 127.0, dtype=np.float32), s), _int8_const(z, 0)]
+        new_nodes += [helper.make_node("QuantizeLinear", [t, s, z], [q], name=f"{base}_QuantizeLinear"),
+                      helper.make_node("DequantizeLinear", [q, s, z], [dq], name=f"{base}_DequantizeLinear")]
+        qdq_of[t] = dq
+    done_w = {}
+    for n in targets:
+        w_name = n.input[1]
+        if w_name not in done_w:
+            w = numpy_helper.to_array(inits[w_name]).astype(np.float32)          # [K, N]
+            scale = np.maximum(np.abs(w).max(axis=0), 1e-8) / 127.0
+            wq = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+            base = w_name.strip("/").replace("/", "_")
+            qn, sn, zn, dn = f"{base}_int8", f"{base}_w_scale", f"{base}_w_zp", f"{base}_w_dq"
+            new_inits += [numpy_helper.from_array(wq, qn), numpy_helper.from_array(scale.astype(np.float32), sn),
+                          _int8_const(zn, np.zeros(w.shape[1]))]
+            new_nodes.append(helper.make_node("DequantizeLinear", [qn, sn, zn], [dn], name=f"{base}_DequantizeLinear",
+                                              axis=1))
+            done_w[w_name] = dn
+        n.input[0] = qdq_of[n.input[0]]
+        n.input[1] = done_w[w_name]
+    used = {i for n in g.node for i in n.input}
+    kept_inits = [i for i in g.initializer if i.name in used or i.name not in done_w]
+    del g.initializer[:]
+    g.initializer.extend(kept_inits + new_inits)
+    # DQ of weights and Q/DQ of activations go first; a topological order is restored below
+    nodes = new_nodes + list(g.node)
+    del g.node[:]
+    g.node.extend(_toposort(nodes, {i.name for i in g.input} | {i.name for i in g.initializer}))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
+    kept = [n.name for n in g.node if n.op_type == "MatMul" and n.input[1] in inits and n.name not in
+            {t.name for t in targets}]
+    return {"quantized": [n.name for n in targets], "kept_fp": kept}
+
+
+def _toposort(nodes, available: set[str]):
+    available = set(available) | {""}
+    out, pending = [], list(nodes)
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            raise RuntimeError("Q/DQ insertion left a cycle or a dangling input in the ONNX graph")
+        ids = {id(n) for n in ready}
+        for n in ready:
+            available.update(n.output)
+        out += ready
+        pending = [n for n in pending if id(n) not in ids]
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Engine build and runtime (needs tensorrt and a GPU)
+
+def _shape(s: str) -> tuple[int, int]:
+    try:
+        b, t = (int(x) for x in str(s).lower().split("x"))
+        return b, t
+    except ValueError:
+        raise XoptError(f"optimisation profile shape {s!r} is not BATCHxSEQUENCE (e.g. 32x128)") from None
+
+
+def _gpu() -> dict:
+    import torch
+
+    p = torch.cuda.get_device_properties(0)
+    return {"name": p.name, "capability": f"sm_{p.major}{p.minor}"}
+
+
+def build_engine(onnx_path: Path, engine_path: Path, options: dict, int8: bool) -> dict:
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if int(trt.__version__.split(".")[0]) < 10:   # explicit batch is the only mode from TensorRT 10 on
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise XoptError(f"TensorRT could not parse {onnx_path.name}: {errs}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.get("workspace_mb", 4096)) << 20)
+    config.set_flag(trt.BuilderFlag.FP16)
+    if int8:
+        config.set_flag(trt.BuilderFlag.INT8)   # explicit quantisation: int8 exactly where the Q/DQ are
+    lo, opt, hi = (_shape(options.get(k, PROFILE[k])) for k in ("min", "opt", "max"))
+    profile = builder.create_optimization_profile()
+    for name in INPUTS:
+        profile.set_shape(name, lo, opt, hi)
+    config.add_optimization_profile(profile)
+    blob = builder.build_serialized_network(network, config)
+    if blob is None:
+        raise XoptError(f"TensorRT failed to build an engine from {onnx_path.name} (see its log above)")
+    engine_path.write_bytes(bytes(blob))
+    return {"tensorrt": {"version": trt.__version__, "gpu": _gpu(),
+                         "profile": {"min": list(lo), "opt": list(opt), "max": list(hi)}}}
+
+
+def check_engine_host(directory: Path, man: dict) -> None:
+    """Refuse an engine built for another TensorRT version or GPU model, saying how to rebuild."""
+    import tensorrt as trt
+
+    built = man.get("tensorrt") or {}
+    here = {"version": trt.__version__, "gpu": _gpu()}
+    if built.get("version") != here["version"] or (built.get("gpu") or {}).get("name") != here["gpu"]["name"]:
+        src = man.get("source", {}).get("checkpoint", "CHECKPOINT")
+        raise XoptError(
+            f"{directory}: TensorRT engine built with TensorRT {built.get('version')} for "
+            f"{(built.get('gpu') or {}).get('name')}; this host has TensorRT {here['version']} on "
+            f"{here['gpu']['name']}. Engines do not move between them: rebuild with "
+            f"`xopt compile {src} --variant {man['variant']} --out {directory} --force`")
+
+
+class TrtRunner(Runner):
+    device = "cuda"
+
+    def __init__(self, name, engine_bytes: bytes, output_names):
+        import tensorrt as trt
+        import torch
+
+        super().__init__(name, output_names)
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(engine_bytes)
+        if self.engine is None:
+            raise XoptError(f"{name}: TensorRT could not deserialise the engine; rebuild it with `xopt compile --force`")
+        self.context = self.engine.create_execution_context()
+        self.torch_dtype = {trt.int64: torch.int64, trt.int32: torch.int32, trt.float32: torch.float32,
+                            trt.float16: torch.float16}
+
+    def prepare(self, input_ids, attention_mask):
+        import torch
+
+        return {n: torch.from_numpy(np.ascontiguousarray(a)).to(
+                    "cuda", self.torch_dtype[self.engine.get_tensor_dtype(n)])
+                for n, a in zip(INPUTS, (input_ids, attention_mask))}
+
+    def run(self, inputs):
+        import torch
+
+        for n, t in inputs.items():
+            self.context.set_input_shape(n, tuple(t.shape))
+            self.context.set_tensor_address(n, t.data_ptr())
+        outs = {}
+        for n in self.output_names:
+            outs[n] = torch.empty(tuple(self.context.get_tensor_shape(n)),
+                                  dtype=self.torch_dtype[self.engine.get_tensor_dtype(n)], device="cuda")
+            self.context.set_tensor_address(n, outs[n].data_ptr())
+        # on torch's current stream: CUDA-event timers and the outputs' consumers see its work
+        if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
+            raise RuntimeError("TensorRT execution failed")
+        return outs
+
+    def synchronize(self):
+        import torch
+
+        torch.cuda.synchronize()
+
+    def to_numpy(self, outputs):
+        self.synchronize()
+        return {n: t.float().cpu().numpy() for n, t in outputs.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# The variants
+
+def _build_fp16(variant, ckpt, out: Path, options) -> dict:
+    from xopt.variants.onnx import exported
+
+    shutil.copyfile(exported(ckpt, fuse=False), out / ONNX_FILE)
+    return build_engine(out / ONNX_FILE, out / ENGINE_FILE, options, int8=False)
+
+
+PROFILE_FILE = "calibration_profile.json"
+
+
+def _keep_module(keep_fp32: str):
+    """`keep_fp32` (ONNX node names) as a predicate on Linear module names, for the calibrator."""
+    keep = re.compile(keep_fp32) if keep_fp32 else None
+
+    def quantized(module_name: str) -> bool:
+        node = "/" + module_name.replace(".", "/").replace("layer/", "layer.") + "/MatMul"
+        return not (keep and keep.search(node)) and module_name != "head"
+
+    return quantized
+
+
+def build_qdq_onnx(ckpt, out: Path, options) -> dict:
+    """The Q/DQ ONNX model trt-int8 hands to TensorRT (`out/model.onnx`), with activation
+    ranges from `xopt.calibration` (its profile saved beside it). Runs in ONNX Runtime."""
+    import onnx
+
+    from xopt.calibration.profile import onnx_node_to_module
+    from xopt.calibration.run import calibrate_checkpoint, parse_method
+    from xopt.variants.onnx import exported
+
+    if parse_method(options.get("calib_method"))[1]:
+        raise XoptError("trt-int8 takes no SmoothQuant factors (its ONNX export is of the unsmoothed model); "
+                        "use a --calib-method without +smoothquant, or the int8-smooth variant")
+    keep_fp32 = options.get("keep_fp32", KEEP_FP)
+    prof, _ = calibrate_checkpoint(ckpt, options, quantized=_keep_module(keep_fp32))
+    prof.save(out / PROFILE_FILE)
+    raw = exported(ckpt, fuse=False)
+    kept_by_profile = set(prof.keep)
+    act = {}
+    for n in onnx.load(str(raw), load_external_data=False).graph.node:
+        if n.op_type == "MatMul":
+            mod = onnx_node_to_module(n.name)
+            if mod in prof.activations and mod not in kept_by_profile:
+                act[n.name] = prof.activations[mod]["amax"]
+    placed = insert_qdq(raw, out / ONNX_FILE, act, keep_fp32)
+    return {"calibration": prof.identity(), "qdq": placed}
+
+
+def _build_int8(variant, ckpt, out: Path, options) -> dict:
+    extra = build_qdq_onnx(ckpt, out, options)
+    return {**extra, **build_engine(out / ONNX_FILE, out / ENGINE_FILE, options, int8=True)}
+
+
+def _load_engine(variant, directory: Path, man):
+    check_engine_host(directory, man)
+    return TrtRunner(variant.name, (directory / ENGINE_FILE).read_bytes(), output_names(man))
+
+
+def _load_torch_trt(variant, directory, man):
+    import time
+
+    import torch
+    import torch_tensorrt
+
+    from xopt.variants.eager import TorchRunner, _module
+
+    opts = man["options"]
+    lo, opt, hi = (_shape(opts.get(k, PROFILE[k])) for k in ("min", "opt", "max"))
+    module = _module(directory, man).to(device="cuda", dtype=torch.float16)
+    spec = [torch_tensorrt.Input(min_shape=lo, opt_shape=opt, max_shape=hi, dtype=torch.int64)
+            for _ in INPUTS]
+    t0 = time.perf_counter()
+    compiled = torch_tensorrt.compile(module, ir="dynamo", inputs=spec, enabled_precisions={torch.float16},
+                                      min_block_size=int(opts.get("min_block_size", 5)))
+    runner = TorchRunner(variant.name, compiled, output_names(man), "cuda")
+    runner.info = {"compile_s": round(time.perf_counter() - t0, 3)}
+    return runner
+
+
+def _build_weights(variant, ckpt, out, options):
+    from xopt.variants.eager import _build_weights as build
+
+    return build(variant, ckpt, out, options)
+
+
+VARIANTS = [
+    Variant("trt-fp16", backend="tensorrt", precision="fp16", device="cuda",
+            description="ONNX -> TensorRT engine, fp16, one optimisation profile over batch x sequence",
+            build=_build_fp16, load=_load_engine, requires=("tensorrt",), options=dict(PROFILE)),
+    Variant("trt-int8", backend="tensorrt", precision="int8", device="cuda",
+            description="ONNX with explicit symmetric int8 Q/DQ (xopt.calibration ranges) -> TensorRT engine, "
+                        "int8 GEMMs, fp16 elsewhere",
+            build=_build_int8, load=_load_engine, requires=("tensorrt",), calibrated=True,
+            options={**PROFILE, "keep_fp32": KEEP_FP, "calib_method": "percentile", "calib_langs": "all",
+                     "calib_samples": 256}),
+    Variant("torch-tensorrt", backend="torch_tensorrt", precision="fp16", device="cuda",
+            description="torch_tensorrt dynamo compile, fp16, dynamic batch x sequence (compiled when loaded)",
+            build=_build_weights, load=_load_torch_trt, requires=("torch_tensorrt",), options=dict(PROFILE)),
+]

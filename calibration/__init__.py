@@ -10,8 +10,8 @@ A calibration set is a list of texts drawn from
   (`calib_data` unset or a demo suite JSON),
 - a user's text files: one text per line; a file `<lang>.txt` is that language, a directory
   holds one `<lang>.txt` per language, any other file is the language "text",
-- a registered source, `calib_data="NAME:ARG"` (`register_source`; `xtreme:TASK` is looked up
-  in `xopt.tasks.xtreme.calibration_pools(task)` when the XTREME loaders are installed),
+- a registered source, `calib_data="NAME:ARG"` (`register_source`; `xtreme:TASK:DATA_DIR` draws from
+  XTREME data through `xopt.tasks.xtreme.calibration_pools`),
 balanced across languages, stratified by length within each language (evenly spaced over the
 length-sorted texts), with a fixed seed. A disjoint held-out sample of the same pools
 (`dev_texts`, also balanced per language) scores sensitivity and SmoothQuant's alpha. The
@@ -112,17 +112,12 @@ def register_source(name: str, fn: Callable[[str], dict[str, list[str]]]) -> Non
     SOURCES[name] = fn
 
 
-def _xtreme_pools(task: str) -> dict[str, list[str]]:
-    """Unlabelled text per language from an XTREME task's splits (the XTREME loaders own the
-    data; this is the hook they fill: `xopt.tasks.xtreme.calibration_pools(task)`)."""
-    try:
-        from xopt.tasks import xtreme
-    except ImportError:
-        raise XoptError("calibration source xtreme:TASK needs the XTREME loaders (xopt.tasks.xtreme), "
-                        "which this install lacks; use the demo suite or text files") from None
-    if not hasattr(xtreme, "calibration_pools"):
-        raise XoptError("xopt.tasks.xtreme has no calibration_pools(task); use the demo suite or text files")
-    return xtreme.calibration_pools(task)
+def _xtreme_pools(spec: str) -> dict[str, list[str]]:
+    """`xtreme:TASK:DATA_DIR`: text per language from an XTREME task's data (xopt.tasks.xtreme
+    owns the loaders; see its `calibration_pools`)."""
+    from xopt.tasks import xtreme
+
+    return xtreme.calibration_pools(spec)
 
 
 register_source("xtreme", _xtreme_pools)

@@ -3,6 +3,7 @@ sensitivity and the fallback, the onnx-int8 Q/DQ graph built from a profile, bad
 
 import functools
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,6 +116,24 @@ def test_text_files_as_calibration_source(tmp_path):
     assert cs.langs == ["de", "ja"] and len(cs.texts) == 4
     one = CalibrationSet.from_options({"calib_data": str(d / "de.txt"), "calib_samples": 2, "calib_langs": "de"})
     assert one.langs == ["de"] and len(one.texts) == 2
+
+
+def test_xtreme_data_as_calibration_source():
+    """English from the task's training set, other languages from their dev split: the texts are
+    the fixtures' own sentences, in the languages the fixture holds."""
+    from xopt.calibration import CalibrationSet
+    from xopt.tasks import xtreme
+
+    fx = Path(__file__).parent / "fixtures" / "xtreme"
+    cs = CalibrationSet.from_options({"calib_data": f"xtreme:xnli:{fx}", "calib_samples": 8, "calib_langs": "all",
+                                      "calib_dev_samples": 0})
+    assert cs.langs == ["ar", "de", "en", "zh"] and len(cs.texts) == 8
+    en_train = {xtreme.example_text(xtreme.TASKS["xnli"], e) for e in xtreme.load("xnli", "en", "train", fx)}
+    zh_dev = {xtreme.example_text(xtreme.TASKS["xnli"], e) for e in xtreme.load("xnli", "zh", "dev", fx)}
+    assert {t for t in cs.texts if cs.lang_of[t] == "en"} <= en_train
+    assert {t for t in cs.texts if cs.lang_of[t] == "zh"} <= zh_dev
+    with pytest.raises(XoptError, match="expected xtreme:TASK:DATA_DIR"):
+        CalibrationSet.from_options({"calib_data": "xtreme:xnli", "calib_samples": 8})
 
 
 def test_bad_calibration_sets(tiny_suite, tmp_path):

@@ -491,3 +491,41 @@ def special_template(tokenizer, pair: bool = False) -> list[int]:
     else:
         out += rest
     return out
+
+
+# --------------------------------------------------------------------------- calibration text
+
+def example_text(task: Task, ex) -> str:
+    """One calibration text of an example: what the model reads, as one string."""
+    if task.family == "classify":
+        return f"{ex['text_a']} {ex['text_b']}".strip()
+    if task.family == "tagging":
+        return " ".join(ex["tokens"])
+    return f"{ex['question']} {ex['context']}"
+
+
+def calibration_pools(spec: str) -> dict[str, list[str]]:
+    """`--calib-data xtreme:TASK:DIR` (xopt.calibration's registered source): texts per language,
+    English from the task's English training set, every other language from its dev split (or
+    test when the task has no dev; calibration needs no labels, but never draw it from the split
+    you evaluate on if you can avoid it). Languages without data under DIR are left out."""
+    name, sep, data_dir = spec.partition(":")
+    if not sep or not data_dir:
+        raise XoptError(f"calibration source xtreme:{spec}: expected xtreme:TASK:DATA_DIR")
+    task = get_task(name)
+    train = get_task(TRAIN_TASK.get(task.name, task.name))
+    pools: dict[str, list[str]] = {}
+    for lang in task.langs:
+        src, split = (train, "train") if lang == "en" and "train" in train.splits else (
+            task, "dev" if "dev" in task.splits else "test")
+        try:
+            data = load(src, lang, split, data_dir)
+        except XoptError as e:
+            if "not a directory" in str(e):
+                raise
+            continue   # no file for this language: the caller checks the languages it asked for
+        pools[lang] = (list(data.src) + (data.en if lang == "en" else []) if isinstance(data, Bitext)
+                       else [example_text(src, ex) for ex in data])
+    if not pools:
+        raise XoptError(f"calibration source xtreme:{spec}: no {task.name} data under {data_dir}")
+    return pools

@@ -57,7 +57,7 @@ import numpy as np
 
 from xopt.calibration.calibrators import (DEFAULTS, METHODS, Histogram, compute_amax, tensor_range,
                                           uint8_qparams)
-from xopt.errors import XoptError
+from xopt.errors import XoptError, read_json
 
 FORMAT = "xopt-calibration-profile/1"
 SMOOTH_METHOD_SUFFIX = "+smoothquant"
@@ -277,13 +277,7 @@ class Profile:
 
     @classmethod
     def load(cls, path: str | Path) -> "Profile":
-        path = Path(path)
-        if not path.is_file():
-            raise XoptError(f"calibration profile {path} not found; make one with `xopt calibrate`")
-        try:
-            d = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise XoptError(f"{path}: corrupt calibration profile ({e}); recreate it with `xopt calibrate`") from None
+        d = read_json(path, "calibration profile", "make one with `xopt calibrate`")
         return cls.from_json(d, str(path))
 
     def check(self, model, where: str = "calibration profile") -> None:

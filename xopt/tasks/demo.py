@@ -34,7 +34,7 @@ import unicodedata
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from xopt.errors import XoptError
+from xopt.errors import XoptError, read_json
 from xopt.tasks.catalogs import APT_LINE, LOCALE_DIR, locale_catalogs, read_mo
 
 FORMAT = "xopt-demo-suite/3"
@@ -237,12 +237,7 @@ def save_suite(suite: dict, path: Path) -> Path:
 
 def load_suite(path: Path) -> dict:
     path = Path(path)
-    if not path.is_file():
-        raise XoptError(f"{path}: demo suite not found; omit --data to build and use the cached one")
-    try:
-        suite = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise XoptError(f"{path}: corrupt demo suite ({e}); delete it and rebuild") from None
+    suite = read_json(path, "demo suite", "omit --data to build and use the cached one (delete a corrupt one first)")
     if suite.get("format") != FORMAT:
         raise XoptError(f"{path}: not a demo suite (format {suite.get('format')!r})")
     return suite

@@ -18,11 +18,10 @@ CPU = [v.name for v in REGISTRY.values() if v.device == "cpu" and v.unavailable_
 
 @pytest.fixture(scope="session")
 def demo_mix(variant_dir):
-    from xopt.bench import tokenizer_of
     from xopt.tasks import demo
 
     lv = load_variant(variant_dir("fp32"))
-    return demo_lengths(tokenizer_of(lv), demo.load_suite(demo.ensure_suite()), None, lv.card.input_prefix)
+    return demo_lengths(lv.tokenizer(), demo.load_suite(demo.ensure_suite()), None, lv.card.input_prefix)
 
 
 @pytest.mark.parametrize("shape", ["b1xs128", "b8xdemo"])

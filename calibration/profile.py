@@ -47,8 +47,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -259,21 +257,9 @@ class Profile:
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (temp file + fsync + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            os.fchmod(fd, 0o644)
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_json(), f, indent=1, ensure_ascii=False)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        return path
+        from xopt.manifest import atomic_write
+
+        return atomic_write(Path(path), json.dumps(self.to_json(), indent=1, ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | Path) -> "Profile":

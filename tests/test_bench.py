@@ -219,11 +219,10 @@ def test_xtreme_lengths_through_the_task_loaders(variants, monkeypatch, tmp_path
         bench([variants / "fp32"], lengths="xtreme:xnli:de")
     recs = bench([variants / "fp32"], batches=(1,), seq_lens=(), lengths="xtreme:xnli:de", rounds=1, min_iters=2,
                  min_time_s=0.0, warmup=1, data_dir=tmp_path)
-    from xopt.bench import tokenizer_of
     from xopt.variants import load_variant
 
     lv = load_variant(variants / "fp32")
-    tok, pre = tokenizer_of(lv), lv.card.input_prefix
+    tok, pre = lv.tokenizer(), lv.card.input_prefix
     want = [len(tok(pre + "ein kurzer Satz", "noch ein etwas längerer Satz hier")["input_ids"]),
             len(tok(pre + "kurz")["input_ids"])]
     assert recs[0]["length_dist"] == "xtreme:xnli:de" and recs[0]["lang"] == "de"

@@ -448,18 +448,6 @@ def length_sources(spec: str, tokenizer, prefix: str, data_dir=None, max_length:
 
 # ---------------------------------------------------------------- the sweep
 
-@functools.lru_cache(maxsize=8)
-def _tokenizer(directory: str, key: str):
-    from xopt.models import load_tokenizer
-
-    return load_tokenizer(directory)
-
-
-def tokenizer_of(lv):
-    """The variant's tokenizer, loaded once per process and tokenizer file (loading is seconds)."""
-    return _tokenizer(str(lv.directory), lv.manifest.get("files", {}).get("tokenizer.json") or str(lv.directory))
-
-
 def check_lengths_spec(spec: str) -> None:
     """Refuse a malformed --lengths before any variant is loaded."""
     if spec == "demo" or spec.startswith("demo:"):
@@ -524,7 +512,7 @@ def make_shapes(loaded: dict, batches, seq_lens, lengths: str | None, scenario: 
         batches = [1]            # one sample per query by definition
     if any(b < 1 for b in batches) or any(s < 1 for s in seq_lens):
         raise XoptError("--batch and --seq-len take positive integers")
-    sources = (length_sources(lengths, tokenizer_of(first), first.card.input_prefix, data_dir, max_len)
+    sources = (length_sources(lengths, first.tokenizer(), first.card.input_prefix, data_dir, max_len)
                if lengths else [])
     shapes = []
     for b in batches:
@@ -569,7 +557,7 @@ def bench(variant_dirs: list, batches=(1, 8), seq_lens=(128,), lengths: str | No
         raise XoptError(f"--compare {compare}: not among the variants given "
                         f"({', '.join(lv.manifest['variant'] for lv in loaded.values())})")
     shapes = make_shapes(loaded, list(batches), list(seq_lens), lengths, scenario, data_dir)
-    tok = tokenizer_of(next(iter(loaded.values())))
+    tok = next(iter(loaded.values())).tokenizer()
     if scenario != "fixed-batch":
         from xopt import loadgen
 

@@ -16,7 +16,7 @@ def read_json(path, what: str, fix: str):
 
     path = Path(path)
     if not path.is_file():
-        raise XoptError(f"{what} {path} not found; {fix}")
+        raise XoptError(f"{path}: {what} not found; {fix}")
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

@@ -354,22 +354,6 @@ def _choose_bucc_threshold(loaded, tok, lang, data_dir, batch_size, progress) ->
     return retrieval.optimal_threshold(cands, {(s_index[s], e_index[e]) for s, e in dev.gold})
 
 
-_TOKENIZERS: dict = {}
-
-
-def _tokenizer(loaded):
-    """The variant's tokenizer, reused across calls in one process when its files hash the same
-    (parsing XLM-R's tokenizer.json takes seconds)."""
-    files = loaded.manifest.get("files", {})
-    key = tuple(sorted((k, v) for k, v in files.items() if k.startswith(("tokenizer", "special_tokens",
-                                                                        "sentencepiece"))))
-    if not key:
-        return loaded.tokenizer()
-    if key not in _TOKENIZERS:
-        _TOKENIZERS[key] = loaded.tokenizer()
-    return _TOKENIZERS[key]
-
-
 def evaluate_xtreme(variant_dir, data_dir, tasks=None, langs=None, split: str = "test", batch_size: int = 64,
                     max_examples: int | None = None, bucc_threshold_from=None) -> list[dict]:
     """Zero-shot XTREME records of one variant (module notes above). Everything is loaded and
@@ -404,7 +388,7 @@ def evaluate_xtreme(variant_dir, data_dir, tasks=None, langs=None, split: str = 
             else:
                 X.load("bucc2018", lang, "dev", data_dir)   # fail before running if the dev gold is missing
                 thresholds[lang] = None
-    tok = _tokenizer(loaded)
+    tok = loaded.tokenizer()
     common = dict(model=loaded.model_name, variant=variant, suite="xtreme", split=split, **loaded.model_fields,
                   variant_dir=str(loaded.directory), rank=rank, world_size=world, **calibration_fields(loaded.manifest))
     recs = []

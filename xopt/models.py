@@ -163,10 +163,22 @@ def quiet_hf() -> None:
     hf_logging.set_verbosity_error()
 
 
+_TOKENIZERS: dict = {}
+
+
 def load_tokenizer(path: str | Path):
+    """The tokenizer of a checkpoint or variant directory, parsed once per process and tokenizer
+    file (XLM-R's 250k-piece tokenizer.json takes seconds); an edited file is read again."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path))
+    path = Path(path)
+    f = path / "tokenizer.json"
+    key = (str(path.resolve()), *((f.stat().st_mtime_ns, f.stat().st_size) if f.is_file() else ()))
+    if key not in _TOKENIZERS:
+        if len(_TOKENIZERS) >= 8:
+            _TOKENIZERS.pop(next(iter(_TOKENIZERS)))
+        _TOKENIZERS[key] = AutoTokenizer.from_pretrained(str(path))
+    return _TOKENIZERS[key]
 
 
 def load_module(ckpt: Checkpoint, dtype=None):

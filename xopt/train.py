@@ -41,7 +41,6 @@ Plan file (TOML), every key but `model`, `out` and `[target]` optional:
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -252,7 +251,8 @@ def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: s
     """Train the plan's checkpoints; returns {role: path}. `single_out`: `plan.out` is the one
     checkpoint directory (the flags form) rather than a run directory."""
     from xopt import results
-    from xopt.models import ModelCard, load_module, open_checkpoint, save_checkpoint
+    from xopt.manifest import atomic_write
+    from xopt.models import ModelCard, load_module, load_tokenizer, open_checkpoint, save_checkpoint
     from xopt.progress import bar
     from xopt.trainloop import barrier, dist_info, fit
 
@@ -290,11 +290,11 @@ def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: s
                     "tasks": {n: {"kind": t.kind, "labels": t.labels if t.kind != "token" else len(t.labels),
                                   "train": len(t.train), "dev": len(t.dev)} for n, t in tasks.items()}}
         meta_dir = state_root if single_out else out
-        _write_atomic(meta_dir / "resolved.json", json.dumps(resolved, indent=1, default=str))
+        atomic_write(meta_dir / "resolved.json", json.dumps(resolved, indent=1, default=str))
         if plan_text is not None:
-            _write_atomic(meta_dir / "plan.toml", plan_text)
+            atomic_write(meta_dir / "plan.toml", plan_text)
     barrier(world)
-    tok = _tokenizer(ckpt.path)
+    tok = load_tokenizer(ckpt.path)
     prefix = ckpt.card.input_prefix
     metrics = (state_root if single_out else out) / "metrics.jsonl"
 
@@ -358,22 +358,6 @@ def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: s
     return written
 
 
-_TOKENIZERS: dict = {}
-
-
-def _tokenizer(path: Path):
-    """The checkpoint's tokenizer, loaded once per process (the 250k-piece XLM-R tokenizer takes
-    seconds to parse); keyed by the tokenizer file's identity so an edited file is re-read."""
-    from xopt.models import load_tokenizer
-
-    f = path / "tokenizer.json"
-    k = (str(path.resolve()), *((f.stat().st_mtime_ns, f.stat().st_size) if f.is_file() else ()))
-    if k not in _TOKENIZERS:
-        _TOKENIZERS.clear()
-        _TOKENIZERS[k] = load_tokenizer(path)
-    return _TOKENIZERS[k]
-
-
 def _head_of(t) -> tuple[str, int]:
     from xopt.trainloop import head_shape
 
@@ -432,12 +416,6 @@ def _stage_run(model, tok, prefix, tasks, stage, seed, state_dir, resume, progre
 
 def _jsonable(obj):
     return json.loads(json.dumps(asdict(obj), default=str))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def train(model_path: str | Path, target: str, data: str | Path, out: str | Path,

@@ -221,18 +221,9 @@ def _shared_set(pools: dict[str, dict], min_shared: int) -> tuple[list[str], lis
 
 
 def save_suite(suite: dict, path: Path) -> Path:
-    import os
-    import tempfile
+    from xopt.manifest import atomic_write
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.fchmod(fd, 0o644)
-    with os.fdopen(fd, "w") as f:
-        json.dump(suite, f, ensure_ascii=False, separators=(",", ":"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, json.dumps(suite, ensure_ascii=False, separators=(",", ":")))
 
 
 def load_suite(path: Path) -> dict:

@@ -105,7 +105,6 @@ def int8_linear(a_q, a_scale, w_q, w_scale, bias, out_dtype, gelu: bool = False)
     if path != "torch":
         return _ops(a_q).int8_gemm(a_q.contiguous(), a_scale, w_q, w_scale, bias, out_dtype, gelu=gelu,
                                    interpret=path == "interpret")
-    import torch
     import torch.nn.functional as F
 
     # int8 x int8 products summed exactly: in float64 (integers below 2^53, so the same numbers

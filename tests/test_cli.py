@@ -5,7 +5,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 from typer.testing import CliRunner
 
 from xopt.cli import app
@@ -80,3 +79,23 @@ def test_train_refuses_unknown_task_before_training(tmp_path, tiny_ckpt, tiny_su
     msg = _one_line_error(run("train", "--model", tiny_ckpt, "--target", "demo-topic", "--intermediate", "nosuchtask",
                               "--data", tiny_suite, "--out", tmp_path / "t"))
     assert "unknown task 'nosuchtask'" in msg and not (tmp_path / "t").exists()
+
+
+def test_sigterm_mid_build_leaves_no_partial_variant(tmp_path, tiny_ckpt):
+    """A killed `xopt compile` (CI timeout, scheduler) unwinds: exit 143, no half-built dir, no temp export."""
+    import os
+    import signal
+
+    out = tmp_path / "v" / "onnx-fp32"
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
+    (tmp_path / "tmp").mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "xopt.cli", "compile", str(tiny_ckpt), "--variant", "onnx-fp32",
+                             "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not any((tmp_path / "tmp").glob("xopt-onnx-*")):   # the export has started
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert not out.exists() and not list((tmp_path / "v").iterdir())
+    assert not list((tmp_path / "tmp").iterdir())

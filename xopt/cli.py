@@ -398,6 +398,11 @@ def demo_cmd(out: Annotated[Path, typer.Option("--out", help="Output directory."
 
 
 def main() -> None:
+    import signal
+
+    # SIGTERM (a CI timeout, `kill`, a scheduler) unwinds like Ctrl-C: half-built variant
+    # dirs and temp exports are removed and finished results stay, instead of leaking GBs.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     app()
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -55,6 +55,7 @@ def run_demo(out: Path, quick: bool = False, force: bool = False) -> dict:
     from xopt.tasks import demo
     from xopt.train import DEMO_INTERMEDIATE, DEMO_TARGET, train
     from xopt.variants import REGISTRY, compile_variant, load_variant
+    from xopt.variants.onnx import release_exports
 
     out = Path(out)
     if out.exists():
@@ -95,6 +96,7 @@ def run_demo(out: Path, quick: bool = False, force: bool = False) -> dict:
             console.print(f"compile {model} -> {name}")
             compile_variant(ckpts / model, name, d, options=calib if REGISTRY[name].calibrated else None)
             dirs[(model, name)] = d
+        release_exports()
     timings["compile_s"] = time.perf_counter() - t
 
     t = _step("evaluate every variant on every demo language")
@@ -140,6 +142,7 @@ def run_plan_file(path: Path, resume: bool = False, force: bool = False) -> dict
     from xopt.tasks import xtreme
     from xopt.train import load_plan, run_plan
     from xopt.variants import REGISTRY, compile_variant
+    from xopt.variants.onnx import release_exports
 
     path = Path(path)
     plan = load_plan(path)
@@ -179,6 +182,7 @@ def run_plan_file(path: Path, resume: bool = False, force: bool = False) -> dict
             dirs[(model, name)] = d
             results.append(res, evaluate(d, suite, eval_data, tasks, cfg.get("langs"), cfg.get("split", "test"),
                                          max_examples=cfg.get("max_examples")))
+        release_exports()
     timings["compile_eval_s"] = time.perf_counter() - t
     b = cfg.get("bench", {})
     if b is not False:

@@ -31,7 +31,7 @@ import json
 import random
 import re
 import unicodedata
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
 from xopt.errors import XoptError, read_json

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from xopt.errors import XoptError
-from xopt.variants.base import Runner, Variant, output_names
+from xopt.variants.base import Runner, Variant, link_or_copy, output_names
 
 MODEL_FILE = "model.onnx"
 PROFILE_FILE = "calibration_profile.json"
@@ -162,10 +162,11 @@ _EXPORTS: dict[tuple, Path] = {}   # (checkpoint identity, fused) -> ONNX file, 
 def exported(ckpt, fuse: bool = True) -> Path:
     """The checkpoint exported to ONNX (and fused), memoised for the process: building the
     three ONNX variants of one checkpoint exports it once (export + fusion take ~30 s on
-    the demo model, 2 CPU cores). Files live in a temp dir removed at exit; callers copy."""
+    the demo model, 2 CPU cores). Only the latest checkpoint's files are kept (the demo
+    model's raw + fused exports are ~0.9 GB; keeping every checkpoint's filled CI's disk);
+    they live in temp dirs removed at exit; callers copy."""
     import atexit
     import hashlib
-    import shutil
     import tempfile
 
     files = ckpt.manifest.get("files", {})
@@ -173,6 +174,8 @@ def exported(ckpt, fuse: bool = True) -> Path:
                                                                   "config.json")}, sort_keys=True).encode()).hexdigest()
     key = (ident, fuse)
     if not files or key not in _EXPORTS or not _EXPORTS[key].is_file():
+        for old in [k for k in _EXPORTS if k[0] != ident]:
+            shutil.rmtree(_EXPORTS.pop(old).parent, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix="xopt-onnx-"))
         atexit.register(shutil.rmtree, tmp, True)
         path = tmp / ("fused.onnx" if fuse else "raw.onnx")
@@ -186,6 +189,12 @@ def exported(ckpt, fuse: bool = True) -> Path:
     return _EXPORTS[key]
 
 
+def release_exports() -> None:
+    """Remove the memoised exports now (callers done with a checkpoint's ONNX variants)."""
+    while _EXPORTS:
+        shutil.rmtree(_EXPORTS.popitem()[1].parent, ignore_errors=True)
+
+
 def fused_op_counts(path: Path) -> dict:
     import onnx
 
@@ -197,7 +206,7 @@ def fused_op_counts(path: Path) -> dict:
 
 
 def _build_fp32(variant, ckpt, out: Path, options) -> dict:
-    shutil.copyfile(exported(ckpt, options.get("fuse", True)), out / MODEL_FILE)
+    link_or_copy(exported(ckpt, options.get("fuse", True)), out / MODEL_FILE)   # never modified: share it
     return {"ops": fused_op_counts(out / MODEL_FILE), "export_check": check_against_torch(ckpt, out / MODEL_FILE)}
 
 

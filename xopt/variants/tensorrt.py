@@ -32,13 +32,12 @@ running engines is tested under the `tensorrt` marker only.
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from xopt.errors import XoptError
-from xopt.variants.base import Runner, Variant, output_names
+from xopt.variants.base import Runner, Variant, link_or_copy, output_names
 
 ENGINE_FILE = "model.engine"
 ONNX_FILE = "model.onnx"
@@ -252,7 +251,7 @@ class TrtRunner(Runner):
 def _build_fp16(variant, ckpt, out: Path, options) -> dict:
     from xopt.variants.onnx import exported
 
-    shutil.copyfile(exported(ckpt, fuse=False), out / ONNX_FILE)
+    link_or_copy(exported(ckpt, fuse=False), out / ONNX_FILE)
     return build_engine(out / ONNX_FILE, out / ENGINE_FILE, options, int8=False)
 
 

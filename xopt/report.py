@@ -490,8 +490,7 @@ def summary_table(rows: list[dict], tasks: list[str], reference: str = "fp32"):
             w = st.get("worst")
             cells += [f"{st['score']:.1f}", ret, f"{w[0]} {w[1]:+.1f}" if w else "ref" if r["variant"] == reference
                       else "no drop"]
-        cells += [f"{r['p50_ms']:.1f}" if "p50_ms" in r else "not measured",
-                  f"{r['speedup']:.2f}x" if r.get("speedup") else "n/a"]
+        cells += [_cost(r, "p50_ms", "{:.1f}"), f"{r['speedup']:.2f}x" if r.get("speedup") else "n/a"]
         t.add_row(*cells)
     return t
 

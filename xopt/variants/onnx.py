@@ -174,8 +174,7 @@ def exported(ckpt, fuse: bool = True) -> Path:
                                                                   "config.json")}, sort_keys=True).encode()).hexdigest()
     key = (ident, fuse)
     if not files or key not in _EXPORTS or not _EXPORTS[key].is_file():
-        for old in [k for k in _EXPORTS if k[0] != ident]:
-            shutil.rmtree(_EXPORTS.pop(old).parent, ignore_errors=True)
+        release_exports(keep=ident)
         tmp = Path(tempfile.mkdtemp(prefix="xopt-onnx-"))
         atexit.register(shutil.rmtree, tmp, True)
         path = tmp / ("fused.onnx" if fuse else "raw.onnx")
@@ -189,10 +188,11 @@ def exported(ckpt, fuse: bool = True) -> Path:
     return _EXPORTS[key]
 
 
-def release_exports() -> None:
-    """Remove the memoised exports now (callers done with a checkpoint's ONNX variants)."""
-    while _EXPORTS:
-        shutil.rmtree(_EXPORTS.popitem()[1].parent, ignore_errors=True)
+def release_exports(keep: str | None = None) -> None:
+    """Remove the memoised exports now (callers done with a checkpoint's ONNX variants),
+    except those of checkpoint identity `keep`."""
+    for key in [k for k in _EXPORTS if k[0] != keep]:
+        shutil.rmtree(_EXPORTS.pop(key).parent, ignore_errors=True)
 
 
 def fused_op_counts(path: Path) -> dict:

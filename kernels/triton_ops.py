@@ -175,6 +175,19 @@ def quantize_static(x, scale, interpret=False):
     return q
 
 
+def _gemm_tiles(m: int, interpret: bool) -> tuple[dict, dict]:
+    """(constexpr tiles, launch options) of the int8 GEMM for M rows.
+
+    16 is the smallest int8 tensor-core tile and keeps the interpreter fast; on the GPU,
+    128x128x64 tiles (8 warps, 3 stages; 64 rows, 4 warps for small M) are the usual int8 IMMA
+    starting point. Not timed on hardware yet (no GPU in the sessions that wrote this);
+    `compile_for_gpu` shows they compile to tensor-core IMMA without register spills."""
+    if interpret:
+        return {"BM": 16, "BN": 16, "BK": 16}, {}
+    bm = 64 if m <= 64 else 128
+    return {"BM": bm, "BN": 128, "BK": 64}, {"num_warps": 8 if bm == 128 else 4, "num_stages": 3}
+
+
 def int8_gemm(a_q, a_scale, w_q, w_scale, bias, out_dtype, gelu=False, interpret=False):
     import torch
 
@@ -184,17 +197,90 @@ def int8_gemm(a_q, a_scale, w_q, w_scale, bias, out_dtype, gelu=False, interpret
     c = torch.empty((m, n), dtype=out_dtype, device=a_q.device)
     if m == 0:
         return c
-    # Tile sizes: 16 is the smallest int8 tensor-core tile and keeps the interpreter fast;
-    # on the GPU, 128x128x64 tiles (8 warps, 3 stages) are the usual int8 IMMA starting point.
-    # Not tuned on hardware yet (no GPU in the session that wrote this).
-    if interpret:
-        bm = bn = bk = 16
-        extra = {}
-    else:
-        bm = 64 if m <= 64 else 128
-        bn, bk = 128, 64
-        extra = {"num_warps": 8 if bm == 128 else 4, "num_stages": 3}
-    grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
+    tiles, extra = _gemm_tiles(m, interpret)
+    grid = (triton.cdiv(m, tiles["BM"]), triton.cdiv(n, tiles["BN"]))
     kernels(interpret).int8_gemm[grid](a_q, w_q, a_scale, w_scale, bias if bias is not None else a_scale, c,
-                                       m, n, k, HAS_BIAS=bias is not None, GELU=gelu, BM=bm, BN=bn, BK=bk, **extra)
+                                       m, n, k, HAS_BIAS=bias is not None, GELU=gelu, **tiles, **extra)
     return c
+
+
+# ----------------------------------------------------------------------------- without a GPU
+
+SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}   # max dynamic smem per block
+
+
+def compile_for_gpu(arch: int, dtype: str = "fp16", tokens: int = 4096, hidden: int = 768, ffn: int = 3072) -> dict:
+    """Compile every kernel ahead of time for CUDA compute capability `arch` (80 = A100,
+    89 = L4/L40, 90 = H100) with the launch configuration the wrappers above pick for `tokens`
+    packed tokens of an encoder `hidden` wide with an `ffn`-wide feed-forward layer. Needs no
+    GPU: Triton's compiler and the ptxas/cuobjdump in its wheel do it all, so a host without a
+    GPU can check that the GPU path compiles, which tensor-core instructions the int8 GEMM
+    lowers to, and what each kernel takes in registers, spill stack and shared memory.
+
+    Arguments are specialised as Triton's JIT does at a real launch: pointers from PyTorch's
+    allocator are 16-byte aligned and integers divisible by 16 are marked so (they decide
+    vector widths and cp.async pipelining). Returns {kernel: {"ptx", "regs", "stack", "shared"}}."""
+    import re
+    import subprocess
+    import tempfile
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    ks = kernels(False)
+    f, i8, f32 = f"*{dtype}", "*i8", "*fp32"
+    row_block = triton.next_power_of_2(ffn)
+    gemm = {"a_ptr": i8, "w_ptr": i8, "as_ptr": f32, "ws_ptr": f32, "b_ptr": f, "c_ptr": f}
+    jobs = {   # name: (kernel, {arg: type or value}, constexprs, options), args in the wrappers' order
+        "bias_gelu": (ks.bias_gelu, {"x_ptr": f, "b_ptr": f, "y_ptr": f, "numel": tokens * ffn, "N": ffn},
+                      {"BLOCK": 1024}, {}),
+        "add_layernorm": (ks.add_layernorm, {"x_ptr": f, "b_ptr": f, "r_ptr": f, "w_ptr": f, "lb_ptr": f, "y_ptr": f,
+                                             "M": tokens, "N": hidden, "eps": 1e-5},
+                          {"HAS_BIAS": True, "HAS_RES": True, "BLOCK": triton.next_power_of_2(hidden),
+                           "ROWS": _rows_per_program(tokens, triton.next_power_of_2(hidden), False)}, {}),
+        "quantize_rows": (ks.quantize_rows, {"x_ptr": f, "q_ptr": i8, "s_ptr": f32, "M": tokens, "K": ffn},
+                          {"ROWS": _rows_per_program(tokens, row_block, False), "BLOCK": row_block}, {}),
+        "quantize_static": (ks.quantize_static, {"x_ptr": f, "q_ptr": i8, "s_ptr": f32, "numel": tokens * ffn},
+                            {"BLOCK": 1024}, {}),
+    }
+    for m in (min(tokens, 64), tokens):                      # both tile shapes the GEMM picks
+        tiles, opts = _gemm_tiles(m, False)
+        jobs[f"int8_gemm[BM={tiles['BM']}]"] = (ks.int8_gemm, {**gemm, "M": m, "N": ffn, "K": hidden},
+                                                {"HAS_BIAS": True, "GELU": True, **tiles}, opts)
+    out = {}
+    for name, (fn, args, consts, opts) in jobs.items():
+        names = fn.arg_names
+        sig, attrs = {}, {}
+        for a in names:
+            v = args.get(a)
+            if a in consts:
+                sig[a] = "constexpr"
+            elif isinstance(v, str):
+                sig[a], attrs[(names.index(a),)] = v, [["tt.divisibility", 16]]
+            elif isinstance(v, float):
+                sig[a] = "fp32"
+            else:
+                sig[a] = "i32"
+                if v % 16 == 0:
+                    attrs[(names.index(a),)] = [["tt.divisibility", 16]]
+        cx = {(names.index(a),): v for a, v in consts.items()}
+        c = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=cx, attrs=attrs),
+                           target=GPUTarget("cuda", arch, 32), options=opts)
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as fh:
+            fh.write(c.asm["cubin"])
+            fh.flush()
+            usage = subprocess.run([cuobjdump, "--dump-resource-usage", fh.name], capture_output=True, text=True,
+                                   check=True).stdout
+        regs, stack = re.search(r"REG:(\d+) STACK:(\d+)", usage).groups()
+        out[name] = {"ptx": c.asm["ptx"], "regs": int(regs), "stack": int(stack), "shared": c.metadata.shared}
+    return out
+
+
+if __name__ == "__main__":   # python -m xopt.kernels.triton_ops [ARCH [DTYPE]]: resource use per kernel
+    import sys
+
+    arch_, dtype_ = int(sys.argv[1]) if len(sys.argv) > 1 else 90, sys.argv[2] if len(sys.argv) > 2 else "fp16"
+    for k_, r_ in compile_for_gpu(arch_, dtype_).items():
+        print(f"sm_{arch_} {dtype_} {k_:22s} regs {r_['regs']:3d}  spill stack {r_['stack']:4d} B  "
+              f"shared {r_['shared']:6d} B")

@@ -207,6 +207,36 @@ def test_unpadded_refuses_what_it_does_not_implement(bad):
         UnpaddedEncoder(model)
 
 
+# ----------------------------------------------------------------------------- compiled for a GPU, without one
+
+IMMA = {80: r"mma\.sync\.aligned\.m16n8k32\S*\.s32\.s8\.s8\.s32",      # Ampere int8 tensor cores
+        90: r"wgmma\.mma_async\S*\.s32\.s8\.s8"}                       # Hopper warpgroup int8 MMA
+
+
+@needs_triton
+@pytest.mark.parametrize("arch,dtype", [(80, "fp16"), (90, "fp16"), (90, "bf16")])
+def test_kernels_compile_for_the_gpu_without_spills(arch, dtype):
+    """Every kernel, with the launch configuration the wrappers pick for XLM-R-base shapes
+    (4,096 packed tokens, 768/3072 wide), compiles for A100/H100 on this GPU-less host; the int8
+    GEMM lowers to int8 tensor-core MMA with a software pipeline (cp.async), nothing spills to
+    local memory, shared memory fits the device, and the row kernels move 128-bit vectors."""
+    import re
+
+    from xopt.kernels import triton_ops
+
+    got = triton_ops.compile_for_gpu(arch, dtype)
+    assert set(got) == {"bias_gelu", "add_layernorm", "quantize_rows", "quantize_static",
+                        "int8_gemm[BM=64]", "int8_gemm[BM=128]"}
+    for name, r in got.items():
+        assert r["stack"] == 0, f"{name} spills {r['stack']} B to local memory on sm_{arch}"
+        assert r["shared"] <= triton_ops.SMEM_LIMIT[arch], name
+        if name.startswith("int8_gemm"):
+            assert re.search(IMMA[arch], r["ptx"]), f"{name}: no int8 tensor-core MMA on sm_{arch}"
+            assert "cp.async" in r["ptx"], f"{name}: loads are not pipelined"
+        else:
+            assert "ld.global.v4" in r["ptx"], f"{name}: no 128-bit loads"
+
+
 # ----------------------------------------------------------------------------- on the GPU
 
 @pytest.mark.gpu

@@ -176,6 +176,34 @@ def test_trt_engines_and_foreign_engine_refused(tiny_ckpt, tiny_suite, fp32_ref,
     _tolerance_check("trt-int8", ref, load_variant(tmp_path / "trt8").runner(ids, mask))
 
 
+@pytest.mark.parametrize("model_type,head", [("bert", "sequence"), ("xlm-roberta", "token"), ("xlm-roberta", "span")])
+def test_shape_buckets_do_not_change_any_output(model_type, head):
+    """compile-cuda, int8 and fp8 pad every batch up to a shape bucket (CUDA graphs replay fixed
+    shapes) and cut the outputs back. Run on the CPU with the eager module, the bucketed runner
+    must give every output of every row exactly as the unpadded call does: masked attention,
+    masked pooling, the filler rows, positions (XLM-R counts them from non-pad tokens)."""
+    from test_kernels import _batch, _tiny
+
+    from xopt.models import ModelCard, output_names
+    from xopt.variants.cuda import BucketRunner
+    from xopt.variants.eager import TorchRunner
+
+    module = _tiny(model_type, head)
+    names = output_names(ModelCard(labels=["a", "b", "c"], head=head) if head != "span" else ModelCard(head="span"))
+    plain = TorchRunner("eager", module, names)
+    bucketed = BucketRunner("bucketed", module, names, [1, 2, 4, 8], seq_multiple=16, max_length=40, pad_id=1,
+                            device="cpu")
+    for lengths in ([5, 1, 3], [17], [9, 9, 9, 9, 2]):
+        ids, mask = (t.numpy() for t in _batch(lengths))
+        ref = plain(ids, mask)
+        got = bucketed(ids, mask)
+        assert set(got) == set(ref) == set(names)
+        for n in names:
+            assert got[n].shape == ref[n].shape, n
+            np.testing.assert_allclose(got[n], ref[n], rtol=1e-4, atol=1e-5, err_msg=n)
+    assert bucketed.shapes == {(4, 16), (1, 32), (8, 16)} and bucketed.info["buckets"] == 3
+
+
 def test_int8_smooth_profile_folds_back_to_the_fp32_function(tiny_ckpt, tiny_suite, tmp_path):
     """int8-smooth's build on any host: the SmoothQuant profile it saves matches the weights and,
     applied as its loader does (W * s, x / s), leaves the fp32 model's outputs unchanged; the
@@ -209,6 +237,44 @@ def test_int8_smooth_profile_folds_back_to_the_fp32_function(tiny_ckpt, tiny_sui
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
     with pytest.raises(XoptError, match="SmoothQuant calibration method"):
         _build_smooth(v, ckpt, tmp_path / "x", {**v.options, "calib_method": "minmax"})
+
+
+@pytest.mark.parametrize("recipe", ["int8", "bnb-int8"])
+def test_int8_recipes_quantise_the_right_linears_on_cpu(recipe, tiny_ckpt):
+    """The library half of `int8` (torchao W8A8) and `bnb-int8` (bitsandbytes LLM.int8), run on
+    the CPU, where both libraries run int8 too: every Linear but the kept ones (FFN output
+    projections, head) is replaced by the library's int8 form and the model stays within the
+    int8 tolerance of fp32 (SQNR >= 20 dB). Catches API drift in either library on hosts
+    without a GPU; the GPU test above covers the compiled CUDA path."""
+    lib = {"int8": "torchao", "bnb-int8": "bitsandbytes"}[recipe]
+    if importlib.util.find_spec(lib) is None:
+        pytest.skip(f"{lib} is not installed (pip install -e '.[test]' installs it)")
+    from xopt.models import load_module, open_checkpoint
+    from xopt.variants.cuda import KEEP_FP, quantize_bnb, quantize_torchao
+
+    ckpt = open_checkpoint(tiny_ckpt)
+    ids, mask = (torch.from_numpy(a) for a in _inputs(tiny_ckpt))
+    module = load_module(ckpt)
+    with torch.inference_mode():
+        ref = module(ids, mask)
+    every = [n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)]
+    if recipe == "int8":
+        names = quantize_torchao(module, "int8", KEEP_FP)
+        is_int8 = lambda m: getattr(m.weight, "qdata", torch.empty(0)).dtype == torch.int8   # noqa: E731
+    else:
+        import bitsandbytes as bnb
+
+        names = quantize_bnb(module, KEEP_FP, 6.0)
+        module = module.to("cpu")                      # Int8Params quantise on the move
+        is_int8 = lambda m: isinstance(m, bnb.nn.Linear8bitLt) and m.weight.dtype == torch.int8   # noqa: E731
+    kept = set(every) - set(names)
+    assert names and "head" in kept and any(n.endswith("output.dense") and "attention" not in n for n in kept)
+    assert all(is_int8(module.get_submodule(n)) for n in names)
+    assert not any(is_int8(module.get_submodule(n)) for n in kept)
+    with torch.inference_mode():
+        got = module(ids, mask)
+    for r, g in zip(ref, got):
+        assert sqnr_db(r.numpy(), g.float().numpy()) >= 20
 
 
 def test_trt_int8_qdq_onnx_is_symmetric_and_matches_fp32_in_onnxruntime(tiny_ckpt, tiny_suite, fp32_ref, tmp_path):

@@ -59,8 +59,9 @@ def _linears(module, keep: str):
 class BucketRunner(TorchRunner):
     """A compiled module fed fixed shape buckets (CUDA graphs replay one graph per shape)."""
 
-    def __init__(self, name, module, output_names, batch_buckets, seq_multiple: int, max_length: int, pad_id: int):
-        super().__init__(name, module, output_names, device="cuda")
+    def __init__(self, name, module, output_names, batch_buckets, seq_multiple: int, max_length: int, pad_id: int,
+                 device: str = "cuda"):
+        super().__init__(name, module, output_names, device=device)
         self.batch_buckets = sorted(batch_buckets)
         self.seq_multiple, self.max_length, self.pad_id = seq_multiple, max_length, pad_id
         self.shapes: set[tuple[int, int]] = set()
@@ -91,10 +92,10 @@ class BucketRunner(TorchRunner):
             return super().run((ids, mask)), shape
 
     def to_numpy(self, outputs):
+        from xopt.models import PER_TOKEN_OUTPUTS
+
         outs, (b, t) = outputs
-        res = super().to_numpy(outs)
-        return {n: (v[:b, :t] if v.ndim >= 2 and n in ("token_logits", "start_logits", "end_logits") else v[:b])
-                for n, v in res.items()}
+        return {n: v[:b, :t] if n in PER_TOKEN_OUTPUTS else v[:b] for n, v in super().to_numpy(outs).items()}
 
 
 def _compiled(variant, directory, man, module):
@@ -144,8 +145,6 @@ def _build_smooth(variant, ckpt, out, options) -> dict:
 
 def _load_torchao(variant, directory, man):
     import torch
-    from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig,
-                                      Int8DynamicActivationInt8WeightConfig, PerRow, quantize_)
 
     dtype = "bfloat16" if variant.precision == "fp8" else "float16"
     if variant.calibrated:                      # int8-smooth: fold the profile's factors in first
@@ -158,25 +157,39 @@ def _load_torchao(variant, directory, man):
         module = module.to(device="cuda", dtype=getattr(torch, dtype))
     else:
         module = _gpu_module(directory, man, dtype)
-    names = set(_linears(module, man["options"].get("keep_fp32", KEEP_FP)))
-    # set_inductor_config=False: torchao would otherwise change torch.compile's global settings,
-    # which then leak into every variant compiled or benchmarked later in the same process
-    config = (Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
-              if variant.precision == "fp8" else Int8DynamicActivationInt8WeightConfig(set_inductor_config=False))
-    quantize_(module, config, filter_fn=lambda m, fqn: fqn in names)
+    names = quantize_torchao(module, variant.precision, man["options"].get("keep_fp32", KEEP_FP))
     runner = _compiled(variant, directory, man, module) if man["options"].get("compile", True) else \
         TorchRunner(variant.name, module, output_names(man), "cuda")
     runner.info["quantized_linears"] = len(names)
     return runner
 
 
-def _load_bnb(variant, directory, man):
+def quantize_torchao(module, precision: str, keep: str) -> list[str]:
+    """The `int8`/`fp8` recipe proper: torchao W8A8 (or fp8 per-row) on every Linear of `module`
+    not matched by `keep`, in place, on whatever device the module is on (int8 runs on the CPU
+    too, which is how the tests check torchao's API without a GPU). Returns the Linears' names."""
+    from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig,
+                                      Int8DynamicActivationInt8WeightConfig, PerRow, quantize_)
+
+    names = _linears(module, keep)
+    # set_inductor_config=False: torchao would otherwise change torch.compile's global settings,
+    # which then leak into every variant compiled or benchmarked later in the same process
+    config = (Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
+              if precision == "fp8" else Int8DynamicActivationInt8WeightConfig(set_inductor_config=False))
+    wanted = set(names)
+    quantize_(module, config, filter_fn=lambda m, fqn: fqn in wanted)
+    return names
+
+
+def quantize_bnb(module, keep: str, threshold: float) -> list[str]:
+    """The `bnb-int8` recipe proper: every Linear not matched by `keep` becomes bitsandbytes'
+    `Linear8bitLt` (LLM.int8, outliers above `threshold` in fp16), in place. The weights are
+    quantised when the module next moves to a device (`.cuda()`; `.to("cpu")` on the CPU, which
+    bitsandbytes >= 0.49 also runs). Returns the Linears' names."""
     import bitsandbytes as bnb
     import torch
 
-    module = _module(directory, man).to(torch.float16)
-    names = _linears(module, man["options"].get("keep_fp32", KEEP_FP))
-    threshold = float(man["options"].get("threshold", 6.0))
+    names = _linears(module, keep)
     for name in names:
         parent, _, attr = name.rpartition(".")
         owner = module.get_submodule(parent) if parent else module
@@ -187,6 +200,14 @@ def _load_bnb(variant, directory, man):
         if lin.bias is not None:
             q.bias = torch.nn.Parameter(lin.bias.data.clone(), requires_grad=False)
         setattr(owner, attr, q)
+    return names
+
+
+def _load_bnb(variant, directory, man):
+    import torch
+
+    module = _module(directory, man).to(torch.float16)
+    names = quantize_bnb(module, man["options"].get("keep_fp32", KEEP_FP), float(man["options"].get("threshold", 6.0)))
     module = module.cuda()            # Int8Params quantise on the move to the GPU
     runner = TorchRunner(variant.name, module.eval(), output_names(man), "cuda")
     runner.info["quantized_linears"] = len(names)

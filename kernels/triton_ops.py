@@ -125,30 +125,35 @@ def kernels(interpret: bool) -> SimpleNamespace:
             os.environ["TRITON_INTERPRET"] = old
 
 
+# Launch configurations: one place, used by the wrappers below and by `compile_for_gpu`.
+ELEMENTWISE_BLOCK = 1024     # elements per program of bias_gelu and quantize_static
+
+
+def _row_tiles(m: int, n: int, interpret: bool) -> dict:
+    """ROWS/BLOCK of the row-wise kernels for M rows of N: a row in one power-of-2 block;
+    ~4K elements a program on the GPU (4 rows of XLM-R-base's 768); every row in one program for
+    the interpreter, whose cost is per program."""
+    block = triton.next_power_of_2(n)
+    return {"ROWS": triton.next_power_of_2(max(m, 1)) if interpret else max(1, 4096 // block), "BLOCK": block}
+
+
 def bias_gelu(x, bias, interpret=False):
     y = x.new_empty(x.shape)
     n = x.numel()
-    block = 1024
-    kernels(interpret).bias_gelu[(triton.cdiv(n, block),)](x, bias, y, n, x.shape[-1], BLOCK=block)
+    kernels(interpret).bias_gelu[(triton.cdiv(n, ELEMENTWISE_BLOCK),)](x, bias, y, n, x.shape[-1],
+                                                                       BLOCK=ELEMENTWISE_BLOCK)
     return y
-
-
-def _rows_per_program(m: int, block: int, interpret: bool) -> int:
-    """Rows per program of the row-wise kernels: ~4K elements a program on the GPU (4 rows of
-    XLM-R-base's 768); every row in one program for the interpreter, whose cost is per program."""
-    return triton.next_power_of_2(max(m, 1)) if interpret else max(1, 4096 // block)
 
 
 def add_layernorm(x, bias, residual, weight, ln_bias, eps, interpret=False):
     n = x.shape[-1]
     y = x.new_empty(x.shape)
     m = x.numel() // n
-    block = triton.next_power_of_2(n)
-    rows = _rows_per_program(m, block, interpret)
+    tiles = _row_tiles(m, n, interpret)
     if m:
-        kernels(interpret).add_layernorm[(triton.cdiv(m, rows),)](
+        kernels(interpret).add_layernorm[(triton.cdiv(m, tiles["ROWS"]),)](
             x, bias if bias is not None else x, residual if residual is not None else x, weight, ln_bias, y, m, n,
-            eps, HAS_BIAS=bias is not None, HAS_RES=residual is not None, ROWS=rows, BLOCK=block)
+            eps, HAS_BIAS=bias is not None, HAS_RES=residual is not None, **tiles)
     return y
 
 
@@ -158,10 +163,9 @@ def quantize_rows(x, interpret=False):
     m, k = x.shape
     q = torch.empty((m, k), dtype=torch.int8, device=x.device)
     s = torch.empty((m,), dtype=torch.float32, device=x.device)
-    block = triton.next_power_of_2(k)
-    rows = _rows_per_program(m, block, interpret)
+    tiles = _row_tiles(m, k, interpret)
     if m:
-        kernels(interpret).quantize_rows[(triton.cdiv(m, rows),)](x, q, s, m, k, ROWS=rows, BLOCK=block)
+        kernels(interpret).quantize_rows[(triton.cdiv(m, tiles["ROWS"]),)](x, q, s, m, k, **tiles)
     return q, s
 
 
@@ -171,7 +175,8 @@ def quantize_static(x, scale, interpret=False):
     q = torch.empty(x.shape, dtype=torch.int8, device=x.device)
     n = x.numel()
     if n:
-        kernels(interpret).quantize_static[(triton.cdiv(n, 1024),)](x, q, scale, n, BLOCK=1024)
+        kernels(interpret).quantize_static[(triton.cdiv(n, ELEMENTWISE_BLOCK),)](x, q, scale, n,
+                                                                                 BLOCK=ELEMENTWISE_BLOCK)
     return q
 
 
@@ -230,19 +235,17 @@ def compile_for_gpu(arch: int, dtype: str = "fp16", tokens: int = 4096, hidden: 
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     ks = kernels(False)
     f, i8, f32 = f"*{dtype}", "*i8", "*fp32"
-    row_block = triton.next_power_of_2(ffn)
     gemm = {"a_ptr": i8, "w_ptr": i8, "as_ptr": f32, "ws_ptr": f32, "b_ptr": f, "c_ptr": f}
-    jobs = {   # name: (kernel, {arg: type or value}, constexprs, options), args in the wrappers' order
+    jobs = {   # name: (kernel, {arg: pointer type or a representative value}, constexprs, options)
         "bias_gelu": (ks.bias_gelu, {"x_ptr": f, "b_ptr": f, "y_ptr": f, "numel": tokens * ffn, "N": ffn},
-                      {"BLOCK": 1024}, {}),
+                      {"BLOCK": ELEMENTWISE_BLOCK}, {}),
         "add_layernorm": (ks.add_layernorm, {"x_ptr": f, "b_ptr": f, "r_ptr": f, "w_ptr": f, "lb_ptr": f, "y_ptr": f,
                                              "M": tokens, "N": hidden, "eps": 1e-5},
-                          {"HAS_BIAS": True, "HAS_RES": True, "BLOCK": triton.next_power_of_2(hidden),
-                           "ROWS": _rows_per_program(tokens, triton.next_power_of_2(hidden), False)}, {}),
+                          {"HAS_BIAS": True, "HAS_RES": True, **_row_tiles(tokens, hidden, False)}, {}),
         "quantize_rows": (ks.quantize_rows, {"x_ptr": f, "q_ptr": i8, "s_ptr": f32, "M": tokens, "K": ffn},
-                          {"ROWS": _rows_per_program(tokens, row_block, False), "BLOCK": row_block}, {}),
+                          _row_tiles(tokens, ffn, False), {}),
         "quantize_static": (ks.quantize_static, {"x_ptr": f, "q_ptr": i8, "s_ptr": f32, "numel": tokens * ffn},
-                            {"BLOCK": 1024}, {}),
+                            {"BLOCK": ELEMENTWISE_BLOCK}, {}),
     }
     for m in (min(tokens, 64), tokens):                      # both tile shapes the GEMM picks
         tiles, opts = _gemm_tiles(m, False)
@@ -250,21 +253,15 @@ def compile_for_gpu(arch: int, dtype: str = "fp16", tokens: int = 4096, hidden: 
                                                 {"HAS_BIAS": True, "GELU": True, **tiles}, opts)
     out = {}
     for name, (fn, args, consts, opts) in jobs.items():
-        names = fn.arg_names
-        sig, attrs = {}, {}
-        for a in names:
-            v = args.get(a)
+        sig, attrs, cx = {}, {}, {}
+        for i, a in enumerate(fn.arg_names):
             if a in consts:
-                sig[a] = "constexpr"
-            elif isinstance(v, str):
-                sig[a], attrs[(names.index(a),)] = v, [["tt.divisibility", 16]]
-            elif isinstance(v, float):
-                sig[a] = "fp32"
-            else:
-                sig[a] = "i32"
-                if v % 16 == 0:
-                    attrs[(names.index(a),)] = [["tt.divisibility", 16]]
-        cx = {(names.index(a),): v for a, v in consts.items()}
+                sig[a], cx[(i,)] = "constexpr", consts[a]
+                continue
+            v = args[a]
+            sig[a] = v if isinstance(v, str) else "fp32" if isinstance(v, float) else "i32"
+            if isinstance(v, str) or (isinstance(v, int) and v % 16 == 0):   # aligned pointer / int
+                attrs[(i,)] = [["tt.divisibility", 16]]
         c = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=cx, attrs=attrs),
                            target=GPUTarget("cuda", arch, 32), options=opts)
         with tempfile.NamedTemporaryFile(suffix=".cubin") as fh:

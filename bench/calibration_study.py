@@ -27,7 +27,7 @@ def main(argv=None) -> None:
     ap.add_argument("--configs", default="minmax:en,minmax:all,percentile:all,entropy:all,mse:all,smoothquant:all")
     args = ap.parse_args(argv)
 
-    from xopt import results
+    from xopt import records
     from xopt.evaluate import eval_demo
     from xopt.report import calibration_section
     from xopt.tasks import demo
@@ -44,7 +44,7 @@ def main(argv=None) -> None:
         todo.append((f"int8-{method}-{cl}", "onnx-int8", {"calib_method": method, "calib_langs": cl,
                                                           "calib_samples": args.samples,
                                                           "calib_data": str(suite_path)}))
-    done = {r.get("variant_dir") for r in results.read([res])[0]} if res.is_file() else set()
+    done = {r.get("variant_dir") for r in records.read([res])[0]} if res.is_file() else set()
     for tag, variant, opts in todo:
         d = args.out / "variants" / tag
         if str(d) in done:   # a re-run continues where an interrupted one stopped
@@ -54,9 +54,9 @@ def main(argv=None) -> None:
             compile_variant(args.checkpoint, variant, d, options=opts or None)
         t1 = time.perf_counter()
         recs = eval_demo(load_variant(d), suite, langs=langs, max_examples=args.max_examples)
-        results.append(res, recs)
+        records.append(res, recs)
         print(f"{tag}: built in {t1 - t0:.0f} s, evaluated in {time.perf_counter() - t1:.0f} s", flush=True)
-    recs, _ = results.read([res])
+    recs, _ = records.read([res])
     print("\n".join(calibration_section(recs)))
 
 

@@ -175,12 +175,12 @@ def _unsmooth(module, orig: dict, handles) -> None:
 
 
 def sensitivity_records(prof, model_name: str, variant: str) -> list[dict]:
-    """The profile's sensitivity ranking as result records (kind "sensitivity", see xopt.results)."""
-    from xopt import results
+    """The profile's sensitivity ranking as result records (kind "sensitivity", see xopt.records)."""
+    from xopt import records
 
     cal = {"method": prof.full_method, "langs": prof.calibration.get("languages"),
            "samples": prof.calibration.get("samples")}
-    return [results.record("sensitivity", model=model_name, variant=variant, unit=r["unit"], layers=r["layers"],
+    return [records.record("sensitivity", model=model_name, variant=variant, unit=r["unit"], layers=r["layers"],
                            rank=r["rank"], metric="fidelity_drop", drop=r["drop"],
                            n_examples=prof.calibration.get("dev_samples"), kept=all(n in prof.keep for n in r["layers"]),
                            calibration=cal, unit_kind=prof.params.get("fallback", {}).get("unit", "layer"))
@@ -192,7 +192,7 @@ def calibrate_to_file(checkpoint, out, options: dict, force: bool = False, resul
     """`xopt calibrate`: profile of a checkpoint written atomically to `out`."""
     from pathlib import Path
 
-    from xopt import results
+    from xopt import records
     from xopt.models import open_checkpoint
 
     out = Path(out)
@@ -202,5 +202,5 @@ def calibrate_to_file(checkpoint, out, options: dict, force: bool = False, resul
     prof, _ = calibrate_checkpoint(ckpt, options, keep_filter(options.get("keep_fp32")))
     prof.save(out)
     if results_out and prof.sensitivity:
-        results.append(results_out, sensitivity_records(prof, prof.model.get("name", "?"), variant))
+        records.append(results_out, sensitivity_records(prof, prof.model.get("name", "?"), variant))
     return prof

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from xopt import results
+from xopt import records
 from xopt.bench import (Measurement, Timer, bench, compare_benchmark_json, harness_overhead, machine_kind,
                         ratio_table, to_pytest_benchmark, warm)
 from xopt.cli import app
@@ -124,7 +124,7 @@ def test_fixed_batch_records_per_language_and_ratio_table(variants, tmp_path, su
     lang = next(la for la in ("ja", "ru") if la in suite_cache["shared"])
     recs = bench([variants / "fp32", variants / "int8-dynamic"], batches=(2,), seq_lens=(16,),
                  lengths=f"demo:{lang}", rounds=2, min_iters=3, min_time_s=0.0, out=out, warmup=2)
-    got, skipped = results.read([out], strict=True)
+    got, skipped = records.read([out], strict=True)
     assert len(got) == len(recs) == 4 and not skipped
     by = {(r["variant"], r["length_dist"]): r for r in got}
     fixed = by[("fp32", None)]
@@ -166,7 +166,7 @@ def test_loadgen_scenarios_complete_on_a_tiny_model(variants, tmp_path):
     assert 1 <= len(tried) <= 3 and all(5.0 <= q <= 40.0 for q in tried)
     assert server["server_max_qps"] is None or 5.0 <= server["server_max_qps"] <= 40.0
     assert all((tmp_path / t["log_dir"] / "mlperf_log_summary.txt").is_file() for t in server["server_search"])
-    got, _ = results.read([out], strict=True)
+    got, _ = records.read([out], strict=True)
     assert [r["scenario"] for r in got] == ["single-stream", "offline", "server"]
 
 
@@ -275,7 +275,7 @@ def test_engine_profile_limits_and_partial_sweeps(variants, tmp_path, monkeypatc
         bench([variants / "fp32"], batches=(1, 3), seq_lens=(8,), rounds=1, min_iters=2, min_time_s=0.0,
               out=out, warmup=1)
     assert "\n" not in str(e.value)
-    got, _ = results.read([out], strict=True)
+    got, _ = records.read([out], strict=True)
     assert [r["batch"] for r in got] == [1]
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from xopt import pick, report, results
+from xopt import pick, report, records
 from xopt.cli import app
 from xopt.errors import XoptError
 
@@ -30,13 +30,13 @@ def ev(model, variant, lang, outcomes=None, task="t", counts=None, value=None, *
     if value is None:
         value = 100 * float(np.mean(outcomes)) if outcomes is not None else report.Outcomes(extra).score()
     kw.setdefault("role", model)
-    return results.record("eval", model=model, variant=variant, suite="demo", task=task, lang=lang, split="test",
+    return records.record("eval", model=model, variant=variant, suite="demo", task=task, lang=lang, split="test",
                           metric="accuracy", value=float(value), n_examples=n, **extra, **kw)
 
 
 def bn(variant, p50, batch=1, model="xstilts", peak=100.0, **kw):
     shape = kw.pop("shape", {"seq_len": 128})
-    return results.record("bench", model=model, variant=variant, batch=batch, **shape, p50_ms=p50, p90_ms=p50,
+    return records.record("bench", model=model, variant=variant, batch=batch, **shape, p50_ms=p50, p90_ms=p50,
                           p99_ms=kw.pop("p99", p50 * 1.5), mean_ms=p50, throughput_seq_s=1000 * batch / p50,
                           throughput_tok_s=128000 * batch / p50, peak_mem_mb=peak, warmup=3, iters=10,
                           scenario="fixed-batch", **{"device": "cpu", **kw})
@@ -47,7 +47,7 @@ def _write(tmp_path, recs=None, bench=True, name="r.jsonl"):
     if bench:
         recs += [bn("fp32", 10.0), bn("int8", 4.0)]
     p = tmp_path / name
-    results.append(p, recs)
+    records.append(p, recs)
     return p
 
 
@@ -250,7 +250,7 @@ def test_pick_ties_and_missing_measurements(tmp_path):
     assert c["chosen"] is None and "device cuda" in pick.render(c)
     gpu = bn("fp16", 1.0, device="cuda:0")
     gpu["host"] = {**gpu["host"], "gpu": {"name": "NVIDIA H100 80GB HBM3"}}
-    results.append(p, [gpu])      # later records win: fp16 now measured on the GPU
+    records.append(p, [gpu])      # later records win: fp16 now measured on the GPU
     c = pick.pick([p], device="h100")
     assert c["chosen"]["variant"] == "fp16" and c["chosen"]["p50_ms"] == 1.0
     assert pick.pick([p], device="cpu")["chosen"]["variant"] == "bf16"

@@ -3,7 +3,7 @@ import time
 import numpy as np
 import pytest
 
-from xopt import results
+from xopt import records
 from xopt.bench import Measurement, Shape, Timer, measure_interleaved, percentiles, timed_loop, warm
 from xopt.errors import XoptError
 from xopt.variants.base import Runner
@@ -17,16 +17,16 @@ def _bench_fields(**kw):
 
 def test_records_validate_and_append_round_trip(tmp_path):
     p = tmp_path / "r.jsonl"
-    rec = results.record("bench", **_bench_fields())
+    rec = records.record("bench", **_bench_fields())
     with pytest.raises(ValueError, match="lacks"):
-        results.record("eval", model="m", variant="v")
-    results.append(p, [rec, rec])
+        records.record("eval", model="m", variant="v")
+    records.append(p, [rec, rec])
     with open(p, "a") as f:
         f.write("{broken\n")
-    got, skipped = results.read([p])
+    got, skipped = records.read([p])
     assert len(got) == 2 and skipped[0].where.endswith("r.jsonl:3")
     with pytest.raises(XoptError, match="r.jsonl:3"):
-        results.read([p], strict=True)
+        records.read([p], strict=True)
 
 
 def test_percentiles_on_known_samples():

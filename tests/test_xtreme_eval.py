@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import HAVE_DEMO
-from xopt import results
+from xopt import records
 from xopt.cli import app
 from xopt.tasks import xtreme as X
 
@@ -78,7 +78,7 @@ def all_records(variants, tmp_path_factory) -> tuple[Path, list[dict]]:
         res = run("eval", variants[name], "--suite", "xtreme", "--data", FIX, "--tasks", ",".join(tasks),
                   "--langs", langs, "--out", out)
         assert res.exit_code == 0, res.output
-    recs, _ = results.read([out], strict=True)
+    recs, _ = records.read([out], strict=True)
     return out, recs
 
 
@@ -167,7 +167,7 @@ def test_sharded_over_two_processes(variants, all_records, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = sorted(tmp_path.glob("r.rank*-of-2.jsonl"))
     assert [f.name for f in files] == ["r.rank0-of-2.jsonl", "r.rank1-of-2.jsonl"] and not out.exists()
-    parts = [results.read([f], strict=True)[0] for f in files]
+    parts = [records.read([f], strict=True)[0] for f in files]
     langs = [{r["lang"] for r in p if r["lang"] != "avg"} for p in parts]
     assert langs[0] and langs[1] and not langs[0] & langs[1]
     merged = {r["lang"]: r["value"] for p in parts for r in p}

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xopt import results
+from xopt import records
 from xopt.errors import XoptError
 
 SCENARIOS = ("fixed-batch", "single-stream", "offline", "server")
@@ -315,7 +315,7 @@ def gpu_env() -> dict | None:
 
 
 def to_record(loaded, shape: Shape, m: Measurement, scenario: str = "fixed-batch", **extra) -> dict:
-    """One bench record (fields: see xopt.results) of one variant on one shape."""
+    """One bench record (fields: see xopt.records) of one variant on one shape."""
     stats = percentiles(m.samples_ms)
     mean_s = stats["mean_ms"] / 1e3
     tok_per_call = float(np.mean(m.tokens)) if m.tokens else shape.batch * shape.mean_tokens
@@ -334,7 +334,7 @@ def to_record(loaded, shape: Shape, m: Measurement, scenario: str = "fixed-batch
     if m.cuda_used_mb is not None:
         fields["cuda_used_mb"] = m.cuda_used_mb
     fields.update(extra)
-    return results.record(
+    return records.record(
         "bench", model=loaded.model_name, variant=loaded.manifest["variant"], variant_dir=str(loaded.directory),
         **loaded.model_fields, **fields, device=loaded.runner.device, artefact_mb=round(loaded.artefact_mb(), 1),
         build_s=loaded.manifest.get("build_s"), load_s=getattr(loaded, "load_s", None),
@@ -585,7 +585,7 @@ def bench(variant_dirs: list, batches=(1, 8), seq_lens=(128,), lengths: str | No
             kept = f"; {len(recs)} records of the {i} shapes before it kept" + (f" in {out}" if out else "")
             raise XoptError(f"sweep stopped at shape {i + 1}/{len(shapes)} ({shape.label}): {why}{kept}") from None
         if out:
-            results.append(out, shape_recs)
+            records.append(out, shape_recs)
         recs += shape_recs
     return recs
 

@@ -245,13 +245,13 @@ def eval_cmd(variant_dir: Annotated[Path, typer.Argument(help="Variant directory
              out: OutResults = None, json_out: Json = False):
     """Score a variant on a suite, per task and language (records to --out; under torchrun each
     process writes OUT's stem + .rankR-of-W)."""
-    from xopt import results
+    from xopt import records
     from xopt.evaluate import evaluate, shard_out_path
 
     recs = evaluate(variant_dir, suite, data, _csv(tasks), _csv(langs), split, batch_size, max_examples,
                     xtreme={"bucc_threshold_from": bucc_threshold_from} if suite == "xtreme" else None)
     if out:
-        results.append(shard_out_path(out), recs)
+        records.append(shard_out_path(out), recs)
     if json_out:
         return _print_json([{k: v for k, v in r.items() if k not in ("outcomes", "em_outcomes", "counts",
                                                                   "count_units", "host")} for r in recs])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xopt import results
+from xopt import records
 from xopt.errors import XoptError
 from xopt.progress import bar
 from xopt.tasks import demo
@@ -143,12 +143,12 @@ def eval_demo(loaded, suite: dict, tasks=demo.TASKS, langs=None, split: str = "t
                 metric = "accuracy"
             value = float(outcomes.mean() * 100)
             per_lang.append((lang, value, len(exs)))
-            recs.append(results.record("eval", **common, task=task, lang=lang, metric=metric, value=value,
+            recs.append(records.record("eval", **common, task=task, lang=lang, metric=metric, value=value,
                                        n_examples=len(exs), outcomes=[round(float(o), 2) for o in outcomes],
                                        example_ids=_ids_digest(exs)))
         zs = [(v, n) for lang, v, n in per_lang if lang != "en"]
         if zs:
-            recs.append(results.record("eval", **common, task=task, lang="avg", metric="accuracy",
+            recs.append(records.record("eval", **common, task=task, lang="avg", metric="accuracy",
                                        value=float(np.mean([v for v, _ in zs])), n_examples=sum(n for _, n in zs),
                                        n_langs=len(zs), note="mean over evaluated languages other than en"))
     for r in recs:
@@ -235,7 +235,7 @@ def shard_out_path(out: str | Path) -> Path:
 
 def bucc_thresholds(paths, model: str) -> dict[str, float]:
     """{lang: threshold} from the reference variant's bucc2018 records of `model`."""
-    recs, _ = results.read(paths, strict=True)
+    recs, _ = records.read(paths, strict=True)
     out = {}
     for r in recs:
         if (r["kind"] == "eval" and r.get("suite") == "xtreme" and r["task"] == "bucc2018" and r["model"] == model
@@ -402,7 +402,7 @@ def evaluate_xtreme(variant_dir, data_dir, tasks=None, langs=None, split: str = 
             value, n, extra, n_run = _score_unit(loaded, tok, task, lang, data[(t, lang)], batch_size, progress,
                                                  thresholds.get(lang))
             sec = time.perf_counter() - t0
-            recs.append(results.record("eval", **common, task=t, lang=lang, metric=task.metric, value=value,
+            recs.append(records.record("eval", **common, task=t, lang=lang, metric=task.metric, value=value,
                                        n_examples=n, eval_s=round(sec, 3), sequences_run=n_run,
                                        examples_per_s=round(n / sec, 2), **extra))
     summary = [(r["task"], r["lang"], r["value"], r["n_examples"]) for r in recs]
@@ -411,7 +411,7 @@ def evaluate_xtreme(variant_dir, data_dir, tasks=None, langs=None, split: str = 
     if rank == 0:
         for t in dict.fromkeys(u[0] for u in units):
             rows = [s for s in summary if s[0] == t]
-            recs.append(results.record("eval", **common, task=t, lang="avg", metric=X.TASKS[t].metric,
+            recs.append(records.record("eval", **common, task=t, lang="avg", metric=X.TASKS[t].metric,
                                        value=float(np.mean([s[2] for s in rows])), n_examples=sum(s[3] for s in rows),
                                        n_langs=len(rows), langs=[s[1] for s in rows],
                                        note="mean over the evaluated languages, English included (XTREME)"))

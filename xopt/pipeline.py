@@ -47,7 +47,7 @@ def _step(name: str):
 
 
 def run_demo(out: Path, quick: bool = False, force: bool = False) -> dict:
-    from xopt import report, results
+    from xopt import report, records
     from xopt.bench import bench
     from xopt.evaluate import eval_demo
     from xopt.pick import pick, render
@@ -101,7 +101,7 @@ def run_demo(out: Path, quick: bool = False, force: bool = False) -> dict:
 
     t = _step("evaluate every variant on every demo language")
     for (model, name), d in dirs.items():
-        results.append(res, eval_demo(load_variant(d), suite, langs=langs, max_examples=24 if quick else None))
+        records.append(res, eval_demo(load_variant(d), suite, langs=langs, max_examples=24 if quick else None))
     timings["eval_s"] = time.perf_counter() - t
 
     t = _step("benchmark (interleaved rounds)")
@@ -134,7 +134,7 @@ def run_plan_file(path: Path, resume: bool = False, force: bool = False) -> dict
     (xtreme | demo; default from the target), eval_data (default: the plan's data root), tasks,
     langs, split, max_examples, calib (compile options of calibrated variants), bench
     ({batch = [..], seq_len = [..], min_time = s}, or false)."""
-    from xopt import report, results
+    from xopt import report, records
     from xopt.bench import bench
     from xopt.evaluate import evaluate
     from xopt.pick import pick, render
@@ -180,7 +180,7 @@ def run_plan_file(path: Path, resume: bool = False, force: bool = False) -> dict
                 compile_variant(ckpt, name, d, force=True,
                                 options=cfg.get("calib") if REGISTRY[name].calibrated else None)
             dirs[(model, name)] = d
-            results.append(res, evaluate(d, suite, eval_data, tasks, cfg.get("langs"), cfg.get("split", "test"),
+            records.append(res, evaluate(d, suite, eval_data, tasks, cfg.get("langs"), cfg.get("split", "test"),
                                          max_examples=cfg.get("max_examples")))
         release_exports()
     timings["compile_eval_s"] = time.perf_counter() - t

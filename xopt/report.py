@@ -1,6 +1,6 @@
 """`xopt report`: how much of the intermediate-task gain each variant keeps, against its cost.
 
-Reads only result records (xopt.results). Definitions:
+Reads only result records (xopt.records). Definitions:
 - score(task, lang, checkpoint, variant) from the per-example outcomes the eval record keeps
   (the record's `value` when it keeps none: then no interval);
 - gain(variant) = score(X-STILTs, variant) - score(baseline, variant);
@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xopt import results
+from xopt import records
 from xopt.errors import XoptError
 
 # ------------------------------------------------------------------ language groups
@@ -102,7 +102,7 @@ def is_xlmr_large(family: str) -> bool:
 class Tables:
     evals: dict = field(default_factory=dict)     # (family, role, variant, task, lang) -> record
     bench: dict = field(default_factory=dict)     # (family, variant, batch, shape) -> record
-    skipped: list = field(default_factory=list)   # results.Skipped
+    skipped: list = field(default_factory=list)   # records.Skipped
     notes: list = field(default_factory=list)     # things a reader must know (mixed models, ...)
     sizes: dict = field(default_factory=dict)     # family -> {"params": .., "non_embedding_params": ..}
     records: list = field(default_factory=list)   # every valid record (hooks such as calibration)
@@ -171,7 +171,7 @@ def device_matches(rec: dict, device: str) -> bool:
 def load(paths, baseline: str = "baseline", xstilts: str = "xstilts", model: str | None = None,
          device: str | None = None) -> Tables:
     """Valid records of `paths`, grouped by model family; what cannot be used goes to `skipped`."""
-    recs, skipped = results.read(paths)
+    recs, skipped = records.read(paths)
     t = Tables(skipped=skipped, records=recs)
     # a record without base_model joins the family its model name has elsewhere, when unambiguous
     fam_of: dict[str, set] = {}
@@ -188,7 +188,7 @@ def load(paths, baseline: str = "baseline", xstilts: str = "xstilts", model: str
         if not fam:
             known = fam_of.get(r["model"], set())
             if len(known) > 1:
-                t.skipped.append(results.Skipped(where, f"no base_model, and model {r['model']!r} appears with "
+                t.skipped.append(records.Skipped(where, f"no base_model, and model {r['model']!r} appears with "
                                                         f"several ({', '.join(sorted(known))})"))
                 continue
             fam = next(iter(known)) if known else "(unnamed model)"
@@ -199,7 +199,7 @@ def load(paths, baseline: str = "baseline", xstilts: str = "xstilts", model: str
         if r["kind"] == "eval":
             role = _role(r, baseline, xstilts)
             if role is None:
-                t.skipped.append(results.Skipped(where, f"model {r['model']!r} is neither the baseline "
+                t.skipped.append(records.Skipped(where, f"model {r['model']!r} is neither the baseline "
                                                         f"({baseline!r}) nor X-STILTs ({xstilts!r}) and the record "
                                                         f"has no role; pass --baseline/--xstilts"))
                 continue
@@ -722,7 +722,7 @@ def _tokens_section(doc: Doc, t: Tables, images: list):
 
 
 def _length_dist(r: dict) -> dict:
-    """`length_dist` is a source string ("demo:de", see xopt.results); older records held a dict."""
+    """`length_dist` is a source string ("demo:de", see xopt.records); older records held a dict."""
     ld = r.get("length_dist") or {}
     return ld if isinstance(ld, dict) else {"source": ld}
 
@@ -891,7 +891,7 @@ def _plots(t: Tables, all_rows: dict, out: Path, reference: str) -> list[str]:
 def calibration_section(doc: "Doc", recs: list[dict], reference: str = "fp32", out: Path | None = None,
                         n_boot: int = 1000, seed: int = 0) -> None:
     """The report's calibration section (nothing when the records hold none). Self-contained:
-    takes raw records (xopt.results.read), so several calibrations of one variant stay apart.
+    takes raw records (xopt.records.read), so several calibrations of one variant stay apart.
 
     1. methods: per (model, variant, calibration) and task, the average and the worst-language
        score drop vs `reference` over the zero-shot languages;

@@ -250,10 +250,10 @@ def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: s
              single_out: bool = False, on_step=None, name: str | None = None) -> dict:
     """Train the plan's checkpoints; returns {role: path}. `single_out`: `plan.out` is the one
     checkpoint directory (the flags form) rather than a run directory."""
-    from xopt import results
     from xopt.manifest import atomic_write
     from xopt.models import ModelCard, load_module, load_tokenizer, open_checkpoint, save_checkpoint
     from xopt.progress import bar
+    from xopt.records import append as append_records
     from xopt.trainloop import barrier, dist_info, fit
 
     out = Path(plan.out)
@@ -299,7 +299,7 @@ def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: s
     metrics = (state_root if single_out else out) / "metrics.jsonl"
 
     def records(role, stage_name):
-        return lambda rec: results.append(metrics, [{"kind": "train", "model": role, "stage": stage_name, **rec}])
+        return lambda rec: append_records(metrics, [{"kind": "train", "model": role, "stage": stage_name, **rec}])
 
     def fresh():
         _seed_all(plan.seed)

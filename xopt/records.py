@@ -1,0 +1,316 @@
+"""Result records: typed schemas, JSON Lines, one record per measurement, append-only.
+
+Every command that measures something (`eval`, `bench`, `calibrate`) produces records of
+these schemas; `report` and `pick` read only these. A record is built once, complete, by
+`record(kind, **fields)` (or the keyword-only `eval_record` / `bench_record` /
+`sensitivity_record`, whose signatures name the required fields), and validated there: a
+missing field or a field of the wrong type is a one-line `XoptError` naming the field.
+Nothing adds fields to a record after that.
+
+Appends are a single `write` of whole lines on a file opened with O_APPEND, followed by
+fsync, so a crash never leaves half a record and never loses the records already written.
+
+The schemas are plain dataclasses checked by the small validator below, not pydantic:
+pydantic is not a dependency of xopt, the checks needed (JSON scalars, lists, objects,
+optional values) fit in forty lines, and records stay plain dicts for JSON and for the
+readers. A schema lists the required fields (no default) and the known optional ones
+(default None): both are type-checked when present. Fields a schema does not list are
+kept as they are (a newer xopt's extra fields stay readable by an older one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import numbers
+import os
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from xopt import __version__
+from xopt.errors import XoptError
+from xopt.host import host_info
+from xopt.manifest import now
+
+# Version of the schemas below; every record written carries it as `schema`. Records without
+# it were written before the schemas were typed and are read under the same rules.
+SCHEMA_VERSION = 1
+
+
+class RecordError(XoptError, ValueError):
+    """A record that does not match its schema (one line: the kind, the field, what is wrong)."""
+
+
+# ---------------------------------------------------------------- schemas
+
+@dataclass(frozen=True, kw_only=True)
+class CommonFields:
+    """Fields every record carries; `record()` fills in all but model and variant."""
+    kind: str
+    model: str
+    variant: str
+    host: dict
+    xopt_version: str
+    created: str
+    schema: int | None = None
+    # what the variant's manifest says about the model (Loaded.model_fields)
+    base_model: str | None = None
+    role: str | None = None
+    params: int | None = None
+    non_embedding_params: int | None = None
+    variant_dir: str | None = None
+    device: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalRecord(CommonFields):
+    """A task score of one variant in one language (`lang` "avg": the mean over languages)."""
+    suite: str
+    task: str
+    lang: str
+    split: str
+    metric: str
+    value: float
+    n_examples: int
+    outcomes: list | None = None          # per-example outcomes (bootstrap input)
+    counts: list | None = None            # or per-example [tp, fp, fn] counts, for F1-like metrics
+    outcome_kind: str | None = None       # "mean" | "counts"
+    example_ids: str | None = None        # digest of the example ids
+    calibration: dict | None = None       # {method, langs, samples, ids_sha256, keep} of a calibrated variant
+    eval_s: float | None = None
+    examples_per_s: float | None = None
+    sequences_run: int | None = None
+    n_langs: int | None = None
+    langs: list | None = None
+    note: str | None = None
+    rank: int | None = None
+    world_size: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchRecord(CommonFields):
+    """Latency, throughput and memory of one variant on one shape in one scenario.
+
+    A shape is `seq_len` (fixed length, every row full) or `length_dist`: the source of a real
+    length mix ("demo", "demo:de", "xtreme:xnli:de", a file path; null for fixed lengths) with
+    `length_stats` {split, p50_tokens, max_tokens, n}. `scenario`: fixed-batch (interleaved
+    rounds) | single-stream | offline | server (MLPerf LoadGen)."""
+    batch: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    throughput_seq_s: float
+    throughput_tok_s: float
+    peak_mem_mb: float | None
+    warmup: int
+    iters: int
+    scenario: str
+    seq_len: int | None = None
+    length_dist: str | dict | None = None   # dict: {source, ...} in records of older xopt versions
+    length_stats: dict | None = None
+    lang: str | None = None                 # language of the sentences (null: fixed length or a mix)
+    mean_tokens: float | None = None        # mean real tokens per sequence of the shape
+    tokens_per_call: float | None = None
+    tokens_per_sample: float | None = None
+    min_ms: float | None = None
+    std_ms: float | None = None
+    round_p50_ms: list | None = None
+    rounds: int | None = None
+    cold_ms: float | None = None            # the first call, measured apart
+    load_s: float | None = None
+    build_s: float | None = None
+    artefact_mb: float | None = None
+    # "process_rss" (whole process: all variants of the run) | "cuda_allocator"
+    peak_mem_kind: str | None = None
+    mem_load_mb: float | None = None        # RSS growth while this variant loaded
+    mem_run_mb: float | None = None         # RSS peak growth during its timed loops
+    cuda_used_mb: float | None = None
+    runner_info: dict | None = None
+    env: dict | None = None                 # {gpu: driver, clocks, power limit (NVML) or null, harness_overhead_us, loadavg}
+    # LoadGen scenarios: LoadGen's result_* values, its log directory, samples issued
+    loadgen: dict | None = None
+    loadgen_log_dir: str | None = None
+    samples: int | None = None
+    latency_source: str | None = None       # "loadgen_per_sample" | "timer_per_batch"
+    # server: the latency bound, the highest QPS within it (null: the lowest QPS fails)
+    latency_bound_ms: float | None = None
+    server_max_qps: float | None = None
+    server_qps_bounds: list | None = None
+    server_search: list | None = None       # [{qps, p99_ms, ok, validity, log_dir}]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SensitivityRecord(CommonFields):
+    """Per-layer quantisation sensitivity (xopt.calibration.sensitivity): `unit` (a Linear or an
+    op kind), the Linears it covers, its `rank` (1 = most sensitive) and `drop` in `metric` on
+    `n_examples` held-out texts; `calibration` says which calibration it was measured with."""
+    unit: str
+    layers: list
+    rank: int
+    metric: str
+    drop: float
+    n_examples: int | None
+    calibration: dict | None
+    kept: bool | None = None
+    unit_kind: str | None = None
+
+
+SCHEMAS: dict[str, type] = {"eval": EvalRecord, "bench": BenchRecord, "sensitivity": SensitivityRecord}
+
+
+def _fields(schema: type) -> tuple[dict[str, Any], tuple[str, ...]]:
+    hints = typing.get_type_hints(schema)
+    fs = dataclasses.fields(schema)
+    required = tuple(f.name for f in fs if f.default is dataclasses.MISSING
+                     and f.default_factory is dataclasses.MISSING)
+    return {f.name: hints[f.name] for f in fs}, required
+
+
+_TYPES = {kind: _fields(s) for kind, s in SCHEMAS.items()}
+REQUIRED = {kind: req for kind, (_, req) in _TYPES.items()}
+
+
+def _is(value, tp) -> bool:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is Any:
+        return True
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    return isinstance(value, origin or tp)
+
+
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def validate(rec: dict) -> None:
+    """Raise a one-line RecordError (an XoptError and a ValueError) when `rec` does not match
+    the schema of its kind: unknown kind, a required field missing, a field of the wrong type."""
+    kind = rec.get("kind")
+    if kind not in SCHEMAS:
+        raise RecordError(f"record kind {kind!r} is not one of {sorted(SCHEMAS)}")
+    types_, required = _TYPES[kind]
+    missing = [k for k in required if k not in rec]
+    if kind == "bench" and "seq_len" not in rec and "length_dist" not in rec:
+        missing.append("seq_len|length_dist")
+    if missing:
+        raise RecordError(f"{kind} record lacks {', '.join(missing)}")
+    for name, tp in types_.items():
+        if name in rec and not _is(rec[name], tp):
+            shown = repr(rec[name])
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise RecordError(f"{kind} record: field {name!r} is {type(rec[name]).__name__} ({shown}), "
+                              f"expected {_type_name(tp)}")
+    schema = rec.get("schema")
+    if schema is not None and schema > SCHEMA_VERSION:
+        raise RecordError(f"{kind} record has schema {schema}, written by a newer xopt "
+                          f"(this one reads up to schema {SCHEMA_VERSION}); upgrade xopt")
+
+
+# ---------------------------------------------------------------- construction
+
+def record(kind: str, **fields) -> dict:
+    """A complete record from all its fields at once: common fields filled in, then validated.
+    The record is final: measure and score everything before building it."""
+    rec = {"kind": kind, "schema": SCHEMA_VERSION, "xopt_version": __version__, "created": now(),
+           "host": host_info(), **fields}
+    validate(rec)
+    return rec
+
+
+def eval_record(*, model: str, variant: str, suite: str, task: str, lang: str, split: str, metric: str,
+                value: float, n_examples: int, **optional) -> dict:
+    """An eval record (EvalRecord) from every field at once."""
+    return record("eval", model=model, variant=variant, suite=suite, task=task, lang=lang, split=split,
+                  metric=metric, value=value, n_examples=n_examples, **optional)
+
+
+def bench_record(*, model: str, variant: str, batch: int, p50_ms: float, p90_ms: float, p99_ms: float,
+                 mean_ms: float, throughput_seq_s: float, throughput_tok_s: float, peak_mem_mb: float | None,
+                 warmup: int, iters: int, scenario: str, **optional) -> dict:
+    """A bench record (BenchRecord) from every field at once; `optional` must hold seq_len or length_dist."""
+    return record("bench", model=model, variant=variant, batch=batch, p50_ms=p50_ms, p90_ms=p90_ms,
+                  p99_ms=p99_ms, mean_ms=mean_ms, throughput_seq_s=throughput_seq_s,
+                  throughput_tok_s=throughput_tok_s, peak_mem_mb=peak_mem_mb, warmup=warmup, iters=iters,
+                  scenario=scenario, **optional)
+
+
+def sensitivity_record(*, model: str, variant: str, unit: str, layers: list, rank: int, metric: str, drop: float,
+                       n_examples: int | None, calibration: dict | None, **optional) -> dict:
+    """A sensitivity record (SensitivityRecord) from every field at once."""
+    return record("sensitivity", model=model, variant=variant, unit=unit, layers=layers, rank=rank, metric=metric,
+                  drop=drop, n_examples=n_examples, calibration=calibration, **optional)
+
+
+# ---------------------------------------------------------------- join keys
+
+def shape_key(rec: dict) -> str:
+    """s128, len:demo:de, ...; prefixed by the scenario when it is a LoadGen one (offline/s128)."""
+    ld = rec.get("length_dist")
+    key = f"s{rec['seq_len']}" if rec.get("seq_len") else f"len:{ld['source'] if isinstance(ld, dict) else ld}"
+    scenario = rec.get("scenario")
+    return key if scenario in (None, "fixed-batch") else f"{scenario}/{key}"
+
+
+# ---------------------------------------------------------------- files
+
+def append(path: str | Path, records: Iterable[dict]) -> int:
+    """Append records to a JSONL file in one write; returns how many."""
+    lines = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records)
+    if not lines:
+        return 0
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, lines.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return lines.count("\n")
+
+
+@dataclass
+class Skipped:
+    where: str   # file:line
+    why: str
+
+
+def read(paths: Iterable[str | Path], strict: bool = False) -> tuple[list[dict], list[Skipped]]:
+    """All valid records of the files; invalid lines are returned as `Skipped` (file:line, why),
+    or raised as one XoptError when `strict`."""
+    recs, skipped = [], []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise XoptError(f"{path}: results file not found")
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                    if not isinstance(rec, dict):
+                        raise ValueError("not a JSON object")
+                    validate(rec)
+                except ValueError as e:       # JSONDecodeError and RecordError are ValueErrors
+                    if strict:
+                        raise XoptError(f"{path}:{i}: invalid record ({e})") from None
+                    skipped.append(Skipped(f"{path}:{i}", str(e)))
+                    continue
+                recs.append(rec)
+    return recs, skipped

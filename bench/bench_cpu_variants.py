@@ -2,7 +2,7 @@
 
     python -m pytest bench/bench_cpu_variants.py --benchmark-json=bench.json
 
-Each benchmark is xopt.bench's measurement of the variant's `Runner.run` (prepared inputs,
+Each benchmark is xopt.measure's measurement of the variant's `Runner.run` (prepared inputs,
 cold call and warm-up apart, one variant per benchmark), so a regression here is a
 regression of what `xopt bench` reports.
 """
@@ -10,7 +10,8 @@ regression of what `xopt bench` reports.
 import numpy as np
 import pytest
 
-from xopt.bench import Shape, demo_lengths
+from xopt.scenarios.fixed_batch import Shape
+from xopt.scenarios.lengths import demo_lengths
 from xopt.variants import REGISTRY, load_variant
 
 CPU = [v.name for v in REGISTRY.values() if v.device == "cpu" and v.unavailable_reason() is None]

@@ -1,12 +1,12 @@
 """End-to-end evaluation throughput: `eval_demo` (tokenise, batch, run, score) of fp32 and
 onnx-int8 of e5-small on demo-retrieval (the packaged model has no classification head) in
-two languages, examples/s. Timed with xopt.bench's Timer and loop."""
+two languages, examples/s. Timed with xopt.measure's Timer and loop."""
 
 import os
 
 import pytest
 
-from xopt.bench import Measurement, Timer, timed_loop, to_pytest_benchmark, warm
+from xopt.measure import Measurement, Timer, timed_loop, to_pytest_benchmark, warm
 from xopt.variants import REGISTRY, load_variant
 
 LANGS = ["de", "ja"]

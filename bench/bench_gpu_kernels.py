@@ -41,11 +41,11 @@ def _peak(kind: str):
 
 
 def _timed(benchmark, fn, rounds=50) -> float:
-    """Median seconds of `fn`, timed by xopt.bench's Timer (CUDA events after synchronising) and
+    """Median seconds of `fn`, timed by xopt.measure's Timer (CUDA events after synchronising) and
     loops, the samples handed to pytest-benchmark: no second timing implementation."""
     import numpy as np
 
-    from xopt.bench import Measurement, Timer, timed_loop, to_pytest_benchmark, warm
+    from xopt.measure import Measurement, Timer, timed_loop, to_pytest_benchmark, warm
 
     class _Call:
         run = staticmethod(lambda _arg: fn())
@@ -88,12 +88,13 @@ def _model(name):
 
 
 def _length_mix():
-    try:
-        from xopt.bench import parse_lengths
-        from xopt.models import e5_tokenizer
+    from xopt.errors import XoptError
+    from xopt.models import e5_tokenizer
+    from xopt.scenarios.lengths import length_sources
 
-        return parse_lengths("demo", e5_tokenizer(), "query: ")[0]
-    except Exception as e:   # the demo extra is optional
+    try:
+        return length_sources("demo", e5_tokenizer(), "query: ")[0].lengths
+    except XoptError as e:   # the demo extra (suite catalogs, tokenizer) is optional
         pytest.skip(f"real length mix needs the demo suite and tokenizer: {e}")
 
 
@@ -112,7 +113,7 @@ def models(request):
 @pytest.mark.parametrize("impl", ["hf-fp16", "unpadded", "unpadded-int8"])
 @pytest.mark.parametrize("scenario", ["b32-s128", "b1-s128", "b32-demo-mix"])
 def test_encoder(benchmark, models, impl, scenario):
-    from xopt.bench import Shape
+    from xopt.scenarios.fixed_batch import Shape
 
     name, impls = models
     shape = {"b32-s128": Shape(32, seq_len=128), "b1-s128": Shape(1, seq_len=128),

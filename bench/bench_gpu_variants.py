@@ -7,7 +7,7 @@ Skipped, with the reason, where torch sees no CUDA device or no GPU variant is r
 import numpy as np
 import pytest
 
-from xopt.bench import Shape
+from xopt.scenarios.fixed_batch import Shape
 from xopt.variants import REGISTRY, load_variant
 
 GPU = [v for v in REGISTRY.values() if v.device == "cuda"]

@@ -2,13 +2,13 @@
 
 Convention: `xopt.kernels.BENCH_CASES` is a list of (name, fn, make_args) where
 `make_args()` returns the argument of `fn` on the device `fn` runs on ("cuda" unless the
-case's name ends in "-cpu"). Each case is timed with xopt.bench's Timer and loop.
+case's name ends in "-cpu"). Each case is timed with xopt.measure's Timer and loop.
 Skipped, with the reason, while the package declares no cases or has no GPU to run them.
 """
 
 import pytest
 
-from xopt.bench import Measurement, Timer, timed_loop, to_pytest_benchmark, warm
+from xopt.measure import Measurement, Timer, timed_loop, to_pytest_benchmark, warm
 
 
 def _cases():

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from xopt.bench import compare_benchmark_json, machine_kind
+from xopt.measure import compare_benchmark_json, machine_kind
 
 HERE = Path(__file__).resolve().parent
 

@@ -1,5 +1,5 @@
 """Shared set-up of the pytest-benchmark suites: the packaged e5-small checkpoint, its CPU
-variants built once per session, and `measure`, which times a runner with xopt.bench's own
+variants built once per session, and `measure`, which times a runner with xopt.measure's own
 warm-up, timer and loop (the code `xopt bench` runs) and hands the samples to pytest-benchmark.
 
     python -m pytest bench/ --benchmark-json=bench-now.json
@@ -14,7 +14,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from xopt.bench import Shape, measure_interleaved, to_pytest_benchmark  # noqa: E402
+from xopt.measure import to_pytest_benchmark  # noqa: E402
+from xopt.scenarios.fixed_batch import Shape, measure_interleaved  # noqa: E402
 
 # Fixed budgets so that runs are comparable with the saved baselines.
 ROUNDS, MIN_ITERS, MIN_TIME_S = 3, 5, 0.5
@@ -45,7 +46,7 @@ def variant_dir(e5_checkpoint, tmp_path_factory):
 
 @pytest.fixture
 def measure(benchmark):
-    """measure(runner, shape, vocab_size, pad_id, **info): xopt.bench's measurement of one
+    """measure(runner, shape, vocab_size, pad_id, **info): xopt.scenarios.fixed_batch's measurement of one
     runner on one shape, reported through pytest-benchmark; returns the Measurement."""
     def run(runner, shape: Shape, vocab_size: int, pad_id: int, **info):
         m = measure_interleaved({runner.name: runner}, shape, vocab_size, pad_id, rounds=ROUNDS,

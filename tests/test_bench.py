@@ -9,18 +9,19 @@ import pytest
 from typer.testing import CliRunner
 
 from xopt import records
-from xopt.bench import (Measurement, Timer, bench, compare_benchmark_json, harness_overhead, machine_kind,
-                        ratio_table, to_pytest_benchmark, warm)
+from xopt.bench import bench, ratio_table
 from xopt.cli import app
 from xopt.errors import XoptError
-from xopt.loadgen import read_detail, server_search
-from test_results_bench import FakeRunner
+from xopt.measure import (Measurement, Timer, compare_benchmark_json, harness_overhead, machine_kind,
+                          to_pytest_benchmark, warm)
+from xopt.scenarios.loadgen import read_detail, server_search
+from test_measure import FakeRunner
 
 
 def test_harness_overhead_per_iteration_is_microseconds():
     o = harness_overhead()
     print(f"harness overhead on CPU: {o}")
-    # the issue's target: < 5 us per iteration (loop_us: fastest chunk, so preemption by
+    # the harness's budget: < 5 us per iteration (loop_us: fastest chunk, so preemption by
     # other processes on a shared machine does not count as harness cost)
     assert 0 < o["timer_us"] < 5 and 0 < o["loop_us"] < 5
 
@@ -205,7 +206,7 @@ def test_xtreme_lengths_through_the_task_loaders(variants, monkeypatch, tmp_path
         bench([variants / "fp32"], lengths="xtreme:xnli")
     import xopt.tasks
 
-    fake = types.ModuleType("xopt.tasks.xtreme")        # the API of xopt.tasks.xtreme (issue 4)
+    fake = types.ModuleType("xopt.tasks.xtreme")        # the API bench needs of xopt.tasks.xtreme
     monkeypatch.setitem(sys.modules, "xopt.tasks.xtreme", fake)
     monkeypatch.setattr(xopt.tasks, "xtreme", fake, raising=False)
     with pytest.raises(XoptError, match="no load"):

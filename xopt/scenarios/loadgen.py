@@ -34,8 +34,9 @@ from typing import Callable
 
 import numpy as np
 
-from xopt.bench import Measurement, MemoryProbe, Shape, Timer, make_batch, percentiles, to_record, warm
 from xopt.errors import XoptError
+from xopt.measure import Measurement, MemoryProbe, Timer, percentiles, warm
+from xopt.scenarios.fixed_batch import Shape, make_batch, to_record
 
 LG_SCENARIO = {"single-stream": "SingleStream", "offline": "Offline", "server": "Server"}
 MAX_SAMPLES = 1024          # distinct samples in LoadGen's sample library
@@ -229,8 +230,10 @@ def _safe(name: str) -> str:
 def run_scenario(loaded, shape: Shape, scenario: str, log_root: Path, *, vocab_size: int, pad_id: int,
                  min_time_s: float = 1.0, min_queries: int = 10, warmup: int | None = None,
                  latency_bound_ms: float = 100.0, server_qps: tuple[float, float] | None = None,
-                 server_max_runs: int = 8, progress=None) -> dict:
-    """Warm the variant up on `shape`, run LoadGen's `scenario`, return one bench record."""
+                 server_max_runs: int = 8, progress=None, load: dict | None = None) -> dict:
+    """Warm the variant up on `shape`, run LoadGen's `scenario`, return one bench record
+    (built once, complete: LoadGen's figures replace the timer's where the scenario has them).
+    `load`: {load_s, mem_load_mb} of the variant's loading."""
     runner = loaded.runner
     m = Measurement()
     warm(runner, [runner.prepare(ids, mask) for ids, mask in shape.batches(vocab_size, pad_id)],
@@ -280,21 +283,21 @@ def run_scenario(loaded, shape: Shape, scenario: str, log_root: Path, *, vocab_s
     if not sut.batch_ms:
         raise XoptError(f"LoadGen issued no samples for {label}; see {log_dir}")
     tok_per_sample = sum(sut.batch_tokens) / max(sut.samples, 1)
-    rec = to_record(loaded, shape, m, scenario, loadgen={k: v for k, v in res.items()},
-                    loadgen_log_dir=str(log_dir), samples=sut.samples, **extra)
-    per_batch = {f"batch_{k}": v for k, v in percentiles(sut.batch_ms).items()}
     if scenario == "offline":
         seq_s = res.get("result_samples_per_second") or 0.0
-        rec.update(latency_source="timer_per_batch")
+        figures = {"latency_source": "timer_per_batch"}
     else:
         seq_s = res.get("result_qps_with_loadgen_overhead" if scenario == "single-stream"
                         else "result_completed_samples_per_sec") or 0.0
-        rec.update(latency_source="loadgen_per_sample", **per_batch,
+        figures = {"latency_source": "loadgen_per_sample",
+                   **{f"batch_{k}": v for k, v in percentiles(sut.batch_ms).items()},
                    **{k: _ns_ms(res, f"result_{p}_percentile_latency_ns") for k, p in
                       (("p50_ms", "50.00"), ("p90_ms", "90.00"), ("p99_ms", "99.00"))},
-                   mean_ms=_ns_ms(res, "result_mean_latency_ns"), min_ms=_ns_ms(res, "result_min_latency_ns"))
+                   "mean_ms": _ns_ms(res, "result_mean_latency_ns"), "min_ms": _ns_ms(res, "result_min_latency_ns")}
         if scenario == "server" and best is None:
             seq_s = 0.0         # no QPS in the bounds meets the latency bound
-    rec.update(throughput_seq_s=float(seq_s), throughput_tok_s=float(seq_s) * tok_per_sample,
-               tokens_per_sample=tok_per_sample, iters=sut.samples if scenario != "offline" else len(sut.batch_ms))
-    return rec
+    return to_record(loaded, shape, m, scenario, load=load, loadgen={k: v for k, v in res.items()},
+                     loadgen_log_dir=str(log_dir), samples=sut.samples, **extra, **figures,
+                     throughput_seq_s=float(seq_s), throughput_tok_s=float(seq_s) * tok_per_sample,
+                     tokens_per_sample=tok_per_sample,
+                     iters=sut.samples if scenario != "offline" else len(sut.batch_ms))

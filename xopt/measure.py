@@ -1,0 +1,283 @@
+"""The one timing harness: timer, warm-up, timed loop, percentiles, memory, environment.
+
+Every xopt measurement goes through it (`xopt bench`'s scenarios, `xopt demo`, the
+bench/ pytest-benchmark suites), so all of them time the same way:
+- inputs are prepared before timing; only the call is timed;
+- a call's first run (`cold_ms`: lazy compilation, allocator warm-up) is recorded apart;
+- warm-up continues until the median of the last 5 calls is within 5% of the 5 before
+  (bounded: 50 calls / 5 s), or runs a fixed number of calls; it is not part of the
+  statistics;
+- the timed loop runs at least `min_iters` calls *and* `min_time_s` seconds (bounded by
+  `max_time_s`); CPU calls are timed with `perf_counter_ns`, GPU calls with CUDA events
+  after synchronisation;
+- memory: on GPU the CUDA allocator's peak after `reset_peak_memory_stats` ("cuda_allocator";
+  memory that ONNX Runtime / TensorRT allocate themselves is not in it, `cuda_used_mb` is the
+  device-wide figure); on CPU the process's peak RSS (VmHWM, reset before each timed loop;
+  "process_rss"), with `mem_run_mb` its growth during the timed loops.
+
+Harness overhead (`harness_overhead()`): on CPU the timer adds two `perf_counter_ns` calls to
+each sample and the loop's bookkeeping a little more per iteration; both are measured at run
+time and stored in every bench record. On GPU each iteration adds a synchronise, two event
+records and `elapsed_time` on the host, outside the interval the events measure; inside it is
+only the launch gap between the start event and the first kernel, which is part of a call's
+real cost.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def percentiles(samples_ms) -> dict:
+    a = np.asarray(samples_ms, dtype=np.float64)
+    return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
+            "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()), "min_ms": float(a.min()),
+            "std_ms": float(a.std())}
+
+
+class Timer:
+    """Times one call of `fn` in ms: CUDA events on GPU, perf_counter_ns on CPU."""
+
+    def __init__(self, device: str = "cpu"):
+        self.cuda = device.startswith("cuda")
+        if self.cuda:
+            import torch
+
+            self._torch = torch
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._end = torch.cuda.Event(enable_timing=True)
+
+    def __call__(self, fn, arg) -> float:
+        if self.cuda:
+            self._torch.cuda.synchronize()
+            self._start.record()
+            fn(arg)
+            self._end.record()
+            self._end.synchronize()
+            return self._start.elapsed_time(self._end)
+        t0 = time.perf_counter_ns()
+        fn(arg)
+        return (time.perf_counter_ns() - t0) / 1e6
+
+
+@dataclass
+class Measurement:
+    samples_ms: list[float] = field(default_factory=list)
+    round_p50_ms: list[float] = field(default_factory=list)
+    cold_ms: float | None = None
+    warmup: int = 0
+    warmup_ms: list[float] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)     # real tokens per timed call
+    peak_mem_mb: float | None = None
+    peak_mem_kind: str | None = None                    # "cuda_allocator" | "process_rss"
+    mem_run_mb: float | None = None                     # peak growth during the timed loops
+    cuda_used_mb: float | None = None
+
+    def estimate_ms(self) -> float:
+        """Typical latency of one call, from the timed samples or else the warm-up."""
+        return float(np.median(self.samples_ms or self.warmup_ms[-5:] or [self.cold_ms or 1.0]))
+
+
+def warm(runner, prepared: list, timer: Timer, m: Measurement, max_iters: int = 50, max_s: float = 5.0,
+         fixed: int | None = None) -> None:
+    """Cold call, then warm-up until the moving median is stable (bounded), or `fixed` calls."""
+    m.cold_ms = timer(runner.run, prepared[0])
+    hist, t0 = [], time.perf_counter()
+    while True:
+        if fixed is not None:
+            if len(hist) >= fixed:
+                break
+        elif len(hist) >= max_iters or time.perf_counter() - t0 >= max_s:
+            break
+        hist.append(timer(runner.run, prepared[len(hist) % len(prepared)]))
+        if fixed is None and len(hist) >= 10:
+            a, b = np.median(hist[-5:]), np.median(hist[-10:-5])
+            if abs(a - b) <= 0.05 * b:
+                break
+    m.warmup = 1 + len(hist)
+    m.warmup_ms = hist
+
+
+def timed_loop(runner, prepared: list, tokens: list[int], timer: Timer, m: Measurement, min_iters: int,
+               min_time_s: float, max_time_s: float) -> None:
+    """One round: time `runner.run` over `prepared` (cycling) until both minimums are met,
+    appending the samples and each call's real token count to `m`."""
+    got, t0 = [], time.perf_counter()
+    while True:
+        el = time.perf_counter() - t0
+        if (len(got) >= min_iters and el >= min_time_s) or (el >= max_time_s and len(got) >= 3):
+            break
+        i = len(m.samples_ms) + len(got)
+        got.append(timer(runner.run, prepared[i % len(prepared)]))
+        m.tokens.append(tokens[i % len(prepared)])
+    m.samples_ms += got
+    m.round_p50_ms.append(float(np.median(got)))
+
+
+# ---------------------------------------------------------------- memory
+
+def proc_status_mb(key: str) -> float | None:
+    """A /proc/self/status figure (VmRSS, VmHWM, ...) in MiB; None where there is no /proc."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")   # resets VmHWM to the current RSS (Linux >= 4.0)
+    except OSError:
+        pass
+
+
+class MemoryProbe:
+    """Peak memory of one timed loop: CUDA allocator peak on GPU, RSS high-water mark on CPU."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+
+    def __enter__(self):
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            _reset_peak_rss()
+            self.rss0 = proc_status_mb("VmRSS")
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, m: Measurement) -> None:
+        if self.cuda:
+            import torch
+
+            free, total = torch.cuda.mem_get_info()
+            m.peak_mem_kind = "cuda_allocator"
+            m.peak_mem_mb = max(m.peak_mem_mb or 0.0, torch.cuda.max_memory_allocated() / 2**20)
+            m.cuda_used_mb = max(m.cuda_used_mb or 0.0, (total - free) / 2**20)
+            return
+        peak = proc_status_mb("VmHWM")
+        if peak is not None:
+            m.peak_mem_kind = "process_rss"
+            m.peak_mem_mb = max(m.peak_mem_mb or 0.0, peak)
+            if self.rss0 is not None:
+                m.mem_run_mb = max(m.mem_run_mb or 0.0, peak - self.rss0)
+
+
+# ---------------------------------------------------------------- environment
+
+def _noop(_):
+    return None
+
+
+class _NoopRunner:
+    run = staticmethod(_noop)
+
+
+@functools.lru_cache(maxsize=1)
+def harness_overhead(n: int = 2000, chunks: int = 10) -> dict:
+    """What the harness itself costs on CPU, in us: `timer_us` is the median sample of an
+    empty call (what the timer adds to every sample), `loop_us` the wall time per
+    iteration of `timed_loop` around an empty call (timer + bookkeeping), in the fastest
+    of `chunks` chunks (a slower chunk was preempted: other processes' time, not ours)."""
+    m, t, per = Measurement(), Timer("cpu"), []
+    for _ in range(chunks):
+        k = len(m.samples_ms)
+        t0 = time.perf_counter_ns()
+        timed_loop(_NoopRunner, [None], [0], t, m, min_iters=n // chunks, min_time_s=0.0, max_time_s=10.0)
+        per.append((time.perf_counter_ns() - t0) / 1e3 / (len(m.samples_ms) - k))
+    return {"timer_us": round(float(np.median(m.samples_ms)) * 1e3, 3), "loop_us": round(min(per), 3)}
+
+
+def loadavg() -> list[float] | None:
+    """The host's 1/5/15-minute load averages: a measurement taken on a busy machine says so."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_env() -> dict | None:
+    """Driver, clocks and power limit of GPU 0 when readable (NVML), else None."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        h = pynvml.nvmlDeviceGetHandleByIndex(0)
+        env = {"driver": pynvml.nvmlSystemGetDriverVersion()}
+        for key, clk in (("sm_clock_mhz", pynvml.NVML_CLOCK_SM), ("mem_clock_mhz", pynvml.NVML_CLOCK_MEM)):
+            env[key] = pynvml.nvmlDeviceGetClockInfo(h, clk)
+            env["max_" + key] = pynvml.nvmlDeviceGetMaxClockInfo(h, clk)
+        env["power_limit_w"] = pynvml.nvmlDeviceGetPowerManagementLimit(h) / 1000
+        return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in env.items()}
+    except Exception:   # NVML absent or not permitted: the record says null, not a guess
+        return None
+
+
+def environment(device: str) -> dict:
+    """The `env` of a bench record: GPU state (on GPU), the harness's own cost, the load average."""
+    return {"gpu": gpu_env() if device.startswith("cuda") else None,
+            "harness_overhead_us": harness_overhead(), "loadavg": loadavg()}
+
+
+# ---------------------------------------------------------------- pytest-benchmark bridge and baselines
+
+def machine_kind() -> str:
+    """A name for the kind of machine, for bench/baselines/<kind>.json: the GPU's name, or
+    the CPU's architecture and thread count."""
+    import platform
+    import re
+
+    from xopt.host import host_info
+
+    h = host_info()
+    name = f"cuda-{h['gpu']['name']}" if h.get("gpu") else f"cpu-{platform.machine()}-{h.get('torch_threads') or h['cpu_count']}t"
+    return re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-").lower()
+
+
+def to_pytest_benchmark(benchmark, m: Measurement, **extra_info) -> None:
+    """Hand xopt's samples to pytest-benchmark's statistics (one sample = one timed call), so
+    the suites in bench/ report what `xopt bench` measures with the same timer and loop.
+    Uses the fixture's `_make_stats` (pytest-benchmark 4/5): there is no public API to feed
+    externally timed samples."""
+    benchmark.extra_info.update(extra_info)
+    if benchmark.disabled:
+        return
+    benchmark._mode = "xopt.bench"
+    stats = benchmark._make_stats(1)
+    for s in m.samples_ms:
+        stats.update(s / 1e3)
+
+
+def compare_benchmark_json(baseline: dict, current: dict, threshold: float = 0.15) -> tuple[list[dict], bool]:
+    """Median of each benchmark in `current` against `baseline` (pytest-benchmark JSON).
+    Returns rows and whether any median regressed by more than `threshold` (0.15 = 15%)."""
+    base = {b["fullname"]: b for b in baseline.get("benchmarks", [])}
+    rows, failed = [], False
+    for b in current.get("benchmarks", []):
+        ref = base.get(b["fullname"])
+        row = {"name": b["fullname"], "median_s": b["stats"]["median"],
+               "baseline_median_s": ref["stats"]["median"] if ref else None}
+        if ref:
+            row["ratio"] = b["stats"]["median"] / ref["stats"]["median"]
+            row["regressed"] = row["ratio"] > 1 + threshold
+            failed |= row["regressed"]
+        rows.append(row)
+    return rows, failed

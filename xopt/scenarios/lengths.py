@@ -1,0 +1,139 @@
+"""Length sources: real token-count mixes for bench shapes (`--lengths`).
+
+`demo` (every language of the demo suite mixed), `demo:LANG[,LANG..]` / `demo:each` (one mix
+per language), `xtreme:TASK:LANG[,LANG..]` (an XTREME task's test split, from `--data`), or a
+text file with one token count per line. Per-language mixes make the per-language cost of the
+same content visible: the same sentence is more tokens in some languages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from xopt.errors import XoptError
+
+
+@dataclass
+class Lengths:
+    lengths: list[int]
+    source: str
+    lang: str | None = None
+    split: str | None = None
+
+
+def _token_counts(tokenizer, texts: list[str], prefix: str, max_length: int = 512) -> list[int]:
+    from xopt.evaluate import tokenize
+
+    return [len(s) for s in tokenize(tokenizer, texts, prefix, max_length)]
+
+
+def demo_lengths(tokenizer, suite: dict, lang: str | None, prefix: str) -> list[int]:
+    """Token counts of the demo suite's test texts (one language, or all)."""
+    langs = [lang] if lang else list(suite["test"])
+    return _token_counts(tokenizer, [e["text"] for la in langs for e in suite["test"][la]], prefix)
+
+
+def _demo_sources(spec: str, tokenizer, prefix: str) -> list[Lengths]:
+    """`demo`: every language's test texts mixed; `demo:LANG[,LANG..]`: one length mix per
+    language; `demo:each`: one per language of the suite. A language of the suite's shared
+    set uses it (the same messages in every language: differences are the tokenizer's)."""
+    from xopt.tasks import demo
+
+    suite = demo.load_suite(demo.ensure_suite())
+    if spec == "demo":
+        return [Lengths(demo_lengths(tokenizer, suite, None, prefix), "demo")]
+    arg = spec.split(":", 1)[1]
+    shared = suite.get("shared") or {}
+    langs = (list(shared) or list(suite["test"])) if arg == "each" else [x.strip() for x in arg.split(",") if x.strip()]
+    bad = [la for la in langs if la not in suite["test"]]
+    if bad or not langs:
+        raise XoptError(f"--lengths {spec}: language {', '.join(bad) or '(none)'} not in the demo suite "
+                        f"(have: {', '.join(suite['test'])})")
+    out = []
+    for la in langs:
+        split = "shared" if la in shared else "test"
+        texts = [e["text"] for e in (shared[la] if split == "shared" else suite["test"][la])]
+        out.append(Lengths(_token_counts(tokenizer, texts, prefix), f"demo:{la}", la, split))
+    return out
+
+
+def xtreme_texts(examples, family: str) -> list:
+    """What the model reads of each XTREME example (xopt.tasks.xtreme's internal forms): a
+    text or a (text, text) pair, so that pairs are tokenised with their separators.
+    The one place here that branches on task-family names: a task registry's `texts`
+    replaces it once xopt.tasks has one."""
+    if family == "retrieval":
+        return list(examples.src)
+    if family == "classify":
+        return [(e["text_a"], e["text_b"]) if e.get("text_b") else e["text_a"] for e in examples]
+    if family == "tagging":
+        return [" ".join(e["tokens"]) for e in examples]
+    if family == "qa":
+        return [(e["question"], e["context"]) for e in examples]
+    raise XoptError(f"XTREME task family {family!r} has no text for a length mix")
+
+
+def _xtreme_sources(spec: str, tokenizer, prefix: str, data_dir, max_length: int, n: int = 1000) -> list[Lengths]:
+    """`xtreme:TASK:LANG[,LANG..]`: the test split of an XTREME task (xopt.tasks.xtreme.load,
+    from `--data`), at most `n` examples per language, tokenised as the evaluation does."""
+    check_lengths_spec(spec)
+    from xopt.tasks import xtreme
+
+    if data_dir is None:
+        raise XoptError(f"--lengths {spec}: give --data, the directory of the XTREME data (see `xopt eval --help`)")
+    _, task, langs = spec.split(":")
+    family = xtreme.get_task(task).family
+    out = []
+    for la in [x.strip() for x in langs.split(",") if x.strip()]:
+        texts = xtreme_texts(xtreme.load(task, la, "test", data_dir), family)[:n]
+        singles = [t for t in texts if isinstance(t, str)]
+        pairs = [t for t in texts if not isinstance(t, str)]
+        counts = _token_counts(tokenizer, singles, prefix, max_length) if singles else []
+        if pairs:
+            enc = tokenizer([prefix + a for a, _ in pairs], [b for _, b in pairs], truncation="longest_first",
+                            max_length=max_length)
+            counts += [len(x) for x in enc["input_ids"]]
+        out.append(Lengths(counts, f"xtreme:{task}:{la}", la, "test"))
+    return out
+
+
+def length_sources(spec: str, tokenizer, prefix: str, data_dir=None, max_length: int = 512) -> list[Lengths]:
+    """The length mixes named by `--lengths`: demo, demo:LANG[,LANG..], demo:each,
+    xtreme:TASK:LANG[,LANG..] (with `data_dir`), or a text file with one token count per line."""
+    if spec == "demo" or spec.startswith("demo:"):
+        return _demo_sources(spec, tokenizer, prefix)
+    if spec.startswith("xtreme:"):
+        return _xtreme_sources(spec, tokenizer, prefix, data_dir, max_length)
+    path = Path(spec)
+    if not path.is_file():
+        raise XoptError(f"--lengths {spec}: not demo, demo:LANG, demo:each, xtreme:TASK:LANG or an existing file")
+    try:
+        vals = [int(x) for x in path.read_text().split()]
+    except ValueError:
+        raise XoptError(f"--lengths {spec}: expected one integer token count per line") from None
+    if not vals or min(vals) < 1:
+        raise XoptError(f"--lengths {spec}: empty or non-positive lengths")
+    return [Lengths(vals, str(path))]
+
+
+def check_lengths_spec(spec: str) -> None:
+    """Refuse a malformed --lengths before any variant is loaded."""
+    if spec == "demo" or spec.startswith("demo:"):
+        return
+    if spec.startswith("xtreme:"):
+        parts = spec.split(":")
+        if len(parts) != 3 or not parts[1] or not parts[2]:
+            raise XoptError(f"--lengths {spec}: expected xtreme:TASK:LANG, e.g. xtreme:xnli:de")
+        try:
+            from xopt.tasks import xtreme
+        except ImportError:
+            raise XoptError(f"--lengths {spec}: this xopt has no XTREME loaders (xopt.tasks.xtreme); "
+                            "use --lengths demo:LANG or a file of token counts") from None
+        if not (callable(getattr(xtreme, "load", None)) and callable(getattr(xtreme, "get_task", None))):
+            raise XoptError(f"--lengths {spec}: xopt.tasks.xtreme has no load()/get_task(); "
+                            "use --lengths demo:LANG or a file of token counts")
+        xtreme.get_task(parts[1])        # an unknown task name: its own one-line error
+        return
+    if not Path(spec).is_file():
+        raise XoptError(f"--lengths {spec}: not demo, demo:LANG, demo:each, xtreme:TASK:LANG or an existing file")

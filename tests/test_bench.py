@@ -288,3 +288,28 @@ def test_cli_json_with_compare(variants):
     rows = json.loads(res.stdout)
     assert {r["variant"] for r in rows} == {"fp32", "int8-dynamic"}
     assert all(r["iters"] >= 3 and r["warmup"] == 2 and r["vs_fp32"]["p50_speedup"] > 0 for r in rows)
+
+
+def test_records_are_complete_when_built(variants, tmp_path, monkeypatch):
+    """Every bench record, LoadGen's included, is final when records.record validates it:
+    what bench returns and appends is exactly what was validated."""
+    import copy
+
+    pytest.importorskip("mlperf_loadgen", reason="mlcommons-loadgen is a dependency of xopt")
+    built, real = [], records.record
+
+    def spy(kind, **fields):
+        rec = real(kind, **fields)
+        built.append(copy.deepcopy(rec))
+        return rec
+
+    monkeypatch.setattr(records, "record", spy)
+    out = tmp_path / "r.jsonl"
+    kw = dict(seq_lens=(8,), min_iters=3, min_time_s=0.02, out=out, warmup=1)
+    recs = bench([variants / "fp32"], batches=(2,), rounds=1, **kw)
+    for scenario in ("single-stream", "offline"):
+        recs += bench([variants / "fp32"], batches=(2,), scenario=scenario, **kw)
+    assert recs == built and records.read([out], strict=True)[0] == built
+    single = next(r for r in built if r["scenario"] == "single-stream")
+    assert single["latency_source"] == "loadgen_per_sample" and single["p50_ms"] == pytest.approx(
+        single["loadgen"]["result_50.00_percentile_latency_ns"] / 1e6)

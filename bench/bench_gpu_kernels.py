@@ -2,8 +2,8 @@
 
     python -m pytest bench/bench_gpu_kernels.py --benchmark-json=kernels.json
 
-Needs a CUDA GPU (every benchmark skips, with the reason, where torch sees none). Shapes are the
-issue's: XLM-R-base and -large (weights from config: speed does not depend on their values),
+Needs a CUDA GPU (every benchmark skips, with the reason, where torch sees none). Shapes:
+XLM-R-base and -large (weights from config: speed does not depend on their values),
 batch 32 x 128 tokens (nothing to unpad), batch 1 x 128 (latency), and a real length mix
 (tokenised demo-suite sentences, batch 32 padded to its longest member as HF pipelines pad).
 `extra_info` carries the derived figures: TFLOP/s of the GEMMs and their fraction of the

@@ -1,4 +1,4 @@
-"""Calibration study (issue 7): en-only vs multilingual calibration, and calibration methods,
+"""Calibration study: en-only vs multilingual calibration, and calibration methods,
 for `onnx-int8` on one checkpoint, scored per language on the demo suite.
 
     python bench/calibration_study.py CHECKPOINT --out DIR [--langs de,ar,...] [--samples 256]

@@ -15,9 +15,9 @@ bench/ pytest-benchmark suites), so all of them time the same way:
   device-wide figure); on CPU the process's peak RSS (VmHWM, reset before each timed loop;
   "process_rss"), with `mem_run_mb` its growth during the timed loops.
 
-Harness overhead (`harness_overhead()`): on CPU the timer adds two `perf_counter_ns` calls to
-each sample and the loop's bookkeeping a little more per iteration; both are measured at run
-time and stored in every bench record. On GPU each iteration adds a synchronise, two event
+Harness overhead: on CPU the timer adds two `perf_counter_ns` calls to each sample and the
+loop's bookkeeping a little more per iteration; `harness_overhead()` times both when a bench
+runs, and every bench record stores them. On GPU each iteration adds a synchronise, two event
 records and `elapsed_time` on the host, outside the interval the events measure; inside it is
 only the launch gap between the start event and the first kernel, which is part of a call's
 real cost.

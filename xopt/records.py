@@ -147,7 +147,7 @@ class BenchRecord(CommonFields):
 class SensitivityRecord(CommonFields):
     """Per-layer quantisation sensitivity (xopt.calibration.sensitivity): `unit` (a Linear or an
     op kind), the Linears it covers, its `rank` (1 = most sensitive) and `drop` in `metric` on
-    `n_examples` held-out texts; `calibration` says which calibration it was measured with."""
+    `n_examples` held-out texts; `calibration` names the calibration the ranking belongs to."""
     unit: str
     layers: list
     rank: int

@@ -26,7 +26,7 @@ def test_retention_by_hand(tmp_path):
 
 
 def test_paired_interval_matches_the_normal_approximation(tmp_path):
-    """Gain CI ~ point +- 1.96 * sd(paired difference) / sqrt(n); an unpaired bootstrap would be ~2.6x wider here."""
+    """Gain CI ~ point +- 1.96 * sd(paired difference) / sqrt(n); an unpaired bootstrap would be much wider here."""
     rng = np.random.default_rng(1)
     n = 400
     b = (rng.random(n) < 0.6).astype(float)

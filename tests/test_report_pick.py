@@ -192,7 +192,7 @@ def test_pick_ties_and_missing_measurements(tmp_path):
     assert c["chosen"] is None and "device cuda" in pick.render(c)
     gpu = bn("fp16", 1.0, device="cuda:0")
     gpu["host"] = {**gpu["host"], "gpu": {"name": "NVIDIA H100 80GB HBM3"}}
-    results.append(p, [gpu])      # later records win: fp16 now measured on the GPU
+    results.append(p, [gpu])      # later records win: fp16's latest record is the GPU's
     c = pick.pick([p], device="h100")
     assert c["chosen"]["variant"] == "fp16" and c["chosen"]["p50_ms"] == 1.0
     assert pick.pick([p], device="cpu")["chosen"]["variant"] == "bf16"

@@ -24,8 +24,8 @@ def bench_lang(r: dict) -> str | None:
 
 
 def per_language_cost(t: RecordIndex) -> list[dict]:
-    """Per (model, variant, batch, language): mean tokens per sentence, the p50 measured on the
-    language's length mix, and the p50 implied by interpolating fixed-length benchmarks."""
+    """Per (model, variant, batch, language): mean tokens per sentence, the p50 of the bench record on
+    the language's length mix, and the p50 implied by interpolating fixed-length benchmarks."""
     out = []
     for k, r in t.bench.items():
         lang = bench_lang(r)

@@ -9,7 +9,7 @@ from xopt.analysis.retention import gain_stats, worst_language
 
 
 def default_shape(t: RecordIndex, family: str, batch: int = 1) -> str | None:
-    """seq 128 when measured at `batch`, else the first shape measured there."""
+    """seq 128 when benchmarked at `batch`, else the first shape benchmarked there."""
     shapes = [s for b, s in t.shapes(family) if b == batch]
     return "s128" if "s128" in shapes else (shapes[0] if shapes else None)
 

@@ -30,7 +30,7 @@ def bench_table(recs: list[dict], compare: str | None = None) -> Table:
     if compare:
         ref = {(r["model"], r["batch"], shape_key(r)): r for r in recs if r["variant"] == compare}
         if not ref:
-            raise XoptError(f"--compare {compare}: no such variant among the measured ones")
+            raise XoptError(f"--compare {compare}: no such variant among the benchmarked ones")
     t = Table(["model", "variant", "batch", "shape", "p50 ms", "p99 ms", "round p50s", "seq/s", "tok/s",
                "peak MB", *(["p50 vs " + compare] if compare else [])])
     for r in recs:

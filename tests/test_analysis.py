@@ -115,3 +115,11 @@ def test_record_index_keys_and_join(tmp_path):
     assert again.bn("(unnamed model)", "int8", 1, "s128")["p50_ms"] == 4.0  # ... but never a baseline's
     assert analysis.shape_key({"seq_len": 64, "scenario": "offline"}) == "offline/s64"
     assert analysis.shape_key({"length_dist": {"source": "demo:ja"}}) == "len:demo:ja"
+
+
+def test_retention_is_point():
+    st = {"has_ci": True, "retention_uncertain": False, "retention": 0.8, "retention_ci": (0.6, 0.95)}
+    assert analysis.retention_is_point(st)
+    assert not analysis.retention_is_point({**st, "retention_ci": (-0.1, 0.9)})       # interval contains 0
+    assert not analysis.retention_is_point({**st, "retention_uncertain": True})       # wider than 1, or no gain
+    assert not analysis.retention_is_point({**st, "has_ci": False})                   # no per-example outcomes

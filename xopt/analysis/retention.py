@@ -117,6 +117,15 @@ def worst_language(t: RecordIndex, task: str, variant: str, reference: str = "fp
     return (min(drops)[1], min(drops)[0]) if drops and min(drops)[0] < 0 else None
 
 
+def retention_is_point(st: dict) -> bool:
+    """Whether a retention is precise enough to show as a point: it has an interval, is not
+    flagged (the reference gain's interval excludes 0 and its own is narrower than 1), and its
+    own interval excludes 0. Otherwise a plot shows the score, or the interval, instead."""
+    lo, hi = st["retention_ci"]
+    return bool(st["has_ci"] and not st["retention_uncertain"] and np.isfinite(st["retention"])
+                and not lo <= 0 <= hi)
+
+
 def fmt_ci(x: float | None, ci, digits: int = 2) -> str:
     """`x [lo, hi]`, `x` when there is no interval, n/a when there is no value."""
     if x is None or not np.isfinite(x):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from xopt.analysis.index import RecordIndex
-from xopt.analysis.retention import gain_stats, worst_language
+from xopt.analysis.retention import gain_stats, retention_is_point, worst_language
 
 
 def default_shape(t: RecordIndex, family: str, batch: int = 1) -> str | None:
@@ -17,7 +17,8 @@ def default_shape(t: RecordIndex, family: str, batch: int = 1) -> str | None:
 def summary_rows(t: RecordIndex, reference="fp32", batch=1, shape: str | None = None,
                  family: str | None = None) -> list[dict]:
     """One row per variant of `family`: per task score/gain/retention/worst language, and cost
-    (absent keys = not measured)."""
+    (absent keys = not measured). `avg_retention_is_point`: every task averaged into
+    `avg_retention` has a retention precise enough to plot (retention_is_point)."""
     family = family or t.family
     shape = shape or default_shape(t, family, batch)
     rows = []
@@ -36,8 +37,9 @@ def summary_rows(t: RecordIndex, reference="fp32", batch=1, shape: str | None = 
             row["peak_mem_mb"] = b.get("peak_mem_mb")
             row["speedup"] = ref_bench["p50_ms"] / b["p50_ms"] if ref_bench else None
             row["round_p50_ms"] = b.get("round_p50_ms")
-        rets = [st["retention"] for st in row["tasks"].values() if st["ref_gain"] > 0 and np.isfinite(st["retention"])]
-        row["avg_retention"] = float(np.mean(rets)) if rets else None
+        kept = [st for st in row["tasks"].values() if st["ref_gain"] > 0 and np.isfinite(st["retention"])]
+        row["avg_retention"] = float(np.mean([st["retention"] for st in kept])) if kept else None
+        row["avg_retention_is_point"] = bool(kept) and all(retention_is_point(st) for st in kept)
         scores = [st["score"] for st in row["tasks"].values()]
         row["avg_score"] = float(np.mean(scores)) if scores else None
         rows.append(row)

@@ -34,20 +34,39 @@ PARETO_X = (("p50_ms", "p50 latency (ms)", True), ("p99_ms", "p99 latency (ms)",
             ("throughput_seq_s", "sequences/s", False))
 
 
-def _pareto_panel(ax, t: RecordIndex, all_rows: dict, batch: int, key: str, better_low: bool, ykey: str) -> bool:
-    """One panel: every (model, variant) at `batch` as a point, and the staircase of the front."""
+WITHHELD = "not drawn: retention interval contains 0\nor is wider than 1 (score: panel below)"
+
+
+def pareto_points(t: RecordIndex, all_rows: dict, batch: int, key: str, ykey: str):
+    """(points, their names, names withheld) of one panel: (cost `key`, `ykey`) per (model, variant)
+    measured at `batch`. A retention that is not precise enough (retention_is_point) is withheld:
+    a point would present noise as a position on the front."""
     label = _labeller(t)
-    pts, names = [], []
+    pts, names, withheld = [], [], []
     for fam in t.families:
         shape = default_shape(t, fam, batch)
         for r in all_rows[fam]:
             b = t.bn(fam, r["variant"], batch, shape)
-            if b and r[ykey] is not None:
-                pts.append((b[key], r[ykey]))
-                names.append(label(fam, r["variant"]))
+            if not b or r[ykey] is None:
+                continue
+            if ykey == "avg_retention" and not r.get("avg_retention_is_point"):
+                withheld.append(label(fam, r["variant"]))
+                continue
+            pts.append((b[key], r[ykey]))
+            names.append(label(fam, r["variant"]))
+    return pts, names, withheld
+
+
+def _pareto_panel(ax, t: RecordIndex, all_rows: dict, batch: int, key: str, better_low: bool, ykey: str) -> bool:
+    """One panel: every (model, variant) at `batch` as a point, the staircase of the front, and the
+    names of the variants withheld from it."""
+    pts, names, withheld = pareto_points(t, all_rows, batch, key, ykey)
+    if withheld:
+        ax.text(0.01, 0.99, f"{WITHHELD}:\n{', '.join(withheld)}", transform=ax.transAxes, va="top", fontsize=7,
+                color="dimgrey")
     if not pts:
-        ax.set_visible(False)
-        return False
+        ax.set_visible(bool(withheld))
+        return bool(withheld)
     xs, ys = zip(*pts)
     ax.scatter(xs, ys, color="tab:blue")
     for x, y, n in zip(xs, ys, names):
@@ -79,7 +98,8 @@ def plot_pareto(t: RecordIndex, all_rows: dict, out: Path, reference: str) -> li
                     ax.axhline(1.0, color="grey", lw=0.8, ls=":")
                 ax.set_xlabel(f"{xlabel}, batch {batch}, {shapes}")
                 ax.set_ylabel(ylabel)
-                ax.legend(fontsize=7, loc="lower right")
+                if ax.get_legend_handles_labels()[0]:
+                    ax.legend(fontsize=7, loc="lower right")
         if drew:
             fig.suptitle(f"Pareto fronts, batch {batch} (latency: lower is better; sequences/s: higher is better)")
             fig.tight_layout()

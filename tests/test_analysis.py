@@ -88,7 +88,10 @@ def test_gain_stats_are_reproducible_with_a_seed(tmp_path):
     c = analysis.gain_stats(analysis.load([p]), "t", "int8", seed=8)
     assert a["gain_ci"] == b["gain_ci"] and a["retention_ci"] == b["retention_ci"]
     assert a["gain"] == c["gain"]
-    reps = lambda t, seed: analysis.lang_replicates(t, t.family, "t", "de", seed=seed)[("xstilts", "int8")][1]  # noqa: E731
+
+    def reps(t, seed):
+        return analysis.lang_replicates(t, t.family, "t", "de", seed=seed)[("xstilts", "int8")][1]
+
     t1, t2 = analysis.load([p]), analysis.load([p])
     assert np.array_equal(reps(t1, 7), reps(t2, 7)) and not np.array_equal(reps(t1, 7), reps(t1, 8))
 

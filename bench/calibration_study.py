@@ -6,7 +6,8 @@ for `onnx-int8` on one checkpoint, scored per language on the demo suite.
 
 Builds the fp32 reference and one onnx-int8 variant per configuration, evaluates each on the
 demo suite (records with their `calibration` field appended to DIR/results.jsonl as they are
-produced), then prints `xopt.report.calibration_section` (the tables `xopt report` shows).
+produced), then prints `xopt.report.calibration_section` as Markdown (the tables `xopt report`
+shows; the sensitivity plots, when there are sensitivity records, go into DIR).
 Not a test: minutes of CPU time.
 """
 
@@ -29,7 +30,6 @@ def main(argv=None) -> None:
 
     from xopt import records
     from xopt.evaluate import eval_demo
-    from xopt.report import calibration_section
     from xopt.tasks import demo
     from xopt.variants import compile_variant, load_variant
 
@@ -57,7 +57,16 @@ def main(argv=None) -> None:
         records.append(res, recs)
         print(f"{tag}: built in {t1 - t0:.0f} s, evaluated in {time.perf_counter() - t1:.0f} s", flush=True)
     recs, _ = records.read([res])
-    print("\n".join(calibration_section(recs)))
+    print(study_markdown(recs, args.out))
+
+
+def study_markdown(recs: list[dict], out: Path) -> str:
+    """The report's calibration section of `recs`, as Markdown."""
+    from xopt.report import Doc, calibration_section
+
+    doc = Doc()
+    calibration_section(doc, recs, out=out)
+    return doc.markdown()
 
 
 if __name__ == "__main__":

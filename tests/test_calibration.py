@@ -406,36 +406,3 @@ def test_calibrate_command_and_its_bad_inputs(tiny_ckpt, tiny_suite, tmp_path):
     assert prof["method"] == "percentile" and prof["params"]["percentile"] == 99.9
     assert json.loads(res.stdout)["calibration"]["samples"] == 8
     assert "--force" in _one_line_error(run(app, base + ["--out", str(out)]))
-
-
-def test_report_renders_calibration_tables(tmp_path):
-    from xopt import report, records
-
-    def ev(variant, lang, outcomes, langs=None, method="minmax"):
-        extra = {"calibration": {"method": method, "langs": langs, "samples": 64}} if langs else {}
-        return records.record("eval", model="m", variant=variant, suite="demo", task="demo-topic", lang=lang,
-                              split="test", metric="accuracy", value=100 * np.mean(outcomes), role="xstilts",
-                              base_model="m", n_examples=len(outcomes), outcomes=outcomes, example_ids="x" + lang,
-                              **extra)
-
-    ok = [1] * 10
-    recs = [ev("fp32", "de", ok), ev("fp32", "ja", ok),
-            ev("onnx-int8", "de", [1] * 9 + [0], ["en"]), ev("onnx-int8", "ja", [1] * 5 + [0] * 5, ["en"]),
-            ev("onnx-int8", "de", [1] * 9 + [0], ["de", "en", "ja"]), ev("onnx-int8", "ja", ok, ["de", "en", "ja"]),
-            records.record("sensitivity", model="m", variant="onnx-int8", unit="encoder.layer.0.output.dense",
-                           layers=["encoder.layer.0.output.dense"], rank=1, metric="fidelity_drop", drop=0.5,
-                           n_examples=8, calibration={"method": "minmax", "langs": ["en"], "samples": 64}, kept=True)]
-    def section(recs):
-        doc = report.Doc()
-        report.calibration_section(doc, recs)
-        return doc.markdown()
-
-    md = section(recs)
-    assert "| m | onnx-int8 | minmax / en / 64 | demo-topic | 2 | -30.00 | ja (-50.0) |" in md
-    assert "| ja | 100.0 | 50.0 | 100.0 | +50.0 [" in md and "| de | 100.0 | 90.0 | 90.0 | +0.0 [+0.0, +0.0] |" in md
-    assert "| 1 | encoder.layer.0.output.dense | 0.5 | yes |" in md
-    assert section([r for r in recs if r["variant"] == "fp32"]) == ""
-    p = tmp_path / "r.jsonl"
-    records.append(p, recs)
-    text = report.write_report([p], tmp_path / "rep").read_text()
-    assert "## Calibration" in text and (tmp_path / "rep" / "sensitivity_m_onnx-int8.png").is_file()

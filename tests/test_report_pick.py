@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from xopt import pick, report, records
+from xopt import analysis, pick, report, records
 from xopt.cli import app
 from xopt.errors import XoptError
 
@@ -28,7 +28,7 @@ def ev(model, variant, lang, outcomes=None, task="t", counts=None, value=None, *
     extra = {"outcomes": outcomes} if outcomes is not None else {"counts": counts} if counts else {}
     n = len(outcomes if outcomes is not None else counts or [0])
     if value is None:
-        value = 100 * float(np.mean(outcomes)) if outcomes is not None else report.Outcomes(extra).score()
+        value = 100 * float(np.mean(outcomes)) if outcomes is not None else analysis.Outcomes(extra).score()
     kw.setdefault("role", model)
     return records.record("eval", model=model, variant=variant, suite="demo", task=task, lang=lang, split="test",
                           metric="accuracy", value=float(value), n_examples=n, **extra, **kw)
@@ -49,64 +49,6 @@ def _write(tmp_path, recs=None, bench=True, name="r.jsonl"):
     p = tmp_path / name
     records.append(p, recs)
     return p
-
-
-def test_retention_by_hand(tmp_path):
-    t = report.load([_write(tmp_path)])
-    st = report.gain_stats(t, "t", "int8", "fp32")
-    # fp32 gain: de 75-25=50, ja 100-50=50 -> 50; int8 gain: de 50-25=25, ja 75-50=25 -> 25
-    assert st["ref_gain"] == pytest.approx(50) and st["gain"] == pytest.approx(25)
-    assert st["retention"] == pytest.approx(0.5)
-    assert st["score"] == pytest.approx(62.5) and st["score_drop"] == pytest.approx(-25)
-    lo, hi = st["retention_ci"]
-    assert lo <= 0.5 <= hi and st["n_langs"] == 2 and st["n_examples"] == 8   # en is not zero-shot
-    assert report.gain_stats(t, "t", "fp32", "fp32")["retention"] == pytest.approx(1)
-    assert report.worst_language(t, "t", "int8", "fp32") in (("de", -25.0), ("ja", -25.0))
-    # one language alone: de's int8 gain 25 of 50
-    assert report.gain_stats(t, "t", "int8", "fp32", langs=["de"])["retention"] == pytest.approx(0.5)
-
-
-def test_paired_interval_matches_the_normal_approximation(tmp_path):
-    """Gain CI ~ point +- 1.96 * sd(paired difference) / sqrt(n); an unpaired bootstrap would be ~2.6x wider here."""
-    rng = np.random.default_rng(1)
-    n = 400
-    b = (rng.random(n) < 0.6).astype(float)
-    x = b.copy()
-    flip = rng.choice(n, 60, replace=False)
-    x[flip[:45]] = 1.0      # X-STILTs fixes some examples ...
-    x[flip[45:]] = 0.0      # ... and breaks a few
-    recs = [ev("baseline", v, "de", b.tolist()) for v in ("fp32", "int8")]
-    recs += [ev("xstilts", v, "de", x.tolist()) for v in ("fp32", "int8")]
-    t = report.load([_write(tmp_path, recs, bench=False)])
-    st = report.gain_stats(t, "t", "int8", "fp32", n_boot=4000)
-    d = (x - b) * 100
-    half = 1.96 * d.std(ddof=1) / math.sqrt(n)
-    assert st["gain"] == pytest.approx(d.mean())
-    lo, hi = st["gain_ci"]
-    assert (hi - lo) / 2 == pytest.approx(half, rel=0.15)
-    # identical variant and reference outcomes: retention exactly 1 in every replicate
-    assert st["retention_ci"] == pytest.approx((1.0, 1.0))
-
-
-def test_count_outcomes_are_micro_f1_of_summed_counts(tmp_path):
-    base = [[1, 0, 0], [0, 0, 4], [1, 1, 0]]          # tp, fp, fn per sentence
-    good = [[1, 0, 0], [3, 0, 1], [0, 0, 1]]
-    o = report.Outcomes({"outcome_counts": good})
-    assert o.score() == pytest.approx(100 * 2 * 4 / (2 * 4 + 0 + 2))      # 80, not the mean of sentence F1s (62)
-    mean_of_f1 = np.mean([100 * 2 * tp / (2 * tp + fp + fn) for tp, fp, fn in good])
-    assert abs(o.score() - mean_of_f1) > 10
-    # issue-4 form: `counts`, only non-zero units kept, `n_units` in all: same score, zero rows resampled too
-    sparse = report.Outcomes({"counts": good, "n_units": 5})
-    assert sparse.n == 5 and sparse.score() == pytest.approx(o.score())
-    recs = [ev("baseline", v, "sw", counts=base, task="panx") for v in ("fp32", "int8")]
-    recs += [ev("xstilts", "fp32", "sw", counts=good, task="panx"),
-             ev("xstilts", "int8", "sw", counts=[[2, 0, 2], [3, 0, 1], [1, 1, 0]], task="panx")]
-    t = report.load([_write(tmp_path, recs, bench=False)])
-    st = report.gain_stats(t, "panx", "int8", "fp32")
-    f1 = lambda tp, fp, fn: 200 * tp / (2 * tp + fp + fn)  # noqa: E731
-    assert st["ref_gain"] == pytest.approx(f1(4, 0, 2) - f1(2, 1, 4))
-    assert st["retention"] == pytest.approx((f1(6, 1, 3) - f1(2, 1, 4)) / (f1(4, 0, 2) - f1(2, 1, 4)))
-    assert st["has_ci"] and st["gain_ci"][0] <= st["gain"] <= st["gain_ci"][1]
 
 
 class _Html(HTMLParser):
@@ -194,7 +136,7 @@ def test_tokens_per_language_section(tmp_path):
     for lang, toks, p50 in (("de", 20.0, 3.0), ("ja", 40.0, 4.5)):
         recs.append(bn("fp32", p50, lang=lang, shape={"length_dist": {"source": f"demo:{lang}", "mean_tokens": toks}}))
     t = report.load([_write(tmp_path, recs, bench=False)])
-    rows = report._per_language_cost(t)
+    rows = analysis.per_language_cost(t)
     ja = next(r for r in rows if r["lang"] == "ja")
     assert ja["mean_tokens"] == 40 and ja["measured_ms"] == 4.5
     assert ja["implied_ms"] == pytest.approx(2.0 + (40 - 16) / (128 - 16) * 8.0)
@@ -250,7 +192,7 @@ def test_pick_ties_and_missing_measurements(tmp_path):
     assert c["chosen"] is None and "device cuda" in pick.render(c)
     gpu = bn("fp16", 1.0, device="cuda:0")
     gpu["host"] = {**gpu["host"], "gpu": {"name": "NVIDIA H100 80GB HBM3"}}
-    records.append(p, [gpu])      # later records win: fp16 now measured on the GPU
+    records.append(p, [gpu])      # later records win: fp16's latest record is the GPU's
     c = pick.pick([p], device="h100")
     assert c["chosen"]["variant"] == "fp16" and c["chosen"]["p50_ms"] == 1.0
     assert pick.pick([p], device="cpu")["chosen"]["variant"] == "bf16"

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 
-from xopt import report
+from xopt.analysis import fmt_ci, gain_stats, load, shape_label, summary_rows
 from xopt.errors import XoptError
 
 
@@ -41,14 +41,14 @@ def pick(paths, max_p50_ms=None, max_p99_ms=None, batch: int = 1, seq_len: int |
          lengths: str | None = None, min_throughput=None, min_retention=None, min_lang_retention=None,
          max_mem_mb=None, max_drop=None, device: str | None = None, model: str | None = None,
          reference="fp32", baseline="baseline", xstilts="xstilts") -> dict:
-    t = report.load(paths, baseline, xstilts, model, device)
+    t = load(paths, baseline, xstilts, model, device)
     shape = _shape(seq_len, lengths)
-    where = f"batch {batch}, {report.shape_label(shape)}" + (f", device {device}" if device else "")
+    where = f"batch {batch}, {shape_label(shape)}" + (f", device {device}" if device else "")
     cands = []
     for fam in t.families:
-        rows = {r["variant"]: r for r in report.summary_rows(t, reference, batch, shape, family=fam)}
+        rows = {r["variant"]: r for r in summary_rows(t, reference, batch, shape, family=fam)}
         for v in t.variants(fam):
-            b = t.bench.get((fam, v, batch, shape))
+            b = t.bn(fam, v, batch, shape)
             row = rows[v]
             c = {"model": fam, "variant": v, "name": f"{fam}/{v}" if len(t.families) > 1 else v,
                  "p50_ms": b and b["p50_ms"], "p99_ms": b and b["p99_ms"],
@@ -131,7 +131,7 @@ def _quality(t, c, fam, v, row, reference, min_retention, min_lang_retention, ma
         if min_lang_retention is not None:
             checked = 0
             for lang in st["langs"]:
-                ls = report.gain_stats(t, task, v, reference, langs=[lang], family=fam)
+                ls = gain_stats(t, task, v, reference, langs=[lang], family=fam)
                 ref_lo = ls["ref_gain_ci"][0] if ls["has_ci"] else ls["ref_gain"]
                 if not ref_lo > 0:
                     continue
@@ -169,7 +169,7 @@ def _describe(c: dict) -> str:
     if c.get("peak_mem_mb"):
         parts.append(f"peak {c['peak_mem_mb']:.0f} MB")
     for task, st in c["tasks"].items():
-        ret = (st.get("note") or f"retention {report.fmt_ci(st['retention'], st['retention_ci'])}"
+        ret = (st.get("note") or f"retention {fmt_ci(st['retention'], st['retention_ci'])}"
                if st["ref_gain"] > 0 else f"no fp32 gain ({st['ref_gain']:+.1f})")
         parts.append(f"{task} score {st['score']:.1f} (drop {-st['score_drop']:+.1f}), {ret}")
     return "; ".join(parts)

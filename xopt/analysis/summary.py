@@ -1,0 +1,46 @@
+"""One row per (model, variant): per-task score, gain and retention, joined with the variant's cost."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from xopt.analysis.index import RecordIndex
+from xopt.analysis.retention import gain_stats, retention_is_point, worst_language
+
+
+def default_shape(t: RecordIndex, family: str, batch: int = 1) -> str | None:
+    """seq 128 when benchmarked at `batch`, else the first shape benchmarked there."""
+    shapes = [s for b, s in t.shapes(family) if b == batch]
+    return "s128" if "s128" in shapes else (shapes[0] if shapes else None)
+
+
+def summary_rows(t: RecordIndex, reference="fp32", batch=1, shape: str | None = None,
+                 family: str | None = None) -> list[dict]:
+    """One row per variant of `family`: per task score/gain/retention/worst language, and cost
+    (absent keys = not measured). `avg_retention_is_point`: every task averaged into
+    `avg_retention` has a retention precise enough to plot (retention_is_point)."""
+    family = family or t.family
+    shape = shape or default_shape(t, family, batch)
+    rows = []
+    ref_bench = t.bn(family, reference, batch, shape)
+    for v in t.variants(family):
+        row = {"family": family, "variant": v, "tasks": {}, "batch": batch, "shape": shape}
+        for task in t.tasks(family):
+            st = gain_stats(t, task, v, reference, family=family)
+            if st:
+                st["worst"] = worst_language(t, task, v, reference, family) if v != reference else None
+                row["tasks"][task] = st
+        b = t.bn(family, v, batch, shape)
+        if b:
+            row["p50_ms"], row["p99_ms"] = b["p50_ms"], b["p99_ms"]
+            row["throughput_seq_s"] = b["throughput_seq_s"]
+            row["peak_mem_mb"] = b.get("peak_mem_mb")
+            row["speedup"] = ref_bench["p50_ms"] / b["p50_ms"] if ref_bench else None
+            row["round_p50_ms"] = b.get("round_p50_ms")
+        kept = [st for st in row["tasks"].values() if st["ref_gain"] > 0 and np.isfinite(st["retention"])]
+        row["avg_retention"] = float(np.mean([st["retention"] for st in kept])) if kept else None
+        row["avg_retention_is_point"] = bool(kept) and all(retention_is_point(st) for st in kept)
+        scores = [st["score"] for st in row["tasks"].values()]
+        row["avg_score"] = float(np.mean(scores)) if scores else None
+        rows.append(row)
+    return rows

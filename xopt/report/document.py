@@ -1,0 +1,72 @@
+"""The report: one document (sections, tables, figures) written as report.md, a self-contained
+report.html and the PNGs, atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from xopt.analysis import RecordIndex, is_xlmr_large, load, summary_rows
+from xopt.report.calibration import calibration_section
+from xopt.report.plots import all_plots, heatmap_name
+from xopt.report.sections import (cost_section, reference_section, size_section, summary_section, task_section,
+                                  tokens_section)
+from xopt.report.table import Doc
+
+
+def build(t: RecordIndex, out: Path, reference: str = "fp32") -> Doc:
+    """The report's document; PNGs are written into `out`."""
+    all_rows = {fam: summary_rows(t, reference, family=fam) for fam in t.families}
+    images = all_plots(t, all_rows, out, reference)
+    doc = Doc()
+    doc.h(1, "xopt report")
+    doc.p(f"Gain = score(X-STILTs) - score(baseline) on the same variant; retention = gain / gain on {reference}. "
+          f"Averages over zero-shot languages (all but en); 95% paired bootstrap intervals over examples. "
+          f"Retention is flagged when the {reference} gain's interval contains zero or the retention interval is "
+          f"wider than 1.")
+    doc.ul(t.notes)
+    for fam in t.families:
+        doc.h(2, f"Model: {fam}" + (f" ({t.sizes[fam]['params'] / 1e6:.1f}M parameters)" if fam in t.sizes else ""))
+        if is_xlmr_large(fam):
+            reference_section(doc, t, fam, reference)
+        if t.tasks(fam):
+            summary_section(doc, t, fam, reference)
+        for task in t.tasks(fam):
+            task_section(doc, t, fam, task, reference)
+        cost_section(doc, t, fam)
+        for task in t.tasks(fam):
+            name = heatmap_name(t, fam, task)
+            if name in images:
+                doc.img(name, f"{name[8:-4]}: score change vs {reference} per variant and language")
+    pareto = [n for n in images if n.startswith("pareto_")]
+    if pareto:
+        doc.h(2, "Pareto fronts" + (" across all model x variant pairs" if len(t.families) > 1 else ""))
+        doc.p("Each point is one variant (of one model) at one batch size; the dashed line joins the points no "
+              "other point beats on both axes. A variant whose retention interval contains 0 or is wider than 1 "
+              "is not drawn as a point in the retention panels (its name is listed there); its score is in the "
+              "score panels.")
+        for name in pareto:
+            doc.img(name, f"retention and score vs latency and throughput, batch {name[8:-4]}")
+    size_section(doc, t, all_rows, reference, images)
+    tokens_section(doc, t, images)
+    calibration_section(doc, t.records, reference, out)
+    if t.skipped:
+        doc.h(2, "Skipped records")
+        doc.ul([f"{s.where}: {s.why}" for s in t.skipped])
+    return doc
+
+
+def write(t: RecordIndex, out: Path, reference: str = "fp32", force: bool = False) -> Path:
+    """report.md, report.html (images embedded) and the PNGs in `out`, written atomically."""
+    from xopt.manifest import atomic_dir
+
+    with atomic_dir(Path(out), force=force) as tmp:
+        doc = build(t, tmp, reference)
+        (tmp / "report.md").write_text(doc.markdown(), encoding="utf-8")
+        (tmp / "report.html").write_text(doc.html(tmp), encoding="utf-8")
+    return Path(out) / "report.md"
+
+
+def write_report(paths, out: Path, reference="fp32", baseline="baseline", xstilts="xstilts",
+                 force: bool = False, model: str | None = None) -> Path:
+    """`xopt report`: load the records of `paths` and write the report into `out`."""
+    return write(load(paths, baseline, xstilts, model), out, reference, force)

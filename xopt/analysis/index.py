@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from xopt import records
+from xopt.records import shape_key  # noqa: F401  (re-exported: the report joins bench records by it)
 from xopt.errors import XoptError
 
 
@@ -33,14 +34,6 @@ class BenchKey:
     variant: str
     batch: int
     shape: str       # shape_key(record): s128, len:demo:de, offline/s128, ...
-
-
-def shape_key(rec: dict) -> str:
-    """s128, len:demo:de, ...; prefixed by the scenario when it is a LoadGen one (offline/s128)."""
-    ld = rec.get("length_dist")
-    key = f"s{rec['seq_len']}" if rec.get("seq_len") else f"len:{ld['source'] if isinstance(ld, dict) else ld}"
-    scenario = rec.get("scenario")
-    return key if scenario in (None, "fixed-batch") else f"{scenario}/{key}"
 
 
 def shape_label(shape: str) -> str:

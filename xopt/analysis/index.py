@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from xopt import records
-from xopt.records import shape_key  # noqa: F401  (re-exported: the report joins bench records by it)
+from xopt.records import shape_key
 from xopt.errors import XoptError
 
 

@@ -180,6 +180,7 @@ def test_keep_policy_names_modules_and_maps_to_onnx_nodes():
     assert keep.keeps_node(module_to_onnx_node(ffn_out)) and not keep.keeps_node(module_to_onnx_node(attn_out))
     assert keep.keeps_node("/head/Gemm") and keep.keeps_node("/head/Gemm_MatMul")
     assert not KeepPolicy("").keeps(ffn_out)
+    assert keep.split([attn_out, ffn_out, "head"]) == ([attn_out], [ffn_out, "head"])
 
 
 def test_manifest_records_the_config_and_old_manifests_are_refused(built, tmp_path):

@@ -79,6 +79,11 @@ class KeepPolicy:
 
         return self.keeps(onnx_node_to_module(onnx_node_name))
 
+    def split(self, names) -> tuple[list[str], list[str]]:
+        """(quantised, kept) of the given Linear names, in their order: what a build records."""
+        names = list(names)
+        return [n for n in names if self.quantizes(n)], [n for n in names if self.keeps(n)]
+
     def linears(self, module) -> list[str]:
         """The names of the Linears of `module` this policy quantises, in module order."""
         import torch

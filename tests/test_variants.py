@@ -127,7 +127,8 @@ def test_every_config_round_trips_through_json(name):
     blob = json.loads(json.dumps(cfg.to_json()))
     assert set(blob) == {"type", "version", "data"} and blob["type"] == type(cfg).__name__
     assert type(cfg).from_json(blob) == cfg
-    assert v.configure({}) == cfg and v.configure(None) == cfg
+    assert cfg == type(cfg)()                     # a variant's defaults are its config class's own
+    assert v.configure({}) == cfg and v.configure(None) == cfg and type(cfg).from_options({}) == cfg
     # every option can be given as the value it already has (what a plan file would write)
     given = {k: (val.pattern if isinstance(val, KeepPolicy) else val)
              for k, val in blob["data"].items() if val is not None}
@@ -209,4 +210,11 @@ def test_keep_fp32_is_a_deprecated_alias_of_keep(tiny_ckpt, tmp_path):
     assert "--keep-fp32 is deprecated" in res.output
     cfg = load_variant(tmp_path / "v").config
     assert cfg.keep == KeepPolicy("^head$", "fp32")
+    res = CliRunner().invoke(app, ["compile", str(tiny_ckpt), "--variant", "compile", "--out", str(tmp_path / "c"),
+                                   "-o", "mode=reduce-overhead", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["config"]["data"] == {"mode": "reduce-overhead"}
+    res = CliRunner().invoke(app, ["compile", str(tiny_ckpt), "--variant", "compile", "--out", str(tmp_path / "d"),
+                                   "-o", "fuse=false"])
+    assert res.exit_code == 2 and "variant compile does not take option fuse" in res.output
     assert load_variant(tmp_path / "v").runner.info["quantized_linears"] == 2 * 6   # every encoder Linear

@@ -178,6 +178,9 @@ def compile_cmd(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint dire
                 calib_profile: CalibProfile = None,
                 keep_fp16: KeepFp16 = None,
                 max_drop: MaxDrop = None,
+                option: Annotated[Optional[list[str]], typer.Option(
+                    "--option", "-o", help="KEY=VALUE of any option of the variant's config, e.g. -o mode=max-autotune "
+                                           "(repeatable; `xopt variants --json` lists each variant's options).")] = None,
                 json_out: Json = False):
     """Build a variant directory (artefacts + manifest) from a checkpoint."""
     from xopt.variants import compile_variant
@@ -192,6 +195,14 @@ def compile_cmd(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint dire
                               "calib_samples": calib_samples, "calib_method": calib_method,
                               "keep": keep, "calib_profile": str(calib_profile) if calib_profile else None,
                               "keep_fp16": keep_fp16, "max_drop": max_drop}.items() if v is not None}
+    for item in option or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise XoptError(f"--option {item!r}: give KEY=VALUE, e.g. --option mode=max-autotune")
+        key = key.strip().replace("-", "_")
+        if key in opts:
+            raise XoptError(f"option {key} given twice (as --{key.replace('_', '-')} and --option)")
+        opts[key] = value
     man = compile_variant(checkpoint, variant, out, force=force, options=opts)
     if json_out:
         return _print_json(man)

@@ -149,8 +149,14 @@ class VariantConfig:
         """Option name -> {"kind", "help"}."""
         return {f.name: dict(f.metadata) for f in dataclasses.fields(cls)}
 
+    @classmethod
+    def from_options(cls, options: dict | None, variant: str = "") -> "VariantConfig":
+        """The config of `options` over this class's defaults, validated (`variant` names the
+        variant in error messages)."""
+        return cls().with_options(options, variant)
+
     def with_options(self, options: dict | None, variant: str = "") -> "VariantConfig":
-        """This config (a variant's defaults) with `options` applied and validated."""
+        """This config with `options` applied and validated."""
         known = self.options()
         who = f"variant {variant}" if variant else type(self).__name__
         changes = {}
@@ -196,6 +202,10 @@ class VariantConfig:
         return cls(**values)
 
 
+CALIB_METHOD_HELP = ("minmax | percentile[:P] | entropy | mse, optionally +smoothquant "
+                     "('smoothquant' = minmax+smoothquant)")
+
+
 @dataclass(frozen=True)
 class CalibratedConfig(VariantConfig):
     """Options of the recipes that calibrate activation ranges (`xopt.calibration.run`)."""
@@ -206,8 +216,7 @@ class CalibratedConfig(VariantConfig):
     calib_samples: int = option(256, "int", "calibration texts, balanced over the languages")
     calib_seed: int = option(0, "int", "seed of the calibration sample")
     calib_dev_samples: int = option(96, "int", "held-out texts that score SmoothQuant's alpha and sensitivity")
-    calib_method: str = option("minmax", "str", "minmax | percentile[:P] | entropy | mse, optionally "
-                                                "+smoothquant ('smoothquant' = minmax+smoothquant)")
+    calib_method: str = option("minmax", "str", CALIB_METHOD_HELP)
     smoothquant_alpha: float | str | None = option(None, "alpha", "SmoothQuant alpha, or a comma list to choose "
                                                                   "from on the held-out sample")
     calib_profile: str | None = option(None, "str", "a saved profile (`xopt calibrate`) instead of calibrating")
@@ -286,7 +295,7 @@ class Variant:
     description: str
     build: Callable[..., dict]          # (variant, checkpoint, out_dir, config, exports) -> manifest extras
     load: Callable[..., Runner]         # (variant, directory, manifest, config) -> Runner
-    config: VariantConfig = VariantConfig()   # this variant's defaults
+    config: VariantConfig = VariantConfig()   # this variant's defaults: its config class's own
     requires: tuple[str, ...] = ()      # importable modules
     min_capability: tuple[int, int] | None = None   # CUDA compute capability
 
@@ -295,7 +304,7 @@ class Variant:
         return isinstance(self.config, CalibratedConfig)
 
     def configure(self, options: dict | None) -> VariantConfig:
-        return self.config.with_options(options, self.name)
+        return type(self.config).from_options(options, self.name)
 
     def read_config(self, man: dict, where: str) -> VariantConfig:
         if "config" not in man:

@@ -28,8 +28,9 @@ their recipe when loaded, on the GPU. Loading one on a host without CUDA fails i
   users try first, benchmarked beside the others rather than assumed good (its mixed
   int8/fp16 decomposition can be slower than fp16 at encoder batch sizes).
 
-Configs: `HalfConfig` (fp16, bf16: no options), `CompileCudaConfig`, `TorchaoConfig` (int8,
-fp8), `SmoothTorchaoConfig` (int8-smooth: + calibration options), `BnbConfig`.
+Configs: `HalfConfig` (fp16, bf16: no options), `CompileCudaConfig`, `TorchaoConfig` (int8),
+`Fp8Config` (kept layers in bf16), `SmoothTorchaoConfig` (int8-smooth: + calibration options),
+`BnbConfig`.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from xopt.errors import XoptError
-from xopt.variants.base import (FFN_OUT_AND_HEAD, PROFILE_FILE, CalibratedConfig, KeepPolicy, Variant,
-                                VariantConfig, option, output_names)
+from xopt.variants.base import (CALIB_METHOD_HELP, FFN_OUT_AND_HEAD, PROFILE_FILE, CalibratedConfig, KeepPolicy,
+                                Variant, VariantConfig, option, output_names)
 from xopt.variants.eager import TorchRunner, build_weights, variant_module
 
 KEEP_HELP = "regex of Linear module names left in the float dtype ('' quantises every Linear)"
@@ -81,7 +82,14 @@ class TorchaoConfig(CompileCudaConfig):
 
 
 @dataclass(frozen=True)
+class Fp8Config(TorchaoConfig):
+    keep: KeepPolicy = option(KeepPolicy(FFN_OUT_AND_HEAD, "bf16"), "keep", KEEP_HELP)
+
+
+@dataclass(frozen=True)
 class SmoothTorchaoConfig(CalibratedConfig, TorchaoConfig):
+    calib_method: str = option("smoothquant", "str", CALIB_METHOD_HELP)
+
     def check(self, who: str) -> None:
         from xopt.calibration.run import parse_method
 
@@ -264,11 +272,11 @@ VARIANTS = [
             min_capability=(8, 0)),
     Variant("int8-smooth", backend="torchao", precision="int8", device="cuda",
             description="int8 (W8A8, torchao) after SmoothQuant scaling calibrated by xopt.calibration",
-            build=_build_smooth, load=_load_torchao, config=SmoothTorchaoConfig(calib_method="smoothquant"),
+            build=_build_smooth, load=_load_torchao, config=SmoothTorchaoConfig(),
             requires=("torchao",), min_capability=(8, 0)),
     Variant("fp8", backend="torchao", precision="fp8", device="cuda",
             description="fp8 e4m3 weights and activations, per-row scales, torch._scaled_mm (torchao)",
-            build=build_weights, load=_load_torchao, config=TorchaoConfig(keep=KeepPolicy(FFN_OUT_AND_HEAD, "bf16")),
+            build=build_weights, load=_load_torchao, config=Fp8Config(),
             requires=("torchao",), min_capability=(8, 9)),
     Variant("bnb-int8", backend="bitsandbytes", precision="int8", device="cuda",
             description="bitsandbytes LLM.int8 (Linear8bitLt, outlier threshold 6): the common baseline",

@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from xopt.errors import XoptError
-from xopt.variants.base import (FFN_OUT_AND_HEAD, PROFILE_FILE, FallbackConfig, KeepPolicy, Runner, Variant,
-                                VariantConfig, link_or_copy, option, output_names)
+from xopt.variants.base import (CALIB_METHOD_HELP, FFN_OUT_AND_HEAD, PROFILE_FILE, FallbackConfig, KeepPolicy,
+                                Runner, Variant, VariantConfig, link_or_copy, option, output_names)
 
 ENGINE_FILE = "model.engine"
 ONNX_FILE = "model.onnx"
@@ -80,6 +80,7 @@ class TrtConfig(_ProfileShapes):
 
 @dataclass(frozen=True)
 class TrtInt8Config(FallbackConfig, TrtConfig):
+    calib_method: str = option("percentile", "str", CALIB_METHOD_HELP)
     keep: KeepPolicy = option(KeepPolicy(FFN_OUT_AND_HEAD, "fp16"), "keep",
                               "regex of Linear module names left in fp16 ('' quantises every Linear)")
 
@@ -357,7 +358,7 @@ VARIANTS = [
     Variant("trt-int8", backend="tensorrt", precision="int8", device="cuda",
             description="ONNX with explicit symmetric int8 Q/DQ (xopt.calibration ranges) -> TensorRT engine, "
                         "int8 GEMMs, fp16 elsewhere",
-            build=_build_int8, load=_load_engine, config=TrtInt8Config(calib_method="percentile"),
+            build=_build_int8, load=_load_engine, config=TrtInt8Config(),
             requires=("tensorrt",)),
     Variant("torch-tensorrt", backend="torch_tensorrt", precision="fp16", device="cuda",
             description="torch_tensorrt dynamo compile, fp16, dynamic batch x sequence (compiled when loaded)",

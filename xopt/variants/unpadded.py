@@ -36,8 +36,8 @@ import time
 from dataclasses import dataclass
 
 from xopt.errors import XoptError
-from xopt.variants.base import (FFN_OUT, PROFILE_FILE, CalibratedConfig, KeepPolicy, Variant, VariantConfig, option,
-                                output_names)
+from xopt.variants.base import (CALIB_METHOD_HELP, FFN_OUT, PROFILE_FILE, CalibratedConfig, KeepPolicy, Variant,
+                                VariantConfig, option, output_names)
 from xopt.variants.eager import TorchRunner, build_weights, variant_module
 
 KEEP_HELP = "regex of Linear module names left in the float dtype ('' quantises every encoder Linear)"
@@ -63,6 +63,8 @@ class UnpaddedInt8Config(UnpaddedConfig):
 @dataclass(frozen=True)
 class UnpaddedStaticInt8Config(CalibratedConfig, UnpaddedInt8Config):
     """Calibrated static scales; no sensitivity fallback (the kernels take one keep pattern)."""
+
+    calib_method: str = option("percentile", "str", CALIB_METHOD_HELP)
 
 
 def _build_static(variant, ckpt, out, config: UnpaddedStaticInt8Config, exports=None) -> dict:
@@ -117,5 +119,5 @@ VARIANTS = [
             build=build_weights, load=_load, config=UnpaddedInt8Config()),
     Variant("unpadded-int8-static", backend="xopt.kernels", precision="int8", device="auto",
             description="unpadded-int8 with static activation scales calibrated by xopt.calibration",
-            build=_build_static, load=_load, config=UnpaddedStaticInt8Config(calib_method="percentile")),
+            build=_build_static, load=_load, config=UnpaddedStaticInt8Config()),
 ]

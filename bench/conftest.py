@@ -31,14 +31,14 @@ def e5_checkpoint():
 @pytest.fixture(scope="session")
 def variant_dir(e5_checkpoint, tmp_path_factory):
     """variant_dir(name) -> a directory of that variant of e5-small, built on first use."""
-    from xopt.variants import REGISTRY, compile_variant
+    from xopt.variants import REGISTRY, ExportCache, compile_variant
 
-    root, built = tmp_path_factory.mktemp("bench-variants"), {}
+    root, built, exports = tmp_path_factory.mktemp("bench-variants"), {}, ExportCache()
 
     def get(name):
         if name not in built:
             opts = {"calib_samples": 64} if REGISTRY[name].calibrated else None
-            compile_variant(e5_checkpoint, name, root / name, options=opts)
+            compile_variant(e5_checkpoint, name, root / name, options=opts, exports=exports)
             built[name] = root / name
         return built[name]
     return get

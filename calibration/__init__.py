@@ -178,13 +178,3 @@ def sample_balanced(pools: dict[str, list[str]], n: int, seed: int) -> list[str]
             out += [texts[int(i)] for i in np.linspace(0, len(texts) - 1, k).round().astype(int)]
     return out
 
-
-class OrtReader:
-    """onnxruntime.quantization CalibrationDataReader over a CalibrationSet."""
-
-    def __init__(self, calib: CalibrationSet):
-        self._it = iter(calib.batches())
-
-    def get_next(self):
-        nxt = next(self._it, None)
-        return None if nxt is None else {"input_ids": nxt[0], "attention_mask": nxt[1]}

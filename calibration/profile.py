@@ -110,8 +110,7 @@ def forward_loop_from_batches(batches, description: str = "calibration") -> Call
 
         items = list(batches() if callable(batches) else batches)
         # One intra-op thread: batch-1 ops are too small to split, and on a loaded machine each
-        # op of a 2-thread pool waited for its second thread (measured: 24 ms per op instead of
-        # <1 ms, e5-small calibration 16 min instead of ~1).
+        # op of a multi-thread pool waits for its slowest thread, which multiplies the time per op.
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
@@ -293,10 +292,6 @@ class Profile:
 
     def apply_smoothing(self, model) -> list:
         return apply_smoothing(model, self.smoothing["scales"]) if self.smoothing else []
-
-    def quantized(self) -> list[str]:
-        """Linear names the profile quantises (calibrated and not kept)."""
-        return [n for n in self.activations if n not in set(self.keep)]
 
 
 def calibrate_model(model, forward_loop: Callable, method: str = "minmax", params: dict | None = None,

@@ -49,21 +49,6 @@ def parse_method(spec: str | None) -> tuple[str, bool, dict]:
     return (base[0] if base else "minmax"), smooth, params
 
 
-def keep_filter(keep_fp32: str | None) -> Callable[[str], bool]:
-    """Predicate "this Linear is quantised" from a recipe's `keep_fp32` regex, which may be
-    written against torch module names (`encoder.layer.3.output.dense`) or ONNX node names
-    (`/encoder/layer.3/output/dense/MatMul`): both forms are tried."""
-    import re
-
-    from xopt.calibration.profile import module_to_onnx_node
-
-    if not keep_fp32:
-        return lambda name: True
-    rx = re.compile(keep_fp32)
-    return lambda name: not (rx.search(name) or rx.search(module_to_onnx_node(name)) or
-                             rx.search(module_to_onnx_node(name, "Gemm")))
-
-
 def model_info(ckpt, module) -> dict:
     from xopt.calibration.profile import fingerprint
 
@@ -188,8 +173,9 @@ def sensitivity_records(prof, model_name: str, variant: str) -> list[dict]:
 
 
 def calibrate_to_file(checkpoint, out, options: dict, force: bool = False, results_out=None,
-                      variant: str = "onnx-int8"):
-    """`xopt calibrate`: profile of a checkpoint written atomically to `out`."""
+                      variant: str = "onnx-int8", quantized: Callable[[str], bool] | None = None):
+    """`xopt calibrate`: profile of a checkpoint written atomically to `out`. `quantized`: which
+    Linears the recipe of `variant` quantises (its `KeepPolicy.quantizes`; default: all)."""
     from pathlib import Path
 
     from xopt import records
@@ -199,7 +185,7 @@ def calibrate_to_file(checkpoint, out, options: dict, force: bool = False, resul
     if out.exists() and not force:
         raise XoptError(f"{out} already exists; pass --force to replace it")
     ckpt = open_checkpoint(checkpoint)
-    prof, _ = calibrate_checkpoint(ckpt, options, keep_filter(options.get("keep_fp32")))
+    prof, _ = calibrate_checkpoint(ckpt, options, quantized)
     prof.save(out)
     if results_out and prof.sensitivity:
         records.append(results_out, sensitivity_records(prof, prof.model.get("name", "?"), variant))

@@ -32,11 +32,6 @@ def kind_of(name: str) -> str:
     return name[m.end():] if m else name
 
 
-def layer_of(name: str) -> int | None:
-    m = _LAYER.search(name)
-    return int(m.group(1)) if m else None
-
-
 def units(names: list[str], unit: str = "layer") -> dict[str, list[str]]:
     """unit name -> Linear names: "layer" = one Linear each; "kind" = grouped by op kind."""
     if unit == "layer":

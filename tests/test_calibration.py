@@ -290,8 +290,7 @@ def test_qdq_model_from_a_saved_profile(tiny_ckpt, tiny_profile, tmp_path):
     import onnx
 
     from xopt.models import open_checkpoint
-    from xopt.variants import compile_variant
-    from xopt.variants.onnx import exported
+    from xopt.variants import ExportCache, compile_variant
 
     path = tiny_profile.save(tmp_path / "p.json")
     man = compile_variant(tiny_ckpt, "onnx-int8", tmp_path / "v", options={"calib_profile": str(path)})
@@ -302,7 +301,8 @@ def test_qdq_model_from_a_saved_profile(tiny_ckpt, tiny_profile, tmp_path):
     want = tiny_profile.activations["encoder.encoder.layer.1.intermediate.dense"]["scale"]
     assert qdq[node][0] == pytest.approx(want, rel=1e-6)          # the profile's scale, not ORT's own
     assert qdq[node][1] is not None                                # int8 weight, per channel
-    ref = _fp32_onnx_outputs(tiny_ckpt, exported(open_checkpoint(tiny_ckpt), fuse=False))
+    with ExportCache() as exports:
+        ref = _fp32_onnx_outputs(tiny_ckpt, exports.get(open_checkpoint(tiny_ckpt), fuse=False))
     got = _fp32_onnx_outputs(tiny_ckpt, tmp_path / "v" / "model.onnx")
     for r, q in zip(ref, got):
         sqnr = 10 * np.log10((r ** 2).sum() / ((r - q) ** 2).sum())
@@ -314,8 +314,7 @@ def test_smoothquant_with_fallback_leaves_the_chosen_layers_unquantised(tiny_ckp
 
     from xopt.calibration.profile import module_to_onnx_node
     from xopt.models import open_checkpoint
-    from xopt.variants import compile_variant
-    from xopt.variants.onnx import exported
+    from xopt.variants import ExportCache, compile_variant
 
     man = compile_variant(tiny_ckpt, "onnx-int8", tmp_path / "v", options={
         "calib_data": str(tiny_suite), "calib_samples": 8, "calib_dev_samples": 6,
@@ -336,7 +335,8 @@ def test_smoothquant_with_fallback_leaves_the_chosen_layers_unquantised(tiny_ckp
         assert scale is None and wdq is None                      # float in, float weight: unquantised
     quantised = [n for n in ranked if n not in cal["keep"]]
     assert all(qdq[module_to_onnx_node(n)][0] is not None for n in quantised)
-    raw = onnx.load(str(exported(open_checkpoint(tiny_ckpt), fuse=False))).graph
+    with ExportCache() as exports:
+        raw = onnx.load(str(exports.get(open_checkpoint(tiny_ckpt), fuse=False))).graph
     muls = sum(n.op_type == "Mul" for n in g.node) - sum(n.op_type == "Mul" for n in raw.node)
     assert muls == len(ranked)                                    # one x / s per smoothed Linear
     got = _fp32_onnx_outputs(tiny_ckpt, tmp_path / "v" / "model.onnx")

@@ -212,12 +212,13 @@ def test_int8_smooth_profile_folds_back_to_the_fp32_function(tiny_ckpt, tiny_sui
 
     from xopt.calibration.profile import Profile
     from xopt.models import load_module, open_checkpoint
-    from xopt.variants.cuda import PROFILE_FILE, _build_smooth
+    from xopt.variants.base import PROFILE_FILE
+    from xopt.variants.cuda import _build_smooth
 
     ckpt = open_checkpoint(tiny_ckpt)
     v = REGISTRY["int8-smooth"]
-    extra = _build_smooth(v, ckpt, tmp_path, {**v.options, "calib_data": str(tiny_suite), "calib_samples": 6,
-                                              "calib_dev_samples": 2, "smoothquant_alpha": 0.5})
+    extra = _build_smooth(v, ckpt, tmp_path, v.configure({"calib_data": str(tiny_suite), "calib_samples": 6,
+                                                          "calib_dev_samples": 2, "smoothquant_alpha": 0.5}))
     assert extra["calibration"]["method"].endswith("+smoothquant") and (tmp_path / "model.safetensors").is_file()
     prof = Profile.load(tmp_path / PROFILE_FILE)
     assert prof.smoothing["alpha"] == 0.5
@@ -236,7 +237,7 @@ def test_int8_smooth_profile_folds_back_to_the_fp32_function(tiny_ckpt, tiny_sui
     for r, g in zip(ref, got):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
     with pytest.raises(XoptError, match="SmoothQuant calibration method"):
-        _build_smooth(v, ckpt, tmp_path / "x", {**v.options, "calib_method": "minmax"})
+        v.configure({"calib_method": "minmax"})
 
 
 @pytest.mark.parametrize("recipe", ["int8", "bnb-int8"])
@@ -250,7 +251,7 @@ def test_int8_recipes_quantise_the_right_linears_on_cpu(recipe, tiny_ckpt):
     if importlib.util.find_spec(lib) is None:
         pytest.skip(f"{lib} is not installed (pip install -e '.[test]' installs it)")
     from xopt.models import load_module, open_checkpoint
-    from xopt.variants.cuda import KEEP_FP, quantize_bnb, quantize_torchao
+    from xopt.variants.cuda import BnbConfig, TorchaoConfig, quantize_bnb, quantize_torchao
 
     ckpt = open_checkpoint(tiny_ckpt)
     ids, mask = (torch.from_numpy(a) for a in _inputs(tiny_ckpt))
@@ -259,12 +260,12 @@ def test_int8_recipes_quantise_the_right_linears_on_cpu(recipe, tiny_ckpt):
         ref = module(ids, mask)
     every = [n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)]
     if recipe == "int8":
-        names = quantize_torchao(module, "int8", KEEP_FP)
+        names = quantize_torchao(module, "int8", TorchaoConfig().keep)
         is_int8 = lambda m: getattr(m.weight, "qdata", torch.empty(0)).dtype == torch.int8   # noqa: E731
     else:
         import bitsandbytes as bnb
 
-        names = quantize_bnb(module, KEEP_FP, 6.0)
+        names = quantize_bnb(module, BnbConfig().keep, 6.0)
         module = module.to("cpu")                      # Int8Params quantise on the move
         is_int8 = lambda m: isinstance(m, bnb.nn.Linear8bitLt) and m.weight.dtype == torch.int8   # noqa: E731
     kept = set(every) - set(names)
@@ -286,12 +287,14 @@ def test_trt_int8_qdq_onnx_is_symmetric_and_matches_fp32_in_onnxruntime(tiny_ckp
 
     from xopt.calibration.profile import Profile
     from xopt.models import open_checkpoint
-    from xopt.variants.onnx import session
-    from xopt.variants.tensorrt import PROFILE_FILE, build_qdq_onnx
+    from xopt.variants.base import PROFILE_FILE
+    from xopt.variants.onnx import ExportCache, session
+    from xopt.variants.tensorrt import build_qdq_onnx
 
-    opts = {**REGISTRY["trt-int8"].options, "calib_data": str(tiny_suite), "calib_samples": 6,
-            "calib_dev_samples": 2}
-    extra = build_qdq_onnx(open_checkpoint(tiny_ckpt), tmp_path, opts)
+    config = REGISTRY["trt-int8"].configure({"calib_data": str(tiny_suite), "calib_samples": 6,
+                                             "calib_dev_samples": 2})
+    with ExportCache() as exports:
+        extra = build_qdq_onnx(open_checkpoint(tiny_ckpt), tmp_path, config, exports)
     assert extra["calibration"]["samples"] == 6 and extra["calibration"]["method"] == "percentile"
     assert Profile.load(tmp_path / PROFILE_FILE).activations
     g = onnx.load(str(tmp_path / "model.onnx")).graph

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from xopt.errors import XoptError
-from xopt.variants import REGISTRY, compile_variant, load_variant
+from xopt.variants import REGISTRY, ExportCache, KeepPolicy, compile_variant, load_variant
 
 CPU_VARIANTS = [v.name for v in REGISTRY.values() if v.device == "cpu"]
 TEXTS = ["query: Open the file", "query: ファイルを開けません", "query: Пароль изменён", "query: x"]
@@ -28,10 +28,11 @@ def sqnr_db(ref, got):
 @pytest.fixture(scope="module")
 def built(tiny_ckpt, tiny_suite, tmp_path_factory):
     root = tmp_path_factory.mktemp("variants")
-    return {name: compile_variant(tiny_ckpt, name, root / name, options={"calib_data": str(tiny_suite),
-                                                                          "calib_samples": 24}
-                                  if REGISTRY[name].calibrated else None) and root / name
-            for name in CPU_VARIANTS}
+    with ExportCache() as exports:
+        return {name: compile_variant(tiny_ckpt, name, root / name, options={"calib_data": str(tiny_suite),
+                                                                              "calib_samples": 24}
+                                      if REGISTRY[name].calibrated else None, exports=exports) and root / name
+                for name in CPU_VARIANTS}
 
 
 @pytest.mark.parametrize("name", CPU_VARIANTS)
@@ -115,3 +116,105 @@ def test_registry_lists_availability():
     for v in REGISTRY.values():
         assert v.unavailable_reason() is None or isinstance(v.unavailable_reason(), str)
     assert {"fp32", "compile", "int8-dynamic", "onnx-fp32", "onnx-int8", "onnx-int8-dynamic"} <= set(REGISTRY)
+
+
+# ------------------------------------------------------------------ configs
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_every_config_round_trips_through_json(name):
+    v = REGISTRY[name]
+    cfg = v.config
+    blob = json.loads(json.dumps(cfg.to_json()))
+    assert set(blob) == {"type", "version", "data"} and blob["type"] == type(cfg).__name__
+    assert type(cfg).from_json(blob) == cfg
+    assert cfg == type(cfg)()                     # a variant's defaults are its config class's own
+    assert v.configure({}) == cfg and v.configure(None) == cfg and type(cfg).from_options({}) == cfg
+    # every option can be given as the value it already has (what a plan file would write)
+    given = {k: (val.pattern if isinstance(val, KeepPolicy) else val)
+             for k, val in blob["data"].items() if val is not None}
+    assert v.configure(given) == cfg
+    with pytest.raises(XoptError, match=f"variant {name} does not take option no_such_option"):
+        v.configure({"no_such_option": 1})
+    other = {**blob, "type": "SomethingElse"}
+    with pytest.raises(XoptError, match="rebuild"):
+        type(cfg).from_json(other)
+
+
+def test_inapplicable_and_malformed_options_are_one_line_errors(tiny_ckpt, tmp_path):
+    from typer.testing import CliRunner
+
+    from xopt.cli import app
+
+    with pytest.raises(XoptError, match="variant fp32 does not take option calib_method"):
+        compile_variant(tiny_ckpt, "fp32", tmp_path / "a", options={"calib_method": "minmax"})
+    assert not (tmp_path / "a").exists()
+    res = CliRunner().invoke(app, ["compile", str(tiny_ckpt), "--variant", "fp32", "--out", str(tmp_path / "b"),
+                                   "--calib-method", "entropy"])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and "--calib-method" in lines[0], res.output
+    assert not (tmp_path / "b").exists()
+    v = REGISTRY["onnx-int8"]
+    with pytest.raises(XoptError, match="calib_samples = 'many': expected an integer|invalid literal"):
+        v.configure({"calib_samples": "many"})
+    with pytest.raises(XoptError, match="not a regular expression"):
+        v.configure({"keep": "(unclosed"})
+    with pytest.raises(XoptError, match="names ONNX nodes"):
+        v.configure({"keep": r"layer\.\d+/output/dense/MatMul"})
+    with pytest.raises(XoptError, match="unknown calibration method"):
+        v.configure({"calib_method": "median"})
+    with pytest.raises(XoptError, match="does not take option keep_fp16"):
+        REGISTRY["unpadded-int8-static"].configure({"keep_fp16": 2})
+    with pytest.raises(XoptError, match="does not take option keep_fp16"):
+        REGISTRY["int8-smooth"].configure({"keep_fp16": 2})
+    with pytest.raises(XoptError, match="SmoothQuant"):
+        REGISTRY["trt-int8"].configure({"calib_method": "smoothquant"})
+
+
+def test_keep_policy_names_modules_and_maps_to_onnx_nodes():
+    from xopt.calibration.profile import module_to_onnx_node
+
+    keep = REGISTRY["onnx-int8"].config.keep
+    assert keep.precision == "fp32" and REGISTRY["int8"].config.keep.precision == "fp16"
+    assert REGISTRY["fp8"].config.keep.precision == "bf16" and REGISTRY["unpadded-int8"].config.keep.precision == "float"
+    ffn_out, attn_out = "encoder.encoder.layer.3.output.dense", "encoder.encoder.layer.3.attention.output.dense"
+    assert keep.keeps(ffn_out) and keep.keeps("head") and not keep.keeps(attn_out)
+    assert keep.keeps_node(module_to_onnx_node(ffn_out)) and not keep.keeps_node(module_to_onnx_node(attn_out))
+    assert keep.keeps_node("/head/Gemm") and keep.keeps_node("/head/Gemm_MatMul")
+    assert not KeepPolicy("").keeps(ffn_out)
+    assert keep.split([attn_out, ffn_out, "head"]) == ([attn_out], [ffn_out, "head"])
+
+
+def test_manifest_records_the_config_and_old_manifests_are_refused(built, tmp_path):
+    man = json.loads((built["onnx-int8"] / "manifest.json").read_text())
+    assert man["config"]["type"] == "OnnxInt8Config" and man["config"]["data"]["calib_samples"] == 24
+    assert load_variant(built["onnx-int8"]).config == REGISTRY["onnx-int8"].configure({"calib_samples": 24,
+                                                                                       "calib_data": man["config"]["data"]["calib_data"]})
+    d = tmp_path / "old"
+    shutil.copytree(built["fp32"], d)
+    old = json.loads((d / "manifest.json").read_text())
+    del old["config"]
+    old["options"] = {}
+    (d / "manifest.json").write_text(json.dumps(old))
+    with pytest.raises(XoptError, match="holds no variant config; rebuild it"):
+        load_variant(d)
+
+
+def test_keep_fp32_is_a_deprecated_alias_of_keep(tiny_ckpt, tmp_path):
+    from typer.testing import CliRunner
+
+    from xopt.cli import app
+
+    res = CliRunner().invoke(app, ["compile", str(tiny_ckpt), "--variant", "int8-dynamic", "--out", str(tmp_path / "v"),
+                                   "--keep-fp32", "^head$"])
+    assert res.exit_code == 0, res.output
+    assert "--keep-fp32 is deprecated" in res.output
+    cfg = load_variant(tmp_path / "v").config
+    assert cfg.keep == KeepPolicy("^head$", "fp32")
+    res = CliRunner().invoke(app, ["compile", str(tiny_ckpt), "--variant", "compile", "--out", str(tmp_path / "c"),
+                                   "-o", "mode=reduce-overhead", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["config"]["data"] == {"mode": "reduce-overhead"}
+    res = CliRunner().invoke(app, ["compile", str(tiny_ckpt), "--variant", "compile", "--out", str(tmp_path / "d"),
+                                   "-o", "fuse=false"])
+    assert res.exit_code == 2 and "variant compile does not take option fuse" in res.output
+    assert load_variant(tmp_path / "v").runner.info["quantized_linears"] == 2 * 6   # every encoder Linear

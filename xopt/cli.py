@@ -67,7 +67,7 @@ def variants_cmd(json_out: Json = False):
 
     rows = [{"name": v.name, "backend": v.backend, "precision": v.precision, "device": v.device,
              "available": v.unavailable_reason() is None, "reason": v.unavailable_reason(),
-             "description": v.description} for v in REGISTRY.values()]
+             "description": v.description, "config": v.config.to_json()} for v in REGISTRY.values()]
     if json_out:
         return _print_json(rows)
     t = Table("variant", "backend", "precision", "device", "available", "description")
@@ -169,19 +169,40 @@ def compile_cmd(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint dire
                     "--calib-langs", help="all, en, or a comma-separated list of language codes.")] = None,
                 calib_samples: Annotated[Optional[int], typer.Option("--calib-samples")] = None,
                 calib_method: CalibMethod = None,
+                keep: Annotated[Optional[str], typer.Option(
+                    "--keep", help="Regex of Linear module names left unquantised, in the variant's higher "
+                                   "precision (e.g. 'encoder\\.layer\\.\\d+\\.output\\.dense$|^head$'; "
+                                   "'' quantises all).")] = None,
                 keep_fp32: Annotated[Optional[str], typer.Option(
-                    "--keep-fp32", help="Regex of layers/nodes left unquantised ('' quantises all).")] = None,
+                    "--keep-fp32", hidden=True, help="Deprecated spelling of --keep.")] = None,
                 calib_profile: CalibProfile = None,
                 keep_fp16: KeepFp16 = None,
                 max_drop: MaxDrop = None,
+                option: Annotated[Optional[list[str]], typer.Option(
+                    "--option", "-o", help="KEY=VALUE of any option of the variant's config, e.g. -o mode=max-autotune "
+                                           "(repeatable; `xopt variants --json` lists each variant's options).")] = None,
                 json_out: Json = False):
     """Build a variant directory (artefacts + manifest) from a checkpoint."""
     from xopt.variants import compile_variant
 
+    if keep_fp32 is not None:
+        typer.echo("xopt: warning: --keep-fp32 is deprecated; use --keep (the layers it keeps run in the "
+                   "variant's higher precision, fp16 on GPUs)", err=True)
+        if keep is not None:
+            raise XoptError("give --keep or its deprecated spelling --keep-fp32, not both")
+        keep = keep_fp32
     opts = {k: v for k, v in {"calib_data": str(calib_data) if calib_data else None, "calib_langs": calib_langs,
                               "calib_samples": calib_samples, "calib_method": calib_method,
-                              "keep_fp32": keep_fp32, "calib_profile": str(calib_profile) if calib_profile else None,
+                              "keep": keep, "calib_profile": str(calib_profile) if calib_profile else None,
                               "keep_fp16": keep_fp16, "max_drop": max_drop}.items() if v is not None}
+    for item in option or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise XoptError(f"--option {item!r}: give KEY=VALUE, e.g. --option mode=max-autotune")
+        key = key.strip().replace("-", "_")
+        if key in opts:
+            raise XoptError(f"option {key} given twice (as --{key.replace('_', '-')} and --option)")
+        opts[key] = value
     man = compile_variant(checkpoint, variant, out, force=force, options=opts)
     if json_out:
         return _print_json(man)
@@ -213,13 +234,13 @@ def calibrate_cmd(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint di
     from xopt.calibration.run import calibrate_to_file
     from xopt.variants import get
 
-    v = get(variant)
-    opts = {**{k: v.options[k] for k in ("keep_fp32",) if k in v.options},
-            **{k: val for k, val in {"calib_data": str(calib_data) if calib_data else None,
-                                     "calib_langs": calib_langs, "calib_samples": calib_samples,
-                                     "calib_method": calib_method, "keep_fp16": keep_fp16, "max_drop": max_drop,
-                                     "sensitivity_unit": sensitivity_unit}.items() if val is not None}}
-    prof = calibrate_to_file(checkpoint, out, opts, force=force, results_out=results_out, variant=variant)
+    policy = getattr(get(variant).config, "keep", None)     # the recipe's layers; none kept without one
+    opts = {k: val for k, val in {"calib_data": str(calib_data) if calib_data else None,
+                                  "calib_langs": calib_langs, "calib_samples": calib_samples,
+                                  "calib_method": calib_method, "keep_fp16": keep_fp16, "max_drop": max_drop,
+                                  "sensitivity_unit": sensitivity_unit}.items() if val is not None}
+    prof = calibrate_to_file(checkpoint, out, opts, force=force, results_out=results_out, variant=variant,
+                             quantized=policy.quantizes if policy is not None else None)
     if json_out:
         return _print_json({k: v for k, v in prof.to_json().items() if k not in ("activations", "weights")})
     typer.echo(f"wrote {out} ({prof.full_method}, {len(prof.activations)} layers, "

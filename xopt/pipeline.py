@@ -54,8 +54,7 @@ def run_demo(out: Path, quick: bool = False, force: bool = False) -> dict:
     from xopt.progress import bar
     from xopt.tasks import demo
     from xopt.train import DEMO_INTERMEDIATE, DEMO_TARGET, train
-    from xopt.variants import REGISTRY, compile_variant, load_variant
-    from xopt.variants.onnx import release_exports
+    from xopt.variants import REGISTRY, ExportCache, compile_variant, load_variant
 
     out = Path(out)
     if out.exists():
@@ -91,12 +90,13 @@ def run_demo(out: Path, quick: bool = False, force: bool = False) -> dict:
     dirs = {}
     calib = {"calib_data": str(suite_path), **({"calib_samples": 64} if quick else {})}
     for model in ("baseline", "xstilts"):
-        for name in names:
-            d = out / "variants" / model / name
-            console.print(f"compile {model} -> {name}")
-            compile_variant(ckpts / model, name, d, options=calib if REGISTRY[name].calibrated else None)
-            dirs[(model, name)] = d
-        release_exports()
+        with ExportCache() as exports:        # one ONNX export per checkpoint, removed after its variants
+            for name in names:
+                d = out / "variants" / model / name
+                console.print(f"compile {model} -> {name}")
+                compile_variant(ckpts / model, name, d, options=calib if REGISTRY[name].calibrated else None,
+                                exports=exports)
+                dirs[(model, name)] = d
     timings["compile_s"] = time.perf_counter() - t
 
     t = _step("evaluate every variant on every demo language")
@@ -141,8 +141,7 @@ def run_plan_file(path: Path, resume: bool = False, force: bool = False) -> dict
     from xopt.progress import bar
     from xopt.tasks import xtreme
     from xopt.train import load_plan, run_plan
-    from xopt.variants import REGISTRY, compile_variant
-    from xopt.variants.onnx import release_exports
+    from xopt.variants import REGISTRY, ExportCache, compile_variant
 
     path = Path(path)
     plan = load_plan(path)
@@ -173,16 +172,16 @@ def run_plan_file(path: Path, resume: bool = False, force: bool = False) -> dict
     t = _step("compile, evaluate")
     dirs = {}
     for model, ckpt in written.items():
-        for name in variants:
-            d = out / "variants" / model / name
-            if not (d / "manifest.json").is_file():
-                console.print(f"compile {model} -> {name}")
-                compile_variant(ckpt, name, d, force=True,
-                                options=cfg.get("calib") if REGISTRY[name].calibrated else None)
-            dirs[(model, name)] = d
-            records.append(res, evaluate(d, suite, eval_data, tasks, cfg.get("langs"), cfg.get("split", "test"),
-                                         max_examples=cfg.get("max_examples")))
-        release_exports()
+        with ExportCache() as exports:        # one ONNX export per checkpoint, removed after its variants
+            for name in variants:
+                d = out / "variants" / model / name
+                if not (d / "manifest.json").is_file():
+                    console.print(f"compile {model} -> {name}")
+                    compile_variant(ckpt, name, d, force=True, exports=exports,
+                                    options=cfg.get("calib") if REGISTRY[name].calibrated else None)
+                dirs[(model, name)] = d
+                records.append(res, evaluate(d, suite, eval_data, tasks, cfg.get("langs"), cfg.get("split", "test"),
+                                             max_examples=cfg.get("max_examples")))
     timings["compile_eval_s"] = time.perf_counter() - t
     b = cfg.get("bench", {})
     if b is not False:

@@ -1,14 +1,19 @@
 """The variant registry: every way xopt can compile a checkpoint, in one list.
 
-A variant is a `Variant` entry (name, backend, precision, device, what it needs) whose
-`build` writes its artefacts into a directory and whose `load` returns a `Runner`. Each
-family module (`eager.py`, `onnx.py`, ...) holds the whole recipe of its variants and
-exports them in `VARIANTS`; `REGISTRY` below is the union. Family modules import their
-heavy libraries inside functions so that listing the registry stays instant.
+A variant is a `Variant` entry (name, backend, precision, device, what it needs, its config
+with the variant's defaults) whose `build` writes its artefacts into a directory and whose
+`load` returns a `Runner`. Each family module (`eager.py`, `onnx.py`, ...) holds the whole
+recipe of its variants — config dataclass, build, load — and exports them in `VARIANTS`;
+`REGISTRY` below is the union. Family modules import their heavy libraries inside functions
+so that listing the registry stays instant.
 
 `compile_variant` and `load_variant` are the only entry points the rest of xopt uses:
-they write/check the manifest, hash the files, refuse foreign or tampered directories and
-variants the host cannot run.
+they validate the options into the variant's config (`xopt.variants.base.VariantConfig`),
+write/check the manifest (the config goes in as `{"type", "version", "data"}`), hash the
+files, refuse foreign or tampered directories and variants the host cannot run.
+
+Adding a variant: a config dataclass (or an existing one with other defaults), a build and a
+load function in its family file, and one `Variant(...)` line in that file's `VARIANTS`.
 """
 
 from __future__ import annotations
@@ -20,7 +25,11 @@ from pathlib import Path
 
 from xopt import manifest as mf
 from xopt.errors import XoptError
-from xopt.variants.base import TOKENIZER_FILES, Runner, Variant, link_or_copy
+from xopt.variants.base import TOKENIZER_FILES, KeepPolicy, Runner, Variant, VariantConfig, link_or_copy
+from xopt.variants.onnx import ExportCache
+
+__all__ = ["REGISTRY", "ExportCache", "KeepPolicy", "Loaded", "Runner", "Variant", "VariantConfig", "compile_variant",
+           "get", "load_variant"]
 
 FAMILIES = ("eager", "onnx", "unpadded", "cuda", "tensorrt")
 
@@ -45,45 +54,61 @@ def get(name: str) -> Variant:
 
 
 def compile_variant(checkpoint: str | Path, name: str, out: str | Path, force: bool = False,
-                    options: dict | None = None) -> dict:
-    """Build variant `name` of `checkpoint` into `out` (atomically); return its manifest."""
+                    options: dict | None = None, exports: ExportCache | None = None) -> dict:
+    """Build variant `name` of `checkpoint` into `out` (atomically); return its manifest.
+
+    `options` are validated into the variant's config (unknown or inapplicable ones are refused
+    before anything is built). `exports`: an `ExportCache` the caller owns, to share ONNX exports
+    between the variants of one checkpoint; without one, exports last for this call only."""
     from xopt.models import open_checkpoint, param_counts
 
     variant = get(name)
     if reason := variant.unavailable_reason():
         raise XoptError(f"variant {name} is not available on this host: {reason}")
+    config = variant.configure(options)
     ckpt = open_checkpoint(checkpoint)
     out = Path(out)
-    opts = {**variant.options, **(options or {})}
-    with mf.atomic_dir(out, force=force) as tmp:
-        for f in TOKENIZER_FILES:
-            if (ckpt.path / f).is_file():
-                link_or_copy(ckpt.path / f, tmp / f)   # 17 MB for XLM-R's; never modified
-        t0 = time.perf_counter()
-        extra = variant.build(variant, ckpt, tmp, opts) or {}
-        build_s = time.perf_counter() - t0
-        weights = ckpt.path / "model.safetensors"
-        source = {"checkpoint": str(ckpt.path.resolve()),
-                  "name": ckpt.manifest.get("name", ckpt.path.name),
-                  "weights_sha256": ckpt.manifest.get("files", {}).get("model.safetensors")
-                  or (mf.sha256(weights) if weights.is_file() else None)}
-        man = mf.write(tmp, kind="variant", source=source, extra={
-            "variant": name, "backend": variant.backend, "precision": variant.precision,
-            "device": variant.device, "options": opts,
-            "calibration": extra.pop("calibration", None),
-            "build_s": round(build_s, 3),
-            "model": {**ckpt.card.to_json(), "name": source["name"],
-                      "role": ckpt.manifest.get("role"), "base_model": ckpt.manifest.get("base_model"),
-                      **param_counts(ckpt.path)},
-            **extra})
+    own = exports is None
+    exports = ExportCache() if own else exports
+    try:
+        with mf.atomic_dir(out, force=force) as tmp:
+            for f in TOKENIZER_FILES:
+                if (ckpt.path / f).is_file():
+                    link_or_copy(ckpt.path / f, tmp / f)   # large and never modified: shared
+            t0 = time.perf_counter()
+            extra = variant.build(variant, ckpt, tmp, config, exports) or {}
+            build_s = time.perf_counter() - t0
+            weights = ckpt.path / "model.safetensors"
+            source = {"checkpoint": str(ckpt.path.resolve()),
+                      "name": ckpt.manifest.get("name", ckpt.path.name),
+                      "weights_sha256": ckpt.manifest.get("files", {}).get("model.safetensors")
+                      or (mf.sha256(weights) if weights.is_file() else None)}
+            man = mf.write(tmp, kind="variant", source=source, extra={
+                "variant": name, "backend": variant.backend, "precision": variant.precision,
+                "device": variant.device, "config": config.to_json(),
+                "calibration": extra.pop("calibration", None),
+                "build_s": round(build_s, 3),
+                "model": {**ckpt.card.to_json(), "name": source["name"],
+                          "role": ckpt.manifest.get("role"), "base_model": ckpt.manifest.get("base_model"),
+                          **param_counts(ckpt.path)},
+                **extra})
+    finally:
+        if own:
+            exports.close()
     return man
 
 
 @dataclass
 class Loaded:
+    """A loaded variant directory. `load_s`/`mem_load_mb` are filled by whoever times the load
+    (`xopt bench`); nothing else is set on it from outside."""
+
     runner: Runner
     manifest: dict
     directory: Path
+    config: VariantConfig
+    load_s: float | None = None
+    mem_load_mb: float | None = None
 
     @property
     def card(self):
@@ -121,5 +146,6 @@ def load_variant(directory: str | Path) -> Loaded:
     variant = REGISTRY[name]
     if reason := variant.unavailable_reason():
         raise XoptError(f"{directory}: variant {name} cannot run on this host: {reason}")
-    runner = variant.load(variant, directory, man)
-    return Loaded(runner, man, directory)
+    config = variant.read_config(man, str(directory))
+    runner = variant.load(variant, directory, man, config)
+    return Loaded(runner, man, directory, config)

@@ -1,15 +1,42 @@
-"""Runner, Variant and file helpers shared by the variant families (see `xopt.variants`)."""
+"""What the variant families share: `Runner`, `Variant`, the config base classes, `KeepPolicy`.
+
+A variant's recipe parameters are a frozen dataclass (a `VariantConfig` subclass, defined in
+its family file, one instance per variant holding that variant's defaults). Options reach it
+through `from_options`, which refuses unknown or inapplicable options and values of the wrong
+type in one line; the manifest stores it as `{"type", "version", "data"}` (`to_json`) and
+loading reads it back with `from_json`, refusing another type or version.
+
+`KeepPolicy` says which `nn.Linear` layers of the XoptModel a quantising recipe leaves in higher
+precision, and which precision that is. It matches *module names*
+(`encoder.encoder.layer.3.output.dense`, `head`); ONNX-based recipes map node names to module
+names with `xopt.calibration.profile.onnx_node_to_module`, the one translation between the two.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
+
+from xopt.errors import XoptError
+
+PROFILE_FILE = "calibration_profile.json"   # the calibration profile a calibrated variant saves
+WEIGHT_FILES = ("model.safetensors", "head.safetensors", "config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "sentencepiece.bpe.model")
+
+# The int8 recipes' default: FFN output projections (their input is GELU's output, whose outliers
+# per-tensor activation scales cannot represent) and the classifier head (negligible compute,
+# and its logits are what the task scores) stay in higher precision.
+FFN_OUT = r"encoder\.layer\.\d+\.output\.dense$"
+FFN_OUT_AND_HEAD = FFN_OUT + r"|^head$"
 
 
 def output_names(man: dict) -> tuple[str, ...]:
@@ -19,16 +46,229 @@ def output_names(man: dict) -> tuple[str, ...]:
     return names(man["model"])
 
 
+# ---------------------------------------------------------------------------------------
+# Which layers stay in higher precision
+
+@dataclass(frozen=True)
+class KeepPolicy:
+    """Linear layers left unquantised: `pattern` is a regex searched in each Linear's module
+    name ('' keeps none); `precision` is what the kept layers run in ("fp32", "fp16", "bf16",
+    or "float": the variant's float dtype, fp16 on CUDA and fp32 on CPU)."""
+
+    pattern: str = ""
+    precision: str = "fp32"
+
+    def __post_init__(self):
+        if "/" in self.pattern:
+            raise XoptError(f"keep pattern {self.pattern!r} names ONNX nodes; give a regex over Linear module "
+                            rf"names, e.g. '{FFN_OUT_AND_HEAD}'")
+        try:
+            re.compile(self.pattern)
+        except re.error as e:
+            raise XoptError(f"keep pattern {self.pattern!r} is not a regular expression ({e})") from None
+
+    def keeps(self, module_name: str) -> bool:
+        return bool(self.pattern) and re.search(self.pattern, module_name) is not None
+
+    def quantizes(self, module_name: str) -> bool:
+        return not self.keeps(module_name)
+
+    def keeps_node(self, onnx_node_name: str) -> bool:
+        """For an ONNX MatMul/Gemm node of the TorchScript export (its name is its module's scope)."""
+        from xopt.calibration.profile import onnx_node_to_module
+
+        return self.keeps(onnx_node_to_module(onnx_node_name))
+
+    def split(self, names) -> tuple[list[str], list[str]]:
+        """(quantised, kept) of the given Linear names, in their order: what a build records."""
+        names = list(names)
+        return [n for n in names if self.quantizes(n)], [n for n in names if self.keeps(n)]
+
+    def linears(self, module) -> list[str]:
+        """The names of the Linears of `module` this policy quantises, in module order."""
+        import torch
+
+        return [n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear) and self.quantizes(n)]
+
+
+# ---------------------------------------------------------------------------------------
+# Configs
+
+def option(default, kind: str, help: str):
+    """A config field: `kind` is how an option value is read (int, float, bool, str, keep,
+    alpha: a number or a comma list of numbers), `help` says what it does."""
+    return field(default=default, metadata={"kind": kind, "help": help})
+
+
+def _read(kind: str, value, default):
+    if kind == "keep":
+        if isinstance(value, KeepPolicy):
+            return value
+        if isinstance(value, dict):
+            return KeepPolicy(**value)
+        if isinstance(value, str):
+            return KeepPolicy(value, default.precision)
+        raise ValueError("expected a regex over Linear module names")
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "1", "yes"):
+            return True
+        if str(value).lower() in ("false", "0", "no"):
+            return False
+        raise ValueError("expected true or false")
+    if kind == "int":
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError("expected an integer")
+        return int(value)
+    if kind == "float":
+        if isinstance(value, bool):
+            raise ValueError("expected a number")
+        return float(value)
+    if kind == "alpha":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            return value
+        raise ValueError("expected a number or a comma list of numbers")
+    if kind == "str":
+        if isinstance(value, (str, os.PathLike)):
+            return str(value)
+        raise ValueError("expected a string")
+    raise AssertionError(kind)
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    """Base of every variant config. Subclasses add `option` fields and may override `check`."""
+
+    VERSION: ClassVar[int] = 1
+
+    @classmethod
+    def options(cls) -> dict[str, dict]:
+        """Option name -> {"kind", "help"}."""
+        return {f.name: dict(f.metadata) for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_options(cls, options: dict | None, variant: str = "") -> "VariantConfig":
+        """The config of `options` over this class's defaults, validated (`variant` names the
+        variant in error messages)."""
+        return cls().with_options(options, variant)
+
+    def with_options(self, options: dict | None, variant: str = "") -> "VariantConfig":
+        """This config with `options` applied and validated."""
+        known = self.options()
+        who = f"variant {variant}" if variant else type(self).__name__
+        changes = {}
+        for key, value in (options or {}).items():
+            if value is None:
+                continue
+            if key not in known:
+                takes = ", ".join(known) or "no options"
+                raise XoptError(f"{who} does not take option {key} (--{key.replace('_', '-')}); it takes: {takes}")
+            try:
+                changes[key] = _read(known[key]["kind"], value, getattr(self, key))
+            except (TypeError, ValueError) as e:
+                raise XoptError(f"{who}: option {key} = {value!r}: {e}") from None
+        cfg = dataclasses.replace(self, **changes)
+        cfg.check(who)
+        return cfg
+
+    def check(self, who: str) -> None:
+        """Refuse combinations of values that cannot work (XoptError, one line)."""
+
+    def to_json(self) -> dict:
+        data = {f.name: dataclasses.asdict(v) if isinstance(v := getattr(self, f.name), KeepPolicy) else v
+                for f in dataclasses.fields(self)}
+        return {"type": type(self).__name__, "version": self.VERSION, "data": data}
+
+    @classmethod
+    def from_json(cls, d, where: str = "config") -> "VariantConfig":
+        if not isinstance(d, dict) or d.get("type") != cls.__name__ or d.get("version") != cls.VERSION:
+            got = f"{d.get('type')} version {d.get('version')}" if isinstance(d, dict) else "none"
+            raise XoptError(f"{where}: variant config is {got}, this xopt reads {cls.__name__} version "
+                            f"{cls.VERSION}; rebuild it with `xopt compile ... --force`")
+        data = d.get("data")
+        known = cls.options()
+        if not isinstance(data, dict) or set(data) - set(known):
+            raise XoptError(f"{where}: malformed {cls.__name__} data; rebuild it with `xopt compile ... --force`")
+        defaults = cls()
+        try:
+            values = {k: None if v is None else _read(known[k]["kind"], v, getattr(defaults, k))
+                      for k, v in data.items()}
+        except (TypeError, ValueError) as e:
+            raise XoptError(f"{where}: malformed {cls.__name__} data ({e}); rebuild it with "
+                            "`xopt compile ... --force`") from None
+        return cls(**values)
+
+
+CALIB_METHOD_HELP = ("minmax | percentile[:P] | entropy | mse, optionally +smoothquant "
+                     "('smoothquant' = minmax+smoothquant)")
+
+
+@dataclass(frozen=True)
+class CalibratedConfig(VariantConfig):
+    """Options of the recipes that calibrate activation ranges (`xopt.calibration.run`)."""
+
+    calib_data: str | None = option(None, "str", "calibration texts: demo suite JSON, a text file, a directory "
+                                                 "of <lang>.txt, or NAME:ARG (default: the demo suite)")
+    calib_langs: str = option("all", "str", "all, en, or a comma-separated list of language codes")
+    calib_samples: int = option(256, "int", "calibration texts, balanced over the languages")
+    calib_seed: int = option(0, "int", "seed of the calibration sample")
+    calib_dev_samples: int = option(96, "int", "held-out texts that score SmoothQuant's alpha and sensitivity")
+    calib_method: str = option("minmax", "str", CALIB_METHOD_HELP)
+    smoothquant_alpha: float | str | None = option(None, "alpha", "SmoothQuant alpha, or a comma list to choose "
+                                                                  "from on the held-out sample")
+    calib_profile: str | None = option(None, "str", "a saved profile (`xopt calibrate`) instead of calibrating")
+
+    def check(self, who: str) -> None:
+        from xopt.calibration.run import parse_method
+
+        super().check(who)
+        parse_method(self.calib_method)
+        if self.calib_samples <= 0:
+            raise XoptError("--calib-samples must be positive")
+        if self.calib_dev_samples < 0:
+            raise XoptError("--calib-dev-samples must be >= 0")
+
+    def calibration_options(self) -> dict:
+        """The options `xopt.calibration.run.calibrate_checkpoint` reads."""
+        names = [f.name for f in dataclasses.fields(CalibratedConfig)] + [
+            n for n in ("keep_fp16", "max_drop", "sensitivity_unit") if hasattr(self, n)]
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+
+@dataclass(frozen=True)
+class FallbackConfig(CalibratedConfig):
+    """A calibrated recipe that can also leave the most sensitive layers unquantised."""
+
+    keep_fp16: int | None = option(None, "int", "keep the k most sensitive layers unquantised")
+    max_drop: float | None = option(None, "float", "keep the most sensitive layers unquantised until the fidelity "
+                                                   "drop on the held-out sample is at most this")
+    sensitivity_unit: str = option("layer", "str", "layer (each Linear) or kind (query, key, ... across layers)")
+
+    def check(self, who: str) -> None:
+        super().check(who)
+        if (self.keep_fp16 is not None and self.keep_fp16 < 0) or (self.max_drop is not None and self.max_drop < 0):
+            raise XoptError("--keep-fp16 and --max-drop must be >= 0")
+        if self.sensitivity_unit not in ("layer", "kind"):
+            raise XoptError(f"unknown sensitivity unit {self.sensitivity_unit!r}; use layer or kind")
+
+
+# ---------------------------------------------------------------------------------------
+# Runners and the registry entry
+
 class Runner:
     """Runs one compiled variant. `prepare` moves inputs to the backend's own form (kept out
     of timed loops), `run` is the timed call, `synchronize` waits for the device."""
 
     device = "cpu"
+    limits: dict | None = None   # {"max_batch", "max_seq_len"} the backend accepts, when bounded
 
-    def __init__(self, name: str, output_names: tuple[str, ...]):
+    def __init__(self, name: str, output_names: tuple[str, ...], info: dict | None = None):
         self.name = name
         self.output_names = output_names
-        self.info: dict = {}   # facts worth recording: compile time, fallback op counts, ...
+        self.info: dict = dict(info or {})   # facts worth recording: compile time, fallback op counts, ...
 
     def prepare(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> Any:
         raise NotImplementedError
@@ -53,12 +293,24 @@ class Variant:
     precision: str
     device: str
     description: str
-    build: Callable[..., dict]          # (variant, checkpoint, out_dir, options) -> manifest extras
-    load: Callable[..., Runner]         # (variant, directory, manifest) -> Runner
+    build: Callable[..., dict]          # (variant, checkpoint, out_dir, config, exports) -> manifest extras
+    load: Callable[..., Runner]         # (variant, directory, manifest, config) -> Runner
+    config: VariantConfig = VariantConfig()   # this variant's defaults: its config class's own
     requires: tuple[str, ...] = ()      # importable modules
     min_capability: tuple[int, int] | None = None   # CUDA compute capability
-    calibrated: bool = False
-    options: dict = field(default_factory=dict)     # recipe parameters, recorded in the manifest
+
+    @property
+    def calibrated(self) -> bool:
+        return isinstance(self.config, CalibratedConfig)
+
+    def configure(self, options: dict | None) -> VariantConfig:
+        return type(self.config).from_options(options, self.name)
+
+    def read_config(self, man: dict, where: str) -> VariantConfig:
+        if "config" not in man:
+            raise XoptError(f"{where}: manifest written by xopt {man.get('xopt_version')} holds no variant config; "
+                            f"rebuild it with `xopt compile ... --variant {self.name} --force`")
+        return type(self.config).from_json(man["config"], where)
 
     def unavailable_reason(self) -> str | None:
         """None when this host can build and run the variant, else why not."""
@@ -82,8 +334,3 @@ def link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
-
-
-WEIGHT_FILES = ("model.safetensors", "head.safetensors", "config.json")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "sentencepiece.bpe.model")

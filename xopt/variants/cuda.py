@@ -16,7 +16,7 @@ their recipe when loaded, on the GPU. Loading one on a host without CUDA fails i
   output channel, int8 activations per token computed on the fly, int8 tensor-core GEMMs
   (`torch._int_mm`) — compiled with the same buckets, which is how torchao gets its speed
   (eager torchao int8 is slower than fp16). LayerNorm and softmax stay fp16. Linears matched by
-  `keep_fp32` (FFN output projections and the head, as every xopt int8 recipe) stay fp16.
+  the `keep` policy (FFN output projections and the head, as every xopt int8 recipe) stay fp16.
 - `int8-smooth`: `int8` after SmoothQuant (Xiao et al. 2023): per-input-channel factors s from
   calibration (`xopt.calibration`: activation channel maxima on a multilingual sample, alpha
   chosen on a held-out sample) move activation outliers into the weights, W[:, j] * s_j, x / s.
@@ -25,35 +25,90 @@ their recipe when loaded, on the GPU. Loading one on a host without CUDA fails i
 - `fp8`: e4m3 weights and activations, per-row scales, `torch._scaled_mm` (torchao
   `Float8DynamicActivationFloat8WeightConfig`, PerRow); compute capability 8.9+ (Ada, Hopper).
 - `bnb-int8`: bitsandbytes LLM.int8 (`Linear8bitLt`, outlier threshold 6.0): the baseline many
-  users try first; measured, not recommended blindly (its mixed int8/fp16 decomposition is
-  often slower than fp16 at encoder batch sizes).
+  users try first, benchmarked beside the others rather than assumed good (its mixed
+  int8/fp16 decomposition can be slower than fp16 at encoder batch sizes).
+
+Configs: `HalfConfig` (fp16, bf16: no options), `CompileCudaConfig`, `TorchaoConfig` (int8),
+`Fp8Config` (kept layers in bf16), `SmoothTorchaoConfig` (int8-smooth: + calibration options),
+`BnbConfig`.
 """
 
 from __future__ import annotations
 
-import re
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
-from xopt.variants.base import Variant, output_names
-from xopt.variants.eager import TorchRunner, _build_weights, _module
+from xopt.errors import XoptError
+from xopt.variants.base import (CALIB_METHOD_HELP, FFN_OUT_AND_HEAD, PROFILE_FILE, CalibratedConfig, KeepPolicy,
+                                Variant, VariantConfig, option, output_names)
+from xopt.variants.eager import TorchRunner, build_weights, variant_module
 
-KEEP_FP = r"encoder\.layer\.\d+\.output\.dense$|^head$"
-BATCH_BUCKETS = "1,2,4,8,16,32,64,128"
+KEEP_HELP = "regex of Linear module names left in the float dtype ('' quantises every Linear)"
+
+
+@dataclass(frozen=True)
+class HalfConfig(VariantConfig):
+    """fp16, bf16: no options."""
+
+
+@dataclass(frozen=True)
+class CompileCudaConfig(VariantConfig):
+    mode: str = option("max-autotune", "str", "torch.compile mode")
+    batch_buckets: str = option("1,2,4,8,16,32,64,128", "str", "batch sizes every batch is padded up to")
+    seq_multiple: int = option(32, "int", "sequence lengths are padded up to a multiple of this")
+
+    def check(self, who: str) -> None:
+        super().check(who)
+        try:
+            buckets = [int(x) for x in self.batch_buckets.split(",")]
+        except ValueError:
+            buckets = []
+        if not buckets or min(buckets) <= 0:
+            raise XoptError(f"{who}: batch_buckets {self.batch_buckets!r}: give a comma list of positive integers")
+        if self.seq_multiple <= 0:
+            raise XoptError(f"{who}: seq_multiple must be positive")
+
+    @property
+    def buckets(self) -> list[int]:
+        return [int(x) for x in self.batch_buckets.split(",")]
+
+
+@dataclass(frozen=True)
+class TorchaoConfig(CompileCudaConfig):
+    keep: KeepPolicy = option(KeepPolicy(FFN_OUT_AND_HEAD, "fp16"), "keep", KEEP_HELP)
+    compile: bool = option(True, "bool", "compile per shape bucket (false: eager torchao, slower)")
+
+
+@dataclass(frozen=True)
+class Fp8Config(TorchaoConfig):
+    keep: KeepPolicy = option(KeepPolicy(FFN_OUT_AND_HEAD, "bf16"), "keep", KEEP_HELP)
+
+
+@dataclass(frozen=True)
+class SmoothTorchaoConfig(CalibratedConfig, TorchaoConfig):
+    calib_method: str = option("smoothquant", "str", CALIB_METHOD_HELP)
+
+    def check(self, who: str) -> None:
+        from xopt.calibration.run import parse_method
+
+        super().check(who)
+        if not parse_method(self.calib_method)[1]:
+            raise XoptError(f"int8-smooth needs a SmoothQuant calibration method (got {self.calib_method!r}); "
+                            "use --calib-method smoothquant or METHOD+smoothquant, or the int8 variant")
+
+
+@dataclass(frozen=True)
+class BnbConfig(VariantConfig):
+    keep: KeepPolicy = option(KeepPolicy(FFN_OUT_AND_HEAD, "fp16"), "keep", KEEP_HELP)
+    threshold: float = option(6.0, "float", "LLM.int8 outlier threshold (inputs above it run in fp16)")
 
 
 def _gpu_module(directory, man, dtype):
     import torch
 
-    return _module(directory, man).to(device="cuda", dtype=getattr(torch, dtype))
-
-
-def _linears(module, keep: str):
-    import torch
-
-    k = re.compile(keep) if keep else None
-    return [n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear) and not (k and k.search(n))]
+    return variant_module(directory, man).to(device="cuda", dtype=getattr(torch, dtype))
 
 
 class BucketRunner(TorchRunner):
@@ -98,80 +153,68 @@ class BucketRunner(TorchRunner):
         return {n: v[:b, :t] if n in PER_TOKEN_OUTPUTS else v[:b] for n, v in super().to_numpy(outs).items()}
 
 
-def _compiled(variant, directory, man, module):
+def _compiled(variant, directory, man, module, config: CompileCudaConfig):
     import torch
 
     from xopt.models import load_tokenizer
 
-    opts = man["options"]
     t0 = time.perf_counter()
-    compiled = torch.compile(module, mode=opts.get("mode", "max-autotune"), dynamic=False)
+    compiled = torch.compile(module, mode=config.mode, dynamic=False)
     tok = load_tokenizer(directory)
-    runner = BucketRunner(variant.name, compiled, output_names(man),
-                          [int(x) for x in str(opts.get("batch_buckets", BATCH_BUCKETS)).split(",")],
-                          int(opts.get("seq_multiple", 32)), int(man["model"].get("max_length", 512)),
-                          tok.pad_token_id)
+    runner = BucketRunner(variant.name, compiled, output_names(man), config.buckets, config.seq_multiple,
+                          int(man["model"].get("max_length", 512)), tok.pad_token_id)
     runner.info["wrap_s"] = round(time.perf_counter() - t0, 3)   # compilation itself: first call per bucket
     return runner
 
 
-def _load_half(variant, directory, man):
+def _load_half(variant, directory, man, config: HalfConfig):
     dtype = {"fp16": "float16", "bf16": "bfloat16"}[variant.precision]
     return TorchRunner(variant.name, _gpu_module(directory, man, dtype), output_names(man), "cuda")
 
 
-def _load_compile(variant, directory, man):
-    return _compiled(variant, directory, man, _gpu_module(directory, man, "float16"))
+def _load_compile(variant, directory, man, config: CompileCudaConfig):
+    return _compiled(variant, directory, man, _gpu_module(directory, man, "float16"), config)
 
 
-PROFILE_FILE = "calibration_profile.json"
-
-
-def _build_smooth(variant, ckpt, out, options) -> dict:
+def _build_smooth(variant, ckpt, out, config: SmoothTorchaoConfig, exports=None) -> dict:
     """Weights (linked) + the SmoothQuant calibration profile of the Linears int8 quantises."""
-    from xopt.calibration.run import calibrate_checkpoint, parse_method
-    from xopt.errors import XoptError
+    from xopt.calibration.run import calibrate_checkpoint
 
-    if not parse_method(options.get("calib_method"))[1]:
-        raise XoptError(f"int8-smooth needs a SmoothQuant calibration method (got {options.get('calib_method')!r}); "
-                        "use --calib-method smoothquant or METHOD+smoothquant, or the int8 variant")
-    _build_weights(variant, ckpt, out, options)
-    pattern = options.get("keep_fp32", KEEP_FP)
-    keep = re.compile(pattern) if pattern else None       # '' quantises every Linear
-    prof, _ = calibrate_checkpoint(ckpt, options, quantized=lambda n: not (keep and keep.search(n)))
+    build_weights(variant, ckpt, out, config)
+    prof, _ = calibrate_checkpoint(ckpt, config.calibration_options(), quantized=config.keep.quantizes)
     prof.save(out / PROFILE_FILE)
     return {"calibration": prof.identity()}
 
 
-def _load_torchao(variant, directory, man):
+def _load_torchao(variant, directory, man, config: TorchaoConfig):
     import torch
 
     dtype = "bfloat16" if variant.precision == "fp8" else "float16"
-    if variant.calibrated:                      # int8-smooth: fold the profile's factors in first
+    if isinstance(config, CalibratedConfig):    # int8-smooth: fold the profile's factors in first
         from xopt.calibration.profile import Profile
 
-        module = _module(directory, man)
+        module = variant_module(directory, man)
         prof = Profile.load(directory / PROFILE_FILE)
         prof.check(module, f"{directory / PROFILE_FILE}")
         prof.apply_smoothing(module)            # W *= s; x / s in a pre-hook (moves to the GPU with it)
         module = module.to(device="cuda", dtype=getattr(torch, dtype))
     else:
         module = _gpu_module(directory, man, dtype)
-    names = quantize_torchao(module, variant.precision, man["options"].get("keep_fp32", KEEP_FP))
-    runner = _compiled(variant, directory, man, module) if man["options"].get("compile", True) else \
+    names = quantize_torchao(module, variant.precision, config.keep)
+    runner = _compiled(variant, directory, man, module, config) if config.compile else \
         TorchRunner(variant.name, module, output_names(man), "cuda")
     runner.info["quantized_linears"] = len(names)
     return runner
 
 
-def quantize_torchao(module, precision: str, keep: str) -> list[str]:
+def quantize_torchao(module, precision: str, keep: KeepPolicy) -> list[str]:
     """The `int8`/`fp8` recipe proper: torchao W8A8 (or fp8 per-row) on every Linear of `module`
     not matched by `keep`, in place, on whatever device the module is on (int8 runs on the CPU
     too, which is how the tests check torchao's API without a GPU). Returns the Linears' names."""
     from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig,
                                       Int8DynamicActivationInt8WeightConfig, PerRow, quantize_)
 
-    names = _linears(module, keep)
+    names = keep.linears(module)
     # set_inductor_config=False: torchao would otherwise change torch.compile's global settings,
     # which then leak into every variant compiled or benchmarked later in the same process
     config = (Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
@@ -181,7 +224,7 @@ def quantize_torchao(module, precision: str, keep: str) -> list[str]:
     return names
 
 
-def quantize_bnb(module, keep: str, threshold: float) -> list[str]:
+def quantize_bnb(module, keep: KeepPolicy, threshold: float) -> list[str]:
     """The `bnb-int8` recipe proper: every Linear not matched by `keep` becomes bitsandbytes'
     `Linear8bitLt` (LLM.int8, outliers above `threshold` in fp16), in place. The weights are
     quantised when the module next moves to a device (`.cuda()`; `.to("cpu")` on the CPU, which
@@ -189,7 +232,7 @@ def quantize_bnb(module, keep: str, threshold: float) -> list[str]:
     import bitsandbytes as bnb
     import torch
 
-    names = _linears(module, keep)
+    names = keep.linears(module)
     for name in names:
         parent, _, attr = name.rpartition(".")
         owner = module.get_submodule(parent) if parent else module
@@ -203,47 +246,39 @@ def quantize_bnb(module, keep: str, threshold: float) -> list[str]:
     return names
 
 
-def _load_bnb(variant, directory, man):
+def _load_bnb(variant, directory, man, config: BnbConfig):
     import torch
 
-    module = _module(directory, man).to(torch.float16)
-    names = quantize_bnb(module, man["options"].get("keep_fp32", KEEP_FP), float(man["options"].get("threshold", 6.0)))
+    module = variant_module(directory, man).to(torch.float16)
+    names = quantize_bnb(module, config.keep, config.threshold)
     module = module.cuda()            # Int8Params quantise on the move to the GPU
-    runner = TorchRunner(variant.name, module.eval(), output_names(man), "cuda")
-    runner.info["quantized_linears"] = len(names)
-    return runner
+    return TorchRunner(variant.name, module.eval(), output_names(man), "cuda", info={"quantized_linears": len(names)})
 
 
 VARIANTS = [
     Variant("fp16", backend="torch", precision="fp16", device="cuda",
             description="HF model in fp16 on the GPU, SDPA attention",
-            build=_build_weights, load=_load_half),
+            build=build_weights, load=_load_half, config=HalfConfig()),
     Variant("bf16", backend="torch", precision="bf16", device="cuda",
             description="HF model in bf16 on the GPU, SDPA attention",
-            build=_build_weights, load=_load_half, min_capability=(8, 0)),
+            build=build_weights, load=_load_half, config=HalfConfig(), min_capability=(8, 0)),
     Variant("compile-cuda", backend="torch.compile", precision="fp16", device="cuda",
             description="fp16 + torch.compile max-autotune (inductor) + CUDA graphs per shape bucket",
-            build=_build_weights, load=_load_compile,
-            options={"mode": "max-autotune", "batch_buckets": BATCH_BUCKETS, "seq_multiple": 32}),
+            build=build_weights, load=_load_compile, config=CompileCudaConfig()),
     Variant("int8", backend="torchao", precision="int8", device="cuda",
             description="W8A8 (torchao): int8 per-channel weights, dynamic per-token int8 activations, "
                         "int8 tensor-core GEMMs, compiled per shape bucket",
-            build=_build_weights, load=_load_torchao, requires=("torchao",), min_capability=(8, 0),
-            options={"keep_fp32": KEEP_FP, "compile": True, "mode": "max-autotune",
-                     "batch_buckets": BATCH_BUCKETS, "seq_multiple": 32}),
+            build=build_weights, load=_load_torchao, config=TorchaoConfig(), requires=("torchao",),
+            min_capability=(8, 0)),
     Variant("int8-smooth", backend="torchao", precision="int8", device="cuda",
             description="int8 (W8A8, torchao) after SmoothQuant scaling calibrated by xopt.calibration",
-            build=_build_smooth, load=_load_torchao, requires=("torchao",), min_capability=(8, 0), calibrated=True,
-            options={"keep_fp32": KEEP_FP, "compile": True, "mode": "max-autotune",
-                     "batch_buckets": BATCH_BUCKETS, "seq_multiple": 32, "calib_method": "smoothquant",
-                     "calib_langs": "all", "calib_samples": 256}),
+            build=_build_smooth, load=_load_torchao, config=SmoothTorchaoConfig(),
+            requires=("torchao",), min_capability=(8, 0)),
     Variant("fp8", backend="torchao", precision="fp8", device="cuda",
             description="fp8 e4m3 weights and activations, per-row scales, torch._scaled_mm (torchao)",
-            build=_build_weights, load=_load_torchao, requires=("torchao",), min_capability=(8, 9),
-            options={"keep_fp32": KEEP_FP, "compile": True, "mode": "max-autotune",
-                     "batch_buckets": BATCH_BUCKETS, "seq_multiple": 32}),
+            build=build_weights, load=_load_torchao, config=Fp8Config(),
+            requires=("torchao",), min_capability=(8, 9)),
     Variant("bnb-int8", backend="bitsandbytes", precision="int8", device="cuda",
             description="bitsandbytes LLM.int8 (Linear8bitLt, outlier threshold 6): the common baseline",
-            build=_build_weights, load=_load_bnb, requires=("bitsandbytes",),
-            options={"keep_fp32": KEEP_FP, "threshold": 6.0}),
+            build=build_weights, load=_load_bnb, config=BnbConfig(), requires=("bitsandbytes",)),
 ]

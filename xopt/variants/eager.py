@@ -9,24 +9,43 @@ runs the weights it was built from.
 - `compile`: `torch.compile` (inductor) with dynamic batch and sequence dimensions; the
   compilation happens on the first call, which benchmarks time apart from the loop.
 - `int8-dynamic`: int8 weights per output channel and int8 activations quantised on the fly
-  (torch.ao dynamic quantisation, fbgemm kernels). Linears matched by `keep_fp32` stay in
-  fp32: the FFN output projections and the head, as in `xopt.variants.onnx.KEEP_FP32`.
+  (torch.ao dynamic quantisation, fbgemm kernels). Linears matched by the `keep` policy stay
+  in fp32: by default the FFN output projections and the head, as in every xopt int8 recipe.
+
+Configs: `EagerConfig` (fp32: no options), `CompileConfig`, `DynamicInt8Config`.
 """
 
 from __future__ import annotations
 
-import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from xopt.variants.base import WEIGHT_FILES, Runner, Variant, link_or_copy, output_names
+from xopt.variants.base import (FFN_OUT_AND_HEAD, WEIGHT_FILES, KeepPolicy, Runner, Variant, VariantConfig,
+                                link_or_copy, option, output_names)
+
+
+@dataclass(frozen=True)
+class EagerConfig(VariantConfig):
+    """fp32: no options."""
+
+
+@dataclass(frozen=True)
+class CompileConfig(VariantConfig):
+    mode: str | None = option(None, "str", "torch.compile mode (default, reduce-overhead, max-autotune)")
+
+
+@dataclass(frozen=True)
+class DynamicInt8Config(VariantConfig):
+    keep: KeepPolicy = option(KeepPolicy(FFN_OUT_AND_HEAD, "fp32"), "keep",
+                              "regex of Linear module names left in fp32 ('' quantises every Linear)")
 
 
 class TorchRunner(Runner):
-    def __init__(self, name, module, output_names, device="cpu"):
-        super().__init__(name, output_names)
+    def __init__(self, name, module, output_names, device="cpu", info: dict | None = None):
+        super().__init__(name, output_names, info)
         self.module = module
         self.device = device
 
@@ -52,67 +71,65 @@ class TorchRunner(Runner):
             torch.cuda.synchronize()
 
 
-def _build_weights(variant, ckpt, out: Path, options) -> dict:
+def build_weights(variant, ckpt, out: Path, config, exports=None) -> dict:
+    """The build of every variant that applies its recipe when loaded: link the weights."""
     for f in WEIGHT_FILES:
         if (ckpt.path / f).is_file():
             link_or_copy(ckpt.path / f, out / f)
     return {}
 
 
-def _module(directory: Path, man: dict):
+def variant_module(directory: Path, man: dict):
+    """The fp32 XoptModel of a variant directory's weights."""
     from xopt.models import Checkpoint, ModelCard, load_module
 
     return load_module(Checkpoint(directory, ModelCard.from_json(man["model"]), man))
 
 
-def _load_fp32(variant, directory, man):
-    return TorchRunner(variant.name, _module(directory, man), output_names(man))
+def _load_fp32(variant, directory, man, config: EagerConfig):
+    return TorchRunner(variant.name, variant_module(directory, man), output_names(man))
 
 
-def _load_compile(variant, directory, man):
+def _load_compile(variant, directory, man, config: CompileConfig):
     import torch
 
-    module = _module(directory, man)
+    module = variant_module(directory, man)
     # dynamic=True: one graph for every batch size and sequence length instead of a
     # recompilation per shape. Options stay local to this module (no global config edits).
-    compiled = torch.compile(module, dynamic=True, mode=man["options"].get("mode"))
+    compiled = torch.compile(module, dynamic=True, mode=config.mode)
     return TorchRunner(variant.name, compiled, output_names(man))
 
 
-def quantize_dynamic_int8(module, keep_fp32: str = ""):
-    """int8 per-channel weights, dynamic activations, for every Linear not matched by `keep_fp32`."""
+def quantize_dynamic_int8(module, keep: KeepPolicy):
+    """int8 per-channel weights, dynamic activations, for every Linear `keep` does not keep."""
     import torch
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-    keep = re.compile(keep_fp32) if keep_fp32 else None
-    spec = {name: per_channel_dynamic_qconfig for name, m in module.named_modules()
-            if isinstance(m, torch.nn.Linear) and not (keep and keep.search(name))}
+    spec = {name: per_channel_dynamic_qconfig for name in keep.linears(module)}
     torch.backends.quantized.engine = "fbgemm" if "fbgemm" in torch.backends.quantized.supported_engines else "qnnpack"
     return quantize_dynamic(module, qconfig_spec=spec, inplace=False), sorted(spec)
 
 
-def _load_int8_dynamic(variant, directory, man):
+def _load_int8_dynamic(variant, directory, man, config: DynamicInt8Config):
     import warnings
 
     t0 = time.perf_counter()
-    module = _module(directory, man)
+    module = variant_module(directory, man)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # torch.ao's deprecation notice, once per load
-        qmodule, quantized = quantize_dynamic_int8(module, man["options"].get("keep_fp32", ""))
-    runner = TorchRunner(variant.name, qmodule, output_names(man))
-    runner.info = {"quantized_linears": len(quantized), "quantize_s": round(time.perf_counter() - t0, 3)}
-    return runner
+        qmodule, quantized = quantize_dynamic_int8(module, config.keep)
+    return TorchRunner(variant.name, qmodule, output_names(man),
+                       info={"quantized_linears": len(quantized), "quantize_s": round(time.perf_counter() - t0, 3)})
 
 
 VARIANTS = [
     Variant("fp32", backend="torch", precision="fp32", device="cpu",
             description="eager PyTorch, fp32, SDPA attention (the reference)",
-            build=_build_weights, load=_load_fp32),
+            build=build_weights, load=_load_fp32, config=EagerConfig()),
     Variant("compile", backend="torch.compile", precision="fp32", device="cpu",
             description="torch.compile (inductor), dynamic batch and sequence length",
-            build=_build_weights, load=_load_compile, options={"mode": None}),
+            build=build_weights, load=_load_compile, config=CompileConfig()),
     Variant("int8-dynamic", backend="torch", precision="int8", device="cpu",
             description="int8 weights per channel + dynamic int8 activations (torch.ao, fbgemm)",
-            build=_build_weights, load=_load_int8_dynamic,
-            options={"keep_fp32": r"encoder\.layer\.\d+\.output\.dense$|^head$"}),
+            build=build_weights, load=_load_int8_dynamic, config=DynamicInt8Config()),
 ]

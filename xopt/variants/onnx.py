@@ -1,28 +1,31 @@
-"""ONNX Runtime variants: `onnx-fp32` and `onnx-int8` (static, calibrated, Q/DQ).
+"""ONNX Runtime variants: `onnx-fp32`, `onnx-int8` (static, calibrated, Q/DQ), `onnx-int8-dynamic`.
 
-Recipe, `onnx-fp32`:
-1. export `XoptModel` with dynamic batch and sequence axes. We use the TorchScript
-   exporter (`dynamo=False`) with eager attention: ONNX Runtime's BERT fusions (Attention,
-   EmbedLayerNormalization, SkipLayerNormalization, BiasGelu) match its graph, and do not
-   match the dynamo exporter's (checked with torch 2.13 / onnxruntime 1.32: no Attention
-   fused, ~1.3x slower on CPU);
-2. fuse with `onnxruntime.transformers.optimizer` and save the fused graph;
+Recipe, `onnx-fp32` (config `OnnxConfig`):
+1. export `XoptModel` with dynamic batch and sequence axes. The TorchScript exporter
+   (`dynamo=False`) with eager attention is used because ONNX Runtime's BERT fusions
+   (Attention, EmbedLayerNormalization, SkipLayerNormalization, BiasGelu) match its graph and
+   do not match the dynamo exporter's (no Attention fused there, a slower graph on CPU);
+2. fuse with `onnxruntime.transformers.optimizer` (option `fuse`) and save the fused graph;
 3. check the saved model against PyTorch on a few inputs; the worst cosine goes in the manifest.
 
-Recipe, `onnx-int8-dynamic`: the fused graph through ONNX Runtime's dynamic quantiser
-(QAttention, DynamicQuantizeMatMul, int8 embedding table; weights per channel; activation
-scales computed per call), FFN output MatMuls kept in fp32 as in every xopt int8 recipe.
-`--keep-fp32 ''` gives ONNX Runtime's own default (everything quantised), the reference
-the speed targets are stated against.
+Recipe, `onnx-int8-dynamic` (config `OnnxDynamicInt8Config`): the fused graph through ONNX
+Runtime's dynamic quantiser (QAttention, DynamicQuantizeMatMul, int8 embedding table; weights
+per channel; activation scales computed per call); the Linears matched by `keep` (default: FFN
+output projections and head, as in every xopt int8 recipe) stay fp32. `--keep ''` gives ONNX
+Runtime's own default (everything quantised).
 
-Recipe, `onnx-int8`: the same export (unfused, so every MatMul is visible), then ONNX
-Runtime's own static quantiser in Q/DQ format: int8 weights per output channel, uint8
-activations with the ranges of a calibration profile (`xopt.calibration`: min-max,
-percentile, entropy or MSE on a multilingual sample, optionally SmoothQuant, optionally the
-most sensitive layers left in fp32 by `keep_fp16`/`max_drop`), MatMuls whose name matches
-`keep_fp32` left in fp32. The profile is saved beside the model (`calibration_profile.json`)
-and its identity goes into the manifest. ONNX Runtime fuses the Q/DQ pairs into int8 kernels
-when the session is created. The same Q/DQ graph is what TensorRT consumes.
+Recipe, `onnx-int8` (config `OnnxInt8Config`): the same export (unfused, so every MatMul is
+visible), then ONNX Runtime's own static quantiser in Q/DQ format: int8 weights per output
+channel, uint8 activations with the ranges of a calibration profile (`xopt.calibration`:
+min-max, percentile, entropy or MSE on a multilingual sample, optionally SmoothQuant, optionally
+the most sensitive layers left in fp32 by `keep_fp16`/`max_drop`), the Linears matched by `keep`
+left in fp32. The profile is saved beside the model (`calibration_profile.json`) and its
+identity goes into the manifest. ONNX Runtime fuses the Q/DQ pairs into int8 kernels when the
+session is created. The same Q/DQ graph is what TensorRT consumes.
+
+ONNX node names map to module names through `xopt.calibration.profile.onnx_node_to_module`
+(the TorchScript exporter names a Linear's MatMul/Gemm by its module scope), so every keep
+rule here is the `KeepPolicy` over module names that the PyTorch recipes use.
 """
 
 from __future__ import annotations
@@ -30,24 +33,19 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
+import os
 import shutil
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from xopt.errors import XoptError
-from xopt.variants.base import Runner, Variant, link_or_copy, output_names
+from xopt.variants.base import (FFN_OUT_AND_HEAD, PROFILE_FILE, FallbackConfig, KeepPolicy, Runner, Variant,
+                                VariantConfig, link_or_copy, option, output_names)
 
 MODEL_FILE = "model.onnx"
-PROFILE_FILE = "calibration_profile.json"
-# Left in fp32 by the int8 recipes: FFN output projections (their input is GELU's output,
-# whose outliers per-tensor activation scales cannot represent; measured with
-# onnx-int8-dynamic on the demo model: retrieval drop 1.25 -> 0.8 points) and the classifier
-# head (negligible compute, and its logits are what the task scores).
-KEEP_FP32 = r"layer\.\d+/output/dense/MatMul|^/head/"
 OPSET = 17
 
 
@@ -156,43 +154,73 @@ def _config(ckpt) -> dict:
     return json.loads((ckpt.path / "config.json").read_text())
 
 
-_EXPORTS: dict[tuple, Path] = {}   # (checkpoint identity, fused) -> ONNX file, this process only
-
-
-def exported(ckpt, fuse: bool = True) -> Path:
-    """The checkpoint exported to ONNX (and fused), memoised for the process: building the
-    three ONNX variants of one checkpoint exports it once (export + fusion take ~30 s on
-    the demo model, 2 CPU cores). Only the latest checkpoint's files are kept (the demo
-    model's raw + fused exports are ~0.9 GB; keeping every checkpoint's filled CI's disk);
-    they live in temp dirs removed at exit; callers copy."""
-    import atexit
+def _identity(ckpt) -> str | None:
+    """The checkpoint's weights, head and config hashes from its manifest (None without one)."""
     import hashlib
-    import tempfile
 
     files = ckpt.manifest.get("files", {})
-    ident = hashlib.sha256(json.dumps({k: files.get(k) for k in ("model.safetensors", "head.safetensors",
-                                                                  "config.json")}, sort_keys=True).encode()).hexdigest()
-    key = (ident, fuse)
-    if not files or key not in _EXPORTS or not _EXPORTS[key].is_file():
-        release_exports(keep=ident)
-        tmp = Path(tempfile.mkdtemp(prefix="xopt-onnx-"))
-        atexit.register(shutil.rmtree, tmp, True)
-        path = tmp / ("fused.onnx" if fuse else "raw.onnx")
-        if fuse:
-            fuse_bert(exported(ckpt, fuse=False), path, _config(ckpt))
-        else:
-            export_onnx(ckpt, path)
-        if not files:
-            return path
-        _EXPORTS[key] = path
-    return _EXPORTS[key]
+    if not files:
+        return None
+    return hashlib.sha256(json.dumps({k: files.get(k) for k in ("model.safetensors", "head.safetensors",
+                                                                 "config.json")}, sort_keys=True).encode()).hexdigest()
 
 
-def release_exports(keep: str | None = None) -> None:
-    """Remove the memoised exports now (callers done with a checkpoint's ONNX variants),
-    except those of checkpoint identity `keep`."""
-    for key in [k for k in _EXPORTS if k[0] != keep]:
-        shutil.rmtree(_EXPORTS.pop(key).parent, ignore_errors=True)
+class ExportCache:
+    """ONNX exports (raw and fused) of checkpoints, kept while their owner builds variants.
+
+    Building the ONNX and TensorRT variants of one checkpoint through one cache exports it
+    once. Only the latest checkpoint's files are kept (each form holds all the model's
+    weights, so keeping every checkpoint's would fill the disk); they live in a temp directory removed by `close()` (or on
+    leaving the `with` block, or when the cache is garbage-collected). Callers link or copy
+    the returned files, never modify them."""
+
+    def __init__(self):
+        import tempfile
+        import weakref
+
+        self.root = Path(tempfile.mkdtemp(prefix="xopt-onnx-"))
+        self._paths: dict[tuple[str, bool], Path] = {}
+        self._finalizer = weakref.finalize(self, shutil.rmtree, self.root, True)
+
+    def __enter__(self) -> "ExportCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def get(self, ckpt, fuse: bool = True) -> Path:
+        """The checkpoint exported to ONNX (and, with `fuse`, through ORT's BERT fusions)."""
+        import tempfile
+
+        ident = _identity(ckpt)
+        if ident is None:                     # nothing identifies it: export, do not memoise
+            d = Path(tempfile.mkdtemp(dir=self.root))
+            export_onnx(ckpt, d / "raw.onnx")
+            if not fuse:
+                return d / "raw.onnx"
+            fuse_bert(d / "raw.onnx", d / "fused.onnx", _config(ckpt))
+            return d / "fused.onnx"
+        key = (ident, fuse)
+        if key not in self._paths or not self._paths[key].is_file():
+            self.release(keep=ident)
+            d = self.root / ident[:16]
+            d.mkdir(exist_ok=True)
+            path = d / ("fused.onnx" if fuse else "raw.onnx")
+            if fuse:
+                fuse_bert(self.get(ckpt, fuse=False), path, _config(ckpt))
+            else:
+                export_onnx(ckpt, path)
+            self._paths[key] = path
+        return self._paths[key]
+
+    def release(self, keep: str | None = None) -> None:
+        """Remove the exports now, except those of checkpoint identity `keep`."""
+        for key in [k for k in self._paths if k[0] != keep]:
+            shutil.rmtree(self._paths.pop(key).parent, ignore_errors=True)
+
+    def close(self) -> None:
+        self._paths.clear()
+        self._finalizer()
 
 
 def fused_op_counts(path: Path) -> dict:
@@ -205,21 +233,41 @@ def fused_op_counts(path: Path) -> dict:
                                                            "QuantizeLinear", "DequantizeLinear", "MatMul")}
 
 
-def _build_fp32(variant, ckpt, out: Path, options) -> dict:
-    link_or_copy(exported(ckpt, options.get("fuse", True)), out / MODEL_FILE)   # never modified: share it
+# ---------------------------------------------------------------------------------------
+# The variants: config, build, load
+
+KEEP_HELP = "regex of Linear module names left in fp32 ('' quantises every Linear)"
+
+
+@dataclass(frozen=True)
+class OnnxConfig(VariantConfig):
+    fuse: bool = option(True, "bool", "apply ONNX Runtime's BERT fusions to the exported graph")
+
+
+@dataclass(frozen=True)
+class OnnxDynamicInt8Config(VariantConfig):
+    keep: KeepPolicy = option(KeepPolicy(FFN_OUT_AND_HEAD, "fp32"), "keep", KEEP_HELP)
+
+
+@dataclass(frozen=True)
+class OnnxInt8Config(FallbackConfig):
+    keep: KeepPolicy = option(KeepPolicy(FFN_OUT_AND_HEAD, "fp32"), "keep", KEEP_HELP)
+
+
+def _build_fp32(variant, ckpt, out: Path, config: OnnxConfig, exports: ExportCache) -> dict:
+    link_or_copy(exports.get(ckpt, config.fuse), out / MODEL_FILE)   # never modified: share it
     return {"ops": fused_op_counts(out / MODEL_FILE), "export_check": check_against_torch(ckpt, out / MODEL_FILE)}
 
 
-def _build_int8_dynamic(variant, ckpt, out: Path, options) -> dict:
+def _build_int8_dynamic(variant, ckpt, out: Path, config: OnnxDynamicInt8Config, exports: ExportCache) -> dict:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    fp32 = exported(ckpt, fuse=True)
+    fp32 = exports.get(ckpt, fuse=True)
     graph = onnx.load(str(fp32), load_external_data=False).graph
-    keep = re.compile(options["keep_fp32"]) if options.get("keep_fp32") else None
     # The quantiser first rewrites each Gemm (the head's linear) into `<name>_MatMul` + Add,
     # so a kept Gemm must be excluded under that name too.
-    excluded = [x for n in graph.node if keep and keep.search(n.name)
+    excluded = [x for n in graph.node if n.op_type in ("MatMul", "Gemm") and config.keep.keeps_node(n.name)
                 for x in ([n.name, n.name + "_MatMul"] if n.op_type == "Gemm" else [n.name])]
     with quiet():
         # DefaultTensorType: the fused contrib ops (Attention, SkipLayerNormalization) carry no
@@ -230,9 +278,9 @@ def _build_int8_dynamic(variant, ckpt, out: Path, options) -> dict:
             "export_check": check_against_torch(ckpt, out / MODEL_FILE)}
 
 
-def _build_int8(variant, ckpt, out: Path, options) -> dict:
+def _build_int8(variant, ckpt, out: Path, config: OnnxInt8Config, exports: ExportCache) -> dict:
     """Calibrate (`xopt.calibration.run`: the method, languages, SmoothQuant and sensitivity
-    fallback of the options, or a saved profile), then ONNX Runtime's static quantiser inserts
+    fallback of the config, or a saved profile), then ONNX Runtime's static quantiser inserts
     Q/DQ with the profile's ranges: they reach it as a `TensorsData` calibration cache
     (`calibration_cache_path`), ORT's own way of taking ranges computed elsewhere. Our ranges
     come from batch-1 unpadded samples, which ORT's histogram calibrators cannot take."""
@@ -243,20 +291,16 @@ def _build_int8(variant, ckpt, out: Path, options) -> dict:
     from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
     from xopt.calibration.profile import onnx_node_to_module
-    from xopt.calibration.run import calibrate_checkpoint, keep_filter
+    from xopt.calibration.run import calibrate_checkpoint
 
-    if options.get("activation_matmuls"):
-        raise XoptError("activation_matmuls: calibration profiles hold Linear inputs only; attention's "
-                        "activation products stay fp32 in onnx-int8")
-    profile, module = calibrate_checkpoint(ckpt, options, keep_filter(options.get("keep_fp32")))
-    keep = re.compile(options["keep_fp32"]) if options.get("keep_fp32") else None
-    op_types = list(options.get("op_types", ["MatMul"]))
+    profile, module = calibrate_checkpoint(ckpt, config.calibration_options(), config.keep.quantizes)
+    op_types = ["MatMul"]
     with tempfile.TemporaryDirectory(prefix="xopt-int8-") as tmpdir:
         if profile.smoothing:   # the smoothed module: its 1/s multiplies are in the graph
             raw = Path(tmpdir) / "smoothed.onnx"
             export_module(module, ckpt.output_names, raw)
         else:
-            raw = exported(ckpt, fuse=False)
+            raw = exports.get(ckpt, fuse=False)
         graph = onnx.load(str(raw), load_external_data=False).graph
         weights = {i.name for i in graph.initializer}
         excluded, fallback, ranges = [], [], {}
@@ -265,11 +309,10 @@ def _build_int8(variant, ckpt, out: Path, options) -> dict:
                 continue
             name = onnx_node_to_module(n.name)
             if not any(i in weights for i in n.input):
-                # attention's QK^T and PV multiply two activations, each given one static scale for
-                # every sentence; keeping them fp32 gained +0.2 points on both demo tasks (X-STILTs
-                # checkpoint, 36 languages) at no measurable cost: they are ~3% of the FLOPs at s128
+                # attention's QK^T and PV multiply two activations, each of which one static scale
+                # would have to cover for every sentence; they stay fp32 (a few % of the FLOPs)
                 excluded.append(n.name)
-            elif (keep and keep.search(n.name)) or name not in profile.activations:
+            elif config.keep.keeps(name) or name not in profile.activations:
                 excluded.append(n.name)
             elif name in profile.keep:
                 excluded.append(n.name)
@@ -297,9 +340,7 @@ def _build_int8(variant, ckpt, out: Path, options) -> dict:
             "fallback_fp32": fallback, "export_check": check_against_torch(ckpt, out / MODEL_FILE)}
 
 
-def _load(variant, directory: Path, man):
-    import os
-
+def _load(variant, directory: Path, man, config) -> OrtRunner:
     threads = int(os.environ["XOPT_THREADS"]) if os.environ.get("XOPT_THREADS") else None
     return OrtRunner(variant.name, session(directory / MODEL_FILE, threads), output_names(man))
 
@@ -307,14 +348,11 @@ def _load(variant, directory: Path, man):
 VARIANTS = [
     Variant("onnx-fp32", backend="onnxruntime", precision="fp32", device="cpu",
             description="ONNX export + ONNX Runtime BERT fusions, fp32, CPU execution provider",
-            build=_build_fp32, load=_load, requires=("onnxruntime",), options={"fuse": True}),
+            build=_build_fp32, load=_load, requires=("onnxruntime",), config=OnnxConfig()),
     Variant("onnx-int8", backend="onnxruntime", precision="int8", device="cpu",
             description="ONNX Runtime static int8 (Q/DQ), per-channel weights, calibrated on a multilingual sample",
-            build=_build_int8, load=_load, requires=("onnxruntime",), calibrated=True,
-            options={"calib_method": "minmax", "calib_langs": "all", "calib_samples": 256,
-                     "keep_fp32": KEEP_FP32, "activation_matmuls": False, "keep_fp16": None, "max_drop": None}),
+            build=_build_int8, load=_load, requires=("onnxruntime",), config=OnnxInt8Config()),
     Variant("onnx-int8-dynamic", backend="onnxruntime", precision="int8", device="cpu",
             description="ONNX Runtime dynamic int8 on the fused graph (QAttention, per-channel weights)",
-            build=_build_int8_dynamic, load=_load, requires=("onnxruntime",),
-            options={"keep_fp32": KEEP_FP32}),
+            build=_build_int8_dynamic, load=_load, requires=("onnxruntime",), config=OnnxDynamicInt8Config()),
 ]

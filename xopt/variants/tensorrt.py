@@ -7,7 +7,8 @@ engine built with the FP16 builder flag and one optimisation profile over batch 
 engine came from is kept beside it.
 
 Recipe, `trt-int8`: the same export with explicit QuantizeLinear/DequantizeLinear pairs
-(`insert_qdq`) on the inputs of every weight MatMul not matched by `keep_fp32`: activations
+(`insert_qdq`) on the inputs of every weight MatMul whose Linear the `keep` policy does not
+keep (default: FFN output projections and head stay fp16): activations
 per tensor, weights per output channel, both symmetric int8 with zero point 0 (the only
 form TensorRT accepts); activation ranges from the calibration profile of
 `xopt.calibration` (the same profile the other int8 variants use), weight ranges from the
@@ -23,29 +24,78 @@ rebuilds it (never rebuilt silently).
 Recipe, `torch-tensorrt`: the fp16 module compiled by torch_tensorrt's dynamo frontend with
 dynamic batch x sequence inputs, when loaded (the variant directory holds the weights only).
 
+Configs: `TrtConfig` (the optimisation profile, workspace), `TrtInt8Config` (+ keep and the
+calibration options), `TorchTrtConfig` (the profile, min_block_size).
+
 Written against TensorRT's documented Python API (10.x; 8.6 works through the explicit-batch
-flag). TensorRT cannot be installed on the machines this was written on: everything up to the
-engine (export, Q/DQ placement and its numerics in ONNX Runtime) is tested; building and
-running engines is tested under the `tensorrt` marker only.
+flag). Everything up to the engine (export, Q/DQ placement and its numerics in ONNX Runtime)
+is tested on any host; building and running engines is tested under the `tensorrt` marker.
 """
 
 from __future__ import annotations
 
-import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from xopt.errors import XoptError
-from xopt.variants.base import Runner, Variant, link_or_copy, output_names
+from xopt.variants.base import (CALIB_METHOD_HELP, FFN_OUT_AND_HEAD, PROFILE_FILE, FallbackConfig, KeepPolicy,
+                                Runner, Variant, VariantConfig, link_or_copy, option, output_names)
 
 ENGINE_FILE = "model.engine"
 ONNX_FILE = "model.onnx"
 INPUTS = ("input_ids", "attention_mask")
-# FFN output projections (their input is GELU's output) and the head stay fp16, as in every
-# xopt int8 recipe; the names are the TorchScript exporter's MatMul node names.
-KEEP_FP = r"layer\.\d+/output/dense/MatMul|^/head/"
-PROFILE = {"min": "1x1", "opt": "32x128", "max": "128x512"}
+
+
+def _shape(s: str) -> tuple[int, int]:
+    try:
+        b, t = (int(x) for x in str(s).lower().split("x"))
+        return b, t
+    except ValueError:
+        raise XoptError(f"optimisation profile shape {s!r} is not BATCHxSEQUENCE (e.g. 32x128)") from None
+
+
+@dataclass(frozen=True)
+class _ProfileShapes(VariantConfig):
+    min: str = option("1x1", "str", "smallest BATCHxSEQUENCE of the optimisation profile")
+    opt: str = option("32x128", "str", "BATCHxSEQUENCE the engine is tuned for")
+    max: str = option("128x512", "str", "largest BATCHxSEQUENCE of the optimisation profile")
+
+    def check(self, who: str) -> None:
+        super().check(who)
+        lo, opt, hi = self.shapes()
+        if not all(a <= b <= c for a, b, c in zip(lo, opt, hi)) or min(lo) < 1:
+            raise XoptError(f"{who}: optimisation profile needs 1 <= min <= opt <= max in both dimensions "
+                            f"(got min {self.min}, opt {self.opt}, max {self.max})")
+
+    def shapes(self) -> tuple[tuple[int, int], ...]:
+        return _shape(self.min), _shape(self.opt), _shape(self.max)
+
+
+@dataclass(frozen=True)
+class TrtConfig(_ProfileShapes):
+    workspace_mb: int = option(4096, "int", "TensorRT builder workspace (MiB)")
+
+
+@dataclass(frozen=True)
+class TrtInt8Config(FallbackConfig, TrtConfig):
+    calib_method: str = option("percentile", "str", CALIB_METHOD_HELP)
+    keep: KeepPolicy = option(KeepPolicy(FFN_OUT_AND_HEAD, "fp16"), "keep",
+                              "regex of Linear module names left in fp16 ('' quantises every Linear)")
+
+    def check(self, who: str) -> None:
+        from xopt.calibration.run import parse_method
+
+        super().check(who)
+        if parse_method(self.calib_method)[1]:
+            raise XoptError("trt-int8 takes no SmoothQuant factors (its ONNX export is of the unsmoothed model); "
+                            "use a --calib-method without +smoothquant, or the int8-smooth variant")
+
+
+@dataclass(frozen=True)
+class TorchTrtConfig(_ProfileShapes):
+    min_block_size: int = option(5, "int", "smallest subgraph torch_tensorrt converts")
 
 
 # ---------------------------------------------------------------------------------------
@@ -57,7 +107,7 @@ def _int8_const(name: str, value) -> "onnx.TensorProto":   # noqa: F821
     return numpy_helper.from_array(np.asarray(value, dtype=np.int8), name)
 
 
-def insert_qdq(src: Path, dst: Path, act_amax: dict[str, float], keep_fp32: str = KEEP_FP) -> dict:
+def insert_qdq(src: Path, dst: Path, act_amax: dict[str, float], keep: KeepPolicy) -> dict:
     """Put symmetric int8 Q/DQ on the inputs of the weight MatMuls of `src` named in `act_amax`.
 
     `act_amax`: ONNX MatMul node name -> clip range of its activation input (scale = amax/127).
@@ -70,9 +120,8 @@ def insert_qdq(src: Path, dst: Path, act_amax: dict[str, float], keep_fp32: str 
     model = onnx.load(str(src))
     g = model.graph
     inits = {i.name: i for i in g.initializer}
-    keep = re.compile(keep_fp32) if keep_fp32 else None
     targets = [n for n in g.node if n.op_type == "MatMul" and len(n.input) == 2 and n.input[1] in inits
-               and n.name in act_amax and not (keep and keep.search(n.name))]
+               and n.name in act_amax and not keep.keeps_node(n.name)]
     amax_of: dict[str, float] = {}
     for n in targets:
         amax_of[n.input[0]] = max(amax_of.get(n.input[0], 0.0), float(act_amax[n.name]))
@@ -135,14 +184,6 @@ def _toposort(nodes, available: set[str]):
 # ---------------------------------------------------------------------------------------
 # Engine build and runtime (needs tensorrt and a GPU)
 
-def _shape(s: str) -> tuple[int, int]:
-    try:
-        b, t = (int(x) for x in str(s).lower().split("x"))
-        return b, t
-    except ValueError:
-        raise XoptError(f"optimisation profile shape {s!r} is not BATCHxSEQUENCE (e.g. 32x128)") from None
-
-
 def _gpu() -> dict:
     import torch
 
@@ -150,7 +191,7 @@ def _gpu() -> dict:
     return {"name": p.name, "capability": f"sm_{p.major}{p.minor}"}
 
 
-def build_engine(onnx_path: Path, engine_path: Path, options: dict, int8: bool) -> dict:
+def build_engine(onnx_path: Path, engine_path: Path, config: TrtConfig, int8: bool) -> dict:
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -163,17 +204,17 @@ def build_engine(onnx_path: Path, engine_path: Path, options: dict, int8: bool) 
     if not parser.parse_from_file(str(onnx_path)):
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise XoptError(f"TensorRT could not parse {onnx_path.name}: {errs}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.get("workspace_mb", 4096)) << 20)
-    config.set_flag(trt.BuilderFlag.FP16)
+    builder_config = builder.create_builder_config()
+    builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, config.workspace_mb << 20)
+    builder_config.set_flag(trt.BuilderFlag.FP16)
     if int8:
-        config.set_flag(trt.BuilderFlag.INT8)   # explicit quantisation: int8 exactly where the Q/DQ are
-    lo, opt, hi = (_shape(options.get(k, PROFILE[k])) for k in ("min", "opt", "max"))
+        builder_config.set_flag(trt.BuilderFlag.INT8)   # explicit quantisation: int8 exactly where the Q/DQ are
+    lo, opt, hi = config.shapes()
     profile = builder.create_optimization_profile()
     for name in INPUTS:
         profile.set_shape(name, lo, opt, hi)
-    config.add_optimization_profile(profile)
-    blob = builder.build_serialized_network(network, config)
+    builder_config.add_optimization_profile(profile)
+    blob = builder.build_serialized_network(network, builder_config)
     if blob is None:
         raise XoptError(f"TensorRT failed to build an engine from {onnx_path.name} (see its log above)")
     engine_path.write_bytes(bytes(blob))
@@ -248,43 +289,22 @@ class TrtRunner(Runner):
 # ---------------------------------------------------------------------------------------
 # The variants
 
-def _build_fp16(variant, ckpt, out: Path, options) -> dict:
-    from xopt.variants.onnx import exported
-
-    link_or_copy(exported(ckpt, fuse=False), out / ONNX_FILE)
-    return build_engine(out / ONNX_FILE, out / ENGINE_FILE, options, int8=False)
+def _build_fp16(variant, ckpt, out: Path, config: TrtConfig, exports) -> dict:
+    link_or_copy(exports.get(ckpt, fuse=False), out / ONNX_FILE)
+    return build_engine(out / ONNX_FILE, out / ENGINE_FILE, config, int8=False)
 
 
-PROFILE_FILE = "calibration_profile.json"
-
-
-def _keep_module(keep_fp32: str):
-    """`keep_fp32` (ONNX node names) as a predicate on Linear module names, for the calibrator."""
-    keep = re.compile(keep_fp32) if keep_fp32 else None
-
-    def quantized(module_name: str) -> bool:
-        node = "/" + module_name.replace(".", "/").replace("layer/", "layer.") + "/MatMul"
-        return not (keep and keep.search(node)) and module_name != "head"
-
-    return quantized
-
-
-def build_qdq_onnx(ckpt, out: Path, options) -> dict:
+def build_qdq_onnx(ckpt, out: Path, config: TrtInt8Config, exports) -> dict:
     """The Q/DQ ONNX model trt-int8 hands to TensorRT (`out/model.onnx`), with activation
     ranges from `xopt.calibration` (its profile saved beside it). Runs in ONNX Runtime."""
     import onnx
 
     from xopt.calibration.profile import onnx_node_to_module
-    from xopt.calibration.run import calibrate_checkpoint, parse_method
-    from xopt.variants.onnx import exported
+    from xopt.calibration.run import calibrate_checkpoint
 
-    if parse_method(options.get("calib_method"))[1]:
-        raise XoptError("trt-int8 takes no SmoothQuant factors (its ONNX export is of the unsmoothed model); "
-                        "use a --calib-method without +smoothquant, or the int8-smooth variant")
-    keep_fp32 = options.get("keep_fp32", KEEP_FP)
-    prof, _ = calibrate_checkpoint(ckpt, options, quantized=_keep_module(keep_fp32))
+    prof, _ = calibrate_checkpoint(ckpt, config.calibration_options(), quantized=config.keep.quantizes)
     prof.save(out / PROFILE_FILE)
-    raw = exported(ckpt, fuse=False)
+    raw = exports.get(ckpt, fuse=False)
     kept_by_profile = set(prof.keep)
     act = {}
     for n in onnx.load(str(raw), load_external_data=False).graph.node:
@@ -292,58 +312,55 @@ def build_qdq_onnx(ckpt, out: Path, options) -> dict:
             mod = onnx_node_to_module(n.name)
             if mod in prof.activations and mod not in kept_by_profile:
                 act[n.name] = prof.activations[mod]["amax"]
-    placed = insert_qdq(raw, out / ONNX_FILE, act, keep_fp32)
+    placed = insert_qdq(raw, out / ONNX_FILE, act, config.keep)
     return {"calibration": prof.identity(), "qdq": placed}
 
 
-def _build_int8(variant, ckpt, out: Path, options) -> dict:
-    extra = build_qdq_onnx(ckpt, out, options)
-    return {**extra, **build_engine(out / ONNX_FILE, out / ENGINE_FILE, options, int8=True)}
+def _build_int8(variant, ckpt, out: Path, config: TrtInt8Config, exports) -> dict:
+    extra = build_qdq_onnx(ckpt, out, config, exports)
+    return {**extra, **build_engine(out / ONNX_FILE, out / ENGINE_FILE, config, int8=True)}
 
 
-def _load_engine(variant, directory: Path, man):
+def _load_engine(variant, directory: Path, man, config: TrtConfig):
     check_engine_host(directory, man)
     return TrtRunner(variant.name, (directory / ENGINE_FILE).read_bytes(), output_names(man))
 
 
-def _load_torch_trt(variant, directory, man):
+def _load_torch_trt(variant, directory, man, config: TorchTrtConfig):
     import time
 
     import torch
     import torch_tensorrt
 
-    from xopt.variants.eager import TorchRunner, _module
+    from xopt.variants.eager import TorchRunner, variant_module
 
-    opts = man["options"]
-    lo, opt, hi = (_shape(opts.get(k, PROFILE[k])) for k in ("min", "opt", "max"))
-    module = _module(directory, man).to(device="cuda", dtype=torch.float16)
+    lo, opt, hi = config.shapes()
+    module = variant_module(directory, man).to(device="cuda", dtype=torch.float16)
     spec = [torch_tensorrt.Input(min_shape=lo, opt_shape=opt, max_shape=hi, dtype=torch.int64)
             for _ in INPUTS]
     t0 = time.perf_counter()
     compiled = torch_tensorrt.compile(module, ir="dynamo", inputs=spec, enabled_precisions={torch.float16},
-                                      min_block_size=int(opts.get("min_block_size", 5)))
-    runner = TorchRunner(variant.name, compiled, output_names(man), "cuda")
-    runner.info = {"compile_s": round(time.perf_counter() - t0, 3)}
-    return runner
+                                      min_block_size=config.min_block_size)
+    return TorchRunner(variant.name, compiled, output_names(man), "cuda",
+                       info={"compile_s": round(time.perf_counter() - t0, 3)})
 
 
-def _build_weights(variant, ckpt, out, options):
-    from xopt.variants.eager import _build_weights as build
+def _build_weights(variant, ckpt, out, config, exports=None):
+    from xopt.variants.eager import build_weights
 
-    return build(variant, ckpt, out, options)
+    return build_weights(variant, ckpt, out, config)
 
 
 VARIANTS = [
     Variant("trt-fp16", backend="tensorrt", precision="fp16", device="cuda",
             description="ONNX -> TensorRT engine, fp16, one optimisation profile over batch x sequence",
-            build=_build_fp16, load=_load_engine, requires=("tensorrt",), options=dict(PROFILE)),
+            build=_build_fp16, load=_load_engine, config=TrtConfig(), requires=("tensorrt",)),
     Variant("trt-int8", backend="tensorrt", precision="int8", device="cuda",
             description="ONNX with explicit symmetric int8 Q/DQ (xopt.calibration ranges) -> TensorRT engine, "
                         "int8 GEMMs, fp16 elsewhere",
-            build=_build_int8, load=_load_engine, requires=("tensorrt",), calibrated=True,
-            options={**PROFILE, "keep_fp32": KEEP_FP, "calib_method": "percentile", "calib_langs": "all",
-                     "calib_samples": 256}),
+            build=_build_int8, load=_load_engine, config=TrtInt8Config(),
+            requires=("tensorrt",)),
     Variant("torch-tensorrt", backend="torch_tensorrt", precision="fp16", device="cuda",
             description="torch_tensorrt dynamo compile, fp16, dynamic batch x sequence (compiled when loaded)",
-            build=_build_weights, load=_load_torch_trt, requires=("torch_tensorrt",), options=dict(PROFILE)),
+            build=_build_weights, load=_load_torch_trt, config=TorchTrtConfig(), requires=("torch_tensorrt",)),
 ]

@@ -10,13 +10,18 @@ bias+residual+LayerNorm are fused Triton kernels on CUDA.
 - `unpadded-int8`: W8A8 — int8 weights per output channel (quantised when loaded: the
   rounding is deterministic, so the manifest's weight hash still pins the result), int8
   activations per token computed on the fly, int8 GEMMs with dequant/bias/GELU fused in the
-  epilogue (Triton on CUDA; exact float64 products on CPU). Linears matched by `keep_fp32` stay in the
-  float dtype: by default the FFN output projections, as in every xopt int8 recipe (their
-  input is GELU's output, the activation with the widest range).
+  epilogue (Triton on CUDA; exact float64 products on CPU). Linears matched by the `keep` policy
+  stay in the float dtype: by default the FFN output projections, as in every xopt int8 recipe
+  (their input is GELU's output, the activation with the widest range). The head is never
+  quantised by these kernels.
 
 - `unpadded-int8-static`: as `unpadded-int8` with static activation scales: one int8 range
   per Linear input from the calibration profile of `xopt.calibration` (saved in the variant
   directory at build time, checked against the weights at load), no per-call reduction.
+
+Configs: `UnpaddedConfig` (device, dtype), `UnpaddedInt8Config` (+ keep),
+`UnpaddedStaticInt8Config` (+ calibration options; no sensitivity fallback: the kernels take
+one keep pattern).
 
 The device is chosen when loading (registry device "auto"; option `device: auto` = CUDA when
 torch sees one), so the same variant directory runs on a CPU host (the documented PyTorch path
@@ -28,77 +33,91 @@ and its budget: on a CPU their attention is a per-sentence loop, a correctness p
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
-from xopt.variants.base import Variant, output_names
-from xopt.variants.eager import TorchRunner, _build_weights, _module
+from xopt.errors import XoptError
+from xopt.variants.base import (CALIB_METHOD_HELP, FFN_OUT, PROFILE_FILE, CalibratedConfig, KeepPolicy, Variant,
+                                VariantConfig, option, output_names)
+from xopt.variants.eager import TorchRunner, build_weights, variant_module
+
+KEEP_HELP = "regex of Linear module names left in the float dtype ('' quantises every encoder Linear)"
 
 
-PROFILE_FILE = "calibration_profile.json"
+@dataclass(frozen=True)
+class UnpaddedConfig(VariantConfig):
+    device: str = option("auto", "str", "auto (CUDA when torch sees one), cuda or cpu")
+    dtype: str = option("auto", "str", "auto (float16 on CUDA, float32 on CPU), float16, bfloat16 or float32")
+
+    def check(self, who: str) -> None:
+        if self.device not in ("auto", "cuda", "cpu"):
+            raise XoptError(f"{who}: device {self.device!r}: use auto, cuda or cpu")
+        if self.dtype not in ("auto", "float16", "bfloat16", "float32"):
+            raise XoptError(f"{who}: dtype {self.dtype!r}: use auto, float16, bfloat16 or float32")
 
 
-def _build_static(variant, ckpt, out, options) -> dict:
-    import re
+@dataclass(frozen=True)
+class UnpaddedInt8Config(UnpaddedConfig):
+    keep: KeepPolicy = option(KeepPolicy(FFN_OUT, "float"), "keep", KEEP_HELP)
 
+
+@dataclass(frozen=True)
+class UnpaddedStaticInt8Config(CalibratedConfig, UnpaddedInt8Config):
+    """Calibrated static scales; no sensitivity fallback (the kernels take one keep pattern)."""
+
+    calib_method: str = option("percentile", "str", CALIB_METHOD_HELP)
+
+
+def _build_static(variant, ckpt, out, config: UnpaddedStaticInt8Config, exports=None) -> dict:
     from xopt.calibration.run import calibrate_checkpoint
-    from xopt.errors import XoptError
 
-    if options.get("keep_fp16") is not None or options.get("max_drop") is not None:
-        raise XoptError("unpadded-int8-static does not take a sensitivity fallback (keep_fp16/max_drop); "
-                        "use keep_fp32 to leave Linears unquantised")
-    _build_weights(variant, ckpt, out, options)
-    keep = re.compile(options["keep_fp32"]) if options.get("keep_fp32") else None
-    prof, _ = calibrate_checkpoint(ckpt, options, quantized=lambda n: not (keep and keep.search(n)))
+    build_weights(variant, ckpt, out, config)
+    prof, _ = calibrate_checkpoint(ckpt, config.calibration_options(), quantized=config.keep.quantizes)
     prof.save(out / PROFILE_FILE)
     return {"calibration": prof.identity()}
 
 
-def _load(variant, directory, man):
+def _load(variant, directory, man, config: UnpaddedConfig):
     import torch
 
     from xopt import kernels
-    from xopt.errors import XoptError
     from xopt.kernels.encoder import UnpaddedEncoder
 
-    opts = man["options"]
-    device = opts.get("device", "auto")
+    device = config.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise XoptError(f"{directory}: variant {variant.name} was built to run on CUDA (option device=cuda) "
                         "but torch sees no GPU; run it on a GPU host or rebuild it with options device=auto")
-    dtype = {"cuda": torch.float16, "cpu": torch.float32}[device] if opts.get("dtype", "auto") == "auto" \
-        else getattr(torch, opts["dtype"])
+    dtype = {"cuda": torch.float16, "cpu": torch.float32}[device] if config.dtype == "auto" \
+        else getattr(torch, config.dtype)
     t0 = time.perf_counter()
-    module = _module(directory, man)
+    module = variant_module(directory, man)
     act_amax = None
-    if variant.calibrated:
+    if isinstance(config, CalibratedConfig):
         from xopt.calibration.profile import Profile
 
         prof = Profile.load(directory / PROFILE_FILE)
         prof.check(module, str(directory / PROFILE_FILE))
         act_amax = {n: e["amax"] for n, e in prof.activations.items()}
+    keep = config.keep.pattern if isinstance(config, UnpaddedInt8Config) else ""
     enc = UnpaddedEncoder(module, dtype=dtype, device=device, int8=variant.precision == "int8",
-                          keep_fp=opts.get("keep_fp32", ""), act_amax=act_amax)
-    runner = TorchRunner(variant.name, enc, output_names(man), device=device)
+                          keep_fp=keep, act_amax=act_amax)
     probe = torch.empty(0, device=device)
-    runner.info = {"device": device, "dtype": str(dtype).removeprefix("torch."), "kernels": kernels.which(probe),
-                   "quantized_linears": len(enc.quantized), "load_s": round(time.perf_counter() - t0, 3)}
-    return runner
+    return TorchRunner(variant.name, enc, output_names(man), device=device, info={
+        "device": device, "dtype": str(dtype).removeprefix("torch."), "kernels": kernels.which(probe),
+        "quantized_linears": len(enc.quantized), "load_s": round(time.perf_counter() - t0, 3)})
 
 
 VARIANTS = [
     Variant("unpadded", backend="xopt.kernels", precision="fp16", device="auto",
             description="packed tokens without padding, varlen attention, fused Triton kernels "
                         "(fp16 on CUDA; fp32 PyTorch path on CPU)",
-            build=_build_weights, load=_load, options={"device": "auto", "dtype": "auto"}),
+            build=build_weights, load=_load, config=UnpaddedConfig()),
     Variant("unpadded-int8", backend="xopt.kernels", precision="int8", device="auto",
             description="unpadded + W8A8: int8 per-channel weights, per-token int8 activations, int8 GEMM "
                         "with fused dequant/bias/GELU (Triton on CUDA; exact float64 products on CPU)",
-            build=_build_weights, load=_load,
-            options={"device": "auto", "dtype": "auto", "keep_fp32": r"encoder\.layer\.\d+\.output\.dense$"}),
+            build=build_weights, load=_load, config=UnpaddedInt8Config()),
     Variant("unpadded-int8-static", backend="xopt.kernels", precision="int8", device="auto",
             description="unpadded-int8 with static activation scales calibrated by xopt.calibration",
-            build=_build_static, load=_load, calibrated=True,
-            options={"device": "auto", "dtype": "auto", "keep_fp32": r"encoder\.layer\.\d+\.output\.dense$",
-                     "calib_method": "percentile", "calib_langs": "all", "calib_samples": 256}),
+            build=_build_static, load=_load, config=UnpaddedStaticInt8Config()),
 ]

@@ -387,6 +387,28 @@ def pick_cmd(results_files: Annotated[list[Path], typer.Argument(help="Result JS
         raise typer.Exit(1)
 
 
+@command("export")
+def export_cmd(variant_dir: Annotated[Path, typer.Argument(help="Variant directory (onnx-*, trt-*).")],
+               out: Annotated[Path, typer.Option("--out", help="Model repository directory (created if "
+                                                              "missing; other models in it stay).")],
+               fmt: Annotated[str, typer.Option("--format", help="triton: a Triton Inference Server model "
+                                                                 "repository entry.")] = "triton",
+               name: Annotated[Optional[str], typer.Option(
+                   "--name", help="Model name in the repository (default: MODEL-VARIANT).")] = None,
+               results_files: Annotated[Optional[list[Path]], typer.Option(
+                   "--results", help="Bench records (JSONL) of the variant: max_batch_size and dynamic batching "
+                                     "come from them.")] = None,
+               force: Force = False, json_out: Json = False):
+    """Export a compiled variant for serving: a Triton model repository entry (config.pbtxt, 1/, tokenizer)."""
+    from xopt.export import export
+
+    done = export(variant_dir, fmt, out, name=name, results=results_files, force=force)
+    if json_out:
+        return _print_json({k: v for k, v in done.items() if k != "config_text"})
+    typer.echo(f"wrote {done['path']} (batching from {done['batching_from']}); serve it with "
+               f"`tritonserver --model-repository {out}`")
+
+
 @command("demo")
 def demo_cmd(out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("xopt-demo"),
              quick: Annotated[bool, typer.Option("--quick", help="Few languages and examples (CI, ~2 min).")] = False,

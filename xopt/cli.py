@@ -335,7 +335,8 @@ def report_cmd(results_files: Annotated[list[Path], typer.Argument(help="Result 
                device: Annotated[Optional[str], typer.Option(
                    "--device", help="Only bench records of this device (cpu, cuda, or part of a GPU name).")] = None,
                force: Force = False):
-    """Gain-retention tables and plots: report.md, a single-file report.html and the PNGs."""
+    """Gain-retention tables and plots: report.md, a single-file report.html, the PNGs and summary.csv
+    (one row per variant x task x language and per variant x bench shape)."""
     from xopt.report import load, write
 
     t = load(results_files, baseline, xstilts, model, device)
@@ -345,7 +346,7 @@ def report_cmd(results_files: Annotated[list[Path], typer.Argument(help="Result 
     if t.skipped:
         typer.echo(f"skipped {len(t.skipped)} record(s), listed in the report; first: {t.skipped[0].where}: "
                    f"{t.skipped[0].why}", err=True)
-    typer.echo(f"wrote {path} and {path.with_suffix('.html')}")
+    typer.echo(f"wrote {path}, {path.with_suffix('.html')} and {path.parent / 'summary.csv'}")
 
 
 @command("pick")

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from test_packaging import dockerfile_instructions
 
 ROOT = Path(__file__).resolve().parents[1]
 # What NVIDIA's PyTorch container carries (distribution name -> module the Dockerfile imports
@@ -36,21 +37,6 @@ else:
     import tomli as tomllib
 
 
-def instructions(path: Path) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments dropped."""
-    out, cur = [], ""
-    for line in path.read_text().splitlines():
-        if line.strip().startswith("#"):
-            continue
-        cur += line.rstrip()[:-1] + " " if line.rstrip().endswith("\\") else line
-        if not line.rstrip().endswith("\\"):
-            if cur.strip():
-                word, _, rest = cur.strip().partition(" ")
-                out.append((word.upper(), rest.strip()))
-            cur = ""
-    return out
-
-
 def shell_commands(run: str) -> list[list[str]]:
     """The simple commands of a RUN line, split at &&, ;, || and | outside quotes (a leading
     `then`/`do`/`else` dropped)."""
@@ -69,7 +55,7 @@ def shell_commands(run: str) -> list[list[str]]:
 
 @pytest.fixture(scope="module")
 def docker():
-    ins = instructions(ROOT / "Dockerfile")
+    ins = dockerfile_instructions(ROOT / "Dockerfile")
     runs = [args for word, args in ins if word == "RUN"]
     installed, editable = {}, []
     for run in runs:

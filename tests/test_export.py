@@ -268,3 +268,38 @@ def test_cli_refuses_what_triton_cannot_load(onnx_variant, tmp_path):
     assert json.loads(r.output)["config"]["backend"] == "onnxruntime"
     r = runner.invoke(app, ["export", str(onnx_variant), "--out", str(tmp_path / "repo")])
     assert r.exit_code == 2 and "--force" in r.output
+
+
+def test_external_data_travels_with_the_model(onnx_variant, tmp_path):
+    """A model over 2 GB keeps its weights beside model.onnx; they go into 1/ with it."""
+    import onnx
+    import onnxruntime as ort
+
+    d = tmp_path / "big"
+    d.mkdir()
+    model = onnx.load(str(onnx_variant / "model.onnx"))
+    onnx.save_model(model, str(d / "model.onnx"), save_as_external_data=True, location="model.onnx.data",
+                    size_threshold=1024)
+    shutil.copy(onnx_variant / "tokenizer.json", d / "tokenizer.json")
+    man = json.loads((onnx_variant / "manifest.json").read_text())
+    mf.write(d, kind="variant", source=man["source"], extra={k: man[k] for k in ("variant", "backend", "precision",
+                                                                                 "device", "model")})
+    done = export(d, "triton", tmp_path / "repo")
+    version = tmp_path / "repo" / done["name"] / "1"
+    assert sorted(p.name for p in version.iterdir()) == ["model.onnx", "model.onnx.data"]
+    ids, mask = _inputs(onnx_variant)
+    feeds = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
+    want = ort.InferenceSession(str(onnx_variant / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
+
+    (d / "model.onnx.data").unlink()
+    (d / "manifest.json").write_text(json.dumps({**json.loads((d / "manifest.json").read_text()), "files": {}}))
+    with pytest.raises(XoptError, match="model.onnx.data, which is missing"):
+        export(d, "triton", tmp_path / "repo2")
+
+
+def test_export_is_listed_in_help():
+    r = CliRunner().invoke(app, ["--help"])
+    assert r.exit_code == 0 and "export" in r.output

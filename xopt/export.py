@@ -24,8 +24,9 @@ What goes into `config.pbtxt` is read from the artefact, never assumed:
   preferred one, a queue delay of a tenth of one request's median latency), else defaults.
 - `instance_group` is KIND_CPU or KIND_GPU by the variant's device.
 
-The model directory is written atomically (temp dir, fsync, rename). The model file is
-hard-linked from the variant directory when both are on one file system, else copied.
+The model directory is written atomically (temp dir, fsync, rename). The model file (and an
+ONNX model's external data files) is hard-linked from the variant directory when both are on
+one file system, else copied.
 """
 
 from __future__ import annotations
@@ -110,6 +111,15 @@ def onnx_io(path: Path) -> tuple[list[dict], list[dict]]:
         return out
 
     return tensors(graph.input), tensors(graph.output)
+
+
+def external_data_files(path: Path) -> list[str]:
+    """Files an ONNX model keeps its large tensors in (beside it, named relative to it)."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return sorted({ExternalDataInfo(t).location for t in graph.initializer if uses_external_data(t)})
 
 
 def _recorded_bindings(bindings: list[dict], where: Path) -> tuple[list[dict], list[dict]]:
@@ -252,6 +262,16 @@ def export_triton(variant_dir: str | Path, repo: str | Path, name: str | None = 
         (tmp / CONFIG).write_text(text, encoding="utf-8")
         (tmp / VERSION).mkdir()
         link_or_copy(src, tmp / VERSION / dst)
+        if dst.endswith(".onnx"):   # a model over 2 GB keeps its weights in files beside it
+            for f in external_data_files(src):
+                if Path(f).is_absolute() or ".." in Path(f).parts:
+                    raise XoptError(f"{variant_dir}: {src.name} points at weights outside its directory ({f}); "
+                                    f"rebuild with `xopt compile --variant {man['variant']} --force`")
+                if not (src.parent / f).is_file():
+                    raise XoptError(f"{variant_dir}: {src.name} keeps weights in {f}, which is missing; rebuild "
+                                    f"with `xopt compile --variant {man['variant']} --force`")
+                (tmp / VERSION / f).parent.mkdir(parents=True, exist_ok=True)
+                link_or_copy(src.parent / f, tmp / VERSION / f)
         for f in TOKENIZER_FILES:
             if (variant_dir / f).is_file():
                 link_or_copy(variant_dir / f, tmp / f)

@@ -303,3 +303,40 @@ def test_external_data_travels_with_the_model(onnx_variant, tmp_path):
 def test_export_is_listed_in_help():
     r = CliRunner().invoke(app, ["--help"])
     assert r.exit_code == 0 and "export" in r.output
+
+
+def test_text_format_quoting_parses_back():
+    from xopt.export import Enum, to_pbtxt
+
+    cfg = {"name": 'a"b\\c', "input": [{"name": "Eingabe_ä", "data_type": Enum("TYPE_FP32"), "dims": [-1, 3]}],
+           "dynamic_batching": {"preferred_batch_size": None, "max_queue_delay_microseconds": 5}}
+    got = parse_pbtxt(to_pbtxt(cfg))
+    assert got == {"name": ['a"b\\c'], "input": [{"name": ["Eingabe_ä"], "data_type": ["TYPE_FP32"], "dims": [-1, 3]}],
+                   "dynamic_batching": [{"max_queue_delay_microseconds": [5]}]}
+    ModelConfig = triton_model_config()
+    if ModelConfig is not None:
+        from google.protobuf import text_format
+
+        pb = text_format.Parse(to_pbtxt(cfg), ModelConfig())
+        assert pb.name == 'a"b\\c' and pb.input[0].name == "Eingabe_ä" and list(pb.input[0].dims) == [-1, 3]
+
+
+def test_export_sits_on_top():
+    """Only the CLI imports xopt.export; xopt.export imports neither the CLI nor the pipeline."""
+    import ast
+    from pathlib import Path
+
+    import xopt
+
+    root = Path(xopt.__file__).parent
+    for path in root.rglob("*.py"):
+        names = set()
+        for n in ast.walk(ast.parse(path.read_text())):
+            if isinstance(n, ast.Import):
+                names |= {a.name for a in n.names}
+            elif isinstance(n, ast.ImportFrom) and n.module:
+                names |= {n.module} | {f"{n.module}.{a.name}" for a in n.names}
+        if path.name == "export.py":
+            assert not {m for m in names if m.startswith(("xopt.cli", "xopt.pipeline"))}
+        elif path.name != "cli.py":
+            assert "xopt.export" not in names, f"{path} imports xopt.export"

@@ -63,7 +63,7 @@ def _scalar(v) -> str:
         return "true" if v else "false"
     if isinstance(v, (int, float)):
         return str(v)
-    return json.dumps(str(v))
+    return json.dumps(str(v), ensure_ascii=False)   # text format takes UTF-8 and \" \\ \n escapes, not \uXXXX
 
 
 def to_pbtxt(msg: dict, indent: int = 0) -> str:

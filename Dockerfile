@@ -10,6 +10,9 @@ FROM nvcr.io/nvidia/pytorch:25.10-py3
 # gettext catalogs of the offline demo suite. Ubuntu's container images drop every
 # /usr/share/locale/*/LC_MESSAGES/*.mo through a dpkg path-exclude, so the exclude goes first
 # and the packages are reinstalled (several are already in the base, without their catalogs).
+# Ubuntu ships the translations of its `main` packages in language packs instead of the
+# packages themselves: on Ubuntu the base and GNOME language packs of the demo's languages
+# (XTREME's, less English; those the archive has) bring them.
 RUN if [ -f /etc/dpkg/dpkg.cfg.d/excludes ]; then \
         sed -i '\|/usr/share/locale|d' /etc/dpkg/dpkg.cfg.d/excludes; \
     fi \
@@ -17,6 +20,17 @@ RUN if [ -f /etc/dpkg/dpkg.cfg.d/excludes ]; then \
     && apt-get install -y --no-install-recommends --reinstall \
         coreutils libglib2.0-data libgtk2.0-common shared-mime-info libpam-runtime iso-codes \
         libgdk-pixbuf2.0-common \
+    && . /etc/os-release \
+    && if [ "$ID" = ubuntu ]; then \
+        packs=""; \
+        for lang in af ar bg bn de el es et eu fa fi fr he hi hu id it ja jv ka kk ko ml mr ms my nl pt ru \
+                    sw ta te th tl tr ur vi yo zh-hans; do \
+            for pack in "language-pack-$lang-base" "language-pack-gnome-$lang-base"; do \
+                if apt-cache show "$pack" >/dev/null 2>&1; then packs="$packs $pack"; fi; \
+            done; \
+        done; \
+        apt-get install -y --no-install-recommends $packs; \
+    fi \
     && rm -rf /var/lib/apt/lists/* \
     && ls /usr/share/locale/de/LC_MESSAGES/coreutils.mo
 

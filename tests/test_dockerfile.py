@@ -134,6 +134,7 @@ def test_locale_exclude_is_removed_before_the_catalog_packages(docker):
     sed = next(i for i, c in enumerate(seq) if c[:1] == ["sed"] and "/etc/dpkg/dpkg.cfg.d/excludes" in c)
     apt = next(i for i, c in enumerate(seq) if c[:2] == ["apt-get", "install"] and "coreutils" in c)
     assert sed < apt, "the dpkg locale exclude must go before apt-get installs the catalog packages"
+    assert all(sed < i for i, c in enumerate(seq) if c[:2] == ["apt-get", "install"])
     assert "--reinstall" in seq[apt], "packages already in the base need reinstalling to get their catalogs"
     # the same packages as the set-up CI runs
     ci = (ROOT / ".ci" / "run").read_text()
@@ -178,3 +179,16 @@ def test_cache_is_a_volume_and_commands_run_as_given(docker):
     # both run as given (through the base image's entrypoint)
     assert not [a for w, a in docker["ins"] if w == "ENTRYPOINT"]
     assert docker["ins"][0][0] == "FROM" and docker["ins"][0][1].startswith("nvcr.io/nvidia/pytorch:")
+
+
+def test_ubuntu_language_packs_cover_the_demo_languages(docker):
+    """Ubuntu ships the catalogs of its main packages in language packs: the image installs
+    those of every language the demo suite reads (XTREME's, less English)."""
+    from xopt.tasks.demo import LOCALE_OF, XTREME_LANGS
+
+    run = next(r for r in docker["runs"] if "language-pack-" in r)
+    loop = re.search(r"for lang in ([\w\s-]+?); do", run).group(1).split()
+    pack_lang = {"zh_CN": "zh-hans"}   # Ubuntu names Simplified Chinese's packs zh-hans
+    want = {pack_lang.get(LOCALE_OF.get(la, la), la) for la in XTREME_LANGS if la != "en"}
+    assert set(loop) == want
+    assert '"language-pack-$lang-base"' in run and '"language-pack-gnome-$lang-base"' in run

@@ -309,9 +309,11 @@ def test_text_format_quoting_parses_back():
     from xopt.export import Enum, to_pbtxt
 
     cfg = {"name": 'a"b\\c', "input": [{"name": "Eingabe_ä", "data_type": Enum("TYPE_FP32"), "dims": [-1, 3]}],
+           "output": [{"name": "score", "data_type": Enum("TYPE_FP32"), "dims": [1], "reshape": {"shape": []}}],
            "dynamic_batching": {"preferred_batch_size": None, "max_queue_delay_microseconds": 5}}
     got = parse_pbtxt(to_pbtxt(cfg))
     assert got == {"name": ['a"b\\c'], "input": [{"name": ["Eingabe_ä"], "data_type": ["TYPE_FP32"], "dims": [-1, 3]}],
+                   "output": [{"name": ["score"], "data_type": ["TYPE_FP32"], "dims": [1], "reshape": [{"shape": []}]}],
                    "dynamic_batching": [{"max_queue_delay_microseconds": [5]}]}
     ModelConfig = triton_model_config()
     if ModelConfig is not None:
@@ -319,6 +321,7 @@ def test_text_format_quoting_parses_back():
 
         pb = text_format.Parse(to_pbtxt(cfg), ModelConfig())
         assert pb.name == 'a"b\\c' and pb.input[0].name == "Eingabe_ä" and list(pb.input[0].dims) == [-1, 3]
+        assert pb.output[0].HasField("reshape") and list(pb.output[0].reshape.shape) == []
 
 
 def test_export_sits_on_top():

@@ -82,7 +82,7 @@ def to_pbtxt(msg: dict, indent: int = 0) -> str:
                 lines += [f"{pad}  {{", to_pbtxt(x, indent + 2), f"{pad}  }}" + ("," if i < len(v) - 1 else "")]
             lines.append(f"{pad}]")
         elif isinstance(v, list):
-            lines.append(f"{pad}{key}: [ {', '.join(_scalar(x) for x in v)} ]")
+            lines.append(f"{pad}{key}: [ {', '.join(_scalar(x) for x in v)} ]" if v else f"{pad}{key}: [ ]")
         else:
             lines.append(f"{pad}{key}: {_scalar(v)}")
     return "\n".join(x for x in lines if x)
@@ -194,13 +194,15 @@ def triton_config(variant_dir: Path, man: dict, name: str, batching: dict) -> tu
         raise XoptError(f"{variant_dir}: variant {variant} has no artefact Triton loads; exportable variants: "
                         f"{', '.join(exportable)}")
     kind = exportable[variant]
+    src, dst = (variant_dir / MODEL_FILE, "model.onnx") if kind == "onnxruntime" else \
+        (variant_dir / ENGINE_FILE, "model.plan")
+    if not src.is_file():
+        raise XoptError(f"{variant_dir}: {src.name} is missing; rebuild with `xopt compile --variant {variant} --force`")
     if kind == "onnxruntime":
-        src, dst = variant_dir / MODEL_FILE, "model.onnx"
         inputs, outputs = onnx_io(src)
         head = {"name": name, "backend": "onnxruntime"}
         profile_max = None
     else:
-        src, dst = variant_dir / ENGINE_FILE, "model.plan"
         trt = man.get("tensorrt") or {}
         profile = trt.get("profile") or {}
         if not profile.get("max"):
@@ -216,8 +218,6 @@ def triton_config(variant_dir: Path, man: dict, name: str, batching: dict) -> tu
                             f"--force`")
         head = {"name": name, "platform": "tensorrt_plan"}
         profile_max = int(profile["max"][0])
-    if not src.is_file():
-        raise XoptError(f"{variant_dir}: {src.name} is missing; rebuild with `xopt compile --variant {variant} --force`")
     batched = _batched(inputs) and _batched(outputs)
     max_batch = 0
     if batched:
@@ -228,7 +228,10 @@ def triton_config(variant_dir: Path, man: dict, name: str, batching: dict) -> tu
 
     def tensor(t):
         dims = t["shape"][strip:]
-        return {"name": t["name"], "data_type": Enum(t["data_type"]), "dims": dims if dims else [1]}
+        row = {"name": t["name"], "data_type": Enum(t["data_type"]), "dims": dims or [1]}
+        if not dims:   # one value per request: Triton wants dims [1], reshaped to the model's scalar
+            row["reshape"] = {"shape": []}
+        return row
 
     cfg = {**head, "max_batch_size": max_batch,
            "input": [tensor(t) for t in inputs], "output": [tensor(t) for t in outputs],

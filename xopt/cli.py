@@ -356,7 +356,8 @@ def report_cmd(results_files: Annotated[list[Path], typer.Argument(help="Result 
                device: Annotated[Optional[str], typer.Option(
                    "--device", help="Only bench records of this device (cpu, cuda, or part of a GPU name).")] = None,
                force: Force = False):
-    """Gain-retention tables and plots: report.md, a single-file report.html and the PNGs."""
+    """Gain-retention tables and plots: report.md, a single-file report.html, the PNGs and summary.csv
+    (one row per variant x task x language and per variant x bench shape)."""
     from xopt.report import load, write
 
     t = load(results_files, baseline, xstilts, model, device)
@@ -366,7 +367,7 @@ def report_cmd(results_files: Annotated[list[Path], typer.Argument(help="Result 
     if t.skipped:
         typer.echo(f"skipped {len(t.skipped)} record(s), listed in the report; first: {t.skipped[0].where}: "
                    f"{t.skipped[0].why}", err=True)
-    typer.echo(f"wrote {path} and {path.with_suffix('.html')}")
+    typer.echo(f"wrote {path}, {path.with_suffix('.html')} and {path.parent / 'summary.csv'}")
 
 
 @command("pick")
@@ -406,6 +407,28 @@ def pick_cmd(results_files: Annotated[list[Path], typer.Argument(help="Result JS
         typer.echo(render(choice))
     if not choice["chosen"]:
         raise typer.Exit(1)
+
+
+@command("export")
+def export_cmd(variant_dir: Annotated[Path, typer.Argument(help="Variant directory (onnx-*, trt-*).")],
+               out: Annotated[Path, typer.Option("--out", help="Model repository directory (created if "
+                                                              "missing; other models in it stay).")],
+               fmt: Annotated[str, typer.Option("--format", help="triton: a Triton Inference Server model "
+                                                                 "repository entry.")] = "triton",
+               name: Annotated[Optional[str], typer.Option(
+                   "--name", help="Model name in the repository (default: MODEL-VARIANT).")] = None,
+               results_files: Annotated[Optional[list[Path]], typer.Option(
+                   "--results", help="Bench records (JSONL) of the variant: max_batch_size and dynamic batching "
+                                     "come from them.")] = None,
+               force: Force = False, json_out: Json = False):
+    """Export a compiled variant for serving: a Triton model repository entry (config.pbtxt, 1/, tokenizer)."""
+    from xopt.export import export
+
+    done = export(variant_dir, fmt, out, name=name, results=results_files, force=force)
+    if json_out:
+        return _print_json({k: v for k, v in done.items() if k != "config_text"})
+    typer.echo(f"wrote {done['path']} (batching from {done['batching_from']}); serve it with "
+               f"`tritonserver --model-repository {out}`")
 
 
 @command("demo")

@@ -1,5 +1,5 @@
 """The report: one document (sections, tables, figures) written as report.md, a self-contained
-report.html and the PNGs, atomically."""
+report.html and the PNGs, with the flat table summary.csv beside them, atomically."""
 
 from __future__ import annotations
 
@@ -56,13 +56,16 @@ def build(t: RecordIndex, out: Path, reference: str = "fp32") -> Doc:
 
 
 def write(t: RecordIndex, out: Path, reference: str = "fp32", force: bool = False) -> Path:
-    """report.md, report.html (images embedded) and the PNGs in `out`, written atomically."""
+    """report.md, report.html (images embedded), the PNGs and summary.csv (the flat table, see
+    xopt.report.flat) in `out`, written atomically."""
     from xopt.manifest import atomic_dir
+    from xopt.report.flat import summary_csv
 
     with atomic_dir(Path(out), force=force) as tmp:
         doc = build(t, tmp, reference)
         (tmp / "report.md").write_text(doc.markdown(), encoding="utf-8")
         (tmp / "report.html").write_text(doc.html(tmp), encoding="utf-8")
+        (tmp / "summary.csv").write_text(summary_csv(t, reference), encoding="utf-8")
     return Path(out) / "report.md"
 
 

@@ -1,0 +1,290 @@
+"""`xopt export`: a compiled variant as a Triton Inference Server model repository.
+
+```
+REPO/
+  <model_name>/
+    config.pbtxt          backend/platform, inputs, outputs, batching, instance group
+    1/model.onnx          (ONNX variants)  or  1/model.plan  (TensorRT engines)
+    tokenizer.json ...    the variant's tokenizer files: clients tokenize before calling
+    xopt-manifest.json    the variant's manifest: provenance, model card (input prefix, labels)
+```
+
+What goes into `config.pbtxt` is read from the artefact, never assumed:
+- ONNX variants (`onnx-fp32`, `onnx-int8`, `onnx-int8-dynamic`) run on Triton's `onnxruntime`
+  backend; input/output names, element types and shapes come from the ONNX graph.
+- TensorRT engines (`trt-fp16`, `trt-int8`) run on the `tensorrt_plan` platform; the engine's
+  I/O is the ONNX graph it was parsed from (kept beside it, hashed in the manifest) or the
+  bindings the manifest records, and its batch range is the optimisation profile the manifest
+  records. An engine directory without a recorded profile is refused: the batch range cannot
+  be read back from the opaque engine without TensorRT.
+- A leading dynamic axis is the batch axis: it is left out of `dims` and Triton batches
+  requests along it (`max_batch_size` > 0, `dynamic_batching`).
+- `max_batch_size` and `dynamic_batching` come from the variant's bench records when
+  `results` is given (the largest batch benchmarked, the batch with the most sequences/s as the
+  preferred one, a queue delay of a tenth of one request's median latency), else defaults.
+- `instance_group` is KIND_CPU or KIND_GPU by the variant's device.
+
+The model directory is written atomically (temp dir, fsync, rename). The model file (and an
+ONNX model's external data files) is hard-linked from the variant directory when both are on
+one file system, else copied.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from xopt.errors import XoptError
+
+FORMATS = ("triton",)
+CONFIG = "config.pbtxt"
+VERSION = "1"
+DEFAULT_MAX_BATCH = 32
+DEFAULT_QUEUE_DELAY_US = 100
+# ONNX TensorProto element types -> Triton data types (model_config.proto DataType)
+ONNX_TO_TRITON = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16", 5: "TYPE_INT16",
+                  6: "TYPE_INT32", 7: "TYPE_INT64", 8: "TYPE_STRING", 9: "TYPE_BOOL", 10: "TYPE_FP16",
+                  11: "TYPE_FP64", 12: "TYPE_UINT32", 13: "TYPE_UINT64", 16: "TYPE_BF16"}
+# TensorRT / numpy type names a manifest may record for engine bindings
+NAME_TO_TRITON = {"float32": "TYPE_FP32", "float": "TYPE_FP32", "float16": "TYPE_FP16", "half": "TYPE_FP16",
+                  "bfloat16": "TYPE_BF16", "int64": "TYPE_INT64", "int32": "TYPE_INT32", "int8": "TYPE_INT8",
+                  "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
+
+
+class Enum(str):
+    """A protobuf enum value: written bare in text format (TYPE_FP32, KIND_GPU)."""
+
+
+def _scalar(v) -> str:
+    if isinstance(v, Enum):
+        return str(v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    return json.dumps(str(v), ensure_ascii=False)   # text format takes UTF-8 and \" \\ \n escapes, not \uXXXX
+
+
+def to_pbtxt(msg: dict, indent: int = 0) -> str:
+    """A nested dict as protobuf text format, in Triton's own style: lists of scalars as
+    `dims: [ -1, 64 ]`, lists of messages as `input [ { ... }, { ... } ]`."""
+    pad = "  " * indent
+    lines = []
+    for key, v in msg.items():
+        if v is None:
+            continue
+        if isinstance(v, dict):
+            lines += [f"{pad}{key} {{", to_pbtxt(v, indent + 1), f"{pad}}}"]
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            lines.append(f"{pad}{key} [")
+            for i, x in enumerate(v):
+                lines += [f"{pad}  {{", to_pbtxt(x, indent + 2), f"{pad}  }}" + ("," if i < len(v) - 1 else "")]
+            lines.append(f"{pad}]")
+        elif isinstance(v, list):
+            lines.append(f"{pad}{key}: [ {', '.join(_scalar(x) for x in v)} ]" if v else f"{pad}{key}: [ ]")
+        else:
+            lines.append(f"{pad}{key}: {_scalar(v)}")
+    return "\n".join(x for x in lines if x)
+
+
+# ---------------------------------------------------------------------------------------
+# What the artefact says
+
+def onnx_io(path: Path) -> tuple[list[dict], list[dict]]:
+    """Inputs and outputs of an ONNX graph: name, Triton data type, shape (-1 = dynamic)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+
+    def tensors(values):
+        out = []
+        for v in values:
+            if v.name in inits:
+                continue   # old exporters list initializers among the inputs
+            t = v.type.tensor_type
+            if t.elem_type not in ONNX_TO_TRITON:
+                raise XoptError(f"{path}: {v.name} has ONNX element type {t.elem_type}, which Triton has no type for")
+            shape = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
+            out.append({"name": v.name, "data_type": ONNX_TO_TRITON[t.elem_type], "shape": shape})
+        return out
+
+    return tensors(graph.input), tensors(graph.output)
+
+
+def external_data_files(path: Path) -> list[str]:
+    """Files an ONNX model keeps its large tensors in (beside it, named relative to it)."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return sorted({ExternalDataInfo(t).location for t in graph.initializer if uses_external_data(t)})
+
+
+def _recorded_bindings(bindings: list[dict], where: Path) -> tuple[list[dict], list[dict]]:
+    ins, outs = [], []
+    for b in bindings:
+        dtype = NAME_TO_TRITON.get(str(b.get("dtype", "")).lower().removeprefix("datatype.").removeprefix("torch."))
+        if dtype is None or "name" not in b or "shape" not in b:
+            raise XoptError(f"{where}: manifest binding {b} has no name/shape or an unknown dtype; rebuild the "
+                            f"variant with `xopt compile --force`")
+        row = {"name": b["name"], "data_type": dtype, "shape": [int(d) for d in b["shape"]]}
+        (ins if b.get("mode", b.get("io", "input")).lower().startswith("in") else outs).append(row)
+    return ins, outs
+
+
+def _batched(tensors: list[dict]) -> bool:
+    return all(t["shape"] and t["shape"][0] == -1 for t in tensors)
+
+
+# ---------------------------------------------------------------------------------------
+# What the bench records say
+
+def batching_from_records(results: list[Path], variant: str, model: str) -> dict:
+    """max_batch_size, preferred batch and queue delay from the variant's fixed-batch bench
+    records (this model, this variant); {} when there are none."""
+    from xopt import results as rs
+    from xopt.analysis import shape_key
+
+    recs, _ = rs.read(results)
+    recs = [r for r in recs if r.get("kind") == "bench" and r.get("variant") == variant and r.get("model") == model
+            and r.get("scenario") in (None, "fixed-batch") and r.get("batch")]
+    if not recs:
+        return {}
+    by_shape: dict[str, dict[int, dict]] = {}
+    for r in recs:   # a later record of the same batch and shape replaces an earlier one
+        by_shape.setdefault(shape_key(r), {})[int(r["batch"])] = r
+    # the shape benchmarked at the most batch sizes, seq 128 on a tie
+    shape = max(by_shape, key=lambda s: (len(by_shape[s]), s == "s128"))
+    rows = by_shape[shape]
+    best = max(rows, key=lambda b: rows[b].get("throughput_seq_s") or 0.0)
+    out = {"max_batch_size": max(b for s in by_shape.values() for b in s), "shape": shape,
+           "preferred_batch_size": [best] if best > 1 else []}
+    if 1 in rows and rows[1].get("p50_ms"):
+        out["max_queue_delay_microseconds"] = max(1, round(rows[1]["p50_ms"] * 1000 * 0.1))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# The repository
+
+def _exportable() -> dict[str, str]:
+    """Variant name -> Triton backend key, for the variants whose artefact Triton loads."""
+    from xopt.variants import REGISTRY
+
+    return {n: {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt_plan"}[v.backend]
+            for n, v in REGISTRY.items() if v.backend in ("onnxruntime", "tensorrt")}
+
+
+def model_name_for(man: dict) -> str:
+    """<model>-<variant>, in the characters Triton accepts in a model directory name."""
+    model = (man.get("model") or {}).get("name") or (man.get("source") or {}).get("name") or "model"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{model}-{man['variant']}").strip("-.")
+
+
+def triton_config(variant_dir: Path, man: dict, name: str, batching: dict) -> tuple[dict, Path, str]:
+    """(config as a dict, model file to put under 1/, its name there) for one variant."""
+    from xopt.variants.onnx import MODEL_FILE
+    from xopt.variants.tensorrt import ENGINE_FILE, ONNX_FILE
+
+    variant = man["variant"]
+    exportable = _exportable()
+    if variant not in exportable:
+        raise XoptError(f"{variant_dir}: variant {variant} has no artefact Triton loads; exportable variants: "
+                        f"{', '.join(exportable)}")
+    kind = exportable[variant]
+    src, dst = (variant_dir / MODEL_FILE, "model.onnx") if kind == "onnxruntime" else \
+        (variant_dir / ENGINE_FILE, "model.plan")
+    if not src.is_file():
+        raise XoptError(f"{variant_dir}: {src.name} is missing; rebuild with `xopt compile --variant {variant} --force`")
+    if kind == "onnxruntime":
+        inputs, outputs = onnx_io(src)
+        head = {"name": name, "backend": "onnxruntime"}
+        profile_max = None
+    else:
+        trt = man.get("tensorrt") or {}
+        profile = trt.get("profile") or {}
+        if not profile.get("max"):
+            raise XoptError(f"{variant_dir}: the manifest records no TensorRT optimisation profile, so the engine's "
+                            f"batch range is unknown; rebuild with `xopt compile --variant {variant} --force`")
+        if trt.get("bindings"):
+            inputs, outputs = _recorded_bindings(trt["bindings"], variant_dir)
+        elif (variant_dir / ONNX_FILE).is_file():
+            inputs, outputs = onnx_io(variant_dir / ONNX_FILE)   # the graph TensorRT parsed
+        else:
+            raise XoptError(f"{variant_dir}: the manifest records no engine bindings and {ONNX_FILE} (the graph the "
+                            f"engine was parsed from) is missing; rebuild with `xopt compile --variant {variant} "
+                            f"--force`")
+        head = {"name": name, "platform": "tensorrt_plan"}
+        profile_max = int(profile["max"][0])
+    batched = _batched(inputs) and _batched(outputs)
+    max_batch = 0
+    if batched:
+        max_batch = int(batching.get("max_batch_size") or DEFAULT_MAX_BATCH)
+        if profile_max is not None:
+            max_batch = min(max_batch, profile_max)
+    strip = 1 if batched else 0
+
+    def tensor(t):
+        dims = t["shape"][strip:]
+        row = {"name": t["name"], "data_type": Enum(t["data_type"]), "dims": dims or [1]}
+        if not dims:   # one value per request: Triton wants dims [1], reshaped to the model's scalar
+            row["reshape"] = {"shape": []}
+        return row
+
+    cfg = {**head, "max_batch_size": max_batch,
+           "input": [tensor(t) for t in inputs], "output": [tensor(t) for t in outputs],
+           "instance_group": [{"count": 1, "kind": Enum("KIND_GPU" if man.get("device") == "cuda" else "KIND_CPU")}]}
+    if batched:
+        preferred = [b for b in batching.get("preferred_batch_size", []) if b <= max_batch]
+        cfg["dynamic_batching"] = {"preferred_batch_size": preferred or None,
+                                   "max_queue_delay_microseconds": int(batching.get("max_queue_delay_microseconds",
+                                                                                    DEFAULT_QUEUE_DELAY_US))}
+    return cfg, src, dst
+
+
+def export_triton(variant_dir: str | Path, repo: str | Path, name: str | None = None,
+                  results: list[Path] | None = None, force: bool = False) -> dict:
+    """Write `<repo>/<name>/` (config.pbtxt, 1/<model file>, tokenizer, manifest) for a
+    variant; return a summary (path, config, where the batching came from)."""
+    from xopt import manifest as mf
+    from xopt.variants.base import TOKENIZER_FILES, link_or_copy
+
+    variant_dir = Path(variant_dir)
+    man = mf.read(variant_dir, kind="variant")   # checks every file against its hash
+    name = name or model_name_for(man)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
+        raise XoptError(f"--name {name!r}: a Triton model name is letters, digits, '_', '-', '.'")
+    model = (man.get("model") or {}).get("name") or (man.get("source") or {}).get("name")
+    batching = batching_from_records([Path(p) for p in results], man["variant"], model) if results else {}
+    cfg, src, dst = triton_config(variant_dir, man, name, batching)
+    text = to_pbtxt(cfg) + "\n"
+    out = Path(repo) / name
+    with mf.atomic_dir(out, force=force) as tmp:
+        (tmp / CONFIG).write_text(text, encoding="utf-8")
+        (tmp / VERSION).mkdir()
+        link_or_copy(src, tmp / VERSION / dst)
+        if dst.endswith(".onnx"):   # a model over 2 GB keeps its weights in files beside it
+            for f in external_data_files(src):
+                if Path(f).is_absolute() or ".." in Path(f).parts:
+                    raise XoptError(f"{variant_dir}: {src.name} points at weights outside its directory ({f}); "
+                                    f"rebuild with `xopt compile --variant {man['variant']} --force`")
+                if not (src.parent / f).is_file():
+                    raise XoptError(f"{variant_dir}: {src.name} keeps weights in {f}, which is missing; rebuild "
+                                    f"with `xopt compile --variant {man['variant']} --force`")
+                (tmp / VERSION / f).parent.mkdir(parents=True, exist_ok=True)
+                link_or_copy(src.parent / f, tmp / VERSION / f)
+        for f in TOKENIZER_FILES:
+            if (variant_dir / f).is_file():
+                link_or_copy(variant_dir / f, tmp / f)
+        (tmp / "xopt-manifest.json").write_text(json.dumps(man, indent=2, ensure_ascii=False) + "\n")
+    return {"path": str(out), "name": name, "format": "triton", "config": cfg, "config_text": text,
+            "batching_from": f"{len(results)} results file(s), shape {batching['shape']}" if batching else "defaults"}
+
+
+def export(variant_dir: str | Path, fmt: str, out: str | Path, **kwargs) -> dict:
+    """`xopt export`: dispatch on the format."""
+    if fmt not in FORMATS:
+        raise XoptError(f"--format {fmt}: known formats: {', '.join(FORMATS)}")
+    return export_triton(variant_dir, out, **kwargs)

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from xopt import manifest as mf
-from xopt import results
+from xopt import records
 from xopt.cli import app
 from xopt.errors import XoptError
 from xopt.export import export, onnx_io
@@ -189,7 +189,7 @@ def test_onnx_variant_exports_a_triton_repository(onnx_variant, tmp_path):
 
 def test_batching_comes_from_the_bench_records(onnx_variant, tmp_path):
     def bn(batch, p50, variant="onnx-fp32", model="tiny", seq_len=128):
-        return results.record("bench", model=model, variant=variant, batch=batch, seq_len=seq_len, p50_ms=p50,
+        return records.record("bench", model=model, variant=variant, batch=batch, seq_len=seq_len, p50_ms=p50,
                               p90_ms=p50, p99_ms=p50, mean_ms=p50, throughput_seq_s=1000 * batch / p50,
                               throughput_tok_s=128000 * batch / p50, peak_mem_mb=1.0, warmup=1, iters=10,
                               scenario="fixed-batch", device="cpu")
@@ -197,7 +197,7 @@ def test_batching_comes_from_the_bench_records(onnx_variant, tmp_path):
     recs = tmp_path / "r.jsonl"
     # batch 8 has the most sequences/s; batch 16 is slower per sequence; another variant's and
     # model's records are not this variant's
-    results.append(recs, [bn(1, 2.0), bn(8, 8.0), bn(16, 20.0), bn(64, 1.0, variant="fp32"),
+    records.append(recs, [bn(1, 2.0), bn(8, 8.0), bn(16, 20.0), bn(64, 1.0, variant="fp32"),
                           bn(64, 1.0, model="other")])
     done = export(onnx_variant, "triton", tmp_path / "repo", results=[recs], name="m")
     cfg = parse_pbtxt((tmp_path / "repo" / "m" / "config.pbtxt").read_text())

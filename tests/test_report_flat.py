@@ -6,7 +6,7 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from xopt import results
+from xopt import records
 from xopt.cli import app
 from xopt.report.flat import COLUMNS
 
@@ -20,13 +20,13 @@ OUTCOMES = {  # (role, variant, lang) -> per-example outcomes
 
 
 def _ev(role, variant, lang, outcomes):
-    return results.record("eval", model=role, role=role, base_model="enc", variant=variant, suite="demo",
+    return records.record("eval", model=role, role=role, base_model="enc", variant=variant, suite="demo",
                           task="topic", lang=lang, split="test", metric="accuracy",
                           value=100 * sum(outcomes) / len(outcomes), n_examples=len(outcomes), outcomes=outcomes)
 
 
 def _bn(variant, batch, p50, seq_len=128):
-    return results.record("bench", model="xstilts", role="xstilts", base_model="enc", variant=variant, batch=batch,
+    return records.record("bench", model="xstilts", role="xstilts", base_model="enc", variant=variant, batch=batch,
                           seq_len=seq_len, p50_ms=p50, p90_ms=p50, p99_ms=p50 * 1.5, mean_ms=p50,
                           throughput_seq_s=1000 * batch / p50, throughput_tok_s=128000 * batch / p50,
                           peak_mem_mb=100.0, warmup=3, iters=10, scenario="fixed-batch", device="cpu")
@@ -38,7 +38,7 @@ def report_dir(tmp_path):
     recs += [_bn("fp32", 1, 10.0), _bn("fp32", 8, 40.0), _bn("int8", 1, 4.0), _bn("int8", 8, 20.0),
              _bn("int8", 8, 30.0, seq_len=256)]
     p = tmp_path / "r.jsonl"
-    results.append(p, recs)
+    records.append(p, recs)
     r = CliRunner().invoke(app, ["report", str(p), "--out", str(tmp_path / "rep")])
     assert r.exit_code == 0, r.output
     assert "summary.csv" in r.output

@@ -144,8 +144,8 @@ def _batched(tensors: list[dict]) -> bool:
 def batching_from_records(results: list[Path], variant: str, model: str) -> dict:
     """max_batch_size, preferred batch and queue delay from the variant's fixed-batch bench
     records (this model, this variant); {} when there are none."""
-    from xopt import results as rs
-    from xopt.analysis import shape_key
+    from xopt import records as rs
+    from xopt.records import shape_key
 
     recs, _ = rs.read(results)
     recs = [r for r in recs if r.get("kind") == "bench" and r.get("variant") == variant and r.get("model") == model

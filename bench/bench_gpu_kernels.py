@@ -59,7 +59,7 @@ def _timed(benchmark, fn, rounds=50) -> float:
 
 
 @pytest.mark.parametrize("impl", ["triton-int8", "torch-int_mm", "fp16-cublas"])
-@pytest.mark.parametrize("k,n", [(768, 3072), (3072, 768), (1024, 4096), (4096, 1024)])
+@pytest.mark.parametrize("k,n", [(768, 768), (768, 3072), (3072, 768), (1024, 1024), (1024, 4096), (4096, 1024)])
 def test_gemm_b32_s128(benchmark, impl, k, n):
     """One FFN GEMM at 32 x 128 tokens: our int8 kernel (dequant+bias epilogue) vs torch._int_mm vs fp16."""
     m = 32 * 128

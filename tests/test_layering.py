@@ -48,7 +48,7 @@ LAYERS: dict[str, int] = {
     "xopt.pipeline": 11, "xopt.cli": 11,
 }
 
-# Upward imports that exist today and are being removed by the restructure (issue 14), as
+# Upward imports that exist and are being removed by the restructure in progress, as
 # (importer, imported). Each is an xfail(strict=False) below: when one is fixed it shows as
 # XPASS; then delete it here. A new upward import is a plain failure.
 KNOWN_VIOLATIONS: list[tuple[str, str]] = [
@@ -147,7 +147,7 @@ def test_no_new_upward_imports():
 
 
 @pytest.mark.parametrize("pair", [pytest.param(p, id=f"{p[0]}->{p[1]}",
-                                               marks=pytest.mark.xfail(strict=False, reason="being moved (issue 14)"))
+                                               marks=pytest.mark.xfail(strict=False, reason="being moved by the restructure"))
                                   for p in KNOWN_VIOLATIONS])
 def test_known_upward_import_is_gone(pair):
     assert pair not in _violations()

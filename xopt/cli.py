@@ -389,7 +389,7 @@ def pick_cmd(results_files: Annotated[list[Path], typer.Argument(help="Result JS
 
 @command("demo")
 def demo_cmd(out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("xopt-demo"),
-             quick: Annotated[bool, typer.Option("--quick", help="Few languages and examples (CI, ~2 min).")] = False,
+             quick: Annotated[bool, typer.Option("--quick", help="Few languages and examples (the CI run).")] = False,
              force: Force = False):
     """The whole flow offline on the packaged multilingual model and the gettext demo suite."""
     from xopt.pipeline import run_demo

@@ -240,13 +240,12 @@ def step_env(io: StepIO) -> None:
         pynvml.nvmlInit()
         h = pynvml.nvmlDeviceGetHandleByIndex(0)
         dec = (lambda s: s.decode() if isinstance(s, bytes) else s)
-        clk = pynvml
         io.add(key="gpu", value=dec(pynvml.nvmlDeviceGetName(h)))
         io.add(key="gpu count", value=pynvml.nvmlDeviceGetCount())
         io.add(key="driver", value=dec(pynvml.nvmlSystemGetDriverVersion()))
-        io.add(key="SM clock MHz (now / max)", value=f"{pynvml.nvmlDeviceGetClockInfo(h, clk.NVML_CLOCK_SM)} / "
-                                                    f"{pynvml.nvmlDeviceGetMaxClockInfo(h, clk.NVML_CLOCK_SM)}")
-        io.add(key="memory clock MHz (max)", value=pynvml.nvmlDeviceGetMaxClockInfo(h, clk.NVML_CLOCK_MEM))
+        io.add(key="SM clock MHz (now / max)", value=f"{pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)} / "
+                                                    f"{pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM)}")
+        io.add(key="memory clock MHz (max)", value=pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_MEM))
         io.add(key="power limit W", value=pynvml.nvmlDeviceGetPowerManagementLimit(h) / 1000)
         io.add(key="temperature C", value=pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU))
         mem = pynvml.nvmlDeviceGetMemoryInfo(h)
@@ -399,7 +398,7 @@ def step_build(io: StepIO) -> None:
 
 
 def step_speed(io: StepIO) -> None:
-    work, res = io.out / "work", io.out / "gpu_check.jsonl"
+    res = io.out / "gpu_check.jsonl"
     built = [r for r in json.loads((io.out / "steps" / "build.json").read_text())["rows"] if r["status"] == "built"]
     dirs = [r["dir"] for r in built]
     if not dirs:
@@ -411,8 +410,7 @@ def step_speed(io: StepIO) -> None:
               ("b32 demo mix", ["--batch", "32", "--seq-len", "", "--lengths", "demo"])]
     for label, args in shapes:
         before = len(_records(res))
-        rc = io.run(_xopt("bench", *dirs, *args, "--rounds", "2", "--duration", "1", *compare, "--out", res),
-                    timeout=io.left() / 1)
+        rc = io.run(_xopt("bench", *dirs, *args, "--rounds", "2", "--duration", "1", *compare, "--out", res))
         recs = [r for r in _records(res)[before:] if r.get("kind") == "bench"]
         ref = {r["batch"]: r["p50_ms"] for r in recs if r.get("variant") == "fp16"}
         for r in recs:
@@ -424,7 +422,6 @@ def step_speed(io: StepIO) -> None:
             io.note(f"{label}: xopt bench exit {rc}")
         if io.left() <= 0:
             break
-    del work
 
 
 def accuracy_plan(out: Path, model: Path, variants: list[str], langs: list[str], suite: Path) -> Path:
@@ -638,9 +635,9 @@ def dry_run(args) -> int:
 
     # collection: GPU tests and bench cases, no errors, no collection-time skips
     files = gpu_test_files()
-    targets = [("pytest step", files + ["-m", "gpu or tensorrt"]), ("kernels step", ["bench/bench_gpu_kernels.py",
-                                                                                    "-k", "test_gemm"]),
-               ("bench suites", ["bench/bench_kernels.py", "bench/bench_gpu_kernels.py", "bench/bench_gpu_variants.py"])]
+    targets = [("pytest step", files + ["-m", "gpu or tensorrt"]),
+               ("kernels step", ["bench/bench_gpu_kernels.py", "-k", "test_gemm"]),
+               ("bench suites", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "bench").glob("bench_*.py")))]
     for label, targs in targets:
         r = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-rs", "-p", "no:cacheprovider",
                             *targs], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -462,6 +462,24 @@ def _accuracy_langs(suite: Path) -> list[str]:
     return (langs + [la for la in have if la not in langs])[:8]
 
 
+def accuracy_rows(recs: list[dict]) -> list[dict]:
+    """Per variant and task: mean score over the languages, mean drop vs fp32 (points) and the
+    language that drops most."""
+    per_lang = [r for r in recs if r.get("kind") == "eval" and r.get("lang") not in (None, "avg", "all")]
+    ref = {(r["task"], r["lang"]): r["value"] for r in per_lang if r["variant"] == "fp32"}
+    by, rows = {}, []
+    for r in per_lang:
+        by.setdefault((r["variant"], r["task"]), []).append(r)
+    for (variant, task), rs in by.items():
+        drops = {r["lang"]: ref[(task, r["lang"])] - r["value"] for r in rs if (task, r["lang"]) in ref}
+        worst = max(drops, key=drops.get) if drops else None
+        rows.append(dict(variant=variant, task=task, metric=rs[0].get("metric"), langs=len(rs),
+                         mean=round(sum(r["value"] for r in rs) / len(rs), 2),
+                         mean_drop=round(sum(drops.values()) / len(drops), 2) if drops else None,
+                         worst_lang=worst, worst_drop=round(drops[worst], 2) if worst else None))
+    return rows
+
+
 def step_accuracy(io: StepIO) -> None:
     work = io.out / "work" / "accuracy"
     work.mkdir(parents=True, exist_ok=True)
@@ -474,7 +492,7 @@ def step_accuracy(io: StepIO) -> None:
     langs = _accuracy_langs(suite)
     plan = accuracy_plan(work, ckpt, names, langs, suite)
     res = work / "run" / "results.jsonl"
-    rc = io.run(_xopt("run", plan, "--resume"))
+    rc = io.run(_xopt("run", plan, "--force"))
     # `xopt run` stops at the first variant that fails to build; the rest, one by one
     done = {r.get("variant") for r in _records(res)}
     ckpt_topic = work / "run" / "baseline"
@@ -494,19 +512,10 @@ def step_accuracy(io: StepIO) -> None:
     with open(io.out / "gpu_check.jsonl", "a") as f:
         for r in recs:
             f.write(json.dumps(r) + "\n")
-    ref = {(r["task"], r["lang"]): r["value"] for r in recs if r["variant"] == "fp32"}
-    by = {}
-    for r in recs:
-        by.setdefault((r["variant"], r["task"]), []).append(r)
-    for (variant, task), rs in by.items():
-        drops = {r["lang"]: 100 * (ref[(task, r["lang"])] - r["value"]) for r in rs if (task, r["lang"]) in ref}
-        worst = max(drops, key=drops.get) if drops else None
-        io.add(variant=variant, task=task, metric=rs[0].get("metric"), langs=len(rs),
-               mean=round(100 * sum(r["value"] for r in rs) / len(rs), 2),
-               mean_drop=round(sum(drops.values()) / len(drops), 2) if drops else None,
-               worst_lang=worst, worst_drop=round(drops[worst], 2) if worst else None)
+    for row in accuracy_rows(recs):
+        io.add(**row)
     io.note(f"xopt run exit {rc}; languages {', '.join(langs)}; {ACCURACY_EXAMPLES} examples per language; "
-            f"scores x100, drop = fp32 - variant in points")
+            f"scores in points (the records' values), drop = fp32 - variant")
 
 
 STEP_FUNCS = {"env": step_env, "pytest": step_pytest, "kernels": step_kernels, "build": step_build,

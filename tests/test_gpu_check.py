@@ -43,3 +43,15 @@ def test_shim_maps_kernels_and_calibration(tmp_path):
     r = subprocess.run([sys.executable, "-c", code, str(shim)], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_accuracy_rows_drop_and_worst_language():
+    def rec(variant, task, lang, value):
+        return {"kind": "eval", "variant": variant, "task": task, "lang": lang, "metric": "accuracy", "value": value}
+    recs = [rec("fp32", "demo-topic", "de", 80.0), rec("fp32", "demo-topic", "ja", 70.0),
+            rec("fp32", "demo-topic", "avg", 75.0), rec("int8", "demo-topic", "de", 79.0),
+            rec("int8", "demo-topic", "ja", 66.0), rec("int8", "demo-topic", "avg", 72.5)]
+    rows = {r["variant"]: r for r in gpu_check.accuracy_rows(recs)}
+    assert rows["int8"]["langs"] == 2 and rows["int8"]["mean"] == 72.5
+    assert rows["int8"]["mean_drop"] == 2.5 and (rows["int8"]["worst_lang"], rows["int8"]["worst_drop"]) == ("ja", 4.0)
+    assert rows["fp32"]["mean_drop"] == 0.0

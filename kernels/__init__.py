@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from typing import Callable, NamedTuple
 
 _HAVE_TRITON = importlib.util.find_spec("triton") is not None
 
@@ -30,7 +31,8 @@ def which(x) -> str:
     return "interpret" if os.environ.get("TRITON_INTERPRET") == "1" else "torch"
 
 
-def _ops(x):
+def _triton():
+    """The Triton implementations, imported on first use (triton is an optional dependency)."""
     from xopt.kernels import triton_ops
 
     return triton_ops
@@ -40,7 +42,7 @@ def bias_gelu(x, bias):
     """GELU(x + bias), exact (erf) GELU as BERT/XLM-R's `gelu`; x [..., N], bias [N]."""
     path = which(x)
     if path != "torch":
-        return _ops(x).bias_gelu(x.contiguous(), bias, interpret=path == "interpret")
+        return _triton().bias_gelu(x.contiguous(), bias, interpret=path == "interpret")
     import torch.nn.functional as F
 
     return F.gelu(x.float() + bias.float()).to(x.dtype)
@@ -50,7 +52,7 @@ def add_layernorm(x, bias, residual, weight, ln_bias, eps: float):
     """LayerNorm(x + bias + residual) over the last axis, statistics in fp32. bias/residual may be None."""
     path = which(x)
     if path != "torch":
-        return _ops(x).add_layernorm(x.contiguous(), bias, None if residual is None else residual.contiguous(),
+        return _triton().add_layernorm(x.contiguous(), bias, None if residual is None else residual.contiguous(),
                                      weight, ln_bias, eps, interpret=path == "interpret")
     import torch.nn.functional as F
 
@@ -66,7 +68,7 @@ def quantize_rows(x):
     """Symmetric per-row (per-token) int8: returns (q int8 [M,K], scale fp32 [M]), x ~ q * scale."""
     path = which(x)
     if path != "torch":
-        return _ops(x).quantize_rows(x.contiguous(), interpret=path == "interpret")
+        return _triton().quantize_rows(x.contiguous(), interpret=path == "interpret")
     import torch
 
     xf = x.float()
@@ -81,7 +83,7 @@ def quantize_static(x, scale):
     Returns (q, scale per row) in the form `int8_linear` takes."""
     path = which(x)
     if path != "torch":
-        q = _ops(x).quantize_static(x.contiguous(), scale, interpret=path == "interpret")
+        q = _triton().quantize_static(x.contiguous(), scale, interpret=path == "interpret")
     else:
         import torch
 
@@ -103,14 +105,13 @@ def int8_linear(a_q, a_scale, w_q, w_scale, bias, out_dtype, gelu: bool = False)
     """(a_q @ w_q^T) in int32, then * a_scale[M] * w_scale[N] (+ bias) (-> GELU), stored as out_dtype."""
     path = which(a_q)
     if path != "torch":
-        return _ops(a_q).int8_gemm(a_q.contiguous(), a_scale, w_q, w_scale, bias, out_dtype, gelu=gelu,
+        return _triton().int8_gemm(a_q.contiguous(), a_scale, w_q, w_scale, bias, out_dtype, gelu=gelu,
                                    interpret=path == "interpret")
     import torch.nn.functional as F
 
-    # int8 x int8 products summed exactly: in float64 (integers below 2^53, so the same numbers
-    # as an int32 accumulator) because torch._int_mm's CPU kernel is ~18x slower than an fp32
-    # matmul (1432 vs 79 ms for 1024x384 @ 384x1536, torch 2.13, shared 2-core host); float64
-    # is exact and 7x faster than _int_mm here (210 ms). On CUDA the Triton kernel runs instead.
+    # int8 x int8 products summed exactly in float64: every partial sum is an integer below
+    # 2^53, so the result equals an int32 accumulator's, and a float64 matmul is much faster
+    # on CPU than torch._int_mm's CPU kernel. On CUDA the Triton kernel runs instead.
     acc = a_q.double() @ w_q.double().t()
     y = acc.float() * a_scale[:, None] * w_scale[None, :]
     if bias is not None:
@@ -118,3 +119,69 @@ def int8_linear(a_q, a_scale, w_q, w_scale, bias, out_dtype, gelu: bool = False)
     if gelu:
         y = F.gelu(y)
     return y.to(out_dtype)
+
+
+# ---------------------------------------------------------------- benchmark cases
+
+class BenchCase(NamedTuple):
+    """One op at one shape for bench/bench_kernels.py: `fn(make_args())` is what is timed, on
+    `device` ("cuda" cases skip, with the reason, where torch sees no GPU)."""
+
+    name: str
+    device: str
+    fn: Callable
+    make_args: Callable
+
+
+# XLM-R-base at batch 32 x 128 tokens: 4096 token rows, hidden 768, FFN 3072. The CPU cases use
+# 256 rows so that the PyTorch reference path stays quick on a small host.
+_XLMR_BASE = (32 * 128, 768, 3072)
+_CPU_SMALL = (256, 768, 3072)
+
+
+def _make_row(device: str, rows: int, width: int):
+    def make():
+        import torch
+
+        g = torch.Generator().manual_seed(0)
+        dtype = torch.float16 if device == "cuda" else torch.float32
+        x = torch.randn(rows, width, generator=g).to(device, dtype)
+        return x, torch.randn(width, generator=g).to(device, dtype), torch.ones(width, device=device, dtype=dtype)
+    return make
+
+
+def _make_gemm(device: str, rows: int, k: int, n: int):
+    def make():
+        import torch
+
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(rows, k, generator=g).to(device)
+        w = torch.randn(n, k, generator=g).to(device)
+        a_q, a_s = quantize_rows(x)
+        w_q, w_s = quantize_weight(w)
+        out = torch.float16 if device == "cuda" else torch.float32
+        return a_q, a_s, w_q, w_s, torch.zeros(n, device=device), out
+    return make
+
+
+def _bench_cases() -> list[BenchCase]:
+    cases = []
+    for device, (rows, hidden, ffn) in (("cuda", _XLMR_BASE), ("cpu", _CPU_SMALL)):
+        sfx = "" if device == "cuda" else "-cpu"
+        shape = f"{rows}x{hidden}"
+        cases += [
+            BenchCase(f"bias_gelu-{rows}x{ffn}{sfx}", device, lambda a: bias_gelu(a[0], a[1]),
+                      _make_row(device, rows, ffn)),
+            BenchCase(f"add_layernorm-{shape}{sfx}", device,
+                      lambda a: add_layernorm(a[0], a[1], a[0], a[2], a[1], 1e-5), _make_row(device, rows, hidden)),
+            BenchCase(f"quantize_rows-{shape}{sfx}", device, lambda a: quantize_rows(a[0]),
+                      _make_row(device, rows, hidden)),
+            BenchCase(f"int8_linear-{shape}to{ffn}{sfx}", device, lambda a: int8_linear(*a),
+                      _make_gemm(device, rows, hidden, ffn)),
+            BenchCase(f"int8_linear-{rows}x{ffn}to{hidden}{sfx}", device, lambda a: int8_linear(*a),
+                      _make_gemm(device, rows, ffn, hidden)),
+        ]
+    return cases
+
+
+BENCH_CASES: list[BenchCase] = _bench_cases()

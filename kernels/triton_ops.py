@@ -18,8 +18,8 @@ import triton.language as tl
 
 # Only builtins inside the kernels. Row reductions go through `tl.reduce` with tl.standard's own combine functions (what tl.sum
 # and tl.max call), not through tl.sum/tl.max themselves: those are @jit library functions whose
-# mode (compiled or interpreted) was fixed when `triton` was first imported, and in a process
-# that imported it before TRITON_INTERPRET was set (torch.compile does) the interpreter cannot
+# mode (compiled or interpreted) is fixed when `triton` is first imported, and in a process
+# that imports it before TRITON_INTERPRET is set (torch.compile does) the interpreter cannot
 # call them. The interpreter recognises these combine functions and reduces with numpy.
 _SUM = tl.standard._sum_combine
 _MAX = tl.standard._elementwise_max
@@ -185,8 +185,9 @@ def _gemm_tiles(m: int, interpret: bool) -> tuple[dict, dict]:
 
     16 is the smallest int8 tensor-core tile and keeps the interpreter fast; on the GPU,
     128x128x64 tiles (8 warps, 3 stages; 64 rows, 4 warps for small M) are the usual int8 IMMA
-    starting point. Not timed on hardware yet (no GPU in the sessions that wrote this);
-    `compile_for_gpu` shows they compile to tensor-core IMMA without register spills."""
+    starting point, not tuned per GPU: bench/bench_gpu_kernels.py's GEMM cases time them against
+    torch._int_mm and cuBLAS fp16, and `compile_for_gpu` shows they compile to tensor-core IMMA
+    without register spills."""
     if interpret:
         return {"BM": 16, "BN": 16, "BK": 16}, {}
     bm = 64 if m <= 64 else 128

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -108,6 +107,7 @@ def train_cmd(plan: Annotated[Optional[Path], typer.Argument(
     """Train a baseline (target task only) or X-STILTs (intermediate, then target) checkpoint.
 
     Data parallel: launch the same command with `torchrun --nproc-per-node N -m xopt.cli train ...`."""
+    from xopt.dist import is_main
     from xopt.train import load_plan, run_plan, train
 
     if plan is not None:
@@ -115,7 +115,7 @@ def train_cmd(plan: Annotated[Optional[Path], typer.Argument(
         if out is not None:
             p.out = str(out)
         for role, path in run_plan(p, resume=resume, force=force, plan_text=plan.read_text()).items():
-            if os.environ.get("RANK", "0") == "0":      # under torchrun: once, not once per process
+            if is_main():      # under torchrun: once, not once per process
                 typer.echo(f"wrote {path} ({role})")
         return
     if model is None or out is None:
@@ -131,7 +131,7 @@ def train_cmd(plan: Annotated[Optional[Path], typer.Argument(
         data = ensure_suite()
     path = train(model, target, data, out, intermediate=(inter[0] if inter and len(inter) == 1 else inter),
                  seed=seed, force=force, resume=resume)
-    if os.environ.get("RANK", "0") == "0":
+    if is_main():
         typer.echo(f"wrote {path}")
 
 
@@ -433,7 +433,7 @@ def export_cmd(variant_dir: Annotated[Path, typer.Argument(help="Variant directo
 
 @command("demo")
 def demo_cmd(out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("xopt-demo"),
-             quick: Annotated[bool, typer.Option("--quick", help="Few languages and examples (CI, ~2 min).")] = False,
+             quick: Annotated[bool, typer.Option("--quick", help="Few languages and examples (the CI run).")] = False,
              force: Force = False):
     """The whole flow offline on the packaged multilingual model and the gettext demo suite."""
     from xopt.pipeline import run_demo

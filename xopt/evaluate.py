@@ -214,15 +214,10 @@ QA_DOC_STRIDE = 128
 
 def shard() -> tuple[int, int]:
     """(rank, world size) of this process as set by torchrun / accelerate launch (RANK, WORLD_SIZE)."""
-    import os
+    from xopt.dist import launch
 
-    try:
-        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    except ValueError:
-        raise XoptError("RANK / WORLD_SIZE must be integers (as torchrun sets them)") from None
-    if not 0 <= rank < world:
-        raise XoptError(f"RANK {rank} is not in [0, WORLD_SIZE={world})")
-    return rank, world
+    run = launch()
+    return run.rank, run.world_size
 
 
 def shard_out_path(out: str | Path) -> Path:

@@ -53,10 +53,3 @@ def host_info() -> dict:
         pass
     return info
 
-
-def device_name() -> str:
-    """The device a CPU/GPU measurement ran on, in words (for tables)."""
-    h = host_info()
-    if h["gpu"]:
-        return h["gpu"]["name"]
-    return f"{h['cpu']} ({h.get('torch_threads', h['cpu_count'])} threads)"

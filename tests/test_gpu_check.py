@@ -1,0 +1,57 @@
+"""bench/gpu_check.py's dry run passes on a CPU host: every step's code imports, the GPU tests and
+bench cases collect without errors or collection-time skips, the time boxes fit the budget."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import gpu_check  # noqa: E402
+
+
+def test_dry_run(tmp_path):
+    r = subprocess.run([sys.executable, "bench/gpu_check.py", "--dry-run", "--scratch", str(tmp_path),
+                        "--wheels", str(tmp_path / "no-wheels")], cwd=ROOT, capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "dry run: ok" in r.stdout
+    for step in gpu_check.STEPS:
+        assert step.name in r.stdout
+
+
+def test_time_boxes_fit_the_budget():
+    assert gpu_check.SETUP_BOX_S + sum(s.box_s for s in gpu_check.STEPS) <= gpu_check.BUDGET_S <= 480
+
+
+def test_wheel_check_names_what_is_missing(tmp_path):
+    specs = gpu_check._wheel_specs()
+    assert ("torchao", "0.17.0") in specs and ("bitsandbytes", "0.50.2") in specs
+    name, version = specs[0]
+    (tmp_path / f"{name.replace('-', '_')}-{version}-py3-none-any.whl").write_bytes(b"")
+    problems = gpu_check.check_wheels(tmp_path)
+    assert len(problems) == len(specs) - 1 and all("missing" in p for p in problems)
+
+
+def test_shim_maps_kernels_and_calibration(tmp_path):
+    shim = gpu_check.make_shim(tmp_path / "shim")
+    code = ("import sys, xopt, xopt.kernels, xopt.calibration; "
+            "assert xopt.__file__.startswith(sys.argv[1]), xopt.__file__; "
+            "assert xopt.kernels.__file__.startswith(sys.argv[1] + '/xopt/kernels'), xopt.kernels.__file__")
+    env = gpu_check.child_env(shim, None, None)
+    r = subprocess.run([sys.executable, "-c", code, str(shim)], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_accuracy_rows_drop_and_worst_language():
+    def rec(variant, task, lang, value):
+        return {"kind": "eval", "variant": variant, "task": task, "lang": lang, "metric": "accuracy", "value": value}
+    recs = [rec("fp32", "demo-topic", "de", 80.0), rec("fp32", "demo-topic", "ja", 70.0),
+            rec("fp32", "demo-topic", "avg", 75.0), rec("int8", "demo-topic", "de", 79.0),
+            rec("int8", "demo-topic", "ja", 66.0), rec("int8", "demo-topic", "avg", 72.5)]
+    rows = {r["variant"]: r for r in gpu_check.accuracy_rows(recs)}
+    assert rows["int8"]["langs"] == 2 and rows["int8"]["mean"] == 72.5
+    assert rows["int8"]["mean_drop"] == 2.5 and (rows["int8"]["worst_lang"], rows["int8"]["worst_drop"]) == ("ja", 4.0)
+    assert rows["fp32"]["mean_drop"] == 0.0

@@ -63,10 +63,11 @@ def main(argv=None) -> None:
 def study_markdown(recs: list[dict], out: Path) -> str:
     """The report's calibration section of `recs`, as Markdown."""
     from xopt.report import Doc, calibration_section
+    from xopt.report.render import to_markdown
 
     doc = Doc()
     calibration_section(doc, recs, out=out)
-    return doc.markdown()
+    return to_markdown(doc)
 
 
 if __name__ == "__main__":

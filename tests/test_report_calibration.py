@@ -5,7 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from xopt import report, records
+from xopt import records, report
+from xopt.report.render import to_markdown
 
 
 def test_report_renders_calibration_tables(tmp_path):
@@ -26,7 +27,7 @@ def test_report_renders_calibration_tables(tmp_path):
     def section(recs):
         doc = report.Doc()
         report.calibration_section(doc, recs)
-        return doc.markdown()
+        return to_markdown(doc)
 
     md = section(recs)
     assert "| m | onnx-int8 | minmax / en / 64 | demo-topic | 2 | -30.00 | ja (-50.0) |" in md

@@ -10,6 +10,7 @@ from xopt.report.calibration import calibration_section
 from xopt.report.plots import all_plots, heatmap_name
 from xopt.report.sections import (cost_section, reference_section, size_section, summary_section, task_section,
                                   tokens_section)
+from xopt.report.render import to_html, to_markdown
 from xopt.report.table import Doc
 
 
@@ -63,8 +64,8 @@ def write(t: RecordIndex, out: Path, reference: str = "fp32", force: bool = Fals
 
     with atomic_dir(Path(out), force=force) as tmp:
         doc = build(t, tmp, reference)
-        (tmp / "report.md").write_text(doc.markdown(), encoding="utf-8")
-        (tmp / "report.html").write_text(doc.html(tmp), encoding="utf-8")
+        (tmp / "report.md").write_text(to_markdown(doc), encoding="utf-8")
+        (tmp / "report.html").write_text(to_html(doc, tmp), encoding="utf-8")
         (tmp / "summary.csv").write_text(summary_csv(t, reference), encoding="utf-8")
     return Path(out) / "report.md"
 

@@ -63,7 +63,7 @@ class Image:
 
 
 class Doc:
-    """An ordered list of blocks; `markdown()` and `html()` render it."""
+    """An ordered list of blocks; `xopt.report.render` renders it (terminal, markdown, html)."""
 
     def __init__(self):
         self.blocks: list = []
@@ -83,13 +83,3 @@ class Doc:
 
     def img(self, name: str, alt: str):
         self.blocks.append(Image(name, alt))
-
-    def markdown(self) -> str:
-        from xopt.report.render import to_markdown
-
-        return to_markdown(self)
-
-    def html(self, image_dir, title: str = "xopt report") -> str:
-        from xopt.report.render import to_html
-
-        return to_html(self, image_dir, title)

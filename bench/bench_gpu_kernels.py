@@ -80,7 +80,7 @@ def test_gemm_b32_s128(benchmark, impl, k, n):
 def _model(name):
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
-    from xopt.models import build_module
+    from xopt.modeling import build_module
 
     cfg = XLMRobertaConfig(vocab_size=250002, max_position_embeddings=514, pad_token_id=1,
                            attn_implementation="sdpa", **MODELS[name])
@@ -90,7 +90,7 @@ def _model(name):
 def _length_mix():
     try:
         from xopt.bench import parse_lengths
-        from xopt.models import e5_tokenizer
+        from xopt.importers.e5 import e5_tokenizer
 
         return parse_lengths("demo", e5_tokenizer(), "query: ")[0]
     except Exception as e:   # the demo extra is optional

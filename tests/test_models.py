@@ -5,7 +5,7 @@ import pytest
 
 from conftest import HAVE_DEMO, needs_demo
 from xopt.errors import XoptError
-from xopt.models import dequantize_q4_0, read_e5_q4
+from xopt.importers.e5 import dequantize_q4_0, read_e5_q4
 
 
 def test_dequantize_q4_0_block_layout():
@@ -40,14 +40,14 @@ def e5(tmp_path_factory):
 def _embed(ckpt_path, texts):
     import torch
 
-    from xopt.evaluate import pad, tokenize
-    from xopt.models import load_module, load_tokenizer, open_checkpoint
+    from xopt.batching import pad, tokenize
+    from xopt.modeling import load_module, load_tokenizer, open_checkpoint
 
     ck = open_checkpoint(ckpt_path)
     tok = load_tokenizer(ck.path)
     ids, mask = pad(tokenize(tok, texts, ck.card.input_prefix), tok.pad_token_id)
     with torch.inference_mode():
-        e = load_module(ck)(torch.from_numpy(ids), torch.from_numpy(mask))[0].numpy()
+        e = load_module(ck)(torch.from_numpy(ids), torch.from_numpy(mask)).sentence_embedding.numpy()
     return e / np.linalg.norm(e, axis=1, keepdims=True)
 
 
@@ -87,11 +87,11 @@ def test_head_kinds_outputs_and_round_trip(tmp_path, head, labels):
     import torch
     from transformers import BertConfig, BertModel
 
-    from xopt.models import ModelCard, build_module, load_module, open_checkpoint, output_names, save_checkpoint
+    from xopt.modeling import ModelCard, build_module, load_module, open_checkpoint, output_names, save_checkpoint
 
     if not HAVE_DEMO:
         pytest.skip("needs the e5 tokenizer from the `demo` extra")
-    from xopt.models import e5_tokenizer
+    from xopt.importers.e5 import e5_tokenizer
 
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=250037, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
@@ -117,7 +117,7 @@ def test_head_kinds_outputs_and_round_trip(tmp_path, head, labels):
 
 
 def test_bad_head_kind():
-    from xopt.models import ModelCard
+    from xopt.modeling import ModelCard
 
     with pytest.raises(XoptError, match="unknown head kind"):
         ModelCard(head="ranker")

@@ -82,7 +82,7 @@ def import_cmd(name: Annotated[str, typer.Argument(help="Packaged model to impor
                out: Annotated[Path, typer.Option("--out", help="Checkpoint directory to write.")],
                force: Force = False):
     """Turn a packaged model into a standard Hugging Face checkpoint directory."""
-    from xopt.models import import_model
+    from xopt.importers import import_model
 
     import_model(name, out, force=force)
     typer.echo(f"wrote {out}")

@@ -15,31 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from xopt import results
+from xopt.batching import length_batches, pad, tokenize
 from xopt.errors import XoptError
 from xopt.progress import bar
 from xopt.tasks import demo
-
-
-def tokenize(tokenizer, texts: list[str], prefix: str = "", max_length: int = 512) -> list[list[int]]:
-    enc = tokenizer([prefix + t for t in texts], truncation=True, max_length=max_length,
-                    add_special_tokens=True)
-    return enc["input_ids"]
-
-
-def pad(seqs: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    width = max(len(s) for s in seqs)
-    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(seqs), width), dtype=np.int64)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = s
-        mask[i, :len(s)] = 1
-    return ids, mask
-
-
-def length_batches(lengths: list[int], batch_size: int) -> list[np.ndarray]:
-    """Indices grouped into batches of similar length (longest first: memory peaks early)."""
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def run_texts(loaded, texts: list[str], batch_size: int = 64, tokenizer=None, progress=None,
@@ -57,8 +36,8 @@ def run_ids(loaded, seqs: list[list[int]], pad_id: int, batch_size: int = 64, pr
             description: str = "") -> dict:
     """Outputs of the variant for token-id sequences, in input order. Batches are bucketed by
     length (sorted, padded per batch). Per-sequence outputs are arrays [N, ...]; per-token outputs
-    (`models.PER_TOKEN_OUTPUTS`) are lists of arrays cut to each sequence's own length."""
-    from xopt.models import PER_TOKEN_OUTPUTS
+    (`modeling.PER_TOKEN_OUTPUTS`) are lists of arrays cut to each sequence's own length."""
+    from xopt.modeling import PER_TOKEN_OUTPUTS
 
     batches = length_batches([len(s) for s in seqs], batch_size)
     out: dict = {}

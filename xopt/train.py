@@ -252,9 +252,9 @@ def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: s
     checkpoint directory (the flags form) rather than a run directory."""
     from xopt import results
     from xopt.manifest import atomic_write
-    from xopt.models import ModelCard, load_module, load_tokenizer, open_checkpoint, save_checkpoint
+    from xopt.modeling import ModelCard, NoHead, load_module, load_tokenizer, open_checkpoint, save_checkpoint
     from xopt.progress import bar
-    from xopt.trainloop import barrier, dist_info, fit
+    from xopt.trainloop import barrier, dist_info, fit, head_of
 
     out = Path(plan.out)
     roles = list(plan.models)
@@ -301,11 +301,9 @@ def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: s
     def records(role, stage_name):
         return lambda rec: results.append(metrics, [{"kind": "train", "model": role, "stage": stage_name, **rec}])
 
-    def fresh():
+    def fresh():     # the checkpoint's encoder, no head: a stage composes its own heads with it
         _seed_all(plan.seed)
-        m = load_module(ckpt)
-        m.set_head("none")
-        return m
+        return load_module(ckpt).with_head(NoHead())
 
     written = {}
     with bar() as progress:
@@ -327,15 +325,13 @@ def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: s
                 res = _stage_run(model, tok, prefix, tasks, plan.target, plan.seed, state_root / f"{role}-target",
                                  resume, progress, records(role, "target"), on_step, fit)
                 t = tasks[plan.target.tasks[0]]
-                kind, n = _head_of(t)
-                model.set_head(kind, n)
-                model.head.load_state_dict(res["head"])
+                head = head_of(t)
+                model = model.with_head(head, res["head"])
                 stages.append(res["summary"])
                 card = ModelCard(pooling=ckpt.card.pooling, input_prefix=prefix, labels=list(t.labels),
-                                 task=t.name, max_length=ckpt.card.max_length, head=kind,
+                                 task=t.name, max_length=ckpt.card.max_length, head=head.kind,
                                  retrieval_layer=ckpt.card.retrieval_layer)
             else:
-                model.set_head("none")
                 card = ModelCard(pooling=ckpt.card.pooling, input_prefix=prefix, max_length=ckpt.card.max_length,
                                  task=plan.target.tasks[0], retrieval_layer=ckpt.card.retrieval_layer)
             if rank == 0:
@@ -356,12 +352,6 @@ def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: s
     if rank == 0 and single_out:
         shutil.rmtree(state_root, ignore_errors=True)    # finished: the checkpoint holds the history
     return written
-
-
-def _head_of(t) -> tuple[str, int]:
-    from xopt.trainloop import head_shape
-
-    return head_shape(t, 0)
 
 
 def _load_encoder(model, tensors: dict) -> None:

@@ -1,6 +1,6 @@
 """The training loop of `xopt train`: one stage (one task, or a mixture of tasks) on the one model.
 
-- Model: `XoptModel` (xopt.models) with one head per task of the stage, swapped in before each
+- Model: `XoptModel` (xopt.modeling) with one head per task of the stage, swapped in before each
   forward so the loss is computed on the contract's outputs (`logits`, `token_logits`,
   `start_logits`/`end_logits`). Multiple-choice tasks score each (context, choice) pair with a
   1-output sequence head and take the softmax over the choices. Continued MLM uses a
@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import nullcontext
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 
+from xopt.batching import pad
 from xopt.errors import XoptError
 from xopt.tasks.intermediate import HEAD_OF, TaskData
 
@@ -60,14 +62,17 @@ def barrier(world: int) -> None:
         dist.barrier()
 
 
-def head_shape(task: TaskData, vocab: int) -> tuple[str, int]:
-    """The model head (kind, outputs) a task trains."""
+def head_of(task: TaskData, vocab: int = 0):
+    """The head class a task trains (xopt.modeling), with its number of outputs."""
+    from xopt.modeling import HEAD_CLASSES
+
     n = {"sequence": len(task.labels), "token": len(task.labels), "span": 2, "choice": 1, "mlm": vocab}
-    return HEAD_OF[task.kind], n[task.kind]
+    return HEAD_CLASSES[HEAD_OF[task.kind]](n[task.kind])
 
 
 def make_trainee(model, tasks: dict[str, TaskData]):
-    """XoptModel + one head per task (ModuleDict), forward(task, ids, mask) -> contract outputs."""
+    """The encoder of `model` composed with one head per task: forward(task, ids, mask) -> that
+    head's named outputs. `model` itself is never changed; its own head (if any) is unused."""
     from torch import nn
 
     enc = model.encoder
@@ -78,27 +83,23 @@ def make_trainee(model, tasks: dict[str, TaskData]):
             super().__init__()
             self.model = model
             self.heads = nn.ModuleDict()
-            self.kinds = {}
+            self.head_types = {}
             for name, t in tasks.items():
-                kind, n = head_shape(t, vocab)
-                lin = nn.Linear(hidden, n)
+                head = head_of(t, vocab)
+                lin = nn.Linear(hidden, head.width)
                 if t.kind == "mlm":
                     lin.weight = enc.embeddings.word_embeddings.weight    # tied, as BERT's MLM decoder
                 self.heads[key(name)] = lin
-                self.kinds[name] = kind
-            model.set_head("none")
+                self.head_types[name] = head
 
         def forward(self, task: str, input_ids, attention_mask, mlm_positions=None):
+            lin = self.heads[key(task)]
             if mlm_positions is not None:     # hidden states of masked positions only
                 hidden_states = self.model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-                return self.heads[key(task)](hidden_states[mlm_positions])
-            self.model.kind = self.kinds[task]
-            self.model.head = self.heads[key(task)]
-            try:
-                return self.model(input_ids, attention_mask)
-            finally:
-                self.model.head = None
-                self.model.kind = "none"
+                return lin(hidden_states[mlm_positions])
+            head = self.head_types[task]
+            hidden, embedding, layer_embedding = self.model.encode(input_ids, attention_mask)
+            return head.outputs(embedding, layer_embedding, lin(hidden if head.on_tokens else embedding))
 
     return Trainee()
 
@@ -159,20 +160,14 @@ def build_schedule(lengths: dict[str, np.ndarray], stage, seed: int) -> tuple[li
 
 # --- batches -----------------------------------------------------------------------------------
 
-def _pad(seqs, pad_id):
-    from xopt.evaluate import pad
-
-    return pad(seqs, pad_id)
-
-
 def collate(task: TaskData, feats: list[dict], idx, tok, seed: int, step: int) -> dict:
     import torch
 
     b = [feats[i] for i in idx]
     if task.kind == "choice":
-        ids, mask = _pad([s for f in b for s in f["input_ids"]], tok.pad_token_id)
+        ids, mask = pad([s for f in b for s in f["input_ids"]], tok.pad_token_id)
     else:
-        ids, mask = _pad([f["input_ids"] for f in b], tok.pad_token_id)
+        ids, mask = pad([f["input_ids"] for f in b], tok.pad_token_id)
     out = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
     if task.kind in ("sequence", "choice"):
         out["label"] = torch.tensor([f["label"] for f in b])
@@ -213,12 +208,12 @@ def loss_of(trainee, task: TaskData, name: str, batch: dict, features=None):
         return F.cross_entropy(logits, batch["mlm_labels"])
     out = trainee(name, batch["input_ids"], batch["attention_mask"])
     if task.kind == "sequence":
-        return F.cross_entropy(out[2], batch["label"])
+        return F.cross_entropy(out.logits, batch["label"])
     if task.kind == "choice":
-        return F.cross_entropy(out[2].view(len(batch["label"]), -1), batch["label"])
+        return F.cross_entropy(out.logits.view(len(batch["label"]), -1), batch["label"])
     if task.kind == "token":
-        return F.cross_entropy(out[2].flatten(0, 1), batch["tags"].flatten(), ignore_index=-100)
-    return (F.cross_entropy(out[2], batch["start"]) + F.cross_entropy(out[3], batch["end"])) / 2
+        return F.cross_entropy(out.token_logits.flatten(0, 1), batch["tags"].flatten(), ignore_index=-100)
+    return (F.cross_entropy(out.start_logits, batch["start"]) + F.cross_entropy(out.end_logits, batch["end"])) / 2
 
 
 def dev_sums(trainee, task: TaskData, name: str, examples, feats, tok, device, features=None) -> list[float]:
@@ -239,7 +234,8 @@ def dev_sums(trainee, task: TaskData, name: str, examples, feats, tok, device, f
             for i in range(0, len(order), EVAL_BATCH):
                 idx = order[i:i + EVAL_BATCH]
                 b = {k: v.to(device) for k, v in collate(task, feats, idx, tok, 0, 0).items()}
-                out = [o.float().cpu().numpy() for o in trainee(name, b["input_ids"], b["attention_mask"])[2:]]
+                got = trainee(name, b["input_ids"], b["attention_mask"])
+                out = [getattr(got, n).float().cpu().numpy() for n in got._fields[2:]]   # the head's outputs
                 if task.kind == "choice":
                     out = [out[0].reshape(len(idx), -1)]
                 for r, j in enumerate(idx):
@@ -407,7 +403,7 @@ def fit(model, tok, prefix: str, tasks: dict[str, TaskData], stage, seed: int, s
         step_loss = 0.0
         for j, m in enumerate(micro):
             b = {k: v.to(device) for k, v in collate(task, feats[name], m, tok, seed, step).items()}
-            ctx = net.no_sync() if world > 1 and net is not trainee and j < len(micro) - 1 else _null()
+            ctx = net.no_sync() if world > 1 and net is not trainee and j < len(micro) - 1 else nullcontext()
             with ctx, torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 loss = loss_of(net, task, name, b, frozen[name]["train"][m] if head_only else None)
                 scaled = loss * (len(m) / len(local))
@@ -466,21 +462,13 @@ def tasks_kind(tasks: dict[str, TaskData], head_key: str) -> str:
     return next(t.kind for n, t in tasks.items() if key(n) == head_key)
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
 def _embed(model, feats, tok, device):
     import torch
 
     out = []
     for i in range(0, len(feats), EVAL_BATCH):
-        ids, mask = _pad([f["input_ids"] for f in feats[i:i + EVAL_BATCH]], tok.pad_token_id)
-        out.append(model(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))[0].clone())
+        ids, mask = pad([f["input_ids"] for f in feats[i:i + EVAL_BATCH]], tok.pad_token_id)
+        out.append(model(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)).sentence_embedding.clone())
     return torch.cat(out)
 
 

@@ -1,6 +1,6 @@
 """XTREME task registry and data loading: one internal example form per task family.
 
-API (stable; other modules and issue 5's training build on it):
+API (stable; evaluation, training and calibration build on it):
 
 - `TASKS[name] -> Task`: family ("classify" | "tagging" | "qa" | "retrieval"), XTREME's language
   list, label set, metric, where the files live in each source.
@@ -114,7 +114,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task("squad", "qa", "f1", ("en",), splits=("train", "dev"), head="span"),
 )}
 EVAL_TASKS = ("xnli", "pawsx", "udpos", "panx", "xquad", "mlqa", "tydiqa", "bucc2018", "tatoeba")
-# The English training data XTREME fine-tunes on for each target task (issue 5 trains on these).
+# The English training data XTREME fine-tunes on for each target task (`xopt train` trains on these).
 TRAIN_TASK = {"xnli": "xnli", "pawsx": "pawsx", "udpos": "udpos", "panx": "panx", "xquad": "squad",
               "mlqa": "squad", "tydiqa": "tydiqa"}
 

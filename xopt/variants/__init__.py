@@ -47,7 +47,7 @@ def get(name: str) -> Variant:
 def compile_variant(checkpoint: str | Path, name: str, out: str | Path, force: bool = False,
                     options: dict | None = None) -> dict:
     """Build variant `name` of `checkpoint` into `out` (atomically); return its manifest."""
-    from xopt.models import open_checkpoint, param_counts
+    from xopt.modeling import open_checkpoint, param_counts
 
     variant = get(name)
     if reason := variant.unavailable_reason():
@@ -87,7 +87,7 @@ class Loaded:
 
     @property
     def card(self):
-        from xopt.models import ModelCard
+        from xopt.modeling import ModelCard
 
         return ModelCard.from_json(self.manifest["model"])
 
@@ -102,7 +102,7 @@ class Loaded:
         return {k: m[k] for k in ("base_model", "role", "params", "non_embedding_params") if m.get(k) is not None}
 
     def tokenizer(self):
-        from xopt.models import load_tokenizer
+        from xopt.modeling import load_tokenizer
 
         return load_tokenizer(self.directory)
 

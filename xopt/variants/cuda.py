@@ -92,7 +92,7 @@ class BucketRunner(TorchRunner):
             return super().run((ids, mask)), shape
 
     def to_numpy(self, outputs):
-        from xopt.models import PER_TOKEN_OUTPUTS
+        from xopt.modeling import PER_TOKEN_OUTPUTS
 
         outs, (b, t) = outputs
         return {n: v[:b, :t] if n in PER_TOKEN_OUTPUTS else v[:b] for n, v in super().to_numpy(outs).items()}
@@ -101,7 +101,7 @@ class BucketRunner(TorchRunner):
 def _compiled(variant, directory, man, module):
     import torch
 
-    from xopt.models import load_tokenizer
+    from xopt.modeling import load_tokenizer
 
     opts = man["options"]
     t0 = time.perf_counter()

@@ -60,7 +60,7 @@ def _build_weights(variant, ckpt, out: Path, options) -> dict:
 
 
 def _module(directory: Path, man: dict):
-    from xopt.models import Checkpoint, ModelCard, load_module
+    from xopt.modeling import Checkpoint, ModelCard, load_module
 
     return load_module(Checkpoint(directory, ModelCard.from_json(man["model"]), man))
 

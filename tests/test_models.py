@@ -123,3 +123,32 @@ def test_bad_head_kind():
         ModelCard(head="ranker")
     with pytest.raises(XoptError, match="needs labels"):
         ModelCard(head="token")
+
+
+def test_head_classes_named_outputs_and_with_head():
+    """Each head class returns its NamedTuple (fields = output_names); with_head composes the
+    same encoder with another head without changing the original model."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from xopt.modeling import HEAD_CLASSES, ModelCard, NoHead, SpanHead, TokenHead, XoptModel, output_names
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=32, pad_token_id=1)
+    base = XoptModel(BertModel(cfg, add_pooling_layer=False).eval(), NoHead()).eval()
+    ids = torch.tensor([[0, 5, 6, 2], [0, 7, 2, 1]])
+    mask = (ids != 1).long()
+    for kind, cls in HEAD_CLASSES.items():
+        labels = {"sequence": ["a", "b"], "token": ["O", "X", "Y"]}.get(kind, [])
+        card = ModelCard(labels=labels, head=kind)
+        assert isinstance(card.head_type, cls) and cls.output_names() == output_names(card)
+    with torch.inference_mode():
+        plain = base(ids, mask)
+        tagger = base.with_head(TokenHead(3))
+        tagged = tagger(ids, mask)
+        span = base.with_head(SpanHead())(ids, mask)
+    assert type(plain).__name__ == "EncoderOutput" and base.head is None and tagger.encoder is base.encoder
+    assert tagged.token_logits.shape == (2, 4, 3) and span.start_logits.shape == span.end_logits.shape == (2, 4)
+    assert torch.equal(tagged.sentence_embedding, plain.sentence_embedding)
+    assert tuple(tagged) == (tagged.sentence_embedding, tagged.layer_embedding, tagged.token_logits)

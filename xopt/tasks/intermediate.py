@@ -34,17 +34,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xopt.errors import XoptError
+from xopt.tasks.registry import TaskEntry, register_task
 
 NLI_LABELS = ["entailment", "neutral", "contradiction"]
-KINDS = ("sequence", "token", "span", "choice", "mlm")
-# the one model's head for each kind, and its number of outputs (None: the task's labels)
-HEAD_OF = {"sequence": "sequence", "token": "token", "span": "span", "choice": "sequence", "mlm": "token"}
 
 
 @dataclass
 class TaskData:
     name: str
-    kind: str                       # KINDS
+    kind: str                       # its task family (xopt.tasks.registry.FAMILIES key)
     labels: list[str]
     train: list[dict]
     dev: list[dict] = field(default_factory=list)
@@ -282,35 +280,41 @@ def load_text(name: str, files: list[str | Path]) -> TaskData:
 def featurize(task: TaskData, examples: list[dict], tokenizer, prefix: str, max_length: int,
               doc_stride: int = 64) -> list[dict]:
     """Examples -> features: dicts with `input_ids` (list, or list of lists for `choice`) and the
-    target (`label`, `tags`, `start`/`end`)."""
-    kind = task.kind
-    if kind == "mlm":
-        enc = tokenizer([prefix + e["text"] for e in examples], truncation=True, max_length=max_length)
-        return [{"input_ids": ids} for ids in enc["input_ids"]]
-    if kind == "sequence":
-        pairs = [e.get("text_pair") for e in examples]
-        firsts = [prefix + e["text"] for e in examples]
-        enc = tokenizer(firsts, pairs if any(pairs) else None, truncation=True, max_length=max_length)
-        return [{"input_ids": ids, "label": task.labels.index(e["label"])}
-                for ids, e in zip(enc["input_ids"], examples)]
-    if kind == "choice":
-        feats = []
-        for e in examples:
-            enc = tokenizer([prefix + e["first"]] * len(e["choices"]), e["choices"], truncation=True,
-                            max_length=max_length)
-            feats.append({"input_ids": enc["input_ids"], "label": e["label"]})
-        if len({len(f["input_ids"]) for f in feats}) > 1:
-            raise XoptError(f"task {task.name}: examples have different numbers of choices")
-        return feats
-    if kind == "token":      # XTREME's tagging features: first sub-token of each word, chunks of long sentences
-        from xopt.tasks import tagging
+    target (`label`, `tags`, `start`/`end`), by the task's family (xopt.tasks.families)."""
+    from xopt.tasks.registry import family
 
-        return [{"input_ids": f["input_ids"], "tags": f["label_ids"], "example": f["example"], "first": f["first"]}
-                for f in tagging.features(examples, tokenizer, task.labels, max_length, prefix)]
-    if kind == "span":       # XTREME's QA features: question + context windows, doc stride
-        from xopt.tasks import qa
+    return family(task.kind).features(task, examples, tokenizer, prefix, max_length, doc_stride)
 
-        return [{"input_ids": f["input_ids"], "start": f["start_position"], "end": f["end_position"],
-                 "example": f["example"], "offsets": f["offsets"]}
-                for f in qa.features(examples, tokenizer, max_length, min(doc_stride, max_length // 2), 64, prefix)]
-    raise XoptError(f"task {task.name}: unknown kind {kind!r}")
+
+# --- registration ------------------------------------------------------------------------------
+
+def data_path(name: str, data: dict) -> Path:
+    """Where task `name`'s files are: `data[name]`, else the child of `data["root"]` whose name
+    matches the task's (MNLI, SST-2, mnli, ...), else the root itself."""
+    if name in data:
+        return Path(data[name])
+    if "root" not in data:
+        raise XoptError(f"task {name}: no data location (pass --data DIR or set data.{name} in the plan)")
+    root = Path(data["root"])
+    if root.is_dir():
+        for child in sorted(root.iterdir()):      # <root>/MNLI, <root>/SST-2, <root>/mnli ...
+            if child.is_dir() and _norm(child.name) == _norm(name):
+                return child
+    return root
+
+
+def _norm(s: str) -> str:
+    return "".join(c for c in s.lower() if c.isalnum())
+
+
+def _load_entry(name: str, data: dict, stage) -> TaskData:
+    return load(name, data_path(name, data), stage.translated.get(name, []))
+
+
+def _load_mlm(name: str, data: dict, stage) -> TaskData:
+    return load_text(name, stage.mlm)
+
+
+for _name, _spec in SPECS.items():
+    register_task(TaskEntry(_name, _spec.kind, "intermediate", _load_entry, _spec))
+register_task(TaskEntry("mlm", "mlm", "text", _load_mlm))

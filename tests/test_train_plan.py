@@ -23,8 +23,8 @@ pytestmark = needs_demo
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """A 32-wide model gains nothing from intra-op threads; on a loaded machine their spin-waits
-    make each step ~10x slower."""
+    """A 32-wide model gains nothing from intra-op threads, and their spin-waits slow every step
+    down on a loaded machine."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -1,0 +1,7 @@
+"""Tasks: data loading, features, metrics, and ONE registry (xopt.tasks.registry).
+
+- registry.py: the `TaskFamily` protocol, the family and task registries, lookups.
+- families.py: the families (sequence, choice, token, span, mlm, retrieval).
+- xtreme.py, intermediate.py, demo.py: their tasks' data, each registering its tasks.
+- classify.py, tagging.py, qa.py, retrieval.py: XTREME's features and metrics, used by the families.
+"""

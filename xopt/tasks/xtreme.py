@@ -2,8 +2,9 @@
 
 API (stable; evaluation, training and calibration build on it):
 
-- `TASKS[name] -> Task`: family ("classify" | "tagging" | "qa" | "retrieval"), XTREME's language
-  list, label set, metric, where the files live in each source.
+- `TASKS[name] -> Task`: family (XTREME's data form: "classify" | "tagging" | "qa" | "retrieval"),
+  `kind` (its task family in xopt.tasks.registry, where every task here is registered), XTREME's
+  language list, label set, metric, where the files live in each source.
 - `load(task, lang, split, data_dir) -> list[dict]` (classify / tagging / qa) or `Bitext` (retrieval):
   the examples of one language and split, labels checked against the task's label set.
   Internal forms:

@@ -73,6 +73,8 @@ class Head:
     kind: ClassVar[str]                  # ModelCard.head, the serialised name
     Output: ClassVar[type]               # the NamedTuple this head returns
     on_tokens: ClassVar[bool] = False    # the linear layer reads every token (else the sentence embedding)
+    needs_labels: ClassVar[bool] = True  # the card lists the classes (else they are fixed or absent)
+    fixed_labels: ClassVar[tuple | None] = None   # classes every head of this kind has
 
     def __init__(self, num_labels: int = 0):
         self.num_labels = num_labels
@@ -98,7 +100,7 @@ class Head:
 
 
 class NoHead(Head):
-    kind, Output = "none", EncoderOutput
+    kind, Output, needs_labels = "none", EncoderOutput, False
 
     @property
     def width(self) -> int:
@@ -117,7 +119,8 @@ class TokenHead(Head):
 
 
 class SpanHead(Head):
-    kind, Output, on_tokens = "span", SpanOutput, True
+    kind, Output, on_tokens, needs_labels = "span", SpanOutput, True, False
+    fixed_labels = ("start", "end")
 
     @property
     def width(self) -> int:
@@ -129,7 +132,7 @@ class SpanHead(Head):
 
 HEAD_CLASSES: dict[str, type[Head]] = {h.kind: h for h in (NoHead, SequenceHead, TokenHead, SpanHead)}
 HEADS = tuple(HEAD_CLASSES)
-SPAN_LABELS = ("start", "end")
+SPAN_LABELS = SpanHead.fixed_labels
 PER_TOKEN_OUTPUTS = tuple(n for h in HEAD_CLASSES.values() if h.on_tokens
                           for n in h.output_names() if n not in EncoderOutput._fields)   # axis 1 is the sequence
 
@@ -151,9 +154,10 @@ class ModelCard:
             self.head = "sequence" if self.labels else "none"
         if self.head not in HEADS:
             raise XoptError(f"unknown head kind {self.head!r}; known: {', '.join(HEADS)}")
-        if self.head == "span":
-            self.labels = list(SPAN_LABELS)
-        if self.head in ("sequence", "token") and not self.labels:
+        cls = HEAD_CLASSES[self.head]
+        if cls.fixed_labels is not None:
+            self.labels = list(cls.fixed_labels)
+        if cls.needs_labels and not self.labels:
             raise XoptError(f"a {self.head!r} head needs labels")
 
     @property

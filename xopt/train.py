@@ -163,7 +163,7 @@ def is_retrieval_target(name: str) -> bool:
     from xopt.tasks import registry
 
     entry = registry.task(name)
-    return entry is not None and registry.family(entry.family).head == "none"
+    return entry is not None and not registry.family(entry.family).trainable
 
 
 def _check_stage(st: Stage, tasks: dict, role: str) -> None:

@@ -177,6 +177,8 @@ class Spec:
     hf_rows: object = None           # rows of the HF datasets columns -> examples
     hf_splits: tuple[str, str] = ("train", "validation")
     labels: tuple[str, ...] = ()
+    labels_from_tags: bool = False   # the tag set is read from the data (train and dev)
+    metric: str = "accuracy"         # dev metric for choosing the epoch
 
 
 SPECS = {
@@ -192,9 +194,9 @@ SPECS = {
                 labels=("not_duplicate", "duplicate")),
     "sst2": Spec("sequence", ("train.tsv",), ("dev.tsv",), _sst2, hf_rows=_sst2, labels=("negative", "positive")),
     "ccg": Spec("token", ("train.stagged", "train.txt", "train.ccg"), ("dev.stagged", "dev.txt", "dev.ccg"),
-                None, file=_ccg_file),
+                None, file=_ccg_file, labels_from_tags=True),
     "squad": Spec("span", ("train-v1.1.json", "train.json"), ("dev-v1.1.json", "dev.json"), None,
-                  file=_squad_json, hf_rows=_squad_hf),
+                  file=_squad_json, hf_rows=_squad_hf, metric="qa_f1"),
     "hellaswag": Spec("choice", ("hellaswag_train.jsonl", "train.jsonl"), ("hellaswag_val.jsonl", "val.jsonl"),
                       _hellaswag, hf_rows=_hellaswag),
     "commonsenseqa": Spec("choice", ("train_rand_split.jsonl", "train.jsonl"),
@@ -257,9 +259,9 @@ def load(name: str, root: str | Path, translated: list[str | Path] = ()) -> Task
     if not train:
         raise XoptError(f"task {name}: no training examples in {root}")
     labels = list(spec.labels)
-    if spec.kind == "token":      # supertags seen only in dev get an output too (never trained)
+    if spec.labels_from_tags:     # supertags seen only in dev get an output too (never trained)
         labels = sorted({t for e in train + dev for t in e["tags"]})
-    return TaskData(name, spec.kind, labels, train, dev, metric="qa_f1" if spec.kind == "span" else "accuracy")
+    return TaskData(name, spec.kind, labels, train, dev, metric=spec.metric)
 
 
 def load_text(name: str, files: list[str | Path]) -> TaskData:

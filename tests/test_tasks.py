@@ -110,17 +110,47 @@ def test_mlm_collate_masks_and_labels_real_tokens(tok):
     assert (again["input_ids"] == batch["input_ids"]).all()          # a function of (seed, step, example)
 
 
-def test_texts_are_what_the_bench_length_mix_reads():
-    """`family.texts(examples)` is the length-mix text of every XTREME task (the form bench's
-    xtreme_texts produced); `joined=True` is the calibration text."""
-    from xopt import bench
+def test_texts_are_what_the_model_reads():
+    """`family.texts(examples)`: the length-mix text of every XTREME task (a sentence pair stays a
+    pair so it is tokenised with its separators); `joined=True`: one calibration string each."""
     from xopt.tasks import xtreme
 
+    expect = {
+        "sequence": lambda d: [(e["text_a"], e["text_b"]) if e.get("text_b") else e["text_a"] for e in d],
+        "token": lambda d: [" ".join(e["tokens"]) for e in d],
+        "span": lambda d: [(e["question"], e["context"]) for e in d],
+        "retrieval": lambda d: list(d.src),
+    }
     for name in xtreme.EVAL_TASKS:
         t = xtreme.TASKS[name]
         lang = "ar" if name == "tydiqa" else "de"
         data = xtreme.load(t, lang, "test", FIX / "xtreme")
         fam = registry.family_of(name)
-        assert fam.texts(data) == bench.xtreme_texts(data, t.family), name
+        assert fam.texts(data) == expect[fam.name](data), name
         joined = fam.texts(data, joined=True, lang=lang)
         assert all(isinstance(x, str) for x in joined) and len(joined) == len(fam.texts(data))
+        if fam.name != "retrieval":
+            assert joined == [xtreme.example_text(t, e) for e in data]
+
+
+def test_task_modules_never_import_higher_layers():
+    """modeling/importers/batching/manifest (files, model) and tasks never import training,
+    evaluation, variants, measurement, report or CLI modules, not even inside a function."""
+    import ast
+
+    root = Path(__file__).parent.parent
+    low = ["xopt/manifest.py", "xopt/modeling.py", "xopt/batching.py", *map(str, (root / "xopt" / "importers").glob("*.py")),
+           *map(str, (root / "xopt" / "tasks").glob("*.py"))]
+    higher = ("xopt.train", "xopt.trainloop", "xopt.evaluate", "xopt.bench", "xopt.variants", "xopt.report",
+              "xopt.pick", "xopt.pipeline", "xopt.cli", "xopt.calibration", "xopt.kernels", "xopt.loadgen",
+              "xopt.results", "xopt.records", "xopt.measure", "xopt.scenarios", "xopt.analysis")
+    for f in low:
+        tree = ast.parse((root / f).read_text())
+        mods = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+        mods += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        mods += [f"{n.module}.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "xopt"
+                 for a in n.names]
+        up = [m for m in mods if m.startswith(higher)]
+        assert not up, f"{f} imports {up}"
+    man = ast.parse((root / "xopt/manifest.py").read_text())
+    assert not [n for n in ast.walk(man) if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("xopt.model")]

@@ -81,7 +81,7 @@ def test_gemm_b32_s128(benchmark, impl, k, n):
 def _model(name):
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
-    from xopt.models import build_module
+    from xopt.modeling import build_module
 
     cfg = XLMRobertaConfig(vocab_size=250002, max_position_embeddings=514, pad_token_id=1,
                            attn_implementation="sdpa", **MODELS[name])
@@ -91,7 +91,7 @@ def _model(name):
 def _length_mix() -> list[int]:
     """Token counts of the demo suite's test sentences (all languages), as the e5 tokenizer with
     its "query: " prefix makes them: the length mix `xopt bench --lengths demo` uses."""
-    from xopt.models import e5_tokenizer
+    from xopt.importers.e5 import e5_tokenizer
 
     return length_sources("demo", e5_tokenizer(), "query: ")[0].lengths
 

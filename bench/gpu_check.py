@@ -318,18 +318,12 @@ def step_kernels(io: StepIO) -> None:
 def make_xlmr_checkpoint(out: Path, config: dict = XLMR_BASE) -> Path:
     """An XLM-R encoder from its config (random weights: speed does not depend on them) as an
     xopt checkpoint directory, with the e5 tokenizer (XLM-R's vocabulary). There is no CLI
-    command for this; the imports try the package's current and earlier module names."""
+    command for this."""
     import torch
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
-    try:
-        from xopt.modeling import ModelCard, build_module, save_checkpoint
-    except ImportError:
-        from xopt.models import ModelCard, build_module, save_checkpoint
-    try:
-        from xopt.importers.e5 import e5_tokenizer
-    except ImportError:
-        from xopt.models import e5_tokenizer
+    from xopt.importers.e5 import e5_tokenizer
+    from xopt.modeling import ModelCard, build_module, save_checkpoint
 
     torch.manual_seed(0)
     enc = XLMRobertaModel(XLMRobertaConfig(**config), add_pooling_layer=False).eval()

@@ -68,7 +68,7 @@ def calibrate_checkpoint(ckpt, options: dict, quantized: Callable[[str], bool] |
     from xopt.calibration.profile import (Profile, apply_smoothing, calibrate_model, collect_activation_stats,
                                           fake_quantize, forward_loop_from_batches, linear_names, output_fidelity,
                                           smoothing_factors)
-    from xopt.models import load_module
+    from xopt.modeling import load_module
 
     if options.get("calib_profile"):
         if options.get("keep_fp16") is not None or options.get("max_drop") is not None:
@@ -179,7 +179,7 @@ def calibrate_to_file(checkpoint, out, options: dict, force: bool = False, resul
     from pathlib import Path
 
     from xopt import records
-    from xopt.models import open_checkpoint
+    from xopt.modeling import open_checkpoint
 
     out = Path(out)
     if out.exists() and not force:

@@ -63,7 +63,7 @@ def run_outputs(model, batches, output_names) -> dict[str, np.ndarray]:
 
 
 def dev_batches(tokenizer, texts: list[str], prefix: str = "", max_length: int = 512, batch_size: int = 32):
-    from xopt.evaluate import length_batches, pad, tokenize
+    from xopt.batching import length_batches, pad, tokenize
 
     if not texts:
         raise XoptError("empty held-out sample: sensitivity and SmoothQuant's alpha need held-out texts "

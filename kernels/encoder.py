@@ -109,7 +109,7 @@ class UnpaddedEncoder(torch.nn.Module):
                 "ln2": (t(layer.output.LayerNorm.weight), t(layer.output.LayerNorm.bias)),
             })
         self.retrieval_layer = xopt_model.layer
-        self.kind = xopt_model.kind
+        self.head_type = xopt_model.head_type     # xopt.modeling head class: what the head reads, what comes back
         h = xopt_model.head
         self.head = None if h is None else (t(h.weight), t(h.bias))
 
@@ -159,12 +159,10 @@ class UnpaddedEncoder(torch.nn.Module):
             if i == self.retrieval_layer:
                 layer_emb = pool(x)
         emb = pool(x)
-        if self.kind == "none":
-            return emb, layer_emb
-        if self.kind == "sequence":
-            return emb, layer_emb, F.linear(emb, *self.head)
-        scores = F.linear(x, *self.head)
-        full = scores.new_zeros((b * t, scores.shape[1])).index_copy_(0, flat, scores).view(b, t, -1)
-        if self.kind == "token":
-            return emb, layer_emb, full
-        return emb, layer_emb, full[..., 0], full[..., 1]
+        scores = None
+        if self.head is not None and not self.head_type.on_tokens:
+            scores = F.linear(emb, *self.head)
+        elif self.head is not None:      # per-token scores, scattered back to the padded [B, T] layout
+            packed = F.linear(x, *self.head)
+            scores = packed.new_zeros((b * t, packed.shape[1])).index_copy_(0, flat, packed).view(b, t, -1)
+        return self.head_type.outputs(emb, layer_emb, scores)

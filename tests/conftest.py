@@ -49,7 +49,8 @@ def make_tiny_checkpoint(out: Path, labels: list[str], seed: int = 0, name: str 
     import torch
     from transformers import BertConfig, BertModel
 
-    from xopt.models import ModelCard, build_module, e5_tokenizer, save_checkpoint
+    from xopt.importers.e5 import e5_tokenizer
+    from xopt.modeling import ModelCard, build_module, save_checkpoint
 
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=250037, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,

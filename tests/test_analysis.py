@@ -126,27 +126,3 @@ def test_retention_is_point():
     assert not analysis.retention_is_point({**st, "retention_ci": (-0.1, 0.9)})       # interval contains 0
     assert not analysis.retention_is_point({**st, "retention_uncertain": True})       # wider than 1, or no gain
     assert not analysis.retention_is_point({**st, "has_ci": False})                   # no per-example outcomes
-
-
-def test_analysis_is_below_report_pick_and_cli():
-    """xopt.analysis never imports the layers that use it, not even inside a function; pick reads
-    results through xopt.analysis only."""
-    import ast
-    from pathlib import Path
-
-    import xopt
-
-    root = Path(xopt.__file__).parent
-
-    def imports(path):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                yield node.module
-                yield from (f"{node.module}.{a.name}" for a in node.names)
-            elif isinstance(node, ast.Import):
-                yield from (a.name for a in node.names)
-
-    for path in sorted((root / "analysis").glob("*.py")):
-        bad = [m for m in imports(path) if m.startswith(("xopt.report", "xopt.pick", "xopt.cli", "xopt.pipeline"))]
-        assert not bad, f"{path.name} imports {bad}"
-    assert not [m for m in imports(root / "pick.py") if m.startswith("xopt.report")]

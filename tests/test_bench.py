@@ -133,7 +133,7 @@ def test_fixed_batch_records_per_language_and_ratio_table(variants, tmp_path, su
         fixed["throughput_seq_s"] * 16)
     r = by[("fp32", f"demo:{lang}")]
     assert r["lang"] == lang and r["length_stats"]["split"] == "shared" and r["scenario"] == "fixed-batch"
-    from xopt.evaluate import tokenize
+    from xopt.batching import tokenize
     from xopt.variants import load_variant
 
     lv = load_variant(variants / "fp32")

@@ -164,7 +164,7 @@ def other_ckpt(tiny_suite, tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_profile(tiny_ckpt, tiny_suite):
     from xopt.calibration.run import calibrate_checkpoint
-    from xopt.models import open_checkpoint
+    from xopt.modeling import open_checkpoint
 
     prof, module = calibrate_checkpoint(open_checkpoint(tiny_ckpt), {
         "calib_data": str(tiny_suite), "calib_samples": 16, "calib_method": "percentile", "calib_dev_samples": 8})
@@ -191,7 +191,7 @@ def test_profile_of_another_model_is_refused_naming_tensors(tiny_profile, tmp_pa
     import torch
 
     from xopt.calibration.profile import Profile
-    from xopt.models import load_module, open_checkpoint
+    from xopt.modeling import load_module, open_checkpoint
 
     other = load_module(open_checkpoint(other_ckpt))
     with pytest.raises(XoptError, match=r"different weights: encoder\.encoder\.layer\.0\.attention\.self\.query"):
@@ -212,7 +212,7 @@ def test_nan_activation_stops_calibration_naming_the_layer(tiny_ckpt):
     import torch
 
     from xopt.calibration.profile import calibrate_model, forward_loop_from_batches
-    from xopt.models import load_module, open_checkpoint
+    from xopt.modeling import load_module, open_checkpoint
 
     module = load_module(open_checkpoint(tiny_ckpt))
     with torch.no_grad():
@@ -228,7 +228,7 @@ def test_smoothing_keeps_the_full_precision_function(tiny_ckpt):
 
     from xopt.calibration.profile import (apply_smoothing, collect_activation_stats, forward_loop_from_batches,
                                           smoothing_factors)
-    from xopt.models import load_module, open_checkpoint
+    from xopt.modeling import load_module, open_checkpoint
 
     module = load_module(open_checkpoint(tiny_ckpt))
     ids = torch.tensor([[0, 35378, 8999, 2, 6, 9]])
@@ -271,13 +271,13 @@ def _qdq_inputs(graph):
 
 @functools.lru_cache(maxsize=1)
 def _tokenizer(path):
-    from xopt.models import load_tokenizer
+    from xopt.modeling import load_tokenizer
 
     return load_tokenizer(path)   # seconds per load: once for this file
 
 
 def _fp32_onnx_outputs(tiny_ckpt, model_path):
-    from xopt.evaluate import pad, tokenize
+    from xopt.batching import pad, tokenize
     from xopt.variants.onnx import session
 
     tok = _tokenizer(tiny_ckpt)
@@ -289,7 +289,7 @@ def _fp32_onnx_outputs(tiny_ckpt, model_path):
 def test_qdq_model_from_a_saved_profile(tiny_ckpt, tiny_profile, tmp_path):
     import onnx
 
-    from xopt.models import open_checkpoint
+    from xopt.modeling import open_checkpoint
     from xopt.variants import ExportCache, compile_variant
 
     path = tiny_profile.save(tmp_path / "p.json")
@@ -313,7 +313,7 @@ def test_smoothquant_with_fallback_leaves_the_chosen_layers_unquantised(tiny_ckp
     import onnx
 
     from xopt.calibration.profile import module_to_onnx_node
-    from xopt.models import open_checkpoint
+    from xopt.modeling import open_checkpoint
     from xopt.variants import ExportCache, compile_variant
 
     man = compile_variant(tiny_ckpt, "onnx-int8", tmp_path / "v", options={
@@ -356,7 +356,7 @@ def test_max_drop_keeps_the_most_sensitive_prefix(tiny_ckpt, tiny_suite):
     from xopt.calibration import CalibrationSet
     from xopt.calibration import sensitivity as sens
     from xopt.calibration.profile import calibrate_model, forward_loop_from_batches, linear_names
-    from xopt.models import load_module, open_checkpoint
+    from xopt.modeling import load_module, open_checkpoint
 
     ckpt = open_checkpoint(tiny_ckpt)
     module = load_module(ckpt)

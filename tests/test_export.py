@@ -125,7 +125,7 @@ def onnx_variant(tiny_ckpt, tmp_path_factory):
 
 def _inputs(variant_dir):
     from xopt.evaluate import pad, tokenize
-    from xopt.models import load_tokenizer
+    from xopt.modeling import load_tokenizer
 
     tok = load_tokenizer(variant_dir)
     return pad(tokenize(tok, TEXTS), tok.pad_token_id)

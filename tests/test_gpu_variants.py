@@ -28,8 +28,8 @@ _INPUTS = {}
 
 def _inputs(ckpt):
     """The tokenised TEXTS, once per checkpoint (loading the 250k-piece tokenizer costs seconds)."""
-    from xopt.evaluate import pad, tokenize
-    from xopt.models import load_tokenizer
+    from xopt.batching import pad, tokenize
+    from xopt.modeling import load_tokenizer
 
     if ckpt not in _INPUTS:
         tok = load_tokenizer(ckpt)
@@ -184,7 +184,7 @@ def test_shape_buckets_do_not_change_any_output(model_type, head):
     masked pooling, the filler rows, positions (XLM-R counts them from non-pad tokens)."""
     from test_kernels import _batch, _tiny
 
-    from xopt.models import ModelCard, output_names
+    from xopt.modeling import ModelCard, output_names
     from xopt.variants.cuda import BucketRunner
     from xopt.variants.eager import TorchRunner
 
@@ -211,7 +211,7 @@ def test_int8_smooth_profile_folds_back_to_the_fp32_function(tiny_ckpt, tiny_sui
     import torch
 
     from xopt.calibration.profile import Profile
-    from xopt.models import load_module, open_checkpoint
+    from xopt.modeling import load_module, open_checkpoint
     from xopt.variants.base import PROFILE_FILE
     from xopt.variants.cuda import _build_smooth
 
@@ -250,7 +250,7 @@ def test_int8_recipes_quantise_the_right_linears_on_cpu(recipe, tiny_ckpt):
     lib = {"int8": "torchao", "bnb-int8": "bitsandbytes"}[recipe]
     if importlib.util.find_spec(lib) is None:
         pytest.skip(f"{lib} is not installed (pip install -e '.[test]' installs it)")
-    from xopt.models import load_module, open_checkpoint
+    from xopt.modeling import load_module, open_checkpoint
     from xopt.variants.cuda import BnbConfig, TorchaoConfig, quantize_bnb, quantize_torchao
 
     ckpt = open_checkpoint(tiny_ckpt)
@@ -286,7 +286,7 @@ def test_trt_int8_qdq_onnx_is_symmetric_and_matches_fp32_in_onnxruntime(tiny_ckp
     from onnx import numpy_helper
 
     from xopt.calibration.profile import Profile
-    from xopt.models import open_checkpoint
+    from xopt.modeling import open_checkpoint
     from xopt.variants.base import PROFILE_FILE
     from xopt.variants.onnx import ExportCache, session
     from xopt.variants.tensorrt import build_qdq_onnx

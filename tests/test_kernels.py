@@ -119,7 +119,7 @@ LENGTHS = {"ragged": [9, 1, 5, 12], "full": [12, 12, 12], "single": [1], "with-e
 def _tiny(model_type="bert", head="sequence", layers=2):
     from transformers import BertConfig, BertModel, XLMRobertaConfig, XLMRobertaModel
 
-    from xopt.models import ModelCard, build_module
+    from xopt.modeling import ModelCard, build_module
 
     torch.manual_seed(0)
     cfg_cls, model_cls = {"bert": (BertConfig, BertModel), "xlm-roberta": (XLMRobertaConfig, XLMRobertaModel)}[

@@ -29,7 +29,7 @@ LAYERS: dict[str, int] = {
     # 2 records
     "xopt.records": 2,
     # 3 model
-    "xopt.modeling": 3, "xopt.models": 3, "xopt.importers": 3, "xopt.batching": 3,
+    "xopt.modeling": 3, "xopt.importers": 3, "xopt.batching": 3,
     # 4 tasks
     "xopt.tasks": 4,
     # 5 calibration
@@ -47,15 +47,6 @@ LAYERS: dict[str, int] = {
     # 11 top
     "xopt.pipeline": 11, "xopt.cli": 11,
 }
-
-# Upward imports that exist and are being removed by the restructure in progress, as
-# (importer, imported). Each is an xfail(strict=False) below: when one is fixed it shows as
-# XPASS; then delete it here. A new upward import is a plain failure.
-KNOWN_VIOLATIONS: list[tuple[str, str]] = [
-    ("xopt.manifest", "xopt.models"),                 # manifest <-> models: sha256_file moves to manifest
-    ("xopt.calibration.sensitivity", "xopt.evaluate"),
-    ("xopt.scenarios.lengths", "xopt.evaluate"),      # tokenize: moves to the batching layer  # needs the batching layer split out of evaluate
-]
 
 PACKAGES = ("xopt", "xopt.kernels", "xopt.calibration")
 
@@ -140,18 +131,9 @@ def test_every_module_has_a_layer():
 
 
 def test_no_new_upward_imports():
-    new = sorted(_violations() - set(KNOWN_VIOLATIONS))
+    new = sorted(_violations())
     lines = [f"{a} (layer {layer_of(a)}) imports {b} (layer {layer_of(b)})" for a, b in new]
     assert not new, "a lower layer imports a higher one:\n" + "\n".join(lines)
-
-
-_BEING_MOVED = pytest.mark.xfail(strict=False, reason="being moved by the restructure")
-
-
-@pytest.mark.parametrize("pair", [pytest.param(p, id=f"{p[0]}->{p[1]}", marks=_BEING_MOVED)
-                                  for p in KNOWN_VIOLATIONS])
-def test_known_upward_import_is_gone(pair):
-    assert pair not in _violations()
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -187,10 +169,8 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_cycles():
     """No cycle among the static imports. A module importing its own parent package is not an
-    edge here (Python initialises the parent first in any case). The known upward imports are
-    left out: each is an xfail above, and every cycle across layers contains an upward edge."""
-    known = set(KNOWN_VIOLATIONS)
-    graph = {m: {d for d in deps if not m.startswith(d + ".") and (m, d) not in known}
+    edge here (Python initialises the parent first in any case)."""
+    graph = {m: {d for d in deps if not m.startswith(d + ".")}
              for m, deps in GRAPH.items()}
     cycles = _cycles(graph)
     assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
@@ -198,6 +178,6 @@ def test_no_import_cycles():
 
 def test_checker_sees_lazy_and_from_imports():
     assert "xopt.errors" in GRAPH["xopt.dist"]
-    assert "xopt.manifest" in GRAPH["xopt.models"] or "xopt.manifest" in GRAPH.get("xopt.modeling", set())
+    assert "xopt.manifest" in GRAPH["xopt.modeling"]
     assert layer_of("xopt.tasks.demo") == 4 and layer_of("xopt.kernels.encoder") == 6
     assert _cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]

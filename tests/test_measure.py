@@ -69,21 +69,3 @@ def test_timed_loop_respects_min_iters_and_time():
     assert 1 < m.warmup <= 13
     timed_loop(r, [None], [8], Timer(), m, min_iters=7, min_time_s=0.01, max_time_s=1.0)
     assert len(m.samples_ms) >= 7
-
-
-def test_measure_layers_import_no_higher_layer():
-    """records, measure and the scenarios import neither bench (the verb above them) nor report;
-    each module is imported alone, in a fresh interpreter, so that nothing else loads them."""
-    import subprocess
-    import sys
-
-    mods = ["xopt.records", "xopt.measure", "xopt.scenarios.fixed_batch", "xopt.scenarios.lengths",
-            "xopt.scenarios.loadgen", "xopt.bench"]
-    code = ("import importlib, sys\n"
-            f"for m in {mods!r}:\n"
-            "    for k in [k for k in sys.modules if k.startswith('xopt')]: del sys.modules[k]\n"
-            "    importlib.import_module(m)\n"
-            "    bad = {'xopt.report', 'xopt.pick', 'xopt.cli', 'xopt.pipeline'} | ({'xopt.bench'} if m != 'xopt.bench' else set())\n"
-            "    print(m, sorted(bad & set(sys.modules)))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.splitlines() == [f"{m} []" for m in mods], out

@@ -5,7 +5,7 @@ import pytest
 
 from conftest import HAVE_DEMO, needs_demo
 from xopt.errors import XoptError
-from xopt.models import dequantize_q4_0, read_e5_q4
+from xopt.importers.e5 import dequantize_q4_0, read_e5_q4
 
 
 def test_dequantize_q4_0_block_layout():
@@ -40,14 +40,14 @@ def e5(tmp_path_factory):
 def _embed(ckpt_path, texts):
     import torch
 
-    from xopt.evaluate import pad, tokenize
-    from xopt.models import load_module, load_tokenizer, open_checkpoint
+    from xopt.batching import pad, tokenize
+    from xopt.modeling import load_module, load_tokenizer, open_checkpoint
 
     ck = open_checkpoint(ckpt_path)
     tok = load_tokenizer(ck.path)
     ids, mask = pad(tokenize(tok, texts, ck.card.input_prefix), tok.pad_token_id)
     with torch.inference_mode():
-        e = load_module(ck)(torch.from_numpy(ids), torch.from_numpy(mask))[0].numpy()
+        e = load_module(ck)(torch.from_numpy(ids), torch.from_numpy(mask)).sentence_embedding.numpy()
     return e / np.linalg.norm(e, axis=1, keepdims=True)
 
 
@@ -87,11 +87,11 @@ def test_head_kinds_outputs_and_round_trip(tmp_path, head, labels):
     import torch
     from transformers import BertConfig, BertModel
 
-    from xopt.models import ModelCard, build_module, load_module, open_checkpoint, output_names, save_checkpoint
+    from xopt.modeling import ModelCard, build_module, load_module, open_checkpoint, output_names, save_checkpoint
 
     if not HAVE_DEMO:
         pytest.skip("needs the e5 tokenizer from the `demo` extra")
-    from xopt.models import e5_tokenizer
+    from xopt.importers.e5 import e5_tokenizer
 
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=250037, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
@@ -117,9 +117,38 @@ def test_head_kinds_outputs_and_round_trip(tmp_path, head, labels):
 
 
 def test_bad_head_kind():
-    from xopt.models import ModelCard
+    from xopt.modeling import ModelCard
 
     with pytest.raises(XoptError, match="unknown head kind"):
         ModelCard(head="ranker")
     with pytest.raises(XoptError, match="needs labels"):
         ModelCard(head="token")
+
+
+def test_head_classes_named_outputs_and_with_head():
+    """Each head class returns its NamedTuple (fields = output_names); with_head composes the
+    same encoder with another head without changing the original model."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from xopt.modeling import HEAD_CLASSES, ModelCard, NoHead, SpanHead, TokenHead, XoptModel, output_names
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=32, pad_token_id=1)
+    base = XoptModel(BertModel(cfg, add_pooling_layer=False).eval(), NoHead()).eval()
+    ids = torch.tensor([[0, 5, 6, 2], [0, 7, 2, 1]])
+    mask = (ids != 1).long()
+    for kind, cls in HEAD_CLASSES.items():
+        labels = {"sequence": ["a", "b"], "token": ["O", "X", "Y"]}.get(kind, [])
+        card = ModelCard(labels=labels, head=kind)
+        assert isinstance(card.head_type, cls) and cls.output_names() == output_names(card)
+    with torch.inference_mode():
+        plain = base(ids, mask)
+        tagger = base.with_head(TokenHead(3))
+        tagged = tagger(ids, mask)
+        span = base.with_head(SpanHead())(ids, mask)
+    assert type(plain).__name__ == "EncoderOutput" and base.head is None and tagger.encoder is base.encoder
+    assert tagged.token_logits.shape == (2, 4, 3) and span.start_logits.shape == span.end_logits.shape == (2, 4)
+    assert torch.equal(tagged.sentence_embedding, plain.sentence_embedding)
+    assert tuple(tagged) == (tagged.sentence_embedding, tagged.layer_embedding, tagged.token_logits)

@@ -2,7 +2,7 @@ import json
 
 import torch
 
-from xopt.models import load_module, open_checkpoint
+from xopt.modeling import load_module, open_checkpoint
 from xopt.train import Stage, train
 
 

@@ -23,8 +23,8 @@ pytestmark = needs_demo
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """A 32-wide model gains nothing from intra-op threads; on a loaded machine their spin-waits
-    make each step ~10x slower."""
+    """A 32-wide model gains nothing from intra-op threads, and their spin-waits slow every step
+    down on a loaded machine."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -33,7 +33,7 @@ def _one_thread():
 
 @pytest.fixture(scope="session")
 def tok():
-    from xopt.models import e5_tokenizer
+    from xopt.importers.e5 import e5_tokenizer
 
     return e5_tokenizer()
 
@@ -262,7 +262,7 @@ def test_xtreme_target_families(tmp_path, ckpt32, target, head, metric_key):
     assert man["model"]["labels"] == (list(X.TASKS[target].labels) if head != "span" else ["start", "end"])
     hist = man["source"]["stages"][-1]["history"]
     assert metric_key in hist[-1]["dev"] and 0 <= hist[-1]["dev"][metric_key] <= 100
-    from xopt.models import load_module, open_checkpoint
+    from xopt.modeling import load_module, open_checkpoint
 
     names = open_checkpoint(out).output_names
     assert names[2:] == {"sequence": ("logits",), "token": ("token_logits",),

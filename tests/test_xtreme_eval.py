@@ -49,7 +49,8 @@ def variants(tmp_path_factory) -> dict[str, Path]:
     import torch
     from transformers import BertConfig, BertModel
 
-    from xopt.models import ModelCard, build_module, e5_tokenizer, save_checkpoint
+    from xopt.importers.e5 import e5_tokenizer
+    from xopt.modeling import ModelCard, build_module, save_checkpoint
     from xopt.variants import compile_variant
 
     root = tmp_path_factory.mktemp("xtreme-models")

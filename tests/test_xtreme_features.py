@@ -1,4 +1,4 @@
-"""The training/eval features of the XTREME families (issue 5 trains on them): first-sub-token
+"""The training/eval features of the XTREME families (training and evaluation share them): first-sub-token
 labels, QA windows with answer positions, pair encoding; decoding inverts them."""
 
 from pathlib import Path
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not HAVE_DEMO, reason="needs the e5 tokenizer fr
 
 @pytest.fixture(scope="module")
 def tok():
-    from xopt.models import e5_tokenizer
+    from xopt.importers.e5 import e5_tokenizer
 
     return e5_tokenizer()
 

@@ -81,7 +81,7 @@ def import_cmd(name: Annotated[str, typer.Argument(help="Packaged model to impor
                out: Annotated[Path, typer.Option("--out", help="Checkpoint directory to write.")],
                force: Force = False):
     """Turn a packaged model into a standard Hugging Face checkpoint directory."""
-    from xopt.models import import_model
+    from xopt.importers import import_model
 
     import_model(name, out, force=force)
     typer.echo(f"wrote {out}")
@@ -122,9 +122,9 @@ def train_cmd(plan: Annotated[Optional[Path], typer.Argument(
         raise XoptError("give a plan file, or --model and --out (see `xopt train --help`)")
     inter = _csv(intermediate)
     if data is None:
-        from xopt.train import DEMO_TASKS
+        from xopt.tasks.registry import names
 
-        if not {target, *(inter or [])} <= {*DEMO_TASKS, "demo-retrieval"}:
+        if not {target, *(inter or [])} <= set(names(suite="demo")):
             raise XoptError(f"--data DIR is needed for {target} (the default data is the demo suite)")
         from xopt.tasks.demo import ensure_suite
 

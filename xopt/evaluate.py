@@ -15,31 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from xopt import records
+from xopt.batching import length_batches, pad, tokenize
 from xopt.errors import XoptError
 from xopt.progress import bar
-from xopt.tasks import demo
-
-
-def tokenize(tokenizer, texts: list[str], prefix: str = "", max_length: int = 512) -> list[list[int]]:
-    enc = tokenizer([prefix + t for t in texts], truncation=True, max_length=max_length,
-                    add_special_tokens=True)
-    return enc["input_ids"]
-
-
-def pad(seqs: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    width = max(len(s) for s in seqs)
-    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(seqs), width), dtype=np.int64)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = s
-        mask[i, :len(s)] = 1
-    return ids, mask
-
-
-def length_batches(lengths: list[int], batch_size: int) -> list[np.ndarray]:
-    """Indices grouped into batches of similar length (longest first: memory peaks early)."""
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+from xopt.tasks import demo, registry
 
 
 def run_texts(loaded, texts: list[str], batch_size: int = 64, tokenizer=None, progress=None,
@@ -57,8 +36,8 @@ def run_ids(loaded, seqs: list[list[int]], pad_id: int, batch_size: int = 64, pr
             description: str = "") -> dict:
     """Outputs of the variant for token-id sequences, in input order. Batches are bucketed by
     length (sorted, padded per batch). Per-sequence outputs are arrays [N, ...]; per-token outputs
-    (`models.PER_TOKEN_OUTPUTS`) are lists of arrays cut to each sequence's own length."""
-    from xopt.models import PER_TOKEN_OUTPUTS
+    (`modeling.PER_TOKEN_OUTPUTS`) are lists of arrays cut to each sequence's own length."""
+    from xopt.modeling import PER_TOKEN_OUTPUTS
 
     batches = length_batches([len(s) for s in seqs], batch_size)
     out: dict = {}
@@ -80,18 +59,6 @@ def run_ids(loaded, seqs: list[list[int]], pad_id: int, batch_size: int = 64, pr
         if progress:
             progress.update(task, advance=len(idx), rate=f"{done / (time.perf_counter() - t0):.0f} ex/s")
     return out
-
-
-def normalize(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def retrieval_outcomes(src: np.ndarray, tgt: np.ndarray) -> np.ndarray:
-    """Tatoeba-style top-1 retrieval between aligned rows, both directions, by cosine.
-    Outcome per pair: mean of (xx->en correct, en->xx correct)."""
-    sim = normalize(tgt) @ normalize(src).T
-    idx = np.arange(len(src))
-    return ((sim.argmax(1) == idx).astype(np.float64) + (sim.argmax(0) == idx).astype(np.float64)) / 2
 
 
 def eval_demo(loaded, suite: dict, tasks=demo.TASKS, langs=None, split: str = "test",
@@ -126,21 +93,14 @@ def eval_demo(loaded, suite: dict, tasks=demo.TASKS, langs=None, split: str = "t
                   **loaded.model_fields, variant_dir=str(loaded.directory), **calibration_fields(loaded.manifest))
     recs = []
     for task in tasks:
+        fam = registry.family_of(task)
         per_lang = []
         for lang in langs:
             exs = examples[lang]
-            if task == demo.RETRIEVAL:
-                if lang == "en":
-                    continue   # English -> English retrieval is trivial
-                src = out["sentence_embedding"][[index[e["source"]] for e in exs]]
-                tgt = out["sentence_embedding"][[index[e["text"]] for e in exs]]
-                outcomes = retrieval_outcomes(src, tgt)
-                metric = "accuracy"
-            else:
-                logits = out["logits"][[index[e["text"]] for e in exs]]
-                gold = np.array([target_labels.index(e["label"]) for e in exs])
-                outcomes = (logits.argmax(1) == gold).astype(np.float64)
-                metric = "accuracy"
+            if lang == "en" and fam.skips_english:
+                continue   # English -> English retrieval is trivial
+            outcomes = fam.demo_outcomes(out, exs, index, target_labels)
+            metric = "accuracy"
             value = float(outcomes.mean() * 100)
             per_lang.append((lang, value, len(exs)))
             recs.append(records.record("eval", **common, task=task, lang=lang, metric=metric, value=value,
@@ -206,10 +166,6 @@ def evaluate(variant_dir: str | Path, suite: str, data: str | Path | None = None
 # reference's threshold.
 
 REFERENCE_VARIANT = "fp32"
-# XTREME's settings (run_classify.py / run_tag.py: 128 tokens; run_squad.py: 384, doc stride 128,
-# 64 query tokens, 20-best, answers of at most 30 tokens; retrieval: the model's maximum)
-XTREME_MAX_LENGTH = {"classify": 128, "tagging": 128, "qa": 384}
-QA_DOC_STRIDE = 128
 
 
 def shard() -> tuple[int, int]:
@@ -288,52 +244,13 @@ def _load_units(units, data_dir, split, max_examples):
 
 
 def _score_unit(loaded, tok, task, lang, data, batch_size, progress, threshold):
-    """(metric value, n_examples, extra record fields, examples run) of one task/language."""
-    from xopt.tasks import classify, qa, retrieval, tagging
+    """(metric value, n_examples, extra record fields, examples run) of one task/language, scored by
+    the task's family (xopt.tasks.families) on the variant's outputs."""
+    from xopt.tasks.registry import family
 
-    card, pad_id = loaded.card, tok.pad_token_id
-    desc = f"{task.name} {lang}"
-    if task.family == "classify":
-        f = classify.features(data, tok, task.labels, min(XTREME_MAX_LENGTH[task.family], card.max_length),
-                              card.input_prefix)
-        out = run_ids(loaded, f["input_ids"], pad_id, batch_size, progress, desc)
-        oc = classify.outcomes(classify.predict(out["logits"]), f["label_ids"])
-        return classify.accuracy(oc), len(data), {"outcomes": oc.tolist(), "outcome_kind": "mean"}, len(data)
-    if task.family == "tagging":
-        feats = tagging.features(data, tok, task.labels, min(XTREME_MAX_LENGTH[task.family], card.max_length),
-                                 card.input_prefix)
-        out = run_ids(loaded, [f["input_ids"] for f in feats], pad_id, batch_size, progress, desc)
-        pred = tagging.decode(feats, out["token_logits"], len(data), task.labels)
-        counts = tagging.sentence_counts([e["tags"] for e in data], pred)
-        return tagging.f1(counts), len(data), {"counts": counts.tolist(), "outcome_kind": "counts"}, len(feats)
-    if task.family == "qa":
-        feats = qa.features(data, tok, min(XTREME_MAX_LENGTH["qa"], card.max_length), QA_DOC_STRIDE, 64,
-                            card.input_prefix)
-        out = run_ids(loaded, [f["input_ids"] for f in feats], pad_id, batch_size, progress, desc)
-        preds = qa.decode(feats, out["start_logits"], out["end_logits"], data)
-        norm_lang = lang if task.name == "mlqa" else None
-        sc = np.array([qa.scores(p, [a["text"] for a in e["answers"]], norm_lang) for p, e in zip(preds, data)])
-        return (float(sc[:, 0].mean() * 100), len(data),
-                {"outcomes": sc[:, 0].tolist(), "em_outcomes": sc[:, 1].tolist(),
-                 "exact_match": float(sc[:, 1].mean() * 100), "outcome_kind": "mean",
-                 "normalisation": "mlqa" if norm_lang else "squad-v1.1"}, len(feats))
-    # retrieval: embeddings of both sides in one bucketed pass
-    texts = data.src + data.en
-    seqs = tokenize(tok, texts, card.input_prefix, card.max_length)
-    emb = run_ids(loaded, seqs, pad_id, batch_size, progress, desc)["layer_embedding"]
-    src, en = emb[:len(data.src)], emb[len(data.src):]
-    if task.name == "tatoeba":
-        oc = retrieval.tatoeba_outcomes(src, en)
-        return float(oc.mean() * 100), len(oc), {"outcomes": oc.tolist(), "outcome_kind": "mean"}, len(texts)
-    cands = retrieval.mine(src, en, k=4)
-    s_index, e_index = {i: n for n, i in enumerate(data.src_ids)}, {i: n for n, i in enumerate(data.en_ids)}
-    gold = {(s_index[s], e_index[e]) for s, e in data.gold}
-    counts = retrieval.bucc_counts(cands, threshold["value"], gold, len(data.src))
-    nz = np.flatnonzero(counts.any(1))
-    return (retrieval.f1(counts), len(data.gold),
-            {"counts": counts[nz].tolist(), "count_units": nz.tolist(), "n_units": len(data.src),
-             "outcome_kind": "counts", "threshold": threshold["value"], "threshold_from": threshold["from"],
-             "margin": "ratio", "k": 4}, len(texts))
+    def run(seqs):
+        return run_ids(loaded, seqs, tok.pad_token_id, batch_size, progress, f"{task.name} {lang}")
+    return family(task.kind).evaluate(task, lang, data, tok, loaded.card, run, threshold)
 
 
 def _choose_bucc_threshold(loaded, tok, lang, data_dir, batch_size, progress) -> float:

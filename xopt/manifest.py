@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import os
 import shutil
@@ -89,10 +90,16 @@ def atomic_write(path: Path, text: str) -> Path:
     return path
 
 
-def sha256(path: Path) -> str:
-    from xopt.models import sha256_file
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in 4 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
 
-    return sha256_file(path)
+
+sha256 = sha256_file
 
 
 def write(directory: Path, *, kind: str, source: dict, extra: dict | None = None) -> dict:

@@ -27,7 +27,9 @@ def cached_e5(force: bool = False) -> Path:
     """The imported e5-small checkpoint in the cache, re-imported if the package changed."""
     from xopt import manifest as mf
     from xopt.cache import cache_dir
-    from xopt.models import e5_weights_file, import_model, sha256_file
+    from xopt.importers import import_model
+    from xopt.importers.e5 import e5_weights_file
+    from xopt.manifest import sha256_file
 
     path = cache_dir() / "models" / "e5-small"
     if path.exists() and not force:

@@ -52,9 +52,6 @@ try:
 except ImportError:          # Python 3.10
     import tomli as tomllib
 
-RETRIEVAL_TARGETS = ("bucc2018", "tatoeba", "demo-retrieval")   # no target stage (encoder only)
-DEMO_TASKS = ("demo-topic", "demo-intermediate")
-
 
 @dataclass
 class Stage:
@@ -150,71 +147,27 @@ def load_plan(path: str | Path) -> Plan:
 
 # --- tasks -------------------------------------------------------------------------------------
 
-def _norm(s: str) -> str:
-    return "".join(c for c in s.lower() if c.isalnum())
-
-
-def task_path(name: str, data: dict) -> Path:
-    if name in data:
-        return Path(data[name])
-    if "root" not in data:
-        raise XoptError(f"task {name}: no data location (pass --data DIR or set data.{name} in the plan)")
-    root = Path(data["root"])
-    if root.is_dir():
-        for child in sorted(root.iterdir()):      # <root>/MNLI, <root>/SST-2, <root>/mnli ...
-            if child.is_dir() and _norm(child.name) == _norm(name):
-                return child
-    return root
-
-
 def load_task(name: str, data: dict, stage: Stage):
-    """TaskData for a task name (intermediate task, demo task, or `mlm`)."""
-    from xopt.tasks import intermediate as it
+    """TaskData for a trainable registered task (xopt.tasks.registry: intermediate, demo, XTREME, `mlm`)."""
+    from xopt.tasks import registry
 
-    if name == "mlm":
-        return it.load_text("mlm", stage.mlm)
-    if name in it.SPECS:
-        return it.load(name, task_path(name, data), stage.translated.get(name, []))
-    if name in DEMO_TASKS:
-        from xopt.tasks.demo import load_suite
-
-        path = task_path(name, data)
-        t = load_suite(path)["tasks"].get(name)
-        if not t or not t.get("train") or not t.get("dev"):
-            raise XoptError(f"task {name}: empty train or dev split in {path}")
-        return it.TaskData(name, "sequence", t["labels"], t["train"], t["dev"])
-    from xopt.tasks import xtreme as X
-
-    if name in X.TASKS and X.TASKS[name].family != "retrieval":
-        return _xtreme_task(name, data)
-    known = list(it.TASKS) + list(DEMO_TASKS) + [t for t in X.TASKS if t != "squad"] + ["demo-retrieval"]
-    raise XoptError(f"unknown task {name!r}; known: {', '.join(known)}")
+    entry = registry.task(name)
+    if entry is None or not registry.is_trainable(entry):
+        known = registry.names(trainable=True) + [n for n in registry.names(trainable=False)]
+        raise XoptError(f"unknown task {name!r}; known: {', '.join(k for k in known if k != 'mlm')}")
+    return entry.load(name, data, stage)
 
 
-def _xtreme_task(name: str, data: dict):
-    """An XTREME target's English training data (xopt.tasks.xtreme: the download layout or google/xtreme
-    HF directories), English dev when XTREME has one (TyDiQA-GoldP has none: the last epoch is kept)."""
-    from xopt.tasks import intermediate as it
-    from xopt.tasks import xtreme as X
+def is_retrieval_target(name: str) -> bool:
+    """A target without a target stage: the checkpoint is the encoder (BUCC, Tatoeba, demo-retrieval)."""
+    from xopt.tasks import registry
 
-    t = X.TASKS[X.TRAIN_TASK.get(name, name)]
-    root = data.get(name) or data.get("root")
-    if not root:
-        raise XoptError(f"task {name}: no data location (pass --data DIR: XTREME's download layout)")
-
-    def rows(split):
-        ex = X.load(t, "en", split, root)
-        if t.family == "classify":
-            return [{"text": e["text_a"], "text_pair": e["text_b"], "label": e["label"]} for e in ex]
-        return ex
-    kind = {"classify": "sequence", "tagging": "token", "qa": "span"}[t.family]
-    metric = {"classify": "accuracy", "tagging": "f1", "qa": "qa_f1"}[t.family]
-    return it.TaskData(name, kind, list(t.labels), rows("train"), rows("dev") if "dev" in t.splits else [],
-                       metric=metric)
+    entry = registry.task(name)
+    return entry is not None and not registry.family(entry.family).trainable
 
 
 def _check_stage(st: Stage, tasks: dict, role: str) -> None:
-    from xopt.tasks.intermediate import HEAD_OF
+    from xopt.tasks.registry import family
 
     if st.train not in ("encoder", "head"):
         raise XoptError(f"{role} stage: train must be 'encoder' or 'head', not {st.train!r}")
@@ -222,14 +175,15 @@ def _check_stage(st: Stage, tasks: dict, role: str) -> None:
         raise XoptError(f"{role} stage: precision must be fp32, bf16 or fp16, not {st.precision!r}")
     for n in st.tasks:
         t = tasks[n]
-        if st.head and HEAD_OF[t.kind] != st.head:
-            raise XoptError(f"{role} stage: task {n} needs a {HEAD_OF[t.kind]!r} head, the plan says {st.head!r}")
-        if st.train == "head" and t.kind != "sequence":
+        fam = family(t.kind)
+        if st.head and fam.head != st.head:
+            raise XoptError(f"{role} stage: task {n} needs a {fam.head!r} head, the plan says {st.head!r}")
+        if st.train == "head" and not fam.frozen_features:
             raise XoptError(f"{role} stage: train = 'head' (frozen features) supports sequence tasks only; "
                             f"{n} is a {t.kind} task: use train = 'encoder'")
     if role == "target" and len(st.tasks) != 1:
         raise XoptError("target stage: exactly one task (mixtures are for the intermediate stage)")
-    if role == "target" and tasks[st.tasks[0]].kind in ("choice", "mlm"):
+    if role == "target" and not family(tasks[st.tasks[0]].kind).target:
         raise XoptError(f"target task {st.tasks[0]}: a {tasks[st.tasks[0]].kind} task is an intermediate task only")
 
 
@@ -251,10 +205,11 @@ def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: s
     """Train the plan's checkpoints; returns {role: path}. `single_out`: `plan.out` is the one
     checkpoint directory (the flags form) rather than a run directory."""
     from xopt.manifest import atomic_write
-    from xopt.models import ModelCard, load_module, load_tokenizer, open_checkpoint, save_checkpoint
+    from xopt.modeling import ModelCard, NoHead, load_module, load_tokenizer, open_checkpoint, save_checkpoint
     from xopt.progress import bar
     from xopt.records import append as append_records
-    from xopt.trainloop import barrier, dist_info, fit
+    from xopt.tasks.registry import family
+    from xopt.trainloop import barrier, dist_info, fit, head_of
 
     out = Path(plan.out)
     roles = list(plan.models)
@@ -262,7 +217,7 @@ def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: s
         raise XoptError(f"models must be a subset of baseline, xstilts (got {roles})")
     if plan.intermediate is None:
         roles = [r for r in roles if r == "baseline"] or ["baseline"]
-    retrieval = plan.target is not None and plan.target.tasks[0] in RETRIEVAL_TARGETS
+    retrieval = plan.target is not None and is_retrieval_target(plan.target.tasks[0])
     # 1. everything a user can get wrong fails here, before any training
     tasks = {}
     for role, st in (("intermediate", plan.intermediate), ("target", None if retrieval else plan.target)):
@@ -287,7 +242,7 @@ def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: s
             shutil.rmtree(state_root)
         state_root.mkdir(parents=True, exist_ok=True)
         resolved = {"plan": _jsonable(plan), "world_size": world, "roles": roles,
-                    "tasks": {n: {"kind": t.kind, "labels": t.labels if t.kind != "token" else len(t.labels),
+                    "tasks": {n: {"kind": t.kind, "labels": family(t.kind).label_summary(t.labels),
                                   "train": len(t.train), "dev": len(t.dev)} for n, t in tasks.items()}}
         meta_dir = state_root if single_out else out
         atomic_write(meta_dir / "resolved.json", json.dumps(resolved, indent=1, default=str))
@@ -301,11 +256,9 @@ def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: s
     def records(role, stage_name):
         return lambda rec: append_records(metrics, [{"kind": "train", "model": role, "stage": stage_name, **rec}])
 
-    def fresh():
+    def fresh():     # the checkpoint's encoder, no head: a stage composes its own heads with it
         _seed_all(plan.seed)
-        m = load_module(ckpt)
-        m.set_head("none")
-        return m
+        return load_module(ckpt).with_head(NoHead())
 
     written = {}
     with bar() as progress:
@@ -327,15 +280,13 @@ def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: s
                 res = _stage_run(model, tok, prefix, tasks, plan.target, plan.seed, state_root / f"{role}-target",
                                  resume, progress, records(role, "target"), on_step, fit)
                 t = tasks[plan.target.tasks[0]]
-                kind, n = _head_of(t)
-                model.set_head(kind, n)
-                model.head.load_state_dict(res["head"])
+                head = head_of(t)
+                model = model.with_head(head, res["head"])
                 stages.append(res["summary"])
                 card = ModelCard(pooling=ckpt.card.pooling, input_prefix=prefix, labels=list(t.labels),
-                                 task=t.name, max_length=ckpt.card.max_length, head=kind,
+                                 task=t.name, max_length=ckpt.card.max_length, head=head.kind,
                                  retrieval_layer=ckpt.card.retrieval_layer)
             else:
-                model.set_head("none")
                 card = ModelCard(pooling=ckpt.card.pooling, input_prefix=prefix, max_length=ckpt.card.max_length,
                                  task=plan.target.tasks[0], retrieval_layer=ckpt.card.retrieval_layer)
             if rank == 0:
@@ -358,12 +309,6 @@ def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: s
     return written
 
 
-def _head_of(t) -> tuple[str, int]:
-    from xopt.trainloop import head_shape
-
-    return head_shape(t, 0)
-
-
 def _load_encoder(model, tensors: dict) -> None:
     import torch
 
@@ -379,6 +324,7 @@ def _stage_run(model, tok, prefix, tasks, stage, seed, state_dir, resume, progre
     from safetensors.torch import load_file, save_file
 
     from xopt.manifest import atomic_dir
+    from xopt.tasks.registry import family
     from xopt.trainloop import barrier, dist_info
 
     rank, world, _ = dist_info()
@@ -394,7 +340,7 @@ def _stage_run(model, tok, prefix, tasks, stage, seed, state_dir, resume, progre
               records=records, label="", on_step=on_step)
     trainee = res.pop("trainee")
     summary = {"stage": _jsonable(stage), "seed": seed, "labels": {n: t.labels for n, t in stage_tasks.items()
-                                                                  if t.kind != "mlm"},
+                                                                  if not family(t.kind).ties_embeddings},
                **{k: v for k, v in res.items()}}
     enc = {n: p.detach().cpu().contiguous() for n, p in model.encoder.named_parameters()
            if not n.startswith("embeddings.")}

@@ -1,6 +1,6 @@
 """The training loop of `xopt train`: one stage (one task, or a mixture of tasks) on the one model.
 
-- Model: `XoptModel` (xopt.models) with one head per task of the stage, swapped in before each
+- Model: `XoptModel` (xopt.modeling) with one head per task of the stage, swapped in before each
   forward so the loss is computed on the contract's outputs (`logits`, `token_logits`,
   `start_logits`/`end_logits`). Multiple-choice tasks score each (context, choice) pair with a
   1-output sequence head and take the softmax over the choices. Continued MLM uses a
@@ -25,13 +25,16 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import nullcontext
 import time
 from pathlib import Path
 
 import numpy as np
 
+from xopt.batching import pad
 from xopt.errors import XoptError
-from xopt.tasks.intermediate import HEAD_OF, TaskData
+from xopt.tasks.registry import TaskData
+from xopt.tasks.registry import family
 
 EVAL_BATCH = 64
 
@@ -61,14 +64,14 @@ def barrier(world: int) -> None:
         dist.barrier()
 
 
-def head_shape(task: TaskData, vocab: int) -> tuple[str, int]:
-    """The model head (kind, outputs) a task trains."""
-    n = {"sequence": len(task.labels), "token": len(task.labels), "span": 2, "choice": 1, "mlm": vocab}
-    return HEAD_OF[task.kind], n[task.kind]
+def head_of(task: TaskData, vocab: int = 0):
+    """The head class a task trains (xopt.modeling), with its number of outputs."""
+    return family(task.kind).head_for(task, vocab)
 
 
 def make_trainee(model, tasks: dict[str, TaskData]):
-    """XoptModel + one head per task (ModuleDict), forward(task, ids, mask) -> contract outputs."""
+    """The encoder of `model` composed with one head per task: forward(task, ids, mask) -> that
+    head's named outputs. `model` itself is never changed; its own head (if any) is unused."""
     from torch import nn
 
     enc = model.encoder
@@ -79,27 +82,23 @@ def make_trainee(model, tasks: dict[str, TaskData]):
             super().__init__()
             self.model = model
             self.heads = nn.ModuleDict()
-            self.kinds = {}
+            self.head_types = {}
             for name, t in tasks.items():
-                kind, n = head_shape(t, vocab)
-                lin = nn.Linear(hidden, n)
-                if t.kind == "mlm":
+                head = head_of(t, vocab)
+                lin = nn.Linear(hidden, head.width)
+                if family(t.kind).ties_embeddings:
                     lin.weight = enc.embeddings.word_embeddings.weight    # tied, as BERT's MLM decoder
                 self.heads[key(name)] = lin
-                self.kinds[name] = kind
-            model.set_head("none")
+                self.head_types[name] = head
 
         def forward(self, task: str, input_ids, attention_mask, mlm_positions=None):
+            lin = self.heads[key(task)]
             if mlm_positions is not None:     # hidden states of masked positions only
                 hidden_states = self.model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-                return self.heads[key(task)](hidden_states[mlm_positions])
-            self.model.kind = self.kinds[task]
-            self.model.head = self.heads[key(task)]
-            try:
-                return self.model(input_ids, attention_mask)
-            finally:
-                self.model.head = None
-                self.model.kind = "none"
+                return lin(hidden_states[mlm_positions])
+            head = self.head_types[task]
+            hidden, embedding, layer_embedding = self.model.encode(input_ids, attention_mask)
+            return head.outputs(embedding, layer_embedding, lin(hidden if head.on_tokens else embedding))
 
     return Trainee()
 
@@ -160,47 +159,9 @@ def build_schedule(lengths: dict[str, np.ndarray], stage, seed: int) -> tuple[li
 
 # --- batches -----------------------------------------------------------------------------------
 
-def _pad(seqs, pad_id):
-    from xopt.evaluate import pad
-
-    return pad(seqs, pad_id)
-
-
 def collate(task: TaskData, feats: list[dict], idx, tok, seed: int, step: int) -> dict:
-    import torch
-
-    b = [feats[i] for i in idx]
-    if task.kind == "choice":
-        ids, mask = _pad([s for f in b for s in f["input_ids"]], tok.pad_token_id)
-    else:
-        ids, mask = _pad([f["input_ids"] for f in b], tok.pad_token_id)
-    out = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
-    if task.kind in ("sequence", "choice"):
-        out["label"] = torch.tensor([f["label"] for f in b])
-    elif task.kind == "token":
-        tags = np.full(ids.shape, -100, dtype=np.int64)
-        for r, f in enumerate(b):
-            tags[r, :len(f["tags"])] = f["tags"]
-        out["tags"] = torch.from_numpy(tags)
-    elif task.kind == "span":
-        out["start"] = torch.tensor([f["start"] for f in b])
-        out["end"] = torch.tensor([f["end"] for f in b])
-    elif task.kind == "mlm":       # BERT masking: 15% of real tokens; 80% <mask>, 10% random, 10% kept
-        special = set(tok.all_special_ids)
-        labels = np.full(ids.shape, -100, dtype=np.int64)
-        for r, i in enumerate(idx):
-            rng = np.random.RandomState([seed, step, int(i)])     # same masks on any number of ranks
-            cand = [j for j, t in enumerate(b[r]["input_ids"]) if t not in special]
-            pick = [j for j in cand if rng.rand() < 0.15] or cand[:1]
-            for j in pick:
-                labels[r, j] = ids[r, j]
-                u = rng.rand()
-                ids[r, j] = tok.mask_token_id if u < 0.8 else rng.randint(len(tok)) if u < 0.9 else ids[r, j]
-        lab = torch.from_numpy(labels)
-        out["input_ids"] = torch.from_numpy(ids)
-        out["mlm_positions"] = lab != -100
-        out["mlm_labels"] = lab[lab != -100]
-    return out
+    """One batch of features as tensors (xopt.tasks.families: each family's targets)."""
+    return family(task.kind).collate(task, feats, idx, tok, seed, step)
 
 
 def loss_of(trainee, task: TaskData, name: str, batch: dict, features=None):
@@ -209,61 +170,33 @@ def loss_of(trainee, task: TaskData, name: str, batch: dict, features=None):
 
     if features is not None:
         return F.cross_entropy(trainee.heads[key(name)](features), batch["label"])
-    if task.kind == "mlm":
-        logits = trainee(name, batch["input_ids"], batch["attention_mask"], mlm_positions=batch["mlm_positions"])
-        return F.cross_entropy(logits, batch["mlm_labels"])
-    out = trainee(name, batch["input_ids"], batch["attention_mask"])
-    if task.kind == "sequence":
-        return F.cross_entropy(out[2], batch["label"])
-    if task.kind == "choice":
-        return F.cross_entropy(out[2].view(len(batch["label"]), -1), batch["label"])
-    if task.kind == "token":
-        return F.cross_entropy(out[2].flatten(0, 1), batch["tags"].flatten(), ignore_index=-100)
-    return (F.cross_entropy(out[2], batch["start"]) + F.cross_entropy(out[3], batch["end"])) / 2
+    return family(task.kind).loss(lambda *a, **kw: trainee(name, *a, **kw), batch)
 
 
 def dev_sums(trainee, task: TaskData, name: str, examples, feats, tok, device, features=None) -> list[float]:
-    """Summable dev statistics of one shard of examples, by the task's metric: [correct, total]
-    (accuracy; tagging: words), [tp, fp, fn] (seqeval F1, xopt.tasks.tagging) or
+    """Summable dev statistics of one shard of examples, by the task's family and metric:
+    [correct, total] (accuracy; tagging: words), [tp, fp, fn] (seqeval F1, xopt.tasks.tagging) or
     [sum of F1, examples] (SQuAD F1 of the decoded answer, xopt.tasks.qa)."""
     import torch
 
     if not feats:
         return [0.0, 0.0, 0.0] if task.metric == "f1" else [0.0, 0.0]
+    fam = family(task.kind)
     with torch.inference_mode():
         if features is not None:
-            logits = [trainee.heads[key(name)](features.to(device)).float().cpu().numpy()]
+            logits = trainee.heads[key(name)](features.to(device)).float().cpu().numpy()
+            outs = [[row] for row in logits]
         else:
-            order = np.argsort([len(f["input_ids"][0] if task.kind == "choice" else f["input_ids"]) for f in feats],
-                               kind="stable")
+            order = np.argsort([fam.length(f) for f in feats], kind="stable")
             outs = [None] * len(feats)
             for i in range(0, len(order), EVAL_BATCH):
                 idx = order[i:i + EVAL_BATCH]
                 b = {k: v.to(device) for k, v in collate(task, feats, idx, tok, 0, 0).items()}
-                out = [o.float().cpu().numpy() for o in trainee(name, b["input_ids"], b["attention_mask"])[2:]]
-                if task.kind == "choice":
-                    out = [out[0].reshape(len(idx), -1)]
+                got = trainee(name, b["input_ids"], b["attention_mask"])
+                out = fam.rows([getattr(got, n).float().cpu().numpy() for n in got._fields[2:]], len(idx))
                 for r, j in enumerate(idx):
                     outs[j] = [o[r] for o in out]
-            logits = None
-    if task.kind in ("sequence", "choice"):
-        pred = logits[0].argmax(-1) if logits else np.array([o[0].reshape(-1).argmax() for o in outs])
-        gold = np.array([f["label"] for f in feats])
-        return [float((pred == gold).sum()), float(len(gold))]
-    if task.kind == "token":
-        from xopt.tasks import tagging
-
-        pred = tagging.decode(feats, [o[0] for o in outs], len(examples), task.labels)
-        gold = [e["tags"] for e in examples]
-        if task.metric == "f1":
-            return [float(x) for x in tagging.sentence_counts(gold, pred).reshape(-1, 3).sum(0)]
-        return [float(sum(p == g for ps, gs in zip(pred, gold) for p, g in zip(ps, gs))),
-                float(sum(len(g) for g in gold))]
-    from xopt.tasks import qa
-
-    pred = qa.decode(feats, [o[0] for o in outs], [o[1] for o in outs], examples)
-    f1 = [qa.scores(p, [a["text"] for a in e["answers"]])[0] for p, e in zip(pred, examples) if e["answers"]]
-    return [float(sum(f1)), float(len(f1))]
+    return fam.score(task, examples, feats, fam.decode(task, examples, feats, outs))
 
 
 def metric_of(task: TaskData, sums) -> float:
@@ -364,16 +297,16 @@ def fit(model, tok, prefix: str, tasks: dict[str, TaskData], stage, seed: int, s
         for pname, p in model.encoder.named_parameters():
             layer = int(pname.split(".")[2]) if pname.startswith("encoder.layer.") else -1
             p.requires_grad_(layer >= first)
+    tied = {key(n) for n, t in tasks.items() if family(t.kind).ties_embeddings}   # the frozen word embeddings
     for n, h in trainee.heads.items():
         for pname, p in h.named_parameters():
-            p.requires_grad_(not (tasks_kind(tasks, n) == "mlm" and pname == "weight"))
+            p.requires_grad_(not (n in tied and pname == "weight"))
     named = {n: p for n, p in trainee.named_parameters() if p.requires_grad}
     decay = [p for n, p in named.items() if p.ndim > 1 and "LayerNorm" not in n]
     no_decay = [p for n, p in named.items() if not (p.ndim > 1 and "LayerNorm" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": stage.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=stage.lr)
-    lengths = {n: np.array([len(f["input_ids"][0] if t.kind == "choice" else f["input_ids"]) for f in feats[n]])
-               for n, t in tasks.items()}
+    lengths = {n: np.array([family(t.kind).length(f) for f in feats[n]]) for n, t in tasks.items()}
     sched_steps, epoch_steps = build_schedule(lengths, stage, seed)
     total = len(sched_steps)
     warm = int(stage.warmup * total) if stage.warmup < 1 else int(stage.warmup)
@@ -408,7 +341,7 @@ def fit(model, tok, prefix: str, tasks: dict[str, TaskData], stage, seed: int, s
         step_loss = 0.0
         for j, m in enumerate(micro):
             b = {k: v.to(device) for k, v in collate(task, feats[name], m, tok, seed, step).items()}
-            ctx = net.no_sync() if world > 1 and net is not trainee and j < len(micro) - 1 else _null()
+            ctx = net.no_sync() if world > 1 and net is not trainee and j < len(micro) - 1 else nullcontext()
             with ctx, torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 loss = loss_of(net, task, name, b, frozen[name]["train"][m] if head_only else None)
                 scaled = loss * (len(m) / len(local))
@@ -463,25 +396,13 @@ def fit(model, tok, prefix: str, tasks: dict[str, TaskData], stage, seed: int, s
             "train_examples": {n: len(f) for n, f in feats.items()}}
 
 
-def tasks_kind(tasks: dict[str, TaskData], head_key: str) -> str:
-    return next(t.kind for n, t in tasks.items() if key(n) == head_key)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
 def _embed(model, feats, tok, device):
     import torch
 
     out = []
     for i in range(0, len(feats), EVAL_BATCH):
-        ids, mask = _pad([f["input_ids"] for f in feats[i:i + EVAL_BATCH]], tok.pad_token_id)
-        out.append(model(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))[0].clone())
+        ids, mask = pad([f["input_ids"] for f in feats[i:i + EVAL_BATCH]], tok.pad_token_id)
+        out.append(model(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)).sentence_embedding.clone())
     return torch.cat(out)
 
 

@@ -23,7 +23,7 @@ class Lengths:
 
 
 def _token_counts(tokenizer, texts: list[str], prefix: str, max_length: int = 512) -> list[int]:
-    from xopt.evaluate import tokenize
+    from xopt.batching import tokenize
 
     return [len(s) for s in tokenize(tokenizer, texts, prefix, max_length)]
 
@@ -58,35 +58,19 @@ def _demo_sources(spec: str, tokenizer, prefix: str) -> list[Lengths]:
     return out
 
 
-def xtreme_texts(examples, family: str) -> list:
-    """What the model reads of each XTREME example (xopt.tasks.xtreme's internal forms): a
-    text or a (text, text) pair, so that pairs are tokenised with their separators.
-    The one place here that branches on task-family names: a task registry's `texts`
-    replaces it once xopt.tasks has one."""
-    if family == "retrieval":
-        return list(examples.src)
-    if family == "classify":
-        return [(e["text_a"], e["text_b"]) if e.get("text_b") else e["text_a"] for e in examples]
-    if family == "tagging":
-        return [" ".join(e["tokens"]) for e in examples]
-    if family == "qa":
-        return [(e["question"], e["context"]) for e in examples]
-    raise XoptError(f"XTREME task family {family!r} has no text for a length mix")
-
-
 def _xtreme_sources(spec: str, tokenizer, prefix: str, data_dir, max_length: int, n: int = 1000) -> list[Lengths]:
     """`xtreme:TASK:LANG[,LANG..]`: the test split of an XTREME task (xopt.tasks.xtreme.load,
     from `--data`), at most `n` examples per language, tokenised as the evaluation does."""
     check_lengths_spec(spec)
-    from xopt.tasks import xtreme
+    from xopt.tasks import registry, xtreme
 
     if data_dir is None:
         raise XoptError(f"--lengths {spec}: give --data, the directory of the XTREME data (see `xopt eval --help`)")
     _, task, langs = spec.split(":")
-    family = xtreme.get_task(task).family
+    family = registry.family_of(task)
     out = []
     for la in [x.strip() for x in langs.split(",") if x.strip()]:
-        texts = xtreme_texts(xtreme.load(task, la, "test", data_dir), family)[:n]
+        texts = family.texts(xtreme.load(task, la, "test", data_dir))[:n]
         singles = [t for t in texts if isinstance(t, str)]
         pairs = [t for t in texts if not isinstance(t, str)]
         counts = _token_counts(tokenizer, singles, prefix, max_length) if singles else []

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from xopt.errors import XoptError, read_json
 from xopt.tasks.catalogs import APT_LINE, LOCALE_DIR, locale_catalogs, read_mo
+from xopt.tasks.registry import TaskEntry, register_task
 
 FORMAT = "xopt-demo-suite/3"
 
@@ -254,3 +255,22 @@ def ensure_suite(path: Path | None = None, locale_dir: Path = LOCALE_DIR, force:
     if force or not path.is_file():
         save_suite(build_suite(locale_dir, progress=lambda items, desc: track(items, desc)), path)
     return path
+
+
+# --- registration ------------------------------------------------------------------------------
+
+def _load_entry(name: str, data: dict, stage):
+    """English train/dev of a demo classification task from the suite file."""
+    from xopt.tasks.intermediate import data_path
+    from xopt.tasks.registry import TaskData
+
+    path = data_path(name, data)
+    t = load_suite(path)["tasks"].get(name)
+    if not t or not t.get("train") or not t.get("dev"):
+        raise XoptError(f"task {name}: empty train or dev split in {path}")
+    return TaskData(name, "sequence", t["labels"], t["train"], t["dev"])
+
+
+register_task(TaskEntry(TARGET, "sequence", "demo", _load_entry))
+register_task(TaskEntry(INTERMEDIATE, "sequence", "demo", _load_entry))
+register_task(TaskEntry(RETRIEVAL, "retrieval", "demo"))

@@ -30,25 +30,13 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from xopt.errors import XoptError
+from xopt.tasks.registry import TaskData, TaskEntry, register_task
 
 NLI_LABELS = ["entailment", "neutral", "contradiction"]
-KINDS = ("sequence", "token", "span", "choice", "mlm")
-# the one model's head for each kind, and its number of outputs (None: the task's labels)
-HEAD_OF = {"sequence": "sequence", "token": "token", "span": "span", "choice": "sequence", "mlm": "token"}
-
-
-@dataclass
-class TaskData:
-    name: str
-    kind: str                       # KINDS
-    labels: list[str]
-    train: list[dict]
-    dev: list[dict] = field(default_factory=list)
-    metric: str = "accuracy"        # dev metric for choosing the epoch: accuracy | f1 (seqeval) | qa_f1
 
 
 def _read_tsv(path: Path) -> list[dict]:
@@ -179,6 +167,8 @@ class Spec:
     hf_rows: object = None           # rows of the HF datasets columns -> examples
     hf_splits: tuple[str, str] = ("train", "validation")
     labels: tuple[str, ...] = ()
+    labels_from_tags: bool = False   # the tag set is read from the data (train and dev)
+    metric: str = "accuracy"         # dev metric for choosing the epoch
 
 
 SPECS = {
@@ -194,9 +184,9 @@ SPECS = {
                 labels=("not_duplicate", "duplicate")),
     "sst2": Spec("sequence", ("train.tsv",), ("dev.tsv",), _sst2, hf_rows=_sst2, labels=("negative", "positive")),
     "ccg": Spec("token", ("train.stagged", "train.txt", "train.ccg"), ("dev.stagged", "dev.txt", "dev.ccg"),
-                None, file=_ccg_file),
+                None, file=_ccg_file, labels_from_tags=True),
     "squad": Spec("span", ("train-v1.1.json", "train.json"), ("dev-v1.1.json", "dev.json"), None,
-                  file=_squad_json, hf_rows=_squad_hf),
+                  file=_squad_json, hf_rows=_squad_hf, metric="qa_f1"),
     "hellaswag": Spec("choice", ("hellaswag_train.jsonl", "train.jsonl"), ("hellaswag_val.jsonl", "val.jsonl"),
                       _hellaswag, hf_rows=_hellaswag),
     "commonsenseqa": Spec("choice", ("train_rand_split.jsonl", "train.jsonl"),
@@ -259,9 +249,9 @@ def load(name: str, root: str | Path, translated: list[str | Path] = ()) -> Task
     if not train:
         raise XoptError(f"task {name}: no training examples in {root}")
     labels = list(spec.labels)
-    if spec.kind == "token":      # supertags seen only in dev get an output too (never trained)
+    if spec.labels_from_tags:     # supertags seen only in dev get an output too (never trained)
         labels = sorted({t for e in train + dev for t in e["tags"]})
-    return TaskData(name, spec.kind, labels, train, dev, metric="qa_f1" if spec.kind == "span" else "accuracy")
+    return TaskData(name, spec.kind, labels, train, dev, metric=spec.metric)
 
 
 def load_text(name: str, files: list[str | Path]) -> TaskData:
@@ -282,35 +272,41 @@ def load_text(name: str, files: list[str | Path]) -> TaskData:
 def featurize(task: TaskData, examples: list[dict], tokenizer, prefix: str, max_length: int,
               doc_stride: int = 64) -> list[dict]:
     """Examples -> features: dicts with `input_ids` (list, or list of lists for `choice`) and the
-    target (`label`, `tags`, `start`/`end`)."""
-    kind = task.kind
-    if kind == "mlm":
-        enc = tokenizer([prefix + e["text"] for e in examples], truncation=True, max_length=max_length)
-        return [{"input_ids": ids} for ids in enc["input_ids"]]
-    if kind == "sequence":
-        pairs = [e.get("text_pair") for e in examples]
-        firsts = [prefix + e["text"] for e in examples]
-        enc = tokenizer(firsts, pairs if any(pairs) else None, truncation=True, max_length=max_length)
-        return [{"input_ids": ids, "label": task.labels.index(e["label"])}
-                for ids, e in zip(enc["input_ids"], examples)]
-    if kind == "choice":
-        feats = []
-        for e in examples:
-            enc = tokenizer([prefix + e["first"]] * len(e["choices"]), e["choices"], truncation=True,
-                            max_length=max_length)
-            feats.append({"input_ids": enc["input_ids"], "label": e["label"]})
-        if len({len(f["input_ids"]) for f in feats}) > 1:
-            raise XoptError(f"task {task.name}: examples have different numbers of choices")
-        return feats
-    if kind == "token":      # XTREME's tagging features: first sub-token of each word, chunks of long sentences
-        from xopt.tasks import tagging
+    target (`label`, `tags`, `start`/`end`), by the task's family (xopt.tasks.families)."""
+    from xopt.tasks.registry import family
 
-        return [{"input_ids": f["input_ids"], "tags": f["label_ids"], "example": f["example"], "first": f["first"]}
-                for f in tagging.features(examples, tokenizer, task.labels, max_length, prefix)]
-    if kind == "span":       # XTREME's QA features: question + context windows, doc stride
-        from xopt.tasks import qa
+    return family(task.kind).features(task, examples, tokenizer, prefix, max_length, doc_stride)
 
-        return [{"input_ids": f["input_ids"], "start": f["start_position"], "end": f["end_position"],
-                 "example": f["example"], "offsets": f["offsets"]}
-                for f in qa.features(examples, tokenizer, max_length, min(doc_stride, max_length // 2), 64, prefix)]
-    raise XoptError(f"task {task.name}: unknown kind {kind!r}")
+
+# --- registration ------------------------------------------------------------------------------
+
+def data_path(name: str, data: dict) -> Path:
+    """Where task `name`'s files are: `data[name]`, else the child of `data["root"]` whose name
+    matches the task's (MNLI, SST-2, mnli, ...), else the root itself."""
+    if name in data:
+        return Path(data[name])
+    if "root" not in data:
+        raise XoptError(f"task {name}: no data location (pass --data DIR or set data.{name} in the plan)")
+    root = Path(data["root"])
+    if root.is_dir():
+        for child in sorted(root.iterdir()):      # <root>/MNLI, <root>/SST-2, <root>/mnli ...
+            if child.is_dir() and _norm(child.name) == _norm(name):
+                return child
+    return root
+
+
+def _norm(s: str) -> str:
+    return "".join(c for c in s.lower() if c.isalnum())
+
+
+def _load_entry(name: str, data: dict, stage) -> TaskData:
+    return load(name, data_path(name, data), stage.translated.get(name, []))
+
+
+def _load_mlm(name: str, data: dict, stage) -> TaskData:
+    return load_text(name, stage.mlm)
+
+
+for _name, _spec in SPECS.items():
+    register_task(TaskEntry(_name, _spec.kind, "intermediate", _load_entry, _spec))
+register_task(TaskEntry("mlm", "mlm", "text", _load_mlm))

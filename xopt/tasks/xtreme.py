@@ -1,9 +1,10 @@
 """XTREME task registry and data loading: one internal example form per task family.
 
-API (stable; other modules and issue 5's training build on it):
+API (stable; evaluation, training and calibration build on it):
 
-- `TASKS[name] -> Task`: family ("classify" | "tagging" | "qa" | "retrieval"), XTREME's language
-  list, label set, metric, where the files live in each source.
+- `TASKS[name] -> Task`: family (XTREME's data form: "classify" | "tagging" | "qa" | "retrieval"),
+  `kind` (its task family in xopt.tasks.registry, where every task here is registered), XTREME's
+  language list, label set, metric, where the files live in each source.
 - `load(task, lang, split, data_dir) -> list[dict]` (classify / tagging / qa) or `Bitext` (retrieval):
   the examples of one language and split, labels checked against the task's label set.
   Internal forms:
@@ -41,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xopt.errors import XoptError
+from xopt.tasks.registry import TaskEntry, register_task
 
 SPLITS = ("train", "dev", "test")
 HF_SPLIT = {"train": "train", "dev": "validation", "test": "test"}
@@ -93,6 +95,11 @@ class Task:
     splits: tuple[str, ...] = SPLITS      # splits XTREME distributes (train: English only)
     head: str = "none"           # ModelCard.head the task needs
 
+    @property
+    def kind(self) -> str:
+        """The task family (xopt.tasks.registry) of this task's examples."""
+        return KIND_OF[self.family]
+
     def hf_config(self, lang: str) -> str:
         return {"xnli": "XNLI", "pawsx": f"PAWS-X.{lang}", "udpos": f"udpos.{UDPOS_NAMES.get(lang, lang)}",
                 "panx": f"PAN-X.{lang}", "xquad": f"XQuAD.{lang}", "mlqa": f"MLQA.{lang}.{lang}",
@@ -114,9 +121,13 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task("squad", "qa", "f1", ("en",), splits=("train", "dev"), head="span"),
 )}
 EVAL_TASKS = ("xnli", "pawsx", "udpos", "panx", "xquad", "mlqa", "tydiqa", "bucc2018", "tatoeba")
-# The English training data XTREME fine-tunes on for each target task (issue 5 trains on these).
+# The English training data XTREME fine-tunes on for each target task (`xopt train` trains on these).
 TRAIN_TASK = {"xnli": "xnli", "pawsx": "pawsx", "udpos": "udpos", "panx": "panx", "xquad": "squad",
               "mlqa": "squad", "tydiqa": "tydiqa"}
+
+
+# XTREME's data forms -> task families (xopt.tasks.families)
+KIND_OF = {"classify": "sequence", "tagging": "token", "qa": "span", "retrieval": "retrieval"}
 
 
 @dataclass
@@ -497,11 +508,9 @@ def special_template(tokenizer, pair: bool = False) -> list[int]:
 
 def example_text(task: Task, ex) -> str:
     """One calibration text of an example: what the model reads, as one string."""
-    if task.family == "classify":
-        return f"{ex['text_a']} {ex['text_b']}".strip()
-    if task.family == "tagging":
-        return " ".join(ex["tokens"])
-    return f"{ex['question']} {ex['context']}"
+    from xopt.tasks.registry import family
+
+    return family(task.kind).texts([ex], joined=True)[0]
 
 
 def calibration_pools(spec: str) -> dict[str, list[str]]:
@@ -509,6 +518,8 @@ def calibration_pools(spec: str) -> dict[str, list[str]]:
     English from the task's English training set, every other language from its dev split (or
     test when the task has no dev; calibration needs no labels, but never draw it from the split
     you evaluate on if you can avoid it). Languages without data under DIR are left out."""
+    from xopt.tasks.registry import family
+
     name, sep, data_dir = spec.partition(":")
     if not sep or not data_dir:
         raise XoptError(f"calibration source xtreme:{spec}: expected xtreme:TASK:DATA_DIR")
@@ -524,8 +535,37 @@ def calibration_pools(spec: str) -> dict[str, list[str]]:
             if "not a directory" in str(e):
                 raise
             continue   # no file for this language: the caller checks the languages it asked for
-        pools[lang] = (list(data.src) + (data.en if lang == "en" else []) if isinstance(data, Bitext)
-                       else [example_text(src, ex) for ex in data])
+        pools[lang] = family(src.kind).texts(data, joined=True, lang=lang)
     if not pools:
         raise XoptError(f"calibration source xtreme:{spec}: no {task.name} data under {data_dir}")
     return pools
+
+
+# --- registration ------------------------------------------------------------------------------
+
+def _load_entry(name: str, data: dict, stage):
+    """An XTREME target's English training data (the download layout or google/xtreme HF
+    directories), English dev when XTREME has one (TyDiQA-GoldP has none: the last epoch is kept)."""
+    from xopt.tasks.registry import TaskData
+    from xopt.tasks.registry import family
+
+    t = TASKS[TRAIN_TASK.get(name, name)]
+    root = data.get(name) or data.get("root")
+    if not root:
+        raise XoptError(f"task {name}: no data location (pass --data DIR: XTREME's download layout)")
+
+    def rows(split):
+        return TRAINING_FORM.get(t.family, list)(load(t, "en", split, root))
+    return TaskData(name, t.kind, list(t.labels), rows("train"), rows("dev") if "dev" in t.splits else [],
+                    metric=family(t.kind).metric)
+
+
+def _pairs(examples) -> list[dict]:
+    return [{"text": e["text_a"], "text_pair": e["text_b"], "label": e["label"]} for e in examples]
+
+
+TRAINING_FORM = {"classify": _pairs}     # XTREME form -> the family's training form, where they differ
+
+for _t in TASKS.values():
+    if _t.name != "squad":     # SQuAD is the intermediate task of that name; here only XQuAD/MLQA's training data
+        register_task(TaskEntry(_t.name, _t.kind, "xtreme", _load_entry, _t))

@@ -60,7 +60,7 @@ def compile_variant(checkpoint: str | Path, name: str, out: str | Path, force: b
     `options` are validated into the variant's config (unknown or inapplicable ones are refused
     before anything is built). `exports`: an `ExportCache` the caller owns, to share ONNX exports
     between the variants of one checkpoint; without one, exports last for this call only."""
-    from xopt.models import open_checkpoint, param_counts
+    from xopt.modeling import open_checkpoint, param_counts
 
     variant = get(name)
     if reason := variant.unavailable_reason():
@@ -112,7 +112,7 @@ class Loaded:
 
     @property
     def card(self):
-        from xopt.models import ModelCard
+        from xopt.modeling import ModelCard
 
         return ModelCard.from_json(self.manifest["model"])
 
@@ -127,7 +127,7 @@ class Loaded:
         return {k: m[k] for k in ("base_model", "role", "params", "non_embedding_params") if m.get(k) is not None}
 
     def tokenizer(self):
-        from xopt.models import load_tokenizer
+        from xopt.modeling import load_tokenizer
 
         return load_tokenizer(self.directory)
 

@@ -41,7 +41,7 @@ FFN_OUT_AND_HEAD = FFN_OUT + r"|^head$"
 
 def output_names(man: dict) -> tuple[str, ...]:
     """The outputs of the model a variant manifest describes."""
-    from xopt.models import output_names as names
+    from xopt.modeling import output_names as names
 
     return names(man["model"])
 

@@ -147,7 +147,7 @@ class BucketRunner(TorchRunner):
             return super().run((ids, mask)), shape
 
     def to_numpy(self, outputs):
-        from xopt.models import PER_TOKEN_OUTPUTS
+        from xopt.modeling import PER_TOKEN_OUTPUTS
 
         outs, (b, t) = outputs
         return {n: v[:b, :t] if n in PER_TOKEN_OUTPUTS else v[:b] for n, v in super().to_numpy(outs).items()}
@@ -156,7 +156,7 @@ class BucketRunner(TorchRunner):
 def _compiled(variant, directory, man, module, config: CompileCudaConfig):
     import torch
 
-    from xopt.models import load_tokenizer
+    from xopt.modeling import load_tokenizer
 
     t0 = time.perf_counter()
     compiled = torch.compile(module, mode=config.mode, dynamic=False)

@@ -81,7 +81,7 @@ def build_weights(variant, ckpt, out: Path, config, exports=None) -> dict:
 
 def variant_module(directory: Path, man: dict):
     """The fp32 XoptModel of a variant directory's weights."""
-    from xopt.models import Checkpoint, ModelCard, load_module
+    from xopt.modeling import Checkpoint, ModelCard, load_module
 
     return load_module(Checkpoint(directory, ModelCard.from_json(man["model"]), man))
 

@@ -93,7 +93,7 @@ def session(path: Path, threads: int | None = None):
 
 def export_onnx(ckpt, path: Path) -> tuple[str, ...]:
     """Export the checkpoint's XoptModel to ONNX with dynamic batch x sequence axes."""
-    from xopt.models import load_module
+    from xopt.modeling import load_module
 
     return export_module(load_module(ckpt), ckpt.output_names, path)
 
@@ -102,7 +102,7 @@ def export_module(module, names: tuple[str, ...], path: Path) -> tuple[str, ...]
     """Export an XoptModel (possibly modified: SmoothQuant's smoothing) to ONNX."""
     import torch
 
-    from xopt.models import PER_TOKEN_OUTPUTS
+    from xopt.modeling import PER_TOKEN_OUTPUTS
 
     module.encoder.set_attn_implementation("eager")   # see module doc: ORT fuses this pattern
     ids = torch.tensor([[0, 35378, 8999, 2], [0, 2, 1, 1]], dtype=torch.long)
@@ -132,7 +132,7 @@ def check_against_torch(ckpt, onnx_path: Path, texts=None) -> dict:
     """Worst cosine / max abs difference of the ONNX model's outputs vs eager PyTorch."""
     import torch
 
-    from xopt.models import load_module, load_tokenizer
+    from xopt.modeling import load_module, load_tokenizer
 
     texts = texts or ["query: The file could not be opened.", "query: ファイルを開けません",
                       "query: Пароль изменён", "query: PNG image"]

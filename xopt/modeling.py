@@ -1,0 +1,335 @@
+"""The model every variant compiles, its card, and checkpoint directories (transformers-style).
+
+A checkpoint directory is a plain Hugging Face directory (config.json, model.safetensors,
+tokenizer files) that `transformers.AutoModel.from_pretrained` opens as is, plus
+- `head.safetensors` when the checkpoint carries a task head (weight, bias), and
+- `manifest.json` (xopt.manifest): where the weights came from, their hashes, and the model
+  card xopt needs (pooling, input prefix, head labels, which task trained the head).
+
+`XoptModel` = the encoder, mean pooling over real tokens, and one head class (`NoHead`,
+`SequenceHead`, `TokenHead`, `SpanHead`) that decides what the one linear layer `head` reads
+and which named output the model returns. Outputs are NamedTuples (still tuples, in this
+order, so ONNX export, torch.compile and every variant see plain tuples):
+
+| output | shape | head |
+|---|---|---|
+| `sentence_embedding` | [B, H] | all: mean of the last layer over real tokens (e5's embedding) |
+| `layer_embedding` | [B, H] | all: the same mean over layer `card.retrieval_layer` (default: the middle layer, as XTREME's BUCC/Tatoeba) |
+| `logits` | [B, L] | `SequenceHead`: linear head on `sentence_embedding` (XNLI, PAWS-X, demo topic) |
+| `token_logits` | [B, T, L] | `TokenHead`: linear head on each token of the last layer (UD-POS, PAN-X) |
+| `start_logits`, `end_logits` | [B, T] | `SpanHead`: linear head (2 outputs) on each token (XQuAD, MLQA, TyDiQA) |
+
+Packaged models are imported by `xopt.importers`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from xopt.errors import XoptError
+
+HEAD_FILE = "head.safetensors"
+
+
+# --- outputs -----------------------------------------------------------------------------------
+
+class EncoderOutput(NamedTuple):
+    sentence_embedding: Any
+    layer_embedding: Any
+
+
+class SequenceOutput(NamedTuple):
+    sentence_embedding: Any
+    layer_embedding: Any
+    logits: Any
+
+
+class TokenOutput(NamedTuple):
+    sentence_embedding: Any
+    layer_embedding: Any
+    token_logits: Any
+
+
+class SpanOutput(NamedTuple):
+    sentence_embedding: Any
+    layer_embedding: Any
+    start_logits: Any
+    end_logits: Any
+
+
+# --- heads -------------------------------------------------------------------------------------
+
+class Head:
+    """What the model's one linear layer (`XoptModel.head`) reads and how its scores become the
+    named outputs. Stateless: the weights live in the linear layer, so a quantised or compiled
+    replacement of that layer keeps working."""
+
+    kind: ClassVar[str]                  # ModelCard.head, the serialised name
+    Output: ClassVar[type]               # the NamedTuple this head returns
+    on_tokens: ClassVar[bool] = False    # the linear layer reads every token (else the sentence embedding)
+    needs_labels: ClassVar[bool] = True  # the card lists the classes (else they are fixed or absent)
+    fixed_labels: ClassVar[tuple | None] = None   # classes every head of this kind has
+
+    def __init__(self, num_labels: int = 0):
+        self.num_labels = num_labels
+
+    @property
+    def width(self) -> int:
+        """Outputs of the linear layer (0: no layer)."""
+        return self.num_labels
+
+    @classmethod
+    def output_names(cls) -> tuple[str, ...]:
+        return cls.Output._fields
+
+    def linear(self, hidden_size: int) -> nn.Linear | None:
+        return nn.Linear(hidden_size, self.width) if self.width else None
+
+    def outputs(self, embedding, layer_embedding, scores):
+        """The named output from the pooled embeddings and the linear layer's scores."""
+        return self.Output(embedding, layer_embedding, scores)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.num_labels})"
+
+
+class NoHead(Head):
+    kind, Output, needs_labels = "none", EncoderOutput, False
+
+    @property
+    def width(self) -> int:
+        return 0
+
+    def outputs(self, embedding, layer_embedding, scores=None):
+        return EncoderOutput(embedding, layer_embedding)
+
+
+class SequenceHead(Head):
+    kind, Output = "sequence", SequenceOutput
+
+
+class TokenHead(Head):
+    kind, Output, on_tokens = "token", TokenOutput, True
+
+
+class SpanHead(Head):
+    kind, Output, on_tokens, needs_labels = "span", SpanOutput, True, False
+    fixed_labels = ("start", "end")
+
+    @property
+    def width(self) -> int:
+        return 2
+
+    def outputs(self, embedding, layer_embedding, scores):
+        return SpanOutput(embedding, layer_embedding, scores[..., 0], scores[..., 1])
+
+
+HEAD_CLASSES: dict[str, type[Head]] = {h.kind: h for h in (NoHead, SequenceHead, TokenHead, SpanHead)}
+HEADS = tuple(HEAD_CLASSES)
+SPAN_LABELS = SpanHead.fixed_labels
+PER_TOKEN_OUTPUTS = tuple(n for h in HEAD_CLASSES.values() if h.on_tokens
+                          for n in h.output_names() if n not in EncoderOutput._fields)   # axis 1 is the sequence
+
+
+@dataclass
+class ModelCard:
+    """What xopt needs to know about a checkpoint beyond HF's config.json."""
+
+    pooling: str = "mean"          # mean over non-padding tokens (specials included), as e5
+    input_prefix: str = ""          # prepended to every input text ("query: " for e5)
+    labels: list[str] = field(default_factory=list)   # head's classes; empty = encoder only
+    task: str | None = None         # task that trained the head
+    max_length: int = 512
+    head: str | None = None         # HEADS; None = "sequence" when labels are set, else "none"
+    retrieval_layer: int | None = None   # hidden state for `layer_embedding`; None = middle layer
+
+    def __post_init__(self):
+        if self.head is None:
+            self.head = "sequence" if self.labels else "none"
+        if self.head not in HEADS:
+            raise XoptError(f"unknown head kind {self.head!r}; known: {', '.join(HEADS)}")
+        cls = HEAD_CLASSES[self.head]
+        if cls.fixed_labels is not None:
+            self.labels = list(cls.fixed_labels)
+        if cls.needs_labels and not self.labels:
+            raise XoptError(f"a {self.head!r} head needs labels")
+
+    @property
+    def num_outputs(self) -> int:
+        return self.head_type.width
+
+    @property
+    def head_type(self) -> Head:
+        return HEAD_CLASSES[self.head](len(self.labels))
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ModelCard":
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known)
+
+
+class XoptModel(nn.Module):
+    """Encoder + mean pooling + one head class (module doc). `head` is the head's linear layer
+    (None for `NoHead`); `head_type` says what it reads and which outputs come back."""
+
+    def __init__(self, encoder, head: Head | None = None, layer: int | None = None):
+        super().__init__()
+        n_layers = encoder.config.num_hidden_layers
+        layer = n_layers // 2 if layer is None else layer
+        if not 0 <= layer <= n_layers:
+            raise XoptError(f"retrieval_layer {layer} out of range: the encoder has {n_layers} layers (0 = embeddings)")
+        self.encoder = encoder
+        self.layer = layer
+        self.head_type = head or NoHead()
+        self.head = self.head_type.linear(encoder.config.hidden_size)
+
+    def with_head(self, head: Head, state: dict | None = None) -> "XoptModel":
+        """The same encoder (shared, not copied) with another head; `state`: the head's weights."""
+        model = XoptModel(self.encoder, head, self.layer)
+        if state is not None and model.head is not None:
+            model.head.load_state_dict(state)
+        return model.train(self.training)
+
+    def encode(self, input_ids, attention_mask):
+        """(last hidden state [B, T, H], sentence_embedding, layer_embedding)."""
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        hidden = out.last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        count = mask.sum(1).clamp(min=1.0)
+        embedding = (hidden * mask).sum(1) / count
+        layer_embedding = (out.hidden_states[self.layer] * mask).sum(1) / count
+        return hidden, embedding, layer_embedding
+
+    def forward(self, input_ids, attention_mask):
+        hidden, embedding, layer_embedding = self.encode(input_ids, attention_mask)
+        scores = None
+        if self.head is not None:
+            scores = self.head(hidden if self.head_type.on_tokens else embedding)
+        return self.head_type.outputs(embedding, layer_embedding, scores)
+
+
+def build_module(encoder, card: "ModelCard | None" = None) -> XoptModel:
+    """The XoptModel of an encoder and a model card (None: encoder only)."""
+    card = card or ModelCard()
+    return XoptModel(encoder, card.head_type, card.retrieval_layer)
+
+
+def output_names(card: "ModelCard | dict | None") -> tuple[str, ...]:
+    """What XoptModel returns for a model card (or its JSON form), in order."""
+    if not isinstance(card, ModelCard):
+        card = ModelCard.from_json(card or {})
+    return HEAD_CLASSES[card.head].output_names()
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    card: ModelCard
+    manifest: dict
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return output_names(self.card)
+
+
+def open_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
+    """Read and check a checkpoint directory's manifest (hashes included)."""
+    from xopt import manifest as mf
+
+    path = Path(path)
+    if not path.is_dir():
+        raise XoptError(f"checkpoint {path}: not a directory (make one with `xopt import e5-small --out {path}`)")
+    if not (path / "config.json").is_file():
+        raise XoptError(f"checkpoint {path}: no config.json, not a Hugging Face checkpoint directory")
+    man = mf.read(path, kind="checkpoint", verify=verify) if (path / mf.MANIFEST).exists() else {}
+    card = ModelCard.from_json(man.get("model", {}))
+    return Checkpoint(path, card, man)
+
+
+def quiet_hf() -> None:
+    """Transformers' own tqdm bars (loading/writing shards) would interleave with ours."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+_TOKENIZERS: dict = {}
+
+
+def load_tokenizer(path: str | Path):
+    """The tokenizer of a checkpoint or variant directory, parsed once per process and tokenizer
+    file (XLM-R's 250k-piece tokenizer.json takes seconds); an edited file is read again."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    f = path / "tokenizer.json"
+    key = (str(path.resolve()), *((f.stat().st_mtime_ns, f.stat().st_size) if f.is_file() else ()))
+    if key not in _TOKENIZERS:
+        if len(_TOKENIZERS) >= 8:
+            _TOKENIZERS.pop(next(iter(_TOKENIZERS)))
+        _TOKENIZERS[key] = AutoTokenizer.from_pretrained(str(path))
+    return _TOKENIZERS[key]
+
+
+def load_module(ckpt: Checkpoint, dtype=None):
+    """Checkpoint -> XoptModel (eval mode) on CPU."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    quiet_hf()
+    enc = AutoModel.from_pretrained(str(ckpt.path), add_pooling_layer=False, attn_implementation="sdpa",
+                                    dtype=dtype or torch.float32)
+    model = build_module(enc, ckpt.card)
+    if model.head is not None:
+        if not (ckpt.path / HEAD_FILE).is_file():
+            raise XoptError(f"checkpoint {ckpt.path}: manifest lists labels but {HEAD_FILE} is missing")
+        model.head.load_state_dict(load_file(str(ckpt.path / HEAD_FILE)))
+    return model.eval()
+
+
+def param_counts(path: str | Path) -> dict:
+    """{"params", "non_embedding_params"} of a checkpoint, from its safetensors headers (no
+    weights loaded). Non-embedding = all but the token, position and token-type embedding
+    tables (Kaplan et al. 2020's convention), head included."""
+    from safetensors import safe_open
+
+    total = emb = 0
+    for name in ("model.safetensors", HEAD_FILE):
+        f = Path(path) / name
+        if not f.is_file():
+            continue
+        with safe_open(str(f), framework="numpy") as st:
+            for k in st.keys():
+                n = int(np.prod(st.get_slice(k).get_shape()))
+                total += n
+                if k.endswith("_embeddings.weight") or k.endswith("embed_tokens.weight"):
+                    emb += n
+    return {"params": total, "non_embedding_params": total - emb}
+
+
+def save_checkpoint(model, tokenizer, card: ModelCard, out: Path, source: dict, force: bool = False,
+                    manifest_extra: dict | None = None) -> Path:
+    """Write an XoptModel + tokenizer as a checkpoint directory, atomically."""
+    from safetensors.torch import save_file
+
+    from xopt import manifest as mf
+
+    quiet_hf()
+    with mf.atomic_dir(out, force=force) as tmp:
+        model.encoder.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        if model.head is not None:
+            save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, str(tmp / HEAD_FILE))
+        mf.write(tmp, kind="checkpoint", source=source, extra={**(manifest_extra or {}), "model": card.to_json()})
+    return out

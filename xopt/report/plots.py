@@ -39,7 +39,7 @@ WITHHELD = "not drawn: retention interval contains 0\nor is wider than 1 (score:
 
 def pareto_points(t: RecordIndex, all_rows: dict, batch: int, key: str, ykey: str):
     """(points, their names, names withheld) of one panel: (cost `key`, `ykey`) per (model, variant)
-    measured at `batch`. A retention that is not precise enough (retention_is_point) is withheld:
+    benchmarked at `batch`. A retention that is not precise enough (retention_is_point) is withheld:
     a point would present noise as a position on the front."""
     label = _labeller(t)
     pts, names, withheld = [], [], []

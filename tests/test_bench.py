@@ -253,9 +253,11 @@ def test_engine_profile_limits_and_partial_sweeps(variants, tmp_path, monkeypatc
         return lv
 
     monkeypatch.setattr(reg, "load_variant", limited)
-    with pytest.raises(XoptError, match="beyond the engine's profile .max batch 4"):
+    with pytest.raises(XoptError, match=r"beyond the engine's profile .max batch 4.; lower --batch-size .*"
+                                        r"--max-shapes input_ids:8x32,attention_mask:8x32`"):
         bench([variants / "fp32"], batches=(8,), seq_lens=(16,))
-    with pytest.raises(XoptError, match=r"48 tokens .*\(max 32\)"):
+    with pytest.raises(XoptError, match=r"48 tokens .*\(max 32\); lower --seq-len .*`xopt compile .* --variant fp32 "
+                                        r".*--max-shapes input_ids:4x48,attention_mask:4x48`"):
         bench([variants / "fp32"], batches=(1,), seq_lens=(48,))
 
     def failing(d):      # batch 3 fails inside the backend (e.g. out of memory)
@@ -281,7 +283,7 @@ def test_engine_profile_limits_and_partial_sweeps(variants, tmp_path, monkeypatc
 
 
 def test_cli_json_with_compare(variants):
-    res = CliRunner().invoke(app, ["bench", str(variants / "fp32"), str(variants / "int8-dynamic"), "--batch", "1",
+    res = CliRunner().invoke(app, ["bench", str(variants / "fp32"), str(variants / "int8-dynamic"), "--batch-size", "1",
                                    "--seq-len", "8", "--iters", "3", "--warmup", "1", "--rounds", "1", "--json",
                                    "--compare", "fp32"])
     assert res.exit_code == 0, res.output

@@ -1,5 +1,5 @@
 """xopt bench: harness overhead, warm-up, per-language lengths, LoadGen scenarios, the server
-search's bounds, the regression comparison, bad inputs and partial sweeps."""
+search's bounds, the pytest-benchmark bridge, bad inputs and partial sweeps."""
 
 import json
 from dataclasses import replace
@@ -12,8 +12,7 @@ from xopt import records
 from xopt.bench import bench, ratio_table
 from xopt.cli import app
 from xopt.errors import XoptError
-from xopt.measure import (Measurement, Timer, compare_benchmark_json, harness_overhead, machine_kind,
-                          to_pytest_benchmark, warm)
+from xopt.measure import Measurement, Timer, harness_overhead, machine_kind, warm
 from xopt.scenarios.loadgen import read_detail, server_search
 from test_measure import FakeRunner
 
@@ -53,45 +52,57 @@ def test_server_search_stays_within_bounds_and_converges():
         server_search(probe, 10.0, 5.0)
 
 
-def _bm(name, median):
-    return {"fullname": name, "stats": {"median": median}}
+_REPLAY_TEST = """
+import os
+
+import pytest
+
+from xopt.measure import SAMPLE_CLOCK, Measurement, to_pytest_benchmark
+
+SAMPLES_MS = [float(x) for x in os.environ["XOPT_SAMPLES_MS"].split(",")]
 
 
-def test_compare_flags_median_regressions_over_threshold():
-    base = {"benchmarks": [_bm("a", 1.0), _bm("b", 1.0)]}
-    rows, failed = compare_benchmark_json(base, {"benchmarks": [_bm("a", 1.10), _bm("b", 0.5), _bm("new", 1)]})
-    assert not failed and rows[0]["ratio"] == pytest.approx(1.10) and rows[2]["baseline_median_s"] is None
-    rows, failed = compare_benchmark_json(base, {"benchmarks": [_bm("a", 1.2)]}, threshold=0.15)
-    assert failed and rows[0]["regressed"]
+@pytest.mark.benchmark(timer=SAMPLE_CLOCK, group="replay")
+def test_marked(benchmark):
+    to_pytest_benchmark(benchmark, Measurement(samples_ms=SAMPLES_MS), variant="v")
+    assert benchmark.group == "replay"
 
 
-def test_compare_script_exit_codes(tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("bench_compare", Path(__file__).parents[1] / "bench" / "compare.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    base, now = tmp_path / "base.json", tmp_path / "now.json"
-    base.write_text(json.dumps({"benchmarks": [_bm("a", 1.0)]}))
-    now.write_text(json.dumps({"benchmarks": [_bm("a", 1.1)]}))
-    assert mod.main([str(now), "--baseline", str(base)]) == 0
-    now.write_text(json.dumps({"benchmarks": [_bm("a", 1.2)]}))
-    assert mod.main([str(now), "--baseline", str(base)]) == 1 and "REGRESSED" in capsys.readouterr().out
-    assert mod.main([str(now), "--baseline", str(tmp_path / "none.json")]) == 2
+def test_unmarked(benchmark):
+    to_pytest_benchmark(benchmark, Measurement(samples_ms=SAMPLES_MS))
+"""
 
 
-def test_pytest_benchmark_bridge_takes_xopt_samples():
-    class FakeFixture:
-        disabled, extra_info = False, {}
+def _pytest_benchmark(tmp_path, test, samples_ms, *args):
+    import os
+    import subprocess
+    import sys
 
-        def _make_stats(self, iterations):
-            self.got = []
-            return type("S", (), {"update": lambda s, d: self.got.append(d)})()
+    (tmp_path / "test_bridge.py").write_text(_REPLAY_TEST)
+    env = {**os.environ, "XOPT_SAMPLES_MS": ",".join(map(str, samples_ms))}
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"test_bridge.py::{test}",
+                           *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
-    fx, m = FakeFixture(), Measurement(samples_ms=[1.0, 2.0, 4.0])
-    to_pytest_benchmark(fx, m, variant="v")
-    assert fx.got == [0.001, 0.002, 0.004] and fx.extra_info["variant"] == "v"
+
+def test_pytest_benchmark_keeps_xopt_samples_and_compares_against_a_baseline(tmp_path):
+    """The bridge through pytest-benchmark's public API: the saved JSON holds exactly xopt's
+    per-call samples, and --benchmark-compare-fail judges a run against a saved JSON."""
+    samples = [1.0, 2.0, 4.0, 3.0, 2.5]
+    base = tmp_path / "base.json"
+    res = _pytest_benchmark(tmp_path, "test_marked", samples, f"--benchmark-json={base}")
+    assert res.returncode == 0, res.stdout + res.stderr
+    (bm,) = json.loads(base.read_text())["benchmarks"]
+    assert bm["stats"]["data"] == [s / 1e3 for s in samples]                # our samples, bit for bit
+    assert bm["stats"]["median"] == 2.5e-3 and bm["stats"]["rounds"] == 5
+    assert bm["options"]["timer"] == "SAMPLE_CLOCK" and bm["extra_info"] == {"variant": "v"}
+    compare = (f"--benchmark-compare={base}", "--benchmark-compare-fail=median:15%")
+    res = _pytest_benchmark(tmp_path, "test_marked", [s * 1.05 for s in samples], *compare)
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = _pytest_benchmark(tmp_path, "test_marked", [s * 1.3 for s in samples], *compare)
+    assert res.returncode != 0 and "Performance has regressed" in res.stdout + res.stderr, res.stdout
+    # a benchmark timed by another timer is refused, not reported with the replay's own duration
+    res = _pytest_benchmark(tmp_path, "test_unmarked", samples)
+    assert res.returncode == 1 and "did not time the replay with xopt.measure.SAMPLE_CLOCK" in res.stdout
     assert machine_kind().startswith(("cpu-", "cuda-"))
 
 
@@ -253,9 +264,11 @@ def test_engine_profile_limits_and_partial_sweeps(variants, tmp_path, monkeypatc
         return lv
 
     monkeypatch.setattr(reg, "load_variant", limited)
-    with pytest.raises(XoptError, match="beyond the engine's profile .max batch 4"):
+    with pytest.raises(XoptError, match=r"beyond the engine's profile .max batch 4.; lower --batch-size .*"
+                                        r"--max-shapes input_ids:8x32,attention_mask:8x32`"):
         bench([variants / "fp32"], batches=(8,), seq_lens=(16,))
-    with pytest.raises(XoptError, match=r"48 tokens .*\(max 32\)"):
+    with pytest.raises(XoptError, match=r"48 tokens .*\(max 32\); lower --seq-len .*`xopt compile .* --variant fp32 "
+                                        r".*--max-shapes input_ids:4x48,attention_mask:4x48`"):
         bench([variants / "fp32"], batches=(1,), seq_lens=(48,))
 
     def failing(d):      # batch 3 fails inside the backend (e.g. out of memory)
@@ -281,7 +294,7 @@ def test_engine_profile_limits_and_partial_sweeps(variants, tmp_path, monkeypatc
 
 
 def test_cli_json_with_compare(variants):
-    res = CliRunner().invoke(app, ["bench", str(variants / "fp32"), str(variants / "int8-dynamic"), "--batch", "1",
+    res = CliRunner().invoke(app, ["bench", str(variants / "fp32"), str(variants / "int8-dynamic"), "--batch-size", "1",
                                    "--seq-len", "8", "--iters", "3", "--warmup", "1", "--rounds", "1", "--json",
                                    "--compare", "fp32"])
     assert res.exit_code == 0, res.output

@@ -63,7 +63,7 @@ def test_compile_eval_bench_report_pick_on_a_tiny_model(tmp_path, tiny_ckpt, tin
                                                        ("demo-topic", "avg")}
     assert "not in the demo suite" in _one_line_error(run("eval", v, "--data", tiny_suite, "--langs", "xx"))
     assert "unknown demo task" in _one_line_error(run("eval", v, "--data", tiny_suite, "--tasks", "xnli2"))
-    res = run("bench", v, "--batch", "1,2", "--seq-len", "16", "--rounds", "2", "--duration", "0.1",
+    res = run("bench", v, "--batch-size", "1,2", "--seq-len", "16", "--rounds", "2", "--duration", "0.1",
               "--iters", "6", "--out", out, "--compare", "fp32")
     assert res.exit_code == 0, res.output
     assert "exceeds the model's maximum length" in _one_line_error(run("bench", v, "--seq-len", "4096"))

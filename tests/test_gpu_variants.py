@@ -83,7 +83,7 @@ def test_gpu_variant_on_cpu_host_is_refused_in_one_line(name, fp32_dir, tiny_ckp
     (d / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(XoptError, match=f"variant {name} cannot run on this host: needs (an NVIDIA GPU|the)"):
         load_variant(d)
-    res = CliRunner().invoke(app, ["bench", str(d), "--batch", "1", "--seq-len", "8"])
+    res = CliRunner().invoke(app, ["bench", str(d), "--batch-size", "1", "--seq-len", "8"])
     assert res.exit_code == 2
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("xopt: error:") and "cannot run on this host" in lines[0]

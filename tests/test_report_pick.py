@@ -127,7 +127,7 @@ def test_models_of_several_sizes_and_references(tmp_path):
     assert c["chosen"]["name"] == "e5-small/fp32" and c["runner_up"]["name"] == "xlm-roberta-large/int8"
     assert c["why_runner_up_lost"] == "slower p50: 22.40 ms vs 11.80 ms"      # the smaller model wins on both
     assert pick.pick([p], model="e5-small", min_retention=0.7)["chosen"]["name"] == "fp32"
-    with pytest.raises(XoptError, match="--model bert: no records of that model; models in the records: "):
+    with pytest.raises(XoptError, match="--filter-model bert: no records of that model; models in the records: "):
         report.load([p], model="bert")
 
 
@@ -211,7 +211,7 @@ def test_cli_report_and_pick(tmp_path):
         raise ValueError(f"not JSON: {name}")
     got = json.loads(res.stdout, parse_constant=strict)
     assert got["chosen"]["variant"] == "fp32" and got["runner_up"]["fails"] == ["t: retention 0.50 < 0.8"]
-    res = runner.invoke(app, ["pick", str(p), "--batch", "4", "--json"])     # inf / NaN inside: still strict JSON
+    res = runner.invoke(app, ["pick", str(p), "--batch-size", "4", "--json"])     # inf / NaN inside: still strict JSON
     assert res.exit_code == 1 and json.loads(res.stdout, parse_constant=strict)["chosen"] is None
     res = runner.invoke(app, ["pick", str(p), "--max-p99-ms", "1"])
     assert res.exit_code == 1 and "closest: int8, which misses: p99 6.00 ms > 1.0 ms" in res.output

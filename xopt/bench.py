@@ -72,7 +72,7 @@ def make_shapes(loaded: dict, batches, seq_lens, lengths: str | None, scenario: 
     if scenario == "single-stream":
         batches = [1]            # one sample per query by definition
     if any(b < 1 for b in batches) or any(s < 1 for s in seq_lens):
-        raise XoptError("--batch and --seq-len take positive integers")
+        raise XoptError("--batch-size and --seq-len take positive integers")
     sources = (length_sources(lengths, first.tokenizer(), first.card.input_prefix, data_dir, max_len)
                if lengths else [])
     shapes = []
@@ -91,11 +91,23 @@ def make_shapes(loaded: dict, batches, seq_lens, lengths: str | None, scenario: 
         for shape in shapes:
             if lim.get("max_batch") and shape.batch > lim["max_batch"]:
                 raise XoptError(f"{lv.directory}: batch {shape.batch} is beyond the engine's profile (max batch "
-                                f"{lim['max_batch']}); lower --batch or rebuild the variant with a larger profile")
+                                f"{lim['max_batch']}); lower --batch-size or rebuild the variant with a larger "
+                                f"profile: {_rebuild_larger(lv, lim, shape)}")
             if lim.get("max_seq_len") and shape.max_tokens > lim["max_seq_len"]:
                 raise XoptError(f"{lv.directory}: {shape.max_tokens} tokens ({shape.label}) is beyond the engine's "
-                                f"profile (max {lim['max_seq_len']}); lower --seq-len or rebuild with a larger profile")
+                                f"profile (max {lim['max_seq_len']}); lower --seq-len or rebuild the variant with "
+                                f"a larger profile: {_rebuild_larger(lv, lim, shape)}")
     return shapes
+
+
+def _rebuild_larger(lv, lim: dict, shape: Shape) -> str:
+    """The `xopt compile` command that rebuilds `lv` with a profile whose max covers `shape`."""
+    man = lv.manifest
+    src = (man.get("source") or {}).get("checkpoint") or "CHECKPOINT"
+    b = max(shape.batch, lim.get("max_batch") or 0)
+    t = max(shape.max_tokens, lim.get("max_seq_len") or 0)
+    return (f"`xopt compile {src} --variant {man.get('variant', 'VARIANT')} --out {lv.directory} --force "
+            f"--max-shapes input_ids:{b}x{t},attention_mask:{b}x{t}`")
 
 
 def bench(variant_dirs: list, batches=(1, 8), seq_lens=(128,), lengths: str | None = None, rounds: int = 3,

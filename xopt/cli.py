@@ -20,8 +20,32 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Does the cross-lingual gain of intermediate-task training survive compilation? "
                        "train -> compile -> eval -> bench -> report / pick.")
 
-# Options shared by several commands.
+# Options shared by several commands. One spelling per meaning, as optimum-cli and trtexec
+# spell them: --batch-size, --model (an input path), --device (where a variant runs),
+# --filter-model / --filter-device (which records a report reads), --min/opt/max-shapes.
 Force = Annotated[bool, typer.Option("--force", help="Replace the output if it exists.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Sequences per call.")]
+BatchSizes = Annotated[str, typer.Option("--batch-size", help="Comma-separated batch sizes (server: the largest "
+                                                              "dynamic batch).")]
+ModelPath = Annotated[Optional[Path], typer.Option("--model", help="Checkpoint directory to start from.")]
+Device = Annotated[Optional[str], typer.Option(
+    "--device", help="cpu or cuda: where the variant runs (set in its config where the variant can run on "
+                     "either; otherwise checked against the variant's device).")]
+FilterModel = Annotated[Optional[str], typer.Option(
+    "--filter-model", help="Only records of this model (records' base_model); default: every model, compared.")]
+FilterDevice = Annotated[Optional[str], typer.Option(
+    "--filter-device", help="Only bench records of this device (cpu, cuda, or part of a GPU name).")]
+_SHAPES_HELP = ("of the TensorRT optimisation profile, in trtexec's syntax: NAME:BATCHxSEQUENCE per input, "
+                "comma-separated, e.g. input_ids:1x16,attention_mask:1x16 (one shape for every input)")
+MinShapes = Annotated[Optional[str], typer.Option("--min-shapes", help="Smallest shapes " + _SHAPES_HELP + ".")]
+OptShapes = Annotated[Optional[str], typer.Option("--opt-shapes", help="Shapes the engine is tuned for, "
+                                                                        + _SHAPES_HELP.removeprefix("of the ") + ".")]
+MaxShapes = Annotated[Optional[str], typer.Option("--max-shapes", help="Largest shapes " + _SHAPES_HELP + ".")]
+# Old spellings, hidden; each still works and prints one deprecation line (see _renamed).
+OldBatch = Annotated[Optional[str], typer.Option("--batch", hidden=True, help="Deprecated: --batch-size.")]
+OldModelFilter = Annotated[Optional[str], typer.Option("--model", hidden=True, help="Deprecated: --filter-model.")]
+OldDeviceFilter = Annotated[Optional[str], typer.Option("--device", hidden=True,
+                                                        help="Deprecated: --filter-device.")]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 OutResults = Annotated[Optional[Path], typer.Option("--out", help="Append records to this JSONL file.")]
 Data = Annotated[Optional[Path], typer.Option("--data", help="Demo suite JSON (default: built from the "
@@ -35,6 +59,19 @@ def _csv(value: str | None, cast=str) -> list | None:
         return [cast(v.strip()) for v in value.split(",") if v.strip()]
     except ValueError:
         raise XoptError(f"cannot parse {value!r} as a comma-separated list of {cast.__name__}") from None
+
+
+def _renamed(ctx: typer.Context, new: str, old: str, old_value):
+    """The value of option `new`, or of its deprecated spelling `old` (a hidden option) when that
+    is given, with one deprecation line on stderr. The command's parameter is named after `new`."""
+    name = new.lstrip("-").replace("-", "_")
+    if old_value is None:
+        return ctx.params[name]
+    source = ctx.get_parameter_source(name)
+    if source is not None and source.name == "COMMANDLINE":
+        raise XoptError(f"give {new} or its deprecated spelling {old}, not both")
+    typer.echo(f"xopt: warning: {old} is deprecated; use {new}", err=True)
+    return old_value
 
 
 def command(*args, **kwargs):
@@ -90,7 +127,7 @@ def import_cmd(name: Annotated[str, typer.Argument(help="Packaged model to impor
 @command("train")
 def train_cmd(plan: Annotated[Optional[Path], typer.Argument(
                   help="Plan file (TOML): encoder, stages, hyper-parameters, outputs (see xopt/train.py).")] = None,
-              model: Annotated[Optional[Path], typer.Option("--model", help="Checkpoint directory to start from.")] = None,
+              model: ModelPath = None,
               out: Annotated[Optional[Path], typer.Option(
                   "--out", help="Checkpoint directory to write (with a plan: its run directory).")] = None,
               target: Annotated[str, typer.Option("--target", help="English target task.")] = "demo-topic",
@@ -181,9 +218,13 @@ def compile_cmd(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint dire
                 option: Annotated[Optional[list[str]], typer.Option(
                     "--option", "-o", help="KEY=VALUE of any option of the variant's config, e.g. -o mode=max-autotune "
                                            "(repeatable; `xopt variants --json` lists each variant's options).")] = None,
+                device: Device = None,
+                min_shapes: MinShapes = None,
+                opt_shapes: OptShapes = None,
+                max_shapes: MaxShapes = None,
                 json_out: Json = False):
     """Build a variant directory (artefacts + manifest) from a checkpoint."""
-    from xopt.variants import compile_variant
+    from xopt.variants import compile_variant, get
 
     if keep_fp32 is not None:
         typer.echo("xopt: warning: --keep-fp32 is deprecated; use --keep (the layers it keeps run in the "
@@ -195,18 +236,49 @@ def compile_cmd(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint dire
                               "calib_samples": calib_samples, "calib_method": calib_method,
                               "keep": keep, "calib_profile": str(calib_profile) if calib_profile else None,
                               "keep_fp16": keep_fp16, "max_drop": max_drop}.items() if v is not None}
+    flag_of = {}    # config option -> the flag that set it, for the "given twice" message
+    shapes = {"min": ("--min-shapes", min_shapes), "opt": ("--opt-shapes", opt_shapes),
+              "max": ("--max-shapes", max_shapes)}
+    if any(v is not None for _, v in shapes.values()):
+        from xopt.variants.tensorrt import profile_shape
+
+        takes = get(variant).config.options()
+        for key, (flag, value) in shapes.items():
+            if value is None:
+                continue
+            if key not in takes:
+                raise XoptError(f"{flag} sets a TensorRT optimisation profile; variant {variant} has none "
+                                f"(variants with one: {', '.join(_profiled_variants())})")
+            opts[key], flag_of[key] = profile_shape(value, flag), flag
+    if device is not None:
+        if device not in ("cpu", "cuda"):
+            raise XoptError(f"--device {device}: use cpu or cuda")
+        v = get(variant)
+        if "device" in v.config.options():        # the variant runs on either: its config records the choice
+            opts["device"], flag_of["device"] = device, "--device"
+        elif v.device != device:
+            raise XoptError(f"--device {device}: variant {variant} runs on {v.device} only; pick a variant that "
+                            f"runs on {device} (see `xopt variants`)")
     for item in option or []:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise XoptError(f"--option {item!r}: give KEY=VALUE, e.g. --option mode=max-autotune")
         key = key.strip().replace("-", "_")
         if key in opts:
-            raise XoptError(f"option {key} given twice (as --{key.replace('_', '-')} and --option)")
+            raise XoptError(f"option {key} given twice (as {flag_of.get(key, '--' + key.replace('_', '-'))} "
+                            f"and --option)")
         opts[key] = value
     man = compile_variant(checkpoint, variant, out, force=force, options=opts)
     if json_out:
         return _print_json(man)
     typer.echo(f"wrote {out} ({variant}, built in {man['build_s']:.1f} s)")
+
+
+def _profiled_variants() -> list[str]:
+    """Variants whose config holds an optimisation profile (min/opt/max shapes)."""
+    from xopt.variants import REGISTRY
+
+    return [n for n, v in REGISTRY.items() if {"min", "opt", "max"} <= set(v.config.options())]
 
 
 @command("calibrate")
@@ -259,7 +331,7 @@ def eval_cmd(variant_dir: Annotated[Path, typer.Argument(help="Variant directory
              split: Annotated[str, typer.Option("--split", help="test, or shared (same messages in every "
                                                                 "language of the shared group).")] = "test",
              max_examples: Annotated[Optional[int], typer.Option("--max-examples")] = None,
-             batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
+             batch_size: BatchSize = 64,
              bucc_threshold_from: Annotated[Optional[list[Path]], typer.Option(
                  "--bucc-threshold-from", help="xtreme: results of the fp32 variant of the same model, whose "
                                                "bucc2018 records hold the dev-chosen thresholds.")] = None,
@@ -282,9 +354,9 @@ def eval_cmd(variant_dir: Annotated[Path, typer.Argument(help="Variant directory
 
 
 @command("bench")
-def bench_cmd(variant_dirs: Annotated[list[Path], typer.Argument(help="Variant directories.")],
-              batch: Annotated[str, typer.Option("--batch", help="Comma-separated batch sizes (server: the "
-                                                                 "largest dynamic batch).")] = "1,8",
+def bench_cmd(ctx: typer.Context, variant_dirs: Annotated[list[Path], typer.Argument(help="Variant directories.")],
+              batch_size: BatchSizes = "1,8",
+              batch: OldBatch = None,
               seq_len: Annotated[str, typer.Option("--seq-len", help="Comma-separated fixed lengths ('' for "
                                                                      "none).")] = "128",
               lengths: Annotated[Optional[str], typer.Option(
@@ -318,6 +390,7 @@ def bench_cmd(variant_dirs: Annotated[list[Path], typer.Argument(help="Variant d
     from xopt.progress import bar
     from xopt.report import print_bench
 
+    batch = _renamed(ctx, "--batch-size", "--batch", batch)
     if warmup != "auto" and not warmup.isdigit():
         raise XoptError(f"--warmup {warmup}: expected auto or a number of calls")
     qps = _csv(server_qps.replace(":", ","), float) if server_qps else None
@@ -346,21 +419,22 @@ def bench_cmd(variant_dirs: Annotated[list[Path], typer.Argument(help="Variant d
 
 
 @command("report")
-def report_cmd(results_files: Annotated[list[Path], typer.Argument(help="Result JSONL files.")],
+def report_cmd(ctx: typer.Context, results_files: Annotated[list[Path], typer.Argument(help="Result JSONL files.")],
                out: Annotated[Path, typer.Option("--out", help="Report directory.")],
                reference: Annotated[str, typer.Option("--reference")] = "fp32",
                baseline: Annotated[str, typer.Option("--baseline", help="Model name of the baseline.")] = "baseline",
                xstilts: Annotated[str, typer.Option("--xstilts", help="Model name of X-STILTs.")] = "xstilts",
-               model: Annotated[Optional[str], typer.Option(
-                   "--model", help="Only this model (records' base_model); default: every model, compared.")] = None,
-               device: Annotated[Optional[str], typer.Option(
-                   "--device", help="Only bench records of this device (cpu, cuda, or part of a GPU name).")] = None,
+               filter_model: FilterModel = None,
+               filter_device: FilterDevice = None,
+               model: OldModelFilter = None,
+               device: OldDeviceFilter = None,
                force: Force = False):
     """Gain-retention tables and plots: report.md, a single-file report.html, the PNGs and summary.csv
     (one row per variant x task x language and per variant x bench shape)."""
     from xopt.report import load, write
 
-    t = load(results_files, baseline, xstilts, model, device)
+    t = load(results_files, baseline, xstilts, _renamed(ctx, "--filter-model", "--model", model),
+             _renamed(ctx, "--filter-device", "--device", device))
     path = write(t, out, reference, force=force)
     for note in t.notes:
         typer.echo(f"note: {note}", err=True)
@@ -371,15 +445,16 @@ def report_cmd(results_files: Annotated[list[Path], typer.Argument(help="Result 
 
 
 @command("pick")
-def pick_cmd(results_files: Annotated[list[Path], typer.Argument(help="Result JSONL files.")],
+def pick_cmd(ctx: typer.Context, results_files: Annotated[list[Path], typer.Argument(help="Result JSONL files.")],
              max_p50_ms: Annotated[Optional[float], typer.Option("--max-p50-ms")] = None,
              max_p99_ms: Annotated[Optional[float], typer.Option("--max-p99-ms")] = None,
-             batch: Annotated[int, typer.Option("--batch")] = 1,
+             batch_size: BatchSize = 1,
+             batch: OldBatch = None,
              seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Fixed length (default 128).")] = None,
              lengths: Annotated[Optional[str], typer.Option(
                  "--lengths", help="Length mix the bench used instead (e.g. demo, demo:ja).")] = None,
              min_throughput: Annotated[Optional[float], typer.Option(
-                 "--min-throughput", help="Sequences/s at --batch.")] = None,
+                 "--min-throughput", help="Sequences/s at --batch-size.")] = None,
              min_retention: Annotated[Optional[float], typer.Option(
                  "--min-retention", help="Per task, average over zero-shot languages.")] = None,
              min_lang_retention: Annotated[Optional[float], typer.Option(
@@ -387,9 +462,10 @@ def pick_cmd(results_files: Annotated[list[Path], typer.Argument(help="Result JS
              max_mem_mb: Annotated[Optional[float], typer.Option("--max-mem-mb", help="Peak memory.")] = None,
              max_drop: Annotated[Optional[float], typer.Option(
                  "--max-drop", help="Largest X-STILTs score drop vs the reference, points.")] = None,
-             device: Annotated[Optional[str], typer.Option(
-                 "--device", help="Only bench records of this device (cpu, cuda, or part of a GPU name).")] = None,
-             model: Annotated[Optional[str], typer.Option("--model", help="Only this model (base_model).")] = None,
+             filter_device: FilterDevice = None,
+             filter_model: FilterModel = None,
+             device: OldDeviceFilter = None,
+             model: OldModelFilter = None,
              reference: Annotated[str, typer.Option("--reference")] = "fp32",
              baseline: Annotated[str, typer.Option("--baseline")] = "baseline",
              xstilts: Annotated[str, typer.Option("--xstilts")] = "xstilts",
@@ -397,6 +473,13 @@ def pick_cmd(results_files: Annotated[list[Path], typer.Argument(help="Result JS
     """Choose the fastest variant that meets the constraints, and say why (exit 1 when none does)."""
     from xopt.pick import json_safe, pick, render
 
+    batch = _renamed(ctx, "--batch-size", "--batch", batch)
+    if isinstance(batch, str):          # the deprecated spelling's value
+        if not batch.strip().isdigit():
+            raise XoptError(f"--batch {batch}: expected one batch size, e.g. --batch-size 8")
+        batch = int(batch)
+    device = _renamed(ctx, "--filter-device", "--device", device)
+    model = _renamed(ctx, "--filter-model", "--model", model)
     choice = pick(results_files, max_p50_ms=max_p50_ms, max_p99_ms=max_p99_ms, batch=batch, seq_len=seq_len,
                   lengths=lengths, min_throughput=min_throughput, min_retention=min_retention,
                   min_lang_retention=min_lang_retention, max_mem_mb=max_mem_mb, max_drop=max_drop, device=device,

@@ -3,7 +3,7 @@
 Candidates: every (model, variant) pair of the records (the X-STILTs checkpoint's variants;
 with records of several models, pairs of every model compete: a smaller model in fp16 may
 beat a larger one in int8). Cost comes from the bench record at the requested batch and
-shape (`--seq-len L`, or `--lengths SOURCE` for a real length mix), on `--device` when given.
+shape (`--seq-len L`, or `--lengths SOURCE` for a real length mix), on `--filter-device` when given.
 
 Constraints: p50/p99 latency, throughput (sequences/s), peak memory, minimum gain retention
 (checked on every task whose reference gain is positive: a task where intermediate training

@@ -150,14 +150,14 @@ def load(paths, baseline: str = "baseline", xstilts: str = "xstilts", model: str
             t.bench[key] = r
     if model is not None and not t.evals and not t.bench:
         fams = sorted({r.get("base_model") or "(unnamed model)" for r in recs})
-        raise XoptError(f"--model {model}: no records of that model; models in the records: {', '.join(fams)}")
+        raise XoptError(f"--filter-model {model}: no records of that model; models in the records: {', '.join(fams)}")
     if not t.evals and not t.bench:
         first = f" ({len(t.skipped)} skipped; first: {t.skipped[0].where}: {t.skipped[0].why})" if t.skipped else ""
         raise XoptError(f"no usable records in {', '.join(map(str, paths))}{first}")
     if devs:
         t.notes.append(f"bench records of one variant on several devices: {', '.join(sorted(devs))}; the last "
-                       f"one is shown; pass --device to choose")
+                       f"one is shown; pass --filter-device to choose")
     if len(t.families) > 1:
         t.notes.append(f"records of {len(t.families)} models ({', '.join(t.families)}): each model's tables are "
-                       f"separate, the size and Pareto sections compare them; pass --model NAME for one model only")
+                       f"separate, the size and Pareto sections compare them; pass --filter-model NAME for one model only")
     return t

@@ -6,11 +6,11 @@ provides the system under test (SUT) around a variant's `Runner`:
 
 - single-stream: one sample per query, the next query after the previous completes. The
   MLPerf figure is the p90 latency; the record's percentiles are LoadGen's per-sample ones.
-- offline: every sample in one query; the SUT runs them in batches of `--batch`, each padded
+- offline: every sample in one query; the SUT runs them in batches of `--batch-size`, each padded
   to its longest row. The figure is samples/s (LoadGen's); the record's percentiles are those
   of the batches, timed with the same `Timer` as every other xopt measurement.
 - server: Poisson arrivals at a target QPS; a worker thread runs whatever is queued, up to
-  `--batch` samples (dynamic batching). The figure is the highest QPS whose p99 latency stays
+  `--batch-size` samples (dynamic batching). The figure is the highest QPS whose p99 latency stays
   within `--latency-bound-ms`, found by `server_search`: at most `server_max_runs` LoadGen
   runs between the bounds `server_qps` (default: 1/100 to 1.5 times the samples/s of full
   batches in the warm-up).

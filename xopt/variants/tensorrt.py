@@ -56,6 +56,36 @@ def _shape(s: str) -> tuple[int, int]:
         raise XoptError(f"optimisation profile shape {s!r} is not BATCHxSEQUENCE (e.g. 32x128)") from None
 
 
+def profile_shape(spec: str, flag: str = "--shapes") -> str:
+    """trtexec's shape syntax, `NAME:BATCHxSEQUENCE[,NAME:BATCHxSEQUENCE..]`, as the profile's one
+    BATCHxSEQUENCE. The profile covers every input with the same shape, so the inputs named must
+    agree; inputs left out get that shape too. Errors are one line naming `flag`."""
+    example = f"e.g. {flag} {INPUTS[0]}:1x16,{INPUTS[1]}:1x16"
+    items = [x.strip() for x in str(spec).split(",")]
+    if not any(items) or not all(items):
+        raise XoptError(f"{flag} {spec!r}: give NAME:BATCHxSEQUENCE per input, comma-separated, {example}")
+    shapes: dict[str, tuple[int, int]] = {}
+    for item in items:
+        name, colon, dims = item.rpartition(":")
+        name = name.strip().strip("'\"")
+        if not colon or not name:
+            raise XoptError(f"{flag} {spec!r}: {item!r} has no input name; give NAME:BATCHxSEQUENCE, {example}")
+        if name not in INPUTS:
+            raise XoptError(f"{flag} {spec!r}: unknown input {name!r}; the inputs are {', '.join(INPUTS)}")
+        if name in shapes:
+            raise XoptError(f"{flag} {spec!r}: input {name} given twice")
+        parts = dims.strip().lower().split("x")
+        if len(parts) != 2 or not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
+            raise XoptError(f"{flag} {spec!r}: {dims.strip()!r} is not BATCHxSEQUENCE of positive integers "
+                            f"(e.g. 1x16)")
+        shapes[name] = (int(parts[0]), int(parts[1]))
+    if len(set(shapes.values())) > 1:
+        got = ", ".join(f"{n} {b}x{t}" for n, (b, t) in shapes.items())
+        raise XoptError(f"{flag} {spec!r}: every input shares one BATCHxSEQUENCE profile; got {got}")
+    b, t = next(iter(shapes.values()))
+    return f"{b}x{t}"
+
+
 @dataclass(frozen=True)
 class _ProfileShapes(VariantConfig):
     min: str = option("1x1", "str", "smallest BATCHxSEQUENCE of the optimisation profile")

@@ -57,3 +57,17 @@ def test_wheel_installs_with_mapped_subpackages(tmp_path):
     assert "onnx-int8" in names
     entry = (tmp_path / "t").glob("xopt-*.dist-info/entry_points.txt")
     assert "xopt = xopt.cli:main" in next(entry).read_text()
+
+
+def test_ci_runs_readme_command_2():
+    """.ci/run reads set-up command 2 from README.md and runs it: it installs and tests nothing
+    of its own, so a new user's test run is CI's."""
+    import re
+
+    root = Path(__file__).parent.parent
+    ci = (root / ".ci" / "run").read_text()
+    assert "## Set-up on a fresh machine" in ci and 'bash -c "$cmd"' in ci
+    assert not re.search(r"^\s*(pip|python -m pytest|python3 -m venv)", ci, re.M)
+    readme = (root / "README.md").read_text()
+    cmd2 = re.findall(r"```sh\n(.*?)\n\s*```", readme[readme.index("## Set-up on a fresh machine"):], re.S)[1]
+    assert cmd2.strip().endswith("python -m pytest") and "chromium-headless-shell" in cmd2

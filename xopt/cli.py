@@ -35,6 +35,13 @@ FilterModel = Annotated[Optional[str], typer.Option(
     "--filter-model", help="Only records of this model (records' base_model); default: every model, compared.")]
 FilterDevice = Annotated[Optional[str], typer.Option(
     "--filter-device", help="Only bench records of this device (cpu, cuda, or part of a GPU name).")]
+Split = Annotated[Optional[str], typer.Option(
+    "--split", help="Only eval records of this split (test, validation, ...); needed when a task has several.")]
+Suite = Annotated[Optional[str], typer.Option(
+    "--suite", help="Only eval records of this suite (xtreme, demo, ...); needed when a task has several.")]
+FilterHost = Annotated[Optional[str], typer.Option(
+    "--filter-host", help="Only bench records of this host: its digest or part of its name (GPU, CPU), as "
+                          "the error or the report names it; needed when the records come from several.")]
 _SHAPES_HELP = ("of the TensorRT optimisation profile, in trtexec's syntax: NAME:BATCHxSEQUENCE per input, "
                 "comma-separated, e.g. input_ids:1x16,attention_mask:1x16 (one shape for every input)")
 MinShapes = Annotated[Optional[str], typer.Option("--min-shapes", help="Smallest shapes " + _SHAPES_HELP + ".")]
@@ -426,6 +433,9 @@ def report_cmd(ctx: typer.Context, results_files: Annotated[list[Path], typer.Ar
                xstilts: Annotated[str, typer.Option("--xstilts", help="Model name of X-STILTs.")] = "xstilts",
                filter_model: FilterModel = None,
                filter_device: FilterDevice = None,
+               split: Split = None,
+               suite: Suite = None,
+               filter_host: FilterHost = None,
                model: OldModelFilter = None,
                device: OldDeviceFilter = None,
                force: Force = False):
@@ -434,7 +444,7 @@ def report_cmd(ctx: typer.Context, results_files: Annotated[list[Path], typer.Ar
     from xopt.report import load, write
 
     t = load(results_files, baseline, xstilts, _renamed(ctx, "--filter-model", "--model", model),
-             _renamed(ctx, "--filter-device", "--device", device))
+             _renamed(ctx, "--filter-device", "--device", device), split=split, suite=suite, host=filter_host)
     path = write(t, out, reference, force=force)
     for note in t.notes:
         typer.echo(f"note: {note}", err=True)
@@ -464,6 +474,9 @@ def pick_cmd(ctx: typer.Context, results_files: Annotated[list[Path], typer.Argu
                  "--max-drop", help="Largest X-STILTs score drop vs the reference, points.")] = None,
              filter_device: FilterDevice = None,
              filter_model: FilterModel = None,
+             split: Split = None,
+             suite: Suite = None,
+             filter_host: FilterHost = None,
              device: OldDeviceFilter = None,
              model: OldModelFilter = None,
              reference: Annotated[str, typer.Option("--reference")] = "fp32",
@@ -483,7 +496,8 @@ def pick_cmd(ctx: typer.Context, results_files: Annotated[list[Path], typer.Argu
     choice = pick(results_files, max_p50_ms=max_p50_ms, max_p99_ms=max_p99_ms, batch=batch, seq_len=seq_len,
                   lengths=lengths, min_throughput=min_throughput, min_retention=min_retention,
                   min_lang_retention=min_lang_retention, max_mem_mb=max_mem_mb, max_drop=max_drop, device=device,
-                  model=model, reference=reference, baseline=baseline, xstilts=xstilts)
+                  model=model, reference=reference, baseline=baseline, xstilts=xstilts, split=split, suite=suite,
+                  host=filter_host)
     if json_out:
         _print_json(json_safe(choice))
     else:

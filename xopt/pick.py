@@ -40,8 +40,9 @@ def _fail(c: dict, text: str, miss: float = 1.0) -> None:
 def pick(paths, max_p50_ms=None, max_p99_ms=None, batch: int = 1, seq_len: int | None = None,
          lengths: str | None = None, min_throughput=None, min_retention=None, min_lang_retention=None,
          max_mem_mb=None, max_drop=None, device: str | None = None, model: str | None = None,
-         reference="fp32", baseline="baseline", xstilts="xstilts") -> dict:
-    t = load(paths, baseline, xstilts, model, device)
+         reference="fp32", baseline="baseline", xstilts="xstilts", split: str | None = None,
+         suite: str | None = None, host: str | None = None) -> dict:
+    t = load(paths, baseline, xstilts, model, device, split=split, suite=suite, host=host)
     shape = _shape(seq_len, lengths)
     where = f"batch {batch}, {shape_label(shape)}" + (f", device {device}" if device else "")
     cands = []
@@ -79,12 +80,14 @@ def pick(paths, max_p50_ms=None, max_p99_ms=None, batch: int = 1, seq_len: int |
     constraints = {k: v for k, v in dict(max_p50_ms=max_p50_ms, max_p99_ms=max_p99_ms, batch=batch, shape=shape,
                                          min_throughput=min_throughput, min_retention=min_retention,
                                          min_lang_retention=min_lang_retention, max_mem_mb=max_mem_mb,
-                                         max_drop=max_drop, device=device, model=model).items() if v is not None}
+                                         max_drop=max_drop, device=device, model=model, split=split, suite=suite,
+                                         host=host).items() if v is not None}
     chosen = ok[0] if ok else None
     runner_up = ok[1] if len(ok) > 1 else (bad[0] if bad else None)
     return {"constraints": constraints, "chosen": chosen, "runner_up": runner_up,
             "why_runner_up_lost": _why(chosen, runner_up) if chosen and runner_up else None,
-            "closest": None if ok else (bad[0] if bad else None), "candidates": cands, "skipped": len(t.skipped)}
+            "closest": None if ok else (bad[0] if bad else None), "candidates": cands, "skipped": len(t.skipped),
+            "hosts": list(t.hosts.values()), "notes": list(t.notes)}
 
 
 def json_safe(obj):
@@ -188,6 +191,9 @@ def render(choice: dict) -> str:
         c = choice["closest"]
         lines.append("no variant meets the constraints" +
                      (f"; closest: {c['name']}, which misses: {'; '.join(c['fails'])}" if c else ""))
+    if choice.get("hosts"):
+        lines.append(f"bench records of host {', '.join(choice['hosts'])}")
+    lines += [f"note: {n}" for n in choice.get("notes", [])]
     if choice.get("skipped"):
         lines.append(f"({choice['skipped']} records skipped as invalid; `xopt report` lists them)")
     return "\n".join(lines)

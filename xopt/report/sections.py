@@ -113,6 +113,8 @@ def cost_section(doc: Doc, t: RecordIndex, fam: str) -> None:
     doc.h(3, "Cost")
     doc.p("Interleaved rounds; `rounds` lists each round's p50 (drift of a shared machine). "
           "Variants with evaluation records but no benchmark are listed as not measured.")
+    if t.hosts:
+        doc.p(f"Host: {', '.join(t.hosts.values())}.")
     table = Table(["variant", "batch", "shape", "device", "p50 ms", "p99 ms", "rounds", "seq/s", "tok/s", "peak MB",
                    "artefact MB"])
     for k, r in sorted(t.bench.items(), key=lambda kv: (kv[0].batch, kv[0].shape, kv[0].variant)):

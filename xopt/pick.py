@@ -11,7 +11,10 @@ did not help has no gain to retain), minimum per-language retention (checked on 
 languages whose reference gain is clearly positive: interval above zero, or point above zero
 when the records keep no per-example outcomes), maximum average score drop vs the reference.
 A candidate without the measurement a constraint needs fails it as "not measured"; it is
-never skipped silently.
+never skipped silently. A bench record of a LoadGen run that LoadGen marked INVALID fails
+every candidate it measures. `--max-mem-mb` is refused on records whose peak memory is that
+of a process holding several variants (`peak_mem_scope` "shared process"): it is not any
+one variant's memory.
 
 Ranking of the feasible: lowest p50, then higher average retention, then higher average
 score, then lower peak memory, then name: ties are broken deterministically and reported.
@@ -45,7 +48,7 @@ def pick(paths, max_p50_ms=None, max_p99_ms=None, batch: int = 1, seq_len: int |
     t = load(paths, baseline, xstilts, model, device, split=split, suite=suite, host=host)
     shape = _shape(seq_len, lengths)
     where = f"batch {batch}, {shape_label(shape)}" + (f", device {device}" if device else "")
-    cands = []
+    cands, shared = [], []
     for fam in t.families:
         rows = {r["variant"]: r for r in summary_rows(t, reference, batch, shape, family=fam)}
         for v in t.variants(fam):
@@ -59,6 +62,11 @@ def pick(paths, max_p50_ms=None, max_p99_ms=None, batch: int = 1, seq_len: int |
             nm = f"not measured (no bench record at {where})"
             if b is None:
                 _fail(c, f"p50 {nm}", math.inf)
+            elif b.get("validity") not in (None, "VALID"):
+                _fail(c, f"LoadGen run {b['validity']} ({b.get('invalid_reason') or 'see its log'}): "
+                         f"{b.get('loadgen_log_dir') or 'no log directory'}", math.inf)
+            if b is not None and max_mem_mb is not None and b.get("peak_mem_scope") == "shared process":
+                shared.append(c["name"])
             for key, limit, unit, low in (("p50_ms", max_p50_ms, "ms", True), ("p99_ms", max_p99_ms, "ms", True),
                                           ("throughput_seq_s", min_throughput, "sequences/s", False),
                                           ("peak_mem_mb", max_mem_mb, "MB", True)):
@@ -75,6 +83,11 @@ def pick(paths, max_p50_ms=None, max_p99_ms=None, batch: int = 1, seq_len: int |
                           abs(val - limit) / max(abs(limit), 1e-9))
             _quality(t, c, fam, v, row, reference, min_retention, min_lang_retention, max_drop)
             cands.append(c)
+    if shared:
+        raise XoptError(f"--max-mem-mb: the peak memory of {', '.join(shared[:3])}{' ...' if len(shared) > 3 else ''} "
+                        f"was measured in one process holding several variants (peak_mem_scope \"shared process\"), "
+                        f"not per variant; bench each variant alone (one variant directory per `xopt bench`) and "
+                        f"pick on those records")
     ok = sorted((c for c in cands if not c["fails"]), key=_rank)
     bad = sorted((c for c in cands if c["fails"]), key=lambda c: (len(c["fails"]), c["miss"], _rank(c)))
     constraints = {k: v for k, v in dict(max_p50_ms=max_p50_ms, max_p99_ms=max_p99_ms, batch=batch, shape=shape,

@@ -469,7 +469,10 @@ def pick_cmd(ctx: typer.Context, results_files: Annotated[list[Path], typer.Argu
                  "--min-retention", help="Per task, average over zero-shot languages.")] = None,
              min_lang_retention: Annotated[Optional[float], typer.Option(
                  "--min-lang-retention", help="Per task and language with a clear fp32 gain.")] = None,
-             max_mem_mb: Annotated[Optional[float], typer.Option("--max-mem-mb", help="Peak memory.")] = None,
+             scenario: Annotated[Optional[str], typer.Option(
+                 "--scenario", help="Bench scenario of the records to use (default fixed-batch).")] = None,
+             max_mem_mb: Annotated[Optional[float], typer.Option(
+                 "--max-mem-mb", help="Peak memory of the variant (records of one variant per bench run).")] = None,
              max_drop: Annotated[Optional[float], typer.Option(
                  "--max-drop", help="Largest X-STILTs score drop vs the reference, points.")] = None,
              filter_device: FilterDevice = None,
@@ -497,7 +500,7 @@ def pick_cmd(ctx: typer.Context, results_files: Annotated[list[Path], typer.Argu
                   lengths=lengths, min_throughput=min_throughput, min_retention=min_retention,
                   min_lang_retention=min_lang_retention, max_mem_mb=max_mem_mb, max_drop=max_drop, device=device,
                   model=model, reference=reference, baseline=baseline, xstilts=xstilts, split=split, suite=suite,
-                  host=filter_host)
+                  host=filter_host, scenario=scenario)
     if json_out:
         _print_json(json_safe(choice))
     else:

@@ -3,7 +3,8 @@
 Candidates: every (model, variant) pair of the records (the X-STILTs checkpoint's variants;
 with records of several models, pairs of every model compete: a smaller model in fp16 may
 beat a larger one in int8). Cost comes from the bench record at the requested batch and
-shape (`--seq-len L`, or `--lengths SOURCE` for a real length mix), on `--filter-device` when given.
+shape (`--seq-len L`, or `--lengths SOURCE` for a real length mix) and scenario (`--scenario`,
+default fixed-batch), on `--filter-device` when given.
 
 Constraints: p50/p99 latency, throughput (sequences/s), peak memory, minimum gain retention
 (checked on every task whose reference gain is positive: a task where intermediate training
@@ -28,10 +29,12 @@ from xopt.analysis import fmt_ci, gain_stats, load, shape_label, summary_rows
 from xopt.errors import XoptError
 
 
-def _shape(seq_len: int | None, lengths: str | None) -> str:
+def _shape(seq_len: int | None, lengths: str | None, scenario: str | None = None) -> str:
+    """The bench shape key (xopt.records.shape_key) of the requested shape and scenario."""
     if seq_len and lengths:
         raise XoptError("pass either --seq-len or --lengths, not both")
-    return f"len:{lengths}" if lengths else f"s{seq_len or 128}"
+    key = f"len:{lengths}" if lengths else f"s{seq_len or 128}"
+    return key if scenario in (None, "fixed-batch") else f"{scenario}/{key}"
 
 
 def _fail(c: dict, text: str, miss: float = 1.0) -> None:
@@ -44,9 +47,9 @@ def pick(paths, max_p50_ms=None, max_p99_ms=None, batch: int = 1, seq_len: int |
          lengths: str | None = None, min_throughput=None, min_retention=None, min_lang_retention=None,
          max_mem_mb=None, max_drop=None, device: str | None = None, model: str | None = None,
          reference="fp32", baseline="baseline", xstilts="xstilts", split: str | None = None,
-         suite: str | None = None, host: str | None = None) -> dict:
+         suite: str | None = None, host: str | None = None, scenario: str | None = None) -> dict:
     t = load(paths, baseline, xstilts, model, device, split=split, suite=suite, host=host)
-    shape = _shape(seq_len, lengths)
+    shape = _shape(seq_len, lengths, scenario)
     where = f"batch {batch}, {shape_label(shape)}" + (f", device {device}" if device else "")
     cands, shared = [], []
     for fam in t.families:

@@ -83,7 +83,11 @@ def host_matches(rec: dict, host: str) -> bool:
 
 
 def shape_label(shape: str) -> str:
-    return f"seq {shape[1:]}" if shape.startswith("s") else f"lengths {shape[4:]}"
+    """seq 128, lengths demo:de; a LoadGen scenario's shape keeps its prefix: single-stream seq 128."""
+    scenario, _, key = shape.partition("/") if shape.startswith(("single-stream/", "offline/", "server/")) \
+        else ("", "", shape)
+    label = f"seq {key[1:]}" if key.startswith("s") else f"lengths {key[4:]}"
+    return f"{scenario} {label}" if scenario else label
 
 
 class Keyed(dict):

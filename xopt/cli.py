@@ -444,7 +444,8 @@ def report_cmd(ctx: typer.Context, results_files: Annotated[list[Path], typer.Ar
     from xopt.report import load, write
 
     t = load(results_files, baseline, xstilts, _renamed(ctx, "--filter-model", "--model", model),
-             _renamed(ctx, "--filter-device", "--device", device), split=split, suite=suite, host=filter_host)
+             _renamed(ctx, "--filter-device", "--device", device),
+             **{k: v for k, v in dict(split=split, suite=suite, host=filter_host).items() if v is not None})
     path = write(t, out, reference, force=force)
     for note in t.notes:
         typer.echo(f"note: {note}", err=True)

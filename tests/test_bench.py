@@ -384,6 +384,10 @@ def test_loadgen_invalid_runs_are_recorded_invalid_and_never_pass_the_server_sea
     c = pick.pick([out], seq_len=8, scenario="single-stream")
     assert c["chosen"] is None
     assert c["closest"]["fails"][0].startswith("LoadGen run INVALID (minimum duration not met; Reduce target QPS")
+    from xopt.report.terminal import bench_table
+
+    shown = bench_table([single])
+    assert shown.rows[0][3] == "single-stream/s8 INVALID" and "invalid_reason" in shown.notes[0]
 
 
 def test_peak_memory_scope_and_pick_refuses_shared_process_memory(variants, tmp_path):
@@ -405,6 +409,9 @@ def test_peak_memory_scope_and_pick_refuses_shared_process_memory(variants, tmp_
     assert c["chosen"] is not None and c["chosen"]["peak_mem_mb"] > 0
     res = CliRunner().invoke(app, ["pick", str(shared), "--seq-len", "8", "--max-mem-mb", "100"])
     assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
+    from xopt.report.terminal import bench_table
+
+    assert bench_table(recs).rows[0][-1].endswith(" *") and not bench_table([rec]).notes
 
 
 def test_bench_runs_the_length_source_token_ids(variants, suite_cache, monkeypatch):

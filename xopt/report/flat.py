@@ -1,11 +1,12 @@
 """The report's flat table, `summary.csv`: what pandas, a spreadsheet or a CI dashboard reads.
 
 One row per model x variant x task x language (`kind` = eval: the suite and split, the
-X-STILTs and baseline scores, the gain, and the retention against the reference with its 95% bootstrap interval)
-and one per model x variant x batch x bench shape (`kind` = bench: latency percentiles,
-throughput, peak memory and its scope, LoadGen's validity, the host). Every row has every column; a column that does not apply to the
-row's kind is empty. Retention is per language here (the report's tables average it over the
-zero-shot languages); English, the training language, has scores and a gain but no retention.
+X-STILTs and baseline scores, the gain, and the retention against the reference with its
+95% bootstrap interval) and one per model x variant x batch x bench shape (`kind` = bench:
+latency percentiles, throughput, peak memory and its scope, LoadGen's validity, the host).
+Every row has every column; a column that does not apply to the row's kind is empty.
+Retention is per language here (the report's tables average it over the zero-shot
+languages); English, the training language, has scores and a gain but no retention.
 
 CSV only: pyarrow is not a dependency of xopt, and `pandas.read_csv("summary.csv")` then
 `.to_parquet()` gives parquet wherever pyarrow is installed.

@@ -87,10 +87,10 @@ def pick(paths, max_p50_ms=None, max_p99_ms=None, batch: int = 1, seq_len: int |
             _quality(t, c, fam, v, row, reference, min_retention, min_lang_retention, max_drop)
             cands.append(c)
     if shared:
-        raise XoptError(f"--max-mem-mb: the peak memory of {', '.join(shared[:3])}{' ...' if len(shared) > 3 else ''} "
-                        f"was measured in one process holding several variants (peak_mem_scope \"shared process\"), "
-                        f"not per variant; bench each variant alone (one variant directory per `xopt bench`) and "
-                        f"pick on those records")
+        names = ", ".join(shared[:3]) + (" ..." if len(shared) > 3 else "")
+        raise XoptError(f"--max-mem-mb: the peak memory of {names} was measured in one process holding several "
+                        f"variants (peak_mem_scope \"shared process\"), not per variant; bench each variant "
+                        f"alone (one variant directory per `xopt bench`) and pick on those records")
     ok = sorted((c for c in cands if not c["fails"]), key=_rank)
     bad = sorted((c for c in cands if c["fails"]), key=lambda c: (len(c["fails"]), c["miss"], _rank(c)))
     constraints = {k: v for k, v in dict(max_p50_ms=max_p50_ms, max_p99_ms=max_p99_ms, batch=batch, shape=shape,

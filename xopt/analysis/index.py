@@ -270,7 +270,8 @@ def load(paths, baseline: str = "baseline", xstilts: str = "xstilts", model: str
     for what, opt, val in (("split", "--split", split), ("suite", "--suite", suite), ("host", "--filter-host", host)):
         if left_out[what]:
             shown = next(iter(t.hosts.values())) if what == "host" and t.hosts else val
-            t.notes.append(f"{opt} {val}: records of {what} {shown} only; left out: {', '.join(sorted(left_out[what]))}")
+            t.notes.append(f"{opt} {val}: records of {what} {shown} only; "
+                           f"left out: {', '.join(sorted(left_out[what]))}")
     if devs:
         t.notes.append(f"bench records of one variant on several devices: {', '.join(sorted(devs))}; the last "
                        f"one is shown; pass --filter-device to choose")

@@ -20,8 +20,8 @@ import math
 
 from xopt.analysis import RecordIndex, gain_stats
 
-EVAL_COLUMNS = ("suite", "split", "metric", "n_examples", "score", "baseline_score", "gain", "reference_gain", "retention",
-                "retention_lo", "retention_hi", "retention_uncertain")
+EVAL_COLUMNS = ("suite", "split", "metric", "n_examples", "score", "baseline_score", "gain", "reference_gain",
+                "retention", "retention_lo", "retention_hi", "retention_uncertain")
 BENCH_COLUMNS = ("device", "scenario", "batch", "shape", "seq_len", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
                  "throughput_seq_s", "throughput_tok_s", "peak_mem_mb", "peak_mem_scope", "validity", "host")
 COLUMNS = ("kind", "model", "variant", "task", "lang") + EVAL_COLUMNS + BENCH_COLUMNS

@@ -127,7 +127,8 @@ def cost_section(doc: Doc, t: RecordIndex, fam: str) -> None:
             continue
         invalid = " INVALID" if r.get("validity") not in (None, "VALID") else ""
         shared = " *" if r.get("peak_mem_scope") == "shared process" else ""
-        table.add_row(k.variant, str(k.batch), shape_label(k.shape) + invalid, r.get("device", "?"), f"{r['p50_ms']:.2f}",
+        table.add_row(k.variant, str(k.batch), shape_label(k.shape) + invalid, r.get("device", "?"),
+                      f"{r['p50_ms']:.2f}",
                       f"{r['p99_ms']:.2f}", " ".join(f"{x:.1f}" for x in r.get("round_p50_ms", [])),
                       f"{r['throughput_seq_s']:.1f}", f"{r['throughput_tok_s']:.0f}",
                       cost_cell(r, "peak_mem_mb", "{:.0f}") + shared, cost_cell(r, "artefact_mb", "{:.0f}"))

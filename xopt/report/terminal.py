@@ -95,11 +95,6 @@ def summary_model(rows: list[dict], tasks: list[str], reference: str = "fp32") -
                       else "no drop"]
         cells += [cost_cell(r, "p50_ms", "{:.1f}"), f"{r['speedup']:.2f}x" if r.get("speedup") else "n/a"]
         t.add_row(*cells)
-    if any(r.get("peak_mem_scope") == "shared process" for r in recs):
-        t.notes.append("peak MB *: one process held every variant of the run; bench one variant per run for "
-                       "its own peak.")
-    if any(r.get("validity") not in (None, "VALID") for r in recs):
-        t.notes.append("INVALID: LoadGen marked the run invalid; the record's invalid_reason says why.")
     return t
 
 

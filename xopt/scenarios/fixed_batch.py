@@ -51,8 +51,8 @@ class Shape:
         out = []
         for _ in range(n if self.lengths else 1):
             if self.rows:
-                pick = rng.choice(len(self.rows), self.batch)
-                out.append(pad_rows([self.rows[i] for i in pick], pad_id))
+                drawn = rng.choice(len(self.rows), self.batch)
+                out.append(pad_rows([self.rows[i] for i in drawn], pad_id))
                 continue
             lens = (rng.choice(self.lengths, self.batch) if self.lengths else np.full(self.batch, self.seq_len))
             out.append(make_batch(lens, vocab_size, pad_id, rng))
@@ -124,7 +124,8 @@ def to_record(loaded, shape: Shape, m: Measurement, scenario: str = "fixed-batch
         batch=shape.batch, **dist, lang=shape.lang, mean_tokens=round(shape.mean_tokens, 2), **stats,
         throughput_seq_s=shape.batch / mean_s, throughput_tok_s=tok_per_call / mean_s, tokens_per_call=tok_per_call,
         peak_mem_mb=m.peak_mem_mb, peak_mem_kind=m.peak_mem_kind, mem_run_mb=m.mem_run_mb,
-        warmup=m.warmup, warmup_shapes=m.warmup_shapes, input_ids=shape.input_ids, iters=len(m.samples_ms), rounds=len(m.round_p50_ms),
+        warmup=m.warmup, warmup_shapes=m.warmup_shapes, input_ids=shape.input_ids, iters=len(m.samples_ms),
+        rounds=len(m.round_p50_ms),
         round_p50_ms=[round(x, 3) for x in m.round_p50_ms], cold_ms=m.cold_ms, scenario=scenario)
     if m.cuda_used_mb is not None:
         rec["cuda_used_mb"] = m.cuda_used_mb

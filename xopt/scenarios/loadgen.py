@@ -88,7 +88,8 @@ def validity(res: dict) -> tuple[str | None, str | None]:
     why = [text for key, text in VALIDITY_CONDITIONS if res.get(key) is False]
     if str(res.get("result_invalid_reason") or "").strip():
         why.append(str(res["result_invalid_reason"]).strip())
-    return v or "INVALID", "; ".join(why) or ("no result_validity in LoadGen's log" if v is None else "LoadGen: INVALID")
+    default = "no result_validity in LoadGen's log" if v is None else "LoadGen: INVALID"
+    return v or "INVALID", "; ".join(why) or default
 
 
 class SUT:
@@ -295,7 +296,8 @@ def run_scenario(loaded, shape: Shape, scenario: str, log_root: Path, *, vocab_s
                 runs[q] = (r, s, d, ok, p99)
                 if progress:
                     state = "ok" if ok else "INVALID" if valid != "VALID" else "over"
-                    progress.update(task, advance=1, rate=f"{q:.1f} QPS p99 {'n/a' if p99 is None else f'{p99:.1f}'} ms {state}")
+                    shown = "n/a" if p99 is None else f"{p99:.1f}"
+                    progress.update(task, advance=1, rate=f"{q:.1f} QPS p99 {shown} ms {state}")
                 return ok
 
             best, tried = server_search(probe_qps, lo, hi, server_max_runs)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from test_report_pick import OUT, _write, bn, ev
-from xopt import analysis
+from xopt import analysis, records
+from xopt.errors import XoptError
 
 
 def test_retention_by_hand(tmp_path):
@@ -126,3 +127,63 @@ def test_retention_is_point():
     assert not analysis.retention_is_point({**st, "retention_ci": (-0.1, 0.9)})       # interval contains 0
     assert not analysis.retention_is_point({**st, "retention_uncertain": True})       # wider than 1, or no gain
     assert not analysis.retention_is_point({**st, "has_ci": False})                   # no per-example outcomes
+
+
+def _on_split(rec, split=None, suite=None):
+    return {**rec, **({"split": split} if split else {}), **({"suite": suite} if suite else {})}
+
+
+def test_records_of_two_splits_or_suites_are_never_merged(tmp_path):
+    recs = [ev(m, v, lang, o) for (m, v, lang), o in OUT.items()]
+    # the same runs on the validation split: every X-STILTs answer right
+    recs += [_on_split(ev(m, v, lang, [1] * 4 if m == "xstilts" else o), split="validation")
+             for (m, v, lang), o in OUT.items()]
+    p = _write(tmp_path, recs)
+    with pytest.raises(XoptError,
+                       match=r"task t has eval records of split test and split validation, which are never "
+                             r"joined; pass --split test or --split validation"):
+        analysis.load([p])
+    t = analysis.load([p], split="test")
+    assert analysis.gain_stats(t, "t", "int8", "fp32")["retention"] == pytest.approx(0.5)    # test split only
+    assert any(n.startswith("--split test: records of split test only; left out: validation") for n in t.notes)
+    assert analysis.EvalKey("(unnamed model)", "xstilts", "int8", "t", "de", "test", "demo") in t.evals
+    v = analysis.load([p], split="validation")
+    assert analysis.gain_stats(v, "t", "int8", "fp32")["score"] == pytest.approx(100)
+    with pytest.raises(XoptError, match=r"--split dev: no records of that split; the records have: test, validation"):
+        analysis.load([p], split="dev")
+    mixed = [ev(m, v, lang, o) for (m, v, lang), o in OUT.items()]
+    mixed += [_on_split(ev("xstilts", "fp32", "de", [1, 1, 1, 1]), suite="xtreme")]
+    p2 = _write(tmp_path, mixed, name="suites.jsonl")
+    with pytest.raises(XoptError, match=r"suite demo and suite xtreme, .* pass --suite demo or --suite xtreme"):
+        analysis.load([p2])
+    assert analysis.load([p2], suite="demo").ev("(unnamed model)", "xstilts", "fp32", "t", "de")["value"] == 75.0
+
+
+def _on_host(rec, cpu):
+    return {**rec, "host": {**rec["host"], "cpu": cpu, "gpu": None}}
+
+
+def test_bench_records_of_two_hosts_are_never_merged(tmp_path):
+    recs = [ev(m, v, lang, o) for (m, v, lang), o in OUT.items()]
+    recs += [_on_host(bn("fp32", 10.0), "CPU A"), _on_host(bn("int8", 4.0), "CPU A"),
+             _on_host(bn("int8", 2.0), "CPU B")]          # the same shape, measured on another machine
+    p = _write(tmp_path, recs, bench=False)
+    a, b = (analysis.host_id({"host": {**recs[-1]["host"], "cpu": c}}) for c in ("CPU A", "CPU B"))
+    assert a != b and len(a) == 8
+    with pytest.raises(XoptError, match=rf"bench records of 2 hosts: CPU A \(\d+ threads\) \[{a}\] and CPU B "
+                                        rf"\(\d+ threads\) \[{b}\]; .* pass --filter-host {a} or --filter-host {b}"):
+        analysis.load([p])
+    t = analysis.load([p], host=a)
+    assert t.bn("(unnamed model)", "int8", 1, "s128")["p50_ms"] == 4.0        # not the later record of host B
+    assert list(t.hosts) == [a] and any("--filter-host" in n and "left out: CPU B" in n for n in t.notes)
+    assert analysis.BenchKey("(unnamed model)", "int8", 1, "s128", a) in t.bench
+    t = analysis.load([p], host="cpu b")                                      # part of the name works too
+    assert t.bn("(unnamed model)", "int8", 1, "s128")["p50_ms"] == 2.0 and t.bn("(unnamed model)", "fp32", 1,
+                                                                                 "s128") is None
+    with pytest.raises(XoptError, match=r"--filter-host zzz: no records of that host; the records have: CPU A"):
+        analysis.load([p], host="zzz")
+    # the same hardware under other library versions is one host: a re-run replaces the measurement
+    again = _on_host(bn("int8", 3.0), "CPU A")
+    again["host"] = {**again["host"], "libs": {"torch": "9.9"}, "platform": "other"}
+    records.append(p, [again])
+    assert analysis.load([p], host=a).bn("(unnamed model)", "int8", 1, "s128")["p50_ms"] == 3.0

@@ -326,3 +326,113 @@ def test_records_are_complete_when_built(variants, tmp_path, monkeypatch):
     single = next(r for r in built if r["scenario"] == "single-stream")
     assert single["latency_source"] == "loadgen_per_sample" and single["p50_ms"] == pytest.approx(
         single["loadgen"]["result_50.00_percentile_latency_ns"] / 1e6)
+
+
+def _detail(log_dir, **results):
+    """A mlperf_log_detail.txt with LoadGen's result_* lines, as LoadGen writes them."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    lines = [":::MLLOG " + json.dumps({"key": f"result_{k}", "value": v, "time_ms": 0.0})
+             for k, v in results.items()]
+    (log_dir / "mlperf_log_detail.txt").write_text("\n".join(["noise line", *lines]) + "\n")
+
+
+def _fake_loaded():
+    from types import SimpleNamespace
+
+    runner = FakeRunner("fake", 0.0)
+    return SimpleNamespace(runner=runner, model_name="xstilts", manifest={"variant": "fp32"}, model_fields={},
+                           directory="variants/fp32", artefact_mb=lambda: 1.0)
+
+
+def test_loadgen_invalid_runs_are_recorded_invalid_and_never_pass_the_server_search(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from xopt import pick
+    from xopt.scenarios import loadgen
+    from xopt.scenarios.fixed_batch import Shape
+
+    def fake_run_once(runner, sample_lens, scenario, log_dir, *, target_qps=None, **kw):
+        # p99 5 ms (within the 10 ms bound) up to 50 QPS; above 10 QPS LoadGen marks the run INVALID
+        q = target_qps or 1.0
+        valid = q <= 10.0
+        _detail(log_dir, validity="VALID" if valid else "INVALID", min_duration_met=valid, min_queries_met=True,
+                **({} if valid else {"invalid_reason": "Reduce target QPS to improve latency."}),
+                **{"99.00_percentile_latency_ns": 5e6 if q <= 50 else 2e7, "50.00_percentile_latency_ns": 2e6,
+                   "90.00_percentile_latency_ns": 4e6, "mean_latency_ns": 2.5e6, "min_latency_ns": 1e6,
+                   "completed_samples_per_sec": q, "qps_with_loadgen_overhead": q})
+        sut = SimpleNamespace(batch_ms=[2.0, 2.5, 3.0], batch_tokens=[8, 8, 8], samples=3)
+        return read_detail(log_dir), sut
+
+    monkeypatch.setattr(loadgen, "run_once", fake_run_once)
+    kw = dict(vocab_size=100, pad_id=1, warmup=1, latency_bound_ms=10.0)
+    rec = loadgen.run_scenario(_fake_loaded(), Shape(2, seq_len=8), "server", tmp_path / "lg", server_qps=(1.0, 100.0),
+                               server_max_runs=8, **kw)
+    assert rec["server_max_qps"] is not None and rec["server_max_qps"] <= 10.0     # not the 50 QPS of INVALID runs
+    assert rec["validity"] == "VALID" and rec["invalid_reason"] is None
+    invalid = [s for s in rec["server_search"] if s["validity"] == "INVALID"]
+    assert invalid and not any(s["ok"] for s in invalid)
+    assert all(s["p99_ms"] <= 10.0 for s in invalid if s["qps"] <= 50)           # within the bound, still failed
+    assert "minimum duration not met" in invalid[0]["invalid_reason"]
+    single = loadgen.run_scenario(_fake_loaded(), Shape(1, seq_len=8), "single-stream", tmp_path / "lg1", **kw)
+    assert single["validity"] == "VALID"
+    monkeypatch.setattr(loadgen, "run_once", lambda *a, **k: fake_run_once(*a, **{**k, "target_qps": 20.0}))
+    single = loadgen.run_scenario(_fake_loaded(), Shape(1, seq_len=8), "single-stream", tmp_path / "lg2", **kw)
+    assert single["validity"] == "INVALID" and single["loadgen"]["result_validity"] == "INVALID"
+    assert single["invalid_reason"] == "minimum duration not met; Reduce target QPS to improve latency."
+    out = tmp_path / "r.jsonl"
+    records.append(out, [single])
+    c = pick.pick([out], seq_len=8, scenario="single-stream")
+    assert c["chosen"] is None
+    assert c["closest"]["fails"][0].startswith("LoadGen run INVALID (minimum duration not met; Reduce target QPS")
+    from xopt.report.terminal import bench_table
+
+    shown = bench_table([single])
+    assert shown.rows[0][3] == "single-stream/s8 INVALID" and "invalid_reason" in shown.notes[0]
+
+
+def test_peak_memory_scope_and_pick_refuses_shared_process_memory(variants, tmp_path):
+    from xopt import pick
+
+    kw = dict(batches=(1,), seq_lens=(8,), rounds=1, min_iters=2, min_time_s=0.0, warmup=1)
+    shared = tmp_path / "shared.jsonl"
+    recs = bench([variants / "fp32", variants / "int8-dynamic"], out=shared, **kw)
+    assert {r["peak_mem_scope"] for r in recs} == {"shared process"}
+    with pytest.raises(XoptError, match=r"--max-mem-mb: the peak memory of fp32, int8-dynamic was measured in one "
+                                        r"process holding several variants .*bench each variant alone"):
+        pick.pick([shared], seq_len=8, max_mem_mb=10_000)
+    assert pick.pick([shared], seq_len=8)["chosen"] is not None       # other constraints still work
+    alone = tmp_path / "alone.jsonl"
+    for v in ("fp32", "int8-dynamic"):
+        (rec,) = bench([variants / v], out=alone, **kw)
+        assert rec["peak_mem_scope"] == "variant process" and rec["peak_mem_mb"] > 0
+    c = pick.pick([alone], seq_len=8, max_mem_mb=100_000)
+    assert c["chosen"] is not None and c["chosen"]["peak_mem_mb"] > 0
+    res = CliRunner().invoke(app, ["pick", str(shared), "--seq-len", "8", "--max-mem-mb", "100"])
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
+    from xopt.report.terminal import bench_table
+
+    assert bench_table(recs).rows[0][-1].endswith(" *") and not bench_table([rec]).notes
+
+
+def test_bench_runs_the_length_source_token_ids(variants, suite_cache, monkeypatch):
+    import xopt.variants as reg
+    from xopt.batching import tokenize
+
+    real_load, seen = reg.load_variant, []
+
+    def recording(d):
+        lv = real_load(d)
+        prep = lv.runner.prepare
+        lv.runner.prepare = lambda ids, mask: (seen.append((ids.copy(), mask.copy())), prep(ids, mask))[1]
+        return lv
+
+    monkeypatch.setattr(reg, "load_variant", recording)
+    lang = next(la for la in ("ja", "ru") if la in suite_cache["shared"])
+    (rec,) = bench([variants / "fp32"], batches=(2,), seq_lens=(), lengths=f"demo:{lang}", rounds=1, min_iters=2,
+                   min_time_s=0.0, warmup=1)
+    assert rec["input_ids"] == "text" and rec["warmup_shapes"] >= 2
+    lv = real_load(variants / "fp32")
+    texts = [e["text"] for e in suite_cache["shared"][lang]]
+    sentences = {tuple(s) for s in tokenize(lv.tokenizer(), texts, lv.card.input_prefix)}
+    assert seen and all(tuple(int(v) for v in ids[j][mask[j] == 1]) in sentences
+                        for ids, mask in seen for j in range(len(ids)))

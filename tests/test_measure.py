@@ -69,3 +69,52 @@ def test_timed_loop_respects_min_iters_and_time():
     assert 1 < m.warmup <= 13
     timed_loop(r, [None], [8], Timer(), m, min_iters=7, min_time_s=0.01, max_time_s=1.0)
     assert len(m.samples_ms) >= 7
+
+
+class RecordingRunner(FakeRunner):
+    """Records the shape and the ids of every call; `timed_from` is the call count when the
+    first timed loop starts."""
+
+    def __init__(self):
+        super().__init__("rec", 0.0)
+        self.calls, self.timed_from = [], None
+
+    def run(self, x):
+        self.calls.append(np.array(x))
+
+
+def test_warmup_calls_every_distinct_prepared_shape_before_the_first_timed_call(monkeypatch):
+    from xopt.scenarios import fixed_batch
+
+    real = fixed_batch.timed_loop
+
+    def spy(runner, *a, **k):
+        if runner.timed_from is None:
+            runner.timed_from = len(runner.calls)
+        return real(runner, *a, **k)
+
+    monkeypatch.setattr(fixed_batch, "timed_loop", spy)
+    shape = Shape(3, lengths=[2, 4, 7, 11, 16, 23, 30], source="test")
+    r = RecordingRunner()
+    ms = measure_interleaved({"rec": r}, shape, vocab_size=100, pad_id=1, rounds=1, min_iters=2, min_time_s=0.0,
+                             warmup=1)       # a fixed warm-up of one call: far fewer calls than shapes
+    prepared = {ids.shape for ids, _ in shape.batches(100, 1)}
+    assert len(prepared) > 3
+    assert {c.shape for c in r.calls[:r.timed_from]} >= prepared       # every shape before timing starts
+    assert ms["rec"].warmup_shapes == len(prepared) and ms["rec"].warmup == 2
+
+
+def test_real_token_ids_of_the_length_source_reach_the_runner():
+    rows = [[0, 11, 12, 2], [0, 21, 22, 23, 24, 25, 2], [0, 31, 2]]
+    shape = Shape(2, lengths=[len(x) for x in rows], source="texts", rows=rows)
+    assert shape.input_ids == "text" and Shape(2, lengths=[3, 4], source="f").input_ids == "random"
+    r = RecordingRunner()
+    measure_interleaved({"rec": r}, shape, vocab_size=100, pad_id=1, rounds=1, min_iters=3, min_time_s=0.0, warmup=1)
+    seen = set()
+    for ids in r.calls:
+        assert ids.shape[1] == max(int((x != 1).sum()) for x in ids)      # padded to the longest sentence
+        for x in ids:
+            real = [int(v) for v in x if v != 1]
+            assert real in rows
+            seen.add(tuple(real))
+    assert len(seen) == 3

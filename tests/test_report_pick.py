@@ -240,3 +240,33 @@ def test_sizes_come_from_the_checkpoint(tmp_path, tiny_ckpt):
     assert man["model"]["params"] == total
     assert load_variant(tmp_path / "v").model_fields == {"base_model": "tiny", "params": total,
                                                          "non_embedding_params": total - emb}
+
+
+def test_cli_refuses_mixed_splits_and_hosts_in_one_line(tmp_path):
+    recs = [ev(m, v, lang, o) for (m, v, lang), o in OUT.items()]
+    recs += [{**ev(m, v, lang, o), "split": "validation"} for (m, v, lang), o in OUT.items()]
+    p = _write(tmp_path, recs)
+    runner = CliRunner()
+    for cmd in (["pick", str(p)], ["report", str(p), "--out", str(tmp_path / "rep")]):
+        res = runner.invoke(app, cmd)
+        lines = [ln for ln in res.output.splitlines() if ln.strip()]
+        assert res.exit_code == 2 and len(lines) == 1, res.output
+        assert "split test and split validation" in lines[0] and "--split test or --split validation" in lines[0]
+    assert not (tmp_path / "rep").exists()
+    res = runner.invoke(app, ["pick", str(p), "--split", "test", "--min-retention", "0.8"])
+    assert res.exit_code == 0 and "pick: fp32" in res.output and "split=test" in res.output, res.output
+    assert "records of split test only; left out: validation" in res.output
+    res = runner.invoke(app, ["report", str(p), "--split", "validation", "--out", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    assert "--split validation: records of split validation only" in (tmp_path / "rep" / "report.md").read_text()
+    gpu = bn("int8", 1.0)
+    gpu["host"] = {**gpu["host"], "gpu": {"name": "NVIDIA L4", "count": 1}}
+    records.append(p, [gpu])
+    res = runner.invoke(app, ["pick", str(p), "--split", "test"])
+    assert res.exit_code == 2 and "--filter-host" in res.output and "1x NVIDIA L4" in res.output, res.output
+    res = runner.invoke(app, ["pick", str(p), "--split", "test", "--filter-host", "l4", "--json"])
+    got = json.loads(res.stdout)
+    assert got["chosen"]["variant"] == "int8" and got["chosen"]["p50_ms"] == 1.0
+    assert got["constraints"]["host"] == "l4" and "NVIDIA L4" in got["hosts"][0]
+    c = pick.pick([p], split="test", host=analysis.host_id(bn("fp32", 1.0)))      # this machine's records
+    assert c["chosen"]["p50_ms"] == 4.0

@@ -47,6 +47,11 @@ def _load_all(variant_dirs: list) -> tuple[dict, dict]:
         loaded[key] = lv
         load[key] = {"load_s": load_s,
                      "mem_load_mb": round(rss1 - rss0, 1) if rss0 is not None and rss1 is not None else None}
+    # peak memory (process RSS, or the CUDA allocator's peak) counts every variant this process
+    # holds: it is one variant's only when the run has one variant
+    scope = "variant process" if len(loaded) == 1 else "shared process"
+    for v in load.values():
+        v["peak_mem_scope"] = scope
     return loaded, load
 
 
@@ -83,7 +88,7 @@ def make_shapes(loaded: dict, batches, seq_lens, lengths: str | None, scenario: 
             shapes.append(Shape(b, seq_len=s))
         for src in sources:      # sentences longer than the model's limit are truncated, as in eval
             shapes.append(Shape(b, lengths=[min(x, max_len) for x in src.lengths], source=src.source,
-                                lang=src.lang, split=src.split))
+                                lang=src.lang, split=src.split, rows=_truncate(src.rows, max_len)))
     if not shapes:
         raise XoptError("nothing to measure: give --seq-len and/or --lengths")
     for lv in loaded.values():
@@ -98,6 +103,14 @@ def make_shapes(loaded: dict, batches, seq_lens, lengths: str | None, scenario: 
                                 f"profile (max {lim['max_seq_len']}); lower --seq-len or rebuild the variant with "
                                 f"a larger profile: {_rebuild_larger(lv, lim, shape)}")
     return shapes
+
+
+def _truncate(rows, max_len: int):
+    """Token-id rows cut to `max_len`, keeping each row's last (end-of-sequence) token, as the
+    tokenizer's truncation does."""
+    if rows is None:
+        return None
+    return [r if len(r) <= max_len else r[:max_len - 1] + r[-1:] for r in rows]
 
 
 def _rebuild_larger(lv, lim: dict, shape: Shape) -> str:
@@ -117,6 +130,12 @@ def bench(variant_dirs: list, batches=(1, 8), seq_lens=(128,), lengths: str | No
           server_max_runs: int = 8, loadgen_dir: str | Path | None = None, data_dir=None) -> list[dict]:
     """Measure every variant on every shape; records are appended to `out` shape by shape,
     so an interrupted sweep keeps what it measured (and the error says where it stopped).
+
+    Every variant is loaded before anything is measured, so with several variants the peak
+    memory is that of a process holding all of them: records say `peak_mem_scope` "shared
+    process" then, "variant process" when the run has one variant (memory per variant: one
+    variant per run). A fresh process per variant would cost a Python and torch start-up
+    (seconds) for every variant, and would lose the interleaved rounds.
 
     `fixed-batch` measures the variants in interleaved rounds; `single-stream`, `offline`
     and `server` run MLPerf LoadGen (xopt.scenarios.loadgen), whose logs go to `loadgen_dir` (default:

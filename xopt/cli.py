@@ -35,6 +35,13 @@ FilterModel = Annotated[Optional[str], typer.Option(
     "--filter-model", help="Only records of this model (records' base_model); default: every model, compared.")]
 FilterDevice = Annotated[Optional[str], typer.Option(
     "--filter-device", help="Only bench records of this device (cpu, cuda, or part of a GPU name).")]
+Split = Annotated[Optional[str], typer.Option(
+    "--split", help="Only eval records of this split (test, validation, ...); needed when a task has several.")]
+Suite = Annotated[Optional[str], typer.Option(
+    "--suite", help="Only eval records of this suite (xtreme, demo, ...); needed when a task has several.")]
+FilterHost = Annotated[Optional[str], typer.Option(
+    "--filter-host", help="Only bench records of this host: its digest or part of its name (GPU, CPU), as "
+                          "the error or the report names it; needed when the records come from several.")]
 _SHAPES_HELP = ("of the TensorRT optimisation profile, in trtexec's syntax: NAME:BATCHxSEQUENCE per input, "
                 "comma-separated, e.g. input_ids:1x16,attention_mask:1x16 (one shape for every input)")
 MinShapes = Annotated[Optional[str], typer.Option("--min-shapes", help="Smallest shapes " + _SHAPES_HELP + ".")]
@@ -426,6 +433,9 @@ def report_cmd(ctx: typer.Context, results_files: Annotated[list[Path], typer.Ar
                xstilts: Annotated[str, typer.Option("--xstilts", help="Model name of X-STILTs.")] = "xstilts",
                filter_model: FilterModel = None,
                filter_device: FilterDevice = None,
+               split: Split = None,
+               suite: Suite = None,
+               filter_host: FilterHost = None,
                model: OldModelFilter = None,
                device: OldDeviceFilter = None,
                force: Force = False):
@@ -434,7 +444,8 @@ def report_cmd(ctx: typer.Context, results_files: Annotated[list[Path], typer.Ar
     from xopt.report import load, write
 
     t = load(results_files, baseline, xstilts, _renamed(ctx, "--filter-model", "--model", model),
-             _renamed(ctx, "--filter-device", "--device", device))
+             _renamed(ctx, "--filter-device", "--device", device),
+             **{k: v for k, v in dict(split=split, suite=suite, host=filter_host).items() if v is not None})
     path = write(t, out, reference, force=force)
     for note in t.notes:
         typer.echo(f"note: {note}", err=True)
@@ -459,11 +470,17 @@ def pick_cmd(ctx: typer.Context, results_files: Annotated[list[Path], typer.Argu
                  "--min-retention", help="Per task, average over zero-shot languages.")] = None,
              min_lang_retention: Annotated[Optional[float], typer.Option(
                  "--min-lang-retention", help="Per task and language with a clear fp32 gain.")] = None,
-             max_mem_mb: Annotated[Optional[float], typer.Option("--max-mem-mb", help="Peak memory.")] = None,
+             scenario: Annotated[Optional[str], typer.Option(
+                 "--scenario", help="Bench scenario of the records to use (default fixed-batch).")] = None,
+             max_mem_mb: Annotated[Optional[float], typer.Option(
+                 "--max-mem-mb", help="Peak memory of the variant (records of one variant per bench run).")] = None,
              max_drop: Annotated[Optional[float], typer.Option(
                  "--max-drop", help="Largest X-STILTs score drop vs the reference, points.")] = None,
              filter_device: FilterDevice = None,
              filter_model: FilterModel = None,
+             split: Split = None,
+             suite: Suite = None,
+             filter_host: FilterHost = None,
              device: OldDeviceFilter = None,
              model: OldModelFilter = None,
              reference: Annotated[str, typer.Option("--reference")] = "fp32",
@@ -483,7 +500,8 @@ def pick_cmd(ctx: typer.Context, results_files: Annotated[list[Path], typer.Argu
     choice = pick(results_files, max_p50_ms=max_p50_ms, max_p99_ms=max_p99_ms, batch=batch, seq_len=seq_len,
                   lengths=lengths, min_throughput=min_throughput, min_retention=min_retention,
                   min_lang_retention=min_lang_retention, max_mem_mb=max_mem_mb, max_drop=max_drop, device=device,
-                  model=model, reference=reference, baseline=baseline, xstilts=xstilts)
+                  model=model, reference=reference, baseline=baseline, xstilts=xstilts, split=split, suite=suite,
+                  host=filter_host, scenario=scenario)
     if json_out:
         _print_json(json_safe(choice))
     else:

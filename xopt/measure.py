@@ -4,6 +4,9 @@ Every xopt measurement goes through it (`xopt bench`'s scenarios, `xopt demo`, t
 bench/ pytest-benchmark suites), so all of them time the same way:
 - inputs are prepared before timing; only the call is timed;
 - a call's first run (`cold_ms`: lazy compilation, allocator warm-up) is recorded apart;
+- every distinct input shape among the prepared inputs is called once before anything is
+  timed (`warmup_shapes`): a variant that compiles per shape (bucketed engines,
+  torch.compile) compiles them all outside the timed loop;
 - warm-up continues until the median of the last 5 calls is within 5% of the 5 before
   (bounded: 50 calls / 5 s), or runs a fixed number of calls; it is not part of the
   statistics;
@@ -74,6 +77,7 @@ class Measurement:
     cold_ms: float | None = None
     warmup: int = 0
     warmup_ms: list[float] = field(default_factory=list)
+    warmup_shapes: int = 0                              # distinct prepared shapes, each called before timing
     tokens: list[int] = field(default_factory=list)     # real tokens per timed call
     peak_mem_mb: float | None = None
     peak_mem_kind: str | None = None                    # "cuda_allocator" | "process_rss"
@@ -85,10 +89,37 @@ class Measurement:
         return float(np.median(self.samples_ms or self.warmup_ms[-5:] or [self.cold_ms or 1.0]))
 
 
+def input_shape(x):
+    """The shape signature of a prepared input: array shapes, through tuples, lists and dicts."""
+    if hasattr(x, "shape"):
+        return tuple(int(d) for d in x.shape)
+    if isinstance(x, dict):
+        return tuple((k, input_shape(v)) for k, v in sorted(x.items(), key=lambda kv: str(kv[0])))
+    if isinstance(x, (list, tuple)):
+        return tuple(input_shape(v) for v in x)
+    return type(x).__name__
+
+
+def distinct_shapes(prepared: list) -> list[int]:
+    """Index of the first prepared input of each distinct shape, in order."""
+    seen: dict = {}
+    for i, x in enumerate(prepared):
+        seen.setdefault(input_shape(x), i)
+    return list(seen.values())
+
+
 def warm(runner, prepared: list, timer: Timer, m: Measurement, max_iters: int = 50, max_s: float = 5.0,
          fixed: int | None = None) -> None:
-    """Cold call, then warm-up until the moving median is stable (bounded), or `fixed` calls."""
-    m.cold_ms = timer(runner.run, prepared[0])
+    """Cold call, one call on each other distinct input shape (`m.warmup_shapes` counts the
+    shapes), then warm-up until the moving median is stable (bounded), or `fixed` calls.
+    The shape calls come first so that per-shape compilation never lands in the timed loop
+    and the stability test sees compiled calls only; `m.warmup` counts the cold call and the
+    warm-up calls after the shape calls."""
+    first = distinct_shapes(prepared)
+    m.cold_ms = timer(runner.run, prepared[first[0]])
+    for i in first[1:]:
+        timer(runner.run, prepared[i])
+    m.warmup_shapes = len(first)
     hist, t0 = [], time.perf_counter()
     while True:
         if fixed is not None:

@@ -3,7 +3,8 @@
 Candidates: every (model, variant) pair of the records (the X-STILTs checkpoint's variants;
 with records of several models, pairs of every model compete: a smaller model in fp16 may
 beat a larger one in int8). Cost comes from the bench record at the requested batch and
-shape (`--seq-len L`, or `--lengths SOURCE` for a real length mix), on `--filter-device` when given.
+shape (`--seq-len L`, or `--lengths SOURCE` for a real length mix) and scenario (`--scenario`,
+default fixed-batch), on `--filter-device` when given.
 
 Constraints: p50/p99 latency, throughput (sequences/s), peak memory, minimum gain retention
 (checked on every task whose reference gain is positive: a task where intermediate training
@@ -11,7 +12,10 @@ did not help has no gain to retain), minimum per-language retention (checked on 
 languages whose reference gain is clearly positive: interval above zero, or point above zero
 when the records keep no per-example outcomes), maximum average score drop vs the reference.
 A candidate without the measurement a constraint needs fails it as "not measured"; it is
-never skipped silently.
+never skipped silently. A bench record of a LoadGen run that LoadGen marked INVALID fails
+every candidate it measures. `--max-mem-mb` is refused on records whose peak memory is that
+of a process holding several variants (`peak_mem_scope` "shared process"): it is not any
+one variant's memory.
 
 Ranking of the feasible: lowest p50, then higher average retention, then higher average
 score, then lower peak memory, then name: ties are broken deterministically and reported.
@@ -25,10 +29,12 @@ from xopt.analysis import fmt_ci, gain_stats, load, shape_label, summary_rows
 from xopt.errors import XoptError
 
 
-def _shape(seq_len: int | None, lengths: str | None) -> str:
+def _shape(seq_len: int | None, lengths: str | None, scenario: str | None = None) -> str:
+    """The bench shape key (xopt.records.shape_key) of the requested shape and scenario."""
     if seq_len and lengths:
         raise XoptError("pass either --seq-len or --lengths, not both")
-    return f"len:{lengths}" if lengths else f"s{seq_len or 128}"
+    key = f"len:{lengths}" if lengths else f"s{seq_len or 128}"
+    return key if scenario in (None, "fixed-batch") else f"{scenario}/{key}"
 
 
 def _fail(c: dict, text: str, miss: float = 1.0) -> None:
@@ -40,11 +46,12 @@ def _fail(c: dict, text: str, miss: float = 1.0) -> None:
 def pick(paths, max_p50_ms=None, max_p99_ms=None, batch: int = 1, seq_len: int | None = None,
          lengths: str | None = None, min_throughput=None, min_retention=None, min_lang_retention=None,
          max_mem_mb=None, max_drop=None, device: str | None = None, model: str | None = None,
-         reference="fp32", baseline="baseline", xstilts="xstilts") -> dict:
-    t = load(paths, baseline, xstilts, model, device)
-    shape = _shape(seq_len, lengths)
+         reference="fp32", baseline="baseline", xstilts="xstilts", split: str | None = None,
+         suite: str | None = None, host: str | None = None, scenario: str | None = None) -> dict:
+    t = load(paths, baseline, xstilts, model, device, split=split, suite=suite, host=host)
+    shape = _shape(seq_len, lengths, scenario)
     where = f"batch {batch}, {shape_label(shape)}" + (f", device {device}" if device else "")
-    cands = []
+    cands, shared = [], []
     for fam in t.families:
         rows = {r["variant"]: r for r in summary_rows(t, reference, batch, shape, family=fam)}
         for v in t.variants(fam):
@@ -58,6 +65,11 @@ def pick(paths, max_p50_ms=None, max_p99_ms=None, batch: int = 1, seq_len: int |
             nm = f"not measured (no bench record at {where})"
             if b is None:
                 _fail(c, f"p50 {nm}", math.inf)
+            elif b.get("validity") not in (None, "VALID"):
+                _fail(c, f"LoadGen run {b['validity']} ({b.get('invalid_reason') or 'see its log'}): "
+                         f"{b.get('loadgen_log_dir') or 'no log directory'}", math.inf)
+            if b is not None and max_mem_mb is not None and b.get("peak_mem_scope") == "shared process":
+                shared.append(c["name"])
             for key, limit, unit, low in (("p50_ms", max_p50_ms, "ms", True), ("p99_ms", max_p99_ms, "ms", True),
                                           ("throughput_seq_s", min_throughput, "sequences/s", False),
                                           ("peak_mem_mb", max_mem_mb, "MB", True)):
@@ -74,17 +86,24 @@ def pick(paths, max_p50_ms=None, max_p99_ms=None, batch: int = 1, seq_len: int |
                           abs(val - limit) / max(abs(limit), 1e-9))
             _quality(t, c, fam, v, row, reference, min_retention, min_lang_retention, max_drop)
             cands.append(c)
+    if shared:
+        names = ", ".join(shared[:3]) + (" ..." if len(shared) > 3 else "")
+        raise XoptError(f"--max-mem-mb: the peak memory of {names} was measured in one process holding several "
+                        f"variants (peak_mem_scope \"shared process\"), not per variant; bench each variant "
+                        f"alone (one variant directory per `xopt bench`) and pick on those records")
     ok = sorted((c for c in cands if not c["fails"]), key=_rank)
     bad = sorted((c for c in cands if c["fails"]), key=lambda c: (len(c["fails"]), c["miss"], _rank(c)))
     constraints = {k: v for k, v in dict(max_p50_ms=max_p50_ms, max_p99_ms=max_p99_ms, batch=batch, shape=shape,
                                          min_throughput=min_throughput, min_retention=min_retention,
                                          min_lang_retention=min_lang_retention, max_mem_mb=max_mem_mb,
-                                         max_drop=max_drop, device=device, model=model).items() if v is not None}
+                                         max_drop=max_drop, device=device, model=model, split=split, suite=suite,
+                                         host=host).items() if v is not None}
     chosen = ok[0] if ok else None
     runner_up = ok[1] if len(ok) > 1 else (bad[0] if bad else None)
     return {"constraints": constraints, "chosen": chosen, "runner_up": runner_up,
             "why_runner_up_lost": _why(chosen, runner_up) if chosen and runner_up else None,
-            "closest": None if ok else (bad[0] if bad else None), "candidates": cands, "skipped": len(t.skipped)}
+            "closest": None if ok else (bad[0] if bad else None), "candidates": cands, "skipped": len(t.skipped),
+            "hosts": list(t.hosts.values()), "notes": list(t.notes)}
 
 
 def json_safe(obj):
@@ -188,6 +207,9 @@ def render(choice: dict) -> str:
         c = choice["closest"]
         lines.append("no variant meets the constraints" +
                      (f"; closest: {c['name']}, which misses: {'; '.join(c['fails'])}" if c else ""))
+    if choice.get("hosts"):
+        lines.append(f"bench records of host {', '.join(choice['hosts'])}")
+    lines += [f"note: {n}" for n in choice.get("notes", [])]
     if choice.get("skipped"):
         lines.append(f"({choice['skipped']} records skipped as invalid; `xopt report` lists them)")
     return "\n".join(lines)

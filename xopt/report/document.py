@@ -71,6 +71,7 @@ def write(t: RecordIndex, out: Path, reference: str = "fp32", force: bool = Fals
 
 
 def write_report(paths, out: Path, reference="fp32", baseline="baseline", xstilts="xstilts",
-                 force: bool = False, model: str | None = None) -> Path:
+                 force: bool = False, model: str | None = None, split: str | None = None,
+                 suite: str | None = None, host: str | None = None) -> Path:
     """`xopt report`: load the records of `paths` and write the report into `out`."""
-    return write(load(paths, baseline, xstilts, model), out, reference, force)
+    return write(load(paths, baseline, xstilts, model, split=split, suite=suite, host=host), out, reference, force)

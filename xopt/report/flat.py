@@ -1,11 +1,12 @@
 """The report's flat table, `summary.csv`: what pandas, a spreadsheet or a CI dashboard reads.
 
-One row per model x variant x task x language (`kind` = eval: the X-STILTs and baseline
-scores, the gain, and the retention against the reference with its 95% bootstrap interval)
-and one per model x variant x batch x bench shape (`kind` = bench: latency percentiles,
-throughput, peak memory). Every row has every column; a column that does not apply to the
-row's kind is empty. Retention is per language here (the report's tables average it over the
-zero-shot languages); English, the training language, has scores and a gain but no retention.
+One row per model x variant x task x language (`kind` = eval: the suite and split, the
+X-STILTs and baseline scores, the gain, and the retention against the reference with its
+95% bootstrap interval) and one per model x variant x batch x bench shape (`kind` = bench:
+latency percentiles, throughput, peak memory and its scope, LoadGen's validity, the host).
+Every row has every column; a column that does not apply to the row's kind is empty.
+Retention is per language here (the report's tables average it over the zero-shot
+languages); English, the training language, has scores and a gain but no retention.
 
 CSV only: pyarrow is not a dependency of xopt, and `pandas.read_csv("summary.csv")` then
 `.to_parquet()` gives parquet wherever pyarrow is installed.
@@ -19,10 +20,10 @@ import math
 
 from xopt.analysis import RecordIndex, gain_stats
 
-EVAL_COLUMNS = ("metric", "n_examples", "score", "baseline_score", "gain", "reference_gain", "retention",
-                "retention_lo", "retention_hi", "retention_uncertain")
+EVAL_COLUMNS = ("suite", "split", "metric", "n_examples", "score", "baseline_score", "gain", "reference_gain",
+                "retention", "retention_lo", "retention_hi", "retention_uncertain")
 BENCH_COLUMNS = ("device", "scenario", "batch", "shape", "seq_len", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
-                 "throughput_seq_s", "throughput_tok_s", "peak_mem_mb")
+                 "throughput_seq_s", "throughput_tok_s", "peak_mem_mb", "peak_mem_scope", "validity", "host")
 COLUMNS = ("kind", "model", "variant", "task", "lang") + EVAL_COLUMNS + BENCH_COLUMNS
 
 
@@ -41,6 +42,7 @@ def eval_rows(t: RecordIndex, reference: str = "fp32") -> list[dict]:
                         continue
                     any_rec = x or b
                     row = {"kind": "eval", "model": fam, "variant": variant, "task": task, "lang": lang,
+                           "suite": any_rec.get("suite"), "split": any_rec.get("split"),
                            "metric": any_rec.get("metric"), "n_examples": any_rec.get("n_examples"),
                            "score": x["value"] if x else None, "baseline_score": b["value"] if b else None}
                     if x and b:
@@ -60,8 +62,9 @@ def bench_rows(t: RecordIndex) -> list[dict]:
     for k, r in t.bench.items():
         rows.append({"kind": "bench", "model": k.family, "variant": k.variant, "batch": k.batch, "shape": k.shape,
                      "device": r.get("device"), "scenario": r.get("scenario") or "fixed-batch",
+                     "host": t.hosts.get(k.host, k.host),
                      **{c: _num(r.get(c)) for c in BENCH_COLUMNS if c not in ("device", "scenario", "batch",
-                                                                               "shape")}})
+                                                                               "shape", "host")}})
     return rows
 
 

@@ -113,15 +113,25 @@ def cost_section(doc: Doc, t: RecordIndex, fam: str) -> None:
     doc.h(3, "Cost")
     doc.p("Interleaved rounds; `rounds` lists each round's p50 (drift of a shared machine). "
           "Variants with evaluation records but no benchmark are listed as not measured.")
+    if t.hosts:
+        doc.p(f"Host: {', '.join(t.hosts.values())}.")
+    mine = [r for k, r in t.bench.items() if k.family == fam]
+    if any(r.get("peak_mem_scope") == "shared process" for r in mine):
+        doc.p("peak MB marked * was measured in one process holding every variant of its run, not per variant.")
+    if any(r.get("validity") not in (None, "VALID") for r in mine):
+        doc.p("Shapes marked INVALID are LoadGen runs that LoadGen marked INVALID (see invalid_reason in the record).")
     table = Table(["variant", "batch", "shape", "device", "p50 ms", "p99 ms", "rounds", "seq/s", "tok/s", "peak MB",
                    "artefact MB"])
     for k, r in sorted(t.bench.items(), key=lambda kv: (kv[0].batch, kv[0].shape, kv[0].variant)):
         if k.family != fam:
             continue
-        table.add_row(k.variant, str(k.batch), shape_label(k.shape), r.get("device", "?"), f"{r['p50_ms']:.2f}",
+        invalid = " INVALID" if r.get("validity") not in (None, "VALID") else ""
+        shared = " *" if r.get("peak_mem_scope") == "shared process" else ""
+        table.add_row(k.variant, str(k.batch), shape_label(k.shape) + invalid, r.get("device", "?"),
+                      f"{r['p50_ms']:.2f}",
                       f"{r['p99_ms']:.2f}", " ".join(f"{x:.1f}" for x in r.get("round_p50_ms", [])),
                       f"{r['throughput_seq_s']:.1f}", f"{r['throughput_tok_s']:.0f}",
-                      cost_cell(r, "peak_mem_mb", "{:.0f}"), cost_cell(r, "artefact_mb", "{:.0f}"))
+                      cost_cell(r, "peak_mem_mb", "{:.0f}") + shared, cost_cell(r, "artefact_mb", "{:.0f}"))
     measured = {k.variant for k in t.bench if k.family == fam}
     for v in t.variants(fam):
         if v not in measured:

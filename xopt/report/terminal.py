@@ -36,13 +36,21 @@ def bench_table(recs: list[dict], compare: str | None = None) -> Table:
     for r in recs:
         name = Path(r["variant_dir"]).name if r.get("variant_dir") else r["variant"]
         variant = r["variant"] + ("" if name == r["variant"] else f" ({name})")
-        cells = [r["model"], variant, str(r["batch"]), shape_key(r), f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
-                 " ".join(f"{x:.1f}" for x in r.get("round_p50_ms", [])), f"{r['throughput_seq_s']:.1f}",
-                 f"{r['throughput_tok_s']:.0f}", f"{r['peak_mem_mb']:.0f}" if r.get("peak_mem_mb") else "n/a"]
+        invalid = f" {r['validity']}" if r.get("validity") not in (None, "VALID") else ""
+        shared = " *" if r.get("peak_mem_scope") == "shared process" else ""
+        cells = [r["model"], variant, str(r["batch"]), shape_key(r) + invalid, f"{r['p50_ms']:.2f}",
+                 f"{r['p99_ms']:.2f}", " ".join(f"{x:.1f}" for x in r.get("round_p50_ms", [])),
+                 f"{r['throughput_seq_s']:.1f}", f"{r['throughput_tok_s']:.0f}",
+                 (f"{r['peak_mem_mb']:.0f}" if r.get("peak_mem_mb") else "n/a") + shared]
         if compare:
             rr = ref.get((r["model"], r["batch"], shape_key(r)))
             cells.append(f"{rr['p50_ms'] / r['p50_ms']:.2f}x" if rr else "n/a")
         t.add_row(*cells)
+    if any(r.get("peak_mem_scope") == "shared process" for r in recs):
+        t.notes.append("peak MB *: one process held every variant of the run; bench one variant per run for "
+                       "its own peak.")
+    if any(r.get("validity") not in (None, "VALID") for r in recs):
+        t.notes.append("INVALID: LoadGen marked the run invalid; the record's invalid_reason says why.")
     return t
 
 

@@ -23,6 +23,7 @@ class Shape:
     source: str | None = None                  # where `lengths` came from, e.g. "demo:ja"
     lang: str | None = None                    # the language of those sentences (None: a mix)
     split: str | None = None                   # which texts: "shared" (same content in every language), "test", ...
+    rows: list[list[int]] | None = None        # the sentences' token ids, aligned with `lengths` (None: random ids)
 
     @property
     def label(self) -> str:
@@ -36,15 +37,36 @@ class Shape:
     def mean_tokens(self) -> float:
         return float(self.seq_len or np.mean(self.lengths))
 
+    @property
+    def input_ids(self) -> str:
+        """What the batches hold: "text" (the sentences' own token ids) or "random" ids."""
+        return "text" if self.rows else "random"
+
     def batches(self, vocab_size: int, pad_id: int, n: int = 16, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-        """`n` input batches; random token ids (latency does not depend on their values),
-        real lengths when `lengths` is set, each batch padded to its longest row."""
+        """`n` input batches, each padded to its longest row: sentences drawn from `rows` (their
+        real ids) when the length source has texts, else random ids of the real lengths
+        (`lengths`) or of `seq_len`. Real ids matter where the cost depends on values
+        (int8 matmuls with outlier handling)."""
         rng = np.random.default_rng(seed)
         out = []
         for _ in range(n if self.lengths else 1):
+            if self.rows:
+                drawn = rng.choice(len(self.rows), self.batch)
+                out.append(pad_rows([self.rows[i] for i in drawn], pad_id))
+                continue
             lens = (rng.choice(self.lengths, self.batch) if self.lengths else np.full(self.batch, self.seq_len))
             out.append(make_batch(lens, vocab_size, pad_id, rng))
         return out
+
+
+def pad_rows(rows, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token-id rows padded to the longest: (ids, mask)."""
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for j, r in enumerate(rows):
+        ids[j, :len(r)], mask[j, :len(r)] = r, 1
+    return ids, mask
 
 
 def make_batch(lens, vocab_size: int, pad_id: int, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -87,7 +109,8 @@ def to_record(loaded, shape: Shape, m: Measurement, scenario: str = "fixed-batch
               **fields) -> dict:
     """The bench record (xopt.records.BenchRecord) of one variant on one shape, built once:
     the statistics of `m`, then `fields` (a scenario's own figures, which take precedence),
-    then validated. `load`: {load_s, mem_load_mb} of the variant's loading, measured by the caller."""
+    then validated. `load`: {load_s, mem_load_mb, peak_mem_scope} of the variant's loading, from the
+    caller (peak_mem_scope: "variant process" | "shared process", see xopt.bench)."""
     stats = percentiles(m.samples_ms)
     mean_s = stats["mean_ms"] / 1e3
     tok_per_call = float(np.mean(m.tokens)) if m.tokens else shape.batch * shape.mean_tokens
@@ -101,7 +124,8 @@ def to_record(loaded, shape: Shape, m: Measurement, scenario: str = "fixed-batch
         batch=shape.batch, **dist, lang=shape.lang, mean_tokens=round(shape.mean_tokens, 2), **stats,
         throughput_seq_s=shape.batch / mean_s, throughput_tok_s=tok_per_call / mean_s, tokens_per_call=tok_per_call,
         peak_mem_mb=m.peak_mem_mb, peak_mem_kind=m.peak_mem_kind, mem_run_mb=m.mem_run_mb,
-        warmup=m.warmup, iters=len(m.samples_ms), rounds=len(m.round_p50_ms),
+        warmup=m.warmup, warmup_shapes=m.warmup_shapes, input_ids=shape.input_ids, iters=len(m.samples_ms),
+        rounds=len(m.round_p50_ms),
         round_p50_ms=[round(x, 3) for x in m.round_p50_ms], cold_ms=m.cold_ms, scenario=scenario)
     if m.cuda_used_mb is not None:
         rec["cuda_used_mb"] = m.cuda_used_mb
@@ -111,4 +135,5 @@ def to_record(loaded, shape: Shape, m: Measurement, scenario: str = "fixed-batch
         "bench", model=loaded.model_name, variant=loaded.manifest["variant"], variant_dir=str(loaded.directory),
         **loaded.model_fields, **rec, device=loaded.runner.device, artefact_mb=round(loaded.artefact_mb(), 1),
         build_s=loaded.manifest.get("build_s"), load_s=load.get("load_s"), mem_load_mb=load.get("mem_load_mb"),
+        peak_mem_scope=load.get("peak_mem_scope"),
         runner_info=loaded.runner.info, env=environment(loaded.runner.device))

@@ -16,16 +16,28 @@ from xopt.errors import XoptError
 
 @dataclass
 class Lengths:
+    """A length mix; `rows`, when the source has texts, holds their token ids (one list per
+    sentence, aligned with `lengths`), so that benchmarks run on real ids: a variant whose cost
+    depends on the values (outlier handling of int8 matmuls) is measured on real activations."""
     lengths: list[int]
     source: str
     lang: str | None = None
     split: str | None = None
+    rows: list[list[int]] | None = None
+
+
+def _token_rows(tokenizer, texts: list[str], prefix: str, max_length: int = 512) -> list[list[int]]:
+    from xopt.batching import tokenize
+
+    return [list(s) for s in tokenize(tokenizer, texts, prefix, max_length)]
 
 
 def _token_counts(tokenizer, texts: list[str], prefix: str, max_length: int = 512) -> list[int]:
-    from xopt.batching import tokenize
+    return [len(s) for s in _token_rows(tokenizer, texts, prefix, max_length)]
 
-    return [len(s) for s in tokenize(tokenizer, texts, prefix, max_length)]
+
+def _mix(rows: list[list[int]], source: str, lang: str | None = None, split: str | None = None) -> Lengths:
+    return Lengths([len(r) for r in rows], source, lang, split, rows)
 
 
 def demo_lengths(tokenizer, suite: dict, lang: str | None, prefix: str) -> list[int]:
@@ -42,7 +54,8 @@ def _demo_sources(spec: str, tokenizer, prefix: str) -> list[Lengths]:
 
     suite = demo.load_suite(demo.ensure_suite())
     if spec == "demo":
-        return [Lengths(demo_lengths(tokenizer, suite, None, prefix), "demo")]
+        texts = [e["text"] for la in suite["test"] for e in suite["test"][la]]
+        return [_mix(_token_rows(tokenizer, texts, prefix), "demo")]
     arg = spec.split(":", 1)[1]
     shared = suite.get("shared") or {}
     langs = (list(shared) or list(suite["test"])) if arg == "each" else [x.strip() for x in arg.split(",") if x.strip()]
@@ -54,7 +67,7 @@ def _demo_sources(spec: str, tokenizer, prefix: str) -> list[Lengths]:
     for la in langs:
         split = "shared" if la in shared else "test"
         texts = [e["text"] for e in (shared[la] if split == "shared" else suite["test"][la])]
-        out.append(Lengths(_token_counts(tokenizer, texts, prefix), f"demo:{la}", la, split))
+        out.append(_mix(_token_rows(tokenizer, texts, prefix), f"demo:{la}", la, split))
     return out
 
 
@@ -73,18 +86,19 @@ def _xtreme_sources(spec: str, tokenizer, prefix: str, data_dir, max_length: int
         texts = family.texts(xtreme.load(task, la, "test", data_dir))[:n]
         singles = [t for t in texts if isinstance(t, str)]
         pairs = [t for t in texts if not isinstance(t, str)]
-        counts = _token_counts(tokenizer, singles, prefix, max_length) if singles else []
+        rows = _token_rows(tokenizer, singles, prefix, max_length) if singles else []
         if pairs:
             enc = tokenizer([prefix + a for a, _ in pairs], [b for _, b in pairs], truncation="longest_first",
                             max_length=max_length)
-            counts += [len(x) for x in enc["input_ids"]]
-        out.append(Lengths(counts, f"xtreme:{task}:{la}", la, "test"))
+            rows += [list(x) for x in enc["input_ids"]]
+        out.append(_mix(rows, f"xtreme:{task}:{la}", la, "test"))
     return out
 
 
 def length_sources(spec: str, tokenizer, prefix: str, data_dir=None, max_length: int = 512) -> list[Lengths]:
     """The length mixes named by `--lengths`: demo, demo:LANG[,LANG..], demo:each,
-    xtreme:TASK:LANG[,LANG..] (with `data_dir`), or a text file with one token count per line."""
+    xtreme:TASK:LANG[,LANG..] (with `data_dir`), or a text file with one token count per line
+    (counts only: its batches get random ids)."""
     if spec == "demo" or spec.startswith("demo:"):
         return _demo_sources(spec, tokenizer, prefix)
     if spec.startswith("xtreme:"):

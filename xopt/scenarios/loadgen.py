@@ -20,6 +20,12 @@ warmed up (the same bounded warm-up as `fixed-batch`) before LoadGen starts. Eac
 run keeps its logs (mlperf_log_summary.txt, mlperf_log_detail.txt) in its own directory,
 named in the record (`loadgen_log_dir`); the record's `loadgen` field holds LoadGen's
 `result_*` values (validity, percentiles, QPS).
+
+Validity: LoadGen marks a run INVALID when it missed its minimum duration or query count or
+(server) the latency constraint. The record says so at the top level (`validity`,
+`invalid_reason`: the unmet conditions and LoadGen's own advice), `xopt pick` fails such a
+record, and the server search never counts an INVALID run as a passing QPS, whatever its p99.
+Samples are the sentences' real token ids when the length source has texts (`Shape.rows`).
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import numpy as np
 
 from xopt.errors import XoptError
 from xopt.measure import Measurement, MemoryProbe, Timer, percentiles, warm
-from xopt.scenarios.fixed_batch import Shape, make_batch, to_record
+from xopt.scenarios.fixed_batch import Shape, make_batch, pad_rows, to_record
 
 LG_SCENARIO = {"single-stream": "SingleStream", "offline": "Offline", "server": "Server"}
 MAX_SAMPLES = 1024          # distinct samples in LoadGen's sample library
@@ -67,13 +73,33 @@ def read_detail(log_dir: Path) -> dict:
     return out
 
 
+VALIDITY_CONDITIONS = (("result_min_duration_met", "minimum duration not met"),
+                       ("result_min_queries_met", "minimum query count not met"),
+                       ("result_perf_constraints_met", "latency constraint not met"),
+                       ("result_early_stopping_met", "early-stopping condition not met"))
+
+
+def validity(res: dict) -> tuple[str | None, str | None]:
+    """(LoadGen's result_validity, why it is not VALID: the unmet conditions and LoadGen's
+    result_invalid_reason; None when VALID). A run without a validity line counts as INVALID."""
+    v = res.get("result_validity")
+    if v == "VALID":
+        return v, None
+    why = [text for key, text in VALIDITY_CONDITIONS if res.get(key) is False]
+    if str(res.get("result_invalid_reason") or "").strip():
+        why.append(str(res["result_invalid_reason"]).strip())
+    default = "no result_validity in LoadGen's log" if v is None else "LoadGen: INVALID"
+    return v or "INVALID", "; ".join(why) or default
+
+
 class SUT:
     """The system under test: runs LoadGen's samples on a runner, `batch` at a time."""
 
     def __init__(self, lg, runner, sample_lens: list[int], batch: int, vocab_size: int, pad_id: int,
-                 server: bool = False, seed: int = 0):
+                 server: bool = False, seed: int = 0, sample_rows: list | None = None):
         self.lg, self.runner, self.batch, self.server = lg, runner, batch, server
         self.sample_lens, self.vocab_size, self.pad_id = sample_lens, vocab_size, pad_id
+        self.sample_rows = sample_rows
         self.rng = np.random.default_rng(seed)
         self.rows: dict[int, np.ndarray] = {}
         self.timer = Timer(runner.device)
@@ -84,9 +110,13 @@ class SUT:
         self.q: queue.Queue = queue.Queue()
         self.worker: threading.Thread | None = None
 
-    # QSL callbacks: the sample library holds token-id rows of the sampled lengths
+    # QSL callbacks: the sample library holds token-id rows: the sentences' own ids, or random
+    # ids of the sampled lengths
     def load(self, indices):
         for i in indices:
+            if self.sample_rows is not None:
+                self.rows[i] = np.asarray(self.sample_rows[i], dtype=np.int64)
+                continue
             ids, _ = make_batch([self.sample_lens[i]], self.vocab_size, self.pad_id, self.rng)
             self.rows[i] = ids[0]
 
@@ -98,11 +128,7 @@ class SUT:
         try:
             if self.error is None:
                 rows = [self.rows[q.index] for q in qs]
-                width = max(len(r) for r in rows)
-                ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
-                mask = np.zeros((len(rows), width), dtype=np.int64)
-                for j, r in enumerate(rows):
-                    ids[j, :len(r)], mask[j, :len(r)] = r, 1
+                ids, mask = pad_rows(rows, self.pad_id)
                 x = self.runner.prepare(ids, mask)
                 self.batch_ms.append(self.timer(self.runner.run, x))
                 self.batch_tokens.append(int(mask.sum()))
@@ -154,7 +180,7 @@ class SUT:
 
 def run_once(runner, sample_lens: list[int], scenario: str, log_dir: Path, *, batch: int, vocab_size: int,
              pad_id: int, min_time_s: float, min_queries: int, expected_ms: float, target_qps: float | None = None,
-             latency_bound_ms: float | None = None) -> tuple[dict, SUT]:
+             latency_bound_ms: float | None = None, sample_rows: list | None = None) -> tuple[dict, SUT]:
     """One LoadGen performance run; returns LoadGen's results and the SUT (its batch timings)."""
     lg = _lg()
     log_dir = Path(log_dir)
@@ -175,7 +201,8 @@ def run_once(runner, sample_lens: list[int], scenario: str, log_dir: Path, *, ba
     ls.log_output.outdir = str(log_dir)
     ls.log_output.copy_summary_to_stdout = False
     ls.enable_trace = False
-    sut_obj = SUT(lg, runner, sample_lens, batch, vocab_size, pad_id, server=scenario == "server")
+    sut_obj = SUT(lg, runner, sample_lens, batch, vocab_size, pad_id, server=scenario == "server",
+                  sample_rows=sample_rows)
     sut = lg.ConstructSUT(sut_obj.issue, sut_obj.flush)
     qsl = lg.ConstructQSL(len(sample_lens), len(sample_lens), sut_obj.load, sut_obj.unload)
     try:
@@ -241,11 +268,12 @@ def run_scenario(loaded, shape: Shape, scenario: str, log_root: Path, *, vocab_s
     est_ms = m.estimate_ms()
     rng = np.random.default_rng(0)
     pool = shape.lengths or [shape.seq_len] * 64
-    sample_lens = [int(x) for x in (rng.choice(pool, MAX_SAMPLES, replace=False) if len(pool) > MAX_SAMPLES
-                                     else pool)]
+    chosen = rng.choice(len(pool), MAX_SAMPLES, replace=False) if len(pool) > MAX_SAMPLES else range(len(pool))
+    sample_lens = [int(pool[i]) for i in chosen]
+    sample_rows = [shape.rows[i] for i in chosen] if shape.rows else None
     name = _safe(f"{loaded.model_name}-{loaded.manifest['variant']}-{scenario}-{shape.label}")
     kw = dict(batch=shape.batch, vocab_size=vocab_size, pad_id=pad_id, min_time_s=min_time_s,
-              min_queries=min_queries, expected_ms=est_ms, latency_bound_ms=latency_bound_ms)
+              min_queries=min_queries, expected_ms=est_ms, latency_bound_ms=latency_bound_ms, sample_rows=sample_rows)
     label = f"{loaded.manifest['variant']} {scenario} {shape.label}"
     task = progress.add_task(label, total=server_max_runs if scenario == "server" else 1, rate="") if progress else None
     extra: dict = {}
@@ -263,17 +291,21 @@ def run_scenario(loaded, shape: Shape, scenario: str, log_root: Path, *, vocab_s
                 d = log_root / name / f"qps{q:.2f}"
                 r, s = run_once(runner, sample_lens, scenario, d, target_qps=q, **kw)
                 p99 = _ns_ms(r, "result_99.00_percentile_latency_ns")
-                ok = p99 is not None and p99 <= latency_bound_ms
+                valid, _ = validity(r)
+                ok = valid == "VALID" and p99 is not None and p99 <= latency_bound_ms   # INVALID never passes
                 runs[q] = (r, s, d, ok, p99)
                 if progress:
-                    progress.update(task, advance=1, rate=f"{q:.1f} QPS p99 {p99:.1f} ms {'ok' if ok else 'over'}")
+                    state = "ok" if ok else "INVALID" if valid != "VALID" else "over"
+                    shown = "n/a" if p99 is None else f"{p99:.1f}"
+                    progress.update(task, advance=1, rate=f"{q:.1f} QPS p99 {shown} ms {state}")
                 return ok
 
             best, tried = server_search(probe_qps, lo, hi, server_max_runs)
             res, sut, log_dir, _, _ = runs[best if best is not None else tried[0]]
             extra = {"latency_bound_ms": latency_bound_ms, "server_max_qps": best, "server_qps_bounds": [lo, hi],
                      "server_search": [{"qps": round(q, 3), "p99_ms": runs[q][4], "ok": runs[q][3],
-                                        "validity": runs[q][0].get("result_validity"),
+                                        "validity": validity(runs[q][0])[0],
+                                        "invalid_reason": validity(runs[q][0])[1],
                                         "log_dir": str(runs[q][2])} for q in tried]}
     m.samples_ms, m.tokens = sut.batch_ms, sut.batch_tokens
     m.round_p50_ms = [float(np.median(sut.batch_ms))] if sut.batch_ms else []
@@ -296,7 +328,9 @@ def run_scenario(loaded, shape: Shape, scenario: str, log_root: Path, *, vocab_s
                    "mean_ms": _ns_ms(res, "result_mean_latency_ns"), "min_ms": _ns_ms(res, "result_min_latency_ns")}
         if scenario == "server" and best is None:
             seq_s = 0.0         # no QPS in the bounds meets the latency bound
+    valid, why = validity(res)
     return to_record(loaded, shape, m, scenario, load=load, loadgen={k: v for k, v in res.items()},
+                     validity=valid, invalid_reason=why,
                      loadgen_log_dir=str(log_dir), samples=sut.samples, **extra, **figures,
                      throughput_seq_s=float(seq_s), throughput_tok_s=float(seq_s) * tok_per_sample,
                      tokens_per_sample=tok_per_sample,

@@ -141,6 +141,11 @@ class BenchRecord(CommonFields):
     server_max_qps: float | None = None
     server_qps_bounds: list | None = None
     server_search: list | None = None       # [{qps, p99_ms, ok, validity, log_dir}]
+    validity: str | None = None             # LoadGen: "VALID" | "INVALID"
+    invalid_reason: str | None = None       # LoadGen: the unmet conditions and LoadGen's advice
+    peak_mem_scope: str | None = None       # "variant process" | "shared process" (several variants loaded)
+    warmup_shapes: int | None = None        # distinct input shapes called once before timing
+    input_ids: str | None = None            # "text" (the length source's token ids) | "random"
 
 
 @dataclass(frozen=True, kw_only=True)

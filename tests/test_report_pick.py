@@ -240,3 +240,19 @@ def test_sizes_come_from_the_checkpoint(tmp_path, tiny_ckpt):
     assert man["model"]["params"] == total
     assert load_variant(tmp_path / "v").model_fields == {"base_model": "tiny", "params": total,
                                                          "non_embedding_params": total - emb}
+
+
+def test_report_force_replaces_a_report_and_nothing_else(tmp_path):
+    from xopt import manifest as mf
+
+    t = report.load([_write(tmp_path, [bn("fp32", 2.0, shape={"seq_len": 16})], bench=False)])
+    report.write(t, tmp_path / "rep")
+    assert mf.read(tmp_path / "rep", kind="report")["files"]["report.md"]
+    report.write(t, tmp_path / "rep", force=True)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "draft.md").write_text("mine")
+    with pytest.raises(XoptError, match="mine holds 1 entry not written by xopt \\(draft.md\\); --force replaces "
+                                        "only a report directory"):
+        report.write(t, mine, force=True)
+    assert [p.name for p in mine.iterdir()] == ["draft.md"]

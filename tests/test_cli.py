@@ -99,3 +99,49 @@ def test_sigterm_mid_build_leaves_no_partial_variant(tmp_path, tiny_ckpt):
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     assert not out.exists() and not list((tmp_path / "v").iterdir())
     assert not list((tmp_path / "tmp").iterdir())
+
+
+def test_demo_eval_appends_per_unit_and_resume_finishes_a_killed_run(tmp_path, tiny_ckpt, tiny_suite, monkeypatch):
+    from xopt import evaluate as E
+    from xopt import records
+
+    v = tmp_path / "fp32"
+    assert run("compile", tiny_ckpt, "--variant", "fp32", "--out", v).exit_code == 0
+    args = ("eval", v, "--suite", "demo", "--data", tiny_suite, "--langs", "de,ja")
+    full = tmp_path / "full.jsonl"
+    assert run(*args, "--out", full).exit_code == 0
+    real_add = E._Sink.add
+
+    def killed_after_one_unit(self, rec):
+        if self.recs:
+            raise RuntimeError("killed")
+        real_add(self, rec)
+
+    out = tmp_path / "r.jsonl"
+    monkeypatch.setattr(E._Sink, "add", killed_after_one_unit)
+    assert isinstance(run(*args, "--out", out).exception, RuntimeError)
+    assert len(records.read([out], strict=True)[0]) == 1
+    monkeypatch.setattr(E._Sink, "add", real_add)
+    res = run(*args, "--out", out, "--resume")
+    assert res.exit_code == 0, res.output
+    assert "already holds 1 of" in res.output
+
+    def units(path):
+        return sorted((r["task"], r["lang"], r["split"], r["suite"], round(r["value"], 6))
+                      for r in records.read([path], strict=True)[0])
+
+    assert units(out) == units(full)
+
+
+def test_force_refuses_directories_xopt_did_not_write(tmp_path, tiny_ckpt):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    for args in (("demo", "--out", mine, "--force"),
+                 ("compile", tiny_ckpt, "--variant", "fp32", "--out", mine, "--force")):
+        line = _one_line_error(run(*args))
+        assert f"{mine} holds 1 entry not written by xopt (notes.txt); --force replaces only" in line
+    msg = _one_line_error(run("compile", tiny_ckpt, "--variant", "fp32", "--out", tiny_ckpt, "--force"))
+    assert "holds an xopt checkpoint directory; --force replaces only a variant directory" in msg
+    assert (mine / "notes.txt").read_text() == "keep me" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]       # no temp dir left behind

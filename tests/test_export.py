@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import write_manifest
+
 from xopt import manifest as mf
 from xopt import records
 from xopt.cli import app
@@ -132,11 +134,11 @@ def _inputs(variant_dir):
 
 
 def _with_manifest(src, dst, **changes):
-    """A copy of variant dir `src` whose manifest has `changes` (the manifest is not hashed)."""
+    """A copy of variant dir `src` whose manifest has `changes` (re-signed)."""
     shutil.copytree(src, dst)
     man = json.loads((dst / "manifest.json").read_text())
     man.update(changes)
-    (dst / "manifest.json").write_text(json.dumps(man))
+    write_manifest(dst, man)
     return dst
 
 
@@ -295,7 +297,7 @@ def test_external_data_travels_with_the_model(onnx_variant, tmp_path):
         np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
 
     (d / "model.onnx.data").unlink()
-    (d / "manifest.json").write_text(json.dumps({**json.loads((d / "manifest.json").read_text()), "files": {}}))
+    write_manifest(d, {**json.loads((d / "manifest.json").read_text()), "files": {}})
     with pytest.raises(XoptError, match="model.onnx.data, which is missing"):
         export(d, "triton", tmp_path / "repo2")
 

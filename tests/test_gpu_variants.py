@@ -13,6 +13,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import write_manifest
+
 from xopt.cli import app
 from xopt.errors import XoptError
 from xopt.variants import REGISTRY, compile_variant, load_variant
@@ -80,7 +82,7 @@ def test_gpu_variant_on_cpu_host_is_refused_in_one_line(name, fp32_dir, tiny_ckp
     shutil.copytree(fp32_dir, d)
     man = json.loads((d / "manifest.json").read_text())
     man.update(variant=name, device="cuda", precision=REGISTRY[name].precision)
-    (d / "manifest.json").write_text(json.dumps(man))
+    write_manifest(d, man)
     with pytest.raises(XoptError, match=f"variant {name} cannot run on this host: needs (an NVIDIA GPU|the)"):
         load_variant(d)
     res = CliRunner().invoke(app, ["bench", str(d), "--batch-size", "1", "--seq-len", "8"])
@@ -168,7 +170,7 @@ def test_trt_engines_and_foreign_engine_refused(tiny_ckpt, tiny_suite, fp32_ref,
     _tolerance_check("trt-fp16", ref, load_variant(tmp_path / "trt").runner(ids, mask))
     m = json.loads((tmp_path / "trt" / "manifest.json").read_text())
     m["tensorrt"]["version"] = "0.0.1"
-    (tmp_path / "trt" / "manifest.json").write_text(json.dumps(m))
+    write_manifest(tmp_path / "trt", m)
     with pytest.raises(XoptError, match="rebuild with `xopt compile"):
         load_variant(tmp_path / "trt")
     compile_variant(tiny_ckpt, "trt-int8", tmp_path / "trt8", options={

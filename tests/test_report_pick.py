@@ -270,3 +270,19 @@ def test_cli_refuses_mixed_splits_and_hosts_in_one_line(tmp_path):
     assert got["constraints"]["host"] == "l4" and "NVIDIA L4" in got["hosts"][0]
     c = pick.pick([p], split="test", host=analysis.host_id(bn("fp32", 1.0)))      # this machine's records
     assert c["chosen"]["p50_ms"] == 4.0
+
+
+def test_report_force_replaces_a_report_and_nothing_else(tmp_path):
+    from xopt import manifest as mf
+
+    t = report.load([_write(tmp_path, [bn("fp32", 2.0, shape={"seq_len": 16})], bench=False)])
+    report.write(t, tmp_path / "rep")
+    assert mf.read(tmp_path / "rep", kind="report")["files"]["report.md"]
+    report.write(t, tmp_path / "rep", force=True)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "draft.md").write_text("mine")
+    with pytest.raises(XoptError, match="mine holds 1 entry not written by xopt \\(draft.md\\); --force replaces "
+                                        "only a report directory"):
+        report.write(t, mine, force=True)
+    assert [p.name for p in mine.iterdir()] == ["draft.md"]

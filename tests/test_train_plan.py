@@ -319,3 +319,75 @@ def test_hf_datasets_directories_open_offline(tmp_path):
                           "validation": datasets.Dataset.from_dict(cq)}).save_to_disk(str(tmp_path / "csqa"))
     t = it.load("commonsenseqa", tmp_path / "csqa")
     assert t.train == [{"first": "Where do fish live?", "choices": ["desert", "water", "attic"], "label": 1}]
+
+
+@pytest.mark.parametrize("value", ['"tight"', "-1", "true", "nan"])
+def test_xopt_run_refuses_a_bad_quality_budget_before_training(tmp_path, ckpt32, value):
+    plan = _plan(tmp_path / "plan.toml", ckpt32, f'[target]\ntask = "sst2"\n[run]\nmax_drop = {value}\n')
+    res = CliRunner().invoke(app, ["run", str(plan)])
+    assert res.exit_code == 2 and "max_drop" in res.output and "expected a number of points" in res.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_xopt_run_picks_under_the_plan_budget_and_rebuilds_stale_variants(tmp_path, ckpt32):
+    from conftest import write_manifest
+    from xopt import manifest as mf
+    from xopt.pipeline import DEFAULT_MAX_DROP, run_plan_file
+
+    xfix = Path(__file__).parent / "fixtures" / "xtreme"
+    plan = tmp_path / "plan.toml"
+    plan.write_text(f'''model = "{ckpt32}"
+out = "run"
+data = {{root = "{xfix}", qqp = "{FIX}/qqp"}}
+[intermediate]
+task = "qqp"
+steps = 2
+batch_size = 4
+[target]
+task = "xnli"
+steps = 2
+batch_size = 4
+[run]
+variants = ["fp32"]
+langs = ["en", "de"]
+bench = {{batch = [1], seq_len = [16], min_time = 0.02}}
+max_drop = 2.5
+''')
+    done = run_plan_file(plan)
+    assert done["pick"]["constraints"]["max_drop"] == 2.5 and DEFAULT_MAX_DROP == 1.0
+    run = tmp_path / "run"
+    res, base, xs = run / "results.jsonl", run / "variants" / "baseline" / "fp32", run / "variants" / "xstilts" / "fp32"
+
+    def make_stale(d):
+        man = json.loads((d / "manifest.json").read_text())
+        man["source"]["weights_sha256"] = "0" * 64
+        write_manifest(d, man)
+
+    def evals():
+        return [(r["model"], r["task"], r["lang"]) for r in map(json.loads, res.read_text().splitlines())
+                if r["kind"] == "eval"]
+
+    make_stale(xs)
+    base_inode = os.stat(base).st_ino
+    r = CliRunner().invoke(app, ["run", str(plan), "--resume"])
+    assert r.exit_code == 2 and "holds records of xstilts/fp32 built from other weights" in r.output
+    weights = mf.read(run / "xstilts", kind="checkpoint")["files"]["model.safetensors"]
+    assert mf.read(xs, kind="variant")["source"]["weights_sha256"] == weights     # rebuilt
+    assert os.stat(base).st_ino == base_inode                                     # current: kept
+
+    make_stale(xs)
+    res.unlink()
+    r = CliRunner().invoke(app, ["run", str(plan), "--resume"])
+    assert r.exit_code == 0, r.output
+    assert mf.read(xs, kind="variant")["source"]["weights_sha256"] == weights and os.stat(base).st_ino == base_inode
+    first = evals()
+    assert len(first) == len(set(first)) == 6          # 2 models x (en, de, avg), none twice
+    r = CliRunner().invoke(app, ["run", str(plan), "--resume"])   # nothing left: evaluation skips every unit
+    assert r.exit_code == 0 and evals() == first
+
+    r = CliRunner().invoke(app, ["run", str(plan), "--force"])    # everything under the run dir is rebuilt
+    assert r.exit_code == 0, r.output
+    assert os.stat(base).st_ino != base_inode
+    assert mf.read(xs, kind="variant")["source"]["weights_sha256"] == \
+        mf.read(run / "xstilts", kind="checkpoint")["files"]["model.safetensors"]
+    assert sorted(evals()) == sorted(first)

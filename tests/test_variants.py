@@ -6,6 +6,8 @@ import shutil
 import numpy as np
 import pytest
 
+from conftest import write_manifest
+
 from xopt.errors import XoptError
 from xopt.variants import REGISTRY, ExportCache, KeepPolicy, compile_variant, load_variant
 
@@ -102,7 +104,7 @@ def test_unknown_variant_and_foreign_manifest(tiny_ckpt, built, tmp_path):
     shutil.copytree(built["fp32"], d)
     man = json.loads((d / "manifest.json").read_text())
     man["variant"] = "tensorrt-from-the-future"
-    (d / "manifest.json").write_text(json.dumps(man))
+    write_manifest(d, man)
     with pytest.raises(XoptError, match="does not know"):
         load_variant(d)
 
@@ -194,7 +196,7 @@ def test_manifest_records_the_config_and_old_manifests_are_refused(built, tmp_pa
     old = json.loads((d / "manifest.json").read_text())
     del old["config"]
     old["options"] = {}
-    (d / "manifest.json").write_text(json.dumps(old))
+    write_manifest(d, old)
     with pytest.raises(XoptError, match="holds no variant config; rebuild it"):
         load_variant(d)
 

@@ -175,3 +175,49 @@ def test_sharded_over_two_processes(variants, all_records, tmp_path):
     single = {r["lang"]: r["value"] for r in recs if r["task"] == "tatoeba"}
     assert merged == pytest.approx(single)          # same numbers as one process, avg included
     assert any(r["lang"] == "avg" for r in parts[0]) and all(r["lang"] != "avg" for r in parts[1])
+
+
+def test_killed_eval_keeps_finished_units_and_resume_runs_only_the_rest(variants, tmp_path, monkeypatch):
+    from xopt import evaluate as E
+
+    args = ("eval", variants["xnli"], "--suite", "xtreme", "--data", FIX, "--tasks", "xnli", "--langs", "en,de,zh")
+    full = tmp_path / "full.jsonl"
+    assert run(*args, "--out", full).exit_code == 0
+    real, ran = E._score_unit, []
+
+    def killed_after_one_unit(loaded, tok, task, lang, *a):
+        if ran:
+            raise RuntimeError("killed")
+        ran.append(lang)
+        return real(loaded, tok, task, lang, *a)
+
+    out = tmp_path / "r.jsonl"
+    monkeypatch.setattr(E, "_score_unit", killed_after_one_unit)
+    res = run(*args, "--out", out)
+    assert isinstance(res.exception, RuntimeError)
+    kept, _ = records.read([out], strict=True)
+    first = ran[0]
+    assert [(r["task"], r["lang"]) for r in kept] == [("xnli", first)]     # the finished unit is on disk
+
+    def counted(loaded, tok, task, lang, *a):
+        ran.append(lang)
+        return real(loaded, tok, task, lang, *a)
+
+    ran.clear()
+    monkeypatch.setattr(E, "_score_unit", counted)
+    res = run(*args, "--out", out, "--resume")
+    assert res.exit_code == 0, res.output
+    assert sorted(ran) == sorted({"en", "de", "zh"} - {first})
+    assert (f"resume: {out} already holds 1 of 3 units of tiny-xnli/fp32 (xnli:{first}); skipping them, "
+            "evaluating 2") in " ".join(res.output.split())
+
+    def units(path):
+        return sorted((r["task"], r["lang"], r["split"], r["suite"], round(r["value"], 6))
+                      for r in records.read([path], strict=True)[0])
+
+    assert units(out) == units(full)
+    ran.clear()
+    res = run(*args, "--out", out, "--resume")          # nothing left: no model run, nothing appended
+    assert res.exit_code == 0 and ran == [] and units(out) == units(full)
+    assert "already holds 3 of 3 units" in res.output
+    assert "--resume needs --out" in one_line_error(run(*args, "--resume"))

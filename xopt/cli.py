@@ -342,16 +342,18 @@ def eval_cmd(variant_dir: Annotated[Path, typer.Argument(help="Variant directory
              bucc_threshold_from: Annotated[Optional[list[Path]], typer.Option(
                  "--bucc-threshold-from", help="xtreme: results of the fp32 variant of the same model, whose "
                                                "bucc2018 records hold the dev-chosen thresholds.")] = None,
-             out: OutResults = None, json_out: Json = False):
-    """Score a variant on a suite, per task and language (records to --out; under torchrun each
-    process writes OUT's stem + .rankR-of-W)."""
-    from xopt import records
-    from xopt.evaluate import evaluate, shard_out_path
+             out: OutResults = None,
+             resume: Annotated[bool, typer.Option(
+                 "--resume", help="Finish an interrupted run: skip the task x language units --out already "
+                                  "holds for this variant and model.")] = False,
+             json_out: Json = False):
+    """Score a variant on a suite, per task and language (records to --out, appended as each task x
+    language finishes; under torchrun each process writes OUT's stem + .rankR-of-W)."""
+    from xopt.evaluate import evaluate
 
     recs = evaluate(variant_dir, suite, data, _csv(tasks), _csv(langs), split, batch_size, max_examples,
-                    xtreme={"bucc_threshold_from": bucc_threshold_from} if suite == "xtreme" else None)
-    if out:
-        records.append(shard_out_path(out), recs)
+                    xtreme={"bucc_threshold_from": bucc_threshold_from} if suite == "xtreme" else None,
+                    out=out, resume=resume)
     if json_out:
         return _print_json([{k: v for k, v in r.items() if k not in ("outcomes", "em_outcomes", "counts",
                                                                   "count_units", "host")} for r in recs])

@@ -5,6 +5,11 @@ tokenised with the variant's tokenizer, sorted by length and padded per batch (l
 padding waste), run, and put back in their original order, so results are deterministic
 for a deterministic variant. Records keep per-example outcomes so that reports can
 bootstrap confidence intervals on paired differences.
+
+With an `out` file, each record is appended as soon as its task x language unit is scored
+(`records.append` writes whole lines atomically), so a crash keeps every finished unit; with
+`resume`, the units (task, lang, split, suite) that file already holds for the variant and model
+are skipped, and said so in one line.
 """
 
 from __future__ import annotations
@@ -61,9 +66,47 @@ def run_ids(loaded, seqs: list[list[int]], pad_id: int, batch_size: int = 64, pr
     return out
 
 
+def held_units(path: str | Path | None, model: str, variant: str) -> dict[tuple, dict]:
+    """{(task, lang, split, suite): record} of the eval records `path` holds for `model`/`variant`
+    (the last one of each unit); empty when there is no such file."""
+    if path is None or not Path(path).is_file():
+        return {}
+    recs, _ = records.read([path])
+    return {(r.get("task"), r.get("lang"), r.get("split"), r.get("suite")): r for r in recs
+            if r.get("kind") == "eval" and r.get("model") == model and r.get("variant") == variant}
+
+
+def _say_skipped(path, model: str, variant: str, skipped: list[tuple], total: int) -> None:
+    """The one line `--resume` prints: which units of this variant the file already holds."""
+    from xopt.progress import console
+
+    if not skipped:
+        console.print(f"resume: {path} holds none of the {total} units of {model}/{variant}; evaluating all",
+                      highlight=False, soft_wrap=True)
+        return
+    names = [f"{t}:{lang}" for t, lang, *_ in skipped]
+    shown = ", ".join(names[:6]) + (f", ... (+{len(names) - 6})" if len(names) > 6 else "")
+    console.print(f"resume: {path} already holds {len(skipped)} of {total} units of {model}/{variant} ({shown}); "
+                  f"skipping them, evaluating {total - len(skipped)}", highlight=False, soft_wrap=True)
+
+
+class _Sink:
+    """Where finished records go: the `out` file at once (one atomic append per unit), and the
+    list this call returns."""
+
+    def __init__(self, out):
+        self.out, self.recs = out, []
+
+    def add(self, rec: dict) -> None:
+        if self.out is not None:
+            records.append(self.out, [rec])
+        self.recs.append(rec)
+
+
 def eval_demo(loaded, suite: dict, tasks=demo.TASKS, langs=None, split: str = "test",
-              batch_size: int = 64, max_examples: int | None = None) -> list[dict]:
-    """Records for the demo suite's tasks on `langs` (default: all the suite has)."""
+              batch_size: int = 64, max_examples: int | None = None, out=None, resume: bool = False) -> list[dict]:
+    """Records for the demo suite's tasks on `langs` (default: all the suite has), appended to
+    `out` (when given) unit by unit; `resume` skips the units `out` already holds."""
     unknown = [t for t in tasks if t not in demo.TASKS]
     if unknown:
         raise XoptError(f"unknown demo task(s) {', '.join(unknown)}; tasks: {', '.join(demo.TASKS)}")
@@ -81,40 +124,50 @@ def eval_demo(loaded, suite: dict, tasks=demo.TASKS, langs=None, split: str = "t
         raise XoptError(f"{loaded.directory}: model has no {demo.TARGET} head (labels {card.labels or 'none'}); "
                         f"train one with `xopt train --target {demo.TARGET}` or evaluate --tasks {demo.RETRIEVAL}")
     examples = {lang: sets[lang][:max_examples] if max_examples else sets[lang] for lang in langs}
-    # one pass over every distinct text (translations and English sources alike)
-    texts = sorted({e[k] for lang in langs for e in examples[lang] for k in ("text", "source")})
-    index = {t: i for i, t in enumerate(texts)}
-    tok = loaded.tokenizer()
-    t0 = time.perf_counter()
-    with bar() as progress:
-        out = run_texts(loaded, texts, batch_size, tok, progress, f"eval {loaded.model_name}/{loaded.runner.name}")
-    seconds = time.perf_counter() - t0
-    common = dict(model=loaded.model_name, variant=loaded.manifest["variant"], suite="demo", split=split,
+    model, variant = loaded.model_name, loaded.manifest["variant"]
+    units = [(task, lang) for task in tasks for lang in langs
+             if not (lang == "en" and registry.family_of(task).skips_english)]   # English -> English is trivial
+    held = held_units(out, model, variant) if resume else {}
+    skipped = [u for u in units if (*u, split, "demo") in held]
+    if resume:
+        _say_skipped(out, model, variant, skipped, len(units))
+    sink = _Sink(out)
+    common = dict(model=model, variant=variant, suite="demo", split=split,
                   **loaded.model_fields, variant_dir=str(loaded.directory), **calibration_fields(loaded.manifest))
-    recs = []
-    for task in tasks:
-        fam = registry.family_of(task)
-        per_lang = []
-        for lang in langs:
+    per_lang = {task: [] for task in tasks}     # (lang, value, n) of every unit, held or new
+    for task, lang in skipped:
+        r = held[(task, lang, split, "demo")]
+        per_lang[task].append((lang, r["value"], r["n_examples"]))
+    if len(skipped) < len(units):
+        # one pass over every distinct text (translations and English sources alike), as an
+        # uninterrupted run makes it, so that resumed units score exactly as they would have
+        texts = sorted({e[k] for lang in langs for e in examples[lang] for k in ("text", "source")})
+        index = {t: i for i, t in enumerate(texts)}
+        tok = loaded.tokenizer()
+        t0 = time.perf_counter()
+        with bar() as progress:
+            outputs = run_texts(loaded, texts, batch_size, tok, progress, f"eval {model}/{loaded.runner.name}")
+        seconds = time.perf_counter() - t0
+        timing = {"eval_s": round(seconds, 3), "examples_per_s": round(len(texts) / seconds, 2)}
+        for task, lang in units:
+            if (task, lang) in skipped:
+                continue
             exs = examples[lang]
-            if lang == "en" and fam.skips_english:
-                continue   # English -> English retrieval is trivial
-            outcomes = fam.demo_outcomes(out, exs, index, target_labels)
-            metric = "accuracy"
+            outcomes = registry.family_of(task).demo_outcomes(outputs, exs, index, target_labels)
             value = float(outcomes.mean() * 100)
-            per_lang.append((lang, value, len(exs)))
-            recs.append(records.record("eval", **common, task=task, lang=lang, metric=metric, value=value,
-                                       n_examples=len(exs), outcomes=[round(float(o), 2) for o in outcomes],
-                                       example_ids=_ids_digest(exs)))
-        zs = [(v, n) for lang, v, n in per_lang if lang != "en"]
-        if zs:
-            recs.append(records.record("eval", **common, task=task, lang="avg", metric="accuracy",
-                                       value=float(np.mean([v for v, _ in zs])), n_examples=sum(n for _, n in zs),
-                                       n_langs=len(zs), note="mean over evaluated languages other than en"))
-    for r in recs:
-        r["eval_s"] = round(seconds, 3)
-        r["examples_per_s"] = round(len(texts) / seconds, 2)
-    return recs
+            per_lang[task].append((lang, value, len(exs)))
+            sink.add(records.record("eval", **common, task=task, lang=lang, metric="accuracy", value=value,
+                                    n_examples=len(exs), outcomes=[round(float(o), 2) for o in outcomes],
+                                    example_ids=_ids_digest(exs), **timing))
+    else:
+        timing = {}
+    for task in tasks:
+        zs = [(v, n) for lang, v, n in sorted(per_lang[task], key=lambda x: langs.index(x[0])) if lang != "en"]
+        if zs and (task, "avg", split, "demo") not in held:
+            sink.add(records.record("eval", **common, task=task, lang="avg", metric="accuracy",
+                                    value=float(np.mean([v for v, _ in zs])), n_examples=sum(n for _, n in zs),
+                                    n_langs=len(zs), note="mean over evaluated languages other than en", **timing))
+    return sink.recs
 
 
 def calibration_fields(manifest: dict) -> dict:
@@ -135,18 +188,26 @@ def _ids_digest(exs) -> str:
 
 def evaluate(variant_dir: str | Path, suite: str, data: str | Path | None = None, tasks=None, langs=None,
              split: str = "test", batch_size: int = 64, max_examples: int | None = None,
-             xtreme: dict | None = None) -> list[dict]:
+             xtreme: dict | None = None, out: str | Path | None = None, resume: bool = False) -> list[dict]:
+    """`xopt eval`: the records of one variant on a suite. With `out`, each task x language unit's
+    records are appended to it as soon as the unit is scored (under torchrun: to this process's
+    own file, see `shard_out_path`); `resume` skips the units that file already holds."""
     from xopt.variants import load_variant
 
+    if resume and out is None:
+        raise XoptError("--resume needs --out FILE: the records file of the run to finish")
+    out = shard_out_path(out) if out is not None else None
     if suite == "xtreme":
         if data is None:
             raise XoptError("--suite xtreme needs --data DIR (XTREME's download layout or google/xtreme HF dirs)")
-        return evaluate_xtreme(variant_dir, data, tasks, langs, split, batch_size, max_examples, **(xtreme or {}))
+        return evaluate_xtreme(variant_dir, data, tasks, langs, split, batch_size, max_examples, **(xtreme or {}),
+                               out=out, resume=resume)
     if suite != "demo":
         raise XoptError(f"unknown suite {suite!r}; available: demo, xtreme")
     suite_data = demo.load_suite(Path(data) if data else demo.ensure_suite())
     loaded = load_variant(variant_dir)
-    return eval_demo(loaded, suite_data, tuple(tasks or demo.TASKS), langs, split, batch_size, max_examples)
+    return eval_demo(loaded, suite_data, tuple(tasks or demo.TASKS), langs, split, batch_size, max_examples,
+                     out=out, resume=resume)
 
 
 # --------------------------------------------------------------------------- XTREME (zero-shot)
@@ -267,9 +328,12 @@ def _choose_bucc_threshold(loaded, tok, lang, data_dir, batch_size, progress) ->
 
 
 def evaluate_xtreme(variant_dir, data_dir, tasks=None, langs=None, split: str = "test", batch_size: int = 64,
-                    max_examples: int | None = None, bucc_threshold_from=None) -> list[dict]:
+                    max_examples: int | None = None, bucc_threshold_from=None, out=None,
+                    resume: bool = False) -> list[dict]:
     """Zero-shot XTREME records of one variant (module notes above). Everything is loaded and
-    checked before the model runs; sharded over torchrun's processes by (task, language)."""
+    checked before the model runs; sharded over torchrun's processes by (task, language). Each
+    unit's record goes to `out` (when given) as soon as it is scored; `resume` skips the units
+    `out` already holds (their values still count in the task's "avg")."""
     from xopt.tasks import xtreme as X
     from xopt.variants import load_variant
 
@@ -286,8 +350,13 @@ def evaluate_xtreme(variant_dir, data_dir, tasks=None, langs=None, split: str = 
     # every process reads and checks all the data first, so a bad file stops all of them alike
     data = _load_units(units, data_dir, split, max_examples)
     variant = loaded.manifest["variant"]
+    held = held_units(out, loaded.model_name, variant) if resume else {}
+    skipped = [u for u in mine_units if (*u, split, "xtreme") in held]
+    if resume:
+        _say_skipped(out, loaded.model_name, variant, skipped, len(mine_units))
+    todo = [u for u in mine_units if u not in skipped]
     thresholds = {}
-    bucc_langs = [lang for t, lang in mine_units if t == "bucc2018"]
+    bucc_langs = [lang for t, lang in todo if t == "bucc2018"]
     if bucc_langs:
         given = bucc_thresholds(bucc_threshold_from, loaded.model_name) if bucc_threshold_from else {}
         for lang in bucc_langs:
@@ -303,9 +372,9 @@ def evaluate_xtreme(variant_dir, data_dir, tasks=None, langs=None, split: str = 
     tok = loaded.tokenizer()
     common = dict(model=loaded.model_name, variant=variant, suite="xtreme", split=split, **loaded.model_fields,
                   variant_dir=str(loaded.directory), rank=rank, world_size=world, **calibration_fields(loaded.manifest))
-    recs = []
+    sink = _Sink(out)
     with bar() as progress:
-        for t, lang in mine_units:
+        for t, lang in todo:
             task = X.TASKS[t]
             if t == "bucc2018" and thresholds[lang] is None:
                 thresholds[lang] = {"value": _choose_bucc_threshold(loaded, tok, lang, data_dir, batch_size, progress),
@@ -314,20 +383,26 @@ def evaluate_xtreme(variant_dir, data_dir, tasks=None, langs=None, split: str = 
             value, n, extra, n_run = _score_unit(loaded, tok, task, lang, data[(t, lang)], batch_size, progress,
                                                  thresholds.get(lang))
             sec = time.perf_counter() - t0
-            recs.append(records.record("eval", **common, task=t, lang=lang, metric=task.metric, value=value,
-                                       n_examples=n, eval_s=round(sec, 3), sequences_run=n_run,
-                                       examples_per_s=round(n / sec, 2), **extra))
-    summary = [(r["task"], r["lang"], r["value"], r["n_examples"]) for r in recs]
+            sink.add(records.record("eval", **common, task=t, lang=lang, metric=task.metric, value=value,
+                                    n_examples=n, eval_s=round(sec, 3), sequences_run=n_run,
+                                    examples_per_s=round(n / sec, 2), **extra))
+    done = {(r["task"], r["lang"]): r for r in sink.recs}
+    done.update({u: held[(*u, split, "xtreme")] for u in skipped})
+    summary = [(t, lang, done[(t, lang)]["value"], done[(t, lang)]["n_examples"]) for t, lang in mine_units]
     if world > 1:
         summary = _gather(summary)
     if rank == 0:
+        order = {u: i for i, u in enumerate(units)}
+        summary.sort(key=lambda s: order[(s[0], s[1])])
         for t in dict.fromkeys(u[0] for u in units):
+            if (t, "avg", split, "xtreme") in held:
+                continue
             rows = [s for s in summary if s[0] == t]
-            recs.append(records.record("eval", **common, task=t, lang="avg", metric=X.TASKS[t].metric,
-                                       value=float(np.mean([s[2] for s in rows])), n_examples=sum(s[3] for s in rows),
-                                       n_langs=len(rows), langs=[s[1] for s in rows],
-                                       note="mean over the evaluated languages, English included (XTREME)"))
-    return recs
+            sink.add(records.record("eval", **common, task=t, lang="avg", metric=X.TASKS[t].metric,
+                                    value=float(np.mean([s[2] for s in rows])), n_examples=sum(s[3] for s in rows),
+                                    n_langs=len(rows), langs=[s[1] for s in rows],
+                                    note="mean over the evaluated languages, English included (XTREME)"))
+    return sink.recs
 
 
 def _gather(summary: list) -> list:

@@ -49,6 +49,7 @@ def _step(name: str):
 
 
 def run_demo(out: Path, quick: bool = False, force: bool = False) -> dict:
+    from xopt import manifest as mf
     from xopt import report, records
     from xopt.bench import bench
     from xopt.evaluate import eval_demo
@@ -59,11 +60,13 @@ def run_demo(out: Path, quick: bool = False, force: bool = False) -> dict:
     from xopt.variants import REGISTRY, ExportCache, compile_variant, load_variant
 
     out = Path(out)
-    if out.exists():
+    if out.exists() or out.is_symlink():
         if not force:
             raise XoptError(f"{out} already exists; pass --force to replace it")
+        mf.check_replaceable(out, "demo")      # only a demo's own directory (or an empty one) is removed
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    mf.stamp(out, "demo")
     res = out / "results.jsonl"
     timings = {}
 
@@ -128,6 +131,41 @@ def run_demo(out: Path, quick: bool = False, force: bool = False) -> dict:
     return {"results": res, "report": report_md, "rows": rows, "pick": choice, "timings": timings}
 
 
+# Quality budget of `xopt run`'s pick when the plan sets none: at most this X-STILTs score drop
+# (points) vs fp32 on any task, the same budget `xopt demo` picks under.
+DEFAULT_MAX_DROP = 1.0
+
+
+def _weights_sha256(ckpt: Path) -> str | None:
+    """sha256 of a checkpoint's weights, as `compile_variant` records it in a variant's source."""
+    from xopt import manifest as mf
+
+    ckpt = Path(ckpt)
+    if (ckpt / mf.MANIFEST).is_file():
+        digest = mf.read(ckpt, kind="checkpoint", verify=False).get("files", {}).get("model.safetensors")
+        if digest:
+            return digest
+    weights = ckpt / "model.safetensors"
+    return mf.sha256(weights) if weights.is_file() else None
+
+
+def _needs_build(d: Path, weights: str | None) -> str | None:
+    """Why variant dir `d` must be (re)built for a checkpoint with these weights, or None when it
+    holds a variant built from them."""
+    from xopt import manifest as mf
+
+    if not (d / mf.MANIFEST).is_file():
+        return "not built yet"
+    try:
+        man = mf.read(d, kind="variant", verify=False)
+    except XoptError as e:
+        return f"unusable: {e}"
+    built = (man.get("source") or {}).get("weights_sha256")
+    if built != weights:
+        return f"built from other weights ({str(built)[:12]}), checkpoint has {str(weights)[:12]}"
+    return None
+
+
 def run_plan_file(path: Path, resume: bool = False, force: bool = False) -> dict:
     """`xopt run PLAN.toml`: train the plan's checkpoints, then compile each into the `[run]`
     variants, evaluate every variant, benchmark the X-STILTs variants, report and pick. All of it
@@ -135,10 +173,15 @@ def run_plan_file(path: Path, resume: bool = False, force: bool = False) -> dict
     report/). `[run]` keys: variants (default: every CPU variant this host can build), suite
     (xtreme | demo; default from the target), eval_data (default: the plan's data root), tasks,
     langs, split, max_examples, calib (compile options of calibrated variants), bench
-    ({batch = [..], seq_len = [..], min_time = s}, or false)."""
-    from xopt import report, records
+    ({batch = [..], seq_len = [..], min_time = s}, or false), max_drop (the pick's quality budget:
+    largest X-STILTs score drop vs fp32 on any task, in points; default 1, as the demo).
+
+    A variant directory is compiled when it is missing, when it was built from other weights than
+    the checkpoint's (its manifest's source.weights_sha256), and always with `force`; with
+    `resume`, evaluation skips the units results.jsonl already holds for that variant."""
+    from xopt import report
     from xopt.bench import bench
-    from xopt.evaluate import evaluate
+    from xopt.evaluate import evaluate, held_units
     from xopt.pick import pick, render
     from xopt.progress import bar
     from xopt.tasks import xtreme
@@ -148,10 +191,15 @@ def run_plan_file(path: Path, resume: bool = False, force: bool = False) -> dict
     path = Path(path)
     plan = load_plan(path)
     cfg = dict(plan.run)
-    known = {"variants", "suite", "eval_data", "tasks", "langs", "split", "max_examples", "calib", "bench"}
+    known = {"variants", "suite", "eval_data", "tasks", "langs", "split", "max_examples", "calib", "bench",
+             "max_drop"}
     bad = [k for k in cfg if k not in known]
     if bad:
         raise XoptError(f"plan {path} [run]: unknown key {bad[0]!r}; known: {', '.join(sorted(known))}")
+    max_drop = cfg.get("max_drop", DEFAULT_MAX_DROP)
+    if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or not 0 <= max_drop < float("inf"):
+        raise XoptError(f"plan {path} [run]: max_drop = {max_drop!r}; expected a number of points >= 0 "
+                        f"(default {DEFAULT_MAX_DROP:g})")
     variants = cfg.get("variants") or [v.name for v in REGISTRY.values()
                                        if v.device == "cpu" and v.unavailable_reason() is None]
     unknown = [v for v in variants if v not in REGISTRY]
@@ -174,16 +222,23 @@ def run_plan_file(path: Path, resume: bool = False, force: bool = False) -> dict
     t = _step("compile, evaluate")
     dirs = {}
     for model, ckpt in written.items():
+        weights = _weights_sha256(ckpt)
         with ExportCache() as exports:        # one ONNX export per checkpoint, removed after its variants
             for name in variants:
                 d = out / "variants" / model / name
-                if not (d / "manifest.json").is_file():
-                    console.print(f"compile {model} -> {name}")
-                    compile_variant(ckpt, name, d, force=True, exports=exports,
-                                    options=cfg.get("calib") if REGISTRY[name].calibrated else None)
+                why = "--force" if force else _needs_build(d, weights)
+                if why:
+                    console.print(f"compile {model} -> {name} ({why})", highlight=False)
+                    man = compile_variant(ckpt, name, d, force=True, exports=exports,
+                                          options=cfg.get("calib") if REGISTRY[name].calibrated else None)
+                    if resume and held_units(res, man["model"].get("name") or man["source"].get("name"), name):
+                        # the file's records of this variant measured its earlier build: they cannot
+                        # stand beside the rebuilt variant's in one append-only file
+                        raise XoptError(f"{res} holds records of {model}/{name} built from other weights than "
+                                        f"{ckpt}; rerun with --force to redo the run")
                 dirs[(model, name)] = d
-                records.append(res, evaluate(d, suite, eval_data, tasks, cfg.get("langs"), cfg.get("split", "test"),
-                                             max_examples=cfg.get("max_examples")))
+                evaluate(d, suite, eval_data, tasks, cfg.get("langs"), cfg.get("split", "test"),
+                         max_examples=cfg.get("max_examples"), out=res, resume=resume and not why)
     timings["compile_eval_s"] = time.perf_counter() - t
     b = cfg.get("bench", {})
     if b is not False:
@@ -196,7 +251,8 @@ def run_plan_file(path: Path, resume: bool = False, force: bool = False) -> dict
         timings["bench_s"] = time.perf_counter() - t
     _step("report")
     report_md = report.write_report([res], out / "report", force=True)
-    choice = pick([res]) if "xstilts" in written and "baseline" in written else None
+    # the plan's quality budget (default as the demo's): the fastest variant within max_drop points of fp32
+    choice = pick([res], max_drop=float(max_drop)) if "xstilts" in written and "baseline" in written else None
     if choice:
         console.print(render(choice))
     console.print(f"records: {res}\nreport:  {report_md}")

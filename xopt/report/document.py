@@ -56,17 +56,20 @@ def build(t: RecordIndex, out: Path, reference: str = "fp32") -> Doc:
     return doc
 
 
-def write(t: RecordIndex, out: Path, reference: str = "fp32", force: bool = False) -> Path:
+def write(t: RecordIndex, out: Path, reference: str = "fp32", force: bool = False, records=None) -> Path:
     """report.md, report.html (images embedded), the PNGs and summary.csv (the flat table, see
-    xopt.report.flat) in `out`, written atomically."""
-    from xopt.manifest import atomic_dir
+    xopt.report.flat) in `out`, written atomically with a manifest of kind "report", so that
+    --force replaces a report and nothing else."""
+    from xopt import manifest as mf
     from xopt.report.flat import summary_csv
 
-    with atomic_dir(Path(out), force=force) as tmp:
+    with mf.atomic_dir(Path(out), force=force, kind="report") as tmp:
         doc = build(t, tmp, reference)
         (tmp / "report.md").write_text(to_markdown(doc), encoding="utf-8")
         (tmp / "report.html").write_text(to_html(doc, tmp), encoding="utf-8")
         (tmp / "summary.csv").write_text(summary_csv(t, reference), encoding="utf-8")
+        mf.write(tmp, kind="report", source={"reference": reference,
+                                              "records": [str(p) for p in records] if records else None})
     return Path(out) / "report.md"
 
 
@@ -74,4 +77,5 @@ def write_report(paths, out: Path, reference="fp32", baseline="baseline", xstilt
                  force: bool = False, model: str | None = None, split: str | None = None,
                  suite: str | None = None, host: str | None = None) -> Path:
     """`xopt report`: load the records of `paths` and write the report into `out`."""
-    return write(load(paths, baseline, xstilts, model, split=split, suite=suite, host=host), out, reference, force)
+    return write(load(paths, baseline, xstilts, model, split=split, suite=suite, host=host), out, reference, force,
+                 records=list(paths))

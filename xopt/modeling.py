@@ -326,7 +326,7 @@ def save_checkpoint(model, tokenizer, card: ModelCard, out: Path, source: dict, 
     from xopt import manifest as mf
 
     quiet_hf()
-    with mf.atomic_dir(out, force=force) as tmp:
+    with mf.atomic_dir(out, force=force, kind="checkpoint") as tmp:
         model.encoder.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         if model.head is not None:

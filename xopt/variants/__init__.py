@@ -71,7 +71,7 @@ def compile_variant(checkpoint: str | Path, name: str, out: str | Path, force: b
     own = exports is None
     exports = ExportCache() if own else exports
     try:
-        with mf.atomic_dir(out, force=force) as tmp:
+        with mf.atomic_dir(out, force=force, kind="variant") as tmp:
             for f in TOKENIZER_FILES:
                 if (ckpt.path / f).is_file():
                     link_or_copy(ckpt.path / f, tmp / f)   # large and never modified: shared

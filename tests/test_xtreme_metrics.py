@@ -252,7 +252,8 @@ def test_bucc_without_distractors_is_recorded_and_reported(tmp_path, monkeypatch
     (tmp_path / "bucc18.de").mkdir()
     pairs = sorted(own.gold)
     src = dict(zip(own.src_ids, own.src)); en = dict(zip(own.en_ids, own.en))
-    pq.write_table(pa.table({"source_sentence": [src[s] for s, _ in pairs], "target_sentence": [en[e] for _, e in pairs],
+    pq.write_table(pa.table({"source_sentence": [src[s] for s, _ in pairs],
+                             "target_sentence": [en[e] for _, e in pairs],
                              "source_lang": ["de"] * len(pairs), "target_lang": ["en"] * len(pairs)}),
                    str(tmp_path / "bucc18.de" / "test-00000-of-00001.parquet"))
     hub = X.load("bucc2018", "de", "test", tmp_path)

@@ -56,12 +56,63 @@ def test_qa_windows_and_answer_positions(tok):
     assert starts == sorted(starts) and feats[-1]["offsets"][-2][1] >= len(ctx.rstrip())
     start_logits = [np.zeros(len(f["input_ids"])) for f in feats]
     end_logits = [np.zeros(len(f["input_ids"])) for f in feats]
-    f0 = feats.index(inside[0])
-    start_logits[f0][inside[0]["start_position"]] = 9
-    end_logits[f0][inside[0]["end_position"]] = 9
+    # the window where the answer's first token has the most context (only there can it start an answer)
+    f0 = next(feats.index(f) for f in inside if f["max_context"][f["start_position"]])
+    start_logits[f0][feats[f0]["start_position"]] = 9
+    end_logits[f0][feats[f0]["end_position"]] = 9
     assert qa.decode(feats, start_logits, end_logits, ex) == ["Gustave Eiffel"]
     # an answer longer than max_answer_length tokens is never proposed
     assert qa.decode(feats, start_logits, end_logits, ex, max_answer_length=1) != ["Gustave Eiffel"]
+
+
+def test_qa_max_context_as_bert_reference():
+    """BERT's own example (run_squad.py): "the man went to the store and bought a gallon of milk" in
+    spans A = tokens 0-4, B = 3-7, C = 6-10: 'bought' (7) has 4 left, 0 right context in B and 1 left,
+    3 right in C, so C is its max-context span; equal scores go to the earlier span."""
+    spans = [(0, 5), (3, 5), (6, 5)]
+    assert [qa.is_max_context(spans, w, 7) for w in range(3)] == [False, False, True]
+    assert [qa.is_max_context(spans, w, 4) for w in range(3)] == [False, True, False]
+    assert [qa.is_max_context(spans, w, 0) for w in range(3)] == [True, False, False]
+    assert [qa.is_max_context([(0, 4), (2, 4)], w, 3) for w in range(2)] == [False, True]
+    assert [qa.is_max_context([(0, 4), (1, 6)], w, 2) for w in range(2)] == [False, True]   # min 1 each: 0.01 x length
+    assert [qa.is_max_context([(0, 5), (2, 5)], w, 3) for w in range(2)] == [True, False]   # equal scores: earlier
+
+
+def test_qa_decode_uses_only_max_context_starts(tok):
+    """A long context in overlapping windows: a start token near the edge of one window (little
+    context on that side) is not an answer there, only in the window where it has the most context
+    (XTREME's run_squad.py: `token_is_max_context`). Here the edge window's span scores higher, so
+    ignoring the rule gives a different answer."""
+    ctx = ("".join(f"Filler sentence number {i}. " for i in range(20)) + "The tower was completed in 1889 by "
+           "Gustave Eiffel. " + "".join(f"Filler sentence number {i}. " for i in range(20, 40)))
+    ex = [{"id": "q", "question": "Who completed the tower?", "context": ctx,
+           "answers": [{"text": "Gustave Eiffel", "answer_start": ctx.index("Gustave Eiffel")}]}]
+    feats = qa.features(ex, tok, max_length=48, doc_stride=16, prefix="query: ")
+    assert len(feats) > 5
+    # every context token is max-context in exactly one window
+    starts = {}
+    for w, f in enumerate(feats):
+        for pos, (o, m) in enumerate(zip(f["offsets"], f["max_context"])):
+            assert m is False or o is not None
+            if o is not None:
+                starts.setdefault(o, []).append((w, pos, m))
+    assert all(sum(m for _, _, m in v) == 1 for v in starts.values())
+    # the answer's windows; in one of them its first token is not max-context (near that window's edge)
+    inside = [(w, f) for w, f in enumerate(feats) if f["start_position"]]
+    edge = [(w, f) for w, f in inside if not f["max_context"][f["start_position"]]]
+    best = [(w, f) for w, f in inside if f["max_context"][f["start_position"]]]
+    assert edge and len(best) == 1
+    (we, fe), (wb, fb) = edge[0], best[0]
+    start_logits = [np.zeros(len(f["input_ids"])) for f in feats]
+    end_logits = [np.zeros(len(f["input_ids"])) for f in feats]
+    # edge window: a confident span starting at the answer's first token, one token short
+    start_logits[we][fe["start_position"]], end_logits[we][fe["start_position"]] = 12, 12
+    # max-context window: the whole answer, less confident
+    start_logits[wb][fb["start_position"]], end_logits[wb][fb["end_position"]] = 9, 9
+    assert qa.decode(feats, start_logits, end_logits, ex) == ["Gustave Eiffel"]
+    without = [{k: v for k, v in f.items() if k != "max_context"} for f in feats]
+    short = qa.decode(without, start_logits, end_logits, ex)
+    assert short != ["Gustave Eiffel"] and "Gustave Eiffel".startswith(short[0])
 
 
 def test_pair_classification_features(tok):

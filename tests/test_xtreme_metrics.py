@@ -1,6 +1,12 @@
 """XTREME metrics against independent references: seqeval (NER/POS F1), torchmetrics' SQuAD
 (QA F1/EM), hand-computed MLQA cases, hand-made embeddings for BUCC and Tatoeba."""
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
@@ -114,7 +120,162 @@ def test_bucc_mining_threshold_and_f1():
     assert retrieval.optimal_threshold(hand, {(0, 0), (2, 2), (4, 4)}) == pytest.approx(2.5)
 
 
+def _dense_mine(src, en, k):
+    """The same mining on the whole similarity matrix at once (full argsort per row): the exact
+    method the blocked top-k must reproduce."""
+    x, y = retrieval.normalize(src), retrieval.normalize(en)
+    sims = x @ y.T
+
+    def top(s):
+        idx = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(s, idx, 1), idx
+
+    (xs, xi), (ys, yi) = top(sims), top(sims.T)
+    xm, ym = xs.mean(1), ys.mean(1)
+    fwd = np.einsum("id,ikd->ik", x, y[xi]) / ((xm[:, None] + ym[xi]) / 2)
+    bwd = np.einsum("jd,jkd->jk", y, x[yi]) / ((ym[:, None] + xm[yi]) / 2)
+    pairs = np.concatenate([np.stack([np.arange(len(x)), xi[np.arange(len(x)), fwd.argmax(1)]], 1),
+                            np.stack([yi[np.arange(len(y)), bwd.argmax(1)], np.arange(len(y))], 1)])
+    scores = np.concatenate([fwd.max(1), bwd.max(1)])
+    seen_s, seen_e, out = set(), set(), []
+    for i in np.argsort(-scores, kind="stable"):
+        s, e = int(pairs[i, 0]), int(pairs[i, 1])
+        if s not in seen_s and e not in seen_e:
+            seen_s.add(s); seen_e.add(e); out.append((float(scores[i]), s, e))
+    return out
+
+
+def _planted(n, m, dim, n_pairs, seed):
+    """Random unit vectors; source i of the planted pairs is English sentence perm[i] plus noise."""
+    rng = np.random.default_rng(seed)
+    en = rng.standard_normal((m, dim), dtype=np.float32)
+    src = rng.standard_normal((n, dim), dtype=np.float32)
+    s_idx = rng.choice(n, n_pairs, replace=False)
+    e_idx = rng.choice(m, n_pairs, replace=False)
+    src[s_idx] = en[e_idx] + 0.3 * rng.standard_normal((n_pairs, dim), dtype=np.float32)
+    return retrieval.normalize(src), retrieval.normalize(en), set(zip(s_idx.tolist(), e_idx.tolist()))
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 1, 7, 64])
+def test_blocked_mining_equals_the_whole_matrix(chunk_rows):
+    """Blocked top-k, in blocks of any size (one row, blocks that do not divide N, one block),
+    gives the pairs and scores of the whole-matrix method: on 2k x 2.5k planted vectors and on
+    vectors with duplicates (exact ties, as BUCC's repeated sentences)."""
+    src, en, gold = _planted(2000, 2500, 32, 300, seed=3)
+    if chunk_rows in (None, 64):
+        want = _dense_mine(src, en, 4)
+        got = retrieval.mine(src, en, k=4, chunk_rows=chunk_rows)
+        assert [(i, j) for _, i, j in got] == [(i, j) for _, i, j in want]
+        assert [s for s, _, _ in got] == pytest.approx([s for s, _, _ in want], rel=1e-5)
+        assert gold <= {(i, j) for _, i, j in got}
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(40, 8)), rng.normal(size=(50, 8))
+    x[10], x[20], y[5], y[30] = x[3], x[3], y[2], y[2]
+    want, got = _dense_mine(x, y, 4), retrieval.mine(x, y, k=4, chunk_rows=chunk_rows)
+    assert [(i, j) for _, i, j in got] == [(i, j) for _, i, j in want]
+    sims, idx = retrieval.knn(retrieval.normalize(x), retrieval.normalize(y), 4, chunk_rows=chunk_rows)
+    full = retrieval.normalize(x) @ retrieval.normalize(y).T
+    assert np.array_equal(idx, np.argsort(-full, axis=1, kind="stable")[:, :4])
+    assert sims == pytest.approx(np.take_along_axis(full, idx, 1), abs=1e-6)
+
+
+_MINE_SCRIPT = textwrap.dedent("""
+    import json, resource, sys, time
+    import numpy as np
+    sys.path.insert(0, sys.argv[2])
+    from test_xtreme_metrics import _planted
+    from xopt.tasks import retrieval
+    n = int(sys.argv[1])
+    src, en, gold = _planted(n, n, 48, 2000, seed=5)
+    t0 = time.perf_counter()
+    cands = retrieval.mine(src, en, k=4)
+    sec = time.perf_counter() - t0
+    found = {(i, j) for _, i, j in cands}
+    t = retrieval.optimal_threshold(cands, gold)
+    f1 = retrieval.f1(retrieval.bucc_counts(cands, t, gold, n))
+    print(json.dumps({"n": n, "mine_s": sec, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "missed": len(gold - found), "f1": f1, "n_cands": len(cands)}))
+""")
+
+
+def _mine_in_subprocess(n: int) -> dict:
+    """Mines n x n planted vectors in a fresh process and returns its time, peak RSS and result."""
+    res = subprocess.run([sys.executable, "-c", _MINE_SCRIPT, str(n), os.path.dirname(__file__)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _check_mined(r: dict, n: int) -> None:
+    assert r["missed"] == 0 and r["f1"] == pytest.approx(100.0)
+    assert r["n_cands"] <= n
+    assert r["peak_rss_mb"] < 4096, r
+
+
+def test_mining_20k_in_bounded_memory():
+    _check_mined(_mine_in_subprocess(20_000), 20_000)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("XOPT_SLOW"), reason="mining 200k x 200k takes minutes on a 2-core machine: "
+                    "XOPT_SLOW=1 runs it")
+def test_mining_200k_in_bounded_memory():
+    """BUCC's real size: 200k x 200k in blocks (the whole matrix would be 160 GB) within 4 GiB peak RSS."""
+    r = _mine_in_subprocess(200_000)
+    print(r)
+    _check_mined(r, 200_000)
+
+
 def test_tatoeba_accuracy():
     en = np.eye(3)
     src = np.stack([en[0] + 0.1, en[1] + 0.2, en[0] + 0.05 * en[2]])   # the third one retrieves en[0]: wrong
     assert retrieval.tatoeba_outcomes(src, en).tolist() == [1.0, 1.0, 0.0]
+
+
+def test_bucc_without_distractors_is_recorded_and_reported(tmp_path, monkeypatch):
+    """The hub's bucc18 holds only the gold pairs: its Bitext, the eval record and the report say so;
+    BUCC's own files (the fixture layout) have distractors."""
+    from types import SimpleNamespace
+
+    from xopt import analysis, records
+    from xopt.report.render import to_markdown
+    from xopt.report.sections import task_section
+    from xopt.report.table import Doc
+    from xopt.tasks import registry
+    from xopt.tasks import xtreme as X
+
+    fix = os.path.join(os.path.dirname(__file__), "fixtures", "xtreme")
+    own = X.load("bucc2018", "de", "test", fix)
+    assert own.distractors is True
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    (tmp_path / "bucc18.de").mkdir()
+    pairs = sorted(own.gold)
+    src = dict(zip(own.src_ids, own.src)); en = dict(zip(own.en_ids, own.en))
+    pq.write_table(pa.table({"source_sentence": [src[s] for s, _ in pairs],
+                             "target_sentence": [en[e] for _, e in pairs],
+                             "source_lang": ["de"] * len(pairs), "target_lang": ["en"] * len(pairs)}),
+                   str(tmp_path / "bucc18.de" / "test-00000-of-00001.parquet"))
+    hub = X.load("bucc2018", "de", "test", tmp_path)
+    assert hub.distractors is False and len(hub.gold) == len(hub.src) == len(pairs)
+    # the family's record fields carry the flag (embeddings: translations close, others apart)
+    monkeypatch.setattr("xopt.batching.tokenize", lambda tok, texts, prefix, max_length: texts)
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((len(hub.src), 16))
+    emb = np.concatenate([base, base + 0.1 * rng.standard_normal(base.shape)]).astype(np.float32)
+    fam = registry.family("retrieval")
+    value, n, extra, _ = fam.evaluate(X.TASKS["bucc2018"], "de", hub, None,
+                                      SimpleNamespace(input_prefix="", max_length=16),
+                                      lambda texts: {"layer_embedding": emb}, {"value": 0.0, "from": "test"})
+    assert extra["distractors"] is False and value == pytest.approx(100.0)
+    rec = [records.record("eval", model=m, variant="fp32", suite="xtreme", task="bucc2018", lang="de", split="test",
+                          metric="f1", value=value, n_examples=n, role=m, **extra) for m in ("baseline", "xstilts")]
+    with pytest.raises(records.RecordError, match="distractors"):
+        records.record("eval", model="x", variant="fp32", suite="xtreme", task="bucc2018", lang="de", split="test",
+                       metric="f1", value=1.0, n_examples=1, distractors="no")
+    p = tmp_path / "r.jsonl"
+    records.append(p, rec)
+    t = analysis.load([p])
+    doc = Doc()
+    task_section(doc, t, t.family, "bucc2018", "fp32")
+    assert "bucc2018 de mined among the gold pairs only" in to_markdown(doc)

@@ -86,6 +86,7 @@ class EvalRecord(CommonFields):
     n_langs: int | None = None
     langs: list | None = None
     note: str | None = None
+    distractors: bool | None = None       # BUCC: false when the source holds only the gold pairs (no distractors)
     rank: int | None = None
     world_size: int | None = None
 

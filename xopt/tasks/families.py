@@ -265,7 +265,7 @@ class SpanFamily(Family):
         from xopt.tasks import qa   # XTREME's QA features: question + context windows, doc stride
 
         return [{"input_ids": f["input_ids"], "start": f["start_position"], "end": f["end_position"],
-                 "example": f["example"], "offsets": f["offsets"]}
+                 "example": f["example"], "offsets": f["offsets"], "max_context": f["max_context"]}
                 for f in qa.features(examples, tokenizer, max_length, min(doc_stride, max_length // 2), 64, prefix)]
 
     def collate(self, task, feats, idx, tok, seed, step) -> dict:
@@ -387,7 +387,7 @@ class RetrievalFamily(Family):
         return (retrieval.f1(counts), len(data.gold),
                 {"counts": counts[nz].tolist(), "count_units": nz.tolist(), "n_units": len(data.src),
                  "outcome_kind": "counts", "threshold": threshold["value"], "threshold_from": threshold["from"],
-                 "margin": "ratio", "k": 4}, len(texts))
+                 "margin": "ratio", "k": 4, "distractors": data.distractors}, len(texts))
 
     def demo_outcomes(self, out, examples, index, labels) -> np.ndarray:
         """Top-1 retrieval between each translation and its English source, both directions, by cosine:

@@ -7,11 +7,17 @@ API (stable):
   consecutive windows start `doc_stride` context tokens apart. Each feature: {"input_ids",
   "example": i, "offsets": [(char_start, char_end) | None], "start_position", "end_position"}:
   `offsets` is None outside the context; start/end positions are the token positions of the first
-  answer in this window, 0 (the CLS position) when it is not wholly inside (SQuAD v1.1 training).
+  answer in this window, 0 (the CLS position) when it is not wholly inside (SQuAD v1.1 training);
+  "max_context": per position, whether this window is the one where that context token has the
+  most context (`is_max_context`; False outside the context).
+- `is_max_context(windows, w, pos) -> bool`: BERT's / XTREME's `_check_is_max_context`: of the
+  windows [(start, length)] that hold context token `pos`, the one with the largest
+  min(left, right context) + 0.01 x length; ties go to the earlier window.
 - `decode(feats, start_logits, end_logits, examples, n_best=20, max_answer_length=30)
   -> list[str]`: per example the best span over all its windows (n-best start x end candidates,
-  end >= start, at most `max_answer_length` tokens, both inside the context; score = start + end
-  logit), as the text slice of the context.
+  end >= start, at most `max_answer_length` tokens, both inside the context, the start token in
+  its max-context window as XTREME's run_squad.py / BERT's squad post-processing, where a feature
+  carries "max_context"; score = start + end logit), as the text slice of the context.
 - `squad_normalize(s)`, `mlqa_normalize(s, lang)`, `scores(pred, answers, lang=None) -> (f1, em)`
   per example (max over gold answers; MLQA's language-specific normalisation when `lang` is given:
   punctuation of every Unicode P* category, the language's articles, zh segmented into
@@ -51,23 +57,39 @@ def features(examples: list[dict], tokenizer, max_length: int = 384, doc_stride:
             toks = [i for i, (cs, ce) in enumerate(c_off) if ce > s and cs < t]
             if toks:
                 a_tok = (toks[0], toks[-1])
-        start = 0
+        windows, start = [], 0
         while True:
             n = min(span, len(c_ids) - start)
+            windows.append((start, n))
+            if start + n >= len(c_ids):
+                break
+            start += min(doc_stride, n)
+        off0 = cpos - 1 + len(q)   # position of the first context token
+        for w, (start, n) in enumerate(windows):
             ids = template[:qpos] + q + template[qpos + 1:cpos] + c_ids[start:start + n] + template[cpos + 1:]
-            off0 = cpos - 1 + len(q)   # position of the first context token
             offsets = [None] * len(ids)
+            max_context = [False] * len(ids)
             for j in range(n):
                 offsets[off0 + j] = tuple(c_off[start + j])
+                max_context[off0 + j] = is_max_context(windows, w, start + j)
             sp = ep = 0
             if a_tok and a_tok[0] >= start and a_tok[1] < start + n:
                 sp, ep = off0 + a_tok[0] - start, off0 + a_tok[1] - start
             feats.append({"input_ids": ids, "example": ei, "offsets": offsets, "start_position": sp,
-                          "end_position": ep})
-            if start + n >= len(c_ids):
-                break
-            start += min(doc_stride, n)
+                          "end_position": ep, "max_context": max_context})
     return feats
+
+
+def is_max_context(windows: list[tuple[int, int]], w: int, pos: int) -> bool:
+    """Whether window `w` is where context token `pos` has the most context: a token near a
+    window's edge has little context on that side, so its logits there are less reliable."""
+    best, best_w = None, None
+    for i, (start, n) in enumerate(windows):
+        if start <= pos < start + n:
+            score = min(pos - start, start + n - 1 - pos) + 0.01 * n
+            if best is None or score > best:
+                best, best_w = score, i
+    return best_w == w
 
 
 def decode(feats: list[dict], start_logits, end_logits, examples: list[dict], n_best: int = 20,
@@ -80,8 +102,9 @@ def decode(feats: list[dict], start_logits, end_logits, examples: list[dict], n_
         starts = np.argsort(-sl, kind="stable")[:n_best]
         ends = np.argsort(-el, kind="stable")[:n_best]
         ctx = examples[f["example"]]["context"]
+        max_context = f.get("max_context")
         for s in starts:
-            if off[s] is None:
+            if off[s] is None or (max_context is not None and not max_context[s]):
                 continue
             for t in ends:
                 if off[t] is None or t < s or t - s + 1 > max_answer_length:

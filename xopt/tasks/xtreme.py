@@ -133,13 +133,16 @@ KIND_OF = {"classify": "sequence", "tagging": "token", "qa": "span", "retrieval"
 @dataclass
 class Bitext:
     """Retrieval data of one language: sentences in `lang` (src) and English, and the gold pairs.
-    Tatoeba: src[i] and en[i] are translations (gold = i <-> i); BUCC: gold is a set of id pairs."""
+    Tatoeba: src[i] and en[i] are translations (gold = i <-> i); BUCC: gold is a set of id pairs.
+    `distractors`: the sides hold sentences without a translation too (BUCC's own files); false
+    where the source keeps only the gold pairs (the hub's bucc18), which makes mining easier."""
     lang: str
     src_ids: list[str]
     src: list[str]
     en_ids: list[str]
     en: list[str]
     gold: set = field(default_factory=set)   # {(src_id, en_id)}
+    distractors: bool = True
 
     def __len__(self) -> int:
         return len(self.src)
@@ -442,7 +445,7 @@ def load_hf(task: Task, lang: str, split: str, cfg_dir: Path):
             src_ids = [f"{lang}-{i}" for i in range(len(rows))]
             en_ids = [f"en-{i}" for i in range(len(rows))]
             return Bitext(lang, src_ids, [r["source_sentence"] for r in rows], en_ids,
-                          [r["target_sentence"] for r in rows], set(zip(src_ids, en_ids)))
+                          [r["target_sentence"] for r in rows], set(zip(src_ids, en_ids)), distractors=False)
         if n == "tatoeba":
             ids = [str(i) for i in range(len(rows))]
             return Bitext(lang, ids, [r["source_sentence"] for r in rows], list(ids),

@@ -18,13 +18,23 @@ def test_there_are_bench_suites():
     assert {"bench_kernels.py", "bench_gpu_kernels.py", "bench_gpu_variants.py"} <= set(BENCH_FILES)
 
 
-@pytest.mark.parametrize("name", BENCH_FILES)
-def test_bench_file_collects(name):
-    """Each suite collects at least one case, with no errors and no module-level skip."""
+@pytest.fixture(scope="module")
+def collected() -> tuple[int, str]:
+    """One `pytest --collect-only` of every suite (one interpreter start, not one per file)."""
     r = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-rs", "-p", "no:cacheprovider",
-                        f"bench/{name}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, f"collecting bench/{name} failed (exit {r.returncode}):\n{out[-4000:]}"
+                        *(f"bench/{n}" for n in BENCH_FILES)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    return r.returncode, r.stdout + r.stderr
+
+
+def test_bench_collects_without_errors_or_skips(collected):
+    rc, out = collected
+    assert rc == 0, f"collecting bench/ failed (exit {rc}):\n{out[-4000:]}"
     assert "error" not in out.lower().splitlines()[-1], out[-4000:]
-    assert "skipped" not in out.lower(), f"bench/{name} skips at collection:\n{out[-4000:]}"
-    assert f"bench/{name}::" in out, f"bench/{name} collected no case:\n{out[-4000:]}"
+    assert "skipped" not in out.lower(), f"bench/ skips at collection:\n{out[-4000:]}"
+
+
+@pytest.mark.parametrize("name", BENCH_FILES)
+def test_bench_file_collects(name, collected):
+    """Each suite collects at least one case."""
+    assert f"bench/{name}::" in collected[1], f"bench/{name} collected no case:\n{collected[1][-4000:]}"

@@ -90,7 +90,7 @@ ROWS = {
         {}, ["--batch-size -8", "positive"]),
     "eval --max-examples negative": lambda c: (
         ["eval", str(c.tmp / "v"), "--max-examples", "-1", "--out", str(c.tmp / "r.jsonl")],
-        {}, ["--max-examples -1", "at least 0"]),
+        {}, ["--max-examples -1", "positive"]),
     "bench --rounds 0": lambda c: (
         ["bench", str(c.tmp / "v"), "--rounds", "0", "--out", str(c.tmp / "r.jsonl")],
         {}, ["--rounds 0", "positive"]),

@@ -103,11 +103,10 @@ def _main(verbose: Annotated[bool, typer.Option(
         raise typer.Exit(2) from None
 
 
-def _at_least(value, minimum: int, flag: str, example: str) -> None:
-    """Refuse a numeric option below its minimum, before any file is read or written."""
-    if value is not None and value < minimum:
-        raise XoptError(f"{flag} {value}: must be {'positive' if minimum == 1 else f'at least {minimum}'}, "
-                        f"e.g. {flag} {example}")
+def _positive(value, flag: str, example: str) -> None:
+    """Refuse a count option below 1, before any file is read or written."""
+    if value is not None and value < 1:
+        raise XoptError(f"{flag} {value}: must be positive, e.g. {flag} {example}")
 
 
 def _print_json(obj) -> None:
@@ -374,8 +373,8 @@ def eval_cmd(variant_dir: Annotated[Path, typer.Argument(help="Variant directory
              out: OutResults = None, json_out: Json = False):
     """Score a variant on a suite, per task and language (records to --out; under torchrun each
     process writes OUT's stem + .rankR-of-W)."""
-    _at_least(batch_size, 1, "--batch-size", "64")
-    _at_least(max_examples, 0, "--max-examples", "200")
+    _positive(batch_size, "--batch-size", "64")
+    _positive(max_examples, "--max-examples", "200")
     from xopt import records
     from xopt.evaluate import evaluate, shard_out_path
 
@@ -428,8 +427,8 @@ def bench_cmd(ctx: typer.Context, variant_dirs: Annotated[list[Path], typer.Argu
     from xopt.progress import bar
     from xopt.report import print_bench
 
-    _at_least(rounds, 1, "--rounds", "3")
-    _at_least(server_runs, 1, "--server-runs", "8")
+    _positive(rounds, "--rounds", "3")
+    _positive(server_runs, "--server-runs", "8")
     batch = _renamed(ctx, "--batch-size", "--batch", batch)
     if warmup != "auto" and not warmup.isdigit():
         raise XoptError(f"--warmup {warmup}: expected auto or a number of calls")

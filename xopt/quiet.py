@@ -42,9 +42,7 @@ def quiet_imports():
         lg.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", module=r"torchao(\.|$)")
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", module=r"torchao(\.|$)")     # torchao's own import-time warnings
             yield
     finally:
         for lg, level in zip(loggers, levels):

@@ -213,6 +213,10 @@ def apply_smoothing(model, scales: dict[str, Iterable[float]]) -> list:
     return handles
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 @dataclass
 class Profile:
     method: str                                    # minmax | percentile | entropy | mse
@@ -250,9 +254,29 @@ class Profile:
                             f"{d.get('format') if isinstance(d, dict) else '?'!r}, expected {FORMAT!r}); "
                             "make one with `xopt calibrate CHECKPOINT --out FILE`")
         try:
-            return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+            prof = cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
         except TypeError as e:
             raise XoptError(f"{where}: malformed calibration profile ({e})") from None
+        prof._check_ranges(where)
+        return prof
+
+    def _check_ranges(self, where: str) -> None:
+        """Refuse ranges no int8 scale can come from: an activation amax that is missing, not
+        finite or not positive (scale = amax / 127 would be 0 or NaN), or a weight amax that is
+        not finite or negative (a zero weight channel is clamped, as an all-zero row is real)."""
+        fix = "recalibrate with `xopt calibrate CHECKPOINT --out FILE`"
+        if not isinstance(self.activations, dict) or not isinstance(self.weights, dict):
+            raise XoptError(f"{where}: malformed calibration profile (activations and weights must be "
+                            f"objects); {fix}")
+        for name, act in self.activations.items():
+            amax = act.get("amax") if isinstance(act, dict) else None
+            if not _number(amax) or not math.isfinite(amax) or amax <= 0:
+                raise XoptError(f"{where}: activation amax of {name} is {amax!r}, expected a finite number > 0; "
+                                f"{fix}")
+        for name, w in self.weights.items():
+            amax = w.get("amax") if isinstance(w, dict) else None
+            if not isinstance(amax, list) or not all(_number(v) and math.isfinite(v) and v >= 0 for v in amax):
+                raise XoptError(f"{where}: weight amax of {name} is not a list of finite numbers >= 0; {fix}")
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (temp file + fsync + rename)."""

@@ -18,6 +18,7 @@ when scoring, and not candidates for the fallback.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 from xopt.calibration.calibrators import METHODS
@@ -61,8 +62,6 @@ def model_info(ckpt, module) -> dict:
 def calibrate_checkpoint(ckpt, options: dict, quantized: Callable[[str], bool] | None = None, module=None):
     """(Profile, module) for a checkpoint: the module is the fp32 XoptModel with the profile's
     smoothing applied (what the recipe then exports or converts)."""
-    import math
-
     from xopt.calibration import CalibrationSet
     from xopt.calibration import sensitivity as sens
     from xopt.calibration.profile import (Profile, apply_smoothing, calibrate_model, collect_activation_stats,
@@ -127,7 +126,7 @@ def calibrate_checkpoint(ckpt, options: dict, quantized: Callable[[str], bool] |
             finally:
                 _unsmooth(module, orig, handles)
             trials.append((alpha, 100.0 - fid, scales))
-        alpha, _, scales = min(trials, key=lambda t: (t[1] if t[1] == t[1] else 0.0))
+        alpha, _, scales = best_trial(trials)
         apply_smoothing(module, scales)
         smoothing = {"alpha": alpha, "chosen_on": "held-out sample" if len(alphas) > 1 else "given",
                      "trials": [{"alpha": a, "drop": d} for a, d, _ in trials if d == d],
@@ -143,6 +142,20 @@ def calibrate_checkpoint(ckpt, options: dict, quantized: Callable[[str], bool] |
                                                    "unit": options.get("sensitivity_unit", "layer"),
                                                    "drop_after_fallback": drop}}
     return prof, module
+
+
+def best_trial(trials: list[tuple]) -> tuple:
+    """The (alpha, drop, scales) trial with the smallest fidelity drop. One trial (a given alpha,
+    drop not measured) is taken as is. A NaN drop (the smoothed, fake-quantised model's outputs
+    are not finite) is never chosen; when every trial is NaN there is nothing to choose from."""
+    if len(trials) == 1:
+        return trials[0]
+    finite = [t for t in trials if math.isfinite(t[1])]
+    if not finite:
+        raise XoptError(f"SmoothQuant: every trial alpha ({', '.join(str(t[0]) for t in trials)}) gave a NaN "
+                        "fidelity drop (outputs not finite after smoothing); give smoothquant_alpha=A, use "
+                        "--calib-method without smoothquant, or check the checkpoint for non-finite weights")
+    return min(finite, key=lambda t: t[1])
 
 
 def _unsmooth(module, orig: dict, handles) -> None:

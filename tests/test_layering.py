@@ -23,7 +23,7 @@ import pytest
 LAYERS: dict[str, int] = {
     # 0 util
     "xopt": 0,                     # the package itself: __version__ only
-    "xopt.errors": 0, "xopt.progress": 0, "xopt.cache": 0, "xopt.host": 0, "xopt.dist": 0,
+    "xopt.errors": 0, "xopt.progress": 0, "xopt.quiet": 0, "xopt.cache": 0, "xopt.host": 0, "xopt.dist": 0,
     # 1 files
     "xopt.manifest": 1,
     # 2 records

@@ -95,6 +95,27 @@ def command(*args, **kwargs):
     return deco
 
 
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option(
+        "--verbose", help="Let libraries' import-time log lines and warnings through (torchao, torch).")] = False):
+    from xopt.host import env_threads
+    from xopt.quiet import set_verbose
+
+    if verbose:
+        set_verbose(True)
+    try:
+        env_threads()      # read once here so that a bad value fails before any work starts
+    except XoptError as e:
+        typer.echo(f"xopt: error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _positive(value, flag: str, example: str) -> None:
+    """Refuse a count option below 1, before any file is read or written."""
+    if value is not None and value < 1:
+        raise XoptError(f"{flag} {value}: must be positive, e.g. {flag} {example}")
+
+
 def _print_json(obj) -> None:
     typer.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
 
@@ -233,6 +254,8 @@ def compile_cmd(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint dire
     """Build a variant directory (artefacts + manifest) from a checkpoint."""
     from xopt.variants import compile_variant, get
 
+    for flag, value in (("--keep", keep), ("--keep-fp32", keep_fp32)):
+        _check_regex(value, flag)      # before the deprecation line, so that a bad one is the only line
     if keep_fp32 is not None:
         typer.echo("xopt: warning: --keep-fp32 is deprecated; use --keep (the layers it keeps run in the "
                    "variant's higher precision, fp16 on GPUs)", err=True)
@@ -279,6 +302,18 @@ def compile_cmd(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint dire
     if json_out:
         return _print_json(man)
     typer.echo(f"wrote {out} ({variant}, built in {man['build_s']:.1f} s)")
+
+
+def _check_regex(value: str | None, flag: str) -> None:
+    import re
+
+    if value is None:
+        return
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise XoptError(f"{flag} {value!r} is not a regular expression ({e}); escape literal characters, "
+                        r"e.g. --keep 'encoder\.layer\.\d+\.output\.dense$'") from None
 
 
 def _profiled_variants() -> list[str]:
@@ -349,6 +384,8 @@ def eval_cmd(variant_dir: Annotated[Path, typer.Argument(help="Variant directory
              json_out: Json = False):
     """Score a variant on a suite, per task and language (records to --out, appended as each task x
     language finishes; under torchrun each process writes OUT's stem + .rankR-of-W)."""
+    _positive(batch_size, "--batch-size", "64")
+    _positive(max_examples, "--max-examples", "200")
     from xopt.evaluate import evaluate
 
     recs = evaluate(variant_dir, suite, data, _csv(tasks), _csv(langs), split, batch_size, max_examples,
@@ -399,6 +436,8 @@ def bench_cmd(ctx: typer.Context, variant_dirs: Annotated[list[Path], typer.Argu
     from xopt.progress import bar
     from xopt.report import print_bench
 
+    _positive(rounds, "--rounds", "3")
+    _positive(server_runs, "--server-runs", "8")
     batch = _renamed(ctx, "--batch-size", "--batch", batch)
     if warmup != "auto" and not warmup.isdigit():
         raise XoptError(f"--warmup {warmup}: expected auto or a number of calls")

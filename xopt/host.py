@@ -11,6 +11,20 @@ LIBS = ("torch", "transformers", "onnx", "onnxruntime", "triton", "tensorrt", "t
         "bitsandbytes")
 
 
+def env_threads() -> int | None:
+    """XOPT_THREADS, the intra-op thread count of ONNX Runtime sessions (unset or empty: the
+    library's default)."""
+    from xopt.errors import XoptError
+
+    raw = os.environ.get("XOPT_THREADS", "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise XoptError(f"XOPT_THREADS={raw!r}: expected a positive whole number of threads, "
+                        "e.g. XOPT_THREADS=4, or unset it for the library's default")
+    return int(raw)
+
+
 def _version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist.replace("_", "-"))

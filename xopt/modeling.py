@@ -251,13 +251,18 @@ def open_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
     if not (path / "config.json").is_file():
         raise XoptError(f"checkpoint {path}: no config.json, not a Hugging Face checkpoint directory")
     man = mf.read(path, kind="checkpoint", verify=verify) if (path / mf.MANIFEST).exists() else {}
+    for f in sorted(path.glob("*.safetensors")):     # without a manifest, no hash catches a cut-off copy
+        check_safetensors(f)
     card = ModelCard.from_json(man.get("model", {}))
     return Checkpoint(path, card, man)
 
 
 def quiet_hf() -> None:
     """Transformers' own tqdm bars (loading/writing shards) would interleave with ours."""
-    from transformers.utils import logging as hf_logging
+    from xopt.quiet import quiet_imports
+
+    with quiet_imports():        # transformers.utils imports torchao, which logs at import
+        from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
@@ -269,7 +274,10 @@ _TOKENIZERS: dict = {}
 def load_tokenizer(path: str | Path):
     """The tokenizer of a checkpoint or variant directory, parsed once per process and tokenizer
     file (XLM-R's 250k-piece tokenizer.json takes seconds); an edited file is read again."""
-    from transformers import AutoTokenizer
+    from xopt.quiet import quiet_imports
+
+    with quiet_imports():
+        from transformers import AutoTokenizer
 
     path = Path(path)
     f = path / "tokenizer.json"
@@ -285,8 +293,13 @@ def load_module(ckpt: Checkpoint, dtype=None):
     """Checkpoint -> XoptModel (eval mode) on CPU."""
     import torch
     from safetensors.torch import load_file
-    from transformers import AutoModel
 
+    from xopt.quiet import quiet_imports
+
+    with quiet_imports():
+        # AutoModel resolves its model class lazily, inside from_pretrained; PreTrainedModel
+        # imports modeling_utils (and with it torchao) here, inside the quiet block
+        from transformers import AutoModel, PreTrainedModel  # noqa: F401
     quiet_hf()
     enc = AutoModel.from_pretrained(str(ckpt.path), add_pooling_layer=False, attn_implementation="sdpa",
                                     dtype=dtype or torch.float32)
@@ -296,6 +309,29 @@ def load_module(ckpt: Checkpoint, dtype=None):
             raise XoptError(f"checkpoint {ckpt.path}: manifest lists labels but {HEAD_FILE} is missing")
         model.head.load_state_dict(load_file(str(ckpt.path / HEAD_FILE)))
     return model.eval()
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse a safetensors file whose header or tensor data is cut short or corrupt (a copy that
+    stopped half-way, a checkpoint without a manifest to verify hashes against), from its header
+    alone: 8-byte header length, JSON header, then data up to the largest tensor end offset."""
+    import json
+    import struct
+
+    fix = "copy or re-save the checkpoint (e.g. `xopt train` or `xopt import` again)"
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+            if n is None or n > size - 8:
+                raise ValueError(f"{size} bytes, shorter than its header")
+            header = json.loads(f.read(n))
+        end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+        raise XoptError(f"{path}: not a readable safetensors file ({e}); {fix}") from None
+    if 8 + n + end > size:
+        raise XoptError(f"{path}: truncated safetensors file ({size} bytes, its header needs {8 + n + end}); {fix}")
 
 
 def param_counts(path: str | Path) -> dict:

@@ -166,6 +166,48 @@ def _needs_build(d: Path, weights: str | None) -> str | None:
     return None
 
 
+def _toml(value) -> str:
+    """A plan value as the user wrote it (true, not True), shortened for a one-line message."""
+    import json
+
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_run(cfg: dict, where: str) -> None:
+    """Refuse a [run] value of the wrong type before any training starts (one line naming the key)."""
+    def names(v):
+        return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+    def sizes(v):
+        return isinstance(v, list) and v and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1
+                                                 for x in v)
+
+    checks = {"variants": (names, "a list of variant names"), "suite": (lambda v: isinstance(v, str), "a string"),
+              "eval_data": (lambda v: isinstance(v, str), "a directory (a string)"),
+              "tasks": (names, "a list of task names"), "langs": (names, "a list of language codes"),
+              "split": (lambda v: isinstance(v, str), "a string"),
+              "max_examples": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                               "a positive integer"),
+              "calib": (lambda v: isinstance(v, dict), "a table of compile options"),
+              "bench": (lambda v: v is False or isinstance(v, dict), "a table {batch = [..], seq_len = [..], "
+                                                                       "min_time = s} or false")}
+    for key, (ok, expected) in checks.items():
+        if key in cfg and not ok(cfg[key]):
+            raise XoptError(f"{where}: {key} = {_toml(cfg[key])} is not {expected}")
+    b = cfg.get("bench")
+    if isinstance(b, dict):
+        bad = [k for k in b if k not in ("batch", "seq_len", "min_time")]
+        if bad:
+            raise XoptError(f"{where}: bench has unknown key {bad[0]!r}; known: batch, seq_len, min_time")
+        for key in ("batch", "seq_len"):
+            if key in b and not sizes(b[key]):
+                raise XoptError(f"{where}: bench.{key} = {_toml(b[key])} is not a list of positive integers")
+        mt = b.get("min_time", 0.5)
+        if not (isinstance(mt, (int, float)) and not isinstance(mt, bool) and 0 < mt < float("inf")):
+            raise XoptError(f"{where}: bench.min_time = {_toml(mt)} is not a positive number of seconds")
+
+
 def run_plan_file(path: Path, resume: bool = False, force: bool = False) -> dict:
     """`xopt run PLAN.toml`: train the plan's checkpoints, then compile each into the `[run]`
     variants, evaluate every variant, benchmark the X-STILTs variants, report and pick. All of it
@@ -200,6 +242,7 @@ def run_plan_file(path: Path, resume: bool = False, force: bool = False) -> dict
     if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or not 0 <= max_drop < float("inf"):
         raise XoptError(f"plan {path} [run]: max_drop = {max_drop!r}; expected a number of points >= 0 "
                         f"(default {DEFAULT_MAX_DROP:g})")
+    _check_run(cfg, f"plan {path} [run]")
     variants = cfg.get("variants") or [v.name for v in REGISTRY.values()
                                        if v.device == "cpu" and v.unavailable_reason() is None]
     unknown = [v for v in variants if v not in REGISTRY]

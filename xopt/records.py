@@ -207,7 +207,7 @@ def validate(rec: dict) -> None:
     """Raise a one-line RecordError (an XoptError and a ValueError) when `rec` does not match
     the schema of its kind: unknown kind, a required field missing, a field of the wrong type."""
     kind = rec.get("kind")
-    if kind not in SCHEMAS:
+    if not isinstance(kind, str) or kind not in SCHEMAS:
         raise RecordError(f"record kind {kind!r} is not one of {sorted(SCHEMAS)}")
     types_, required = _TYPES[kind]
     missing = [k for k in required if k not in rec]
@@ -304,16 +304,18 @@ def read(paths: Iterable[str | Path], strict: bool = False) -> tuple[list[dict],
         path = Path(path)
         if not path.is_file():
             raise XoptError(f"{path}: results file not found")
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
+        with open(path, "rb") as f:
+            for i, raw in enumerate(f, 1):
+                if not raw.strip():
                     continue
                 try:
-                    rec = json.loads(line)
+                    rec = json.loads(raw.decode("utf-8"))
                     if not isinstance(rec, dict):
                         raise ValueError("not a JSON object")
                     validate(rec)
-                except ValueError as e:       # JSONDecodeError and RecordError are ValueErrors
+                # JSONDecodeError, UnicodeDecodeError and RecordError are ValueErrors; RecursionError
+                # is JSON nested deeper than the parser's stack
+                except (ValueError, RecursionError) as e:
                     if strict:
                         raise XoptError(f"{path}:{i}: invalid record ({e})") from None
                     skipped.append(Skipped(f"{path}:{i}", str(e)))

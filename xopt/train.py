@@ -41,7 +41,10 @@ Plan file (TOML), every key but `model`, `out` and `[target]` optional:
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -112,7 +115,60 @@ def _stage(d: dict, where: str) -> Stage:
         raise XoptError(f"{where}: unknown key {bad[0]!r}; known: tasks, {', '.join(sorted(known))}")
     if not d.get("task"):
         raise XoptError(f"{where}: no task (set task = \"NAME\" or tasks = [...])")
+    hints = typing.get_type_hints(Stage)
+    for k, v in d.items():
+        if not _is(v, hints[k]):
+            raise XoptError(f"{where}: {k} = {_shown(v)} is {_toml_type(v)}, expected {_type_name(hints[k])}")
+    if not all(isinstance(t, str) and t for t in ([d["task"]] if isinstance(d["task"], str) else d["task"])):
+        raise XoptError(f"{where}: tasks must be task names (strings)")
+    for k in ("mlm",):
+        if not all(isinstance(f, str) for f in d.get(k, [])):
+            raise XoptError(f"{where}: {k} must be a list of file names")
+    if not all(isinstance(fs, list) and all(isinstance(f, str) for f in fs) for fs in d.get("translated", {}).values()):
+        raise XoptError(f"{where}: translated must map task names to lists of file names")
+    for k, low in _STAGE_MIN.items():
+        if d.get(k) is not None and d[k] < low:
+            raise XoptError(f"{where}: {k} = {d[k]} must be at least {low}")
     return Stage(**d)
+
+
+# Smallest allowed value of the numeric Stage fields (a zero batch size or accumulation would
+# divide by zero or train on nothing).
+_STAGE_MIN = {"batch_size": 1, "grad_accum": 1, "epochs": 0, "steps": 1, "lr": 0, "warmup": 0, "max_length": 2,
+              "max_examples": 1, "top_layers": 0, "weight_decay": 0, "dropout": 0, "cap": 1, "temperature": 0,
+              "checkpoint_every": 0, "doc_stride": 1}
+
+
+def _is(value, tp) -> bool:
+    """Whether a TOML value fits a Stage field's annotation (an int is a float; a bool is not a number)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return any(_is(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, typing.get_origin(tp) or tp)
+
+
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a table"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _toml_type(v) -> str:
+    return _type_name(type(v)) if not isinstance(v, float) or math.isfinite(v) else "not finite"
+
+
+def _shown(v) -> str:
+    """A plan value as the user wrote it (true, not True), shortened for a one-line message."""
+    r = json.dumps(v, default=str)
+    return r if len(r) <= 30 else r[:27] + "..."
 
 
 def load_plan(path: str | Path) -> Plan:
@@ -121,6 +177,8 @@ def load_plan(path: str | Path) -> Plan:
         raise XoptError(f"plan {path} not found")
     try:
         d = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise XoptError(f"plan {path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as e:
         raise XoptError(f"plan {path}: not valid TOML ({e})") from None
     known = {"model", "out", "data", "seed", "models", "intermediate", "target", "run"}
@@ -130,8 +188,16 @@ def load_plan(path: str | Path) -> Plan:
     for k in ("model", "out", "target"):
         if k not in d:
             raise XoptError(f"plan {path}: missing {k!r}")
-    base = path.parent
+    for k, tp in (("model", str), ("out", str), ("target", dict), ("intermediate", dict), ("seed", int),
+                  ("models", list), ("run", dict)):
+        if k in d and not _is(d[k], tp):
+            raise XoptError(f"plan {path}: {k} = {_shown(d[k])} is {_toml_type(d[k])}, expected {_type_name(tp)}")
     data = d.get("data", {})
+    if not (isinstance(data, str) or isinstance(data, dict) and all(isinstance(v, str) for v in data.values())):
+        raise XoptError(f"plan {path}: data must be a directory (a string) or a table of task = \"path\"")
+    if not all(isinstance(m, str) for m in d.get("models", [])):
+        raise XoptError(f"plan {path}: models must be a list of names, e.g. [\"baseline\", \"xstilts\"]")
+    base = path.parent
     data = {"root": data} if isinstance(data, str) else dict(data)
     data = {k: str(base / v) for k, v in data.items()}     # relative to the plan file
     plan = Plan(model=str(base / d["model"]), out=str(base / d["out"]),

@@ -141,7 +141,10 @@ def read_e5_q4(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
 
 def e5_tokenizer():
     """The XLM-R SentencePiece tokenizer of multilingual-e5-small, with its special tokens set."""
-    from transformers import PreTrainedTokenizerFast
+    from xopt.quiet import quiet_imports
+
+    with quiet_imports():
+        from transformers import PreTrainedTokenizerFast
 
     path = e5_tokenizer_file()
     if not path.is_file():
@@ -154,9 +157,12 @@ def e5_tokenizer():
 def import_e5(out: Path, force: bool = False, name: str = "e5-small") -> Path:
     """The packaged multilingual-e5-small as a standard HF checkpoint directory."""
     import torch
-    from transformers import BertConfig, BertModel
 
     from xopt.importers import IMPORTERS
+    from xopt.quiet import quiet_imports
+
+    with quiet_imports():
+        from transformers import BertConfig, BertModel
 
     wfile = e5_weights_file()
     config_kw, tensors = read_e5_q4(wfile)

@@ -211,8 +211,11 @@ def quantize_torchao(module, precision: str, keep: KeepPolicy) -> list[str]:
     """The `int8`/`fp8` recipe proper: torchao W8A8 (or fp8 per-row) on every Linear of `module`
     not matched by `keep`, in place, on whatever device the module is on (int8 runs on the CPU
     too, which is how the tests check torchao's API without a GPU). Returns the Linears' names."""
-    from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig,
-                                      Int8DynamicActivationInt8WeightConfig, PerRow, quantize_)
+    from xopt.quiet import quiet_imports
+
+    with quiet_imports():         # torchao logs its C-extension loads at import
+        from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig,
+                                          Int8DynamicActivationInt8WeightConfig, PerRow, quantize_)
 
     names = keep.linears(module)
     # set_inductor_config=False: torchao would otherwise change torch.compile's global settings,

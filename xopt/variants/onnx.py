@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import warnings
 from collections import Counter
@@ -341,7 +340,9 @@ def _build_int8(variant, ckpt, out: Path, config: OnnxInt8Config, exports: Expor
 
 
 def _load(variant, directory: Path, man, config) -> OrtRunner:
-    threads = int(os.environ["XOPT_THREADS"]) if os.environ.get("XOPT_THREADS") else None
+    from xopt.host import env_threads
+
+    threads = env_threads()
     return OrtRunner(variant.name, session(directory / MODEL_FILE, threads), output_names(man))
 
 

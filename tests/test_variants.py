@@ -10,6 +10,10 @@ from xopt.errors import XoptError
 from xopt.variants import REGISTRY, ExportCache, KeepPolicy, compile_variant, load_variant
 
 CPU_VARIANTS = [v.name for v in REGISTRY.values() if v.device == "cpu"]
+# Stock recipes registered as peers: built as their authors document them, not tuned by xopt.
+# ORT's stock int8 quantises the classifier head too (xopt's int8 recipes keep it), which costs
+# the tiny random model's logits a few dB; the floor for peers says what they reach.
+PEER_SQNR_DB = {"ort-stock-int8": 15}
 TEXTS = ["query: Open the file", "query: ファイルを開けません", "query: Пароль изменён", "query: x"]
 
 
@@ -51,7 +55,7 @@ def test_variant_matches_fp32(name, built, tiny_ckpt):
         r, g = ref[out], got[out]
         assert g.shape == r.shape
         if REGISTRY[name].precision == "int8":
-            assert sqnr_db(r, g) >= 20, f"{name}/{out}: SQNR {sqnr_db(r, g):.1f} dB"
+            assert sqnr_db(r, g) >= PEER_SQNR_DB.get(name, 20), f"{name}/{out}: SQNR {sqnr_db(r, g):.1f} dB"
         else:
             cos = (r * g).sum(-1) / (np.linalg.norm(r, axis=-1) * np.linalg.norm(g, axis=-1))
             assert cos.min() >= 0.99, f"{name}/{out}: cosine {cos.min():.4f}"
@@ -82,6 +86,29 @@ def test_onnx_int8_is_qdq_and_keeps_ffn_output_in_fp32(built):
     for n in g.node:
         if n.name in kept:
             assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in n.input[1:])
+
+
+def test_stock_peer_is_onnx_runtimes_own_recipe(built, tiny_ckpt, tmp_path):
+    """ort-stock-int8's graph is what a direct `quantize_dynamic` call on the same export gives."""
+    from collections import Counter
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from xopt.models import open_checkpoint
+
+    with ExportCache() as exports:
+        fused = exports.get(open_checkpoint(tiny_ckpt), fuse=True)
+        quantize_dynamic(str(fused), str(tmp_path / "direct.onnx"), per_channel=True, weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+
+    def histogram(path):
+        return Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+    ours, direct = histogram(built["ort-stock-int8"] / "model.onnx"), histogram(tmp_path / "direct.onnx")
+    assert ours == direct
+    # every Linear is quantised: attention in QAttention, the other 3 per layer and the head as MatMulInteger
+    assert ours["QAttention"] == 2 and ours["MatMulInteger"] == 2 * 3 + 1 and ours["MatMul"] == 0
 
 
 def test_tampered_variant_is_refused(built, tmp_path):

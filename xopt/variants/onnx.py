@@ -1,4 +1,5 @@
-"""ONNX Runtime variants: `onnx-fp32`, `onnx-int8` (static, calibrated, Q/DQ), `onnx-int8-dynamic`.
+"""ONNX Runtime variants: `onnx-fp32`, `onnx-int8` (static, calibrated, Q/DQ), `onnx-int8-dynamic`,
+and the stock peer `ort-stock-int8`.
 
 Recipe, `onnx-fp32` (config `OnnxConfig`):
 1. export `XoptModel` with dynamic batch and sequence axes. The TorchScript exporter
@@ -13,6 +14,14 @@ Runtime's dynamic quantiser (QAttention, DynamicQuantizeMatMul, int8 embedding t
 per channel; activation scales computed per call); the Linears matched by `keep` (default: FFN
 output projections and head, as in every xopt int8 recipe) stay fp32. `--keep ''` gives ONNX
 Runtime's own default (everything quantised).
+
+Recipe, `ort-stock-int8` (config `OrtStockInt8Config`, no options): the peer a deployment
+engineer gets from ONNX Runtime's documentation without xopt, registered so that every report
+and pick shows xopt's int8 beside it. The docs' recipe for transformer models: fuse with the
+transformer optimiser (the `onnx-fp32` graph), then `quantize_dynamic` with its defaults except
+per-channel int8 weights, so every MatMul, the attention and the embedding table are quantised
+and nothing is kept. The quantiser's own error message on fused graphs asks for
+`DefaultTensorType` (the fused contrib ops carry no types), the one extra option passed.
 
 Recipe, `onnx-int8` (config `OnnxInt8Config`): the same export (unfused, so every MatMul is
 visible), then ONNX Runtime's own static quantiser in Q/DQ format: int8 weights per output
@@ -250,6 +259,11 @@ class OnnxDynamicInt8Config(VariantConfig):
 
 
 @dataclass(frozen=True)
+class OrtStockInt8Config(VariantConfig):
+    """ONNX Runtime's stock recipe: nothing to choose."""
+
+
+@dataclass(frozen=True)
 class OnnxInt8Config(FallbackConfig):
     keep: KeepPolicy = option(KeepPolicy(FFN_OUT_AND_HEAD, "fp32"), "keep", KEEP_HELP)
 
@@ -276,6 +290,21 @@ def _build_int8_dynamic(variant, ckpt, out: Path, config: OnnxDynamicInt8Config,
                          nodes_to_exclude=excluded, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return {"ops": fused_op_counts(out / MODEL_FILE), "kept_fp32": excluded,
             "export_check": check_against_torch(ckpt, out / MODEL_FILE)}
+
+
+def stock_quantize_dynamic(fused: Path, out: Path) -> None:
+    """ONNX Runtime's documented dynamic quantisation of a transformer-optimised model."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with quiet():
+        quantize_dynamic(str(fused), str(out), per_channel=True, weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+
+
+def _build_stock_int8(variant, ckpt, out: Path, config: "OrtStockInt8Config", exports: ExportCache) -> dict:
+    stock_quantize_dynamic(exports.get(ckpt, fuse=True), out / MODEL_FILE)
+    return {"ops": fused_op_counts(out / MODEL_FILE), "export_check": check_against_torch(ckpt, out / MODEL_FILE)}
 
 
 def _build_int8(variant, ckpt, out: Path, config: OnnxInt8Config, exports: ExportCache) -> dict:
@@ -355,4 +384,8 @@ VARIANTS = [
     Variant("onnx-int8-dynamic", backend="onnxruntime", precision="int8", device="cpu",
             description="ONNX Runtime dynamic int8 on the fused graph (QAttention, per-channel weights)",
             build=_build_int8_dynamic, load=_load, requires=("onnxruntime",), config=OnnxDynamicInt8Config()),
+    Variant("ort-stock-int8", backend="onnxruntime", precision="int8", device="cpu",
+            description="peer: ONNX Runtime's documented recipe (transformer optimiser, then quantize_dynamic: "
+                        "every MatMul, per-channel int8 weights, nothing kept)",
+            build=_build_stock_int8, load=_load, requires=("onnxruntime",), config=OrtStockInt8Config()),
 ]

@@ -111,6 +111,43 @@ def test_stock_peer_is_onnx_runtimes_own_recipe(built, tiny_ckpt, tmp_path):
     assert ours["QAttention"] == 2 and ours["MatMulInteger"] == 2 * 3 + 1 and ours["MatMul"] == 0
 
 
+FFN_OUTS = ["encoder.encoder.layer.0.output.dense", "encoder.encoder.layer.1.output.dense"]
+# variant -> (the fewest low-precision ops its tiny-model artefact may hold, the Linears it keeps).
+# The tiny model has 2 layers of 6 Linears and a head. QAttention holds one layer's Q, K and V.
+QUANTISED = {
+    "onnx-int8": (2 * 5, FFN_OUTS + ["head"]),                  # q, k, v, attn-out, ffn-in per layer
+    "onnx-int8-dynamic": (2 + 2 * 2, FFN_OUTS + ["head"]),      # QAttention + attn-out, ffn-in per layer
+    "ort-stock-int8": (2 + 2 * 3 + 1, []),                      # everything, the head included
+    "int8-dynamic": (2 * 5, FFN_OUTS + ["head"]),
+}
+
+
+def test_every_cpu_int8_variant_is_listed_in_quantised():
+    assert {n for n in CPU_VARIANTS if REGISTRY[n].precision == "int8"} == set(QUANTISED)
+
+
+@pytest.mark.parametrize("name", list(QUANTISED))
+def test_built_artefact_really_is_quantised(name, built):
+    """Counted from the built artefact (ONNX Runtime's optimised graph, torch module types),
+    stored in the manifest: at least the expected ops, and kept exactly the named layers."""
+    man = json.loads((built[name] / "manifest.json").read_text())
+    least, kept = QUANTISED[name]
+    assert man["quantized_ops"]["count"] >= least, man["quantized_ops"]
+    assert man["quantized_ops"]["count"] == sum(man["quantized_ops"]["ops"].values())
+    assert sorted(man["kept"]) == sorted(kept)
+
+
+@pytest.mark.parametrize("name", ["int8-dynamic", "onnx-int8"])
+def test_quantised_variant_with_nothing_quantised_is_refused(name, tiny_ckpt, tiny_suite, tmp_path):
+    opts = {"keep": "."}
+    if REGISTRY[name].calibrated:
+        opts |= {"calib_data": str(tiny_suite), "calib_samples": 8, "calib_dev_samples": 4}
+    with pytest.raises(XoptError, match="runs no op in int8") as e:
+        compile_variant(tiny_ckpt, name, tmp_path / "v", options=opts)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "v").exists() and list(tmp_path.iterdir()) == []
+
+
 def test_tampered_variant_is_refused(built, tmp_path):
     d = tmp_path / "v"
     shutil.copytree(built["onnx-fp32"], d)

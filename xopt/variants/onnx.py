@@ -32,6 +32,13 @@ left in fp32. The profile is saved beside the model (`calibration_profile.json`)
 identity goes into the manifest. ONNX Runtime fuses the Q/DQ pairs into int8 kernels when the
 session is created. The same Q/DQ graph is what TensorRT consumes.
 
+Every int8 build counts what really runs in int8 (`quantized_ops`): the built model is
+optimised by ONNX Runtime exactly as a session loads it (`SessionOptions.optimized_model_filepath`
+saves the graph that runs), and its node types are counted: MatMulInteger, DynamicQuantizeMatMul,
+MatMulIntegerToFloat, QAttention, QEmbedLayerNormalization, QLinear*/QGemm, and MatMul/Gemm whose
+weight comes from a DequantizeLinear. `kept` lists the float MatMul/Gemm/Attention nodes that
+still hold a weight, by module name: the Linears that stay fp32.
+
 ONNX node names map to module names through `xopt.calibration.profile.onnx_node_to_module`
 (the TorchScript exporter names a Linear's MatMul/Gemm by its module scope), so every keep
 rule here is the `KeepPolicy` over module names that the PyTorch recipes use.
@@ -242,6 +249,76 @@ def fused_op_counts(path: Path) -> dict:
                                                            "QuantizeLinear", "DequantizeLinear", "MatMul")}
 
 
+# Node types that run in low precision once ONNX Runtime has optimised the graph.
+LOW_PRECISION_OPS = frozenset({
+    "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QAttention", "QEmbedLayerNormalization",
+    "QLinearMatMul", "QGemm", "QLinearConv", "ConvInteger", "QLinearAdd", "QLinearMul", "QLinearSoftmax",
+    "QOrderedMatMul", "QOrderedAttention", "QOrderedGelu", "QOrderedLayerNormalization", "DynamicQuantizeLSTM",
+    "MatMulNBits", "GatherBlockQuantized"})
+FLOAT_LINEAR_OPS = ("MatMul", "Gemm", "FusedMatMul", "FusedGemm")
+
+
+def optimized_graph(path: Path):
+    """The graph ONNX Runtime runs for `path` (CPU provider, all optimisations), as saved by
+    `SessionOptions.optimized_model_filepath`."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="xopt-opt-") as tmp:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return onnx.load(so.optimized_model_filepath).graph
+
+
+def _module_of(node_name: str) -> str:
+    """The module a (possibly rewritten) node belongs to: its scope up to the first op-named part
+    (`/head/Gemm_MatMul/...` -> `head`: the quantiser and the optimiser append to the exporter's name)."""
+    import re
+
+    if not node_name.startswith("/"):
+        return node_name
+    parts = node_name.strip("/").split("/")
+    for i, p in enumerate(parts):
+        if re.match(r"(MatMul|Gemm|FusedMatMul|Add)", p):
+            return ".".join(parts[:i])
+    return ".".join(parts[:-1])
+
+
+def count_quantized_ops(path: Path) -> tuple[dict, list[str]]:
+    """(`quantized_ops`, kept) of an ONNX model as ONNX Runtime runs it: low-precision node types
+    (a MatMul/Gemm fed a DequantizeLinear weight counts as `<op><-DequantizeLinear`), and the
+    module names of the float MatMul/Gemm/Attention nodes that hold a weight."""
+    from xopt.variants.base import quantized_ops_record
+
+    graph = optimized_graph(path)
+    weights = {i.name for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    hist: Counter = Counter()
+    kept = []
+    for n in graph.node:
+        if n.op_type in LOW_PRECISION_OPS:
+            hist[n.op_type] += 1
+        elif n.op_type in FLOAT_LINEAR_OPS and len(n.input) > 1:
+            feed = producer.get(n.input[1])
+            if feed is not None and feed.op_type == "DequantizeLinear":
+                hist[f"{n.op_type}<-DequantizeLinear"] += 1
+            elif n.input[1] in weights:
+                kept.append(_module_of(n.name))
+        elif n.op_type == "Attention":
+            kept.append(n.name)   # fused float attention: the layer's query, key and value Linears
+    return quantized_ops_record(dict(hist)), kept
+
+
+def _int8_facts(out: Path) -> dict:
+    quantized, kept = count_quantized_ops(out / MODEL_FILE)
+    return {"quantized_ops": quantized, "kept": kept}
+
+
 # ---------------------------------------------------------------------------------------
 # The variants: config, build, load
 
@@ -288,7 +365,7 @@ def _build_int8_dynamic(variant, ckpt, out: Path, config: OnnxDynamicInt8Config,
         # type information for the quantiser's shape inference; their outputs are float.
         quantize_dynamic(str(fp32), str(out / MODEL_FILE), per_channel=True, weight_type=QuantType.QInt8,
                          nodes_to_exclude=excluded, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    return {"ops": fused_op_counts(out / MODEL_FILE), "kept_fp32": excluded,
+    return {"ops": fused_op_counts(out / MODEL_FILE), **_int8_facts(out), "kept_fp32": excluded,
             "export_check": check_against_torch(ckpt, out / MODEL_FILE)}
 
 
@@ -304,7 +381,8 @@ def stock_quantize_dynamic(fused: Path, out: Path) -> None:
 
 def _build_stock_int8(variant, ckpt, out: Path, config: "OrtStockInt8Config", exports: ExportCache) -> dict:
     stock_quantize_dynamic(exports.get(ckpt, fuse=True), out / MODEL_FILE)
-    return {"ops": fused_op_counts(out / MODEL_FILE), "export_check": check_against_torch(ckpt, out / MODEL_FILE)}
+    return {"ops": fused_op_counts(out / MODEL_FILE), **_int8_facts(out),
+            "export_check": check_against_torch(ckpt, out / MODEL_FILE)}
 
 
 def _build_int8(variant, ckpt, out: Path, config: OnnxInt8Config, exports: ExportCache) -> dict:
@@ -365,7 +443,8 @@ def _build_int8(variant, ckpt, out: Path, config: OnnxInt8Config, exports: Expor
     for leftover in out.glob("*augmented*"):
         leftover.unlink()
     profile.save(out / PROFILE_FILE)
-    return {"calibration": profile.identity(), "ops": fused_op_counts(out / MODEL_FILE), "kept_fp32": excluded,
+    return {"calibration": profile.identity(), "ops": fused_op_counts(out / MODEL_FILE), **_int8_facts(out),
+            "kept_fp32": excluded,
             "fallback_fp32": fallback, "export_check": check_against_torch(ckpt, out / MODEL_FILE)}
 
 

@@ -10,7 +10,8 @@ so that listing the registry stays instant.
 `compile_variant` and `load_variant` are the only entry points the rest of xopt uses:
 they validate the options into the variant's config (`xopt.variants.base.VariantConfig`),
 write/check the manifest (the config goes in as `{"type", "version", "data"}`), hash the
-files, refuse foreign or tampered directories and variants the host cannot run.
+files, refuse foreign or tampered directories and variants the host cannot run, and refuse a
+low-precision build whose counted `quantized_ops` (from its family's build) is zero.
 
 Adding a variant: a config dataclass (or an existing one with other defaults), a build and a
 load function in its family file, and one `Variant(...)` line in that file's `VARIANTS`.
@@ -25,7 +26,8 @@ from pathlib import Path
 
 from xopt import manifest as mf
 from xopt.errors import XoptError
-from xopt.variants.base import TOKENIZER_FILES, KeepPolicy, Runner, Variant, VariantConfig, link_or_copy
+from xopt.variants.base import (TOKENIZER_FILES, KeepPolicy, Runner, Variant, VariantConfig, check_quantized,
+                                link_or_copy)
 from xopt.variants.onnx import ExportCache
 
 __all__ = ["REGISTRY", "ExportCache", "KeepPolicy", "Loaded", "Runner", "Variant", "VariantConfig", "compile_variant",
@@ -78,6 +80,7 @@ def compile_variant(checkpoint: str | Path, name: str, out: str | Path, force: b
             t0 = time.perf_counter()
             extra = variant.build(variant, ckpt, tmp, config, exports) or {}
             build_s = time.perf_counter() - t0
+            check_quantized(name, variant.precision, extra.get("quantized_ops"))
             weights = ckpt.path / "model.safetensors"
             source = {"checkpoint": str(ckpt.path.resolve()),
                       "name": ckpt.manifest.get("name", ckpt.path.name),

@@ -6,6 +6,12 @@ through `from_options`, which refuses unknown or inapplicable options and values
 type in one line; the manifest stores it as `{"type", "version", "data"}` (`to_json`) and
 loading reads it back with `from_json`, refusing another type or version.
 
+What a build really quantised is counted from the built artefact, not from the recipe's intent
+(`quantized_ops`: ONNX node types after ONNX Runtime's optimiser in `xopt.variants.onnx`, module
+types of a converted torch module here in `torch_quantized_ops`): the manifest stores
+`quantized_ops` ({"count", "ops": {op type: n}}) and `kept` (the Linears left in float, by
+module name), and `compile_variant` refuses a low-precision variant whose artefact has none.
+
 `KeepPolicy` says which `nn.Linear` layers of the XoptModel a quantising recipe leaves in higher
 precision, and which precision that is. It matches *module names*
 (`encoder.encoder.layer.3.output.dense`, `head`); ONNX-based recipes map node names to module
@@ -89,6 +95,55 @@ class KeepPolicy:
         import torch
 
         return [n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear) and self.quantizes(n)]
+
+
+# ---------------------------------------------------------------------------------------
+# What really runs in low precision
+
+FLOAT_PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def quantized_ops_record(histogram: dict[str, int]) -> dict:
+    """The manifest's `quantized_ops`: how many ops run in low precision, by type."""
+    ops = {k: int(v) for k, v in sorted(histogram.items()) if v}
+    return {"count": sum(ops.values()), "ops": ops}
+
+
+def torch_quantized_ops(module) -> tuple[dict, list[str]]:
+    """(`quantized_ops`, kept Linear names) of a converted torch module, from what it holds:
+    torch.ao's quantised Linear modules, bitsandbytes' 8/4-bit Linears, and nn.Linear whose
+    weight torchao replaced by a quantised tensor subclass (counted by that subclass's name).
+    An nn.Linear with a plain float weight is kept."""
+    import torch
+
+    hist: dict[str, int] = {}
+    kept = []
+    for name, m in module.named_modules():
+        kind = type(m).__name__
+        mod = type(m).__module__
+        if mod.startswith(("torch.ao.nn.quantized", "bitsandbytes")):
+            if re.search(r"Linear(8bitLt|4bit|FP4|NF4)?$", kind):   # not their packed-params holders
+                key = f"{mod.split('.modules')[0]}.{kind}"
+                hist[key] = hist.get(key, 0) + 1
+        elif isinstance(m, torch.nn.Linear):
+            w = m.weight
+            if type(w) in (torch.Tensor, torch.nn.Parameter) and w.dtype in (torch.float32, torch.float16,
+                                                                               torch.bfloat16):
+                kept.append(name)
+            else:
+                key = f"Linear[{type(getattr(w, 'original_weight_tensor', w)).__name__}]"
+                hist[key] = hist.get(key, 0) + 1
+    return quantized_ops_record(hist), kept
+
+
+def check_quantized(variant_name: str, precision: str, record: dict | None) -> None:
+    """Refuse a low-precision build whose artefact runs nothing in low precision (one line)."""
+    if precision in FLOAT_PRECISIONS or record is None:
+        return
+    if not record.get("count"):
+        raise XoptError(f"variant {variant_name}: the built artefact runs no op in {precision} (every layer was "
+                        "left in float: check the keep option and the calibration profile's layer names); "
+                        "nothing written")
 
 
 # ---------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from xopt.variants.base import (FFN_OUT_AND_HEAD, WEIGHT_FILES, KeepPolicy, Runner, Variant, VariantConfig,
-                                link_or_copy, option, output_names)
+                                link_or_copy, option, output_names, torch_quantized_ops)
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,21 @@ def quantize_dynamic_int8(module, keep: KeepPolicy):
     return quantize_dynamic(module, qconfig_spec=spec, inplace=False), sorted(spec)
 
 
+def _build_int8_dynamic(variant, ckpt, out: Path, config: DynamicInt8Config, exports=None) -> dict:
+    """Link the weights, then convert them as loading will and count what torch.ao replaced
+    (the conversion is deterministic, so the counts describe what every load runs)."""
+    import warnings
+
+    from xopt.models import load_module
+
+    build_weights(variant, ckpt, out, config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # torch.ao's deprecation notice
+        qmodule, _ = quantize_dynamic_int8(load_module(ckpt), config.keep)
+    quantized, kept = torch_quantized_ops(qmodule)
+    return {"quantized_ops": quantized, "kept": kept}
+
+
 def _load_int8_dynamic(variant, directory, man, config: DynamicInt8Config):
     import warnings
 
@@ -131,5 +146,5 @@ VARIANTS = [
             build=build_weights, load=_load_compile, config=CompileConfig()),
     Variant("int8-dynamic", backend="torch", precision="int8", device="cpu",
             description="int8 weights per channel + dynamic int8 activations (torch.ao, fbgemm)",
-            build=build_weights, load=_load_int8_dynamic, config=DynamicInt8Config()),
+            build=_build_int8_dynamic, load=_load_int8_dynamic, config=DynamicInt8Config()),
 ]

@@ -1,4 +1,5 @@
-"""ONNX Runtime variants: `onnx-fp32`, `onnx-int8` (static, calibrated, Q/DQ), `onnx-int8-dynamic`.
+"""ONNX Runtime variants: `onnx-fp32`, `onnx-int8` (static, calibrated, Q/DQ), `onnx-int8-dynamic`,
+and the stock peer `ort-stock-int8`.
 
 Recipe, `onnx-fp32` (config `OnnxConfig`):
 1. export `XoptModel` with dynamic batch and sequence axes. The TorchScript exporter
@@ -14,6 +15,14 @@ per channel; activation scales computed per call); the Linears matched by `keep`
 output projections and head, as in every xopt int8 recipe) stay fp32. `--keep ''` gives ONNX
 Runtime's own default (everything quantised).
 
+Recipe, `ort-stock-int8` (config `OrtStockInt8Config`, no options): the peer a deployment
+engineer gets from ONNX Runtime's documentation without xopt, registered so that every report
+and pick shows xopt's int8 beside it. The docs' recipe for transformer models: fuse with the
+transformer optimiser (the `onnx-fp32` graph), then `quantize_dynamic` with its defaults except
+per-channel int8 weights, so every MatMul, the attention and the embedding table are quantised
+and nothing is kept. The quantiser's own error message on fused graphs asks for
+`DefaultTensorType` (the fused contrib ops carry no types), the one extra option passed.
+
 Recipe, `onnx-int8` (config `OnnxInt8Config`): the same export (unfused, so every MatMul is
 visible), then ONNX Runtime's own static quantiser in Q/DQ format: int8 weights per output
 channel, uint8 activations with the ranges of a calibration profile (`xopt.calibration`:
@@ -22,6 +31,13 @@ the most sensitive layers left in fp32 by `keep_fp16`/`max_drop`), the Linears m
 left in fp32. The profile is saved beside the model (`calibration_profile.json`) and its
 identity goes into the manifest. ONNX Runtime fuses the Q/DQ pairs into int8 kernels when the
 session is created. The same Q/DQ graph is what TensorRT consumes.
+
+Every int8 build counts what really runs in int8 (`quantized_ops`): the built model is
+optimised by ONNX Runtime exactly as a session loads it (`SessionOptions.optimized_model_filepath`
+saves the graph that runs), and its node types are counted: MatMulInteger, DynamicQuantizeMatMul,
+MatMulIntegerToFloat, QAttention, QEmbedLayerNormalization, QLinear*/QGemm, and MatMul/Gemm whose
+weight comes from a DequantizeLinear. `kept` lists the float MatMul/Gemm/Attention nodes that
+still hold a weight, by module name: the Linears that stay fp32.
 
 ONNX node names map to module names through `xopt.calibration.profile.onnx_node_to_module`
 (the TorchScript exporter names a Linear's MatMul/Gemm by its module scope), so every keep
@@ -232,6 +248,76 @@ def fused_op_counts(path: Path) -> dict:
                                                            "QuantizeLinear", "DequantizeLinear", "MatMul")}
 
 
+# Node types that run in low precision once ONNX Runtime has optimised the graph.
+LOW_PRECISION_OPS = frozenset({
+    "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QAttention", "QEmbedLayerNormalization",
+    "QLinearMatMul", "QGemm", "QLinearConv", "ConvInteger", "QLinearAdd", "QLinearMul", "QLinearSoftmax",
+    "QOrderedMatMul", "QOrderedAttention", "QOrderedGelu", "QOrderedLayerNormalization", "DynamicQuantizeLSTM",
+    "MatMulNBits", "GatherBlockQuantized"})
+FLOAT_LINEAR_OPS = ("MatMul", "Gemm", "FusedMatMul", "FusedGemm")
+
+
+def optimized_graph(path: Path):
+    """The graph ONNX Runtime runs for `path` (CPU provider, all optimisations), as saved by
+    `SessionOptions.optimized_model_filepath`."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="xopt-opt-") as tmp:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return onnx.load(so.optimized_model_filepath).graph
+
+
+def _module_of(node_name: str) -> str:
+    """The module a (possibly rewritten) node belongs to: its scope up to the first op-named part
+    (`/head/Gemm_MatMul/...` -> `head`: the quantiser and the optimiser append to the exporter's name)."""
+    import re
+
+    if not node_name.startswith("/"):
+        return node_name
+    parts = node_name.strip("/").split("/")
+    for i, p in enumerate(parts):
+        if re.match(r"(MatMul|Gemm|FusedMatMul|Add)", p):
+            return ".".join(parts[:i])
+    return ".".join(parts[:-1])
+
+
+def count_quantized_ops(path: Path) -> tuple[dict, list[str]]:
+    """(`quantized_ops`, kept) of an ONNX model as ONNX Runtime runs it: low-precision node types
+    (a MatMul/Gemm fed a DequantizeLinear weight counts as `<op><-DequantizeLinear`), and the
+    module names of the float MatMul/Gemm/Attention nodes that hold a weight."""
+    from xopt.variants.base import quantized_ops_record
+
+    graph = optimized_graph(path)
+    weights = {i.name for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    hist: Counter = Counter()
+    kept = []
+    for n in graph.node:
+        if n.op_type in LOW_PRECISION_OPS:
+            hist[n.op_type] += 1
+        elif n.op_type in FLOAT_LINEAR_OPS and len(n.input) > 1:
+            feed = producer.get(n.input[1])
+            if feed is not None and feed.op_type == "DequantizeLinear":
+                hist[f"{n.op_type}<-DequantizeLinear"] += 1
+            elif n.input[1] in weights:
+                kept.append(_module_of(n.name))
+        elif n.op_type == "Attention":
+            kept.append(n.name)   # fused float attention: the layer's query, key and value Linears
+    return quantized_ops_record(dict(hist)), kept
+
+
+def _int8_facts(out: Path) -> dict:
+    quantized, kept = count_quantized_ops(out / MODEL_FILE)
+    return {"quantized_ops": quantized, "kept": kept}
+
+
 # ---------------------------------------------------------------------------------------
 # The variants: config, build, load
 
@@ -246,6 +332,11 @@ class OnnxConfig(VariantConfig):
 @dataclass(frozen=True)
 class OnnxDynamicInt8Config(VariantConfig):
     keep: KeepPolicy = option(KeepPolicy(FFN_OUT_AND_HEAD, "fp32"), "keep", KEEP_HELP)
+
+
+@dataclass(frozen=True)
+class OrtStockInt8Config(VariantConfig):
+    """ONNX Runtime's stock recipe: nothing to choose."""
 
 
 @dataclass(frozen=True)
@@ -273,7 +364,23 @@ def _build_int8_dynamic(variant, ckpt, out: Path, config: OnnxDynamicInt8Config,
         # type information for the quantiser's shape inference; their outputs are float.
         quantize_dynamic(str(fp32), str(out / MODEL_FILE), per_channel=True, weight_type=QuantType.QInt8,
                          nodes_to_exclude=excluded, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    return {"ops": fused_op_counts(out / MODEL_FILE), "kept_fp32": excluded,
+    return {"ops": fused_op_counts(out / MODEL_FILE), **_int8_facts(out), "kept_fp32": excluded,
+            "export_check": check_against_torch(ckpt, out / MODEL_FILE)}
+
+
+def stock_quantize_dynamic(fused: Path, out: Path) -> None:
+    """ONNX Runtime's documented dynamic quantisation of a transformer-optimised model."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with quiet():
+        quantize_dynamic(str(fused), str(out), per_channel=True, weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+
+
+def _build_stock_int8(variant, ckpt, out: Path, config: "OrtStockInt8Config", exports: ExportCache) -> dict:
+    stock_quantize_dynamic(exports.get(ckpt, fuse=True), out / MODEL_FILE)
+    return {"ops": fused_op_counts(out / MODEL_FILE), **_int8_facts(out),
             "export_check": check_against_torch(ckpt, out / MODEL_FILE)}
 
 
@@ -335,7 +442,8 @@ def _build_int8(variant, ckpt, out: Path, config: OnnxInt8Config, exports: Expor
     for leftover in out.glob("*augmented*"):
         leftover.unlink()
     profile.save(out / PROFILE_FILE)
-    return {"calibration": profile.identity(), "ops": fused_op_counts(out / MODEL_FILE), "kept_fp32": excluded,
+    return {"calibration": profile.identity(), "ops": fused_op_counts(out / MODEL_FILE), **_int8_facts(out),
+            "kept_fp32": excluded,
             "fallback_fp32": fallback, "export_check": check_against_torch(ckpt, out / MODEL_FILE)}
 
 
@@ -356,4 +464,8 @@ VARIANTS = [
     Variant("onnx-int8-dynamic", backend="onnxruntime", precision="int8", device="cpu",
             description="ONNX Runtime dynamic int8 on the fused graph (QAttention, per-channel weights)",
             build=_build_int8_dynamic, load=_load, requires=("onnxruntime",), config=OnnxDynamicInt8Config()),
+    Variant("ort-stock-int8", backend="onnxruntime", precision="int8", device="cpu",
+            description="peer: ONNX Runtime's documented recipe (transformer optimiser, then quantize_dynamic: "
+                        "every MatMul, per-channel int8 weights, nothing kept)",
+            build=_build_stock_int8, load=_load, requires=("onnxruntime",), config=OrtStockInt8Config()),
 ]

@@ -284,3 +284,25 @@ def test_keep_fp32_is_a_deprecated_alias_of_keep(tiny_ckpt, tmp_path):
                                    "-o", "fuse=false"])
     assert res.exit_code == 2 and "variant compile does not take option fuse" in res.output
     assert load_variant(tmp_path / "v").runner.info["quantized_linears"] == 2 * 6   # every encoder Linear
+
+
+def test_onnx_export_that_disagrees_with_pytorch_is_refused(tiny_ckpt, tmp_path, monkeypatch):
+    """The fp32 export is checked against eager PyTorch at build, with a stated tolerance: the
+    built model records its worst cosine, and one below EXPORT_MIN_COSINE refuses the build."""
+    from xopt.variants import onnx as onnx_family
+
+    with ExportCache() as exports:
+        man = compile_variant(tiny_ckpt, "onnx-fp32", tmp_path / "ok", exports=exports)
+        worst = min(v["min_cosine"] for v in man["export_check"].values())
+        assert worst >= onnx_family.EXPORT_MIN_COSINE
+        real = onnx_family.check_against_torch
+
+        def drifted(ckpt, path, texts=None):
+            check = real(ckpt, path, texts)
+            check["logits"] = {**check["logits"], "min_cosine": 0.93}
+            return check
+
+        monkeypatch.setattr(onnx_family, "check_against_torch", drifted)
+        with pytest.raises(XoptError, match=r"disagrees with PyTorch: output logits has cosine 0\.930000") as e:
+            compile_variant(tiny_ckpt, "onnx-fp32", tmp_path / "bad", exports=exports)
+    assert "\n" not in str(e.value) and not (tmp_path / "bad").exists()

@@ -57,6 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xopt.errors import XoptError
 from xopt.variants.base import (FFN_OUT_AND_HEAD, PROFILE_FILE, FallbackConfig, KeepPolicy, Runner, Variant,
                                 VariantConfig, link_or_copy, option, output_names)
 
@@ -344,9 +345,26 @@ class OnnxInt8Config(FallbackConfig):
     keep: KeepPolicy = option(KeepPolicy(FFN_OUT_AND_HEAD, "fp32"), "keep", KEEP_HELP)
 
 
+# The fp32 export computes what PyTorch computes: every output's worst cosine against eager
+# PyTorch on the check sentences is at least this (fused fp32 kernels differ by rounding only).
+EXPORT_MIN_COSINE = 0.9999
+
+
+def enforce_export_check(check: dict, ckpt) -> dict:
+    """`check` (check_against_torch) when every output agrees with PyTorch, else a one-line error."""
+    bad = {k: v["min_cosine"] for k, v in check.items() if not v["min_cosine"] >= EXPORT_MIN_COSINE}
+    if bad:
+        name, cos = min(bad.items(), key=lambda kv: kv[1] if kv[1] == kv[1] else -1.0)
+        raise XoptError(f"the ONNX export of {ckpt.path} disagrees with PyTorch: output {name} has cosine "
+                        f"{cos:.6f} < {EXPORT_MIN_COSINE} on the check sentences; the exporter or ONNX Runtime's "
+                        f"fusion changed the model (try --option fuse=false)")
+    return check
+
+
 def _build_fp32(variant, ckpt, out: Path, config: OnnxConfig, exports: ExportCache) -> dict:
     link_or_copy(exports.get(ckpt, config.fuse), out / MODEL_FILE)   # never modified: share it
-    return {"ops": fused_op_counts(out / MODEL_FILE), "export_check": check_against_torch(ckpt, out / MODEL_FILE)}
+    return {"ops": fused_op_counts(out / MODEL_FILE),
+            "export_check": enforce_export_check(check_against_torch(ckpt, out / MODEL_FILE), ckpt)}
 
 
 def _build_int8_dynamic(variant, ckpt, out: Path, config: OnnxDynamicInt8Config, exports: ExportCache) -> dict:

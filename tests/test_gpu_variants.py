@@ -253,6 +253,7 @@ def test_int8_recipes_quantise_the_right_linears_on_cpu(recipe, tiny_ckpt):
     if importlib.util.find_spec(lib) is None:
         pytest.skip(f"{lib} is not installed (pip install -e '.[test]' installs it)")
     from xopt.modeling import load_module, open_checkpoint
+    from xopt.variants.base import torch_quantized_ops
     from xopt.variants.cuda import BnbConfig, TorchaoConfig, quantize_bnb, quantize_torchao
 
     ckpt = open_checkpoint(tiny_ckpt)
@@ -274,6 +275,9 @@ def test_int8_recipes_quantise_the_right_linears_on_cpu(recipe, tiny_ckpt):
     assert names and "head" in kept and any(n.endswith("output.dense") and "attention" not in n for n in kept)
     assert all(is_int8(module.get_submodule(n)) for n in names)
     assert not any(is_int8(module.get_submodule(n)) for n in kept)
+    # what the loaders record: counted from the converted module, not from the names asked for
+    ops, counted_kept = torch_quantized_ops(module)
+    assert ops["count"] == len(names) and set(counted_kept) == kept
     with torch.inference_mode():
         got = module(ids, mask)
     for r, g in zip(ref, got):

@@ -42,7 +42,7 @@ import numpy as np
 
 from xopt.errors import XoptError
 from xopt.variants.base import (CALIB_METHOD_HELP, FFN_OUT_AND_HEAD, PROFILE_FILE, CalibratedConfig, KeepPolicy,
-                                Variant, VariantConfig, option, output_names)
+                                Variant, VariantConfig, check_quantized, option, output_names, torch_quantized_ops)
 from xopt.variants.eager import TorchRunner, build_weights, variant_module
 
 KEEP_HELP = "regex of Linear module names left in the float dtype ('' quantises every Linear)"
@@ -200,10 +200,12 @@ def _load_torchao(variant, directory, man, config: TorchaoConfig):
         module = module.to(device="cuda", dtype=getattr(torch, dtype))
     else:
         module = _gpu_module(directory, man, dtype)
-    names = quantize_torchao(module, variant.precision, config.keep)
+    quantize_torchao(module, variant.precision, config.keep)
+    ops, kept = torch_quantized_ops(module)           # what torchao replaced, not what was asked for
+    check_quantized(variant.name, variant.precision, ops)
     runner = _compiled(variant, directory, man, module, config) if config.compile else \
         TorchRunner(variant.name, module, output_names(man), "cuda")
-    runner.info["quantized_linears"] = len(names)
+    runner.info.update(quantized_ops=ops, kept=kept)
     return runner
 
 
@@ -253,9 +255,11 @@ def _load_bnb(variant, directory, man, config: BnbConfig):
     import torch
 
     module = variant_module(directory, man).to(torch.float16)
-    names = quantize_bnb(module, config.keep, config.threshold)
+    quantize_bnb(module, config.keep, config.threshold)
     module = module.cuda()            # Int8Params quantise on the move to the GPU
-    return TorchRunner(variant.name, module.eval(), output_names(man), "cuda", info={"quantized_linears": len(names)})
+    ops, kept = torch_quantized_ops(module)           # the Linear8bitLt modules really in place
+    check_quantized(variant.name, variant.precision, ops)
+    return TorchRunner(variant.name, module.eval(), output_names(man), "cuda", info={"quantized_ops": ops, "kept": kept})
 
 
 VARIANTS = [

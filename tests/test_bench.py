@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import one_line_error
 from xopt import records
 from xopt.bench import bench, ratio_table
 from xopt.cli import app
@@ -182,31 +183,24 @@ def test_loadgen_scenarios_complete_on_a_tiny_model(variants, tmp_path):
     assert [r["scenario"] for r in got] == ["single-stream", "offline", "server"]
 
 
-def _one_line_error(res, code=2):
-    assert res.exit_code == code, res.output
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("xopt: error:"), res.output
-    return lines[0]
-
-
 def test_bad_inputs_are_one_line_errors(variants, tmp_path, monkeypatch):
     cli = CliRunner()
 
     def run(*a):
         return cli.invoke(app, ["bench", *map(str, a)])
 
-    assert "no manifest.json" in _one_line_error(run(tmp_path))
-    assert "no such directory" in _one_line_error(run(tmp_path / "nope"))
-    assert "maximum length 128" in _one_line_error(run(variants / "fp32", "--seq-len", "256"))
-    assert "--scenario" in _one_line_error(run(variants / "fp32", "--scenario", "multistream"))
-    assert "--compare onnx-fp32" in _one_line_error(run(variants / "fp32", "--compare", "onnx-fp32"))
+    assert "no manifest.json" in one_line_error(run(tmp_path))
+    assert "no such directory" in one_line_error(run(tmp_path / "nope"))
+    assert "maximum length 128" in one_line_error(run(variants / "fp32", "--seq-len", "256"))
+    assert "--scenario" in one_line_error(run(variants / "fp32", "--scenario", "multistream"))
+    assert "--compare onnx-fp32" in one_line_error(run(variants / "fp32", "--compare", "onnx-fp32"))
     from xopt import variants as reg
 
     monkeypatch.setitem(reg.REGISTRY, "fp32", replace(reg.REGISTRY["fp32"], device="cuda"))
     import torch
 
     if not torch.cuda.is_available():
-        assert "needs an NVIDIA GPU" in _one_line_error(run(variants / "fp32"))
+        assert "needs an NVIDIA GPU" in one_line_error(run(variants / "fp32"))
 
 
 def test_xtreme_lengths_through_the_task_loaders(variants, monkeypatch, tmp_path):

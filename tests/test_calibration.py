@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import one_line_error
 from xopt.calibration.calibrators import (Histogram, amax_entropy, amax_mse, amax_percentile, compute_amax,
                                           kl_divergences, tensor_range, uint8_qparams)
 from xopt.errors import XoptError
@@ -381,12 +382,6 @@ def test_max_drop_keeps_the_most_sensitive_prefix(tiny_ckpt, tiny_suite):
 
 # ------------------------------------------------------------------ CLI and report
 
-def _one_line_error(res):
-    assert res.exit_code == 2, res.output
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("xopt: error:"), res.output
-    return lines[0]
-
 
 def test_calibrate_command_and_its_bad_inputs(tiny_ckpt, tiny_suite, tmp_path):
     from typer.testing import CliRunner
@@ -396,13 +391,13 @@ def test_calibrate_command_and_its_bad_inputs(tiny_ckpt, tiny_suite, tmp_path):
     run = CliRunner().invoke
     base = ["calibrate", str(tiny_ckpt), "--calib-data", str(tiny_suite), "--calib-samples", "8"]
     out = tmp_path / "p.json"
-    assert "foo" in _one_line_error(run(app, base + ["--out", str(out), "--calib-method", "foo"]))
-    assert "xx" in _one_line_error(run(app, base + ["--out", str(out), "--calib-langs", "de,xx"]))
-    assert "percentile" in _one_line_error(run(app, base + ["--out", str(out), "--calib-method", "mse:3"]))
+    assert "foo" in one_line_error(run(app, base + ["--out", str(out), "--calib-method", "foo"]))
+    assert "xx" in one_line_error(run(app, base + ["--out", str(out), "--calib-langs", "de,xx"]))
+    assert "percentile" in one_line_error(run(app, base + ["--out", str(out), "--calib-method", "mse:3"]))
     assert not out.exists() and not list(tmp_path.iterdir())
     res = run(app, base + ["--out", str(out), "--calib-method", "percentile:99.9", "--json"])
     assert res.exit_code == 0, res.output
     prof = json.loads(out.read_text())
     assert prof["method"] == "percentile" and prof["params"]["percentile"] == 99.9
     assert json.loads(res.stdout)["calibration"]["samples"] == 8
-    assert "--force" in _one_line_error(run(app, base + ["--out", str(out)]))
+    assert "--force" in one_line_error(run(app, base + ["--out", str(out)]))

@@ -7,6 +7,7 @@ import time
 
 from typer.testing import CliRunner
 
+from conftest import one_line_error
 from xopt.cli import app
 
 runner = CliRunner()
@@ -14,13 +15,6 @@ runner = CliRunner()
 
 def run(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def _one_line_error(res, code=2):
-    assert res.exit_code == code, res.output
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("xopt: error:"), res.output
-    return lines[0]
 
 
 def test_help_is_instant_and_lists_every_command():
@@ -39,13 +33,13 @@ def test_variants_json():
 
 
 def test_errors_are_one_line(tmp_path, tiny_ckpt, tiny_suite):
-    assert "unknown variant 'nope'" in _one_line_error(run("compile", tiny_ckpt, "--variant", "nope", "--out",
+    assert "unknown variant 'nope'" in one_line_error(run("compile", tiny_ckpt, "--variant", "nope", "--out",
                                                            tmp_path / "v"))
-    assert "not a directory" in _one_line_error(run("compile", tmp_path / "missing", "--variant", "fp32", "--out",
+    assert "not a directory" in one_line_error(run("compile", tmp_path / "missing", "--variant", "fp32", "--out",
                                                     tmp_path / "v"))
-    assert "no manifest.json" in _one_line_error(run("eval", tmp_path, "--suite", "demo", "--data", tiny_suite))
-    assert "suite not found" in _one_line_error(run("eval", tmp_path, "--data", tmp_path / "x.json"))
-    assert "unknown model" in _one_line_error(run("import", "bert-huge", "--out", tmp_path / "m"))
+    assert "no manifest.json" in one_line_error(run("eval", tmp_path, "--suite", "demo", "--data", tiny_suite))
+    assert "suite not found" in one_line_error(run("eval", tmp_path, "--data", tmp_path / "x.json"))
+    assert "unknown model" in one_line_error(run("import", "bert-huge", "--out", tmp_path / "m"))
     assert not (tmp_path / "v").exists() and not (tmp_path / "m").exists()
 
 
@@ -54,19 +48,19 @@ def test_compile_eval_bench_report_pick_on_a_tiny_model(tmp_path, tiny_ckpt, tin
     res = run("compile", tiny_ckpt, "--variant", "fp32", "--out", v, "--json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["variant"] == "fp32"
-    assert "already exists" in _one_line_error(run("compile", tiny_ckpt, "--variant", "fp32", "--out", v))
+    assert "already exists" in one_line_error(run("compile", tiny_ckpt, "--variant", "fp32", "--out", v))
     out = tmp_path / "r.jsonl"
     res = run("eval", v, "--suite", "demo", "--data", tiny_suite, "--langs", "de,ja", "--out", out, "--json")
     assert res.exit_code == 0, res.output
     recs = json.loads(res.stdout)
     assert {(r["task"], r["lang"]) for r in recs} >= {("demo-topic", "de"), ("demo-retrieval", "ja"),
                                                        ("demo-topic", "avg")}
-    assert "not in the demo suite" in _one_line_error(run("eval", v, "--data", tiny_suite, "--langs", "xx"))
-    assert "unknown demo task" in _one_line_error(run("eval", v, "--data", tiny_suite, "--tasks", "xnli2"))
+    assert "not in the demo suite" in one_line_error(run("eval", v, "--data", tiny_suite, "--langs", "xx"))
+    assert "unknown demo task" in one_line_error(run("eval", v, "--data", tiny_suite, "--tasks", "xnli2"))
     res = run("bench", v, "--batch-size", "1,2", "--seq-len", "16", "--rounds", "2", "--duration", "0.1",
               "--iters", "6", "--out", out, "--compare", "fp32")
     assert res.exit_code == 0, res.output
-    assert "exceeds the model's maximum length" in _one_line_error(run("bench", v, "--seq-len", "4096"))
+    assert "exceeds the model's maximum length" in one_line_error(run("bench", v, "--seq-len", "4096"))
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert sum(r["kind"] == "bench" for r in lines) == 2
     res = run("report", out, "--out", tmp_path / "rep")
@@ -76,7 +70,7 @@ def test_compile_eval_bench_report_pick_on_a_tiny_model(tmp_path, tiny_ckpt, tin
 
 
 def test_train_refuses_unknown_task_before_training(tmp_path, tiny_ckpt, tiny_suite):
-    msg = _one_line_error(run("train", "--model", tiny_ckpt, "--target", "demo-topic", "--intermediate", "nosuchtask",
+    msg = one_line_error(run("train", "--model", tiny_ckpt, "--target", "demo-topic", "--intermediate", "nosuchtask",
                               "--data", tiny_suite, "--out", tmp_path / "t"))
     assert "unknown task 'nosuchtask'" in msg and not (tmp_path / "t").exists()
 
@@ -139,9 +133,9 @@ def test_force_refuses_directories_xopt_did_not_write(tmp_path, tiny_ckpt):
     (mine / "notes.txt").write_text("keep me")
     for args in (("demo", "--out", mine, "--force"),
                  ("compile", tiny_ckpt, "--variant", "fp32", "--out", mine, "--force")):
-        line = _one_line_error(run(*args))
+        line = one_line_error(run(*args))
         assert f"{mine} holds 1 entry not written by xopt (notes.txt); --force replaces only" in line
-    msg = _one_line_error(run("compile", tiny_ckpt, "--variant", "fp32", "--out", tiny_ckpt, "--force"))
+    msg = one_line_error(run("compile", tiny_ckpt, "--variant", "fp32", "--out", tiny_ckpt, "--force"))
     assert "holds an xopt checkpoint directory; --force replaces only a variant directory" in msg
     assert (mine / "notes.txt").read_text() == "keep me" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]       # no temp dir left behind

@@ -8,6 +8,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from conftest import one_line_error
 from xopt.cli import app
 from xopt.errors import XoptError
 
@@ -16,13 +17,6 @@ runner = CliRunner()
 
 def run(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def _one_line_error(res, code=2):
-    assert res.exit_code == code, res.output
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("xopt: error:"), res.output
-    return lines[0]
 
 
 def _deprecation(res, old, new):
@@ -83,13 +77,13 @@ def test_bench_batch_size_and_its_old_spelling(calls, tmp_path):
     assert res.exit_code == 0, res.output
     _deprecation(res, "--batch", "--batch-size")
     assert calls["bench"]["batches"] == [2, 8]
-    assert "not both" in _one_line_error(run("bench", tmp_path, "--batch", "2", "--batch-size", "4"))
+    assert "not both" in one_line_error(run("bench", tmp_path, "--batch", "2", "--batch-size", "4"))
 
 
 def test_report_filters_and_their_old_spellings(calls, tmp_path):
     res = run("report", tmp_path / "r.jsonl", "--out", tmp_path / "rep", "--filter-model", "e5-small",
               "--filter-device", "cuda")
-    assert "recorded" in _one_line_error(res)
+    assert "recorded" in one_line_error(res)
     assert calls["report"] == {"model": "e5-small", "device": "cuda"}
     res = run("report", tmp_path / "r.jsonl", "--out", tmp_path / "rep", "--model", "xlmr", "--device", "cpu")
     assert res.exit_code == 2
@@ -129,7 +123,7 @@ def test_compile_shapes_reach_the_tensorrt_profile(calls, tmp_path):
     res = run("compile", tmp_path, "--variant", "torch-tensorrt", "--out", tmp_path / "v", "--json",
               "--max-shapes", "input_ids:4x64")
     assert res.exit_code == 0 and calls["compile"] == {"max": "4x64"}, res.output
-    msg = _one_line_error(run("compile", tmp_path, "--variant", "trt-int8", "--out", tmp_path / "v",
+    msg = one_line_error(run("compile", tmp_path, "--variant", "trt-int8", "--out", tmp_path / "v",
                               "--max-shapes", "input_ids:4x64", "-o", "max=8x64"))
     assert "option max given twice (as --max-shapes and --option)" in msg
 
@@ -145,7 +139,7 @@ def test_compile_shapes_reach_the_tensorrt_profile(calls, tmp_path):
     ("input_ids:1x16,attention_mask:1x32", "every input shares one BATCHxSEQUENCE profile"),
 ])
 def test_min_shapes_errors_are_one_line(calls, tmp_path, spec, why):
-    msg = _one_line_error(run("compile", tmp_path, "--variant", "trt-fp16", "--out", tmp_path / "v",
+    msg = one_line_error(run("compile", tmp_path, "--variant", "trt-fp16", "--out", tmp_path / "v",
                               "--min-shapes", spec))
     assert msg.startswith("xopt: error: --min-shapes") and why in msg
     assert "compile" not in calls
@@ -154,10 +148,10 @@ def test_min_shapes_errors_are_one_line(calls, tmp_path, spec, why):
 def test_shapes_and_device_are_checked_against_the_variant(calls, tmp_path):
     from xopt.variants import get
 
-    msg = _one_line_error(run("compile", tmp_path, "--variant", "fp32", "--out", tmp_path / "v",
+    msg = one_line_error(run("compile", tmp_path, "--variant", "fp32", "--out", tmp_path / "v",
                               "--max-shapes", "input_ids:4x64"))
     assert "variant fp32 has none" in msg and "trt-fp16" in msg
-    assert "use cpu or cuda" in _one_line_error(run("compile", tmp_path, "--variant", "fp32", "--out",
+    assert "use cpu or cuda" in one_line_error(run("compile", tmp_path, "--variant", "fp32", "--out",
                                                     tmp_path / "v", "--device", "tpu"))
     # a variant that runs on either device records the choice in its config
     res = run("compile", tmp_path, "--variant", "unpadded", "--out", tmp_path / "v", "--device", "cuda", "--json")
@@ -170,6 +164,6 @@ def test_shapes_and_device_are_checked_against_the_variant(calls, tmp_path):
         assert calls["compile"]["device"] == "cpu"
     else:
         assert "device" not in calls["compile"]
-        msg = _one_line_error(run("compile", tmp_path, "--variant", "onnx-fp32", "--out", tmp_path / "v",
+        msg = one_line_error(run("compile", tmp_path, "--variant", "onnx-fp32", "--out", tmp_path / "v",
                                   "--device", "cuda"))
         assert "runs on cpu only" in msg

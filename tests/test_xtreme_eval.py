@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import HAVE_DEMO
+from conftest import HAVE_DEMO, one_line_error
 from xopt import records
 from xopt.cli import app
 from xopt.tasks import xtreme as X
@@ -31,13 +31,6 @@ MODELS = {"enc": ("none", (), None, ("bucc2018", "tatoeba")),
 
 def run(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def one_line_error(res) -> str:
-    assert res.exit_code == 2, res.output
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("xopt: error:"), res.output
-    return lines[0]
 
 
 @pytest.fixture(scope="session")

@@ -270,7 +270,8 @@ def test_xtreme_target_families(tmp_path, ckpt32, target, head, metric_key):
     load_module(open_checkpoint(out))          # the head file loads into the contract's model
 
 
-def test_xopt_run_chains_train_compile_eval_bench_report(tmp_path, ckpt32):
+def _run_plan(tmp_path, ckpt32, run_extra: str = "") -> Path:
+    """A two-step qqp -> xnli plan whose [run] compiles, evaluates and benches fp32 on en, de."""
     xfix = Path(__file__).parent / "fixtures" / "xtreme"
     plan = tmp_path / "plan.toml"
     plan.write_text(f'''model = "{ckpt32}"
@@ -288,7 +289,12 @@ batch_size = 4
 variants = ["fp32"]
 langs = ["en", "de"]
 bench = {{batch = [1], seq_len = [16], min_time = 0.02}}
-''')
+''' + run_extra)
+    return plan
+
+
+def test_xopt_run_chains_train_compile_eval_bench_report(tmp_path, ckpt32):
+    plan = _run_plan(tmp_path, ckpt32)
     res = CliRunner().invoke(app, ["run", str(plan)])
     assert res.exit_code == 0, res.output
     recs = [json.loads(x) for x in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
@@ -334,25 +340,7 @@ def test_xopt_run_picks_under_the_plan_budget_and_rebuilds_stale_variants(tmp_pa
     from xopt import manifest as mf
     from xopt.pipeline import DEFAULT_MAX_DROP, run_plan_file
 
-    xfix = Path(__file__).parent / "fixtures" / "xtreme"
-    plan = tmp_path / "plan.toml"
-    plan.write_text(f'''model = "{ckpt32}"
-out = "run"
-data = {{root = "{xfix}", qqp = "{FIX}/qqp"}}
-[intermediate]
-task = "qqp"
-steps = 2
-batch_size = 4
-[target]
-task = "xnli"
-steps = 2
-batch_size = 4
-[run]
-variants = ["fp32"]
-langs = ["en", "de"]
-bench = {{batch = [1], seq_len = [16], min_time = 0.02}}
-max_drop = 2.5
-''')
+    plan = _run_plan(tmp_path, ckpt32, "max_drop = 2.5\n")
     done = run_plan_file(plan)
     assert done["pick"]["constraints"]["max_drop"] == 2.5 and DEFAULT_MAX_DROP == 1.0
     run = tmp_path / "run"

@@ -193,7 +193,11 @@ _MINE_SCRIPT = textwrap.dedent("""
     found = {(i, j) for _, i, j in cands}
     t = retrieval.optimal_threshold(cands, gold)
     f1 = retrieval.f1(retrieval.bucc_counts(cands, t, gold, n))
-    print(json.dumps({"n": n, "mine_s": sec, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    # VmHWM: this process's own peak. ru_maxrss would report the parent's peak when the child
+    # was spawned with vfork (it inherits the hiwater mark of the address space it replaced).
+    hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")]
+    peak_kb = int(hwm[0].split()[1]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"n": n, "mine_s": sec, "peak_rss_mb": peak_kb / 1024,
                       "missed": len(gold - found), "f1": f1, "n_cands": len(cands)}))
 """)
 

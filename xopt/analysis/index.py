@@ -64,7 +64,7 @@ def _host_fields(rec: dict) -> dict:
 
 
 def host_id(rec: dict) -> str:
-    """Short digest of the hardware a record was measured on (see the module doc)."""
+    """Short digest of the hardware that produced a record (see the module doc)."""
     blob = json.dumps(_host_fields(rec), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:8]
 

@@ -18,7 +18,7 @@ from xopt.errors import XoptError
 class Lengths:
     """A length mix; `rows`, when the source has texts, holds their token ids (one list per
     sentence, aligned with `lengths`), so that benchmarks run on real ids: a variant whose cost
-    depends on the values (outlier handling of int8 matmuls) is measured on real activations."""
+    depends on the values (outlier handling of int8 matmuls) is timed on real activations."""
     lengths: list[int]
     source: str
     lang: str | None = None

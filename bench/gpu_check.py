@@ -583,6 +583,18 @@ def install_wheels(folder: Path, site: Path, log) -> str | None:
     return None
 
 
+def _child_check(label: str, problem: str, code: str, arg: Path, env: dict, timeout: int, problems: list) -> None:
+    """Run `code` (with `arg`) in a child interpreter as the steps run; print ok/FAILED and its
+    output; a failure adds `problem` with the end of its stderr to `problems`."""
+    r = subprocess.run([sys.executable, "-c", code, str(arg)], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=timeout)
+    print(f"{label}: {'ok' if r.returncode == 0 else 'FAILED'}")
+    if r.stdout.strip():
+        print(r.stdout.rstrip())
+    if r.returncode:
+        problems.append(f"{problem}: {r.stderr.strip()[-800:]}")
+
+
 def dry_run(args) -> int:
     problems = []
     print(f"gpu_check plan (budget {BUDGET_S} s; set-up {SETUP_BOX_S} s):")
@@ -617,12 +629,8 @@ def dry_run(args) -> int:
             "assert xopt.__file__.startswith(sys.argv[1]), xopt.__file__; "
             "sys.path.insert(0, 'bench'); import gpu_check as g; "
             "print('  GPU variants this host can build:', ', '.join(v['name'] for v in g.gpu_variants()) or 'none')")
-    r = subprocess.run([sys.executable, "-c", code, str(shim)], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=300)
-    print(f"xopt via the shim ({shim}): {'ok' if r.returncode == 0 else 'FAILED'}")
-    print(r.stdout.rstrip()) if r.stdout.strip() else None
-    if r.returncode:
-        problems.append(f"xopt does not import through the shim: {r.stderr.strip()[-600:]}")
+    _child_check(f"xopt via the shim ({shim})", "xopt does not import through the shim", code, shim, env, 300,
+                 problems)
 
     # every step's code imports; the XLM-R checkpoint builder works (tiny config); the plan parses
     code = ("import sys; sys.path.insert(0, 'bench'); import gpu_check as g; from pathlib import Path; "
@@ -630,12 +638,8 @@ def dry_run(args) -> int:
             "suite = g._suite(d); langs = g._accuracy_langs(suite); assert len(langs) == 8, langs; "
             "p = g.accuracy_plan(d, d / 'xlmr-tiny', ['fp32', 'fp16'], langs, suite); "
             "from xopt.train import load_plan; load_plan(p); print('  accuracy languages:', ', '.join(langs))")
-    r = subprocess.run([sys.executable, "-c", code, str(tmp)], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=600)
-    print(f"step code (checkpoint from config, demo suite, accuracy plan): {'ok' if r.returncode == 0 else 'FAILED'}")
-    print(r.stdout.rstrip()) if r.stdout.strip() else None
-    if r.returncode:
-        problems.append(f"step code: {r.stderr.strip()[-800:]}")
+    _child_check("step code (checkpoint from config, demo suite, accuracy plan)", "step code", code, tmp, env, 600,
+                 problems)
 
     # collection: GPU tests and bench cases, no errors, no collection-time skips
     files = gpu_test_files()

@@ -1,10 +1,10 @@
 """Calibration study: en-only vs multilingual calibration, and calibration methods,
-for `onnx-int8` on one checkpoint, scored per language on the demo suite.
+for `onnx-int8-static` on one checkpoint, scored per language on the demo suite.
 
     python bench/calibration_study.py CHECKPOINT --out DIR [--langs de,ar,...] [--samples 256]
         [--configs minmax:en,minmax:all,percentile:all,entropy:all,mse:all,smoothquant:all]
 
-Builds the fp32 reference and one onnx-int8 variant per configuration, evaluates each on the
+Builds the fp32 reference and one onnx-int8-static variant per configuration, evaluates each on the
 demo suite (records with their `calibration` field appended to DIR/results.jsonl as they are
 produced), then prints `xopt.report.calibration_section` as Markdown (the tables `xopt report`
 shows; the sensitivity plots, when there are sensitivity records, go into DIR).
@@ -41,7 +41,7 @@ def main(argv=None) -> None:
     todo = [("fp32", "fp32", {})]
     for cfg in args.configs.split(","):
         method, cl = cfg.rsplit(":", 1)
-        todo.append((f"int8-{method}-{cl}", "onnx-int8", {"calib_method": method, "calib_langs": cl,
+        todo.append((f"int8-{method}-{cl}", "onnx-int8-static", {"calib_method": method, "calib_langs": cl,
                                                           "calib_samples": args.samples,
                                                           "calib_data": str(suite_path)}))
     done = {r.get("variant_dir") for r in records.read([res])[0]} if res.is_file() else set()

@@ -28,6 +28,8 @@ Lower level:
   an XoptError naming the layer.
 - `smoothing_factors(act_channel_amax, weight, alpha)` -> s (SmoothQuant, Xiao et al. 2023):
   s_j = max|X_j|^alpha / max|W_:,j|^(1-alpha); the Linear computes (x / s) @ (W * s)^T.
+- `group_smoothing_factors(...)`: the same, one vector per group of Linears that read one input
+  (a layer's query, key and value: `input_groups`), as the fused attention needs.
 - `apply_smoothing(model, scales)`: W[:, j] *= s_j and a forward pre-hook x -> x / s on each
   named Linear. In a post-LayerNorm encoder (BERT, XLM-R) the LayerNorm output is also the
   residual stream, so 1/s cannot be folded into the LayerNorm as in pre-LN decoders; it stays
@@ -189,6 +191,34 @@ def smoothing_factors(act_channel_amax, weight, alpha: float, eps: float = 1e-5)
         raise ValueError(f"activation channels {tuple(a.shape)} != weight input channels {tuple(w.shape)}")
     s = (a.pow(alpha) / w.pow(1 - alpha)).clamp(min=eps)
     return s.numpy()
+
+
+def input_groups(names: Iterable[str]) -> list[list[str]]:
+    """The Linears that read one input tensor, grouped: a self-attention's query, key and value
+    (`...attention.self.{query,key,value}`), every other Linear alone. A group shares one
+    SmoothQuant vector, so that a backend fusing the group into one matmul (ONNX Runtime's
+    Attention, TensorRT's QKV GEMM) applies one 1/s to their common input."""
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        parent, _, leaf = n.rpartition(".")
+        key = parent if parent.endswith("attention.self") and leaf in ("query", "key", "value") else n
+        groups.setdefault(key, []).append(n)
+    return list(groups.values())
+
+
+def group_smoothing_factors(act_channel_amax: dict, weights: dict, alpha: float,
+                            names: Iterable[str]) -> dict[str, np.ndarray]:
+    """SmoothQuant factors for every Linear in `names`, one vector per input group
+    (`input_groups`): the group's weights are stacked, so s_j divides the largest weight of
+    input channel j across the group."""
+    import torch
+
+    out = {}
+    for group in input_groups(names):
+        w = torch.cat([torch.as_tensor(weights[n]).detach().float() for n in group], 0)
+        s = smoothing_factors(act_channel_amax[group[0]], w, alpha)
+        out.update({n: s for n in group})
+    return out
 
 
 def apply_smoothing(model, scales: dict[str, Iterable[float]]) -> list:

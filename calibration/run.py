@@ -7,6 +7,7 @@ Options (the compile/calibrate flags, same names for every int8 variant):
   list to choose from; unset: chosen on the held-out sample from `SMOOTHQUANT_ALPHAS`);
 - `calib_data`, `calib_langs`, `calib_samples`, `calib_seed`, `calib_dev_samples`
   (see `xopt.calibration.CalibrationSet`);
+- `smoothquant_layers`: regex of the Linears SmoothQuant smooths (default `SMOOTHQUANT_LAYERS`);
 - `keep_fp16` (k) / `max_drop` (fidelity points): sensitivity-ranked fallback;
   `sensitivity_unit`: layer | kind;
 - `calib_profile`: a saved profile to use instead of calibrating (checked against the model).
@@ -19,12 +20,18 @@ when scoring, and not candidates for the fallback.
 from __future__ import annotations
 
 import math
+import re
 from typing import Callable
 
 from xopt.calibration.calibrators import METHODS
 from xopt.errors import XoptError
 
 SMOOTHQUANT_ALPHAS = (0.3, 0.5, 0.7, 0.85)
+# The Linears that read a LayerNorm output, as in the SmoothQuant paper (QKV and FC1): their
+# outlier channels are LayerNorm's, consistent across tokens, which smoothing moves into the
+# weights. The attention-output and FFN-output inputs (attention context, GELU output) have no
+# such fixed outlier channels, and smoothing them costs accuracy on the demo model.
+SMOOTHQUANT_LAYERS = r"attention\.self\.(query|key|value)$|intermediate\.dense$"
 
 
 def parse_method(spec: str | None) -> tuple[str, bool, dict]:
@@ -66,7 +73,7 @@ def calibrate_checkpoint(ckpt, options: dict, quantized: Callable[[str], bool] |
     from xopt.calibration import sensitivity as sens
     from xopt.calibration.profile import (Profile, apply_smoothing, calibrate_model, collect_activation_stats,
                                           fake_quantize, forward_loop_from_batches, linear_names, output_fidelity,
-                                          smoothing_factors)
+                                          group_smoothing_factors)
     from xopt.modeling import load_module
 
     if options.get("calib_profile"):
@@ -99,8 +106,13 @@ def calibrate_checkpoint(ckpt, options: dict, quantized: Callable[[str], bool] |
         ref = sens.run_outputs(module, batches, outs)
 
     smoothing = None
-    if smooth:
-        stats = collect_activation_stats(module, loop, qnames, channel_amax=True)
+    pattern = options.get("smoothquant_layers") or SMOOTHQUANT_LAYERS
+    snames = [n for n in qnames if re.search(pattern, n)]
+    if smooth and qnames and not snames:
+        raise XoptError(f"smoothquant_layers {pattern!r} matches no quantised Linear of this model "
+                        f"(e.g. {qnames[0]}); give --option smoothquant_layers=REGEX over Linear names")
+    if smooth and snames:
+        stats = collect_activation_stats(module, loop, snames, channel_amax=True)
         mods = dict(module.named_modules())
         given = options.get("smoothquant_alpha")
         try:
@@ -111,9 +123,10 @@ def calibrate_checkpoint(ckpt, options: dict, quantized: Callable[[str], bool] |
         if not alphas or not all(0 <= a <= 1 for a in alphas):
             raise XoptError(f"smoothquant_alpha {given!r}: values must lie in [0, 1]")
         trials = []
-        orig = {n: mods[n].weight.detach().clone() for n in qnames}
+        orig = {n: mods[n].weight.detach().clone() for n in snames}
         for alpha in alphas:
-            scales = {n: smoothing_factors(stats[n].channel_amax, mods[n].weight, alpha) for n in qnames}
+            scales = group_smoothing_factors({n: stats[n].channel_amax for n in snames},
+                                             {n: mods[n].weight for n in snames}, alpha, snames)
             if len(alphas) == 1:
                 trials.append((alpha, math.nan, scales))
                 break

@@ -1,5 +1,5 @@
 """Calibration: calibrators with known answers, calibration sets, profiles, SmoothQuant,
-sensitivity and the fallback, the onnx-int8 Q/DQ graph built from a profile, bad inputs."""
+sensitivity and the fallback, the onnx-int8-static Q/DQ graph built from a profile, bad inputs."""
 
 import functools
 import json
@@ -248,7 +248,7 @@ def test_smoothing_keeps_the_full_precision_function(tiny_ckpt):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
 
 
-# ------------------------------------------------------------------ onnx-int8 from profiles
+# ------------------------------------------------------------------ onnx-int8-static from profiles
 
 def _qdq_inputs(graph):
     """MatMul name -> (activation Q scale or None, weight DQ or None)."""
@@ -294,7 +294,7 @@ def test_qdq_model_from_a_saved_profile(tiny_ckpt, tiny_profile, tmp_path):
     from xopt.variants import ExportCache, compile_variant
 
     path = tiny_profile.save(tmp_path / "p.json")
-    man = compile_variant(tiny_ckpt, "onnx-int8", tmp_path / "v", options={"calib_profile": str(path)})
+    man = compile_variant(tiny_ckpt, "onnx-int8-static", tmp_path / "v", options={"calib_profile": str(path)})
     assert man["calibration"]["method"] == "percentile" and man["calibration"]["samples"] == 16
     g = onnx.load(str(tmp_path / "v" / "model.onnx")).graph
     qdq = _qdq_inputs(g)
@@ -317,7 +317,7 @@ def test_smoothquant_with_fallback_leaves_the_chosen_layers_unquantised(tiny_ckp
     from xopt.modeling import open_checkpoint
     from xopt.variants import ExportCache, compile_variant
 
-    man = compile_variant(tiny_ckpt, "onnx-int8", tmp_path / "v", options={
+    man = compile_variant(tiny_ckpt, "onnx-int8-static", tmp_path / "v", options={
         "calib_data": str(tiny_suite), "calib_samples": 8, "calib_dev_samples": 6,
         "calib_method": "smoothquant", "smoothquant_alpha": "0.3,0.8", "keep_fp16": 2})
     cal = man["calibration"]
@@ -339,7 +339,9 @@ def test_smoothquant_with_fallback_leaves_the_chosen_layers_unquantised(tiny_ckp
     with ExportCache() as exports:
         raw = onnx.load(str(exports.get(open_checkpoint(tiny_ckpt), fuse=False))).graph
     muls = sum(n.op_type == "Mul" for n in g.node) - sum(n.op_type == "Mul" for n in raw.node)
-    assert muls == len(ranked)                                    # one x / s per smoothed Linear
+    smoothed = prof["smoothing"]["scales"]
+    assert sorted(smoothed) == sorted(n for n in ranked if n.endswith(("query", "key", "value", "intermediate.dense")))
+    assert len(smoothed) == 2 * 4 and muls == 2 * 2               # one x / s per smoothed input (q, k, v share one)
     got = _fp32_onnx_outputs(tiny_ckpt, tmp_path / "v" / "model.onnx")
     assert all(np.isfinite(x).all() for x in got)
 
@@ -401,3 +403,21 @@ def test_calibrate_command_and_its_bad_inputs(tiny_ckpt, tiny_suite, tmp_path):
     assert prof["method"] == "percentile" and prof["params"]["percentile"] == 99.9
     assert json.loads(res.stdout)["calibration"]["samples"] == 8
     assert "--force" in one_line_error(run(app, base + ["--out", str(out)]))
+
+
+def test_query_key_value_share_one_smoothing_vector():
+    import torch
+
+    from xopt.calibration.profile import group_smoothing_factors, input_groups, smoothing_factors
+
+    layer = "encoder.encoder.layer.0.attention"
+    names = [f"{layer}.self.query", f"{layer}.self.key", f"{layer}.self.value", f"{layer}.output.dense", "head"]
+    assert input_groups(names) == [names[:3], [names[3]], ["head"]]
+    g = torch.Generator().manual_seed(0)
+    w = {n: torch.randn(8, 6, generator=g) for n in names}
+    w[names[1]][:, 2] *= 50                                   # a key weight column far above the others
+    amax = {n: np.linspace(0.5, 8, 6) for n in names}
+    s = group_smoothing_factors(amax, w, 0.5, names)
+    assert all(np.array_equal(s[names[0]], s[n]) for n in names[1:3])
+    assert s[names[0]][2] < smoothing_factors(amax[names[0]], w[names[0]], 0.5)[2]   # the stacked max rules
+    np.testing.assert_allclose(s["head"], smoothing_factors(amax["head"], w["head"], 0.5))

@@ -259,7 +259,7 @@ def test_cli_refuses_what_triton_cannot_load(onnx_variant, tmp_path):
     r = runner.invoke(app, ["export", str(eager), "--out", str(tmp_path / "repo")])
     assert r.exit_code == 2
     lines = r.output.strip().splitlines()
-    assert len(lines) == 1 and "exportable variants: onnx-fp32, onnx-int8, onnx-int8-dynamic, ort-stock-int8, trt-fp16, trt-int8" in lines[0]
+    assert len(lines) == 1 and "exportable variants: onnx-fp32, onnx-int8, onnx-int8-static, ort-stock-int8, trt-fp16, trt-int8" in lines[0]
     assert not (tmp_path / "repo" / "tiny-fp32").exists()
 
     r = runner.invoke(app, ["export", str(onnx_variant), "--format", "kserve", "--out", str(tmp_path / "repo")])

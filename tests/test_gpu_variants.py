@@ -284,7 +284,9 @@ def test_int8_recipes_quantise_the_right_linears_on_cpu(recipe, tiny_ckpt):
         assert sqnr_db(r.numpy(), g.float().numpy()) >= 20
 
 
-def test_trt_int8_qdq_onnx_is_symmetric_and_matches_fp32_in_onnxruntime(tiny_ckpt, tiny_suite, fp32_ref, tmp_path):
+@pytest.mark.parametrize("method", ["percentile", "minmax+smoothquant"])
+def test_trt_int8_qdq_onnx_is_symmetric_and_matches_fp32_in_onnxruntime(method, tiny_ckpt, tiny_suite, fp32_ref,
+                                                                        tmp_path):
     """Everything trt-int8 does before TensorRT: calibration (xopt.calibration), explicit Q/DQ
     placement in the TensorRT form (int8, zero point 0, per-channel weights), checked by running
     the Q/DQ model in ONNX Runtime against fp32."""
@@ -298,13 +300,20 @@ def test_trt_int8_qdq_onnx_is_symmetric_and_matches_fp32_in_onnxruntime(tiny_ckp
     from xopt.variants.tensorrt import build_qdq_onnx
 
     config = REGISTRY["trt-int8"].configure({"calib_data": str(tiny_suite), "calib_samples": 6,
-                                             "calib_dev_samples": 2})
+                                             "calib_dev_samples": 2, "calib_method": method,
+                                             "smoothquant_alpha": 0.7})
     with ExportCache() as exports:
         extra = build_qdq_onnx(open_checkpoint(tiny_ckpt), tmp_path, config, exports)
-    assert extra["calibration"]["samples"] == 6 and extra["calibration"]["method"] == "percentile"
-    assert Profile.load(tmp_path / PROFILE_FILE).activations
+        raw_muls = sum(n.op_type == "Mul" for n in onnx.load(str(exports.get(open_checkpoint(tiny_ckpt), fuse=False)),
+                                                             load_external_data=False).graph.node)
+    assert extra["calibration"]["samples"] == 6 and extra["calibration"]["method"] == method
+    prof = Profile.load(tmp_path / PROFILE_FILE)
+    assert prof.activations and bool(prof.smoothing) == method.endswith("smoothquant")
     g = onnx.load(str(tmp_path / "model.onnx")).graph
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    # the same SmoothQuant profile as onnx-int8: one 1/s multiply per smoothed input (q, k, v share one)
+    smooth_muls = sum(n.op_type == "Mul" for n in g.node) - raw_muls
+    assert smooth_muls == (2 * 2 if prof.smoothing else 0)
     qs = [n for n in g.node if n.op_type == "QuantizeLinear"]
     dqs = [n for n in g.node if n.op_type == "DequantizeLinear"]
     assert qs and len(dqs) == len(qs) + len(extra["qdq"]["quantized"])    # activation pairs + one per weight

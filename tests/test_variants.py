@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -69,18 +70,18 @@ def test_variant_matches_fp32(name, built, tiny_ckpt):
 
 
 def test_calibrated_variant_records_its_calibration(built):
-    cal = json.loads((built["onnx-int8"] / "manifest.json").read_text())["calibration"]
+    cal = json.loads((built["onnx-int8-static"] / "manifest.json").read_text())["calibration"]
     assert cal["samples"] == 24 and cal["method"] == "minmax" and set(cal["languages"]) >= {"de", "ja", "ru"}
     assert len(cal["ids_sha256"]) == 64
 
 
-def test_onnx_int8_is_qdq_and_keeps_ffn_output_in_fp32(built):
+def test_onnx_int8_static_is_qdq_and_keeps_ffn_output_in_fp32(built):
     import onnx
 
-    g = onnx.load(str(built["onnx-int8"] / "model.onnx")).graph
+    g = onnx.load(str(built["onnx-int8-static"] / "model.onnx")).graph
     ops = {n.op_type for n in g.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    kept = json.loads((built["onnx-int8"] / "manifest.json").read_text())["kept_fp32"]
+    kept = json.loads((built["onnx-int8-static"] / "manifest.json").read_text())["kept_fp32"]
     assert kept and all("output/dense" in k or "attention" in k or "head" in k for k in kept)
     assert sum("output/dense" in k and "attention" not in k for k in kept) == 2   # one FFN output per layer
     # a kept MatMul takes float inputs straight, not through a DequantizeLinear of a weight
@@ -92,7 +93,6 @@ def test_onnx_int8_is_qdq_and_keeps_ffn_output_in_fp32(built):
 
 def test_stock_peer_is_onnx_runtimes_own_recipe(built, tiny_ckpt, tmp_path):
     """ort-stock-int8's graph is what a direct `quantize_dynamic` call on the same export gives."""
-    from collections import Counter
 
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -113,12 +113,84 @@ def test_stock_peer_is_onnx_runtimes_own_recipe(built, tiny_ckpt, tmp_path):
     assert ours["QAttention"] == 2 and ours["MatMulInteger"] == 2 * 3 + 1 and ours["MatMul"] == 0
 
 
+
+def _fused_and_scales(tiny_ckpt, seed=0):
+    """The tiny model's fused fp32 graph and SmoothQuant-like factors (random, positive, one
+    vector per input group) for every Linear but the head."""
+    import onnx
+
+    from xopt.calibration.profile import input_groups, linear_names
+    from xopt.modeling import load_module, open_checkpoint
+
+    ckpt = open_checkpoint(tiny_ckpt)
+    with ExportCache() as exports:
+        model = onnx.load(str(exports.get(ckpt, fuse=True)))
+    mods = dict(load_module(ckpt).named_modules())
+    rng = np.random.default_rng(seed)
+    scales = {}
+    for group in input_groups([n for n in linear_names(load_module(ckpt)) if n != "head"]):
+        s = np.exp(rng.normal(0, 1, mods[group[0]].in_features)).astype(np.float32)
+        scales.update({n: s for n in group})
+    return model, scales
+
+
+def test_smoothing_the_fused_graph_keeps_its_function_and_its_fusions(tiny_ckpt, tmp_path):
+    import onnx
+
+    from xopt.variants.onnx import session, smooth_fused_graph
+
+    model, scales = _fused_and_scales(tiny_ckpt)
+    onnx.save(model, str(tmp_path / "fp32.onnx"))
+    before = Counter(n.op_type for n in model.graph.node)
+    assert smooth_fused_graph(model, scales) == 2 * 4          # Attention, attn-out, ffn-in, ffn-out per layer
+    onnx.save(model, str(tmp_path / "smoothed.onnx"))
+    after = Counter(n.op_type for n in model.graph.node)
+    assert after["Mul"] - before["Mul"] == 8 and after["Attention"] == before["Attention"] == 2
+    assert after["SkipLayerNormalization"] == before["SkipLayerNormalization"]
+    ids, mask = _inputs(tiny_ckpt)
+    feed = {"input_ids": ids, "attention_mask": mask}
+    ref = session(tmp_path / "fp32.onnx").run(None, feed)
+    got = session(tmp_path / "smoothed.onnx").run(None, feed)
+    for r, g in zip(ref, got):
+        np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-4 * np.abs(r).max())
+    # the weights really changed: x / s times W * s, not the original W
+    assert any(i.name.endswith("xopt_smooth_0") for i in model.graph.initializer)
+
+
+def test_smoothing_refuses_qkv_factors_that_differ(tiny_ckpt):
+    from xopt.variants.onnx import smooth_fused_graph
+
+    model, scales = _fused_and_scales(tiny_ckpt)
+    q = next(n for n in scales if n.endswith("attention.self.query"))
+    scales[q] = scales[q] * 2
+    with pytest.raises(XoptError, match="different SmoothQuant factors.*share one input"):
+        smooth_fused_graph(model, scales)
+
+
+def test_onnx_int8_smooths_layernorm_inputs_and_uses_seven_bit_weights(built):
+    import onnx
+    from onnx import numpy_helper
+
+    man = json.loads((built["onnx-int8"] / "manifest.json").read_text())
+    # SmoothQuant's default layers: a layer's fused QKV (Attention) and FFN input read LayerNorm outputs
+    assert man["smoothed_matmuls"] == 2 * 2 and man["calibration"]["method"] == "minmax+smoothquant"
+    assert man["quantized_ops"]["ops"].get("QAttention") == 2 and man["kept"] == ["head"]
+    g = onnx.load(str(built["onnx-int8"] / "model.onnx")).graph
+    w8 = [numpy_helper.to_array(i) for i in g.initializer if i.data_type == onnx.TensorProto.INT8 and i.dims]
+    assert len(w8) >= 2 + 2 * 3
+    # reduce_range: |w| <= 64, so a uint8 x int8 pair sum (255 * 64 * 2) stays within int16
+    assert all(np.abs(w.astype(np.int32)).max() <= 64 for w in w8)
+    stock = onnx.load(str(built["ort-stock-int8"] / "model.onnx")).graph
+    assert max(np.abs(numpy_helper.to_array(i).astype(np.int32)).max() for i in stock.initializer
+               if i.data_type == onnx.TensorProto.INT8 and len(i.dims) > 1) > 64
+
+
 FFN_OUTS = ["encoder.encoder.layer.0.output.dense", "encoder.encoder.layer.1.output.dense"]
 # variant -> (the fewest low-precision ops its tiny-model artefact may hold, the Linears it keeps).
 # The tiny model has 2 layers of 6 Linears and a head. QAttention holds one layer's Q, K and V.
 QUANTISED = {
-    "onnx-int8": (2 * 5, FFN_OUTS + ["head"]),                  # q, k, v, attn-out, ffn-in per layer
-    "onnx-int8-dynamic": (2 + 2 * 2, FFN_OUTS + ["head"]),      # QAttention + attn-out, ffn-in per layer
+    "onnx-int8": (2 + 2 * 2 + 2, ["head"]),                     # QAttention + attn-out, ffn-in, ffn-out per layer
+    "onnx-int8-static": (2 * 5, FFN_OUTS + ["head"]),           # q, k, v, attn-out, ffn-in per layer
     "ort-stock-int8": (2 + 2 * 3 + 1, []),                      # everything, the head included
     "int8-dynamic": (2 * 5, FFN_OUTS + ["head"]),
 }
@@ -139,7 +211,7 @@ def test_built_artefact_really_is_quantised(name, built):
     assert sorted(man["kept"]) == sorted(kept)
 
 
-@pytest.mark.parametrize("name", ["int8-dynamic", "onnx-int8"])
+@pytest.mark.parametrize("name", ["int8-dynamic", "onnx-int8-static"])
 def test_quantised_variant_with_nothing_quantised_is_refused(name, tiny_ckpt, tiny_suite, tmp_path):
     opts = {"keep": "."}
     if REGISTRY[name].calibrated:
@@ -181,7 +253,7 @@ def test_existing_output_refused_without_force(tiny_ckpt, built):
 def test_registry_lists_availability():
     for v in REGISTRY.values():
         assert v.unavailable_reason() is None or isinstance(v.unavailable_reason(), str)
-    assert {"fp32", "compile", "int8-dynamic", "onnx-fp32", "onnx-int8", "onnx-int8-dynamic"} <= set(REGISTRY)
+    assert {"fp32", "compile", "int8-dynamic", "onnx-fp32", "onnx-int8", "onnx-int8-static"} <= set(REGISTRY)
 
 
 # ------------------------------------------------------------------ configs
@@ -232,14 +304,15 @@ def test_inapplicable_and_malformed_options_are_one_line_errors(tiny_ckpt, tmp_p
         REGISTRY["unpadded-int8-static"].configure({"keep_fp16": 2})
     with pytest.raises(XoptError, match="does not take option keep_fp16"):
         REGISTRY["int8-smooth"].configure({"keep_fp16": 2})
-    with pytest.raises(XoptError, match="SmoothQuant"):
-        REGISTRY["trt-int8"].configure({"calib_method": "smoothquant"})
+    assert REGISTRY["trt-int8"].configure({"calib_method": "smoothquant"}).calib_method == "smoothquant"
+    with pytest.raises(XoptError, match="smoothquant_layers.*not a regular expression"):
+        REGISTRY["onnx-int8"].configure({"smoothquant_layers": "(query"})
 
 
 def test_keep_policy_names_modules_and_maps_to_onnx_nodes():
     from xopt.calibration.profile import module_to_onnx_node
 
-    keep = REGISTRY["onnx-int8"].config.keep
+    keep = REGISTRY["onnx-int8-static"].config.keep
     assert keep.precision == "fp32" and REGISTRY["int8"].config.keep.precision == "fp16"
     assert REGISTRY["fp8"].config.keep.precision == "bf16" and REGISTRY["unpadded-int8"].config.keep.precision == "float"
     ffn_out, attn_out = "encoder.encoder.layer.3.output.dense", "encoder.encoder.layer.3.attention.output.dense"

@@ -10,7 +10,7 @@ REPO/
 ```
 
 What goes into `config.pbtxt` is read from the artefact, never assumed:
-- ONNX variants (`onnx-fp32`, `onnx-int8`, `onnx-int8-dynamic`) run on Triton's `onnxruntime`
+- ONNX variants (`onnx-fp32`, `onnx-int8`, `onnx-int8-static`, `ort-stock-int8`) run on Triton's `onnxruntime`
   backend; input/output names, element types and shapes come from the ONNX graph.
 - TensorRT engines (`trt-fp16`, `trt-int8`) run on the `tensorrt_plan` platform; the engine's
   I/O is the ONNX graph it was parsed from (kept beside it, hashed in the manifest) or the

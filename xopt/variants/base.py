@@ -42,7 +42,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 # per-tensor activation scales cannot represent) and the classifier head (negligible compute,
 # and its logits are what the task scores) stay in higher precision.
 FFN_OUT = r"encoder\.layer\.\d+\.output\.dense$"
-FFN_OUT_AND_HEAD = FFN_OUT + r"|^head$"
+HEAD = r"^head$"
+FFN_OUT_AND_HEAD = FFN_OUT + "|" + HEAD
 
 
 def output_names(man: dict) -> tuple[str, ...]:
@@ -274,6 +275,8 @@ class CalibratedConfig(VariantConfig):
     calib_method: str = option("minmax", "str", CALIB_METHOD_HELP)
     smoothquant_alpha: float | str | None = option(None, "alpha", "SmoothQuant alpha, or a comma list to choose "
                                                                   "from on the held-out sample")
+    smoothquant_layers: str | None = option(None, "str", "regex of the Linears SmoothQuant smooths (default: those "
+                                                         "reading a LayerNorm output: query, key, value, FFN input)")
     calib_profile: str | None = option(None, "str", "a saved profile (`xopt calibrate`) instead of calibrating")
 
     def check(self, who: str) -> None:
@@ -281,6 +284,12 @@ class CalibratedConfig(VariantConfig):
 
         super().check(who)
         parse_method(self.calib_method)
+        if self.smoothquant_layers is not None:
+            try:
+                re.compile(self.smoothquant_layers)
+            except re.error as e:
+                raise XoptError(f"smoothquant_layers {self.smoothquant_layers!r} is not a regular expression ({e})") \
+                    from None
         if self.calib_samples <= 0:
             raise XoptError("--calib-samples must be positive")
         if self.calib_dev_samples < 0:

@@ -114,14 +114,6 @@ class TrtInt8Config(FallbackConfig, TrtConfig):
     keep: KeepPolicy = option(KeepPolicy(FFN_OUT_AND_HEAD, "fp16"), "keep",
                               "regex of Linear module names left in fp16 ('' quantises every Linear)")
 
-    def check(self, who: str) -> None:
-        from xopt.calibration.run import parse_method
-
-        super().check(who)
-        if parse_method(self.calib_method)[1]:
-            raise XoptError("trt-int8 takes no SmoothQuant factors (its ONNX export is of the unsmoothed model); "
-                            "use a --calib-method without +smoothquant, or the int8-smooth variant")
-
 
 @dataclass(frozen=True)
 class TorchTrtConfig(_ProfileShapes):
@@ -326,23 +318,34 @@ def _build_fp16(variant, ckpt, out: Path, config: TrtConfig, exports) -> dict:
 
 def build_qdq_onnx(ckpt, out: Path, config: TrtInt8Config, exports) -> dict:
     """The Q/DQ ONNX model trt-int8 hands to TensorRT (`out/model.onnx`), with activation
-    ranges from `xopt.calibration` (its profile saved beside it). Runs in ONNX Runtime."""
+    ranges from `xopt.calibration` (its profile saved beside it). With SmoothQuant factors in the
+    profile (`--calib-method ...+smoothquant`, the profile `onnx-int8` uses), the smoothed model
+    is exported: its 1/s multiplies precede the quantised MatMuls, whose ranges the profile took
+    on the smoothed inputs. Runs in ONNX Runtime."""
+    import tempfile
+
     import onnx
+
+    from xopt.variants.onnx import export_module
 
     from xopt.calibration.profile import onnx_node_to_module
     from xopt.calibration.run import calibrate_checkpoint
 
-    prof, _ = calibrate_checkpoint(ckpt, config.calibration_options(), quantized=config.keep.quantizes)
+    prof, module = calibrate_checkpoint(ckpt, config.calibration_options(), quantized=config.keep.quantizes)
     prof.save(out / PROFILE_FILE)
-    raw = exports.get(ckpt, fuse=False)
-    kept_by_profile = set(prof.keep)
-    act = {}
-    for n in onnx.load(str(raw), load_external_data=False).graph.node:
-        if n.op_type == "MatMul":
-            mod = onnx_node_to_module(n.name)
-            if mod in prof.activations and mod not in kept_by_profile:
-                act[n.name] = prof.activations[mod]["amax"]
-    placed = insert_qdq(raw, out / ONNX_FILE, act, config.keep)
+    with tempfile.TemporaryDirectory(prefix="xopt-trt-") as tmp:
+        if prof.smoothing:
+            raw = export_module(module, ckpt.output_names, Path(tmp) / "smoothed.onnx") and Path(tmp) / "smoothed.onnx"
+        else:
+            raw = exports.get(ckpt, fuse=False)
+        kept_by_profile = set(prof.keep)
+        act = {}
+        for n in onnx.load(str(raw), load_external_data=False).graph.node:
+            if n.op_type == "MatMul":
+                mod = onnx_node_to_module(n.name)
+                if mod in prof.activations and mod not in kept_by_profile:
+                    act[n.name] = prof.activations[mod]["amax"]
+        placed = insert_qdq(raw, out / ONNX_FILE, act, config.keep)
     return {"calibration": prof.identity(), "qdq": placed}
 
 

@@ -430,3 +430,27 @@ def test_bench_runs_the_length_source_token_ids(variants, suite_cache, monkeypat
     sentences = {tuple(s) for s in tokenize(lv.tokenizer(), texts, lv.card.input_prefix)}
     assert seen and all(tuple(int(v) for v in ids[j][mask[j] == 1]) in sentences
                         for ids, mask in seen for j in range(len(ids)))
+
+
+def test_length_sorted_batches_pad_less_and_keep_their_own_key():
+    from xopt import records
+    from xopt.scenarios.fixed_batch import Shape
+
+    rng = np.random.default_rng(0)
+    lengths = [int(x) for x in rng.integers(4, 120, 400)]
+    padded, sorted_ = Shape(8, lengths=lengths, source="demo"), Shape(8, lengths=lengths, source="demo",
+                                                                       sort_by_length=True)
+
+    def pad_fraction(shape):
+        masks = [m for _, m in shape.batches(1000, 1, n=32)]
+        return 1 - sum(m.sum() for m in masks) / sum(m.size for m in masks)
+
+    assert pad_fraction(sorted_) < 0.1 < pad_fraction(padded)
+    ranked = sorted(lengths)
+    for _, mask in sorted_.batches(1000, 1, n=8):
+        got = sorted(mask.sum(1).tolist())
+        assert any(ranked[i:i + 8] == got for i in range(len(ranked) - 7))   # neighbours in length order
+    assert (padded.batching, sorted_.batching, Shape(1, seq_len=128).batching) == ("random", "length-sorted", None)
+    assert sorted_.label == "b8xdemo+sorted"
+    assert records.shape_key({"length_dist": "demo", "batching": "length-sorted"}) == "len:demo+sorted"
+    assert records.shape_key({"length_dist": "demo", "batching": "random"}) == "len:demo"

@@ -69,9 +69,10 @@ def runner_limits(lv) -> dict:
 
 
 def make_shapes(loaded: dict, batches, seq_lens, lengths: str | None, scenario: str,
-                data_dir=None) -> list[Shape]:
+                data_dir=None, sort_by_length: bool = False) -> list[Shape]:
     """Every shape of the sweep, checked against the models' maximum length and the
-    runners' declared limits before anything is measured."""
+    runners' declared limits before anything is measured. `sort_by_length` adds, beside each
+    length mix at batch > 1, the same mix in length-sorted batches."""
     first = next(iter(loaded.values()))
     max_len = min(lv.card.max_length for lv in loaded.values())
     if scenario == "single-stream":
@@ -87,8 +88,10 @@ def make_shapes(loaded: dict, batches, seq_lens, lengths: str | None, scenario: 
                 raise XoptError(f"--seq-len {s} exceeds the model's maximum length {max_len}; use --seq-len <= {max_len}")
             shapes.append(Shape(b, seq_len=s))
         for src in sources:      # sentences longer than the model's limit are truncated, as in eval
-            shapes.append(Shape(b, lengths=[min(x, max_len) for x in src.lengths], source=src.source,
-                                lang=src.lang, split=src.split, rows=_truncate(src.rows, max_len)))
+            for srt in (False, True) if sort_by_length and b > 1 else (False,):
+                shapes.append(Shape(b, lengths=[min(x, max_len) for x in src.lengths], source=src.source,
+                                    lang=src.lang, split=src.split, rows=_truncate(src.rows, max_len),
+                                    sort_by_length=srt))
     if not shapes:
         raise XoptError("nothing to measure: give --seq-len and/or --lengths")
     for lv in loaded.values():
@@ -127,7 +130,8 @@ def bench(variant_dirs: list, batches=(1, 8), seq_lens=(128,), lengths: str | No
           min_iters: int = 10, min_time_s: float = 0.5, max_time_s: float = 10.0, out: str | Path | None = None,
           progress=None, scenario: str = "fixed-batch", warmup: int | None = None, compare: str | None = None,
           latency_bound_ms: float = 100.0, server_qps: tuple[float, float] | None = None,
-          server_max_runs: int = 8, loadgen_dir: str | Path | None = None, data_dir=None) -> list[dict]:
+          server_max_runs: int = 8, loadgen_dir: str | Path | None = None, data_dir=None,
+          sort_by_length: bool = False) -> list[dict]:
     """Measure every variant on every shape; records are appended to `out` shape by shape,
     so an interrupted sweep keeps what it measured (and the error says where it stopped).
 
@@ -148,7 +152,7 @@ def bench(variant_dirs: list, batches=(1, 8), seq_lens=(128,), lengths: str | No
     if compare and compare not in {lv.manifest["variant"] for lv in loaded.values()}:
         raise XoptError(f"--compare {compare}: not among the variants given "
                         f"({', '.join(lv.manifest['variant'] for lv in loaded.values())})")
-    shapes = make_shapes(loaded, list(batches), list(seq_lens), lengths, scenario, data_dir)
+    shapes = make_shapes(loaded, list(batches), list(seq_lens), lengths, scenario, data_dir, sort_by_length)
     tok = next(iter(loaded.values())).tokenizer()
     if scenario != "fixed-batch":
         import tempfile

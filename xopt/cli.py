@@ -430,6 +430,9 @@ def bench_cmd(ctx: typer.Context, variant_dirs: Annotated[list[Path], typer.Argu
                   "--compare", help="Reference variant (measured in the same run) for a table of ratios.")] = None,
               data: Annotated[Optional[Path], typer.Option(
                   "--data", help="--lengths xtreme:..: the XTREME data directory (as for `xopt eval`).")] = None,
+              sort_by_length: Annotated[bool, typer.Option(
+                  "--sort-by-length", help="Also measure each --lengths mix at batch > 1 in length-sorted batches "
+                                           "(neighbours in length), beside the random padded draw.")] = False,
               out: OutResults = None, json_out: Json = False):
     """Latency / throughput / memory of variants, interleaved in the same run or under MLPerf LoadGen."""
     from xopt.bench import bench, ratio_table
@@ -453,7 +456,8 @@ def bench_cmd(ctx: typer.Context, variant_dirs: Annotated[list[Path], typer.Argu
                      min_iters=min_iters, min_time_s=min_time, max_time_s=max(10.0, 4 * min_time), out=out,
                      progress=progress, scenario=scenario, warmup=None if warmup == "auto" else int(warmup),
                      compare=compare, latency_bound_ms=latency_bound_ms,
-                     server_qps=tuple(qps) if qps else None, server_max_runs=server_runs, data_dir=data)
+                     server_qps=tuple(qps) if qps else None, server_max_runs=server_runs, data_dir=data,
+                     sort_by_length=sort_by_length)
     if json_out:
         rows = [{k: v for k, v in r.items() if k != "host"} for r in recs]
         if compare:

@@ -147,6 +147,7 @@ class BenchRecord(CommonFields):
     peak_mem_scope: str | None = None       # "variant process" | "shared process" (several variants loaded)
     warmup_shapes: int | None = None        # distinct input shapes called once before timing
     input_ids: str | None = None            # "text" (the length source's token ids) | "random"
+    batching: str | None = None             # length mixes: "random" (padded draw) | "length-sorted"
     quantized_ops: int | None = None        # ops running in low precision, counted from the artefact
 
 
@@ -269,6 +270,8 @@ def shape_key(rec: dict) -> str:
     """s128, len:demo:de, ...; prefixed by the scenario when it is a LoadGen one (offline/s128)."""
     ld = rec.get("length_dist")
     key = f"s{rec['seq_len']}" if rec.get("seq_len") else f"len:{ld['source'] if isinstance(ld, dict) else ld}"
+    if rec.get("batching") == "length-sorted":
+        key += "+sorted"
     scenario = rec.get("scenario")
     return key if scenario in (None, "fixed-batch") else f"{scenario}/{key}"
 

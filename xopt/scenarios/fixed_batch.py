@@ -24,10 +24,12 @@ class Shape:
     lang: str | None = None                    # the language of those sentences (None: a mix)
     split: str | None = None                   # which texts: "shared" (same content in every language), "test", ...
     rows: list[list[int]] | None = None        # the sentences' token ids, aligned with `lengths` (None: random ids)
+    sort_by_length: bool = False               # batches of sentences of neighbouring lengths (a length-sorting server)
 
     @property
     def label(self) -> str:
-        return f"b{self.batch}x{'s%d' % self.seq_len if self.seq_len else self.source}"
+        return f"b{self.batch}x{'s%d' % self.seq_len if self.seq_len else self.source}" + \
+            ("+sorted" if self.sort_by_length else "")
 
     @property
     def max_tokens(self) -> int:
@@ -38,6 +40,13 @@ class Shape:
         return float(self.seq_len or np.mean(self.lengths))
 
     @property
+    def batching(self) -> str | None:
+        """How a length mix's rows are grouped: "random" (padded to the longest of a random draw)
+        or "length-sorted" (neighbours in length order: what a server that sorts or buckets its
+        queue by length runs); None for fixed-length shapes."""
+        return None if self.seq_len else "length-sorted" if self.sort_by_length else "random"
+
+    @property
     def input_ids(self) -> str:
         """What the batches hold: "text" (the sentences' own token ids) or "random" ids."""
         return "text" if self.rows else "random"
@@ -46,10 +55,21 @@ class Shape:
         """`n` input batches, each padded to its longest row: sentences drawn from `rows` (their
         real ids) when the length source has texts, else random ids of the real lengths
         (`lengths`) or of `seq_len`. Real ids matter where the cost depends on values
-        (int8 matmuls with outlier handling)."""
+        (int8 matmuls with outlier handling). With `sort_by_length`, a batch is `batch` sentences
+        that are neighbours in length order, starting at a random place."""
         rng = np.random.default_rng(seed)
         out = []
+        order = np.argsort(self.lengths, kind="stable") if self.sort_by_length and self.lengths else None
         for _ in range(n if self.lengths else 1):
+            if order is not None:
+                start = int(rng.integers(0, max(len(order) - self.batch, 0) + 1))
+                drawn = order[start:start + self.batch]
+                drawn = np.resize(drawn, self.batch)        # fewer sentences than the batch: repeat them
+                if self.rows:
+                    out.append(pad_rows([self.rows[i] for i in drawn], pad_id))
+                else:
+                    out.append(make_batch(np.asarray(self.lengths)[drawn], vocab_size, pad_id, rng))
+                continue
             if self.rows:
                 drawn = rng.choice(len(self.rows), self.batch)
                 out.append(pad_rows([self.rows[i] for i in drawn], pad_id))
@@ -117,7 +137,7 @@ def to_record(loaded, shape: Shape, m: Measurement, scenario: str = "fixed-batch
     if shape.seq_len:
         dist = {"seq_len": shape.seq_len, "length_dist": None}
     else:
-        dist = {"length_dist": shape.source,
+        dist = {"length_dist": shape.source, "batching": shape.batching,
                 "length_stats": {"split": shape.split, "p50_tokens": float(np.median(shape.lengths)),
                                  "max_tokens": int(np.max(shape.lengths)), "n": len(shape.lengths)}}
     rec = dict(

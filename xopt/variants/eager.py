@@ -10,7 +10,10 @@ runs the weights it was built from.
   compilation happens on the first call, which benchmarks time apart from the loop.
 - `int8-dynamic`: int8 weights per output channel and int8 activations quantised on the fly
   (torch.ao dynamic quantisation, fbgemm kernels). Linears matched by the `keep` policy stay
-  in fp32: by default the FFN output projections and the head, as in every xopt int8 recipe.
+  in fp32: by default the FFN output projections and the head. torch.ao's API is deprecated,
+  but torchao's int8 dynamic-activation config has no eager CPU kernel and runs many times
+  slower than fp32 on CPU (bench/results/int8-recipe-2026-11-30-cpu.md), so torch.ao stays
+  until torchao has a faster CPU path; `onnx-int8` is xopt's CPU int8 recipe.
 
 Configs: `EagerConfig` (fp32: no options), `CompileConfig`, `DynamicInt8Config`.
 """

@@ -78,6 +78,7 @@ class UnpaddedEncoder(torch.nn.Module):
         self.type0 = t(emb.token_type_embeddings.weight[0])
         self.emb_ln = (t(emb.LayerNorm.weight), t(emb.LayerNorm.bias))
         self.quantized: list[str] = []
+        self.linears: dict[str, Linear] = {}
 
         def lin(name, m, sources=None):
             q = int8 and not (keep and keep.search(name))
@@ -90,7 +91,8 @@ class UnpaddedEncoder(torch.nn.Module):
                 if missing:
                     raise XoptError(f"calibration profile has no range for {missing[0]}: recalibrate this checkpoint")
                 amax = max(act_amax[n] for n in names)
-            return Linear(m, q, dtype, device, amax)
+            self.linears[name] = Linear(m, q, dtype, device, amax)
+            return self.linears[name]
 
         self.layers = []
         for i, layer in enumerate(enc.encoder.layer):
@@ -112,6 +114,14 @@ class UnpaddedEncoder(torch.nn.Module):
         self.head_type = xopt_model.head_type     # xopt.modeling head class: what the head reads, what comes back
         h = xopt_model.head
         self.head = None if h is None else (t(h.weight), t(h.bias))
+
+    def int8_linears(self) -> tuple[list[str], list[str]]:
+        """(names of the Linears holding int8 weights, names of the others), from what is in
+        place rather than what was asked for; XoptModel module names (`encoder.<HF name>`, the
+        fused QKV as `...attention.self.qkv`), as the other recipes' `kept` lists."""
+        held = {"encoder." + n: getattr(m, "w_q", None) for n, m in self.linears.items()}
+        q = [n for n, w in held.items() if w is not None and w.dtype == torch.int8]
+        return q, [n for n in held if n not in q]
 
     def attention(self, qkv, cu, lengths, max_len: int):
         n, three_h = qkv.shape

@@ -118,6 +118,11 @@ def test_unpadded_variants_match_fp32_and_reload(name, tiny_ckpt, tiny_suite, fp
     _tolerance_check(name, ref, got)
     if v.precision == "int8":
         assert lv.runner.info["quantized_linears"] == 2 * 3   # qkv, attn out, ffn in per layer; ffn out kept
+        # counted from the int8 weights the encoder holds, not from the keep pattern
+        assert lv.runner.info["quantized_ops"] == {"count": 6, "ops": {"xopt.kernels.int8_linear": 6}}
+        assert lv.runner.info["kept"] == [f"encoder.encoder.layer.{i}.output.dense" for i in range(2)]
+    else:
+        assert "quantized_ops" not in lv.runner.info
     # a batch with more padding than tokens gives the same rows (nothing padded is computed)
     wide_ids = np.full((ids.shape[0], ids.shape[1] + 20), 1, dtype=np.int64)
     wide_mask = np.zeros_like(wide_ids)

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from xopt.errors import XoptError
 from xopt.variants.base import (CALIB_METHOD_HELP, FFN_OUT, PROFILE_FILE, CalibratedConfig, KeepPolicy, Variant,
-                                VariantConfig, option, output_names)
+                                VariantConfig, check_quantized, option, output_names, quantized_ops_record)
 from xopt.variants.eager import TorchRunner, build_weights, variant_module
 
 KEEP_HELP = "regex of Linear module names left in the float dtype ('' quantises every encoder Linear)"
@@ -103,9 +103,14 @@ def _load(variant, directory, man, config: UnpaddedConfig):
     enc = UnpaddedEncoder(module, dtype=dtype, device=device, int8=variant.precision == "int8",
                           keep_fp=keep, act_amax=act_amax)
     probe = torch.empty(0, device=device)
+    quantized, kept = enc.int8_linears()
+    counted = {}
+    if variant.precision == "int8":      # counted from the int8 weights in place, not from the keep pattern
+        counted = {"quantized_ops": quantized_ops_record({"xopt.kernels.int8_linear": len(quantized)}), "kept": kept}
+        check_quantized(variant.name, variant.precision, counted["quantized_ops"])
     return TorchRunner(variant.name, enc, output_names(man), device=device, info={
         "device": device, "dtype": str(dtype).removeprefix("torch."), "kernels": kernels.which(probe),
-        "quantized_linears": len(enc.quantized), "load_s": round(time.perf_counter() - t0, 3)})
+        "quantized_linears": len(quantized), **counted, "load_s": round(time.perf_counter() - t0, 3)})
 
 
 VARIANTS = [

@@ -342,3 +342,23 @@ def test_trt_int8_qdq_onnx_is_symmetric_and_matches_fp32_in_onnxruntime(method, 
     got = session(tmp_path / "model.onnx").run(list(ref), {"input_ids": ids, "attention_mask": mask})
     for out, g_ in zip(ref, got):
         assert sqnr_db(ref[out], g_) >= 20, f"{out}: SQNR {sqnr_db(ref[out], g_):.1f} dB"
+
+
+def test_torch_trt_partition_counts_engines_and_pytorch_fallback_ops():
+    """The counting half of torch-tensorrt's fallback report, on a module shaped as its dynamo
+    partitioner leaves it (TensorRT children `_run_on_acc_N`, PyTorch children `_run_on_gpu_N`)."""
+    import torch
+
+    from xopt.variants.tensorrt import torch_trt_partition
+
+    def fallback(x):
+        return torch.nn.functional.gelu(x).cumsum(-1) + torch.nn.functional.gelu(x)
+
+    root = torch.nn.Module()
+    root.add_module("_run_on_acc_0", torch.nn.Linear(4, 4))
+    root.add_module("_run_on_gpu_1", torch.fx.symbolic_trace(fallback))
+    root.add_module("_run_on_acc_2", torch.nn.Linear(4, 4))
+    got = torch_trt_partition(root)
+    assert got["trt_engines"] == 2
+    assert got["fallback_ops"] == {"add": 1, "cumsum": 1, "gelu": 2}
+    assert torch_trt_partition(torch.nn.Sequential(torch.nn.Linear(2, 2))) == {"trt_engines": 0, "fallback_ops": {}}

@@ -359,6 +359,24 @@ def _load_engine(variant, directory: Path, man, config: TrtConfig):
     return TrtRunner(variant.name, (directory / ENGINE_FILE).read_bytes(), output_names(man))
 
 
+def torch_trt_partition(compiled) -> dict:
+    """What torch_tensorrt's dynamo partitioner made of a module: the TensorRT engines (its
+    `_run_on_acc_N` children) and the ops left to PyTorch (the FX nodes of its other GraphModule
+    children, `_run_on_gpu_N`), by target name."""
+    import torch
+
+    engines, fallback = 0, {}
+    for name, child in compiled.named_children():
+        if name.startswith("_run_on_acc"):
+            engines += 1
+        elif isinstance(child, torch.fx.GraphModule):
+            for node in child.graph.nodes:
+                if node.op in ("call_function", "call_method", "call_module"):
+                    key = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+                    fallback[key] = fallback.get(key, 0) + 1
+    return {"trt_engines": engines, "fallback_ops": dict(sorted(fallback.items()))}
+
+
 def _load_torch_trt(variant, directory, man, config: TorchTrtConfig):
     import time
 
@@ -375,7 +393,7 @@ def _load_torch_trt(variant, directory, man, config: TorchTrtConfig):
     compiled = torch_tensorrt.compile(module, ir="dynamo", inputs=spec, enabled_precisions={torch.float16},
                                       min_block_size=config.min_block_size)
     return TorchRunner(variant.name, compiled, output_names(man), "cuda",
-                       info={"compile_s": round(time.perf_counter() - t0, 3)})
+                       info={"compile_s": round(time.perf_counter() - t0, 3), **torch_trt_partition(compiled)})
 
 
 def _build_weights(variant, ckpt, out, config, exports=None):

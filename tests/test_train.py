@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import torch
 
@@ -27,3 +28,34 @@ def test_baseline_and_xstilts_checkpoints(tmp_path, tiny_ckpt, tiny_suite):
     assert changed and all(k.startswith("encoder.layer.1.") for k in changed)
     # the intermediate head is discarded: the checkpoint's head has the target task's labels
     assert open_checkpoint(x).card.labels == json.loads(tiny_suite.read_text())["tasks"]["demo-topic"]["labels"]
+
+
+def _fit_heads(ckpt_dir, suite, stage):
+    """(encoder weights before, encoder after, head after) of one `fit` of `stage`."""
+    from xopt.modeling import NoHead, load_tokenizer
+    from xopt.train import _seed_all, load_task
+    from xopt.trainloop import fit, key
+
+    ckpt = open_checkpoint(ckpt_dir)
+    _seed_all(0)
+    model = load_module(ckpt).with_head(NoHead())
+    before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    task = load_task(stage.task, {"root": str(suite)}, stage)
+    res = fit(model, load_tokenizer(ckpt.path), ckpt.card.input_prefix, {stage.task: task}, stage, 0)
+    head = {k: v.clone() for k, v in res["trainee"].heads[key(stage.task)].state_dict().items()}
+    return before, model.encoder.state_dict(), head
+
+
+def test_head_lr_gives_the_heads_their_own_learning_rate(tiny_ckpt, tiny_suite):
+    # encoder at lr 0: with head_lr the fresh head learns while the encoder stays put; without
+    # it the head is held at lr 0 too (same seed, so the same initial head)
+    st = Stage("demo-intermediate", train="encoder", epochs=1, lr=0.0, batch_size=8, warmup=0)
+    before, after, head_frozen = _fit_heads(tiny_ckpt, tiny_suite, st)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    before, after, head_trained = _fit_heads(tiny_ckpt, tiny_suite, replace(st, head_lr=1e-2))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not torch.equal(head_frozen["weight"], head_trained["weight"])
+    # and the other way round: head at 0, encoder at a real rate
+    before, after, head_zero = _fit_heads(tiny_ckpt, tiny_suite, replace(st, lr=1e-3, head_lr=0.0))
+    assert torch.equal(head_zero["weight"], head_frozen["weight"])
+    assert any(not torch.equal(before[k], after[k]) for k in before)

@@ -304,8 +304,13 @@ def fit(model, tok, prefix: str, tasks: dict[str, TaskData], stage, seed: int, s
     named = {n: p for n, p in trainee.named_parameters() if p.requires_grad}
     decay = [p for n, p in named.items() if p.ndim > 1 and "LayerNorm" not in n]
     no_decay = [p for n, p in named.items() if not (p.ndim > 1 and "LayerNorm" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": stage.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=stage.lr)
+    groups = [{"params": decay, "weight_decay": stage.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if stage.head_lr is not None and not head_only:    # fresh heads at their own rate, the encoder at stage.lr
+        heads = {id(p) for p in trainee.heads.parameters()}
+        groups = [{**g, "params": [p for p in g["params"] if (id(p) in heads) == is_head],
+                   "lr": stage.head_lr if is_head else stage.lr} for is_head in (False, True) for g in groups]
+        groups = [g for g in groups if g["params"]]
+    opt = torch.optim.AdamW(groups, lr=stage.lr)
     lengths = {n: np.array([family(t.kind).length(f) for f in feats[n]]) for n, t in tasks.items()}
     sched_steps, epoch_steps = build_schedule(lengths, stage, seed)
     total = len(sched_steps)

@@ -59,3 +59,35 @@ def test_head_lr_gives_the_heads_their_own_learning_rate(tiny_ckpt, tiny_suite):
     before, after, head_zero = _fit_heads(tiny_ckpt, tiny_suite, replace(st, lr=1e-3, head_lr=0.0))
     assert torch.equal(head_zero["weight"], head_frozen["weight"])
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_average_states_is_the_mean_of_the_weights():
+    from xopt.trainloop import average_states
+
+    a = {"w": torch.tensor([[1.0, 2.0], [3.0, 4.0]]), "b": torch.tensor([0.0, 1.0])}
+    b = {"w": torch.tensor([[3.0, 2.0], [1.0, 0.0]]), "b": torch.tensor([2.0, 5.0])}
+    c = {"w": torch.tensor([[2.0, 5.0], [2.0, 2.0]]), "b": torch.tensor([1.0, 0.0])}
+    avg = average_states([a, b, c])
+    assert torch.equal(avg["w"], torch.tensor([[2.0, 3.0], [2.0, 2.0]]))
+    assert torch.equal(avg["b"], torch.tensor([1.0, 2.0]))
+    assert torch.equal(average_states([a])["w"], a["w"])
+
+
+def test_average_trains_several_heads_and_keeps_their_mean(tmp_path, tiny_ckpt, tiny_suite):
+    from safetensors.torch import load_file
+
+    # the soup of seeds 0..2 is the mean of the three single-seed heads
+    tstage = Stage("demo-topic", train="head", epochs=5, lr=1e-2, batch_size=16)
+    heads = []
+    for seed in range(3):
+        d = train(tiny_ckpt, "demo-topic", tiny_suite, tmp_path / f"s{seed}", target_stage=tstage, seed=seed)
+        heads.append(load_file(str(d / "head.safetensors")))
+    soup = train(tiny_ckpt, "demo-topic", tiny_suite, tmp_path / "soup", target_stage=replace(tstage, average=3))
+    got = load_file(str(soup / "head.safetensors"))
+    head_keys = list(got)
+    assert "weight" in head_keys
+    for k in head_keys:
+        assert not torch.equal(heads[0][k], heads[1][k])
+        assert torch.allclose(got[k], sum(h[k] for h in heads) / 3, atol=1e-6)
+    man = json.loads((soup / "manifest.json").read_text())
+    assert man["source"]["stages"][-1]["average"]["seeds"] == [0, 1, 2]

@@ -34,7 +34,7 @@ Plan file (TOML), every key but `model`, `out` and `[target]` optional:
     task = "xnli"
     epochs = 2
     # any Stage field: batch_size, grad_accum, warmup, max_length, max_examples, top_layers, head_lr,
-    # dropout, weight_decay, precision (fp32|bf16|fp16), length_grouped, checkpoint_every, steps,
+    # dropout, weight_decay, precision (fp32|bf16|fp16), length_grouped, checkpoint_every, steps, average,
     # train (encoder|head), head (sequence|token|span: checked against the task), doc_stride
 """
 
@@ -78,6 +78,8 @@ class Stage:
     cap: int | None = None
     temperature: float = 2.0
     checkpoint_every: int = 0  # steps between training-state saves (0: each epoch end only)
+    average: int = 1           # head-only stages: train this many heads (seeds seed, seed+1, ...) on the
+                               # same frozen features and keep the mean of their weights
     doc_stride: int = 64
     head: str | None = None    # expected head kind; checked against the task
     mlm: list = field(default_factory=list)          # unlabelled text files (continued MLM)
@@ -139,7 +141,7 @@ def _stage(d: dict, where: str) -> Stage:
 # divide by zero or train on nothing).
 _STAGE_MIN = {"batch_size": 1, "grad_accum": 1, "epochs": 0, "steps": 1, "lr": 0, "warmup": 0, "max_length": 2,
               "max_examples": 1, "top_layers": 0, "head_lr": 0, "weight_decay": 0, "dropout": 0, "cap": 1, "temperature": 0,
-              "checkpoint_every": 0, "doc_stride": 1}
+              "checkpoint_every": 0, "doc_stride": 1, "average": 1}
 
 
 def _is(value, tp) -> bool:
@@ -250,6 +252,8 @@ def _check_stage(st: Stage, tasks: dict, role: str) -> None:
         if st.train == "head" and not fam.frozen_features:
             raise XoptError(f"{role} stage: train = 'head' (frozen features) supports sequence tasks only; "
                             f"{n} is a {t.kind} task: use train = 'encoder'")
+    if st.average > 1 and st.train != "head":
+        raise XoptError(f"{role} stage: average = {st.average} needs train = 'head' (it averages head-only runs)")
     if role == "target" and len(st.tasks) != 1:
         raise XoptError("target stage: exactly one task (mixtures are for the intermediate stage)")
     if role == "target" and not family(tasks[st.tasks[0]].kind).target:
@@ -408,6 +412,19 @@ def _stage_run(model, tok, prefix, tasks, stage, seed, state_dir, resume, progre
     res = fit(model, tok, prefix, stage_tasks, stage, seed, state_dir=state_dir, resume=resume, progress=progress,
               records=records, label="", on_step=on_step)
     trainee = res.pop("trainee")
+    features = res.pop("features", None)
+    if stage.average > 1:
+        # a soup of head-only runs: the same frozen features, other seeds (head init, batch order,
+        # best epoch), the heads' weights averaged: one head whose score varies less with the seed
+        from xopt.trainloop import average_states
+
+        heads = [trainee.heads]
+        for j in range(1, stage.average):
+            heads.append(fit(model, tok, prefix, stage_tasks, stage, seed + j, progress=progress,
+                             label=f"{j + 1}/{stage.average} ", features=features)["trainee"].heads)
+        avg = average_states([h.state_dict() for h in heads])
+        trainee.heads.load_state_dict(avg)
+        res["average"] = {"seeds": list(range(seed, seed + stage.average))}
     summary = {"stage": _jsonable(stage), "seed": seed, "labels": {n: t.labels for n, t in stage_tasks.items()
                                                                   if not family(t.kind).ties_embeddings},
                **{k: v for k, v in res.items()}}

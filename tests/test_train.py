@@ -91,3 +91,24 @@ def test_average_trains_several_heads_and_keeps_their_mean(tmp_path, tiny_ckpt, 
         assert torch.allclose(got[k], sum(h[k] for h in heads) / 3, atol=1e-6)
     man = json.loads((soup / "manifest.json").read_text())
     assert man["source"]["stages"][-1]["average"]["seeds"] == [0, 1, 2]
+
+
+def test_interpolate_keeps_that_fraction_of_the_encoder_change(tmp_path, tiny_ckpt, tiny_suite):
+    import pytest
+
+    from xopt.errors import XoptError
+
+    tstage = Stage("demo-topic", train="head", epochs=1, lr=1e-2, batch_size=16)
+    istage = Stage("demo-intermediate", train="encoder", epochs=1, lr=1e-3, batch_size=8, top_layers=1)
+    kw = dict(intermediate="demo-intermediate", target_stage=tstage)
+    full = train(tiny_ckpt, "demo-topic", tiny_suite, tmp_path / "full", intermediate_stage=istage, **kw)
+    part = train(tiny_ckpt, "demo-topic", tiny_suite, tmp_path / "part",
+                 intermediate_stage=replace(istage, interpolate=0.25), **kw)
+    base = load_module(open_checkpoint(tiny_ckpt)).encoder.state_dict()
+    ef = load_module(open_checkpoint(full)).encoder.state_dict()
+    ep = load_module(open_checkpoint(part)).encoder.state_dict()
+    assert any(not torch.equal(base[k], ef[k]) for k in base)
+    for k in base:
+        assert torch.allclose(ep[k], base[k] + 0.25 * (ef[k] - base[k]), atol=1e-6), k
+    with pytest.raises(XoptError, match="interpolate"):
+        train(tiny_ckpt, "demo-topic", tiny_suite, tmp_path / "bad", target_stage=replace(tstage, interpolate=0.5))

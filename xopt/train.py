@@ -34,7 +34,7 @@ Plan file (TOML), every key but `model`, `out` and `[target]` optional:
     task = "xnli"
     epochs = 2
     # any Stage field: batch_size, grad_accum, warmup, max_length, max_examples, top_layers, head_lr,
-    # dropout, weight_decay, precision (fp32|bf16|fp16), length_grouped, checkpoint_every, steps, average,
+    # dropout, weight_decay, precision (fp32|bf16|fp16), length_grouped, checkpoint_every, steps, average, interpolate,
     # train (encoder|head), head (sequence|token|span: checked against the task), doc_stride
 """
 
@@ -78,6 +78,8 @@ class Stage:
     cap: int | None = None
     temperature: float = 2.0
     checkpoint_every: int = 0  # steps between training-state saves (0: each epoch end only)
+    interpolate: float = 1.0   # encoder stages: keep this fraction of the stage's change of the encoder
+                               # weights (WiSE-FT: start + f * (trained - start); 1 = all of it)
     average: int = 1           # head-only stages: train this many heads (seeds seed, seed+1, ...) on the
                                # same frozen features and keep the mean of their weights
     doc_stride: int = 64
@@ -141,7 +143,7 @@ def _stage(d: dict, where: str) -> Stage:
 # divide by zero or train on nothing).
 _STAGE_MIN = {"batch_size": 1, "grad_accum": 1, "epochs": 0, "steps": 1, "lr": 0, "warmup": 0, "max_length": 2,
               "max_examples": 1, "top_layers": 0, "head_lr": 0, "weight_decay": 0, "dropout": 0, "cap": 1, "temperature": 0,
-              "checkpoint_every": 0, "doc_stride": 1, "average": 1}
+              "checkpoint_every": 0, "doc_stride": 1, "average": 1, "interpolate": 0}
 
 
 def _is(value, tp) -> bool:
@@ -252,6 +254,11 @@ def _check_stage(st: Stage, tasks: dict, role: str) -> None:
         if st.train == "head" and not fam.frozen_features:
             raise XoptError(f"{role} stage: train = 'head' (frozen features) supports sequence tasks only; "
                             f"{n} is a {t.kind} task: use train = 'encoder'")
+    if st.interpolate > 1:
+        raise XoptError(f"{role} stage: interpolate = {st.interpolate} must be at most 1 (the fraction of the "
+                        "encoder's change that is kept)")
+    if st.interpolate < 1 and st.train != "encoder":
+        raise XoptError(f"{role} stage: interpolate = {st.interpolate} needs train = 'encoder'")
     if st.average > 1 and st.train != "head":
         raise XoptError(f"{role} stage: average = {st.average} needs train = 'head' (it averages head-only runs)")
     if role == "target" and len(st.tasks) != 1:
@@ -409,10 +416,21 @@ def _stage_run(model, tok, prefix, tasks, stage, seed, state_dir, resume, progre
         return {"encoder": enc, "summary": summary, "head": load_file(str(done / "head.safetensors"))
                 if (done / "head.safetensors").is_file() else None}
     stage_tasks = {n: tasks[n] for n in stage.tasks}
+    start = ({n: p.detach().clone() for n, p in model.encoder.named_parameters() if not n.startswith("embeddings.")}
+             if stage.interpolate < 1 else None)
     res = fit(model, tok, prefix, stage_tasks, stage, seed, state_dir=state_dir, resume=resume, progress=progress,
               records=records, label="", on_step=on_step)
     trainee = res.pop("trainee")
     features = res.pop("features", None)
+    if start is not None:
+        # WiSE-FT (Wortsman et al. 2022): part of the way back to the starting weights keeps more
+        # of what the encoder knew before the stage (here: its cross-lingual alignment)
+        import torch
+
+        with torch.no_grad():
+            for n, p in model.encoder.named_parameters():
+                if n in start:
+                    p.copy_(start[n] + stage.interpolate * (p - start[n]))
     if stage.average > 1:
         # a soup of head-only runs: the same frozen features, other seeds (head init, batch order,
         # best epoch), the heads' weights averaged: one head whose score varies less with the seed

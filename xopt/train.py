@@ -95,8 +95,11 @@ class Stage:
 
 # every transformer layer at a small rate (the embeddings stay frozen: 82% of the parameters,
 # the multilingual vocabulary); the fresh head at its own rate, so that it learns in one epoch
-# instead of dragging the encoder with random gradients
-DEMO_INTERMEDIATE = Stage("demo-intermediate", train="encoder", epochs=1, lr=3e-5, batch_size=16, head_lr=2e-3)
+# instead of dragging the encoder with random gradients; half of the encoder's change is kept
+# (WiSE-FT), which keeps most of its cross-lingual alignment and makes the gain depend less on
+# the seed and the English examples drawn (bench/results/demo-design-study-2026-11-30-cpu.md)
+DEMO_INTERMEDIATE = Stage("demo-intermediate", train="encoder", epochs=1, lr=3e-5, batch_size=16, head_lr=2e-3,
+                          interpolate=0.5)
 DEMO_TARGET = Stage("demo-topic", train="head", epochs=100, lr=3e-3, batch_size=64, length_grouped=False)
 
 

@@ -12,7 +12,8 @@ From a fixed list of catalogs (those of `catalogs.DEBIAN_PACKAGES`) we build:
   systems, command-line messages, PAM, GLib), so that baseline (target only) vs X-STILTs
   (intermediate, then target) is a real comparison, whatever its outcome. As in the X-STILTs
   setting where intermediate training pays off, the target task has little English training
-  data and the intermediate task many examples of a related decision.
+  data (30 examples per label) and the intermediate task many examples (250 per label) of a
+  related decision.
 - `demo-retrieval` (Tatoeba-style): for each language, retrieve the English source of
   each test translation among all the language's test sources (and back), top-1 by cosine
   of mean-pooled embeddings.
@@ -107,7 +108,7 @@ def _example_id(catalog: str, msgid: str) -> str:
     return hashlib.sha1(f"{catalog}\x00{msgid}".encode()).hexdigest()[:12]
 
 
-def build_suite(locale_dir: Path = LOCALE_DIR, seed: int = 0, per_label: int = 20, train_per_label: int = 10,
+def build_suite(locale_dir: Path = LOCALE_DIR, seed: int = 0, per_label: int = 20, train_per_label: int = 30,
                 intermediate_per_label: int = 250, calib_per_lang: int = 64, min_pairs: int = 200,
                 min_shared: int = 100, progress=None) -> dict:
     """Read the catalogs and build the suite (a JSON-able dict). See the module doc."""

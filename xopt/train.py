@@ -34,8 +34,9 @@ Plan file (TOML), every key but `model`, `out` and `[target]` optional:
     task = "xnli"
     epochs = 2
     # any Stage field: batch_size, grad_accum, warmup, max_length, max_examples, top_layers, head_lr,
-    # dropout, weight_decay, precision (fp32|bf16|fp16), length_grouped, checkpoint_every, steps, average, interpolate,
-    # train (encoder|head), head (sequence|token|span: checked against the task), doc_stride
+    # dropout, weight_decay, precision (fp32|bf16|fp16), length_grouped, checkpoint_every, steps,
+    # interpolate, average, train (encoder|head), head (sequence|token|span: checked against the task),
+    # doc_stride
 """
 
 from __future__ import annotations
@@ -145,8 +146,8 @@ def _stage(d: dict, where: str) -> Stage:
 # Smallest allowed value of the numeric Stage fields (a zero batch size or accumulation would
 # divide by zero or train on nothing).
 _STAGE_MIN = {"batch_size": 1, "grad_accum": 1, "epochs": 0, "steps": 1, "lr": 0, "warmup": 0, "max_length": 2,
-              "max_examples": 1, "top_layers": 0, "head_lr": 0, "weight_decay": 0, "dropout": 0, "cap": 1, "temperature": 0,
-              "checkpoint_every": 0, "doc_stride": 1, "average": 1, "interpolate": 0}
+              "max_examples": 1, "top_layers": 0, "head_lr": 0, "weight_decay": 0, "dropout": 0, "cap": 1,
+              "temperature": 0, "checkpoint_every": 0, "doc_stride": 1, "average": 1, "interpolate": 0}
 
 
 def _is(value, tp) -> bool:
@@ -436,7 +437,7 @@ def _stage_run(model, tok, prefix, tasks, stage, seed, state_dir, resume, progre
                     p.copy_(start[n] + stage.interpolate * (p - start[n]))
     if stage.average > 1:
         # a soup of head-only runs: the same frozen features, other seeds (head init, batch order,
-        # best epoch), the heads' weights averaged: one head whose score varies less with the seed
+        # best epoch), the heads' weights averaged: one head that depends less on any one seed
         from xopt.trainloop import average_states
 
         heads = [trainee.heads]

@@ -404,7 +404,8 @@ def fit(model, tok, prefix: str, tasks: dict[str, TaskData], stage, seed: int, s
     model.eval()
     return {"trainee": trainee, "history": meta["history"], "best_dev": meta["best"], "steps": total,
             "epoch_steps": epoch_steps, "world_size": world,
-            "train_examples": {n: len(f) for n, f in feats.items()}, **({"features": frozen} if head_only else {})}
+            "train_examples": {n: len(f) for n, f in feats.items()},
+            **({"features": frozen} if head_only else {})}
 
 
 def average_states(states: list[dict]) -> dict:

@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import torch
 
@@ -27,3 +28,87 @@ def test_baseline_and_xstilts_checkpoints(tmp_path, tiny_ckpt, tiny_suite):
     assert changed and all(k.startswith("encoder.layer.1.") for k in changed)
     # the intermediate head is discarded: the checkpoint's head has the target task's labels
     assert open_checkpoint(x).card.labels == json.loads(tiny_suite.read_text())["tasks"]["demo-topic"]["labels"]
+
+
+def _fit_heads(ckpt_dir, suite, stage):
+    """(encoder weights before, encoder after, head after) of one `fit` of `stage`."""
+    from xopt.modeling import NoHead, load_tokenizer
+    from xopt.train import _seed_all, load_task
+    from xopt.trainloop import fit, key
+
+    ckpt = open_checkpoint(ckpt_dir)
+    _seed_all(0)
+    model = load_module(ckpt).with_head(NoHead())
+    before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    task = load_task(stage.task, {"root": str(suite)}, stage)
+    res = fit(model, load_tokenizer(ckpt.path), ckpt.card.input_prefix, {stage.task: task}, stage, 0)
+    head = {k: v.clone() for k, v in res["trainee"].heads[key(stage.task)].state_dict().items()}
+    return before, model.encoder.state_dict(), head
+
+
+def test_head_lr_gives_the_heads_their_own_learning_rate(tiny_ckpt, tiny_suite):
+    # encoder at lr 0: with head_lr the fresh head learns while the encoder stays put; without
+    # it the head is held at lr 0 too (same seed, so the same initial head)
+    st = Stage("demo-intermediate", train="encoder", epochs=1, lr=0.0, batch_size=8, warmup=0)
+    before, after, head_frozen = _fit_heads(tiny_ckpt, tiny_suite, st)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    before, after, head_trained = _fit_heads(tiny_ckpt, tiny_suite, replace(st, head_lr=1e-2))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not torch.equal(head_frozen["weight"], head_trained["weight"])
+    # and the other way round: head at 0, encoder at a real rate
+    before, after, head_zero = _fit_heads(tiny_ckpt, tiny_suite, replace(st, lr=1e-3, head_lr=0.0))
+    assert torch.equal(head_zero["weight"], head_frozen["weight"])
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_average_states_is_the_mean_of_the_weights():
+    from xopt.trainloop import average_states
+
+    a = {"w": torch.tensor([[1.0, 2.0], [3.0, 4.0]]), "b": torch.tensor([0.0, 1.0])}
+    b = {"w": torch.tensor([[3.0, 2.0], [1.0, 0.0]]), "b": torch.tensor([2.0, 5.0])}
+    c = {"w": torch.tensor([[2.0, 5.0], [2.0, 2.0]]), "b": torch.tensor([1.0, 0.0])}
+    avg = average_states([a, b, c])
+    assert torch.equal(avg["w"], torch.tensor([[2.0, 3.0], [2.0, 2.0]]))
+    assert torch.equal(avg["b"], torch.tensor([1.0, 2.0]))
+    assert torch.equal(average_states([a])["w"], a["w"])
+
+
+def test_average_trains_several_heads_and_keeps_their_mean(tmp_path, tiny_ckpt, tiny_suite):
+    from safetensors.torch import load_file
+
+    # the soup of seeds 0..2 is the mean of the three single-seed heads
+    tstage = Stage("demo-topic", train="head", epochs=5, lr=1e-2, batch_size=16)
+    heads = []
+    for seed in range(3):
+        d = train(tiny_ckpt, "demo-topic", tiny_suite, tmp_path / f"s{seed}", target_stage=tstage, seed=seed)
+        heads.append(load_file(str(d / "head.safetensors")))
+    soup = train(tiny_ckpt, "demo-topic", tiny_suite, tmp_path / "soup", target_stage=replace(tstage, average=3))
+    got = load_file(str(soup / "head.safetensors"))
+    head_keys = list(got)
+    assert "weight" in head_keys
+    for k in head_keys:
+        assert not torch.equal(heads[0][k], heads[1][k])
+        assert torch.allclose(got[k], sum(h[k] for h in heads) / 3, atol=1e-6)
+    man = json.loads((soup / "manifest.json").read_text())
+    assert man["source"]["stages"][-1]["average"]["seeds"] == [0, 1, 2]
+
+
+def test_interpolate_keeps_that_fraction_of_the_encoder_change(tmp_path, tiny_ckpt, tiny_suite):
+    import pytest
+
+    from xopt.errors import XoptError
+
+    tstage = Stage("demo-topic", train="head", epochs=1, lr=1e-2, batch_size=16)
+    istage = Stage("demo-intermediate", train="encoder", epochs=1, lr=1e-3, batch_size=8, top_layers=1)
+    kw = dict(intermediate="demo-intermediate", target_stage=tstage)
+    full = train(tiny_ckpt, "demo-topic", tiny_suite, tmp_path / "full", intermediate_stage=istage, **kw)
+    part = train(tiny_ckpt, "demo-topic", tiny_suite, tmp_path / "part",
+                 intermediate_stage=replace(istage, interpolate=0.25), **kw)
+    base = load_module(open_checkpoint(tiny_ckpt)).encoder.state_dict()
+    ef = load_module(open_checkpoint(full)).encoder.state_dict()
+    ep = load_module(open_checkpoint(part)).encoder.state_dict()
+    assert any(not torch.equal(base[k], ef[k]) for k in base)
+    for k in base:
+        assert torch.allclose(ep[k], base[k] + 0.25 * (ef[k] - base[k]), atol=1e-6), k
+    with pytest.raises(XoptError, match="interpolate"):
+        train(tiny_ckpt, "demo-topic", tiny_suite, tmp_path / "bad", target_stage=replace(tstage, interpolate=0.5))

@@ -258,8 +258,11 @@ def load_state(path: Path, named: dict, opt, sched, scaler) -> tuple[dict, dict 
 # --- the stage ---------------------------------------------------------------------------------
 
 def fit(model, tok, prefix: str, tasks: dict[str, TaskData], stage, seed: int, state_dir: Path | None = None,
-        resume: bool = False, progress=None, records=None, label: str = "", on_step=None) -> dict:
-    """Train `model` in place on `tasks` (one stage); the best dev state is loaded at the end."""
+        resume: bool = False, progress=None, records=None, label: str = "", on_step=None,
+        features: dict | None = None) -> dict:
+    """Train `model` in place on `tasks` (one stage); the best dev state is loaded at the end.
+    Head-only stages return the frozen sentence embeddings they trained on as `features`; passing
+    them back (same model, tasks and stage) skips recomputing them."""
     import torch
 
     from xopt.tasks.intermediate import featurize
@@ -285,7 +288,10 @@ def fit(model, tok, prefix: str, tasks: dict[str, TaskData], stage, seed: int, s
     frozen = {}
     for p in model.parameters():
         p.requires_grad_(False)
-    if head_only:
+    if head_only and features is not None:
+        model.eval()
+        frozen = features
+    elif head_only:
         model.eval()
         with torch.inference_mode():
             for n, t in tasks.items():
@@ -304,8 +310,13 @@ def fit(model, tok, prefix: str, tasks: dict[str, TaskData], stage, seed: int, s
     named = {n: p for n, p in trainee.named_parameters() if p.requires_grad}
     decay = [p for n, p in named.items() if p.ndim > 1 and "LayerNorm" not in n]
     no_decay = [p for n, p in named.items() if not (p.ndim > 1 and "LayerNorm" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": stage.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=stage.lr)
+    groups = [{"params": decay, "weight_decay": stage.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if stage.head_lr is not None and not head_only:    # fresh heads at their own rate, the encoder at stage.lr
+        heads = {id(p) for p in trainee.heads.parameters()}
+        groups = [{**g, "params": [p for p in g["params"] if (id(p) in heads) == is_head],
+                   "lr": stage.head_lr if is_head else stage.lr} for is_head in (False, True) for g in groups]
+        groups = [g for g in groups if g["params"]]
+    opt = torch.optim.AdamW(groups, lr=stage.lr)
     lengths = {n: np.array([family(t.kind).length(f) for f in feats[n]]) for n, t in tasks.items()}
     sched_steps, epoch_steps = build_schedule(lengths, stage, seed)
     total = len(sched_steps)
@@ -393,7 +404,18 @@ def fit(model, tok, prefix: str, tasks: dict[str, TaskData], stage, seed: int, s
     model.eval()
     return {"trainee": trainee, "history": meta["history"], "best_dev": meta["best"], "steps": total,
             "epoch_steps": epoch_steps, "world_size": world,
-            "train_examples": {n: len(f) for n, f in feats.items()}}
+            "train_examples": {n: len(f) for n, f in feats.items()},
+            **({"features": frozen} if head_only else {})}
+
+
+def average_states(states: list[dict]) -> dict:
+    """The element-wise mean of state dicts with the same keys and shapes (a "model soup" of
+    runs that started from the same weights)."""
+    import torch
+
+    if not states or any(set(s) != set(states[0]) for s in states):
+        raise XoptError("average_states: needs one or more state dicts with the same keys")
+    return {k: torch.stack([s[k].detach().float() for s in states]).mean(0).to(states[0][k].dtype) for k in states[0]}
 
 
 def _embed(model, feats, tok, device):

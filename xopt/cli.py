@@ -381,16 +381,23 @@ def eval_cmd(variant_dir: Annotated[Path, typer.Argument(help="Variant directory
              resume: Annotated[bool, typer.Option(
                  "--resume", help="Finish an interrupted run: skip the task x language units --out already "
                                   "holds for this variant and model.")] = False,
+             retrieval_layer: Annotated[str, typer.Option(
+                 "--retrieval-layer", help="Retrieval tasks (bucc2018, tatoeba, demo-retrieval): the mean-pooled "
+                                           "hidden states they score: middle (XTREME's protocol), last (the model's "
+                                           "own pooling, e.g. e5's) or a layer number N (0 = word embeddings). "
+                                           "Records carry the layer and pooling.")] = "middle",
              json_out: Json = False):
     """Score a variant on a suite, per task and language (records to --out, appended as each task x
     language finishes; under torchrun each process writes OUT's stem + .rankR-of-W)."""
     _positive(batch_size, "--batch-size", "64")
     _positive(max_examples, "--max-examples", "200")
-    from xopt.evaluate import evaluate
+    from xopt.evaluate import evaluate, parse_retrieval_layer
+
+    layer = parse_retrieval_layer(retrieval_layer)
 
     recs = evaluate(variant_dir, suite, data, _csv(tasks), _csv(langs), split, batch_size, max_examples,
                     xtreme={"bucc_threshold_from": bucc_threshold_from} if suite == "xtreme" else None,
-                    out=out, resume=resume)
+                    out=out, resume=resume, retrieval_layer=layer)
     if json_out:
         return _print_json([{k: v for k, v in r.items() if k not in ("outcomes", "em_outcomes", "counts",
                                                                   "count_units", "host")} for r in recs])
@@ -580,11 +587,15 @@ def export_cmd(variant_dir: Annotated[Path, typer.Argument(help="Variant directo
 @command("demo")
 def demo_cmd(out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("xopt-demo"),
              quick: Annotated[bool, typer.Option("--quick", help="Few languages and examples (the CI run).")] = False,
-             force: Force = False):
+             force: Force = False,
+             full_bench: Annotated[bool, typer.Option(
+                 "--full-bench", help="Also benchmark batch 1 on the length mix and batch 8 at 128 tokens (the "
+                                      "demo's table shows batch 1 at 128 tokens; its report batch 8 on the mix).")
+             ] = False):
     """The whole flow offline on the packaged multilingual model and the gettext demo suite."""
     from xopt.pipeline import run_demo
 
-    run_demo(out, quick=quick, force=force)
+    run_demo(out, quick=quick, force=force, full_bench=full_bench)
 
 
 def main() -> None:

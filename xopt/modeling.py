@@ -354,6 +354,18 @@ def param_counts(path: str | Path) -> dict:
     return {"params": total, "non_embedding_params": total - emb}
 
 
+def num_layers(path: str | Path) -> int | None:
+    """The encoder's number of layers (config.json's num_hidden_layers), None when it does not say."""
+    import json
+
+    f = Path(path) / "config.json"
+    try:
+        n = json.loads(f.read_text()).get("num_hidden_layers")
+    except (OSError, ValueError):
+        return None
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
 def save_checkpoint(model, tokenizer, card: ModelCard, out: Path, source: dict, force: bool = False,
                     manifest_extra: dict | None = None) -> Path:
     """Write an XoptModel + tokenizer as a checkpoint directory, atomically."""

@@ -37,7 +37,10 @@ from xopt.manifest import now
 
 # Version of the schemas below; every record written carries it as `schema`. Records without
 # it were written before the schemas were typed and are read under the same rules.
-SCHEMA_VERSION = 1
+# Schema 2: retrieval eval records carry the protocol they were measured under
+# (`retrieval_layer`, `num_layers`, `pooling`); records of schema 1 or none carry no protocol
+# and are read as they are, under the bare task name (`retrieval_protocol` returns None).
+SCHEMA_VERSION = 2
 
 
 class RecordError(XoptError, ValueError):
@@ -87,6 +90,11 @@ class EvalRecord(CommonFields):
     langs: list | None = None
     note: str | None = None
     distractors: bool | None = None       # BUCC: false when the source holds only the gold pairs (no distractors)
+    # retrieval tasks: the embedding scored: `pooling` ("mean") over hidden state `retrieval_layer`
+    # (0 = the word embeddings, `num_layers` = the last layer) of an encoder of `num_layers` layers
+    retrieval_layer: int | None = None
+    num_layers: int | None = None
+    pooling: str | None = None
     rank: int | None = None
     world_size: int | None = None
 
@@ -274,6 +282,24 @@ def shape_key(rec: dict) -> str:
         key += "+sorted"
     scenario = rec.get("scenario")
     return key if scenario in (None, "fixed-batch") else f"{scenario}/{key}"
+
+
+def retrieval_protocol(rec: dict) -> str | None:
+    """The retrieval protocol of an eval record as a join key and label, e.g. "L6-mean" (mean
+    over the hidden states of layer 6); None for a record that carries none (not a retrieval
+    task, or written before schema 2)."""
+    layer = rec.get("retrieval_layer")
+    if layer is None:
+        return None
+    return f"L{layer}-{rec.get('pooling') or 'mean'}"
+
+
+def is_xtreme_protocol(rec: dict) -> bool:
+    """Whether a retrieval record was measured as XTREME measures BUCC and Tatoeba: mean-pooled
+    hidden states of the encoder's middle layer (num_layers // 2)."""
+    n = rec.get("num_layers")
+    return (rec.get("retrieval_layer") is not None and n is not None and rec["retrieval_layer"] == n // 2
+            and (rec.get("pooling") or "mean") == "mean")
 
 
 # ---------------------------------------------------------------- files

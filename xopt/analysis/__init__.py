@@ -11,7 +11,7 @@ Nothing here imports xopt.report, xopt.pick or xopt.cli.
 from xopt.analysis.bootstrap import Outcomes, percentile_ci, replicate_means, resample_weights
 from xopt.analysis.cost import bench_lang, length_dist, per_language_cost
 from xopt.analysis.index import (BenchKey, EvalKey, RecordIndex, device_matches, host_id, host_label, host_matches,
-                                 load, shape_key, shape_label)
+                                 load, shape_key, shape_label, split_label, task_label)
 from xopt.analysis.langs import LANGS, PAPER, RESOURCE_GROUPS, is_xlmr_large, lang_groups, paper_task
 from xopt.analysis.pareto import pareto_front
 from xopt.analysis.retention import (ROLES, fmt_ci, fmt_retention, gain_stats, lang_replicates, lang_scores,
@@ -23,4 +23,5 @@ __all__ = ["BenchKey", "EvalKey", "LANGS", "Outcomes", "PAPER", "RESOURCE_GROUPS
            "fmt_retention", "gain_stats",
            "is_xlmr_large", "lang_groups", "lang_replicates", "lang_scores", "length_dist", "load",
            "paper_task", "pareto_front", "per_language_cost", "percentile_ci", "replicate_means",
-           "resample_weights", "retention_is_point", "shape_key", "shape_label", "summary_rows", "worst_language"]
+           "resample_weights", "retention_is_point", "shape_key", "shape_label", "split_label", "summary_rows",
+           "task_label", "worst_language"]

@@ -10,6 +10,13 @@ same key replaces an earlier one (re-running a measurement replaces it), except 
 baseline bench record never replaces another one (cost is the architecture's: the X-STILTs
 measurement is preferred).
 
+A retrieval record measured under a stated protocol (records.retrieval_protocol: the layer and
+pooling of the embedding) is keyed by it too, and its task is labelled with it
+(`task_label`: "tatoeba@L6-mean"), so that two protocols of one task are two tasks to every
+table, average and plot, never averaged together; `primary_tasks` keeps one protocol per task
+(XTREME's middle layer when present) for averages across tasks. Records without a protocol
+(not retrieval, or written before schema 2) keep the bare task name.
+
 Records that differ only in split, suite or host are never merged: scores of one task are
 compared across checkpoints, variants and languages, so all of a task's eval records must
 come from one suite and one split, and latencies are compared across variants, so all bench
@@ -32,7 +39,7 @@ import json
 from dataclasses import dataclass, field
 
 from xopt import records
-from xopt.records import shape_key
+from xopt.records import is_xtreme_protocol, retrieval_protocol, shape_key
 from xopt.errors import XoptError
 
 
@@ -45,6 +52,20 @@ class EvalKey:
     lang: str
     split: str = ""
     suite: str = ""
+    protocol: str = ""   # records.retrieval_protocol ("L6-mean"); "" for a record without one
+
+
+def task_label(rec: dict) -> str:
+    """The task name tables show for an eval record: the task, @ its retrieval protocol when it
+    states one ("demo-retrieval@L6-mean"), so that two protocols are never taken for one task."""
+    proto = retrieval_protocol(rec)
+    return f"{rec['task']}@{proto}" if proto else rec["task"]
+
+
+def split_label(label: str) -> tuple[str, str]:
+    """(task, protocol) of a task_label ("" when it has no protocol)."""
+    task, _, proto = label.partition("@")
+    return task, proto
 
 
 @dataclass(frozen=True)
@@ -147,7 +168,32 @@ class RecordIndex:
         return self.families[0] if self.families else "?"
 
     def tasks(self, family: str | None = None) -> list[str]:
+        """Task labels (task_label): a task measured under two retrieval protocols is two entries."""
         return sorted({k.task for k in self.evals if family in (None, k.family)})
+
+    def primary_tasks(self, family: str | None = None) -> list[str]:
+        """One label per task, for averages across tasks: of a task measured under several
+        retrieval protocols, XTREME's (the middle layer's mean) when present, else the first."""
+        by_task: dict[str, list] = {}
+        for label in self.tasks(family):
+            by_task.setdefault(split_label(label)[0], []).append(label)
+        out = []
+        for labels in by_task.values():
+            xtreme = [la for la in labels if any(k.task == la and is_xtreme_protocol(r)
+                                                 for k, r in self.evals.items() if family in (None, k.family))]
+            out.append((xtreme or labels)[0])
+        return sorted(out)
+
+    def protocols(self, family: str | None = None) -> dict[str, dict]:
+        """{task label: {task, protocol, layer, num_layers, pooling, xtreme}} of the labels that
+        carry a retrieval protocol (what a report says about each)."""
+        out = {}
+        for k, r in self.evals.items():
+            if k.protocol and family in (None, k.family) and k.task not in out:
+                out[k.task] = {"task": r["task"], "protocol": k.protocol, "layer": r.get("retrieval_layer"),
+                               "num_layers": r.get("num_layers"), "pooling": r.get("pooling") or "mean",
+                               "xtreme": is_xtreme_protocol(r)}
+        return out
 
     def variants(self, family: str | None = None) -> list[str]:
         """Variants in the order their first eval, then bench, record appears."""
@@ -214,7 +260,7 @@ def load(paths, baseline: str = "baseline", xstilts: str = "xstilts", model: str
         if r["kind"] not in ("eval", "bench"):
             continue   # sensitivity records: the calibration section reads them from t.records
         where = f"{r['kind']} record {r['model']}/{r['variant']}" + (
-            f" {r['task']}/{r['lang']}" if r["kind"] == "eval" else f" batch {r['batch']} {shape_key(r)}")
+            f" {task_label(r)}/{r['lang']}" if r["kind"] == "eval" else f" batch {r['batch']} {shape_key(r)}")
         fam = r.get("base_model")
         if not fam:
             known = fam_of.get(r["model"], set())
@@ -240,7 +286,8 @@ def load(paths, baseline: str = "baseline", xstilts: str = "xstilts", model: str
             if suite is not None and r["suite"] != suite:
                 left_out["suite"].add(r["suite"])
                 continue
-            t.evals[EvalKey(fam, role, r["variant"], r["task"], r["lang"], r["split"], r["suite"])] = r
+            t.evals[EvalKey(fam, role, r["variant"], task_label(r), r["lang"], r["split"], r["suite"],
+                            retrieval_protocol(r) or "")] = r
         else:
             if device is not None and not device_matches(r, device):
                 continue

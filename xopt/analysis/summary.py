@@ -37,10 +37,13 @@ def summary_rows(t: RecordIndex, reference="fp32", batch=1, shape: str | None = 
             row["peak_mem_mb"] = b.get("peak_mem_mb")
             row["speedup"] = ref_bench["p50_ms"] / b["p50_ms"] if ref_bench else None
             row["round_p50_ms"] = b.get("round_p50_ms")
-        kept = [st for st in row["tasks"].values() if st["ref_gain"] > 0 and np.isfinite(st["retention"])]
+        # averages over tasks take one retrieval protocol per task (t.primary_tasks): two
+        # protocols of one task are never averaged together
+        primary = [row["tasks"][task] for task in t.primary_tasks(family) if task in row["tasks"]]
+        kept = [st for st in primary if st["ref_gain"] > 0 and np.isfinite(st["retention"])]
         row["avg_retention"] = float(np.mean([st["retention"] for st in kept])) if kept else None
         row["avg_retention_is_point"] = bool(kept) and all(retention_is_point(st) for st in kept)
-        scores = [st["score"] for st in row["tasks"].values()]
+        scores = [st["score"] for st in primary]
         row["avg_score"] = float(np.mean(scores)) if scores else None
         rows.append(row)
     return rows

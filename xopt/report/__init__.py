@@ -7,7 +7,9 @@ presents them:
 - render: that model rendered to the terminal (rich), Markdown and HTML;
 - terminal: `xopt eval`/`xopt bench` tables and the demo's closing table;
 - sections, calibration: the report's sections; plots: its figures, one function each;
-- document: the whole report (`build`, `write`, `write_report`).
+- document: the whole report (`build`, `write`, `write_report`);
+- closing: the closing paragraph in plain words (gain, what each variant keeps at what
+  speed-up, the pick and why) and what each retrieval protocol label means.
 
 The analysis names the CLI, the pipeline, pick and users' scripts call as `report.X` are
 re-exported here.
@@ -17,6 +19,7 @@ from xopt.analysis import (LANGS, PAPER, RESOURCE_GROUPS, Outcomes, RecordIndex,
                            fmt_ci, fmt_retention, gain_stats, lang_groups, load, pareto_front, shape_key, shape_label,
                            summary_rows, worst_language)
 from xopt.report.calibration import calibration_section
+from xopt.report.closing import closing_paragraph, protocol_notes
 from xopt.report.document import build, write, write_report
 from xopt.report.table import Column, Doc, Mark, Table
 from xopt.report.terminal import print_bench, print_eval, summary_table
@@ -24,6 +27,6 @@ from xopt.report.terminal import print_bench, print_eval, summary_table
 Tables = RecordIndex    # the name report.load's result had before xopt.analysis
 
 __all__ = ["LANGS", "PAPER", "RESOURCE_GROUPS", "Column", "Doc", "Mark", "Outcomes", "RecordIndex", "Table",
-           "Tables", "build", "calibration_section", "default_shape", "device_matches", "fmt_ci", "fmt_retention",
-           "gain_stats", "lang_groups", "load", "pareto_front", "print_bench", "print_eval", "shape_key",
+           "Tables", "build", "calibration_section", "closing_paragraph", "default_shape", "device_matches", "fmt_ci", "fmt_retention",
+           "gain_stats", "lang_groups", "load", "pareto_front", "print_bench", "print_eval", "protocol_notes", "shape_key",
            "shape_label", "summary_rows", "summary_table", "worst_language", "write", "write_report"]

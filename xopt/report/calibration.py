@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xopt.analysis import percentile_ci, replicate_means, resample_weights
+from xopt.analysis import percentile_ci, replicate_means, resample_weights, task_label
 from xopt.report.table import Doc, Table
 
 
@@ -88,11 +88,11 @@ def calibration_section(doc: Doc, recs: list[dict], reference: str = "fp32", out
     sens = [r for r in recs if r.get("kind") == "sensitivity"]
     if not cal and not sens:
         return
-    ref = {(r["model"], r["task"], r["lang"]): r for r in evals if r["variant"] == reference}
+    ref = {(r["model"], task_label(r), r["lang"]): r for r in evals if r["variant"] == reference}
     groups: dict[tuple, dict] = {}
     for r in cal:
         groups.setdefault((r["model"], r["variant"], calibration_label(r["calibration"])), {})[
-            (r["task"], r["lang"])] = r
+            (task_label(r), r["lang"])] = r
     doc.h(2, "Calibration")
     methods = _methods_table(groups, ref)
     if methods.rows:

@@ -14,8 +14,9 @@ from xopt.report.render import to_html, to_markdown
 from xopt.report.table import Doc
 
 
-def build(t: RecordIndex, out: Path, reference: str = "fp32") -> Doc:
-    """The report's document; PNGs are written into `out`."""
+def build(t: RecordIndex, out: Path, reference: str = "fp32", closing: str | None = None) -> Doc:
+    """The report's document; PNGs are written into `out`. `closing`: a paragraph in plain words
+    (xopt.report.closing) shown first, under "In short"."""
     all_rows = {fam: summary_rows(t, reference, family=fam) for fam in t.families}
     images = all_plots(t, all_rows, out, reference)
     doc = Doc()
@@ -25,6 +26,9 @@ def build(t: RecordIndex, out: Path, reference: str = "fp32") -> Doc:
           f"Retention is flagged when the {reference} gain's interval contains zero or the retention interval is "
           f"wider than 1.")
     doc.ul(t.notes)
+    if closing:
+        doc.h(2, "In short")
+        doc.p(closing)
     for fam in t.families:
         doc.h(2, f"Model: {fam}" + (f" ({t.sizes[fam]['params'] / 1e6:.1f}M parameters)" if fam in t.sizes else ""))
         if is_xlmr_large(fam):
@@ -56,7 +60,8 @@ def build(t: RecordIndex, out: Path, reference: str = "fp32") -> Doc:
     return doc
 
 
-def write(t: RecordIndex, out: Path, reference: str = "fp32", force: bool = False, records=None) -> Path:
+def write(t: RecordIndex, out: Path, reference: str = "fp32", force: bool = False, records=None,
+          closing: str | None = None) -> Path:
     """report.md, report.html (images embedded), the PNGs and summary.csv (the flat table, see
     xopt.report.flat) in `out`, written atomically with a manifest of kind "report", so that
     --force replaces a report and nothing else."""
@@ -64,7 +69,7 @@ def write(t: RecordIndex, out: Path, reference: str = "fp32", force: bool = Fals
     from xopt.report.flat import summary_csv
 
     with mf.atomic_dir(Path(out), force=force, kind="report") as tmp:
-        doc = build(t, tmp, reference)
+        doc = build(t, tmp, reference, closing)
         (tmp / "report.md").write_text(to_markdown(doc), encoding="utf-8")
         (tmp / "report.html").write_text(to_html(doc, tmp), encoding="utf-8")
         (tmp / "summary.csv").write_text(summary_csv(t, reference), encoding="utf-8")

@@ -7,6 +7,7 @@ import numpy as np
 
 from xopt.analysis import (LANGS, PAPER, RecordIndex, fmt_ci, fmt_retention, gain_stats, lang_groups, paper_task,
                            per_language_cost, shape_label, summary_rows, worst_language)
+from xopt.report.closing import protocol_notes
 from xopt.report.table import Doc, Mark, Table
 from xopt.report.terminal import cost_cell
 
@@ -34,6 +35,11 @@ def summary_section(doc: Doc, t: RecordIndex, fam: str, reference: str) -> list[
         cells += [cost_cell(r, "p50_ms"), f"{r['speedup']:.2f}x" if r.get("speedup") else "n/a"]
         table.add_row(*cells)
     doc.table(table)
+    notes = protocol_notes(t, fam)
+    if notes:
+        doc.p("Retrieval tasks are named with the embedding they score (task@layer-pooling); two protocols of one "
+              "task are separate columns, never averaged together (averages over tasks take XTREME's):")
+        doc.ul(notes)
     return rows
 
 

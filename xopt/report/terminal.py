@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xopt.analysis import shape_key
+from xopt.analysis import shape_key, task_label
 from xopt.errors import XoptError
 from xopt.report.render import to_rich
 from xopt.report.table import Column, Table
@@ -18,9 +18,10 @@ def cost_cell(r: dict | None, key: str, fmt: str = "{:.2f}") -> str:
 
 
 def eval_table(recs: list[dict]) -> Table:
+    """Eval records; a retrieval task is named with its protocol (task@L6-mean: mean over layer 6)."""
     t = Table(["model", "variant", "task", "lang", "metric", "value", "n"])
     for r in recs:
-        t.add_row(r["model"], r["variant"], r["task"], r["lang"], r["metric"], f"{r['value']:.2f}",
+        t.add_row(r["model"], r["variant"], task_label(r), r["lang"], r["metric"], f"{r['value']:.2f}",
                   str(r["n_examples"]))
     return t
 

@@ -11,7 +11,8 @@
 
 Training (xopt.trainloop) uses `features`, `length`, `collate`, `loss`, `rows`, `decode` and
 `score` (summable dev statistics); zero-shot evaluation (xopt.evaluate) uses `evaluate` (one
-XTREME task and language) and `demo_outcomes`; bench length mixes and calibration use `texts`.
+XTREME task and language; the demo's retrieval task too, as Tatoeba) and `demo_outcomes` (the
+demo's classification task); bench length mixes and calibration use `texts`.
 """
 
 from __future__ import annotations
@@ -369,14 +370,20 @@ class RetrievalFamily(Family):
             return list(examples.src) + (list(examples.en) if joined and lang == "en" else [])
         return [e["text"] for e in examples]
 
-    def evaluate(self, task, lang, data, tokenizer, card, run, threshold=None) -> tuple:
+    def evaluate(self, task, lang, data, tokenizer, card, run, threshold=None,
+                 output: str = "layer_embedding") -> tuple:
+        """BUCC (task bucc2018: margin mining, F1 at `threshold`) or Tatoeba (any other task:
+        xx -> en top-1 accuracy by cosine) on the variant's `output` embedding of both sides of
+        the Bitext `data`: "layer_embedding" (mean-pooled hidden states of the card's retrieval
+        layer, by default the middle one: XTREME's protocol) or "sentence_embedding" (the last
+        layer). The demo's retrieval task is scored by this same method, as Tatoeba."""
         from xopt.batching import tokenize
         from xopt.tasks import retrieval
 
         texts = data.src + data.en    # embeddings of both sides in one bucketed pass
-        emb = run(tokenize(tokenizer, texts, card.input_prefix, card.max_length))["layer_embedding"]
+        emb = run(tokenize(tokenizer, texts, card.input_prefix, card.max_length))[output]
         src, en = emb[:len(data.src)], emb[len(data.src):]
-        if task.name == "tatoeba":
+        if task.name != "bucc2018":
             oc = retrieval.tatoeba_outcomes(src, en)
             return float(oc.mean() * 100), len(oc), {"outcomes": oc.tolist(), "outcome_kind": "mean"}, len(texts)
         cands = retrieval.mine(src, en, k=4)
@@ -388,20 +395,6 @@ class RetrievalFamily(Family):
                 {"counts": counts[nz].tolist(), "count_units": nz.tolist(), "n_units": len(data.src),
                  "outcome_kind": "counts", "threshold": threshold["value"], "threshold_from": threshold["from"],
                  "margin": "ratio", "k": 4, "distractors": data.distractors}, len(texts))
-
-    def demo_outcomes(self, out, examples, index, labels) -> np.ndarray:
-        """Top-1 retrieval between each translation and its English source, both directions, by cosine:
-        per pair the mean of (xx->en correct, en->xx correct)."""
-        emb = out["sentence_embedding"]
-        src = _unit(emb[[index[e["source"]] for e in examples]])
-        tgt = _unit(emb[[index[e["text"]] for e in examples]])
-        sim = tgt @ src.T
-        idx = np.arange(len(src))
-        return ((sim.argmax(1) == idx).astype(np.float64) + (sim.argmax(0) == idx).astype(np.float64)) / 2
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 for _fam in (SequenceFamily(), ChoiceFamily(), TokenFamily(), SpanFamily(), MlmFamily(), RetrievalFamily()):

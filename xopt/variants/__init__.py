@@ -62,7 +62,7 @@ def compile_variant(checkpoint: str | Path, name: str, out: str | Path, force: b
     `options` are validated into the variant's config (unknown or inapplicable ones are refused
     before anything is built). `exports`: an `ExportCache` the caller owns, to share ONNX exports
     between the variants of one checkpoint; without one, exports last for this call only."""
-    from xopt.modeling import open_checkpoint, param_counts
+    from xopt.modeling import num_layers, open_checkpoint, param_counts
 
     variant = get(name)
     if reason := variant.unavailable_reason():
@@ -93,7 +93,7 @@ def compile_variant(checkpoint: str | Path, name: str, out: str | Path, force: b
                 "build_s": round(build_s, 3),
                 "model": {**ckpt.card.to_json(), "name": source["name"],
                           "role": ckpt.manifest.get("role"), "base_model": ckpt.manifest.get("base_model"),
-                          **param_counts(ckpt.path)},
+                          "num_layers": num_layers(ckpt.path), **param_counts(ckpt.path)},
                 **extra})
     finally:
         if own:

@@ -1,4 +1,4 @@
-"""`xopt demo --quick` end to end: the real model, the machine's gettext catalogs, every CPU variant."""
+"""`xopt demo --quick` end to end: the real model, the machine's gettext catalogs, the demo's variants."""
 
 import json
 
@@ -6,7 +6,8 @@ from typer.testing import CliRunner
 
 from conftest import needs_demo
 from xopt.cli import app
-from xopt.variants import REGISTRY
+from xopt.pipeline import DEMO_VARIANTS
+from xopt.tasks.demo import QUICK_LANGS
 
 
 @needs_demo
@@ -15,19 +16,31 @@ def test_demo_quick(tmp_path):
     res = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
     assert res.exit_code == 0, res.output
     recs = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
-    cpu = {v.name for v in REGISTRY.values() if v.device == "cpu"}
-    evals = {(r["model"], r["variant"], r["task"]) for r in recs if r["kind"] == "eval"}
+    evals = {(r["model"], r["variant"], r["task"], r["lang"], r.get("retrieval_layer")) for r in recs
+             if r["kind"] == "eval"}
+    langs = [lang for lang in QUICK_LANGS if lang != "en"]
+    # every demo variant x language x task, the retrieval task under both protocols (middle, last of 12)
     for model in ("baseline", "xstilts"):
-        for v in cpu:
-            for task in ("demo-topic", "demo-retrieval"):
-                assert (model, v, task) in evals
-    bench = {(r["variant"], r.get("seq_len") or "mix") for r in recs if r["kind"] == "bench"}
-    assert {(v, 128) for v in cpu} <= bench and {(v, "mix") for v in cpu} <= bench
-    langs = {r["lang"] for r in recs if r["kind"] == "eval"}
-    assert {"ar", "hi", "ja", "avg"} <= langs
+        for v in DEMO_VARIANTS:
+            for lang in langs + ["avg"]:
+                assert (model, v, "demo-topic", lang, None) in evals
+                for layer in (6, 12):
+                    assert (model, v, "demo-retrieval", lang, layer) in evals
+            assert (model, v, "demo-topic", "en", None) in evals
+    assert {r["variant"] for r in recs} == set(DEMO_VARIANTS)
+    retr = [r for r in recs if r["kind"] == "eval" and r["task"] == "demo-retrieval"]
+    assert all(r["num_layers"] == 12 and r["pooling"] == "mean" for r in retr)
+    # benchmarked: batch 1 at 128 tokens and batch 8 on the length mix, nothing else
+    bench = {(r["variant"], r["batch"], r.get("seq_len") or "mix") for r in recs if r["kind"] == "bench"}
+    assert bench == {(v, b, s) for v in DEMO_VARIANTS for b, s in ((1, 128), (8, "mix"))}
     md = (out / "report" / "report.md").read_text()
-    assert "onnx-int8" in md and "retention" in md
+    assert "onnx-int8" in md and "retention" in md and "demo-retrieval@L6-mean" in md and "XTREME protocol" in md
+    # the closing paragraph: in the report and last in the output; a pick
+    assert "## In short" in md and "X-STILTs (intermediate task, then target task) changes" in md
     assert "X-STILTs gain kept by each variant" in res.output and "pick:" in res.output
+    tail = res.output.strip().splitlines()[-1]
+    assert tail.startswith("On fp32, X-STILTs") and "xopt recommends" in tail, tail
+    assert "xopt recommends" in res.output and "timings (s): suite" in res.output
     # variant directories are complete and verifiable
     man = json.loads((out / "variants" / "xstilts" / "onnx-int8" / "manifest.json").read_text())
     assert man["calibration"]["samples"] == 64 and man["source"]["name"] == "xstilts"

@@ -162,7 +162,7 @@ def run_demo(out: Path, quick: bool = False, force: bool = False, full_bench: bo
     console.print(f"records: {res}\nreport:  {report_md}\n" +
                   "timings (s): " + ", ".join(f"{k.removesuffix('_s')} {v:.0f}" for k, v in timings.items()))
     console.rule("[bold]in short")
-    console.print(closing, highlight=False)
+    console.print(closing, highlight=False, soft_wrap=True)     # one line: the terminal wraps it
     return {"results": res, "report": report_md, "rows": rows, "pick": choice, "timings": timings,
             "closing": closing}
 

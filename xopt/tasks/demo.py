@@ -14,9 +14,11 @@ From a fixed list of catalogs (those of `catalogs.DEBIAN_PACKAGES`) we build:
   setting where intermediate training pays off, the target task has little English training
   data (30 examples per label) and the intermediate task many examples (250 per label) of a
   related decision.
-- `demo-retrieval` (Tatoeba-style): for each language, retrieve the English source of
-  each test translation among all the language's test sources (and back), top-1 by cosine
-  of mean-pooled embeddings.
+- `demo-retrieval` (Tatoeba's protocol, scored by the same code as XTREME's Tatoeba,
+  `RetrievalFamily.evaluate`): for each language, each test translation retrieves its English
+  source among all the language's test sources (xx -> en), top-1 by cosine of the mean-pooled
+  hidden states of the encoder's middle layer, as XTREME; `--retrieval-layer` chooses another
+  layer (the demo also scores the last layer, e5's own pooling), and records say which.
 - a `shared` set: the same English test messages translated in every one of a group of
   languages (at least the non-Latin scripts ar, hi, ja, ko, ru, th, zh, ka, ta, my), for
   comparisons across languages on identical content (e.g. tokens per sentence).

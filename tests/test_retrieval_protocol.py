@@ -51,7 +51,17 @@ def test_retrieval_layer_resolves_to_the_output_that_pools_it():
 
 # ------------------------------------------------------------------ records carry layer and pooling
 
-def test_eval_records_carry_layer_and_pooling(tmp_path, tiny_ckpt, tiny_suite):
+def test_eval_records_carry_layer_and_pooling(tmp_path, tiny_ckpt, tiny_suite, monkeypatch):
+    from xopt.tasks.families import RetrievalFamily
+
+    seen = []          # the demo's retrieval goes through XTREME's Tatoeba code: one code path
+    real = RetrievalFamily.evaluate
+
+    def spy(self, task, *a, **kw):
+        seen.append((task.name, kw.get("output")))
+        return real(self, task, *a, **kw)
+
+    monkeypatch.setattr(RetrievalFamily, "evaluate", spy)
     run = CliRunner().invoke
     v = tmp_path / "fp32"
     assert run(app, ["compile", str(tiny_ckpt), "--variant", "fp32", "--out", str(v)]).exit_code == 0
@@ -63,6 +73,7 @@ def test_eval_records_carry_layer_and_pooling(tmp_path, tiny_ckpt, tiny_suite):
     for layer in ("middle", "last"):
         res = run(app, args + ["--retrieval-layer", layer, "--out", str(out)])
         assert res.exit_code == 0, res.output
+    assert seen == [("tatoeba", "layer_embedding")] * 2 + [("tatoeba", "sentence_embedding")] * 2   # de, ja
     recs, _ = records.read([out], strict=True)
     assert all(r["schema"] == records.SCHEMA_VERSION == 2 for r in recs)
     retr = [r for r in recs if r["task"] == "demo-retrieval"]

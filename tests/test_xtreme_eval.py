@@ -98,8 +98,35 @@ def test_all_nine_tasks_write_valid_records(all_records):
         assert avg[0]["n_examples"] == sum(r["n_examples"] for r in rows)
     bucc = [r for r in recs if r["task"] == "bucc2018" and r["lang"] != "avg"]
     assert all(r["threshold_from"] == "fp32 dev" for r in bucc)
+    # retrieval: XTREME's protocol by default (mean of the middle layer, 1 of 2), said in every record
+    for r in recs:
+        got = (r.get("retrieval_layer"), r.get("num_layers"), r.get("pooling"))
+        assert got == ((1, 2, "mean") if r["task"] in ("bucc2018", "tatoeba") else (None, None, None)), r["task"]
     qa = [r for r in recs if r["task"] == "mlqa" and r["lang"] != "avg"]
     assert all(r["normalisation"] == "mlqa" and len(r["em_outcomes"]) == r["n_examples"] for r in qa)
+
+
+def test_retrieval_layer_last_scores_the_last_layer(variants, tmp_path, monkeypatch):
+    from xopt.tasks.families import RetrievalFamily
+
+    seen = []
+    real = RetrievalFamily.evaluate
+
+    def spy(self, task, *a, **kw):
+        seen.append((task.name, kw.get("output")))
+        return real(self, task, *a, **kw)
+
+    monkeypatch.setattr(RetrievalFamily, "evaluate", spy)
+    out = tmp_path / "r.jsonl"
+    res = run("eval", variants["enc"], "--suite", "xtreme", "--data", FIX, "--tasks", "tatoeba", "--langs", "de",
+              "--retrieval-layer", "last", "--out", out)
+    assert res.exit_code == 0, res.output
+    recs, _ = records.read([out], strict=True)
+    assert {(r["lang"], r["retrieval_layer"], r["num_layers"]) for r in recs} == {("de", 2, 2), ("avg", 2, 2)}
+    assert seen == [("tatoeba", "sentence_embedding")]
+    assert "outputs the mean-pooled layers 1 and 2 only" in one_line_error(
+        run("eval", variants["enc"], "--suite", "xtreme", "--data", FIX, "--tasks", "tatoeba", "--langs", "de",
+            "--retrieval-layer", "0"))
 
 
 def test_bucketing_restores_order(variants):

@@ -8,8 +8,8 @@ bootstrap confidence intervals on paired differences.
 
 With an `out` file, each record is appended as soon as its task x language unit is scored
 (`records.append` writes whole lines atomically), so a crash keeps every finished unit; with
-`resume`, the units (task, lang, split, suite) that file already holds for the variant and model
-are skipped, and said so in one line.
+`resume`, the units (task, lang, split, suite, retrieval protocol) that file already holds for the
+variant and model are skipped, and said so in one line.
 
 Retrieval (BUCC, Tatoeba and the demo's retrieval task) is scored on one embedding chosen by
 `--retrieval-layer` (`parse_retrieval_layer`, `retrieval_view`): "middle" (default: XTREME's

@@ -152,7 +152,7 @@ def run_demo(out: Path, quick: bool = False, force: bool = False, full_bench: bo
     choice = pick([res], max_drop=DEFAULT_MAX_DROP)
     closing = report.closing_paragraph(tables, rows, choice)
     report_md = report.write(tables, out / "report", closing=closing)
-    console.print(report.summary_table(rows, tables.tasks()))
+    console.print(report.summary_table(rows, report.task_order(tables)))
     for note in report.protocol_notes(tables):
         console.print(note, highlight=False)
     console.print(render(choice))

@@ -19,14 +19,15 @@ from xopt.analysis import (LANGS, PAPER, RESOURCE_GROUPS, Outcomes, RecordIndex,
                            fmt_ci, fmt_retention, gain_stats, lang_groups, load, pareto_front, shape_key, shape_label,
                            summary_rows, worst_language)
 from xopt.report.calibration import calibration_section
-from xopt.report.closing import closing_paragraph, protocol_notes
+from xopt.report.closing import closing_paragraph, protocol_notes, task_order
 from xopt.report.document import build, write, write_report
 from xopt.report.table import Column, Doc, Mark, Table
 from xopt.report.terminal import print_bench, print_eval, summary_table
 
 Tables = RecordIndex    # the name report.load's result had before xopt.analysis
 
-__all__ = ["LANGS", "PAPER", "RESOURCE_GROUPS", "Column", "Doc", "Mark", "Outcomes", "RecordIndex", "Table",
-           "Tables", "build", "calibration_section", "closing_paragraph", "default_shape", "device_matches", "fmt_ci", "fmt_retention",
-           "gain_stats", "lang_groups", "load", "pareto_front", "print_bench", "print_eval", "protocol_notes", "shape_key",
-           "shape_label", "summary_rows", "summary_table", "worst_language", "write", "write_report"]
+__all__ = ["LANGS", "PAPER", "RESOURCE_GROUPS", "Column", "Doc", "Mark", "Outcomes", "RecordIndex", "Table", "Tables",
+           "build", "calibration_section", "closing_paragraph", "default_shape", "device_matches", "fmt_ci",
+           "fmt_retention", "gain_stats", "lang_groups", "load", "pareto_front", "print_bench", "print_eval",
+           "protocol_notes", "shape_key", "shape_label", "summary_rows", "summary_table", "task_order",
+           "worst_language", "write", "write_report"]

@@ -47,6 +47,13 @@ def protocol_notes(t: RecordIndex, family: str | None = None) -> list[str]:
     return out
 
 
+def task_order(t: RecordIndex, family: str | None = None) -> list[str]:
+    """Task labels in reading order: tasks without a retrieval protocol first, then XTREME's
+    retrieval protocol, then the others."""
+    protocols = t.protocols(family)
+    return sorted(t.tasks(family), key=lambda la: (la in protocols, not protocols.get(la, {}).get("xtreme"), la))
+
+
 def _ci(lo: float, hi: float, digits: int = 1) -> str:
     return f"{lo:+.{digits}f}..{hi:+.{digits}f}" if np.isfinite(lo) and np.isfinite(hi) else "no interval"
 
@@ -79,11 +86,10 @@ def closing_paragraph(t: RecordIndex, rows: list[dict], choice: dict | None, ref
         return (f"No gain to report: the records hold no baseline and X-STILTs scores of the {reference} "
                 f"variant on the same tasks.")
     shape = rows[0].get("shape") or "?"
-    where = f"batch {rows[0].get('batch', 1)}, {shape.removeprefix('s') + ' tokens' if shape.startswith('s') else shape}"
+    length = f"{shape.removeprefix('s')} tokens" if shape.startswith("s") else shape
+    where = f"batch {rows[0].get('batch', 1)}, {length}"
     gains, clear_pos = [], []
-    # tasks without a protocol first, then XTREME's retrieval protocol, then the others
-    order = sorted(t.tasks(family), key=lambda la: (la in protocols, not protocols.get(la, {}).get("xtreme"), la))
-    for label in order:
+    for label in task_order(t, family):
         st = ref["tasks"].get(label)
         if not st:
             continue
@@ -146,7 +152,11 @@ def _pick_sentence(choice: dict | None, by_v: dict, reference: str, stock_row: d
             for label in clear_pos if label in row.get("tasks", {})
             and np.isfinite(row["tasks"][label]["retention"])]
     speed = _speed(row, stock_row, reference) if row else "speed not measured"
+    faster = [x for x in choice.get("candidates", []) if x["fails"] and x.get("p50_ms") is not None
+              and c.get("p50_ms") is not None and x["p50_ms"] < c["p50_ms"]]
+    out_of_budget = ("; faster but outside that budget: " +
+                     "; ".join(f"{x['name']} ({x['fails'][0]})" for x in faster) if faster else "")
     ru = choice.get("runner_up")
-    tail = f" (the runner-up, {ru['name']}, lost: {choice['why_runner_up_lost']})" if ru else ""
+    tail = f" (the runner-up, {ru['name']}, lost: {choice['why_runner_up_lost']})" if ru and not faster else ""
     return (f"xopt recommends {c['name']} ({speed}{', keeping ' + ', '.join(kept) if kept else ''}): "
-            f"{why}{tail}.")
+            f"{why}{tail}{out_of_budget}.")

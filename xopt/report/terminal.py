@@ -68,12 +68,12 @@ def print_bench(recs: list[dict], compare: str | None = None) -> None:
 
 
 def summary_model(rows: list[dict], tasks: list[str], reference: str = "fp32") -> Table:
-    """The demo's closing table, narrow enough for an 80-column terminal."""
+    """The demo's closing table, two columns per task (score over its worst language's change;
+    retention or the reference gain), narrow enough for a 160-column log with three tasks."""
     cols = [Column("variant")]
     for task in tasks:
         short = task.removeprefix("demo-")
-        cols += [Column(f"{short}\nscore", "right"), Column(f"{short}\nretention\n(95% CI)", "right"),
-                 Column(f"{short}\nworst", "right")]
+        cols += [Column(f"{short}\nscore\n(worst)", "right"), Column(f"{short}\nretention\n(95% CI)", "right")]
     shape = next((r["shape"] for r in rows if r.get("shape")), None)
     cols += [Column(f"p50 ms\nb{rows[0]['batch'] if rows else 1} {shape or ''}", "right"),
              Column(f"vs\n{reference}", "right")]
@@ -83,17 +83,17 @@ def summary_model(rows: list[dict], tasks: list[str], reference: str = "fp32") -
         for task in tasks:
             st = r["tasks"].get(task)
             if not st:
-                cells += ["n/a"] * 3
+                cells += ["n/a"] * 2
                 continue
             lo, hi = st["retention_ci"]
             if st["retention_uncertain"] or not np.isfinite(st["retention"]):
                 g_lo, g_hi = st["ref_gain_ci"]
-                ret = f"n/a: {reference} gain\n{st['ref_gain']:+.1f} ({g_lo:+.1f}..{g_hi:+.1f})"
+                ret = f"n/a: {reference}\ngain {st['ref_gain']:+.1f}\n({g_lo:+.1f}..{g_hi:+.1f})"
             else:
                 ret = f"{st['retention']:.2f}\n({lo:.2f}..{hi:.2f})"
             w = st.get("worst")
-            cells += [f"{st['score']:.1f}", ret, f"{w[0]} {w[1]:+.1f}" if w else "ref" if r["variant"] == reference
-                      else "no drop"]
+            worst = f"{w[0]} {w[1]:+.1f}" if w else "ref" if r["variant"] == reference else "no drop"
+            cells += [f"{st['score']:.1f}\n({worst})", ret]
         cells += [cost_cell(r, "p50_ms", "{:.1f}"), f"{r['speedup']:.2f}x" if r.get("speedup") else "n/a"]
         t.add_row(*cells)
     return t

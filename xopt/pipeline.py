@@ -48,7 +48,7 @@ def cached_e5(force: bool = False) -> Path:
 
 # The demo's variants: the fp32 reference, its ONNX export, xopt's static int8 and the stock
 # ONNX Runtime int8 recipe a user would otherwise pick. Other CPU variants (torch.compile,
-# torch.ao dynamic int8, ONNX dynamic int8) stay registered for `xopt compile` / `xopt run`.
+# torch.ao dynamic int8, ONNX static int8) stay registered for `xopt compile` / `xopt run`.
 DEMO_VARIANTS = ("fp32", "onnx-fp32", "onnx-int8", "ort-stock-int8")
 # Retrieval protocols the demo scores: XTREME's (middle layer) and e5's own pooling (last layer).
 DEMO_RETRIEVAL_LAYERS = ("middle", "last")

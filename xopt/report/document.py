@@ -7,6 +7,7 @@ from pathlib import Path
 
 from xopt.analysis import RecordIndex, is_xlmr_large, load, summary_rows
 from xopt.report.calibration import calibration_section
+from xopt.report.closing import task_order
 from xopt.report.plots import all_plots, heatmap_name
 from xopt.report.sections import (cost_section, reference_section, size_section, summary_section, task_section,
                                   tokens_section)
@@ -35,10 +36,10 @@ def build(t: RecordIndex, out: Path, reference: str = "fp32", closing: str | Non
             reference_section(doc, t, fam, reference)
         if t.tasks(fam):
             summary_section(doc, t, fam, reference)
-        for task in t.tasks(fam):
+        for task in task_order(t, fam):
             task_section(doc, t, fam, task, reference)
         cost_section(doc, t, fam)
-        for task in t.tasks(fam):
+        for task in task_order(t, fam):
             name = heatmap_name(t, fam, task)
             if name in images:
                 doc.img(name, f"{name[8:-4]}: score change vs {reference} per variant and language")

@@ -7,14 +7,14 @@ import numpy as np
 
 from xopt.analysis import (LANGS, PAPER, RecordIndex, fmt_ci, fmt_retention, gain_stats, lang_groups, paper_task,
                            per_language_cost, shape_label, summary_rows, worst_language)
-from xopt.report.closing import protocol_notes
+from xopt.report.closing import protocol_notes, task_order
 from xopt.report.table import Doc, Mark, Table
 from xopt.report.terminal import cost_cell
 
 
 def summary_section(doc: Doc, t: RecordIndex, fam: str, reference: str) -> list[dict]:
     """Per variant: per task score, gain, retention and worst language; p50 and speed-up."""
-    tasks = t.tasks(fam)
+    tasks = task_order(t, fam)
     rows = summary_rows(t, reference, family=fam)
     shape = rows[0]["shape"] if rows else None
     header = ["variant"]

@@ -46,7 +46,7 @@ def cached_e5(force: bool = False) -> Path:
     return import_model("e5-small", path, force=True)
 
 
-# The demo's variants: the fp32 reference, its ONNX export, xopt's static int8 and the stock
+# The demo's variants: the fp32 reference, its ONNX export, xopt's int8 recipe and the stock
 # ONNX Runtime int8 recipe a user would otherwise pick. Other CPU variants (torch.compile,
 # torch.ao dynamic int8, ONNX static int8) stay registered for `xopt compile` / `xopt run`.
 DEMO_VARIANTS = ("fp32", "onnx-fp32", "onnx-int8", "ort-stock-int8")

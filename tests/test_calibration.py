@@ -322,7 +322,7 @@ def test_smoothquant_with_fallback_leaves_the_chosen_layers_unquantised(tiny_ckp
         "calib_method": "smoothquant", "smoothquant_alpha": "0.3,0.8", "keep_fp16": 2})
     cal = man["calibration"]
     assert cal["method"] == "minmax+smoothquant" and cal["smoothquant_alpha"] in (0.3, 0.8)
-    assert len(cal["keep"]) == 2 and man["fallback_fp32"] == [module_to_onnx_node(n) for n in cal["keep"]]
+    assert len(cal["keep"]) == 2 and sorted(man["fallback_fp32"]) == sorted(module_to_onnx_node(n) for n in cal["keep"])
     prof = json.loads((tmp_path / "v" / "calibration_profile.json").read_text())
     trials = {t["alpha"]: t["drop"] for t in prof["smoothing"]["trials"]}
     assert set(trials) == {0.3, 0.8} and trials[cal["smoothquant_alpha"]] == min(trials.values())

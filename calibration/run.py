@@ -98,7 +98,16 @@ def calibrate_checkpoint(ckpt, options: dict, quantized: Callable[[str], bool] |
     names = linear_names(module)
     qnames = [n for n in names if quantized is None or quantized(n)]
     loop = forward_loop_from_batches(list(calib.batches(ckpt.card.max_length)))   # tokenised once
-    needs_dev = smooth or keep_k is not None or max_drop is not None
+    given = options.get("smoothquant_alpha")
+    try:
+        alphas = list(SMOOTHQUANT_ALPHAS) if given is None else \
+            [float(a) for a in (given.split(",") if isinstance(given, str) else [given])]
+    except ValueError:
+        raise XoptError(f"smoothquant_alpha {given!r}: give a number or a comma list in [0, 1]") from None
+    if not alphas or not all(0 <= a <= 1 for a in alphas):
+        raise XoptError(f"smoothquant_alpha {given!r}: values must lie in [0, 1]")
+    # the held-out sample scores alpha trials and the fallback; one given alpha needs no trial
+    needs_dev = (smooth and len(alphas) > 1) or keep_k is not None or max_drop is not None
     outs = ckpt.output_names
     if needs_dev:
         batches = sens.dev_batches(calib.tokenizer, calib.dev_texts, ckpt.card.input_prefix,
@@ -114,14 +123,6 @@ def calibrate_checkpoint(ckpt, options: dict, quantized: Callable[[str], bool] |
     if smooth and snames:
         stats = collect_activation_stats(module, loop, snames, channel_amax=True)
         mods = dict(module.named_modules())
-        given = options.get("smoothquant_alpha")
-        try:
-            alphas = list(SMOOTHQUANT_ALPHAS) if given is None else \
-                [float(a) for a in (given.split(",") if isinstance(given, str) else [given])]
-        except ValueError:
-            raise XoptError(f"smoothquant_alpha {given!r}: give a number or a comma list in [0, 1]") from None
-        if not alphas or not all(0 <= a <= 1 for a in alphas):
-            raise XoptError(f"smoothquant_alpha {given!r}: values must lie in [0, 1]")
         trials = []
         orig = {n: mods[n].weight.detach().clone() for n in snames}
         for alpha in alphas:

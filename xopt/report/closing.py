@@ -125,7 +125,7 @@ def closing_paragraph(t: RecordIndex, rows: list[dict], choice: dict | None, ref
         for r in others:
             worst = min((st["score_drop"] for st in r["tasks"].values()), default=None)
             score = ("is not evaluated" if worst is None else f"scores at least as well as {reference} on every task"
-                     if worst >= 0 else f"scores at most {-worst:.1f} points below {reference} on any task")
+                     if worst >= 0 else f"scores at most {-worst:.2f} points below {reference} on any task")
             drops.append(f"{r['variant']} {score}, at {_speed(r, stock_row, reference)}")
         text.append(f"No gain is clearly positive (for retrieval: under XTREME's protocol), so how much of it a "
                     f"variant keeps is n/a; the variants are compared on score instead, at {where}: "

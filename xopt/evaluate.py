@@ -15,7 +15,7 @@ Retrieval (BUCC, Tatoeba and the demo's retrieval task) is scored on one embeddi
 `--retrieval-layer` (`parse_retrieval_layer`, `retrieval_view`): "middle" (default: XTREME's
 protocol, mean-pooled hidden states of layer num_layers // 2), "last" (the last layer's mean,
 the pooling a sentence embedder such as e5 was trained with) or a layer number that the variant
-outputs. Every retrieval record carries the layer and pooling it was measured with, and the
+outputs. Every retrieval record carries the layer and pooling it was scored with, and the
 demo's retrieval task is scored by the same method as XTREME's Tatoeba
 (`RetrievalFamily.evaluate`), on the encodings of the demo's one pass over its texts.
 """

@@ -266,6 +266,16 @@ class ExportCache:
         self._finalizer()
 
 
+def save_model(model, path: Path) -> bool:
+    """Save an ONNX model, its weights as external data (`<name>.data`) beyond protobuf's 2 GiB
+    limit (XLM-R-large); returns whether they went external."""
+    import onnx
+
+    big = model.ByteSize() > (1 << 31) - (1 << 26)
+    onnx.save(model, str(path), save_as_external_data=big, location=path.name + ".data")
+    return big
+
+
 def fused_op_counts(path: Path) -> dict:
     import onnx
 
@@ -505,8 +515,7 @@ def _build_int8(variant, ckpt, out: Path, config: OnnxInt8Config, exports: Expor
     smoothed = smooth_fused_graph(model, profile.smoothing["scales"]) if profile.smoothing else 0
     with tempfile.TemporaryDirectory(prefix="xopt-int8-") as tmp:
         src = Path(tmp) / "smoothed.onnx"
-        big = model.ByteSize() > (1 << 31) - (1 << 26)      # protobuf's 2 GiB limit (XLM-R-large)
-        onnx.save(model, str(src), save_as_external_data=big, location="smoothed.onnx.data")
+        big = save_model(model, src)
         del model
         with quiet():
             # DefaultTensorType: the fused contrib ops carry no type information for the
@@ -580,8 +589,7 @@ def _build_int8_static(variant, ckpt, out: Path, config: OnnxInt8StaticConfig, e
             del model.graph.node[:]
             model.graph.node.extend(nodes)
             raw = Path(tmpdir) / "kept_inputs.onnx"
-            onnx.save(model, str(raw), save_as_external_data=model.ByteSize() > (1 << 31) - (1 << 26),
-                      location="kept_inputs.onnx.data")
+            save_model(model, raw)
             del model
         cache = Path(tmpdir) / "ranges.json"
         save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges), cache)

@@ -335,7 +335,8 @@ def build_qdq_onnx(ckpt, out: Path, config: TrtInt8Config, exports) -> dict:
     prof.save(out / PROFILE_FILE)
     with tempfile.TemporaryDirectory(prefix="xopt-trt-") as tmp:
         if prof.smoothing:
-            raw = export_module(module, ckpt.output_names, Path(tmp) / "smoothed.onnx") and Path(tmp) / "smoothed.onnx"
+            raw = Path(tmp) / "smoothed.onnx"
+            export_module(module, ckpt.output_names, raw)
         else:
             raw = exports.get(ckpt, fuse=False)
         kept_by_profile = set(prof.keep)

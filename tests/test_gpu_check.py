@@ -55,3 +55,25 @@ def test_accuracy_rows_drop_and_worst_language():
     assert rows["int8"]["langs"] == 2 and rows["int8"]["mean"] == 72.5
     assert rows["int8"]["mean_drop"] == 2.5 and (rows["int8"]["worst_lang"], rows["int8"]["worst_drop"]) == ("ja", 4.0)
     assert rows["fp32"]["mean_drop"] == 0.0
+
+
+def test_compiled_variants_come_after_the_eager_ones():
+    r = subprocess.run([sys.executable, "-m", "xopt.cli", "variants", "--json"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    import json
+
+    vs = [v for v in json.loads(r.stdout) if v["device"] in ("cuda", "auto")]
+    names = [v["name"] for v in gpu_check.order_variants(vs)]
+    assert names[0] == "fp16"
+    first_compiled = min(names.index(n) for n in ("compile-cuda", "int8", "int8-smooth", "fp8"))
+    assert all(names.index(n) < first_compiled for n in ("bf16", "bnb-int8", "unpadded", "unpadded-int8"))
+    assert names.index("int8-smooth") > names.index("int8")
+
+
+def test_verbose_rows_when_pytest_was_cut():
+    log = ("tests/test_kernels.py::test_kernels_on_gpu[1] PASSED [ 10%]\n"
+           "tests/test_gpu_variants.py::test_gpu_variant_matches_fp32[int8] FAILED   [ 20%]\n"
+           "tests/test_gpu_variants.py::test_gpu_variant_matches_fp32[fp8] ")
+    rows = gpu_check._verbose_rows(log)
+    assert [(r["test"].split("::")[1], r["outcome"]) for r in rows] == [
+        ("test_kernels_on_gpu[1]", "passed"), ("test_gpu_variant_matches_fp32[int8]", "failed")]

@@ -114,6 +114,50 @@ def test_stock_peer_is_onnx_runtimes_own_recipe(built, tiny_ckpt, tmp_path):
 
 
 
+def test_fusion_with_the_embedding_table_set_aside_gives_ort_s_own_fused_model(tiny_ckpt, tmp_path):
+    """fuse_bert runs the fusions on a stand-in word-embedding table and puts the real one back:
+    the saved model equals what ONNX Runtime's optimizer gives on the whole export."""
+    import onnx
+    from onnxruntime.transformers import optimizer
+
+    from xopt.modeling import open_checkpoint
+    from xopt.variants import onnx as onnx_family
+
+    ckpt = open_checkpoint(tiny_ckpt)
+    onnx_family.export_onnx(ckpt, tmp_path / "raw.onnx")
+    raw = onnx.load(str(tmp_path / "raw.onnx"))
+    aside = onnx_family.set_aside_tables(raw)
+    assert list(aside) == ["encoder.embeddings.word_embeddings.weight"]      # the table, nothing else
+    assert [list(i.dims) for i in raw.graph.initializer if i.name in aside] == [[onnx_family.STAND_IN_ROWS, 64]]
+
+    cfg = onnx_family._config(ckpt)
+    onnx_family.fuse_bert(tmp_path / "raw.onnx", tmp_path / "ours.onnx", cfg)
+    direct = optimizer.optimize_model(str(tmp_path / "raw.onnx"), model_type="bert", opt_level=0,
+                                      num_heads=cfg["num_attention_heads"], hidden_size=cfg["hidden_size"])
+    direct.save_model_to_file(str(tmp_path / "direct.onnx"))
+    ours = onnx.load(str(tmp_path / "ours.onnx"))
+    assert ours == onnx.load(str(tmp_path / "direct.onnx"))
+    assert Counter(n.op_type for n in ours.graph.node)["EmbedLayerNormalization"] == 1
+
+
+def test_tables_are_not_put_back_under_a_name_the_graph_lost():
+    from onnx import helper, numpy_helper
+
+    from xopt.variants import onnx as onnx_family
+
+    table = numpy_helper.from_array(np.ones((onnx_family.ASIDE_MIN_ELEMENTS // 8 + 5000, 8), np.float32), "emb")
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("Gather", ["emb", "ids"], ["y"])], "g",
+        [helper.make_tensor_value_info("ids", 7, ["n"])], [helper.make_tensor_value_info("y", 1, ["n", 8])], [table]))
+    aside = onnx_family.set_aside_tables(model)
+    assert list(aside) == ["emb"] and model.graph.initializer[0].dims[0] == onnx_family.STAND_IN_ROWS
+    renamed = type(model)()
+    renamed.CopyFrom(model)
+    renamed.graph.initializer[0].name = "emb_renamed"
+    assert not onnx_family.put_back_tables(renamed, aside)
+    assert onnx_family.put_back_tables(model, aside) and model.graph.initializer[0] == table
+
+
 def _fused_and_scales(tiny_ckpt, seed=0):
     """The tiny model's fused fp32 graph and SmoothQuant-like factors (random, positive, one
     vector per input group) for every Linear but the head."""

@@ -160,34 +160,101 @@ def export_module(module, names: tuple[str, ...], path: Path) -> tuple[str, ...]
 
 
 def fuse_bert(src: Path, dst: Path, config: dict) -> dict:
-    """ONNX Runtime's transformer fusions for BERT-like encoders; returns the fused op counts."""
+    """ONNX Runtime's transformer fusions for BERT-like encoders; returns the fused op counts.
+
+    The fusions run shape inference on copies of the whole model several times; the word
+    embedding table is most of an XLM-R model's bytes (250k x H) and none of their business (a
+    Gather's output shape does not depend on the table's row count). So the fusions see a
+    stand-in of its first rows, and the real one is put back under its name before the model is
+    saved; if the fused graph no longer reads the table under that name, the fusions run again
+    on the whole model."""
+    import onnx
     from onnxruntime.transformers import optimizer
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        opt = optimizer.optimize_model(str(src), model_type="bert", num_heads=config["num_attention_heads"],
-                                       hidden_size=config["hidden_size"], opt_level=0)
-    opt.save_model_to_file(str(dst))
+    def fuse(model):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return optimizer.optimize_model(model, model_type="bert", num_heads=config["num_attention_heads"],
+                                            hidden_size=config["hidden_size"], opt_level=0)
+
+    model = onnx.load(str(src))
+    aside = set_aside_tables(model)
+    opt = fuse(model)
+    if aside and not put_back_tables(opt.model, aside):
+        model = onnx.load(str(src))
+        opt = fuse(model)
+    # as save_model: external data past 2 GiB (the fused model is about the exported one's size)
+    big = sum(f.stat().st_size for f in Path(src).parent.glob(Path(src).name + "*")) > (1 << 31) - (1 << 26)
+    opt.save_model_to_file(str(dst), use_external_data_format=big)
     return {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
 
 
-def check_against_torch(ckpt, onnx_path: Path, texts=None) -> dict:
-    """Worst cosine / max abs difference of the ONNX model's outputs vs eager PyTorch."""
+# An initializer this large (elements) that only Gather nodes read as their table is set aside
+# while graph passes that copy the model run.
+ASIDE_MIN_ELEMENTS = 1 << 20
+STAND_IN_ROWS = 4096
+
+
+def set_aside_tables(model) -> dict:
+    """Replace each large initializer read only as a Gather's table (the word embeddings) by a
+    stand-in of its first STAND_IN_ROWS rows, in place; returns {name: the real tensor}."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    readers: dict[str, list] = {}
+    for n in graph.node:
+        for k, i in enumerate(n.input):
+            readers.setdefault(i, []).append((n.op_type, k))
+    aside = {}
+    for init in graph.initializer:
+        count = int(np.prod(init.dims)) if init.dims else 1
+        uses = readers.get(init.name, [])
+        if count >= ASIDE_MIN_ELEMENTS and len(init.dims) == 2 and uses and all(u == ("Gather", 0) for u in uses):
+            real = type(init)()
+            real.CopyFrom(init)
+            # more rows than the position and segment tables, which the fusions compare it with
+            stand_in = numpy_helper.from_array(numpy_helper.to_array(init)[:STAND_IN_ROWS].copy(), init.name)
+            init.CopyFrom(stand_in)
+            aside[init.name] = real
+    return aside
+
+
+def put_back_tables(model, aside: dict) -> bool:
+    """Put the tables `set_aside_tables` took back, in place; False (nothing changed) when one of
+    them is no longer an initializer of the model."""
+    inits = {i.name: i for i in model.graph.initializer}
+    if not all(name in inits for name in aside):
+        return False
+    for name, real in aside.items():
+        inits[name].CopyFrom(real)
+    return True
+
+
+CHECK_TEXTS = ("query: The file could not be opened.", "query: ファイルを開けません", "query: Пароль изменён",
+               "query: PNG image")
+
+
+def torch_reference(ckpt, texts=CHECK_TEXTS) -> tuple:
+    """(input_ids, attention_mask, eager PyTorch outputs as numpy) of `texts` for the checkpoint."""
     import torch
 
     from xopt.modeling import load_module, load_tokenizer
 
-    texts = texts or ["query: The file could not be opened.", "query: ファイルを開けません",
-                      "query: Пароль изменён", "query: PNG image"]
     tok = load_tokenizer(ckpt.path)
-    batch = tok(texts, padding=True, return_tensors="np")
+    batch = tok(list(texts), padding=True, return_tensors="np")
     ids, mask = batch["input_ids"].astype(np.int64), batch["attention_mask"].astype(np.int64)
     with torch.inference_mode():
         ref = load_module(ckpt)(torch.from_numpy(ids), torch.from_numpy(mask))
+    return ids, mask, [r.numpy() for r in ref]
+
+
+def check_against_torch(ckpt, onnx_path: Path, exports: "ExportCache | None" = None) -> dict:
+    """Worst cosine / max abs difference of the ONNX model's outputs vs eager PyTorch (the
+    reference computed once per checkpoint when an ExportCache is given)."""
+    ids, mask, ref = exports.reference(ckpt) if exports is not None else torch_reference(ckpt)
     got = session(onnx_path).run(list(ckpt.output_names), {"input_ids": ids, "attention_mask": mask})
     out = {}
     for name, r, g in zip(ckpt.output_names, ref, got):
-        r = r.numpy()
         cos = (r * g).sum(-1) / (np.linalg.norm(r, axis=-1) * np.linalg.norm(g, axis=-1) + 1e-12)
         out[name] = {"min_cosine": float(cos.min()), "max_abs_diff": float(np.abs(r - g).max())}
     return out
@@ -223,6 +290,7 @@ class ExportCache:
 
         self.root = Path(tempfile.mkdtemp(prefix="xopt-onnx-"))
         self._paths: dict[tuple[str, bool], Path] = {}
+        self._reference: tuple[str | None, tuple | None] = (None, None)
         self._finalizer = weakref.finalize(self, shutil.rmtree, self.root, True)
 
     def __enter__(self) -> "ExportCache":
@@ -255,6 +323,13 @@ class ExportCache:
                 export_onnx(ckpt, path)
             self._paths[key] = path
         return self._paths[key]
+
+    def reference(self, ckpt) -> tuple:
+        """`torch_reference(ckpt)`, kept for the latest checkpoint."""
+        ident = _identity(ckpt)
+        if ident is None or self._reference[0] != ident:
+            self._reference = (ident, torch_reference(ckpt))
+        return self._reference[1]
 
     def release(self, keep: str | None = None) -> None:
         """Remove the exports now, except those of checkpoint identity `keep`."""
@@ -406,7 +481,7 @@ def enforce_export_check(check: dict, ckpt) -> dict:
 def _build_fp32(variant, ckpt, out: Path, config: OnnxConfig, exports: ExportCache) -> dict:
     link_or_copy(exports.get(ckpt, config.fuse), out / MODEL_FILE)   # never modified: share it
     return {"ops": fused_op_counts(out / MODEL_FILE),
-            "export_check": enforce_export_check(check_against_torch(ckpt, out / MODEL_FILE), ckpt)}
+            "export_check": enforce_export_check(check_against_torch(ckpt, out / MODEL_FILE, exports), ckpt)}
 
 
 def stock_quantize_dynamic(fused: Path, out: Path) -> None:
@@ -422,7 +497,7 @@ def stock_quantize_dynamic(fused: Path, out: Path) -> None:
 def _build_stock_int8(variant, ckpt, out: Path, config: "OrtStockInt8Config", exports: ExportCache) -> dict:
     stock_quantize_dynamic(exports.get(ckpt, fuse=True), out / MODEL_FILE)
     return {"ops": fused_op_counts(out / MODEL_FILE), **_int8_facts(out),
-            "export_check": check_against_torch(ckpt, out / MODEL_FILE)}
+            "export_check": check_against_torch(ckpt, out / MODEL_FILE, exports)}
 
 
 def fused_linears(graph) -> list[tuple]:
@@ -526,7 +601,7 @@ def _build_int8(variant, ckpt, out: Path, config: OnnxInt8Config, exports: Expor
     profile.save(out / PROFILE_FILE)
     return {"calibration": profile.identity(), "smoothed_matmuls": smoothed, "ops": fused_op_counts(out / MODEL_FILE),
             **_int8_facts(out), "kept_fp32": excluded, "fallback_fp32": fallback,
-            "export_check": check_against_torch(ckpt, out / MODEL_FILE)}
+            "export_check": check_against_torch(ckpt, out / MODEL_FILE, exports)}
 
 
 def _build_int8_static(variant, ckpt, out: Path, config: OnnxInt8StaticConfig, exports: ExportCache) -> dict:
@@ -609,7 +684,7 @@ def _build_int8_static(variant, ckpt, out: Path, config: OnnxInt8StaticConfig, e
     profile.save(out / PROFILE_FILE)
     return {"calibration": profile.identity(), "ops": fused_op_counts(out / MODEL_FILE), **_int8_facts(out),
             "kept_fp32": excluded,
-            "fallback_fp32": fallback, "export_check": check_against_torch(ckpt, out / MODEL_FILE)}
+            "fallback_fp32": fallback, "export_check": check_against_torch(ckpt, out / MODEL_FILE, exports)}
 
 
 def _load(variant, directory: Path, man, config) -> OrtRunner:

@@ -29,7 +29,7 @@ LAYERS: dict[str, int] = {
     # 2 records
     "xopt.records": 2,
     # 3 model
-    "xopt.modeling": 3, "xopt.importers": 3, "xopt.batching": 3,
+    "xopt.modeling": 3, "xopt.hf": 3, "xopt.importers": 3, "xopt.batching": 3,
     # 4 tasks
     "xopt.tasks": 4,
     # 5 calibration

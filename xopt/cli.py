@@ -563,23 +563,29 @@ def pick_cmd(ctx: typer.Context, results_files: Annotated[list[Path], typer.Argu
 
 
 @command("export")
-def export_cmd(variant_dir: Annotated[Path, typer.Argument(help="Variant directory (onnx-*, trt-*).")],
+def export_cmd(variant_dir: Annotated[Path, typer.Argument(help="Variant directory (onnx-*, trt-*); with --format "
+                                                                  "hf, a checkpoint directory.")],
                out: Annotated[Path, typer.Option("--out", help="Model repository directory (created if "
                                                               "missing; other models in it stay).")],
                fmt: Annotated[str, typer.Option("--format", help="triton: a Triton Inference Server model "
-                                                                 "repository entry.")] = "triton",
+                                                                 "repository entry; hf: the checkpoint in the layout "
+                                                                 "transformers / sentence-transformers load.")] = "triton",
                name: Annotated[Optional[str], typer.Option(
                    "--name", help="Model name in the repository (default: MODEL-VARIANT).")] = None,
                results_files: Annotated[Optional[list[Path]], typer.Option(
                    "--results", help="Bench records (JSONL) of the variant: max_batch_size and dynamic batching "
                                      "come from them.")] = None,
                force: Force = False, json_out: Json = False):
-    """Export a compiled variant for serving: a Triton model repository entry (config.pbtxt, 1/, tokenizer)."""
+    """Export a compiled variant for serving (a Triton model repository entry: config.pbtxt, 1/, tokenizer), or a
+    checkpoint in the Hugging Face layout of its head (--format hf)."""
     from xopt.export import export
 
     done = export(variant_dir, fmt, out, name=name, results=results_files, force=force)
     if json_out:
         return _print_json({k: v for k, v in done.items() if k != "config_text"})
+    if fmt == "hf":
+        return typer.echo(f"wrote {done['path']} ({done['layout']}); it opens with transformers' from_pretrained "
+                          f"and as an xopt checkpoint (xopt compile {done['path']} ...)")
     typer.echo(f"wrote {done['path']} (batching from {done['batching_from']}); serve it with "
                f"`tritonserver --model-repository {out}`")
 

@@ -1,4 +1,6 @@
-"""`xopt export`: a compiled variant as a Triton Inference Server model repository.
+"""`xopt export`: a compiled variant as a Triton Inference Server model repository
+(`--format triton`), or a checkpoint in the Hugging Face layout of its head (`--format hf`,
+`export_hf`; the layouts are described in `xopt.hf`).
 
 ```
 REPO/
@@ -33,11 +35,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 from xopt.errors import XoptError
+from xopt.hf import ARCH_SUFFIX, CARD_FILE, DENSE_DIR, HEAD_KEYS, IDENTITY, POOLING_DIR, TOKENIZER_FILES
 
-FORMATS = ("triton",)
+FORMATS = ("triton", "hf")
 CONFIG = "config.pbtxt"
 VERSION = "1"
 DEFAULT_MAX_BATCH = 32
@@ -287,4 +291,95 @@ def export(variant_dir: str | Path, fmt: str, out: str | Path, **kwargs) -> dict
     """`xopt export`: dispatch on the format."""
     if fmt not in FORMATS:
         raise XoptError(f"--format {fmt}: known formats: {', '.join(FORMATS)}")
+    if fmt == "hf":
+        unused = [k for k, v in kwargs.items() if v and k != "force"]
+        if unused:
+            raise XoptError(f"--format hf writes a checkpoint; --{unused[0]} applies to --format triton only")
+        return export_hf(variant_dir, out, force=kwargs.get("force", False))
     return export_triton(variant_dir, out, **kwargs)
+
+
+def _head_class(config, kind: str):
+    """The transformers class of `kind` ("token" / "span") for this config (BertFor..., XLMRobertaFor...)."""
+    from transformers.models.auto import modeling_auto as auto
+
+    mapping = {"token": auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING,
+               "span": auto.MODEL_FOR_QUESTION_ANSWERING_MAPPING}[kind]
+    try:
+        return mapping[type(config)]
+    except KeyError:
+        raise XoptError(f"transformers has no {ARCH_SUFFIX[kind]} class for model type {config.model_type!r}") \
+            from None
+
+
+def export_hf(ckpt_dir: str | Path, out: str | Path, force: bool = False) -> dict:
+    """Write checkpoint `ckpt_dir` in the Hugging Face layout of its head (`xopt.hf`'s module doc);
+    returns what was written."""
+    from safetensors.torch import save_file
+
+    from xopt import manifest as mf
+    from xopt.modeling import load_module, open_checkpoint
+    from xopt.quiet import quiet_imports
+
+    with quiet_imports():
+        from transformers import AutoConfig
+
+    ckpt = open_checkpoint(ckpt_dir)
+    card = ckpt.card
+    module = load_module(ckpt)
+    config = AutoConfig.from_pretrained(str(ckpt.path))
+    labels = list(card.labels)
+    if card.head in ("token", "sequence"):
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {label: i for i, label in enumerate(labels)}
+    out = Path(out)
+    with mf.atomic_dir(out, force=force, kind="hf-export") as tmp:
+        if card.head in ARCH_SUFFIX:
+            cls = _head_class(config, card.head)
+            config.architectures = [cls.__name__]
+            prefix = cls.base_model_prefix
+            state = {f"{prefix}.{k}": v for k, v in module.encoder.state_dict().items()}
+            state.update({f"{HEAD_KEYS[card.head]}.{k}": v for k, v in module.head.state_dict().items()})
+            config.save_pretrained(str(tmp))
+            save_file({k: v.contiguous() for k, v in state.items() if not k.endswith("position_ids")},
+                      str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            layout = cls.__name__
+        else:
+            config.architectures = [type(module.encoder).__name__]
+            config.save_pretrained(str(tmp))
+            save_file({k: v.contiguous() for k, v in module.encoder.state_dict().items()
+                       if not k.endswith("position_ids")}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                       {"idx": 1, "name": "1", "path": POOLING_DIR, "type": "sentence_transformers.models.Pooling"}]
+            hidden = config.hidden_size
+            (tmp / POOLING_DIR).mkdir()
+            _write_json(tmp / POOLING_DIR / "config.json", {
+                "word_embedding_dimension": hidden, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
+                "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
+                "pooling_mode_weightedmean_tokens": False, "pooling_mode_lasttoken": False, "include_prompt": True})
+            if module.head is not None:
+                (tmp / DENSE_DIR).mkdir()
+                _write_json(tmp / DENSE_DIR / "config.json", {
+                    "in_features": hidden, "out_features": module.head.out_features, "bias": True,
+                    "activation_function": IDENTITY})
+                save_file({f"linear.{k}": v.contiguous() for k, v in module.head.state_dict().items()},
+                          str(tmp / DENSE_DIR / "model.safetensors"))
+                modules.append({"idx": 2, "name": "2", "path": DENSE_DIR, "type": "sentence_transformers.models.Dense"})
+            _write_json(tmp / "modules.json", modules)
+            _write_json(tmp / "sentence_bert_config.json", {"max_seq_length": card.max_length, "do_lower_case": False})
+            layout = "sentence-transformers (" + ", ".join(m["type"].rsplit(".", 1)[1] for m in modules) + ")"
+        if card.head in ARCH_SUFFIX:       # what config.json cannot say: input prefix, max length, task
+            _write_json(tmp / CARD_FILE, card.to_json())
+        else:
+            prompt = {"prompts": {"query": card.input_prefix}, "default_prompt_name": "query"} \
+                if card.input_prefix else {"prompts": {}}
+            _write_json(tmp / "config_sentence_transformers.json", {**prompt, "similarity_fn_name": "cosine"})
+        for name in TOKENIZER_FILES:
+            if (ckpt.path / name).is_file():
+                shutil.copyfile(ckpt.path / name, tmp / name)
+    return {"path": str(out), "format": "hf", "layout": layout, "head": card.head, "labels": labels}
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+

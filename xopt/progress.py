@@ -41,3 +41,14 @@ def track(items, description: str):
         for it in items:
             yield it
             p.advance(t)
+
+
+@contextlib.contextmanager
+def step(description: str):
+    """A pulsing bar with the elapsed time while one opaque library call runs (ONNX export,
+    ONNX Runtime's fusions or quantiser, a TensorRT engine build): no total to count against."""
+    prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TimeElapsedColumn(), console=console,
+                    disable=not enabled(), transient=not sys.stderr.isatty())
+    with prog:
+        prog.add_task(description, total=None)
+        yield

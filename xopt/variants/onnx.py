@@ -84,6 +84,7 @@ from pathlib import Path
 import numpy as np
 
 from xopt.errors import XoptError
+from xopt.progress import step
 from xopt.variants.base import (CALIB_METHOD_HELP, FFN_OUT_AND_HEAD, HEAD, PROFILE_FILE, FallbackConfig,
                                 KeepPolicy, Runner, Variant,
                                 VariantConfig, link_or_copy, option, output_names)
@@ -152,7 +153,7 @@ def export_module(module, names: tuple[str, ...], path: Path) -> tuple[str, ...]
     mask = (ids != 1).long()
     axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
             **{n: {0: "batch", 1: "sequence"} if n in PER_TOKEN_OUTPUTS else {0: "batch"} for n in names}}
-    with warnings.catch_warnings(), torch.inference_mode():
+    with warnings.catch_warnings(), torch.inference_mode(), step("ONNX export"):
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
                           output_names=list(names), dynamic_axes=axes, opset_version=OPSET, dynamo=False)
@@ -177,12 +178,13 @@ def fuse_bert(src: Path, dst: Path, config: dict) -> dict:
             return optimizer.optimize_model(model, model_type="bert", num_heads=config["num_attention_heads"],
                                             hidden_size=config["hidden_size"], opt_level=0)
 
-    model = onnx.load(str(src))
-    aside = set_aside_tables(model)
-    opt = fuse(model)
-    if aside and not put_back_tables(opt.model, aside):
+    with step("ONNX Runtime fusions"):
         model = onnx.load(str(src))
+        aside = set_aside_tables(model)
         opt = fuse(model)
+        if aside and not put_back_tables(opt.model, aside):
+            model = onnx.load(str(src))
+            opt = fuse(model)
     # as save_model: external data past 2 GiB (the fused model is about the exported one's size)
     big = sum(f.stat().st_size for f in Path(src).parent.glob(Path(src).name + "*")) > (1 << 31) - (1 << 26)
     opt.save_model_to_file(str(dst), use_external_data_format=big)
@@ -251,8 +253,9 @@ def torch_reference(ckpt, texts=CHECK_TEXTS) -> tuple:
 def check_against_torch(ckpt, onnx_path: Path, exports: "ExportCache | None" = None) -> dict:
     """Worst cosine / max abs difference of the ONNX model's outputs vs eager PyTorch (the
     reference computed once per checkpoint when an ExportCache is given)."""
-    ids, mask, ref = exports.reference(ckpt) if exports is not None else torch_reference(ckpt)
-    got = session(onnx_path).run(list(ckpt.output_names), {"input_ids": ids, "attention_mask": mask})
+    with step("check against PyTorch"):
+        ids, mask, ref = exports.reference(ckpt) if exports is not None else torch_reference(ckpt)
+        got = session(onnx_path).run(list(ckpt.output_names), {"input_ids": ids, "attention_mask": mask})
     out = {}
     for name, r, g in zip(ckpt.output_names, ref, got):
         cos = (r * g).sum(-1) / (np.linalg.norm(r, axis=-1) * np.linalg.norm(g, axis=-1) + 1e-12)
@@ -489,7 +492,7 @@ def stock_quantize_dynamic(fused: Path, out: Path) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with quiet():
+    with quiet(), step("ONNX Runtime quantiser (dynamic)"):
         quantize_dynamic(str(fused), str(out), per_channel=True, weight_type=QuantType.QInt8,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
@@ -592,7 +595,7 @@ def _build_int8(variant, ckpt, out: Path, config: OnnxInt8Config, exports: Expor
         src = Path(tmp) / "smoothed.onnx"
         big = save_model(model, src)
         del model
-        with quiet():
+        with quiet(), step("ONNX Runtime quantiser (dynamic)"):
             # DefaultTensorType: the fused contrib ops carry no type information for the
             # quantiser's shape inference; their outputs are float.
             quantize_dynamic(str(src), str(out / MODEL_FILE), per_channel=True, reduce_range=config.reduce_range,
@@ -673,7 +676,7 @@ def _build_int8_static(variant, ckpt, out: Path, config: OnnxInt8StaticConfig, e
         # MatMulIntegerToFloat. The profile holds exactly these input ranges.
         extra = {"ActivationSymmetric": False, "WeightSymmetric": True,
                  "OpTypesToExcludeOutputQuantization": op_types}
-        with quiet():
+        with quiet(), step("ONNX Runtime quantiser (static Q/DQ)"):
             quantize_static(str(raw), str(out / MODEL_FILE), None, quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=op_types, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from xopt.errors import XoptError
+from xopt.progress import step
 from xopt.variants.base import (CALIB_METHOD_HELP, FFN_OUT_AND_HEAD, PROFILE_FILE, FallbackConfig, KeepPolicy,
                                 Runner, Variant, VariantConfig, link_or_copy, option, output_names)
 
@@ -236,7 +237,8 @@ def build_engine(onnx_path: Path, engine_path: Path, config: TrtConfig, int8: bo
     for name in INPUTS:
         profile.set_shape(name, lo, opt, hi)
     builder_config.add_optimization_profile(profile)
-    blob = builder.build_serialized_network(network, builder_config)
+    with step(f"TensorRT engine build ({'int8' if int8 else 'fp16'})"):
+        blob = builder.build_serialized_network(network, builder_config)
     if blob is None:
         raise XoptError(f"TensorRT failed to build an engine from {onnx_path.name} (see its log above)")
     engine_path.write_bytes(bytes(blob))

@@ -443,3 +443,34 @@ def test_compile_shows_each_step_it_waits_on(tiny_ckpt, tiny_suite, tmp_path, mo
     compile_variant(tiny_ckpt, "onnx-int8", tmp_path / "v", options={"calib_data": str(tiny_suite),
                                                                      "calib_samples": 8})
     assert seen == ["ONNX export", "ONNX Runtime fusions", "ONNX Runtime quantiser (dynamic)", "check against PyTorch"]
+
+
+def test_onnx_fp32_device_cuda_selects_ort_s_cuda_provider_or_says_what_is_missing(tiny_ckpt, tmp_path, monkeypatch):
+    import onnxruntime as ort
+    from typer.testing import CliRunner
+
+    from conftest import one_line_error
+    from xopt.cli import app
+    from xopt.variants import onnx as onnx_family
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        res = CliRunner().invoke(app, ["compile", str(tiny_ckpt), "--variant", "onnx-fp32", "--device", "cuda",
+                                       "--out", str(tmp_path / "v")])
+        assert "onnxruntime-gpu" in one_line_error(res) and not (tmp_path / "v").exists()
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert onnx_family.providers("cuda") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert onnx_family.providers("cpu") == ["CPUExecutionProvider"]
+    with pytest.raises(XoptError, match="device 'tpu'"):
+        REGISTRY["onnx-fp32"].configure({"device": "tpu"})
+
+
+@pytest.mark.parametrize("name", ["onnx-fp32", "onnx-int8", "onnx-int8-static", "ort-stock-int8"])
+def test_onnx_variant_dirs_carry_the_hf_config_with_labels(name, built, tiny_ckpt):
+    from transformers import AutoConfig
+
+    from xopt.modeling import open_checkpoint
+
+    config = AutoConfig.from_pretrained(str(built[name]))
+    labels = open_checkpoint(tiny_ckpt).card.labels
+    assert config.id2label == dict(enumerate(labels)) and config.label2id == {k: i for i, k in enumerate(labels)}
+    assert (built[name] / "tokenizer.json").is_file()

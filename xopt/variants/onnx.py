@@ -124,7 +124,21 @@ def quiet():
         root.setLevel(level)
 
 
-def session(path: Path, threads: int | None = None):
+def providers(device: str = "cpu") -> list[str]:
+    """ONNX Runtime execution providers for `device`; a one-line error when this onnxruntime has
+    no CUDA provider (the CPU-only `onnxruntime` package)."""
+    import onnxruntime as ort
+
+    if device != "cuda":
+        return ["CPUExecutionProvider"]
+    have = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in have:
+        raise XoptError(f"device cuda needs ONNX Runtime's CUDA execution provider; this onnxruntime "
+                        f"{ort.__version__} has {', '.join(have)} (pip install onnxruntime-gpu in place of onnxruntime)")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def session(path: Path, threads: int | None = None, device: str = "cpu"):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -132,7 +146,7 @@ def session(path: Path, threads: int | None = None):
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), so, providers=providers(device))
 
 
 def export_onnx(ckpt, path: Path) -> tuple[str, ...]:
@@ -265,6 +279,17 @@ def check_against_torch(ckpt, onnx_path: Path, exports: "ExportCache | None" = N
 
 def _config(ckpt) -> dict:
     return json.loads((ckpt.path / "config.json").read_text())
+
+
+def write_hf_config(ckpt, out: Path) -> None:
+    """config.json beside model.onnx, as Hugging Face tools expect in an ONNX model directory
+    (optimum's ORTModel classes read it): the checkpoint's config with the head's labels as
+    `id2label`/`label2id`."""
+    config = _config(ckpt)
+    if ckpt.card.head in ("sequence", "token"):
+        config["id2label"] = {str(i): label for i, label in enumerate(ckpt.card.labels)}
+        config["label2id"] = {label: i for i, label in enumerate(ckpt.card.labels)}
+    (out / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
 def _identity(ckpt) -> str | None:
@@ -443,6 +468,12 @@ KEEP_HELP = "regex of Linear module names left in fp32 ('' quantises every Linea
 @dataclass(frozen=True)
 class OnnxConfig(VariantConfig):
     fuse: bool = option(True, "bool", "apply ONNX Runtime's BERT fusions to the exported graph")
+    device: str = option("cpu", "str", "cpu, or cuda: ONNX Runtime's CUDA execution provider (onnxruntime-gpu)")
+
+    def check(self, who: str) -> None:
+        super().check(who)
+        if self.device not in ("cpu", "cuda"):
+            raise XoptError(f"{who}: device {self.device!r}: use cpu or cuda")
 
 
 @dataclass(frozen=True)
@@ -482,8 +513,10 @@ def enforce_export_check(check: dict, ckpt) -> dict:
 
 
 def _build_fp32(variant, ckpt, out: Path, config: OnnxConfig, exports: ExportCache) -> dict:
+    providers(config.device)                        # refused before the export when cuda is not there
     link_or_copy(exports.get(ckpt, config.fuse), out / MODEL_FILE)   # never modified: share it
-    return {"ops": fused_op_counts(out / MODEL_FILE),
+    write_hf_config(ckpt, out)
+    return {"device": config.device, "ops": fused_op_counts(out / MODEL_FILE),
             "export_check": enforce_export_check(check_against_torch(ckpt, out / MODEL_FILE, exports), ckpt)}
 
 
@@ -499,6 +532,7 @@ def stock_quantize_dynamic(fused: Path, out: Path) -> None:
 
 def _build_stock_int8(variant, ckpt, out: Path, config: "OrtStockInt8Config", exports: ExportCache) -> dict:
     stock_quantize_dynamic(exports.get(ckpt, fuse=True), out / MODEL_FILE)
+    write_hf_config(ckpt, out)
     return {"ops": fused_op_counts(out / MODEL_FILE), **_int8_facts(out),
             "export_check": check_against_torch(ckpt, out / MODEL_FILE, exports)}
 
@@ -602,6 +636,7 @@ def _build_int8(variant, ckpt, out: Path, config: OnnxInt8Config, exports: Expor
                              weight_type=QuantType.QInt8, nodes_to_exclude=excluded, use_external_data_format=big,
                              extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     profile.save(out / PROFILE_FILE)
+    write_hf_config(ckpt, out)
     return {"calibration": profile.identity(), "smoothed_matmuls": smoothed, "ops": fused_op_counts(out / MODEL_FILE),
             **_int8_facts(out), "kept_fp32": excluded, "fallback_fp32": fallback,
             "export_check": check_against_torch(ckpt, out / MODEL_FILE, exports)}
@@ -685,6 +720,7 @@ def _build_int8_static(variant, ckpt, out: Path, config: OnnxInt8StaticConfig, e
     for leftover in out.glob("*augmented*"):
         leftover.unlink()
     profile.save(out / PROFILE_FILE)
+    write_hf_config(ckpt, out)
     return {"calibration": profile.identity(), "ops": fused_op_counts(out / MODEL_FILE), **_int8_facts(out),
             "kept_fp32": excluded,
             "fallback_fp32": fallback, "export_check": check_against_torch(ckpt, out / MODEL_FILE, exports)}
@@ -694,12 +730,15 @@ def _load(variant, directory: Path, man, config) -> OrtRunner:
     from xopt.host import env_threads
 
     threads = env_threads()
-    return OrtRunner(variant.name, session(directory / MODEL_FILE, threads), output_names(man))
+    device = getattr(config, "device", "cpu")
+    runner = OrtRunner(variant.name, session(directory / MODEL_FILE, threads, device), output_names(man))
+    runner.device = device
+    return runner
 
 
 VARIANTS = [
     Variant("onnx-fp32", backend="onnxruntime", precision="fp32", device="cpu",
-            description="ONNX export + ONNX Runtime BERT fusions, fp32, CPU execution provider",
+            description="ONNX export + ONNX Runtime BERT fusions, fp32, CPU execution provider (CUDA with --device cuda)",
             build=_build_fp32, load=_load, requires=("onnxruntime",), config=OnnxConfig()),
     Variant("onnx-int8", backend="onnxruntime", precision="int8", device="cpu",
             description="SmoothQuant on the fused graph, then ONNX Runtime dynamic int8 on every matmul "

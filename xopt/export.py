@@ -368,9 +368,8 @@ def export_hf(ckpt_dir: str | Path, out: str | Path, force: bool = False) -> dic
             _write_json(tmp / "modules.json", modules)
             _write_json(tmp / "sentence_bert_config.json", {"max_seq_length": card.max_length, "do_lower_case": False})
             layout = "sentence-transformers (" + ", ".join(m["type"].rsplit(".", 1)[1] for m in modules) + ")"
-        if card.head in ARCH_SUFFIX:       # what config.json cannot say: input prefix, max length, task
-            _write_json(tmp / CARD_FILE, card.to_json())
-        else:
+        _write_json(tmp / CARD_FILE, card.to_json())      # what config.json cannot say: prefix, max length, task
+        if card.head not in ARCH_SUFFIX:
             prompt = {"prompts": {"query": card.input_prefix}, "default_prompt_name": "query"} \
                 if card.input_prefix else {"prompts": {}}
             _write_json(tmp / "config_sentence_transformers.json", {**prompt, "similarity_fn_name": "cosine"})

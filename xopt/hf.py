@@ -15,8 +15,9 @@
   layer on the mean-pooled embedding, so the sequence head is not written in that layout.
   `id2label`/`label2id` are in config.json all the same.
 
-Every layout keeps the tokenizer files, and `config_sentence_transformers.json` carries the
-model card's input prefix as the "query" prompt.
+Every layout keeps the tokenizer files and the xopt model card (`xopt_card.json`: input prefix,
+max length, task, retrieval layer); the sentence-transformers layouts also carry the input
+prefix as the "query" prompt (`config_sentence_transformers.json`).
 
 `hf_card` is the other direction: a Hugging Face directory without an xopt manifest opens as a
 checkpoint with its head (`open_checkpoint`): `*ForTokenClassification` and
@@ -52,7 +53,7 @@ def hf_card(path: Path) -> tuple[dict, dict | None]:
     labels = [id2label[k] for k in sorted(id2label, key=int)] if id2label else []
     card = {"pooling": "mean"}
     xcard = path / CARD_FILE
-    if xcard.is_file():            # written by export_hf beside a head layout: prefix, max_length, task
+    if xcard.is_file():            # written by export_hf: prefix, max_length, task, retrieval layer
         card.update({k: v for k, v in json.loads(xcard.read_text()).items() if k in ("input_prefix", "max_length",
                                                                                      "task", "retrieval_layer")})
     st = path / "config_sentence_transformers.json"

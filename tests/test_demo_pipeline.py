@@ -1,5 +1,7 @@
 """The demo's plan: its variants, the shapes it benchmarks, one ONNX export and fusion per checkpoint."""
 
+import pytest
+
 from xopt import pipeline
 from xopt.variants import REGISTRY
 
@@ -46,3 +48,27 @@ def test_onnx_variants_of_one_checkpoint_share_one_export_and_fusion(monkeypatch
             opts = {"calib_data": str(tiny_suite), "calib_samples": 8} if REGISTRY[name].calibrated else None
             compile_variant(tiny_ckpt, name, tmp_path / name, options=opts, exports=exports)
     assert counts == {"export": 1, "fuse": 1}
+
+
+def test_checkpoints_compile_in_parallel_processes_and_errors_come_back(tmp_path, tiny_ckpt, monkeypatch):
+    """The demo compiles its two checkpoints in two worker processes: both sets of variant
+    directories are built, and a worker's XoptError reaches the caller as itself."""
+    import os
+    import shutil
+
+    from xopt import manifest as mf
+    from xopt.errors import XoptError
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    other = tmp_path / "other"
+    shutil.copytree(tiny_ckpt, other)
+    dirs = pipeline.compile_checkpoints({"baseline": tiny_ckpt, "xstilts": other}, ["fp32", "onnx-fp32"],
+                                        tmp_path / "variants", {})
+    assert list(dirs) == [("baseline", "fp32"), ("baseline", "onnx-fp32"), ("xstilts", "fp32"),
+                          ("xstilts", "onnx-fp32")]
+    for (model, name), d in dirs.items():
+        assert d == tmp_path / "variants" / model / name
+        assert mf.read(d, kind="variant")["variant"] == name
+    with pytest.raises(XoptError, match="not a directory"):
+        pipeline.compile_checkpoints({"baseline": tiny_ckpt, "xstilts": tmp_path / "missing"}, ["fp32"],
+                                     tmp_path / "v2", {})

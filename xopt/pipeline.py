@@ -75,6 +75,53 @@ def _bench_shapes(dirs: list, shapes, quick: bool, res: Path, progress) -> None:
                   min_time_s=0.2 if quick else 0.5, min_iters=5, max_time_s=5.0, out=res, progress=progress)
 
 
+def _compile_one_checkpoint(model: str, ckpt: Path, names: list[str], out: Path, calib: dict) -> dict:
+    """Compile `names` of one checkpoint into out/<model>/<name> (one ONNX export and fusion
+    shared by its variants); {(model, name): directory}."""
+    from xopt.variants import REGISTRY, ExportCache, compile_variant
+
+    dirs = {}
+    with ExportCache() as exports:        # one ONNX export per checkpoint, removed after its variants
+        for name in names:
+            d = out / model / name
+            t = time.perf_counter()
+            compile_variant(ckpt, name, d, options=calib if REGISTRY[name].calibrated else None, exports=exports)
+            console.print(f"compiled {model} -> {name} ({time.perf_counter() - t:.0f} s)", highlight=False)
+            dirs[(model, name)] = d
+    return dirs
+
+
+def _worker_init() -> None:
+    """A compile worker: one intra-op thread (the workers share the cores), no live bars (two
+    processes would draw over each other; each prints a line per variant instead)."""
+    import os
+
+    import torch
+
+    os.environ["XOPT_PROGRESS"] = "0"
+    torch.set_num_threads(1)
+
+
+def compile_checkpoints(ckpts: dict[str, Path], names: list[str], out: Path, calib: dict) -> dict:
+    """Compile the variants of several checkpoints, one process per checkpoint when the host has a
+    core for each (the builds are mostly single-threaded Python and ONNX Runtime tooling), else
+    one after the other here; {(model, name): directory}, in checkpoint then variant order."""
+    import concurrent.futures as cf
+    import multiprocessing
+    import os
+
+    workers = min(len(ckpts), os.cpu_count() or 1)
+    if workers < 2:
+        return {k: v for model, ckpt in ckpts.items() for k, v in
+                _compile_one_checkpoint(model, ckpt, names, out, calib).items()}
+    with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                initializer=_worker_init) as pool:
+        jobs = {model: pool.submit(_compile_one_checkpoint, model, ckpt, names, out, calib)
+                for model, ckpt in ckpts.items()}
+        done = {model: job.result() for model, job in jobs.items()}    # the first error is raised here
+    return {k: v for model in ckpts for k, v in done[model].items()}
+
+
 def run_demo(out: Path, quick: bool = False, force: bool = False, full_bench: bool = False) -> dict:
     from xopt import manifest as mf
     from xopt import report, records
@@ -83,7 +130,7 @@ def run_demo(out: Path, quick: bool = False, force: bool = False, full_bench: bo
     from xopt.progress import bar
     from xopt.tasks import demo
     from xopt.train import DEMO_INTERMEDIATE, DEMO_TARGET, train
-    from xopt.variants import REGISTRY, ExportCache, compile_variant, load_variant
+    from xopt.variants import REGISTRY, load_variant
 
     out = Path(out)
     if out.exists() or out.is_symlink():
@@ -121,16 +168,9 @@ def run_demo(out: Path, quick: bool = False, force: bool = False, full_bench: bo
     for n in DEMO_VARIANTS:
         if n not in names:
             console.print(f"skipping {n}: {REGISTRY[n].unavailable_reason()}", highlight=False)
-    dirs = {}
     calib = {"calib_data": str(suite_path), **({"calib_samples": 64} if quick else {})}
-    for model in ("baseline", "xstilts"):
-        with ExportCache() as exports:        # one ONNX export per checkpoint, removed after its variants
-            for name in names:
-                d = out / "variants" / model / name
-                console.print(f"compile {model} -> {name}")
-                compile_variant(ckpts / model, name, d, options=calib if REGISTRY[name].calibrated else None,
-                                exports=exports)
-                dirs[(model, name)] = d
+    dirs = compile_checkpoints({model: ckpts / model for model in ("baseline", "xstilts")}, names,
+                               out / "variants", calib)
     timings["compile_s"] = time.perf_counter() - t
 
     t = _step("evaluate every variant on every demo language")

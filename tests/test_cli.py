@@ -95,6 +95,24 @@ def test_sigterm_mid_build_leaves_no_partial_variant(tmp_path, tiny_ckpt):
     assert not list((tmp_path / "tmp").iterdir())
 
 
+def test_sigterm_exits_143_even_when_a_library_turns_the_exit_into_another_error():
+    """SIGTERM during a C extension's import surfaces as that import's ImportError, not as the
+    handler's SystemExit; the exit status still says the process was terminated."""
+    code = ("import os, signal, time\n"
+            "from xopt import cli\n"
+            "def app():\n"
+            "    try:\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "        time.sleep(30)\n"
+            "    except SystemExit:\n"
+            "        raise ImportError('initialization failed') from None\n"
+            "cli.app = app\n"
+            "cli.main()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 143, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+
+
 def test_demo_eval_appends_per_unit_and_resume_finishes_a_killed_run(tmp_path, tiny_ckpt, tiny_suite, monkeypatch):
     from xopt import evaluate as E
     from xopt import records

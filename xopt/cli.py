@@ -609,8 +609,21 @@ def main() -> None:
 
     # SIGTERM (a CI timeout, `kill`, a scheduler) unwinds like Ctrl-C: half-built variant
     # dirs and temp exports are removed and finished results stay, instead of leaking GBs.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    app()
+    # The exit status is 128 + SIGTERM even when the unwinding exception is not the SystemExit
+    # raised here (a C extension being imported at that moment turns it into an ImportError).
+    terminated = []
+
+    def on_term(signum, frame):
+        terminated.append(signum)
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        app()
+    except BaseException:
+        if terminated:
+            sys.exit(128 + terminated[0])
+        raise
 
 
 if __name__ == "__main__":

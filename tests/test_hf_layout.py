@@ -169,3 +169,49 @@ def test_hf_format_refuses_triton_only_flags(tmp_path):
     res = CliRunner().invoke(app, ["export", str(ckpt), "--format", "hf", "--out", str(tmp_path / "o"),
                                    "--name", "x"])
     assert "--name applies to --format triton only" in one_line_error(res)
+
+
+# What optimum's ORTModelFor{SequenceClassification,TokenClassification,QuestionAnswering,
+# FeatureExtraction} read from an ONNX model directory: config.json and the tokenizer beside
+# model.onnx, inputs input_ids/attention_mask, and these outputs (optimum-onnx itself needs
+# transformers < 4.58, so the layout is checked here and the session run as optimum runs it).
+OPTIMUM_OUTPUTS = {"sequence": ("logits",), "token": ("logits",), "span": ("start_logits", "end_logits"),
+                   "none": ("last_hidden_state",)}
+
+
+@pytest.mark.parametrize("head", ["sequence", "token", "span", "none"])
+def test_onnx_dir_has_the_layout_and_output_names_optimum_reads(head, tmp_path):
+    import onnxruntime as ort
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from xopt.variants import load_variant
+
+    labels = {"sequence": ["a", "b", "c"], "token": ["NOUN", "VERB"]}.get(head, ())
+    ckpt = _ckpt(tmp_path, head, labels)
+    res = CliRunner().invoke(app, ["compile", str(ckpt), "--variant", "onnx-fp32", "--out", str(tmp_path / "v")])
+    assert res.exit_code == 0, res.output
+    d = tmp_path / "v"
+    config = AutoConfig.from_pretrained(str(d))
+    if labels:
+        assert config.id2label == dict(enumerate(labels))
+    enc = AutoTokenizer.from_pretrained(str(d))(TEXTS, padding=True, return_tensors="np")
+    sess = ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["input_ids", "attention_mask"]
+    assert set(OPTIMUM_OUTPUTS[head]) <= {o.name for o in sess.get_outputs()}
+    got = dict(zip(OPTIMUM_OUTPUTS[head], sess.run(list(OPTIMUM_OUTPUTS[head]), {
+        "input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)})))
+    ids, mask = torch.from_numpy(enc["input_ids"]), torch.from_numpy(enc["attention_mask"])
+    ref = _xopt(ckpt)
+    if head == "none":
+        with torch.no_grad():
+            want = {"last_hidden_state": AutoModel.from_pretrained(str(ckpt)).eval()(
+                input_ids=ids, attention_mask=mask).last_hidden_state}
+    else:
+        want = dict(zip(OPTIMUM_OUTPUTS[head], ref[2:]))
+    for name, value in want.items():
+        assert np.allclose(got[name], value.numpy(), atol=1e-4), name
+    # xopt's own runner reads the renamed graph and returns xopt's names and values
+    mine = load_variant(d).runner(enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64))
+    assert tuple(mine) == open_checkpoint(ckpt).output_names
+    for name, value in zip(open_checkpoint(ckpt).output_names, ref):
+        assert np.allclose(mine[name], value.numpy(), atol=1e-4), name

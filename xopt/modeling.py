@@ -19,6 +19,11 @@ order, so ONNX export, torch.compile and every variant see plain tuples):
 | `token_logits` | [B, T, L] | `TokenHead`: linear head on each token of the last layer (UD-POS, PAN-X) |
 | `start_logits`, `end_logits` | [B, T] | `SpanHead`: linear head (2 outputs) on each token (XQuAD, MLQA, TyDiQA) |
 
+Exported graphs (ONNX files, TensorRT engines) name their outputs as Hugging Face and optimum
+do (`GRAPH_NAMES`: `token_logits` is `logits` there), and an encoder-only graph also returns
+`last_hidden_state` [B, T, H], what optimum's feature extraction and sentence-transformers'
+ONNX backend pool; `graph_names` maps xopt's names onto a graph's.
+
 Packaged models are imported by `xopt.importers`.
 """
 
@@ -136,6 +141,16 @@ SPAN_LABELS = SpanHead.fixed_labels
 PER_TOKEN_OUTPUTS = tuple(n for h in HEAD_CLASSES.values() if h.on_tokens
                           for n in h.output_names() if n not in EncoderOutput._fields)   # axis 1 is the sequence
 
+# Output names in exported graphs, where they differ from xopt's (module doc)
+GRAPH_NAMES = {"token_logits": "logits"}
+HIDDEN_OUTPUT = "last_hidden_state"
+
+
+def graph_names(names, available=None) -> tuple[str, ...]:
+    """The graph output names of xopt outputs `names`; with `available` (a graph's output names),
+    a name the graph holds as is stays (graphs exported before the renaming)."""
+    return tuple(n if available is not None and n in available else GRAPH_NAMES.get(n, n) for n in names)
+
 
 @dataclass
 class ModelCard:
@@ -209,12 +224,26 @@ class XoptModel(nn.Module):
         layer_embedding = (out.hidden_states[self.layer] * mask).sum(1) / count
         return hidden, embedding, layer_embedding
 
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask, with_hidden: bool = False):
+        """The head's named outputs; `with_hidden`: a plain tuple of them and the last hidden state."""
         hidden, embedding, layer_embedding = self.encode(input_ids, attention_mask)
         scores = None
         if self.head is not None:
             scores = self.head(hidden if self.head_type.on_tokens else embedding)
-        return self.head_type.outputs(embedding, layer_embedding, scores)
+        out = self.head_type.outputs(embedding, layer_embedding, scores)
+        return (*out, hidden) if with_hidden else out
+
+
+class WithHidden(nn.Module):
+    """An XoptModel whose forward also returns the last hidden state (plain tuple): what an
+    encoder-only model's exported graph computes (module doc)."""
+
+    def __init__(self, model: XoptModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids, attention_mask, with_hidden=True)
 
 
 def build_module(encoder, card: "ModelCard | None" = None) -> XoptModel:

@@ -95,16 +95,19 @@ OPSET = 17
 
 class OrtRunner(Runner):
     def __init__(self, name, session, output_names):
+        from xopt.modeling import graph_names
+
         super().__init__(name, output_names)
         self.session = session
         self.input_names = [i.name for i in session.get_inputs()]
+        self.fetch = graph_names(output_names, {o.name for o in session.get_outputs()})
 
     def prepare(self, input_ids, attention_mask):
         return {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
                 "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64)}
 
     def run(self, inputs):
-        return self.session.run(list(self.output_names), inputs)
+        return self.session.run(list(self.fetch), inputs)
 
     def to_numpy(self, outputs):
         return dict(zip(self.output_names, outputs))
@@ -157,21 +160,27 @@ def export_onnx(ckpt, path: Path) -> tuple[str, ...]:
 
 
 def export_module(module, names: tuple[str, ...], path: Path) -> tuple[str, ...]:
-    """Export an XoptModel (possibly modified: SmoothQuant's smoothing) to ONNX."""
+    """Export an XoptModel (possibly modified: SmoothQuant's smoothing) to ONNX, its outputs
+    under the graph names (xopt.modeling.GRAPH_NAMES; an encoder-only model also returns
+    last_hidden_state). Returns the graph's output names."""
     import torch
 
-    from xopt.modeling import PER_TOKEN_OUTPUTS
+    from xopt.modeling import HIDDEN_OUTPUT, PER_TOKEN_OUTPUTS, WithHidden, graph_names
 
     module.encoder.set_attn_implementation("eager")   # see module doc: ORT fuses this pattern
     ids = torch.tensor([[0, 35378, 8999, 2], [0, 2, 1, 1]], dtype=torch.long)
     mask = (ids != 1).long()
+    hidden = module.head is None
+    per_token = {g for n, g in zip(names, graph_names(names)) if n in PER_TOKEN_OUTPUTS} | {HIDDEN_OUTPUT}
+    out_names = graph_names(names) + ((HIDDEN_OUTPUT,) if hidden else ())
     axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-            **{n: {0: "batch", 1: "sequence"} if n in PER_TOKEN_OUTPUTS else {0: "batch"} for n in names}}
+            **{n: {0: "batch", 1: "sequence"} if n in per_token else {0: "batch"} for n in out_names}}
     with warnings.catch_warnings(), torch.inference_mode(), step("ONNX export"):
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
-                          output_names=list(names), dynamic_axes=axes, opset_version=OPSET, dynamo=False)
-    return names
+        torch.onnx.export(WithHidden(module) if hidden else module, (ids, mask), str(path),
+                          input_names=["input_ids", "attention_mask"], output_names=list(out_names),
+                          dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+    return out_names
 
 
 def fuse_bert(src: Path, dst: Path, config: dict) -> dict:
@@ -269,7 +278,11 @@ def check_against_torch(ckpt, onnx_path: Path, exports: "ExportCache | None" = N
     reference computed once per checkpoint when an ExportCache is given)."""
     with step("check against PyTorch"):
         ids, mask, ref = exports.reference(ckpt) if exports is not None else torch_reference(ckpt)
-        got = session(onnx_path).run(list(ckpt.output_names), {"input_ids": ids, "attention_mask": mask})
+        from xopt.modeling import graph_names
+
+        sess = session(onnx_path)
+        fetch = graph_names(ckpt.output_names, {o.name for o in sess.get_outputs()})
+        got = sess.run(list(fetch), {"input_ids": ids, "attention_mask": mask})
     out = {}
     for name, r, g in zip(ckpt.output_names, ref, got):
         cos = (r * g).sum(-1) / (np.linalg.norm(r, axis=-1) * np.linalg.norm(g, axis=-1) + 1e-12)

@@ -276,6 +276,13 @@ class TrtRunner(Runner):
         self.context = self.engine.create_execution_context()
         self.torch_dtype = {trt.int64: torch.int64, trt.int32: torch.int32, trt.float32: torch.float32,
                             trt.float16: torch.float16}
+        # every output tensor needs an address (an encoder-only graph also returns last_hidden_state);
+        # xopt's outputs are read under their graph names (xopt.modeling.graph_names)
+        from xopt.modeling import graph_names
+
+        self.engine_outputs = [n for n in (self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors))
+                               if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.fetch = dict(zip(output_names, graph_names(output_names, set(self.engine_outputs))))
 
     def prepare(self, input_ids, attention_mask):
         import torch
@@ -290,11 +297,12 @@ class TrtRunner(Runner):
         for n, t in inputs.items():
             self.context.set_input_shape(n, tuple(t.shape))
             self.context.set_tensor_address(n, t.data_ptr())
-        outs = {}
-        for n in self.output_names:
-            outs[n] = torch.empty(tuple(self.context.get_tensor_shape(n)),
-                                  dtype=self.torch_dtype[self.engine.get_tensor_dtype(n)], device="cuda")
-            self.context.set_tensor_address(n, outs[n].data_ptr())
+        buffers = {}
+        for n in self.engine_outputs:
+            buffers[n] = torch.empty(tuple(self.context.get_tensor_shape(n)),
+                                     dtype=self.torch_dtype[self.engine.get_tensor_dtype(n)], device="cuda")
+            self.context.set_tensor_address(n, buffers[n].data_ptr())
+        outs = {n: buffers[g] for n, g in self.fetch.items()}
         # on torch's current stream: CUDA-event timers and the outputs' consumers see its work
         if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
             raise RuntimeError("TensorRT execution failed")

@@ -93,6 +93,28 @@ def test_average_trains_several_heads_and_keeps_their_mean(tmp_path, tiny_ckpt, 
     assert man["source"]["stages"][-1]["average"]["seeds"] == [0, 1, 2]
 
 
+def test_encoder_soup_is_the_mean_of_the_single_seed_encoders(tmp_path, tiny_ckpt, tiny_suite):
+    # an intermediate stage with average = 3 keeps the mean of the encoders that seeds 0..2 train
+    # alone from the same start (then interpolate applies to that mean)
+    tstage = Stage("demo-topic", train="head", epochs=1, lr=1e-2, batch_size=16)
+    istage = Stage("demo-intermediate", train="encoder", epochs=1, lr=1e-3, batch_size=8, top_layers=1)
+    kw = dict(intermediate="demo-intermediate", target_stage=tstage)
+    single = [load_module(open_checkpoint(train(tiny_ckpt, "demo-topic", tiny_suite, tmp_path / f"s{k}",
+                                                intermediate_stage=istage, seed=k, **kw))).encoder.state_dict()
+              for k in range(3)]
+    soup = train(tiny_ckpt, "demo-topic", tiny_suite, tmp_path / "soup",
+                 intermediate_stage=replace(istage, average=3, interpolate=0.5), **kw)
+    got = load_module(open_checkpoint(soup)).encoder.state_dict()
+    base = load_module(open_checkpoint(tiny_ckpt)).encoder.state_dict()
+    changed = [k for k in base if not torch.equal(single[0][k], single[1][k])]
+    assert changed
+    for k in base:
+        mean = sum(e[k] for e in single) / 3
+        assert torch.allclose(got[k], base[k] + 0.5 * (mean - base[k]), atol=1e-6), k
+    man = json.loads((soup / "manifest.json").read_text())
+    assert man["source"]["stages"][0]["average"]["seeds"] == [0, 1, 2]
+
+
 def test_interpolate_keeps_that_fraction_of_the_encoder_change(tmp_path, tiny_ckpt, tiny_suite):
     import pytest
 

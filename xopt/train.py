@@ -81,8 +81,9 @@ class Stage:
     checkpoint_every: int = 0  # steps between training-state saves (0: each epoch end only)
     interpolate: float = 1.0   # encoder stages: keep this fraction of the stage's change of the encoder
                                # weights (WiSE-FT: start + f * (trained - start); 1 = all of it)
-    average: int = 1           # head-only stages: train this many heads (seeds seed, seed+1, ...) on the
-                               # same frozen features and keep the mean of their weights
+    average: int = 1           # train this many runs (seeds seed, seed+1, ...) from the same weights and keep
+                               # the mean of their weights: heads on the same frozen features (head-only
+                               # stages) or whole encoders and heads (a model soup; before `interpolate`)
     doc_stride: int = 64
     head: str | None = None    # expected head kind; checked against the task
     mlm: list = field(default_factory=list)          # unlabelled text files (continued MLM)
@@ -263,8 +264,6 @@ def _check_stage(st: Stage, tasks: dict, role: str) -> None:
                         "encoder's change that is kept)")
     if st.interpolate < 1 and st.train != "encoder":
         raise XoptError(f"{role} stage: interpolate = {st.interpolate} needs train = 'encoder'")
-    if st.average > 1 and st.train != "head":
-        raise XoptError(f"{role} stage: average = {st.average} needs train = 'head' (it averages head-only runs)")
     if role == "target" and len(st.tasks) != 1:
         raise XoptError("target stage: exactly one task (mixtures are for the intermediate stage)")
     if role == "target" and not family(tasks[st.tasks[0]].kind).target:
@@ -420,13 +419,32 @@ def _stage_run(model, tok, prefix, tasks, stage, seed, state_dir, resume, progre
         return {"encoder": enc, "summary": summary, "head": load_file(str(done / "head.safetensors"))
                 if (done / "head.safetensors").is_file() else None}
     stage_tasks = {n: tasks[n] for n in stage.tasks}
+    soup = stage.average > 1 and stage.train == "encoder"
     start = ({n: p.detach().clone() for n, p in model.encoder.named_parameters() if not n.startswith("embeddings.")}
-             if stage.interpolate < 1 else None)
+             if stage.interpolate < 1 or soup else None)
     res = fit(model, tok, prefix, stage_tasks, stage, seed, state_dir=state_dir, resume=resume, progress=progress,
               records=records, label="", on_step=on_step)
     trainee = res.pop("trainee")
     features = res.pop("features", None)
-    if start is not None:
+    if soup:
+        # a soup of encoder runs (Wortsman et al. 2022): each run starts from the same weights with
+        # another seed (head init, batch order); the mean of their weights keeps what the runs
+        # learned in common and averages out much of each run's own drift
+        from xopt.trainloop import average_states
+
+        def weights():
+            return {n: p.detach().clone() for n, p in model.encoder.named_parameters() if n in start}
+
+        runs, heads = [weights()], [trainee.heads.state_dict()]
+        for j in range(1, stage.average):
+            _load_encoder(model, start)
+            heads.append(fit(model, tok, prefix, stage_tasks, stage, seed + j, progress=progress, records=records,
+                             label=f"{j + 1}/{stage.average} ")["trainee"].heads.state_dict())
+            runs.append(weights())
+        _load_encoder(model, average_states(runs))
+        trainee.heads.load_state_dict(average_states(heads))
+        res["average"] = {"seeds": list(range(seed, seed + stage.average))}
+    if stage.interpolate < 1:
         # WiSE-FT (Wortsman et al. 2022): part of the way back to the starting weights keeps more
         # of what the encoder knew before the stage (here: its cross-lingual alignment)
         import torch
@@ -435,7 +453,7 @@ def _stage_run(model, tok, prefix, tasks, stage, seed, state_dir, resume, progre
             for n, p in model.encoder.named_parameters():
                 if n in start:
                     p.copy_(start[n] + stage.interpolate * (p - start[n]))
-    if stage.average > 1:
+    if stage.average > 1 and not soup:
         # a soup of head-only runs: the same frozen features, other seeds (head init, batch order,
         # best epoch), the heads' weights averaged: one head that depends less on any one seed
         from xopt.trainloop import average_states

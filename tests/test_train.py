@@ -115,6 +115,31 @@ def test_encoder_soup_is_the_mean_of_the_single_seed_encoders(tmp_path, tiny_ckp
     assert man["source"]["stages"][0]["average"]["seeds"] == [0, 1, 2]
 
 
+def test_probe_epochs_start_the_encoder_stage_from_a_linear_probe(tmp_path, tiny_ckpt, tiny_suite):
+    import pytest
+    from safetensors.torch import load_file
+
+    from xopt.errors import XoptError
+
+    # with nothing learned after the probe (lr 0), the stage's head is the probe's: a head-only
+    # run of probe_epochs at probe_lr, batch 64; the encoder is untouched
+    probe = Stage("demo-topic", train="head", epochs=3, lr=1e-2, batch_size=64, length_grouped=False)
+    lp = train(tiny_ckpt, "demo-topic", tiny_suite, tmp_path / "lp", target_stage=probe)
+    lpft = train(tiny_ckpt, "demo-topic", tiny_suite, tmp_path / "lpft", target_stage=Stage(
+        "demo-topic", train="encoder", epochs=1, lr=0, head_lr=0, batch_size=8, probe_epochs=3, probe_lr=1e-2))
+    want, got = load_file(str(lp / "head.safetensors")), load_file(str(lpft / "head.safetensors"))
+    fresh = train(tiny_ckpt, "demo-topic", tiny_suite, tmp_path / "fresh", target_stage=Stage(
+        "demo-topic", train="encoder", epochs=1, lr=0, head_lr=0, batch_size=8))
+    assert not torch.allclose(load_file(str(fresh / "head.safetensors"))["weight"], want["weight"])
+    for k in want:
+        assert torch.allclose(got[k], want[k], atol=1e-6), k
+    base = load_module(open_checkpoint(tiny_ckpt)).encoder.state_dict()
+    enc = load_module(open_checkpoint(lpft)).encoder.state_dict()
+    assert all(torch.equal(base[k], enc[k]) for k in base)
+    with pytest.raises(XoptError, match="probe_epochs"):
+        train(tiny_ckpt, "demo-topic", tiny_suite, tmp_path / "bad", target_stage=replace(probe, probe_epochs=2))
+
+
 def test_interpolate_keeps_that_fraction_of_the_encoder_change(tmp_path, tiny_ckpt, tiny_suite):
     import pytest
 

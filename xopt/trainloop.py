@@ -259,10 +259,11 @@ def load_state(path: Path, named: dict, opt, sched, scaler) -> tuple[dict, dict 
 
 def fit(model, tok, prefix: str, tasks: dict[str, TaskData], stage, seed: int, state_dir: Path | None = None,
         resume: bool = False, progress=None, records=None, label: str = "", on_step=None,
-        features: dict | None = None) -> dict:
+        features: dict | None = None, heads: dict | None = None) -> dict:
     """Train `model` in place on `tasks` (one stage); the best dev state is loaded at the end.
     Head-only stages return the frozen sentence embeddings they trained on as `features`; passing
-    them back (same model, tasks and stage) skips recomputing them."""
+    them back (same model, tasks and stage) skips recomputing them. `heads`: the heads' starting
+    weights (a state dict of the trainee's heads, e.g. a linear probe's) instead of fresh ones."""
     import torch
 
     from xopt.tasks.intermediate import featurize
@@ -280,6 +281,8 @@ def fit(model, tok, prefix: str, tasks: dict[str, TaskData], stage, seed: int, s
             dev[n] = (shard, featurize(t, shard, tok, prefix, stage.max_length, stage.doc_stride))
     torch.manual_seed(seed)
     trainee = make_trainee(model, tasks).to(device)
+    if heads is not None:
+        trainee.heads.load_state_dict(heads)
     if stage.dropout is not None:
         for m in model.modules():
             if isinstance(m, torch.nn.Dropout):

@@ -18,7 +18,8 @@ def summary_rows(t: RecordIndex, reference="fp32", batch=1, shape: str | None = 
                  family: str | None = None) -> list[dict]:
     """One row per variant of `family`: per task score/gain/retention/worst language, and cost
     (absent keys = not measured). `avg_retention_is_point`: every task averaged into
-    `avg_retention` has a retention precise enough to plot (retention_is_point)."""
+    `avg_retention` has a retention precise enough to plot (retention_is_point);
+    `avg_retention_span`: the lowest and highest end of those tasks' 95% intervals."""
     family = family or t.family
     shape = shape or default_shape(t, family, batch)
     rows = []
@@ -43,6 +44,9 @@ def summary_rows(t: RecordIndex, reference="fp32", batch=1, shape: str | None = 
         kept = [st for st in primary if st["ref_gain"] > 0 and np.isfinite(st["retention"])]
         row["avg_retention"] = float(np.mean([st["retention"] for st in kept])) if kept else None
         row["avg_retention_is_point"] = bool(kept) and all(retention_is_point(st) for st in kept)
+        # the tasks' 95% intervals, enveloped (exact for one task, conservative for several)
+        row["avg_retention_span"] = ((min(st["retention_ci"][0] for st in kept), max(st["retention_ci"][1] for st in kept))
+                                     if kept and all(np.isfinite(st["retention_ci"]).all() for st in kept) else None)
         scores = [st["score"] for st in primary]
         row["avg_score"] = float(np.mean(scores)) if scores else None
         rows.append(row)

@@ -42,7 +42,7 @@ def pareto_points(t: RecordIndex, all_rows: dict, batch: int, key: str, ykey: st
     benchmarked at `batch`. A retention that is not precise enough (retention_is_point) is withheld:
     a point would present noise as a position on the front."""
     label = _labeller(t)
-    pts, names, withheld = [], [], []
+    pts, names, withheld, spans = [], [], [], []
     for fam in t.families:
         shape = default_shape(t, fam, batch)
         for r in all_rows[fam]:
@@ -54,13 +54,14 @@ def pareto_points(t: RecordIndex, all_rows: dict, batch: int, key: str, ykey: st
                 continue
             pts.append((b[key], r[ykey]))
             names.append(label(fam, r["variant"]))
-    return pts, names, withheld
+            spans.append(r.get("avg_retention_span") if ykey == "avg_retention" else None)
+    return pts, names, withheld, spans
 
 
 def _pareto_panel(ax, t: RecordIndex, all_rows: dict, batch: int, key: str, better_low: bool, ykey: str) -> bool:
     """One panel: every (model, variant) at `batch` as a point, the staircase of the front, and the
     names of the variants withheld from it."""
-    pts, names, withheld = pareto_points(t, all_rows, batch, key, ykey)
+    pts, names, withheld, spans = pareto_points(t, all_rows, batch, key, ykey)
     if withheld:
         ax.text(0.01, 0.99, f"{WITHHELD}:\n{', '.join(withheld)}", transform=ax.transAxes, va="top", fontsize=7,
                 color="dimgrey")
@@ -69,6 +70,11 @@ def _pareto_panel(ax, t: RecordIndex, all_rows: dict, batch: int, key: str, bett
         return bool(withheld)
     xs, ys = zip(*pts)
     ax.scatter(xs, ys, color="tab:blue")
+    bars = [(x, y, sp) for x, y, sp in zip(xs, ys, spans) if sp]
+    if bars:    # a retention is an estimate: its interval is drawn with it
+        ax.errorbar([x for x, _, _ in bars], [y for _, y, _ in bars],
+                    yerr=[[y - sp[0] for _, y, sp in bars], [sp[1] - y for _, y, sp in bars]], fmt="none",
+                    ecolor="tab:blue", elinewidth=0.8, capsize=3, label="95% bootstrap interval")
     for x, y, n in zip(xs, ys, names):
         ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     front = sorted(pareto_front([(x if better_low else -x, y) for x, y in pts]), key=lambda i: xs[i])

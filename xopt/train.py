@@ -433,14 +433,14 @@ def _stage_run(model, tok, prefix, tasks, stage, seed, state_dir, resume, progre
     soup = stage.average > 1 and stage.train == "encoder"
     start = ({n: p.detach().clone() for n, p in model.encoder.named_parameters() if not n.startswith("embeddings.")}
              if stage.interpolate < 1 or soup else None)
-    heads = None
-    if stage.probe_epochs:
+    probed = None    # a resumed run's saved state holds its heads already
+    if stage.probe_epochs and not (resume and (state_dir / "state.json").is_file()):
         probe = replace(stage, train="head", epochs=stage.probe_epochs, steps=None, lr=stage.probe_lr, batch_size=64,
                         grad_accum=1, head_lr=None, length_grouped=False, probe_epochs=0)
-        heads = fit(model, tok, prefix, stage_tasks, probe, seed, progress=progress, records=records,
-                    label="probe ")["trainee"].heads.state_dict()
+        probed = fit(model, tok, prefix, stage_tasks, probe, seed, progress=progress, records=records,
+                     label="probe ")["trainee"].heads.state_dict()
     res = fit(model, tok, prefix, stage_tasks, stage, seed, state_dir=state_dir, resume=resume, progress=progress,
-              records=records, label="", on_step=on_step, heads=heads)
+              records=records, label="", on_step=on_step, heads=probed)
     trainee = res.pop("trainee")
     features = res.pop("features", None)
     if soup:
@@ -452,7 +452,6 @@ def _stage_run(model, tok, prefix, tasks, stage, seed, state_dir, resume, progre
         def weights():
             return {n: p.detach().clone() for n, p in model.encoder.named_parameters() if n in start}
 
-        probed = heads
         runs, heads = [weights()], [trainee.heads.state_dict()]
         for j in range(1, stage.average):
             _load_encoder(model, start)

@@ -278,13 +278,10 @@ def check_against_torch(ckpt, onnx_path: Path, exports: "ExportCache | None" = N
     reference computed once per checkpoint when an ExportCache is given)."""
     with step("check against PyTorch"):
         ids, mask, ref = exports.reference(ckpt) if exports is not None else torch_reference(ckpt)
-        from xopt.modeling import graph_names
-
-        sess = session(onnx_path)
-        fetch = graph_names(ckpt.output_names, {o.name for o in sess.get_outputs()})
-        got = sess.run(list(fetch), {"input_ids": ids, "attention_mask": mask})
+        got = OrtRunner("export check", session(onnx_path), ckpt.output_names)(ids, mask)   # xopt's names
     out = {}
-    for name, r, g in zip(ckpt.output_names, ref, got):
+    for name, r in zip(ckpt.output_names, ref):
+        g = got[name]
         cos = (r * g).sum(-1) / (np.linalg.norm(r, axis=-1) * np.linalg.norm(g, axis=-1) + 1e-12)
         out[name] = {"min_cosine": float(cos.min()), "max_abs_diff": float(np.abs(r - g).max())}
     return out

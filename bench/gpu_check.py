@@ -30,7 +30,8 @@ file does not depend on xopt's internal module layout. Set-up, done before the s
   with one line;
 - xopt is made importable from this checkout without installing it (no setuptools or network
   needed): a shim directory holds an `xopt` package whose entries link to xopt/, with
-  `kernels` -> kernels/ and `calibration` -> calibration/ (the pyproject mapping), and comes
+  `kernels` -> kernels/xopt_kernels/ and `calibration` -> calibration/ (pyproject's
+  package-dir mapping, read from pyproject.toml), and comes
   first on PYTHONPATH; PYTHONSAFEPATH=1 keeps the checkout's own xopt/ (which lacks the
   mapping) off sys.path.
 
@@ -51,6 +52,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,8 +145,10 @@ def make_shim(shim: Path) -> Path:
     for entry in (ROOT / "xopt").iterdir():
         if entry.name != "__pycache__":
             (pkg / entry.name).symlink_to(entry)
-    for name in ("kernels", "calibration"):
-        (pkg / name).symlink_to(ROOT / name)
+    mapping = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    for name, src in mapping.items():
+        if name.startswith("xopt."):
+            (pkg / name.removeprefix("xopt.")).symlink_to(ROOT / src)
     return shim
 
 

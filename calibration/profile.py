@@ -72,8 +72,12 @@ def linear_names(model) -> list[str]:
 
 def onnx_node_to_module(node_name: str) -> str:
     """`/encoder/layer.0/attention/self/query/MatMul` -> `encoder.layer.0.attention.self.query`
-    (the TorchScript exporter's scope naming; `/head/Gemm` -> `head`)."""
+    (the TorchScript exporter's scope naming; `/classifier/out_proj/Gemm` -> `classifier.out_proj`).
+    An encoder-only graph is exported through `xopt.modeling.WithHidden`, whose `model` scope
+    is dropped: no XoptModel module is named `model`."""
     parts = node_name.strip("/").split("/")
+    if parts[0] == "model":
+        parts = parts[1:]
     return ".".join(parts[:-1])
 
 

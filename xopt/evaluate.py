@@ -22,6 +22,8 @@ demo's retrieval task is scored by the same method as XTREME's Tatoeba
 
 from __future__ import annotations
 
+import json
+
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -425,7 +427,9 @@ def _head_problem(card, task) -> str | None:
                 f"head {card.head!r}: evaluate a fine-tuned checkpoint, or --tasks bucc2018,tatoeba for the encoder")
     if need in ("sequence", "token") and list(card.labels) != list(task.labels):
         return (f"{task.name} needs a head over its labels ({' '.join(task.labels)}); this model's head has "
-                f"({' '.join(card.labels)}) (trained on {card.task or '?'})")
+                f"({' '.join(card.labels)}) (trained on {card.task or '?'}). If it was trained on {task.name} with "
+                f"those classes in that order, set id2label in its config.json to "
+                + json.dumps(dict(enumerate(task.labels))))
     return None
 
 

@@ -39,7 +39,7 @@ import shutil
 from pathlib import Path
 
 from xopt.errors import XoptError
-from xopt.hf import ARCH_SUFFIX, CARD_FILE, DENSE_DIR, HEAD_KEYS, IDENTITY, POOLING_DIR, TOKENIZER_FILES
+from xopt.hf import CARD_FILE, DENSE_DIR, HEAD_KEYS, IDENTITY, POOLING_DIR, TOKENIZER_FILES, write_task_model
 
 FORMATS = ("triton", "hf")
 CONFIG = "config.pbtxt"
@@ -299,19 +299,6 @@ def export(variant_dir: str | Path, fmt: str, out: str | Path, **kwargs) -> dict
     return export_triton(variant_dir, out, **kwargs)
 
 
-def _head_class(config, kind: str):
-    """The transformers class of `kind` ("token" / "span") for this config (BertFor..., XLMRobertaFor...)."""
-    from transformers.models.auto import modeling_auto as auto
-
-    mapping = {"token": auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING,
-               "span": auto.MODEL_FOR_QUESTION_ANSWERING_MAPPING}[kind]
-    try:
-        return mapping[type(config)]
-    except KeyError:
-        raise XoptError(f"transformers has no {ARCH_SUFFIX[kind]} class for model type {config.model_type!r}") \
-            from None
-
-
 def export_hf(ckpt_dir: str | Path, out: str | Path, force: bool = False) -> dict:
     """Write checkpoint `ckpt_dir` in the Hugging Face layout of its head (`xopt.hf`'s module doc);
     returns what was written."""
@@ -334,16 +321,9 @@ def export_hf(ckpt_dir: str | Path, out: str | Path, force: bool = False) -> dic
         config.label2id = {label: i for i, label in enumerate(labels)}
     out = Path(out)
     with mf.atomic_dir(out, force=force, kind="hf-export") as tmp:
-        if card.head in ARCH_SUFFIX:
-            cls = _head_class(config, card.head)
-            config.architectures = [cls.__name__]
-            prefix = cls.base_model_prefix
-            state = {f"{prefix}.{k}": v for k, v in module.encoder.state_dict().items()}
-            state.update({f"{HEAD_KEYS[card.head]}.{k}": v for k, v in module.head.state_dict().items()})
-            config.save_pretrained(str(tmp))
-            save_file({k: v.contiguous() for k, v in state.items() if not k.endswith("position_ids")},
-                      str(tmp / "model.safetensors"), metadata={"format": "pt"})
-            layout = cls.__name__
+        task_model = module.has_head and (card.head_layout == "hf" or card.head in HEAD_KEYS)
+        if task_model:
+            layout = write_task_model(module, card, tmp)
         else:
             config.architectures = [type(module.encoder).__name__]
             config.save_pretrained(str(tmp))
@@ -357,7 +337,7 @@ def export_hf(ckpt_dir: str | Path, out: str | Path, force: bool = False) -> dic
                 "word_embedding_dimension": hidden, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
                 "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
                 "pooling_mode_weightedmean_tokens": False, "pooling_mode_lasttoken": False, "include_prompt": True})
-            if module.head is not None:
+            if module.has_head:
                 (tmp / DENSE_DIR).mkdir()
                 _write_json(tmp / DENSE_DIR / "config.json", {
                     "in_features": hidden, "out_features": module.head.out_features, "bias": True,
@@ -369,7 +349,7 @@ def export_hf(ckpt_dir: str | Path, out: str | Path, force: bool = False) -> dic
             _write_json(tmp / "sentence_bert_config.json", {"max_seq_length": card.max_length, "do_lower_case": False})
             layout = "sentence-transformers (" + ", ".join(m["type"].rsplit(".", 1)[1] for m in modules) + ")"
         _write_json(tmp / CARD_FILE, card.to_json())      # what config.json cannot say: prefix, max length, task
-        if card.head not in ARCH_SUFFIX:
+        if not task_model:
             prompt = {"prompts": {"query": card.input_prefix}, "default_prompt_name": "query"} \
                 if card.input_prefix else {"prompts": {}}
             _write_json(tmp / "config_sentence_transformers.json", {**prompt, "similarity_fn_name": "cosine"})

@@ -1,44 +1,171 @@
 """The Hugging Face layouts of xopt checkpoints, and reading them back.
 
-`xopt export CKPT --format hf --out DIR` (`xopt.export.export_hf`) writes a checkpoint as:
-- token head (UD-POS, PAN-X): `<Arch>ForTokenClassification` (`bert.*` / `roberta.*` encoder
-  weights + `classifier.*`, `id2label`/`label2id`), which computes xopt's `token_logits`:
-  dropout is the identity in eval mode and the classifier reads the last hidden state, as ours;
-- span head (XQuAD, MLQA, TyDiQA): `<Arch>ForQuestionAnswering` (`qa_outputs.*`), xopt's
-  `start_logits`/`end_logits`;
-- sequence head and encoder only: the encoder (`<Arch>Model`) with the sentence-transformers
-  modules over it: `1_Pooling` (mean over the attention mask, as xopt) and, for a sequence
-  head, `2_Dense` (xopt's linear head, identity activation), so that
-  `SentenceTransformer(DIR).encode(texts)` returns xopt's `logits` (encoder only: its
-  `sentence_embedding`). HF's `*ForSequenceClassification` classes pool the first token
-  through a dense + tanh layer, a different function: no config can make them compute a linear
-  layer on the mean-pooled embedding, so the sequence head is not written in that layout.
-  `id2label`/`label2id` are in config.json all the same.
+A checkpoint with a head in layout "hf" (xopt.modeling) *is* the Hugging Face task model:
+`<Arch>ForSequenceClassification` (XNLI, PAWS-X), `...ForTokenClassification` (UD-POS, PAN-X),
+`...ForQuestionAnswering` (XQuAD, MLQA, TyDiQA), what HF Trainer, jiant and XTREME's scripts
+save; `...ForMultipleChoice` is trained for intermediate tasks and not kept. Its head modules
+run as XoptModel's chain under their HF names (`head_chain`): RoBERTa/XLM-R's `classifier`
+(dense -> tanh -> out_proj on `<s>`), BERT's `encoder.pooler` -> `dropout` -> `classifier`,
+DeBERTa-v2's `pooler` (ContextPooler) -> `dropout` -> `classifier`, `dropout` -> `classifier` on
+every token, `qa_outputs` on every token. `MODEL_TYPES` are the architectures whose task models
+are checked against HF's own forward (tests/test_hf_models.py).
+
+`xopt export CKPT --format hf --out DIR` (`xopt.export.export_hf`) writes a checkpoint as that
+task model (`write_task_model`; xopt's linear token and span heads are the same function as
+HF's, so they are written as `classifier` / `qa_outputs`), or, for xopt's linear sequence head
+and an encoder, as the encoder (`<Arch>Model`) with the sentence-transformers modules over it:
+`1_Pooling` (mean over the attention mask, as xopt) and, for a sequence head, `2_Dense` (the
+linear head, identity activation), so that `SentenceTransformer(DIR).encode(texts)` returns
+xopt's `logits` (encoder only: its `sentence_embedding`).
 
 Every layout keeps the tokenizer files and the xopt model card (`xopt_card.json`: input prefix,
 max length, task, retrieval layer); the sentence-transformers layouts also carry the input
 prefix as the "query" prompt (`config_sentence_transformers.json`).
 
 `hf_card` is the other direction: a Hugging Face directory without an xopt manifest opens as a
-checkpoint with its head (`open_checkpoint`): `*ForTokenClassification` and
-`*ForQuestionAnswering` by their `architectures` and weights, a sentence-transformers directory
-with a `Dense` module as a sequence head; `*ForSequenceClassification` is refused in one line
-(see above).
+checkpoint with its head (`open_checkpoint`), the task model by its config's `architectures`,
+a sentence-transformers directory with a `Dense` module as a linear sequence head.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 from xopt.errors import XoptError
 
-ARCH_SUFFIX = {"token": "ForTokenClassification", "span": "ForQuestionAnswering"}
-HEAD_KEYS = {"token": "classifier", "span": "qa_outputs"}
+AUTO_CLASSES = {"sequence": "AutoModelForSequenceClassification", "choice": "AutoModelForMultipleChoice",
+                "token": "AutoModelForTokenClassification", "span": "AutoModelForQuestionAnswering"}
+ARCH_SUFFIX = {kind: auto.removeprefix("AutoModel") for kind, auto in AUTO_CLASSES.items()}
+HEAD_KEYS = {"token": "classifier", "span": "qa_outputs"}     # xopt's linear head in HF's task models
+MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "deberta-v2")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "sentencepiece.bpe.model")
 DENSE_DIR, POOLING_DIR = "2_Dense", "1_Pooling"
 CARD_FILE = "xopt_card.json"
 IDENTITY = "torch.nn.modules.linear.Identity"
+SUPPORTED = ("an encoder (AutoModel) or its task model for sequence classification, token classification or "
+             f"question answering, model type {', '.join(MODEL_TYPES)}")
+
+
+def check_model_type(model_type: str | None, where) -> None:
+    if model_type not in MODEL_TYPES:
+        raise XoptError(f"{where}: model type {model_type!r} is not supported; xopt takes {SUPPORTED}")
+
+
+def encoder_classes(model_type: str) -> set[str]:
+    """`architectures` whose weights hold a bare encoder xopt takes: the base model and its
+    pre-training checkpoints (masked LM, BERT's pre-training heads, which AutoModel drops)."""
+    from transformers.models.auto import modeling_auto as auto
+
+    return {m.get(model_type) for m in (auto.MODEL_MAPPING_NAMES, auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+                                        auto.MODEL_FOR_PRETRAINING_MAPPING_NAMES)} - {None}
+
+
+def head_chain(task, kind: str) -> tuple[str, ...]:
+    """XoptModel names of an HF task model's head modules, in the order its forward runs them on
+    the last hidden state (module doc)."""
+    from torch import nn
+
+    if kind == "span":
+        return ("qa_outputs",)
+    if kind == "token":
+        return ("dropout", "classifier")
+    if not isinstance(getattr(task, "classifier", None), nn.Linear):
+        return ("classifier",)            # RoBERTa's classification head reads <s> itself
+    if isinstance(getattr(task, "pooler", None), nn.Module):
+        return ("pooler", "dropout", "classifier")
+    if isinstance(getattr(task.base_model, "pooler", None), nn.Module):
+        return ("encoder.pooler", "dropout", "classifier")
+    raise XoptError(f"{type(task).__name__}: its head is none of the layouts xopt runs ({SUPPORTED})")
+
+
+def task_heads(task, kind: str) -> tuple[dict, tuple[str, ...]]:
+    """(head modules by XoptModel name, chain) of an HF task model: XoptModel's `heads`, `chain`."""
+    check_model_type(task.config.model_type, type(task).__name__)
+    chain = head_chain(task, kind)
+    return {n: (task.base_model if n.startswith("encoder.") else task).get_submodule(n.removeprefix("encoder."))
+            for n in chain}, chain
+
+
+def _task_on_meta(config, kind: str):
+    """The HF task model class of `kind` for `config`, built on the meta device (no memory)."""
+    import torch
+    import transformers
+
+    with torch.device("meta"):
+        return getattr(transformers, AUTO_CLASSES[kind]).from_config(config)
+
+
+def _task_config(config, kind: str, labels):
+    config = copy.deepcopy(config)
+    if kind in ("sequence", "token"):
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {label: i for i, label in enumerate(labels)}
+    elif kind == "span":
+        config.num_labels = 2
+    return config
+
+
+def new_heads(encoder, head, labels=None) -> tuple[dict, tuple[str, ...]]:
+    """Fresh head modules of HF's task model of `head`'s kind for `encoder` (HF's own
+    initialisation), as XoptModel's `heads`, `chain`. A chain through BERT's pooler uses the
+    encoder's pooler where it has one (pre-trained, as HF's from_pretrained does), else gives
+    the encoder a new one."""
+    labels = list(labels or [f"LABEL_{i}" for i in range(head.width)])
+    task = _task_on_meta(_task_config(encoder.config, head.kind, labels), head.kind)
+    heads, chain = task_heads(task, head.kind)
+    p = next(encoder.parameters())
+    for name, m in heads.items():
+        if name.startswith("encoder.") and isinstance(getattr(encoder, "pooler", None), type(m)):
+            heads[name] = encoder.pooler
+            continue
+        m.to_empty(device=p.device)
+        m.to(p.dtype)
+        for sub in m.modules():
+            task._init_weights(sub)
+        if name.startswith("encoder."):
+            encoder.pooler = m
+    return heads, chain
+
+
+def pooler_kwargs(path: Path) -> dict:
+    """from_pretrained keywords for a bare encoder: BERT/RoBERTa's pooler is built only where
+    the weights hold one (a BERT chain reuses it; see `new_heads`)."""
+    from safetensors import safe_open
+
+    model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    if model_type not in ("bert", "roberta", "xlm-roberta"):
+        return {}
+    has = False
+    for f in path.glob("*.safetensors"):
+        with safe_open(str(f), "pt") as st:
+            has = has or any(k.split(".")[-3:-2] == ["pooler"] or k.startswith("pooler.") for k in st.keys())
+    return {"add_pooling_layer": has}
+
+
+def write_task_model(model, card, out: Path) -> str:
+    """config.json and model.safetensors of the HF task model an XoptModel computes (layout "hf",
+    or xopt's linear token/span head); returns the class name."""
+    from safetensors.torch import save_file
+
+    config = _task_config(model.encoder.config, card.head, card.labels)
+    task = _task_on_meta(config, card.head)
+    prefix = task.base_model_prefix
+    state = {}
+    for k, v in model.state_dict().items():
+        name = f"{prefix}.{k[8:]}" if k.startswith("encoder.") else k
+        if k.startswith("head."):
+            name = HEAD_KEYS[card.head] + k[4:]
+        state[name] = v
+    want = set(task.state_dict())
+    if missing := want - set(state):
+        raise XoptError(f"{type(task).__name__} needs {sorted(missing)[:3]}, which this model does not hold")
+    config.architectures = [type(task).__name__]
+    config.save_pretrained(str(out))
+    save_file({k: v.detach().contiguous() for k, v in state.items() if k in want}, str(out / "model.safetensors"),
+              metadata={"format": "pt"})
+    return type(task).__name__
 
 
 def hf_card(path: Path) -> tuple[dict, dict | None]:
@@ -61,22 +188,17 @@ def hf_card(path: Path) -> tuple[dict, dict | None]:
         prompt = (json.loads(st.read_text()).get("prompts") or {}).get("query")
         if prompt:
             card["input_prefix"] = prompt
-    if arch.endswith("ForSequenceClassification"):
-        raise XoptError(f"{path}: {arch} pools the first token through a dense + tanh layer; xopt's sequence head is "
-                        "one linear layer on the mean-pooled embedding, a different function, so the head cannot be "
-                        "taken as it is. Train an xopt head on the encoder (xopt train --model DIR), or give a "
-                        "sentence-transformers directory (mean Pooling + Dense)")
-    for kind, suffix in ARCH_SUFFIX.items():
-        if arch.endswith(suffix):
-            weights = path / "model.safetensors"
-            if not weights.is_file():
-                raise XoptError(f"{path}: {arch} without model.safetensors (xopt reads safetensors only)")
-            with safe_open(str(weights), "pt") as f:
-                head = {k.split(".", 1)[1]: f.get_tensor(k) for k in f.keys() if k.startswith(HEAD_KEYS[kind] + ".")}
-            if set(head) != {"weight", "bias"}:
-                raise XoptError(f"{path}: {arch} weights lack {HEAD_KEYS[kind]}.weight/.bias (found "
-                                f"{sorted(head) or 'none'})")
-            return {**card, "head": kind, **({"labels": labels} if kind == "token" else {})}, head
+    kind = next((k for k, suffix in ARCH_SUFFIX.items() if arch.endswith(suffix)), None)
+    if kind == "choice":
+        raise XoptError(f"{path}: {arch} is a multiple-choice model, which xopt trains for intermediate tasks only; "
+                        f"xopt compiles {SUPPORTED}")
+    check_model_type(config.get("model_type"), path)
+    if kind is None and arch and arch not in encoder_classes(config["model_type"]):
+        raise XoptError(f"{path}: {arch} is not supported; xopt compiles {SUPPORTED}")
+    if kind is not None:
+        if not any(path.glob("*.safetensors")):
+            raise XoptError(f"{path}: {arch} without model.safetensors (xopt reads safetensors only)")
+        return {**card, "head": kind, "head_layout": "hf", **({"labels": labels} if kind != "span" else {})}, None
     modules = path / "modules.json"
     if modules.is_file():
         mods = json.loads(modules.read_text())
@@ -99,5 +221,5 @@ def hf_card(path: Path) -> tuple[dict, dict | None]:
                 head = {k.removeprefix("linear."): f.get_tensor(k) for k in f.keys()}
             n = dcfg["out_features"]
             labels = labels if len(labels) == n else [f"LABEL_{i}" for i in range(n)]
-            return {**card, "head": "sequence", "labels": labels}, head
+            return {**card, "head": "sequence", "labels": labels, "head_layout": "linear"}, head
     return card, None

@@ -1,23 +1,30 @@
 """The model every variant compiles, its card, and checkpoint directories (transformers-style).
 
 A checkpoint directory is a plain Hugging Face directory (config.json, model.safetensors,
-tokenizer files) that `transformers.AutoModel.from_pretrained` opens as is, plus
-- `head.safetensors` when the checkpoint carries a task head (weight, bias), and
-- `manifest.json` (xopt.manifest): where the weights came from, their hashes, and the model
-  card xopt needs (pooling, input prefix, head labels, which task trained the head).
+tokenizer files) plus `manifest.json` (xopt.manifest: where the weights came from, their hashes,
+and the model card xopt needs: pooling, input prefix, head labels, which task trained the head).
+Its head is in one of two layouts (`ModelCard.head_layout`):
+- "hf": the checkpoint is the Hugging Face task model itself (`<Arch>ForSequenceClassification`,
+  `...ForTokenClassification`, `...ForQuestionAnswering`; `xopt.hf`), what HF Trainer, jiant and
+  XTREME's scripts train and `AutoModelFor*.from_pretrained` opens;
+- "linear": xopt's one linear layer `head` in `head.safetensors` beside the encoder (on the mean-
+  pooled embedding for a sequence head: the sentence-transformers Pooling + Dense layout).
 
-`XoptModel` = the encoder, mean pooling over real tokens, and one head class (`NoHead`,
-`SequenceHead`, `TokenHead`, `SpanHead`) that decides what the one linear layer `head` reads
-and which named output the model returns. Outputs are NamedTuples (still tuples, in this
-order, so ONNX export, torch.compile and every variant see plain tuples):
+`XoptModel` = the HF encoder (base model), mean pooling over real tokens, and one head class
+(`NoHead`, `SequenceHead`, `ChoiceHead`, `TokenHead`, `SpanHead`) that says which named output
+the model returns. The head's modules carry Hugging Face's names (`classifier`, `qa_outputs`,
+`pooler`, BERT's `encoder.pooler`; `head` for the linear layout) and run as a chain over the
+last hidden state (`XoptModel.chain`), so a variant's logits are HF's forward of the same
+checkpoint. Outputs are NamedTuples (still tuples, in this order, so ONNX export,
+torch.compile and every variant see plain tuples):
 
 | output | shape | head |
 |---|---|---|
 | `sentence_embedding` | [B, H] | all: mean of the last layer over real tokens (e5's embedding) |
 | `layer_embedding` | [B, H] | all: the same mean over layer `card.retrieval_layer` (default: the middle layer, as XTREME's BUCC/Tatoeba) |
-| `logits` | [B, L] | `SequenceHead`: linear head on `sentence_embedding` (XNLI, PAWS-X, demo topic) |
-| `token_logits` | [B, T, L] | `TokenHead`: linear head on each token of the last layer (UD-POS, PAN-X) |
-| `start_logits`, `end_logits` | [B, T] | `SpanHead`: linear head (2 outputs) on each token (XQuAD, MLQA, TyDiQA) |
+| `logits` | [B, L] | `SequenceHead` (XNLI, PAWS-X, demo topic), `ChoiceHead` (L = 1 per (question, choice) pair) |
+| `token_logits` | [B, T, L] | `TokenHead`: on each token of the last layer (UD-POS, PAN-X) |
+| `start_logits`, `end_logits` | [B, T] | `SpanHead`: 2 outputs on each token (XQuAD, MLQA, TyDiQA) |
 
 Exported graphs (ONNX files, TensorRT engines) name their outputs as Hugging Face and optimum
 do (`GRAPH_NAMES`: `token_logits` is `logits` there), and an encoder-only graph also returns
@@ -119,6 +126,16 @@ class SequenceHead(Head):
     kind, Output = "sequence", SequenceOutput
 
 
+class ChoiceHead(Head):
+    """Multiple choice (intermediate tasks): one score per (question, choice) pair, the softmax
+    over each question's choices taken by the task family (HF's *ForMultipleChoice)."""
+    kind, Output, needs_labels = "choice", SequenceOutput, False
+
+    @property
+    def width(self) -> int:
+        return 1
+
+
 class TokenHead(Head):
     kind, Output, on_tokens = "token", TokenOutput, True
 
@@ -135,7 +152,8 @@ class SpanHead(Head):
         return SpanOutput(embedding, layer_embedding, scores[..., 0], scores[..., 1])
 
 
-HEAD_CLASSES: dict[str, type[Head]] = {h.kind: h for h in (NoHead, SequenceHead, TokenHead, SpanHead)}
+HEAD_CLASSES: dict[str, type[Head]] = {h.kind: h for h in (NoHead, SequenceHead, ChoiceHead, TokenHead, SpanHead)}
+HEAD_LAYOUTS = ("hf", "linear")     # module doc
 HEADS = tuple(HEAD_CLASSES)
 SPAN_LABELS = SpanHead.fixed_labels
 PER_TOKEN_OUTPUTS = tuple(n for h in HEAD_CLASSES.values() if h.on_tokens
@@ -163,12 +181,15 @@ class ModelCard:
     max_length: int = 512
     head: str | None = None         # HEADS; None = "sequence" when labels are set, else "none"
     retrieval_layer: int | None = None   # hidden state for `layer_embedding`; None = middle layer
+    head_layout: str = "hf"         # HEAD_LAYOUTS (module doc)
 
     def __post_init__(self):
         if self.head is None:
             self.head = "sequence" if self.labels else "none"
         if self.head not in HEADS:
             raise XoptError(f"unknown head kind {self.head!r}; known: {', '.join(HEADS)}")
+        if self.head_layout not in HEAD_LAYOUTS:
+            raise XoptError(f"unknown head layout {self.head_layout!r}; known: {', '.join(HEAD_LAYOUTS)}")
         cls = HEAD_CLASSES[self.head]
         if cls.fixed_labels is not None:
             self.labels = list(cls.fixed_labels)
@@ -189,14 +210,18 @@ class ModelCard:
     @classmethod
     def from_json(cls, d: dict) -> "ModelCard":
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        known.setdefault("head_layout", "linear")     # cards written before HF heads: xopt's linear head
         return cls(**known)
 
 
 class XoptModel(nn.Module):
-    """Encoder + mean pooling + one head class (module doc). `head` is the head's linear layer
-    (None for `NoHead`); `head_type` says what it reads and which outputs come back."""
+    """Encoder + mean pooling + one head class (module doc). `heads`: the head's modules by their
+    Hugging Face names and `chain` the order they run in over the last hidden state (each reads
+    what the one before returns; HF's first-token heads pick token 0 themselves); without
+    `heads`, xopt's linear layer `head` (on the mean-pooled embedding, or on every token)."""
 
-    def __init__(self, encoder, head: Head | None = None, layer: int | None = None):
+    def __init__(self, encoder, head: Head | None = None, layer: int | None = None,
+                 heads: dict[str, nn.Module] | None = None, chain: tuple[str, ...] = ()):
         super().__init__()
         n_layers = encoder.config.num_hidden_layers
         layer = n_layers // 2 if layer is None else layer
@@ -205,14 +230,49 @@ class XoptModel(nn.Module):
         self.encoder = encoder
         self.layer = layer
         self.head_type = head or NoHead()
-        self.head = self.head_type.linear(encoder.config.hidden_size)
+        if heads is None:
+            self.head = self.head_type.linear(encoder.config.hidden_size)
+            self.chain = ("head",) if self.head is not None else ()
+            self.head_layout = "linear"
+        else:
+            self.head = None
+            for name, module in heads.items():
+                if not name.startswith("encoder."):     # BERT's pooler is already the encoder's
+                    self.add_module(name, module)
+            self.chain = tuple(chain)
+            self.head_layout = "hf"
+        # what the chain's first module reads: every token, or the mean-pooled embedding (linear layout)
+        self.reads = "tokens" if self.head_type.on_tokens or self.head_layout == "hf" else "mean"
 
-    def with_head(self, head: Head, state: dict | None = None) -> "XoptModel":
-        """The same encoder (shared, not copied) with another head; `state`: the head's weights."""
-        model = XoptModel(self.encoder, head, self.layer)
-        if state is not None and model.head is not None:
-            model.head.load_state_dict(state)
+    @property
+    def has_head(self) -> bool:
+        return bool(self.chain)
+
+    def head_modules(self) -> dict[str, nn.Module]:
+        """The head's modules by name, in chain order (what a quantising recipe may have replaced)."""
+        return {name: self.get_submodule(name) for name in self.chain}
+
+    def head_state(self) -> dict:
+        """The head's weights, keyed by module name (`classifier.dense.weight`, `head.bias`)."""
+        return {f"{name}.{k}": v for name, m in self.head_modules().items() for k, v in m.state_dict().items()}
+
+    def with_head(self, head: Head, state: dict | None = None, layout: str = "linear",
+                  labels: list | None = None) -> "XoptModel":
+        """The same encoder (shared, not copied) with another head, fresh or with `state`
+        (`head_state()` of a model of that head); `layout`: "linear" or "hf" (`xopt.hf.new_heads`)."""
+        if layout == "hf" and head.width:
+            from xopt.hf import new_heads
+
+            model = XoptModel(self.encoder, head, self.layer, *new_heads(self.encoder, head, labels))
+        else:
+            model = XoptModel(self.encoder, head, self.layer)
+        if state is not None and model.has_head:
+            model.load_head_state(state)
         return model.train(self.training)
+
+    def load_head_state(self, state: dict) -> None:
+        for name, m in self.head_modules().items():
+            m.load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")})
 
     def encode(self, input_ids, attention_mask):
         """(last hidden state [B, T, H], sentence_embedding, layer_embedding)."""
@@ -224,12 +284,18 @@ class XoptModel(nn.Module):
         layer_embedding = (out.hidden_states[self.layer] * mask).sum(1) / count
         return hidden, embedding, layer_embedding
 
+    def scores(self, hidden, embedding):
+        """The head chain's output from the last hidden state [B, T, H] (or the embedding [B, H]
+        that a linear sequence head reads)."""
+        x = embedding if self.reads == "mean" else hidden
+        for name in self.chain:
+            x = self.get_submodule(name)(x)
+        return x
+
     def forward(self, input_ids, attention_mask, with_hidden: bool = False):
         """The head's named outputs; `with_hidden`: a plain tuple of them and the last hidden state."""
         hidden, embedding, layer_embedding = self.encode(input_ids, attention_mask)
-        scores = None
-        if self.head is not None:
-            scores = self.head(hidden if self.head_type.on_tokens else embedding)
+        scores = self.scores(hidden, embedding) if self.has_head else None
         out = self.head_type.outputs(embedding, layer_embedding, scores)
         return (*out, hidden) if with_hidden else out
 
@@ -247,9 +313,11 @@ class WithHidden(nn.Module):
 
 
 def build_module(encoder, card: "ModelCard | None" = None) -> XoptModel:
-    """The XoptModel of an encoder and a model card (None: encoder only)."""
+    """The XoptModel of an encoder and a model card (None: encoder only), with a fresh head in
+    the card's layout."""
     card = card or ModelCard()
-    return XoptModel(encoder, card.head_type, card.retrieval_layer)
+    return XoptModel(encoder, None, card.retrieval_layer).with_head(card.head_type, layout=card.head_layout,
+                                                                    labels=card.labels)
 
 
 def output_names(card: "ModelCard | dict | None") -> tuple[str, ...]:
@@ -280,6 +348,10 @@ def open_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
         raise XoptError(f"checkpoint {path}: not a directory (make one with `xopt import e5-small --out {path}`)")
     if not (path / "config.json").is_file():
         raise XoptError(f"checkpoint {path}: no config.json, not a Hugging Face checkpoint directory")
+    if not any(path.glob("*.safetensors")) and any(path.glob("pytorch_model*.bin")):
+        raise XoptError(f"checkpoint {path}: weights in pytorch_model.bin only; xopt reads safetensors (no pickles). "
+                        "Re-save it: `AutoModelFor<Task>.from_pretrained(DIR).save_pretrained(DIR)` writes "
+                        "model.safetensors")
     man = mf.read(path, kind="checkpoint", verify=verify) if (path / mf.MANIFEST).exists() else {}
     for f in sorted(path.glob("*.safetensors")):     # without a manifest, no hash catches a cut-off copy
         check_safetensors(f)
@@ -324,21 +396,32 @@ def load_tokenizer(path: str | Path):
 
 
 def load_module(ckpt: Checkpoint, dtype=None):
-    """Checkpoint -> XoptModel (eval mode) on CPU."""
+    """Checkpoint -> XoptModel (eval mode) on CPU: the HF task model's encoder and head modules
+    (layout "hf"), or the encoder and xopt's linear head (layout "linear")."""
+    import json
+
     import torch
     from safetensors.torch import load_file
 
+    from xopt import hf
     from xopt.quiet import quiet_imports
 
     with quiet_imports():
-        # AutoModel resolves its model class lazily, inside from_pretrained; PreTrainedModel
+        # the Auto classes resolve their model class lazily, inside from_pretrained; PreTrainedModel
         # imports modeling_utils (and with it torchao) here, inside the quiet block
-        from transformers import AutoModel, PreTrainedModel  # noqa: F401
+        import transformers
+        from transformers import PreTrainedModel  # noqa: F401
     quiet_hf()
-    enc = AutoModel.from_pretrained(str(ckpt.path), add_pooling_layer=False, attn_implementation="sdpa",
-                                    dtype=dtype or torch.float32)
-    model = build_module(enc, ckpt.card)
-    if model.head is not None:
+    card = ckpt.card
+    # SDPA where transformers has it for the architecture (DeBERTa-v2 runs its own eager attention)
+    sdpa = json.loads((ckpt.path / "config.json").read_text()).get("model_type") != "deberta-v2"
+    kw = {"attn_implementation": "sdpa" if sdpa else "eager", "dtype": dtype or torch.float32}
+    if card.head_layout == "hf" and card.head != "none":
+        task = getattr(transformers, hf.AUTO_CLASSES[card.head]).from_pretrained(str(ckpt.path), **kw)
+        return XoptModel(task.base_model, card.head_type, card.retrieval_layer, *hf.task_heads(task, card.head)).eval()
+    enc = transformers.AutoModel.from_pretrained(str(ckpt.path), **kw, **hf.pooler_kwargs(ckpt.path))
+    model = build_module(enc, card)
+    if model.has_head:
         if ckpt.head_state is not None:
             model.head.load_state_dict(ckpt.head_state)
         elif not (ckpt.path / HEAD_FILE).is_file():
@@ -378,10 +461,7 @@ def param_counts(path: str | Path) -> dict:
     from safetensors import safe_open
 
     total = emb = 0
-    for name in ("model.safetensors", HEAD_FILE):
-        f = Path(path) / name
-        if not f.is_file():
-            continue
+    for f in sorted(Path(path).glob("*.safetensors")):
         with safe_open(str(f), framework="numpy") as st:
             for k in st.keys():
                 n = int(np.prod(st.get_slice(k).get_shape()))
@@ -405,16 +485,23 @@ def num_layers(path: str | Path) -> int | None:
 
 def save_checkpoint(model, tokenizer, card: ModelCard, out: Path, source: dict, force: bool = False,
                     manifest_extra: dict | None = None) -> Path:
-    """Write an XoptModel + tokenizer as a checkpoint directory, atomically."""
+    """Write an XoptModel + tokenizer as a checkpoint directory, atomically: the HF task model
+    (layout "hf", `xopt.hf.write_task_model`) or the encoder and `head.safetensors` ("linear")."""
     from safetensors.torch import save_file
 
     from xopt import manifest as mf
+    from xopt.hf import write_task_model
 
     quiet_hf()
+    if model.has_head and card.head_layout != model.head_layout:
+        raise XoptError(f"model card says head layout {card.head_layout!r}, the model has {model.head_layout!r}")
     with mf.atomic_dir(out, force=force, kind="checkpoint") as tmp:
-        model.encoder.save_pretrained(str(tmp), safe_serialization=True)
+        if model.has_head and model.head_layout == "hf":
+            write_task_model(model, card, tmp)
+        else:
+            model.encoder.save_pretrained(str(tmp), safe_serialization=True)
+            if model.has_head:
+                save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, str(tmp / HEAD_FILE))
         tokenizer.save_pretrained(str(tmp))
-        if model.head is not None:
-            save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, str(tmp / HEAD_FILE))
         mf.write(tmp, kind="checkpoint", source=source, extra={**(manifest_extra or {}), "model": card.to_json()})
     return out

@@ -19,6 +19,7 @@ dequantisation, bias and GELU fused in its epilogue (`xopt.kernels.int8_linear`)
 
 from __future__ import annotations
 
+import copy
 import re
 
 import torch
@@ -62,6 +63,9 @@ class UnpaddedEncoder(torch.nn.Module):
         super().__init__()
         enc = xopt_model.encoder
         cfg = enc.config
+        if cfg.model_type not in ("bert", "roberta", "xlm-roberta"):
+            raise XoptError(f"unpadded: model type {cfg.model_type!r} not supported (BERT, RoBERTa and XLM-R encoders: "
+                            "their absolute-position attention is what these kernels compute)")
         if cfg.hidden_act != "gelu":
             raise XoptError(f"unpadded: activation {cfg.hidden_act!r} not supported (only BERT/XLM-R's exact 'gelu')")
         if getattr(cfg, "position_embedding_type", "absolute") != "absolute":
@@ -112,8 +116,12 @@ class UnpaddedEncoder(torch.nn.Module):
             })
         self.retrieval_layer = xopt_model.layer
         self.head_type = xopt_model.head_type     # xopt.modeling head class: what the head reads, what comes back
-        h = xopt_model.head
-        self.head = None if h is None else (t(h.weight), t(h.bias))
+        # the head: a copy of the XoptModel's head chain in this dtype (HF's own modules: a
+        # first-token head reads token 0 of a [B, 1, H] batch of each sequence's first token)
+        self.head, self.head_reads = None, xopt_model.reads
+        if xopt_model.has_head:
+            self.head = torch.nn.ModuleList(copy.deepcopy(m) for m in xopt_model.head_modules().values())
+            self.head = self.head.to(device=device, dtype=dtype).eval()
 
     def int8_linears(self) -> tuple[list[str], list[str]]:
         """(names of the Linears holding int8 weights, names of the others), from what is in
@@ -170,9 +178,16 @@ class UnpaddedEncoder(torch.nn.Module):
                 layer_emb = pool(x)
         emb = pool(x)
         scores = None
-        if self.head is not None and not self.head_type.on_tokens:
-            scores = F.linear(emb, *self.head)
-        elif self.head is not None:      # per-token scores, scattered back to the padded [B, T] layout
-            packed = F.linear(x, *self.head)
+        if self.head is not None and self.head_type.on_tokens:   # per-token scores, scattered back to [B, T]
+            packed = self.run_head(x)
             scores = packed.new_zeros((b * t, packed.shape[1])).index_copy_(0, flat, packed).view(b, t, -1)
+        elif self.head is not None and self.head_reads == "mean":
+            scores = self.run_head(emb)
+        elif self.head is not None:      # HF's first-token heads: each sequence's first token, as [B, 1, H]
+            scores = self.run_head(x[cu[:-1].long().clamp(max=max(len(x) - 1, 0))].unsqueeze(1))
         return self.head_type.outputs(emb, layer_emb, scores)
+
+    def run_head(self, x):
+        for m in self.head:
+            x = m(x)
+        return x

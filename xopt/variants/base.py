@@ -14,7 +14,7 @@ module name), and `compile_variant` refuses a low-precision variant whose artefa
 
 `KeepPolicy` says which `nn.Linear` layers of the XoptModel a quantising recipe leaves in higher
 precision, and which precision that is. It matches *module names*
-(`encoder.encoder.layer.3.output.dense`, `head`); ONNX-based recipes map node names to module
+(`encoder.encoder.layer.3.output.dense`, `classifier.out_proj`, `head`); ONNX-based recipes map node names to module
 names with `xopt.calibration.profile.onnx_node_to_module`, the one translation between the two.
 """
 
@@ -34,15 +34,22 @@ import numpy as np
 from xopt.errors import XoptError
 
 PROFILE_FILE = "calibration_profile.json"   # the calibration profile a calibrated variant saves
-WEIGHT_FILES = ("model.safetensors", "head.safetensors", "config.json")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "head.safetensors", "config.json")
+
+
+def weight_files(path: Path) -> list[str]:
+    """The files of a checkpoint directory that hold its weights and config (shards included)."""
+    return [f for f in WEIGHT_FILES if (path / f).is_file()] + sorted(p.name for p in path.glob("model-*.safetensors"))
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "sentencepiece.bpe.model")
 
 # The int8 recipes' default: FFN output projections (their input is GELU's output, whose outliers
-# per-tensor activation scales cannot represent) and the classifier head (negligible compute,
-# and its logits are what the task scores) stay in higher precision.
+# per-tensor activation scales cannot represent) and the head (negligible compute, and its logits
+# are what the task scores) stay in higher precision. The head's modules carry Hugging Face's
+# names (xopt.hf: `classifier`, `classifier.dense`/`out_proj`, `pooler.dense`, BERT's
+# `encoder.pooler.dense`, `qa_outputs`) or xopt's `head` (linear layout).
 FFN_OUT = r"encoder\.layer\.\d+\.output\.dense$"
-HEAD = r"^head$"
+HEAD = r"^(head|classifier|qa_outputs|pooler|encoder\.pooler)(\.|$)"
 FFN_OUT_AND_HEAD = FFN_OUT + "|" + HEAD
 
 

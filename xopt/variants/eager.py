@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from xopt.variants.base import (FFN_OUT_AND_HEAD, WEIGHT_FILES, KeepPolicy, Runner, Variant, VariantConfig,
-                                link_or_copy, option, output_names, torch_quantized_ops)
+from xopt.variants.base import (FFN_OUT_AND_HEAD, KeepPolicy, Runner, Variant, VariantConfig,
+                                link_or_copy, option, output_names, torch_quantized_ops, weight_files)
 
 
 @dataclass(frozen=True)
@@ -76,9 +76,8 @@ class TorchRunner(Runner):
 
 def build_weights(variant, ckpt, out: Path, config, exports=None) -> dict:
     """The build of every variant that applies its recipe when loaded: link the weights."""
-    for f in WEIGHT_FILES:
-        if (ckpt.path / f).is_file():
-            link_or_copy(ckpt.path / f, out / f)
+    for f in weight_files(ckpt.path):
+        link_or_copy(ckpt.path / f, out / f)
     return {}
 
 

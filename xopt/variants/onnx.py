@@ -168,9 +168,11 @@ def export_module(module, names: tuple[str, ...], path: Path) -> tuple[str, ...]
     from xopt.modeling import HIDDEN_OUTPUT, PER_TOKEN_OUTPUTS, WithHidden, graph_names
 
     module.encoder.set_attn_implementation("eager")   # see module doc: ORT fuses this pattern
-    ids = torch.tensor([[0, 35378, 8999, 2], [0, 2, 1, 1]], dtype=torch.long)
-    mask = (ids != 1).long()
-    hidden = module.head is None
+    cfg = module.encoder.config       # a traced example within this vocabulary; one row padded
+    pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
+    ids = torch.tensor([[0, 5, 6, 2], [0, 2, pad, pad]], dtype=torch.long) % cfg.vocab_size
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    hidden = not module.has_head
     per_token = {g for n, g in zip(names, graph_names(names)) if n in PER_TOKEN_OUTPUTS} | {HIDDEN_OUTPUT}
     out_names = graph_names(names) + ((HIDDEN_OUTPUT,) if hidden else ())
     axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},

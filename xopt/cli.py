@@ -166,6 +166,10 @@ def train_cmd(plan: Annotated[Optional[Path], typer.Argument(
                   "--data", help="Task data: a directory (<DIR>/<task>/ or DIR itself) or the demo suite JSON "
                                  "(default: the cached demo suite).")] = None,
               seed: Annotated[int, typer.Option("--seed")] = 0,
+              head: Annotated[Optional[str], typer.Option(
+                  "--head", help="hf: Hugging Face's own task heads, the checkpoint opens with AutoModelFor* "
+                                 "(default); mean-linear: xopt's linear head on the mean-pooled embedding "
+                                 "(sentence-transformers' layout). A plan says it with head = \"...\".")] = None,
               resume: Annotated[bool, typer.Option(
                   "--resume", help="Continue from the last complete training-state checkpoint.")] = False,
               force: Force = False):
@@ -179,6 +183,8 @@ def train_cmd(plan: Annotated[Optional[Path], typer.Argument(
         p = load_plan(plan)
         if out is not None:
             p.out = str(out)
+        if head is not None:
+            p.head = head
         for role, path in run_plan(p, resume=resume, force=force, plan_text=plan.read_text()).items():
             if is_main():      # under torchrun: once, not once per process
                 typer.echo(f"wrote {path} ({role})")
@@ -195,7 +201,7 @@ def train_cmd(plan: Annotated[Optional[Path], typer.Argument(
 
         data = ensure_suite()
     path = train(model, target, data, out, intermediate=(inter[0] if inter and len(inter) == 1 else inter),
-                 seed=seed, force=force, resume=resume)
+                 seed=seed, force=force, resume=resume, head=head or "hf")
     if is_main():
         typer.echo(f"wrote {path}")
 
@@ -236,7 +242,7 @@ def compile_cmd(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint dire
                 calib_method: CalibMethod = None,
                 keep: Annotated[Optional[str], typer.Option(
                     "--keep", help="Regex of Linear module names left unquantised, in the variant's higher "
-                                   "precision (e.g. 'encoder\\.layer\\.\\d+\\.output\\.dense$|^head$'; "
+                                   "precision (e.g. 'encoder\\.layer\\.\\d+\\.output\\.dense$|^(classifier|qa_outputs|head)'; "
                                    "'' quantises all).")] = None,
                 keep_fp32: Annotated[Optional[str], typer.Option(
                     "--keep-fp32", hidden=True, help="Deprecated spelling of --keep.")] = None,
@@ -597,11 +603,14 @@ def demo_cmd(out: Annotated[Path, typer.Option("--out", help="Output directory."
              full_bench: Annotated[bool, typer.Option(
                  "--full-bench", help="Also benchmark batch 1 on the length mix and batch 8 at 128 tokens (the "
                                       "demo's table shows batch 1 at 128 tokens; its report batch 8 on the mix).")
-             ] = False):
+             ] = False,
+             head: Annotated[Optional[str], typer.Option(
+                 "--head", help="The heads both checkpoints train: hf or mean-linear (as `xopt train --head`; "
+                                "default: the one the README's measured gain is for).")] = None):
     """The whole flow offline on the packaged multilingual model and the gettext demo suite."""
     from xopt.pipeline import run_demo
 
-    run_demo(out, quick=quick, force=force, full_bench=full_bench)
+    run_demo(out, quick=quick, force=force, full_bench=full_bench, head=head)
 
 
 def main() -> None:

@@ -122,14 +122,17 @@ def compile_checkpoints(ckpts: dict[str, Path], names: list[str], out: Path, cal
     return {k: v for model in ckpts for k, v in done[model].items()}
 
 
-def run_demo(out: Path, quick: bool = False, force: bool = False, full_bench: bool = False) -> dict:
+def run_demo(out: Path, quick: bool = False, force: bool = False, full_bench: bool = False,
+             head: str | None = None) -> dict:
+    """`xopt demo`; `head`: the heads both checkpoints train (xopt.train.HEAD_CHOICES; None:
+    DEMO_HEAD)."""
     from xopt import manifest as mf
     from xopt import report, records
     from xopt.evaluate import eval_demo
     from xopt.pick import pick, render
     from xopt.progress import bar
     from xopt.tasks import demo
-    from xopt.train import DEMO_INTERMEDIATE, DEMO_TARGET, train
+    from xopt.train import DEMO_HEAD, DEMO_INTERMEDIATE, DEMO_TARGET, train
     from xopt.variants import REGISTRY, load_variant
 
     out = Path(out)
@@ -158,9 +161,10 @@ def run_demo(out: Path, quick: bool = False, force: bool = False, full_bench: bo
     t = _step("train baseline and X-STILTs")
     ckpts = out / "checkpoints"
     inter = replace(DEMO_INTERMEDIATE, max_examples=320) if quick else DEMO_INTERMEDIATE
-    train(base, demo.TARGET, suite_path, ckpts / "baseline", target_stage=DEMO_TARGET)
+    head = head or DEMO_HEAD
+    train(base, demo.TARGET, suite_path, ckpts / "baseline", target_stage=DEMO_TARGET, head=head)
     train(base, demo.TARGET, suite_path, ckpts / "xstilts", intermediate=demo.INTERMEDIATE,
-          target_stage=DEMO_TARGET, intermediate_stage=inter)
+          target_stage=DEMO_TARGET, intermediate_stage=inter, head=head)
     timings["train_s"] = time.perf_counter() - t
 
     t = _step(f"compile {', '.join(DEMO_VARIANTS)}")

@@ -109,6 +109,8 @@ class Stage:
 # (bench/results/demo-design-study-2026-11-30-cpu.md)
 DEMO_INTERMEDIATE = Stage("demo-intermediate", train="encoder", epochs=1, lr=3e-5, batch_size=16, probe_epochs=10)
 DEMO_TARGET = Stage("demo-topic", train="head", epochs=100, lr=3e-3, batch_size=64, length_grouped=False)
+# `xopt demo --head`: the head its measured gain is for (bench/results/demo-heads-2026-12-07-cpu.md)
+DEMO_HEAD = "mean-linear"
 
 
 @dataclass
@@ -121,6 +123,13 @@ class Plan:
     seed: int = 0
     models: list = field(default_factory=lambda: ["baseline", "xstilts"])
     run: dict = field(default_factory=dict)    # `xopt run`: compile/eval/bench settings (xopt/pipeline.py)
+    head: str = "hf"     # HEAD_CHOICES: the heads every stage trains and the checkpoint keeps
+
+
+# `xopt train --head`: Hugging Face's own task heads (the checkpoint opens with AutoModelFor*),
+# or xopt's linear head (on the mean-pooled embedding for sequence tasks; sentence-transformers'
+# Pooling + Dense). The value is the model card's head layout.
+HEAD_CHOICES = {"hf": "hf", "mean-linear": "linear"}
 
 
 def _stage(d: dict, where: str) -> Stage:
@@ -200,7 +209,7 @@ def load_plan(path: str | Path) -> Plan:
         raise XoptError(f"plan {path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as e:
         raise XoptError(f"plan {path}: not valid TOML ({e})") from None
-    known = {"model", "out", "data", "seed", "models", "intermediate", "target", "run"}
+    known = {"model", "out", "data", "seed", "models", "intermediate", "target", "run", "head"}
     bad = [k for k in d if k not in known]
     if bad:
         raise XoptError(f"plan {path}: unknown key {bad[0]!r}; known: {', '.join(sorted(known))}")
@@ -208,7 +217,7 @@ def load_plan(path: str | Path) -> Plan:
         if k not in d:
             raise XoptError(f"plan {path}: missing {k!r}")
     for k, tp in (("model", str), ("out", str), ("target", dict), ("intermediate", dict), ("seed", int),
-                  ("models", list), ("run", dict)):
+                  ("models", list), ("run", dict), ("head", str)):
         if k in d and not _is(d[k], tp):
             raise XoptError(f"plan {path}: {k} = {_shown(d[k])} is {_toml_type(d[k])}, expected {_type_name(tp)}")
     data = d.get("data", {})
@@ -223,7 +232,7 @@ def load_plan(path: str | Path) -> Plan:
                 target=_stage(d["target"], f"plan {path} [target]"),
                 intermediate=_stage(d["intermediate"], f"plan {path} [intermediate]") if "intermediate" in d else None,
                 data=data, seed=int(d.get("seed", 0)), models=list(d.get("models", ["baseline", "xstilts"])),
-                run=dict(d.get("run", {})))
+                run=dict(d.get("run", {})), head=d.get("head", "hf"))
     for st in filter(None, (plan.intermediate,)):
         st.mlm = [str(base / f) for f in st.mlm]
         st.translated = {t: [str(base / f) for f in fs] for t, fs in st.translated.items()}
@@ -309,6 +318,9 @@ def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: s
     roles = list(plan.models)
     if not set(roles) <= {"baseline", "xstilts"} or not roles:
         raise XoptError(f"models must be a subset of baseline, xstilts (got {roles})")
+    if plan.head not in HEAD_CHOICES:
+        raise XoptError(f"head = {plan.head!r}: use {' or '.join(HEAD_CHOICES)}")
+    layout = HEAD_CHOICES[plan.head]
     if plan.intermediate is None:
         roles = [r for r in roles if r == "baseline"] or ["baseline"]
     retrieval = plan.target is not None and is_retrieval_target(plan.target.tasks[0])
@@ -366,20 +378,20 @@ def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: s
                 if inter is None:
                     inter = _stage_run(model, tok, prefix, tasks, plan.intermediate, plan.seed,
                                        state_root / "xstilts-intermediate", resume, progress,
-                                       records(role, "intermediate"), on_step, fit, keep_encoder=True)
+                                       records(role, "intermediate"), on_step, fit, layout, keep_encoder=True)
                 else:
                     _load_encoder(model, inter["encoder"])
                 stages.append(inter["summary"])
             if not retrieval:
                 res = _stage_run(model, tok, prefix, tasks, plan.target, plan.seed, state_root / f"{role}-target",
-                                 resume, progress, records(role, "target"), on_step, fit)
+                                 resume, progress, records(role, "target"), on_step, fit, layout)
                 t = tasks[plan.target.tasks[0]]
                 head = head_of(t)
-                model = model.with_head(head, res["head"])
+                model = model.with_head(head, res["head"], layout, list(t.labels))
                 stages.append(res["summary"])
                 card = ModelCard(pooling=ckpt.card.pooling, input_prefix=prefix, labels=list(t.labels),
                                  task=t.name, max_length=ckpt.card.max_length, head=head.kind,
-                                 retrieval_layer=ckpt.card.retrieval_layer)
+                                 retrieval_layer=ckpt.card.retrieval_layer, head_layout=layout)
             else:
                 card = ModelCard(pooling=ckpt.card.pooling, input_prefix=prefix, max_length=ckpt.card.max_length,
                                  task=plan.target.tasks[0], retrieval_layer=ckpt.card.retrieval_layer)
@@ -413,7 +425,7 @@ def _load_encoder(model, tensors: dict) -> None:
 
 
 def _stage_run(model, tok, prefix, tasks, stage, seed, state_dir, resume, progress, records, on_step, fit,
-               keep_encoder=False) -> dict:
+               layout, keep_encoder=False) -> dict:
     """One stage, or its saved result when a resumed run already finished it."""
     from safetensors.torch import load_file, save_file
 
@@ -438,9 +450,9 @@ def _stage_run(model, tok, prefix, tasks, stage, seed, state_dir, resume, progre
         probe = replace(stage, train="head", epochs=stage.probe_epochs, steps=None, lr=stage.probe_lr, batch_size=64,
                         grad_accum=1, head_lr=None, length_grouped=False, probe_epochs=0)
         probed = fit(model, tok, prefix, stage_tasks, probe, seed, progress=progress, records=records,
-                     label="probe ")["trainee"].heads.state_dict()
+                     label="probe ", layout=layout)["trainee"].heads.state_dict()
     res = fit(model, tok, prefix, stage_tasks, stage, seed, state_dir=state_dir, resume=resume, progress=progress,
-              records=records, label="", on_step=on_step, heads=probed)
+              records=records, label="", on_step=on_step, heads=probed, layout=layout)
     trainee = res.pop("trainee")
     features = res.pop("features", None)
     if soup:
@@ -456,7 +468,7 @@ def _stage_run(model, tok, prefix, tasks, stage, seed, state_dir, resume, progre
         for j in range(1, stage.average):
             _load_encoder(model, start)
             heads.append(fit(model, tok, prefix, stage_tasks, stage, seed + j, progress=progress, records=records,
-                             label=f"{j + 1}/{stage.average} ", heads=probed)["trainee"].heads.state_dict())
+                             label=f"{j + 1}/{stage.average} ", heads=probed, layout=layout)["trainee"].heads.state_dict())
             runs.append(weights())
         _load_encoder(model, average_states(runs))
         trainee.heads.load_state_dict(average_states(heads))
@@ -478,7 +490,7 @@ def _stage_run(model, tok, prefix, tasks, stage, seed, state_dir, resume, progre
         heads = [trainee.heads]
         for j in range(1, stage.average):
             heads.append(fit(model, tok, prefix, stage_tasks, stage, seed + j, progress=progress,
-                             label=f"{j + 1}/{stage.average} ", features=features)["trainee"].heads)
+                             label=f"{j + 1}/{stage.average} ", features=features, layout=layout)["trainee"].heads)
         avg = average_states([h.state_dict() for h in heads])
         trainee.heads.load_state_dict(avg)
         res["average"] = {"seeds": list(range(seed, seed + stage.average))}
@@ -491,7 +503,7 @@ def _stage_run(model, tok, prefix, tasks, stage, seed, state_dir, resume, progre
     if not keep_encoder:
         from xopt.trainloop import key
 
-        head = {k: v.detach().cpu().contiguous() for k, v in trainee.heads[key(stage.tasks[0])].state_dict().items()}
+        head = trainee.heads[key(stage.tasks[0])].xopt_state()
     if rank == 0:
         with atomic_dir(done, force=True) as tmp:
             (tmp / "result.json").write_text(json.dumps(summary, default=str))
@@ -511,7 +523,7 @@ def train(model_path: str | Path, target: str, data: str | Path, out: str | Path
           intermediate: str | list | None = None,
           seed: int = 0, force: bool = False, target_stage: Stage | None = None,
           intermediate_stage: Stage | None = None, name: str | None = None, resume: bool = False,
-          on_step=None) -> Path:
+          on_step=None, head: str = "hf") -> Path:
     """Baseline (no `intermediate`) or X-STILTs checkpoint at `out` (the flags form of `xopt train`)."""
     tstage = target_stage or (DEMO_TARGET if target == DEMO_TARGET.task else Stage(target))
     if tstage.task != target:
@@ -523,6 +535,6 @@ def train(model_path: str | Path, target: str, data: str | Path, out: str | Path
         if istage.task != intermediate:
             istage = replace(istage, task=intermediate)
     plan = Plan(model=str(model_path), out=str(out), target=tstage, intermediate=istage,
-                data={"root": str(data)}, seed=seed, models=["xstilts" if intermediate else "baseline"])
+                data={"root": str(data)}, seed=seed, models=["xstilts" if intermediate else "baseline"], head=head)
     written = run_plan(plan, resume=resume, force=force, single_out=True, on_step=on_step, name=name)
     return next(iter(written.values()))

@@ -1,11 +1,13 @@
 """The training loop of `xopt train`: one stage (one task, or a mixture of tasks) on the one model.
 
-- Model: `XoptModel` (xopt.modeling) with one head per task of the stage, swapped in before each
-  forward so the loss is computed on the contract's outputs (`logits`, `token_logits`,
-  `start_logits`/`end_logits`). Multiple-choice tasks score each (context, choice) pair with a
-  1-output sequence head and take the softmax over the choices. Continued MLM uses a
-  token head whose weight is the (frozen) word-embedding matrix, applied to the masked
-  positions only (a [B, T, 250k] logit tensor would not fit).
+- Model: `XoptModel` (xopt.modeling) with one head per task of the stage, composed with the
+  shared encoder so the loss is computed on the contract's outputs (`logits`, `token_logits`,
+  `start_logits`/`end_logits`). A head is Hugging Face's own task head (layout "hf": e.g.
+  XLM-R's dense -> tanh -> out_proj on <s>, BERT's pooler -> classifier) or xopt's linear head
+  ("linear": on the mean-pooled embedding, or on every token). Multiple-choice tasks score each
+  (context, choice) pair with HF's *ForMultipleChoice head (1 output) and take the softmax over
+  the choices. Continued MLM uses a token head whose weight is the (frozen) word-embedding
+  matrix, applied to the masked positions only (a [B, T, 250k] logit tensor would not fit).
 - Schedule: decided up front from the seed: per task, epochs of length-grouped batches
   (shuffle, sort within mega-batches of 50 batches, shuffle the batches); per step, which task
   (mixing rule: `proportional`, `capped` at `cap` examples, or `temperature` n^(1/T)). So
@@ -69,9 +71,34 @@ def head_of(task: TaskData, vocab: int = 0):
     return family(task.kind).head_for(task, vocab)
 
 
-def make_trainee(model, tasks: dict[str, TaskData]):
-    """The encoder of `model` composed with one head per task: forward(task, ids, mask) -> that
-    head's named outputs. `model` itself is never changed; its own head (if any) is unused."""
+def head_chain(model, head, layout: str, labels=None):
+    """A fresh head for `model`'s encoder as one module: forward(hidden, embedding) -> scores,
+    and `xopt_state()`, its weights under XoptModel's names (`XoptModel.load_head_state`)."""
+    from torch import nn
+
+    class Chain(nn.Module):
+        def __init__(self, fresh):
+            super().__init__()
+            self.names, self.reads = fresh.chain, fresh.reads
+            self.mods = nn.ModuleList(fresh.head_modules().values())
+
+        def forward(self, hidden, embedding):
+            x = embedding if self.reads == "mean" else hidden
+            for m in self.mods:
+                x = m(x)
+            return x
+
+        def xopt_state(self) -> dict:
+            return {f"{n}.{k}": v.detach().cpu().contiguous() for n, m in zip(self.names, self.mods)
+                    for k, v in m.state_dict().items()}
+
+    return Chain(model.with_head(head, layout=layout, labels=labels))
+
+
+def make_trainee(model, tasks: dict[str, TaskData], layout: str = "hf"):
+    """The encoder of `model` composed with one head per task (`head_chain`, in `layout`):
+    forward(task, ids, mask) -> that head's named outputs. `model`'s own head (if any) is unused;
+    a head through BERT's pooler trains the encoder's pooler, as HF's task model does."""
     from torch import nn
 
     enc = model.encoder
@@ -85,10 +112,12 @@ def make_trainee(model, tasks: dict[str, TaskData]):
             self.head_types = {}
             for name, t in tasks.items():
                 head = head_of(t, vocab)
-                lin = nn.Linear(hidden, head.width)
                 if family(t.kind).ties_embeddings:
+                    lin = nn.Linear(hidden, head.width)
                     lin.weight = enc.embeddings.word_embeddings.weight    # tied, as BERT's MLM decoder
-                self.heads[key(name)] = lin
+                    self.heads[key(name)] = lin
+                else:
+                    self.heads[key(name)] = head_chain(model, head, layout, t.labels if head.needs_labels else None)
                 self.head_types[name] = head
 
         def forward(self, task: str, input_ids, attention_mask, mlm_positions=None):
@@ -98,7 +127,7 @@ def make_trainee(model, tasks: dict[str, TaskData]):
                 return lin(hidden_states[mlm_positions])
             head = self.head_types[task]
             hidden, embedding, layer_embedding = self.model.encode(input_ids, attention_mask)
-            return head.outputs(embedding, layer_embedding, lin(hidden if head.on_tokens else embedding))
+            return head.outputs(embedding, layer_embedding, lin(hidden, embedding))
 
     return Trainee()
 
@@ -169,7 +198,7 @@ def loss_of(trainee, task: TaskData, name: str, batch: dict, features=None):
     import torch.nn.functional as F
 
     if features is not None:
-        return F.cross_entropy(trainee.heads[key(name)](features), batch["label"])
+        return F.cross_entropy(trainee.heads[key(name)](features, features), batch["label"])
     return family(task.kind).loss(lambda *a, **kw: trainee(name, *a, **kw), batch)
 
 
@@ -184,7 +213,8 @@ def dev_sums(trainee, task: TaskData, name: str, examples, feats, tok, device, f
     fam = family(task.kind)
     with torch.inference_mode():
         if features is not None:
-            logits = trainee.heads[key(name)](features.to(device)).float().cpu().numpy()
+            f = features.to(device)
+            logits = trainee.heads[key(name)](f, f).float().cpu().numpy()
             outs = [[row] for row in logits]
         else:
             order = np.argsort([fam.length(f) for f in feats], kind="stable")
@@ -259,7 +289,7 @@ def load_state(path: Path, named: dict, opt, sched, scaler) -> tuple[dict, dict 
 
 def fit(model, tok, prefix: str, tasks: dict[str, TaskData], stage, seed: int, state_dir: Path | None = None,
         resume: bool = False, progress=None, records=None, label: str = "", on_step=None,
-        features: dict | None = None, heads: dict | None = None) -> dict:
+        features: dict | None = None, heads: dict | None = None, layout: str = "hf") -> dict:
     """Train `model` in place on `tasks` (one stage); the best dev state is loaded at the end.
     Head-only stages return the frozen sentence embeddings they trained on as `features`; passing
     them back (same model, tasks and stage) skips recomputing them. `heads`: the heads' starting
@@ -280,11 +310,11 @@ def fit(model, tok, prefix: str, tasks: dict[str, TaskData], stage, seed: int, s
             shard = t.dev[rank::world]
             dev[n] = (shard, featurize(t, shard, tok, prefix, stage.max_length, stage.doc_stride))
     torch.manual_seed(seed)
-    trainee = make_trainee(model, tasks).to(device)
+    trainee = make_trainee(model, tasks, layout).to(device)
     if heads is not None:
         trainee.heads.load_state_dict(heads)
-    if stage.dropout is not None:
-        for m in model.modules():
+    if stage.dropout is not None:      # the encoder's and the heads' (HF's heads have their own dropout)
+        for m in trainee.modules():
             if isinstance(m, torch.nn.Dropout):
                 m.p = stage.dropout
     head_only = stage.train == "head"
@@ -298,7 +328,8 @@ def fit(model, tok, prefix: str, tasks: dict[str, TaskData], stage, seed: int, s
         model.eval()
         with torch.inference_mode():
             for n, t in tasks.items():
-                frozen[n] = {s: _embed(model, fs, tok, device)
+                reads = trainee.heads[key(n)].reads
+                frozen[n] = {s: _embed(model, fs, tok, device, reads)
                              for s, fs in (("train", feats[n]), ("dev", dev[n][1] if n in dev else None)) if fs}
     else:
         n_layers = model.encoder.config.num_hidden_layers
@@ -421,13 +452,16 @@ def average_states(states: list[dict]) -> dict:
     return {k: torch.stack([s[k].detach().float() for s in states]).mean(0).to(states[0][k].dtype) for k in states[0]}
 
 
-def _embed(model, feats, tok, device):
+def _embed(model, feats, tok, device, reads: str = "mean"):
+    """The frozen encoder's features that a sequence head reads: the mean-pooled embedding
+    [N, H] (linear layout) or each sequence's first token [N, 1, H] (HF's first-token heads)."""
     import torch
 
     out = []
     for i in range(0, len(feats), EVAL_BATCH):
         ids, mask = pad([f["input_ids"] for f in feats[i:i + EVAL_BATCH]], tok.pad_token_id)
-        out.append(model(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)).sentence_embedding.clone())
+        hidden, emb, _ = model.encode(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
+        out.append(emb.clone() if reads == "mean" else hidden[:, :1].clone())
     return torch.cat(out)
 
 

@@ -3,7 +3,7 @@
 | family | head | examples (training form; XTREME form where it differs) |
 |---|---|---|
 | `sequence` | SequenceHead | {"text", "text_pair"?, "label"}; XTREME classify: {"text_a", "text_b", "label"} |
-| `choice` | SequenceHead, 1 output | {"first", "choices", "label"}: (first, choice) pairs scored, softmax over choices |
+| `choice` | ChoiceHead (HF's *ForMultipleChoice), 1 output | {"first", "choices", "label"}: (first, choice) pairs scored, softmax over choices |
 | `token` | TokenHead | {"tokens", "tags"}: first sub-token of each word tagged, other positions -100 |
 | `span` | SpanHead | SQuAD v1.1: {"id", "question", "context", "answers"}: windows with doc stride |
 | `mlm` | TokenHead tied to the word embeddings | {"text"}: masked at batch time (BERT's 80/10/10) |
@@ -146,12 +146,12 @@ class SequenceFamily(Family):
 
 
 class ChoiceFamily(SequenceFamily):
-    name, target, frozen_features = "choice", False, False
+    name, head, target, frozen_features = "choice", "choice", False, False
 
     def head_for(self, task, vocab: int = 0):
-        from xopt.modeling import SequenceHead
+        from xopt.modeling import ChoiceHead
 
-        return SequenceHead(1)
+        return ChoiceHead()
 
     def features(self, task, examples, tokenizer, prefix, max_length, doc_stride=64):
         feats = []

@@ -305,3 +305,23 @@ def test_user_checkpoint_round_trips_through_export_hf(saved, tmp_path):
         with torch.no_grad():
             assert _max_diff(ref, load_module(open_checkpoint(out))(torch.from_numpy(ids), torch.from_numpy(mask)),
                              mask) <= FP32_TOL
+
+
+@pytest.mark.parametrize("arch", ["xlm-roberta", "bert"])
+def test_choice_head_is_hf_s_multiple_choice_forward(arch, tmp_path):
+    """What `xopt train` trains for HellaSwag, CommonsenseQA, Cosmos QA: HF's *ForMultipleChoice
+    head, one score per (context, choice) pair, equal to HF's forward over [B, choices, T]."""
+    import torch
+
+    from xopt.hf import task_heads
+    from xopt.modeling import ChoiceHead, XoptModel
+
+    model, tok = H.save_model(arch, "choice", tmp_path / "mc")
+    ours = XoptModel(model.base_model, ChoiceHead(), None, *task_heads(model, "choice")).eval()
+    first, choices = ["a man plays a guitar", "the cat sat"], [["he sings", "nobody is playing"], ["on the mat", "x"]]
+    b = tok([f for f, cs in zip(first, choices) for _ in cs], [c for cs in choices for c in cs], padding=True,
+            return_tensors="pt")
+    with torch.no_grad():
+        ref = model(input_ids=b["input_ids"].view(2, 2, -1), attention_mask=b["attention_mask"].view(2, 2, -1)).logits
+        got = ours(b["input_ids"], b["attention_mask"]).logits.view(2, -1)
+    assert torch.allclose(ref, got, atol=FP32_TOL) and ours.classifier.out_features == 1

@@ -50,7 +50,7 @@ RUN python -c "import torch, tensorrt, torch_tensorrt, triton, numpy" \
 RUN pip install --no-cache-dir -c /opt/base-constraints.txt \
         "transformers>=5.0,<6" "tokenizers>=0.21" "safetensors>=0.4" "numpy>=1.26" "onnx>=1.17" \
         "onnxscript>=0.5" "onnxruntime>=1.20" "typer>=0.12" "rich>=13" "matplotlib>=3.8" \
-        "tomli>=2; python_version < '3.11'" "mlcommons-loadgen>=5.0" \
+        "tomli>=2; python_version < '3.11'" "mlcommons-loadgen>=5.0" "openvino>=2025.0" "nncf>=3.0" \
     && pip install --no-cache-dir -c /opt/base-constraints.txt \
         "bitsandbytes>=0.49" "torchao>=0.16" "nvidia-ml-py" \
     && pip install --no-cache-dir -c /opt/base-constraints.txt \
@@ -67,7 +67,7 @@ COPY calibration ./calibration
 COPY tests ./tests
 COPY bench ./bench
 # Editable, as in the set-up: `python -m pytest` run here imports the package through the
-# same path mapping (xopt.kernels -> kernels/, xopt.calibration -> calibration/) as a
+# same path mapping (xopt.kernels -> kernels/xopt_kernels/, xopt.calibration -> calibration/) as a
 # checkout does. --no-deps: the dependencies are installed above, torch is the base's.
 RUN pip install --no-cache-dir --no-deps -e . \
     && python -c "import xopt.cli, xopt.kernels, xopt.calibration"

@@ -15,6 +15,7 @@ from conftest import one_line_error
 from xopt.cli import app
 from xopt.modeling import load_module, open_checkpoint
 from xopt.variants import REGISTRY, ExportCache, compile_variant, load_variant
+from xopt.variants.openvino import has_bf16
 
 PAIRS = (["the cat sat on the mat", "open the file please now", "Пароль"], ["un chat", "der Hund läuft", "x"])
 FP32_TOL = 1e-4
@@ -72,7 +73,13 @@ def test_checkpoint_opens_with_its_head_and_its_onnx_graph_gives_hf_s_outputs(ar
 # per-token heads, and a bare encoder
 HEAD_KINDS = [("xlm-roberta", "sequence"), ("bert", "sequence"), ("roberta", "token"), ("bert", "span"),
               ("xlm-roberta", "none")]
-CPU = [n for n, v in REGISTRY.items() if v.device in ("cpu", "auto")]
+# bf16 only where the CPU has it (tests/test_openvino.py checks the refusal elsewhere)
+CPU = [n for n, v in REGISTRY.items() if v.device in ("cpu", "auto") and (v.precision != "bf16" or has_bf16())]
+
+
+# NNCF's stock recipe quantises every Linear (the head and FFN outputs included) of these random
+# encoders, whose activations are far from a trained model's
+PEER_SQNR_DB = {"openvino-int8": 10}
 
 
 def _sqnr_db(ref, got):
@@ -93,7 +100,12 @@ def test_every_cpu_variant_builds_from_each_head_kind_and_gives_hf_s_outputs(arc
             if REGISTRY[name].precision == "int8":
                 for k, r in ref.items():
                     r, g = (r[mask.astype(bool)], got[k][mask.astype(bool)]) if r.shape[:2] == mask.shape else (r, got[k])
-                    assert _sqnr_db(r, g) >= 15, f"{name}/{k}: SQNR {_sqnr_db(r, g):.1f} dB"
+                    assert _sqnr_db(r, g) >= PEER_SQNR_DB.get(name, 15), f"{name}/{k}: SQNR {_sqnr_db(r, g):.1f} dB"
+            elif REGISTRY[name].precision == "bf16":
+                for k, r in ref.items():
+                    r, g = r.reshape(len(r), -1), got[k].reshape(len(r), -1)
+                    cos = (r * g).sum(-1) / (np.linalg.norm(r, axis=-1) * np.linalg.norm(g, axis=-1) + 1e-12)
+                    assert cos.min() >= 0.99, f"{name}/{k}: cosine {cos.min():.4f}"
             else:
                 assert _max_diff(ref, got, mask) <= FP32_TOL, name
             kept = json.loads((tmp_path / name / "manifest.json").read_text()).get("kept")

@@ -11,8 +11,10 @@ from conftest import write_manifest
 
 from xopt.errors import XoptError
 from xopt.variants import REGISTRY, ExportCache, KeepPolicy, compile_variant, load_variant
+from xopt.variants.openvino import has_bf16
 
-CPU_VARIANTS = [v.name for v in REGISTRY.values() if v.device == "cpu"]
+# bf16 only where the CPU has it (tests/test_openvino.py checks the refusal elsewhere)
+CPU_VARIANTS = [v.name for v in REGISTRY.values() if v.device == "cpu" and (v.precision != "bf16" or has_bf16())]
 # Stock recipes registered as peers: built as their authors document them, not tuned by xopt.
 # ORT's stock int8 quantises the classifier head too (xopt's int8 recipes keep it), which costs
 # the tiny random model's logits a few dB; the floor for peers says what they reach.
@@ -237,6 +239,7 @@ QUANTISED = {
     "onnx-int8-static": (2 * 5, FFN_OUTS + ["head"]),           # q, k, v, attn-out, ffn-in per layer
     "ort-stock-int8": (2 + 2 * 3 + 1, []),                      # everything, the head included
     "int8-dynamic": (2 * 5, FFN_OUTS + ["head"]),
+    "openvino-int8": (2 * 6 + 1, []),                           # NNCF's transformer preset: every Linear
 }
 
 

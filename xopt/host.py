@@ -7,8 +7,11 @@ import importlib.metadata
 import os
 import platform
 
-LIBS = ("torch", "transformers", "onnx", "onnxruntime", "triton", "tensorrt", "torch_tensorrt", "torchao",
-        "bitsandbytes")
+LIBS = ("torch", "transformers", "onnx", "onnxruntime", "openvino", "nncf", "triton", "tensorrt", "torch_tensorrt",
+        "torchao", "bitsandbytes")
+# the instruction-set extensions CPU recipes depend on (int8 dot products, bf16)
+ISA_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
+             "amx_int8")
 
 
 def env_threads() -> int | None:
@@ -43,6 +46,18 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's flags from /proc/cpuinfo (empty where it is not readable)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 @functools.lru_cache(maxsize=1)
 def host_info() -> dict:
     """CPU, GPU (when torch sees one), and the versions of every library a variant may use."""
@@ -50,6 +65,7 @@ def host_info() -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu": _cpu_name(),
+        "cpu_flags": [f for f in ISA_FLAGS if f in cpu_flags()],
         "cpu_count": os.cpu_count(),
         "libs": {lib: v for lib in LIBS if (v := _version(lib))},
         "gpu": None,

@@ -33,7 +33,7 @@ from xopt.variants.onnx import ExportCache
 __all__ = ["REGISTRY", "ExportCache", "KeepPolicy", "Loaded", "Runner", "Variant", "VariantConfig", "compile_variant",
            "get", "load_variant"]
 
-FAMILIES = ("eager", "onnx", "unpadded", "cuda", "tensorrt")
+FAMILIES = ("eager", "onnx", "openvino", "unpadded", "cuda", "tensorrt")
 
 
 def _registry() -> dict[str, Variant]:

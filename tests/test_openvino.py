@@ -1,0 +1,61 @@
+"""OpenVINO variants: built from the plain ONNX export, fp32 gives HF's outputs, bf16 is refused
+on CPUs without bf16, NNCF's int8 really runs int8 (counted from the compiled runtime graph)."""
+
+import numpy as np
+import pytest
+
+import hfmodels as H
+from xopt.errors import XoptError
+from xopt.variants import REGISTRY, compile_variant, load_variant
+
+pytestmark = pytest.mark.skipif(REGISTRY["openvino-fp32"].unavailable_reason() is not None,
+                                reason="openvino is a dependency: pip install -e '.[test]' -c constraints.txt")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ov") / "xlmr-seq"
+    m, tok = H.save_model("xlm-roberta", "sequence", d)
+    b = tok(["the cat sat on the mat", "open the file please now"], ["un chat", "x"], padding=True,
+            return_tensors="np")
+    ids, mask = b["input_ids"].astype(np.int64), b["attention_mask"].astype(np.int64)
+    return m, d, ids, mask, H.hf_outputs(m, "sequence", ids, mask)["logits"]
+
+
+def test_fp32_gives_hf_s_logits_at_batch_1_and_batched(model, tmp_path):
+    _, d, ids, mask, ref = model
+    compile_variant(d, "openvino-fp32", tmp_path / "v")
+    lv = load_variant(tmp_path / "v")
+    assert np.abs(lv.runner(ids, mask)["logits"] - ref).max() <= 1e-4          # throughput hint
+    n = int(mask[1].sum())
+    one = lv.runner(ids[1:2, :n], mask[1:2, :n])["logits"]                     # latency hint
+    assert np.abs(one - ref[1:2]).max() <= 1e-4
+    assert set(lv.runner.compiled) == {"latency", "throughput"}
+
+
+def test_bf16_is_refused_in_one_line_without_bf16(model, tmp_path, monkeypatch):
+    from xopt.variants import openvino
+
+    _, d, ids, mask, ref = model
+    monkeypatch.setattr(openvino, "has_bf16", lambda: False)
+    with pytest.raises(XoptError, match="AVX512_BF16"):
+        compile_variant(d, "openvino-bf16", tmp_path / "v")
+    assert not (tmp_path / "v").exists()
+    monkeypatch.setattr(openvino, "has_bf16", lambda: True)      # the IR builds anywhere; running needs bf16
+    compile_variant(d, "openvino-bf16", tmp_path / "v")
+    from xopt.host import cpu_flags
+
+    if cpu_flags() & {"avx512_bf16", "amx_bf16"}:
+        got = load_variant(tmp_path / "v").runner(ids, mask)["logits"]
+        cos = (got * ref).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1))
+        assert cos.min() >= 0.99
+
+
+def test_int8_is_nncf_s_stock_recipe_and_runs_int8(model, tiny_suite, tmp_path):
+    _, d, ids, mask, ref = model
+    man = compile_variant(d, "openvino-int8", tmp_path / "v", options={"calib_data": str(tiny_suite),
+                                                                         "calib_samples": 16})
+    assert man["quantized_ops"]["count"] >= 2 * 6 and man["calibration"]["method"] == "nncf-transformer-preset"
+    got = load_variant(tmp_path / "v").runner(ids, mask)["logits"]
+    sqnr = 10 * np.log10((ref ** 2).sum() / ((ref - got) ** 2).sum())
+    assert sqnr >= 10, sqnr

@@ -1,0 +1,186 @@
+"""OpenVINO variants (CPU): the peer a deployment engineer picks beside ONNX Runtime.
+
+Each reads the checkpoint's plain ONNX export (`ExportCache`, unfused: OpenVINO applies its own
+transformations) through `openvino.convert_model` and saves OpenVINO IR (`model.xml` + `.bin`):
+- `openvino-fp32`: inference precision f32;
+- `openvino-bf16`: inference precision bf16, on CPUs with AVX512_BF16 or AMX (refused in one line
+  elsewhere, where OpenVINO would silently run f32);
+- `openvino-int8`: NNCF post-training quantisation with its transformer preset
+  (`nncf.quantize(..., model_type=nncf.ModelType.TRANSFORMER)`), the stock recipe OpenVINO
+  documents, calibrated on xopt's multilingual calibration set (`xopt.calibration`), run at
+  OpenVINO's default inference precision for the CPU (bf16 for what stays in float where the
+  CPU has bf16), as a user's stock run gets.
+
+Loading compiles the IR for "CPU" with the thread count every CPU backend gets (XOPT_THREADS,
+else the library's default) and a performance hint per call shape: LATENCY for batch 1,
+THROUGHPUT for larger batches (each compiled once, on first use). What runs in int8 is counted
+from the compiled model's runtime graph (`runtimePrecision` of its FullyConnected/MatMul ops).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from xopt.errors import XoptError
+from xopt.progress import step
+from xopt.variants.base import (CalibratedConfig, Runner, Variant, VariantConfig, check_quantized, option,
+                                output_names, quantized_ops_record)
+from xopt.variants.onnx import ExportCache
+
+IR = "model.xml"
+HINTS = ("auto", "latency", "throughput")
+GEMMS = ("FullyConnected", "MatMul", "Convolution")
+
+
+def has_bf16() -> bool:
+    from xopt.host import cpu_flags
+
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+@dataclass(frozen=True)
+class OpenVinoConfig(VariantConfig):
+    hint: str = option("auto", "str", "OpenVINO performance hint: auto (latency at batch 1, throughput above), "
+                                      "latency or throughput")
+
+    def check(self, who: str) -> None:
+        super().check(who)
+        if self.hint not in HINTS:
+            raise XoptError(f"hint {self.hint!r}: use {', '.join(HINTS)}")
+
+
+@dataclass(frozen=True)
+class OpenVinoInt8Config(CalibratedConfig):
+    hint: str = option("auto", "str", "OpenVINO performance hint: auto, latency or throughput")
+    calib_samples: int = option(300, "int", "calibration texts, balanced over the languages (NNCF's subset)")
+
+    def check(self, who: str) -> None:
+        super().check(who)
+        if self.hint not in HINTS:
+            raise XoptError(f"hint {self.hint!r}: use {', '.join(HINTS)}")
+
+
+def _convert(ckpt, exports: ExportCache):
+    import openvino as ov
+
+    with step("OpenVINO convert"):
+        return ov.convert_model(str(exports.get(ckpt, fuse=False)))
+
+
+def _save(model, out: Path) -> None:
+    import openvino as ov
+
+    ov.save_model(model, str(out / IR), compress_to_fp16=False)   # weights as they are: f32 or int8
+
+
+def _build_float(variant, ckpt, out: Path, config: OpenVinoConfig, exports: ExportCache) -> dict:
+    if variant.precision == "bf16" and not has_bf16():
+        raise XoptError(f"{variant.name}: this CPU has neither AVX512_BF16 nor AMX; OpenVINO would run f32 "
+                        "(use openvino-fp32)")
+    _save(_convert(ckpt, exports), out)
+    return {}
+
+
+def _build_int8(variant, ckpt, out: Path, config: OpenVinoInt8Config, exports: ExportCache) -> dict:
+    import nncf
+
+    from xopt.calibration import CalibrationSet
+
+    calib = CalibrationSet.from_options({**config.calibration_options(), "calib_dev_samples": 0}, ckpt.path,
+                                        ckpt.card.input_prefix)
+    samples = [{"input_ids": ids, "attention_mask": mask} for ids, mask in calib.batches(ckpt.card.max_length)]
+    model = _convert(ckpt, exports)
+    with step(f"NNCF quantize ({len(samples)} texts, transformer preset)"):
+        q = nncf.quantize(model, nncf.Dataset(samples), model_type=nncf.ModelType.TRANSFORMER,
+                          subset_size=len(samples))
+    _save(q, out)
+    counted, kept = count_int8(_compile(out, "latency", None))
+    check_quantized(variant.name, variant.precision, counted)
+    return {"quantized_ops": counted, "kept": kept,
+            "calibration": {**calib.identity(), "method": "nncf-transformer-preset"}}
+
+
+def _compile(directory: Path, hint: str, precision: str):
+    import openvino as ov
+
+    from xopt.host import env_threads
+
+    props = {"PERFORMANCE_HINT": hint.upper()}
+    if precision is not None:       # None: OpenVINO's default for this CPU (bf16 where it has bf16)
+        props["INFERENCE_PRECISION_HINT"] = precision
+    if (threads := env_threads()) is not None:
+        props["INFERENCE_NUM_THREADS"] = threads
+    core = ov.Core()
+    return core.compile_model(core.read_model(str(directory / IR)), "CPU", props)
+
+
+def count_int8(compiled) -> tuple[dict, list[str]]:
+    """(`quantized_ops`, kept) from the compiled model's runtime graph: GEMM-like ops that run in
+    i8/u8, and the module names (from the ops' ONNX scope names) of those left in float."""
+    from xopt.calibration.profile import onnx_node_to_module
+
+    hist: dict[str, int] = {}
+    kept = []
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        kind = info["layerType"].value if "layerType" in info else ""
+        if kind not in GEMMS:
+            continue
+        if str(info["runtimePrecision"].value if "runtimePrecision" in info else "").lower() in ("i8", "u8"):
+            hist[f"openvino.{kind}"] = hist.get(f"openvino.{kind}", 0) + 1
+        elif op.get_friendly_name().startswith("/"):      # a weight GEMM of the export (not attention's)
+            kept.append(onnx_node_to_module(op.get_friendly_name()))
+    return quantized_ops_record(hist), sorted(kept)
+
+
+class OpenVinoRunner(Runner):
+    def __init__(self, name, directory: Path, names, hint: str, precision: str):
+        from xopt.modeling import graph_names
+
+        super().__init__(name, names, {"hint": hint, "inference_precision": precision or "default"})
+        self.directory, self.hint, self.precision = directory, hint, precision
+        self.compiled: dict[str, object] = {}
+        self.fetch = graph_names(names)
+
+    def request(self, batch: int):
+        hint = self.hint if self.hint != "auto" else ("latency" if batch == 1 else "throughput")
+        if hint not in self.compiled:
+            model = _compile(self.directory, hint, self.precision)
+            self.compiled[hint] = (model.create_infer_request(), [model.output(n) for n in self.fetch])
+        return self.compiled[hint]
+
+    def prepare(self, input_ids, attention_mask):
+        return {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
+                "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64)}
+
+    def run(self, inputs):
+        req, outs = self.request(len(inputs["input_ids"]))
+        res = req.infer(inputs)
+        return [np.array(res[o]) for o in outs]
+
+    def to_numpy(self, outputs):
+        return dict(zip(self.output_names, outputs))
+
+
+def _load(variant, directory: Path, man, config) -> OpenVinoRunner:
+    if variant.precision == "bf16" and not has_bf16():
+        raise XoptError(f"{directory}: {variant.name} needs a CPU with AVX512_BF16 or AMX; this one has neither "
+                        "(OpenVINO would run f32)")
+    precision = {"bf16": "bf16", "fp32": "f32"}.get(variant.precision)     # int8: the library's default
+    return OpenVinoRunner(variant.name, directory, output_names(man), config.hint, precision)
+
+
+VARIANTS = [
+    Variant("openvino-fp32", backend="openvino", precision="fp32", device="cpu",
+            description="peer: OpenVINO on the plain ONNX export, f32", build=_build_float, load=_load,
+            requires=("openvino",), config=OpenVinoConfig()),
+    Variant("openvino-bf16", backend="openvino", precision="bf16", device="cpu",
+            description="OpenVINO, bf16 inference precision (CPUs with AVX512_BF16 or AMX)", build=_build_float,
+            load=_load, requires=("openvino",), config=OpenVinoConfig()),
+    Variant("openvino-int8", backend="openvino", precision="int8", device="cpu",
+            description="peer: OpenVINO + NNCF post-training int8, transformer preset (the documented stock recipe)",
+            build=_build_int8, load=_load, requires=("openvino", "nncf"), config=OpenVinoInt8Config()),
+]

@@ -26,11 +26,10 @@ def test_fp32_gives_hf_s_logits_at_batch_1_and_batched(model, tmp_path):
     _, d, ids, mask, ref = model
     compile_variant(d, "openvino-fp32", tmp_path / "v")
     lv = load_variant(tmp_path / "v")
-    assert np.abs(lv.runner(ids, mask)["logits"] - ref).max() <= 1e-4          # throughput hint
+    assert np.abs(lv.runner(ids, mask)["logits"] - ref).max() <= 1e-4
     n = int(mask[1].sum())
-    one = lv.runner(ids[1:2, :n], mask[1:2, :n])["logits"]                     # latency hint
+    one = lv.runner(ids[1:2, :n], mask[1:2, :n])["logits"]        # another shape: dynamic axes
     assert np.abs(one - ref[1:2]).max() <= 1e-4
-    assert set(lv.runner.compiled) == {"latency", "throughput"}
 
 
 def test_bf16_is_refused_in_one_line_without_bf16(model, tmp_path, monkeypatch):

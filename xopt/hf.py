@@ -140,7 +140,7 @@ def pooler_kwargs(path: Path) -> dict:
     has = False
     for f in path.glob("*.safetensors"):
         with safe_open(str(f), "pt") as st:
-            has = has or any(k.split(".")[-3:-2] == ["pooler"] or k.startswith("pooler.") for k in st.keys())
+            has = has or any("pooler" in k.split(".")[:2] for k in st.keys())    # pooler.* or bert.pooler.*
     return {"add_pooling_layer": has}
 
 

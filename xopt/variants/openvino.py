@@ -11,9 +11,15 @@ transformations) through `openvino.convert_model` and saves OpenVINO IR (`model.
   OpenVINO's default inference precision for the CPU (bf16 for what stays in float where the
   CPU has bf16), as a user's stock run gets.
 
+The family calls `openvino` and `nncf` directly: optimum-intel (2.2.0) requires
+transformers < 5.6, huggingface-hub < 1.22 and torchvision, which xopt's transformers 5 stack
+does not admit.
+
 Loading compiles the IR for "CPU" with the thread count every CPU backend gets (XOPT_THREADS,
-else the library's default) and a performance hint per call shape: LATENCY for batch 1,
-THROUGHPUT for larger batches (each compiled once, on first use). What runs in int8 is counted
+else the library's default) and the LATENCY performance hint at every batch size: xopt runs one
+synchronous request at a time, and THROUGHPUT splits the threads into streams that only
+parallel requests fill (one request at b8 took 2x as long under it). `-o hint=throughput`
+keeps it for a server that sends parallel requests. What runs in int8 is counted
 from the compiled model's runtime graph (`runtimePrecision` of its FullyConnected/MatMul ops).
 """
 
@@ -31,7 +37,7 @@ from xopt.variants.base import (CalibratedConfig, Runner, Variant, VariantConfig
 from xopt.variants.onnx import ExportCache
 
 IR = "model.xml"
-HINTS = ("auto", "latency", "throughput")
+HINTS = ("latency", "throughput")
 GEMMS = ("FullyConnected", "MatMul", "Convolution")
 
 
@@ -43,8 +49,8 @@ def has_bf16() -> bool:
 
 @dataclass(frozen=True)
 class OpenVinoConfig(VariantConfig):
-    hint: str = option("auto", "str", "OpenVINO performance hint: auto (latency at batch 1, throughput above), "
-                                      "latency or throughput")
+    hint: str = option("latency", "str", "OpenVINO performance hint: latency (one request at a time) or "
+                                         "throughput (streams for parallel requests)")
 
     def check(self, who: str) -> None:
         super().check(who)
@@ -54,7 +60,7 @@ class OpenVinoConfig(VariantConfig):
 
 @dataclass(frozen=True)
 class OpenVinoInt8Config(CalibratedConfig):
-    hint: str = option("auto", "str", "OpenVINO performance hint: auto, latency or throughput")
+    hint: str = option("latency", "str", "OpenVINO performance hint: latency or throughput")
     calib_samples: int = option(300, "int", "calibration texts, balanced over the languages (NNCF's subset)")
 
     def check(self, who: str) -> None:
@@ -141,28 +147,19 @@ class OpenVinoRunner(Runner):
         from xopt.modeling import graph_names
 
         super().__init__(name, names, {"hint": hint, "inference_precision": precision or "default"})
-        self.directory, self.hint, self.precision = directory, hint, precision
-        self.compiled: dict[str, object] = {}
         self.fetch = graph_names(names)
-
-    def request(self, batch: int):
-        hint = self.hint if self.hint != "auto" else ("latency" if batch == 1 else "throughput")
-        if hint not in self.compiled:
-            model = _compile(self.directory, hint, self.precision)
-            self.compiled[hint] = (model.create_infer_request(), [model.output(n) for n in self.fetch])
-        return self.compiled[hint]
+        model = _compile(directory, hint, precision)
+        self.request, self.outputs = model.create_infer_request(), [model.output(n) for n in self.fetch]
 
     def prepare(self, input_ids, attention_mask):
         return {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
                 "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64)}
 
     def run(self, inputs):
-        req, outs = self.request(len(inputs["input_ids"]))
-        res = req.infer(inputs)
-        return [np.array(res[o]) for o in outs]
+        return self.request.infer(inputs)
 
-    def to_numpy(self, outputs):
-        return dict(zip(self.output_names, outputs))
+    def to_numpy(self, outputs):     # copies: the request reuses its output buffers
+        return {n: np.array(outputs[o]) for n, o in zip(self.output_names, self.outputs)}
 
 
 def _load(variant, directory: Path, man, config) -> OpenVinoRunner:

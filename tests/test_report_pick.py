@@ -227,7 +227,7 @@ def test_sizes_come_from_the_checkpoint(tmp_path, tiny_ckpt):
     """params/non_embedding_params: counted once at compile time, carried by every eval/bench record."""
     from safetensors.numpy import load_file
 
-    from xopt.modeling import param_counts
+    from xopt.hf import param_counts
     from xopt.variants import compile_variant, load_variant
 
     w = {**load_file(str(tiny_ckpt / "model.safetensors")), **load_file(str(tiny_ckpt / "head.safetensors"))}

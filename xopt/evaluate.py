@@ -145,7 +145,7 @@ def resolve_retrieval_layer(spec, num_layers: int, card_layer: int | None = None
 def retrieval_view(loaded, spec="middle") -> RetrievalView:
     """resolve_retrieval_layer for a loaded variant (its manifest says how many layers the encoder
     has; a variant built before it did is read from its source checkpoint's config.json)."""
-    from xopt.modeling import num_layers
+    from xopt.hf import num_layers
 
     n = loaded.manifest["model"].get("num_layers")
     if n is None:

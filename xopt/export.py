@@ -314,17 +314,17 @@ def export_hf(ckpt_dir: str | Path, out: str | Path, force: bool = False) -> dic
     ckpt = open_checkpoint(ckpt_dir)
     card = ckpt.card
     module = load_module(ckpt)
-    config = AutoConfig.from_pretrained(str(ckpt.path))
     labels = list(card.labels)
-    if card.head in ("token", "sequence"):
-        config.id2label = dict(enumerate(labels))
-        config.label2id = {label: i for i, label in enumerate(labels)}
     out = Path(out)
     with mf.atomic_dir(out, force=force, kind="hf-export") as tmp:
         task_model = module.has_head and (card.head_layout == "hf" or card.head in HEAD_KEYS)
-        if task_model:
+        if task_model:       # config.json with its id2label comes with the task model
             layout = write_task_model(module, card, tmp)
         else:
+            config = AutoConfig.from_pretrained(str(ckpt.path))
+            if card.head == "sequence":
+                config.id2label = dict(enumerate(labels))
+                config.label2id = {label: i for i, label in enumerate(labels)}
             config.architectures = [type(module.encoder).__name__]
             config.save_pretrained(str(tmp))
             save_file({k: v.contiguous() for k, v in module.encoder.state_dict().items()

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 
 from xopt.errors import XoptError
@@ -223,3 +224,30 @@ def hf_card(path: Path) -> tuple[dict, dict | None]:
             labels = labels if len(labels) == n else [f"LABEL_{i}" for i in range(n)]
             return {**card, "head": "sequence", "labels": labels, "head_layout": "linear"}, head
     return card, None
+
+
+def param_counts(path: str | Path) -> dict:
+    """{"params", "non_embedding_params"} of a checkpoint, from its safetensors headers (no
+    weights loaded). Non-embedding = all but the token, position and token-type embedding
+    tables (Kaplan et al. 2020's convention), head included."""
+    from safetensors import safe_open
+
+    total = emb = 0
+    for f in sorted(Path(path).glob("*.safetensors")):
+        with safe_open(str(f), framework="numpy") as st:
+            for k in st.keys():
+                n = math.prod(st.get_slice(k).get_shape())
+                total += n
+                if k.endswith("_embeddings.weight") or k.endswith("embed_tokens.weight"):
+                    emb += n
+    return {"params": total, "non_embedding_params": total - emb}
+
+
+def num_layers(path: str | Path) -> int | None:
+    """The encoder's number of layers (config.json's num_hidden_layers), None when it does not say."""
+    f = Path(path) / "config.json"
+    try:
+        n = json.loads(f.read_text()).get("num_hidden_layers")
+    except (OSError, ValueError):
+        return None
+    return n if isinstance(n, int) and not isinstance(n, bool) else None

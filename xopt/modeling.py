@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -452,35 +451,6 @@ def check_safetensors(path: Path) -> None:
         raise XoptError(f"{path}: not a readable safetensors file ({e}); {fix}") from None
     if 8 + n + end > size:
         raise XoptError(f"{path}: truncated safetensors file ({size} bytes, its header needs {8 + n + end}); {fix}")
-
-
-def param_counts(path: str | Path) -> dict:
-    """{"params", "non_embedding_params"} of a checkpoint, from its safetensors headers (no
-    weights loaded). Non-embedding = all but the token, position and token-type embedding
-    tables (Kaplan et al. 2020's convention), head included."""
-    from safetensors import safe_open
-
-    total = emb = 0
-    for f in sorted(Path(path).glob("*.safetensors")):
-        with safe_open(str(f), framework="numpy") as st:
-            for k in st.keys():
-                n = int(np.prod(st.get_slice(k).get_shape()))
-                total += n
-                if k.endswith("_embeddings.weight") or k.endswith("embed_tokens.weight"):
-                    emb += n
-    return {"params": total, "non_embedding_params": total - emb}
-
-
-def num_layers(path: str | Path) -> int | None:
-    """The encoder's number of layers (config.json's num_hidden_layers), None when it does not say."""
-    import json
-
-    f = Path(path) / "config.json"
-    try:
-        n = json.loads(f.read_text()).get("num_hidden_layers")
-    except (OSError, ValueError):
-        return None
-    return n if isinstance(n, int) and not isinstance(n, bool) else None
 
 
 def save_checkpoint(model, tokenizer, card: ModelCard, out: Path, source: dict, force: bool = False,

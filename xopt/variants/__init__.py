@@ -62,7 +62,8 @@ def compile_variant(checkpoint: str | Path, name: str, out: str | Path, force: b
     `options` are validated into the variant's config (unknown or inapplicable ones are refused
     before anything is built). `exports`: an `ExportCache` the caller owns, to share ONNX exports
     between the variants of one checkpoint; without one, exports last for this call only."""
-    from xopt.modeling import num_layers, open_checkpoint, param_counts
+    from xopt.hf import num_layers, param_counts
+    from xopt.modeling import open_checkpoint
 
     variant = get(name)
     if reason := variant.unavailable_reason():

@@ -47,26 +47,31 @@ def has_bf16() -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
+HINT_HELP = "OpenVINO performance hint: latency (one request at a time) or throughput (streams for parallel requests)"
+
+
+def _check_hint(hint: str) -> None:
+    if hint not in HINTS:
+        raise XoptError(f"hint {hint!r}: use {', '.join(HINTS)}")
+
+
 @dataclass(frozen=True)
 class OpenVinoConfig(VariantConfig):
-    hint: str = option("latency", "str", "OpenVINO performance hint: latency (one request at a time) or "
-                                         "throughput (streams for parallel requests)")
+    hint: str = option("latency", "str", HINT_HELP)
 
     def check(self, who: str) -> None:
         super().check(who)
-        if self.hint not in HINTS:
-            raise XoptError(f"hint {self.hint!r}: use {', '.join(HINTS)}")
+        _check_hint(self.hint)
 
 
 @dataclass(frozen=True)
 class OpenVinoInt8Config(CalibratedConfig):
-    hint: str = option("latency", "str", "OpenVINO performance hint: latency or throughput")
+    hint: str = option("latency", "str", HINT_HELP)
     calib_samples: int = option(300, "int", "calibration texts, balanced over the languages (NNCF's subset)")
 
     def check(self, who: str) -> None:
         super().check(who)
-        if self.hint not in HINTS:
-            raise XoptError(f"hint {self.hint!r}: use {', '.join(HINTS)}")
+        _check_hint(self.hint)
 
 
 def _convert(ckpt, exports: ExportCache):

@@ -6,9 +6,13 @@ from xopt import pipeline
 from xopt.variants import REGISTRY
 
 
-def test_demo_variants_are_registered_cpu_variants_with_the_stock_recipe():
-    assert pipeline.DEMO_VARIANTS == ("fp32", "onnx-fp32", "onnx-int8", "ort-stock-int8")
+def test_demo_variants_are_registered_cpu_variants_with_the_stock_recipes():
+    assert pipeline.DEMO_VARIANTS == ("fp32", "onnx-fp32", "onnx-int8", "ort-stock-int8", "openvino-fp32",
+                                      "openvino-bf16", "openvino-int8")
     assert all(REGISTRY[n].device == "cpu" for n in pipeline.DEMO_VARIANTS)
+    # the peers a CPU user would otherwise pick: ONNX Runtime's and OpenVINO's stock recipes
+    assert {n for n in pipeline.DEMO_VARIANTS if REGISTRY[n].peer} == {"ort-stock-int8", "openvino-fp32",
+                                                                       "openvino-bf16", "openvino-int8"}
     for n in ("compile", "int8-dynamic", "onnx-int8-static"):      # left out of the demo, still registered
         assert n in REGISTRY and n not in pipeline.DEMO_VARIANTS
 

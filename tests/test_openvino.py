@@ -50,6 +50,16 @@ def test_bf16_is_refused_in_one_line_without_bf16(model, tmp_path, monkeypatch):
         assert cos.min() >= 0.99
 
 
+def test_bf16_is_unavailable_on_a_host_without_bf16_so_the_demo_skips_it(monkeypatch):
+    import xopt.host
+
+    monkeypatch.setattr(xopt.host, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_vnni"})
+    assert "needs a CPU with avx512_bf16 or amx_bf16" in REGISTRY["openvino-bf16"].unavailable_reason()
+    assert REGISTRY["openvino-int8"].unavailable_reason() is None
+    monkeypatch.setattr(xopt.host, "cpu_flags", lambda: {"avx2", "amx_bf16"})
+    assert REGISTRY["openvino-bf16"].unavailable_reason() is None
+
+
 def test_int8_is_nncf_s_stock_recipe_and_runs_int8(model, tiny_suite, tmp_path):
     _, d, ids, mask, ref = model
     man = compile_variant(d, "openvino-int8", tmp_path / "v", options={"calib_data": str(tiny_suite),

@@ -114,7 +114,7 @@ MID = dict(retrieval_layer=6, num_layers=12, pooling="mean")
 LAST = dict(retrieval_layer=12, num_layers=12, pooling="mean")
 
 
-def _records(topic_gain: float, n: int = 300) -> list:
+def _records(topic_gain: float, n: int = 300, peers=(("ort-stock-int8", 5.0),)) -> list:
     """baseline/xstilts x fp32/onnx-int8/ort-stock-int8 on de, ja (the same outcomes on every variant):
     demo-topic with `topic_gain` (0: X-STILTs' outcomes are the baseline's), and
     demo-retrieval under two protocols: a loss at the middle layer, a gain at the last."""
@@ -132,7 +132,7 @@ def _records(topic_gain: float, n: int = 300) -> list:
                         **LAST),
                      ev("xstilts", variant, lang, [1.0] * (3 * n // 4) + [0.0] * (n // 4), task="demo-retrieval",
                         **LAST)]
-    recs += [bn("fp32", 10.0), bn("onnx-int8", 4.0), bn("ort-stock-int8", 5.0)]
+    recs += [bn("fp32", 10.0), bn("onnx-int8", 4.0)] + [bn(v, ms) for v, ms in peers]
     return recs
 
 
@@ -160,9 +160,9 @@ def test_two_protocols_are_two_tasks_never_averaged(tmp_path):
 
 # ------------------------------------------------------------------ the closing paragraph
 
-def _paragraph(tmp_path, topic_gain: float) -> str:
+def _paragraph(tmp_path, topic_gain: float, **kw) -> str:
     p = tmp_path / f"r{topic_gain}.jsonl"
-    records.append(p, _records(topic_gain))
+    records.append(p, _records(topic_gain, **kw))
     t = analysis.load([p])
     return report.closing_paragraph(t, analysis.summary_rows(t), pick.pick([p], max_drop=1.0))
 
@@ -176,6 +176,14 @@ def test_closing_paragraph_with_a_clear_gain(tmp_path):
     assert "onnx-int8 keeps" in text and "of the demo-topic gain" in text
     assert "2.50x the speed of fp32 and 1.25x ort-stock-int8's" in text
     assert "xopt recommends" in text and "because" not in text.split("xopt recommends")[0]
+
+
+def test_closing_paragraph_compares_with_the_fastest_peer_of_the_run(tmp_path):
+    """Peers are the registry's `peer` variants; the paragraph names the fastest one measured
+    (here OpenVINO's int8, benched without eval records), never a variant that is no peer."""
+    text = _paragraph(tmp_path, 0.25, peers=(("ort-stock-int8", 5.0), ("openvino-int8", 3.2), ("openvino-fp32", 8.0)))
+    assert "2.50x the speed of fp32 and 0.80x openvino-int8's" in text
+    assert "ort-stock-int8's" not in text and "onnx-int8's" not in text
 
 
 def test_closing_paragraph_without_a_significant_gain(tmp_path):

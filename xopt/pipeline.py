@@ -46,10 +46,13 @@ def cached_e5(force: bool = False) -> Path:
     return import_model("e5-small", path, force=True)
 
 
-# The demo's variants: the fp32 reference, its ONNX export, xopt's int8 recipe and the stock
-# ONNX Runtime int8 recipe a user would otherwise pick. Other CPU variants (torch.compile,
-# torch.ao dynamic int8, ONNX static int8) stay registered for `xopt compile` / `xopt run`.
-DEMO_VARIANTS = ("fp32", "onnx-fp32", "onnx-int8", "ort-stock-int8")
+# The demo's variants: the fp32 reference, its ONNX export, xopt's int8 recipe, and the peers a
+# user would otherwise pick on a CPU: ONNX Runtime's stock int8 and OpenVINO's fp32, bf16 (on
+# CPUs with AVX512_BF16 or AMX; skipped in one line elsewhere) and NNCF int8. Other CPU variants
+# (torch.compile, torch.ao dynamic int8, ONNX static int8) stay registered for `xopt compile` /
+# `xopt run`.
+DEMO_VARIANTS = ("fp32", "onnx-fp32", "onnx-int8", "ort-stock-int8", "openvino-fp32", "openvino-bf16",
+                 "openvino-int8")
 # Retrieval protocols the demo scores: XTREME's (middle layer) and e5's own pooling (last layer).
 DEMO_RETRIEVAL_LAYERS = ("middle", "last")
 # (batch, seq_len or None for the demo's real length mix) benchmarked: batch 1 at 128 tokens is

@@ -7,7 +7,8 @@ The paragraph says, in this order:
    gain over the baseline, averaged over the zero-shot languages, with its 95% interval and
    whether that interval excludes 0, whatever its sign;
 2. per variant: how much of each clearly positive gain it keeps (retention with its interval),
-   at what speed-up vs the reference and vs the stock int8 recipe; where no gain is clearly
+   at what speed-up vs the reference and vs the fastest peer (a library's stock recipe, marked
+   `peer` in the registry) measured in the same records; where no gain is clearly
    positive, retention is n/a and the variants are compared on score instead;
 3. the pick and why (the pick's constraints), or that none meets them.
 """
@@ -17,8 +18,13 @@ from __future__ import annotations
 import numpy as np
 
 from xopt.analysis import RecordIndex, split_label
+from xopt.variants import REGISTRY
 
-STOCK = "ort-stock-int8"
+
+def fastest_peer(rows: list[dict]) -> dict | None:
+    """The summary row of the fastest measured peer variant (registry `peer`), or None."""
+    peers = [r for r in rows if r.get("p50_ms") and r["variant"] in REGISTRY and REGISTRY[r["variant"]].peer]
+    return min(peers, key=lambda r: r["p50_ms"], default=None)
 
 
 def _embedding(p: dict) -> str:
@@ -70,8 +76,8 @@ def _speed(row: dict, stock_row: dict | None, reference: str) -> str:
     if not row.get("p50_ms"):
         return "speed not measured"
     parts = [f"{row['speedup']:.2f}x the speed of {reference}" if row.get("speedup") else None]
-    if stock_row and stock_row.get("p50_ms") and row["variant"] != STOCK:
-        parts.append(f"{stock_row['p50_ms'] / row['p50_ms']:.2f}x {STOCK}'s")
+    if stock_row and row["variant"] != stock_row["variant"]:
+        parts.append(f"{stock_row['p50_ms'] / row['p50_ms']:.2f}x {stock_row['variant']}'s")
     return f"p50 {row['p50_ms']:.1f} ms, " + " and ".join(p for p in parts if p)
 
 
@@ -104,7 +110,7 @@ def closing_paragraph(t: RecordIndex, rows: list[dict], choice: dict | None, ref
     n_langs = max(st["n_langs"] for st in ref["tasks"].values())
     text = [f"On {reference}, X-STILTs (intermediate task, then target task) changes the zero-shot score over the "
             f"baseline (mean over {n_langs} languages, 95% bootstrap interval) by: " + "; ".join(gains) + "."]
-    stock_row = by_v.get(STOCK)
+    stock_row = fastest_peer(rows)
     others = [r for r in rows if r["variant"] != reference]
     if clear_pos:
         kept = []

@@ -369,6 +369,8 @@ class Variant:
     config: VariantConfig = VariantConfig()   # this variant's defaults: its config class's own
     requires: tuple[str, ...] = ()      # importable modules
     min_capability: tuple[int, int] | None = None   # CUDA compute capability
+    cpu_flags: tuple[str, ...] = ()     # /proc/cpuinfo flags, any one of which the host needs
+    peer: bool = False                  # a library's stock recipe that xopt's own are compared against
 
     @property
     def calibrated(self) -> bool:
@@ -396,6 +398,11 @@ class Variant:
             if self.min_capability and torch.cuda.get_device_capability() < self.min_capability:
                 cap = "sm_%d%d" % self.min_capability
                 return f"needs compute capability {cap} or newer (this GPU: sm_%d%d)" % torch.cuda.get_device_capability()
+        if self.cpu_flags:
+            from xopt.host import cpu_flags
+
+            if not cpu_flags() & set(self.cpu_flags):
+                return f"needs a CPU with {' or '.join(self.cpu_flags)} (this one has neither)"
         return None
 
 

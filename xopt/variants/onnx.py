@@ -766,5 +766,5 @@ VARIANTS = [
     Variant("ort-stock-int8", backend="onnxruntime", precision="int8", device="cpu",
             description="peer: ONNX Runtime's documented recipe (transformer optimiser, then quantize_dynamic: "
                         "every MatMul, per-channel int8 weights, nothing kept)",
-            build=_build_stock_int8, load=_load, requires=("onnxruntime",), config=OrtStockInt8Config()),
+            build=_build_stock_int8, load=_load, requires=("onnxruntime",), config=OrtStockInt8Config(), peer=True),
 ]

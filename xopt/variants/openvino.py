@@ -39,12 +39,13 @@ from xopt.variants.onnx import ExportCache
 IR = "model.xml"
 HINTS = ("latency", "throughput")
 GEMMS = ("FullyConnected", "MatMul", "Convolution")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")      # where OpenVINO's CPU plugin runs bf16 natively
 
 
 def has_bf16() -> bool:
     from xopt.host import cpu_flags
 
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    return bool(cpu_flags() & set(BF16_FLAGS))
 
 
 HINT_HELP = "OpenVINO performance hint: latency (one request at a time) or throughput (streams for parallel requests)"
@@ -178,11 +179,11 @@ def _load(variant, directory: Path, man, config) -> OpenVinoRunner:
 VARIANTS = [
     Variant("openvino-fp32", backend="openvino", precision="fp32", device="cpu",
             description="peer: OpenVINO on the plain ONNX export, f32", build=_build_float, load=_load,
-            requires=("openvino",), config=OpenVinoConfig()),
+            requires=("openvino",), config=OpenVinoConfig(), peer=True),
     Variant("openvino-bf16", backend="openvino", precision="bf16", device="cpu",
-            description="OpenVINO, bf16 inference precision (CPUs with AVX512_BF16 or AMX)", build=_build_float,
-            load=_load, requires=("openvino",), config=OpenVinoConfig()),
+            description="peer: OpenVINO, bf16 inference precision (CPUs with AVX512_BF16 or AMX)", build=_build_float,
+            load=_load, requires=("openvino",), config=OpenVinoConfig(), cpu_flags=BF16_FLAGS, peer=True),
     Variant("openvino-int8", backend="openvino", precision="int8", device="cpu",
             description="peer: OpenVINO + NNCF post-training int8, transformer preset (the documented stock recipe)",
-            build=_build_int8, load=_load, requires=("openvino", "nncf"), config=OpenVinoInt8Config()),
+            build=_build_int8, load=_load, requires=("openvino", "nncf"), config=OpenVinoInt8Config(), peer=True),
 ]

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 from collections import Counter
 
 import numpy as np
@@ -213,9 +214,33 @@ def test_smoothing_refuses_qkv_factors_that_differ(tiny_ckpt):
         smooth_fused_graph(model, scales)
 
 
-def test_onnx_int8_smooths_layernorm_inputs_and_uses_seven_bit_weights(built):
+def test_onnx_int8_weight_width_follows_the_cpu_s_int8_dot_products(monkeypatch, capsys):
+    import xopt.host
+    from xopt.variants.onnx import _warn_saturation, int8_kernels
+
+    monkeypatch.setattr(xopt.host, "cpu_flags", lambda: {"avx2", "avx512f", "avx512bw"})       # a Zen 3-like CPU
+    assert int8_kernels("auto")["reduce_range"] is True and int8_kernels("auto")["weight_bits"] == 7
+    assert int8_kernels(False)["reduce_range"] is False                 # forced
+    _warn_saturation(Path("v"), int8_kernels(False), "cpu")
+    assert "8-bit int8 weights" in capsys.readouterr().err
+    _warn_saturation(Path("v"), int8_kernels(True), "cpu")
+    assert "8-bit" not in capsys.readouterr().err
+    monkeypatch.setattr(xopt.host, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_vnni"})   # a Zen 4-like CPU
+    assert int8_kernels("auto") == {"reduce_range": False, "weight_bits": 8, "built_on_int8_dot": True,
+                                    "kernels": "VNNI (int32 accumulation)"}
+    assert int8_kernels(True)["reduce_range"] is True
+    _warn_saturation(Path("v"), int8_kernels("auto"), "cpu")
+    assert "8-bit" not in capsys.readouterr().err
+    assert REGISTRY["onnx-int8"].configure({"reduce_range": "true"}).reduce_range is True
+    with pytest.raises(XoptError, match="auto, true or false"):
+        REGISTRY["onnx-int8"].configure({"reduce_range": "sometimes"})
+
+
+def test_onnx_int8_smooths_layernorm_inputs_and_sizes_weights_for_this_cpu(built):
     import onnx
     from onnx import numpy_helper
+
+    from xopt.host import has_int8_dot
 
     man = json.loads((built["onnx-int8"] / "manifest.json").read_text())
     # SmoothQuant's default layers: a layer's fused QKV (Attention) and FFN input read LayerNorm outputs
@@ -224,8 +249,13 @@ def test_onnx_int8_smooths_layernorm_inputs_and_uses_seven_bit_weights(built):
     g = onnx.load(str(built["onnx-int8"] / "model.onnx")).graph
     w8 = [numpy_helper.to_array(i) for i in g.initializer if i.data_type == onnx.TensorProto.INT8 and i.dims]
     assert len(w8) >= 2 + 2 * 3
-    # reduce_range: |w| <= 64, so a uint8 x int8 pair sum (255 * 64 * 2) stays within int16
-    assert all(np.abs(w.astype(np.int32)).max() <= 64 for w in w8)
+    # without VNNI, reduce_range: |w| <= 64, so a uint8 x int8 pair sum (255 * 64 * 2) stays within int16;
+    # with VNNI the full 8 bits (per-channel symmetric: each channel's largest weight is 127)
+    reduce = not has_int8_dot()
+    assert man["int8_kernels"]["reduce_range"] is reduce and man["int8_kernels"]["weight_bits"] == (7 if reduce else 8)
+    top = max(np.abs(w.astype(np.int32)).max() for w in w8)
+    assert top <= 64 if reduce else top == 127
+    assert load_variant(built["onnx-int8"]).runner.info["int8_kernels"] == man["int8_kernels"]
     stock = onnx.load(str(built["ort-stock-int8"] / "model.onnx")).graph
     assert max(np.abs(numpy_helper.to_array(i).astype(np.int32)).max() for i in stock.initializer
                if i.data_type == onnx.TensorProto.INT8 and len(i.dims) > 1) > 64

@@ -58,6 +58,15 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")     # int8 dot products that accumulate in int32
+
+
+def has_int8_dot() -> bool:
+    """Whether the CPU has VNNI (or AMX) int8 dot products. Without them ONNX Runtime's uint8 x
+    int8 kernels add pairs of products in int16 with saturation (VPMADDUBSW)."""
+    return bool(cpu_flags() & set(INT8_DOT_FLAGS))
+
+
 @functools.lru_cache(maxsize=1)
 def host_info() -> dict:
     """CPU, GPU (when torch sees one), and the versions of every library a variant may use."""

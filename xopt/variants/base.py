@@ -158,8 +158,8 @@ def check_quantized(variant_name: str, precision: str, record: dict | None) -> N
 # Configs
 
 def option(default, kind: str, help: str):
-    """A config field: `kind` is how an option value is read (int, float, bool, str, keep,
-    alpha: a number or a comma list of numbers), `help` says what it does."""
+    """A config field: `kind` is how an option value is read (int, float, bool, auto_bool: "auto"
+    or a bool, str, keep, alpha: a number or a comma list of numbers), `help` says what it does."""
     return field(default=default, metadata={"kind": kind, "help": help})
 
 
@@ -194,6 +194,12 @@ def _read(kind: str, value, default):
         if isinstance(value, str):
             return value
         raise ValueError("expected a number or a comma list of numbers")
+    if kind == "auto_bool":
+        if isinstance(value, bool) or value == "auto":
+            return value
+        if str(value).lower() in ("auto", "true", "false", "1", "0", "yes", "no"):
+            return "auto" if str(value).lower() == "auto" else _read("bool", value, default)
+        raise ValueError("expected auto, true or false")
     if kind == "str":
         if isinstance(value, (str, os.PathLike)):
             return str(value)

@@ -26,12 +26,14 @@ sources of its accuracy loss removed.
    by 1/s on the matmul's input. Outlier channels of LayerNorm and GELU outputs no longer
    set the per-tensor activation scale. The Mul sits after the fusions, so every fused op stays.
 3. `quantize_dynamic` on every matmul (attention QKV as QAttention, attention output, FFN in and
-   out), weights int8 per output channel with `reduce_range` (7 bits): on x86 CPUs without VNNI,
-   ONNX Runtime's uint8 x int8 kernels add pairs of products in int16 with saturation
-   (VPMADDUBSW), which 7-bit weights cannot reach. The head (negligible compute, the scored
-   logits) stays fp32.
-Options: `calib_method` without `+smoothquant` skips step 2, `reduce_range=false` gives 8-bit
-weights, `keep` a regex of Linears left in fp32, `keep_fp16`/`max_drop` the sensitivity fallback.
+   out), weights int8 per output channel. The width adapts to the building CPU (`reduce_range`
+   "auto", `int8_kernels`): 7 bits where it has no VNNI, whose absence makes ONNX Runtime's
+   uint8 x int8 kernels add pairs of products in int16 with saturation (VPMADDUBSW) that 7-bit
+   weights cannot reach; 8 bits where VNNI accumulates in int32. The manifest and the runner's
+   info (in every bench record) say which; loading 8-bit weights on a CPU without VNNI warns.
+   The head (negligible compute, the scored logits) stays fp32.
+Options: `calib_method` without `+smoothquant` skips step 2, `reduce_range=true|false` forces the
+weight width, `keep` a regex of Linears left in fp32, `keep_fp16`/`max_drop` the sensitivity fallback.
 
 Measured on the demo model (the demo-topic checkpoint from e5-small), 2-core AVX2 CPU, 1 thread:
 accuracy drop vs eager fp32 averaged over the demo languages of demo-topic and demo-retrieval
@@ -508,8 +510,21 @@ class OnnxInt8Config(FallbackConfig):
     calib_method: str = option("minmax+smoothquant", "str", CALIB_METHOD_HELP)
     smoothquant_alpha: float | str | None = option(0.7, "alpha", "SmoothQuant alpha, or a comma list to choose "
                                                                  "from on the held-out sample")
-    reduce_range: bool = option(True, "bool", "7-bit int8 weights, so that the uint8 x int8 products of "
-                                              "AVX2/AVX-512 CPUs without VNNI never saturate")
+    reduce_range: bool | str = option("auto", "auto_bool", "7-bit int8 weights, so that the uint8 x int8 products "
+                                      "of CPUs without VNNI never saturate; auto: 7-bit where the building CPU "
+                                      "has no VNNI, 8-bit where it has")
+
+
+def int8_kernels(reduce_range: bool | str) -> dict:
+    """How the int8 weights suit the CPU's int8 kernels, for the manifest and the records:
+    `reduce_range` resolved ("auto": on where the CPU lacks VNNI/AMX int8 dot products, whose
+    absence makes ORT's uint8 x int8 kernels sum pairs of products in int16 with saturation)."""
+    from xopt.host import has_int8_dot
+
+    dot = has_int8_dot()
+    reduce = (not dot) if reduce_range == "auto" else bool(reduce_range)
+    return {"reduce_range": reduce, "weight_bits": 7 if reduce else 8, "built_on_int8_dot": dot,
+            "kernels": "VNNI (int32 accumulation)" if dot else "VPMADDUBSW (int16 pair sums)"}
 
 
 # The fp32 export computes what PyTorch computes: every output's worst cosine against eager
@@ -641,6 +656,7 @@ def _build_int8(variant, ckpt, out: Path, config: OnnxInt8Config, exports: Expor
             excluded += alias
             fallback.append(node.name)
     smoothed = smooth_fused_graph(model, profile.smoothing["scales"]) if profile.smoothing else 0
+    kernels = int8_kernels(config.reduce_range)
     with tempfile.TemporaryDirectory(prefix="xopt-int8-") as tmp:
         src = Path(tmp) / "smoothed.onnx"
         big = save_model(model, src)
@@ -648,12 +664,13 @@ def _build_int8(variant, ckpt, out: Path, config: OnnxInt8Config, exports: Expor
         with quiet(), step("ONNX Runtime quantiser (dynamic)"):
             # DefaultTensorType: the fused contrib ops carry no type information for the
             # quantiser's shape inference; their outputs are float.
-            quantize_dynamic(str(src), str(out / MODEL_FILE), per_channel=True, reduce_range=config.reduce_range,
+            quantize_dynamic(str(src), str(out / MODEL_FILE), per_channel=True, reduce_range=kernels["reduce_range"],
                              weight_type=QuantType.QInt8, nodes_to_exclude=excluded, use_external_data_format=big,
                              extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     profile.save(out / PROFILE_FILE)
     write_hf_config(ckpt, out)
-    return {"calibration": profile.identity(), "smoothed_matmuls": smoothed, "ops": fused_op_counts(out / MODEL_FILE),
+    return {"calibration": profile.identity(), "smoothed_matmuls": smoothed, "int8_kernels": kernels,
+            "ops": fused_op_counts(out / MODEL_FILE),
             **_int8_facts(out), "kept_fp32": excluded, "fallback_fp32": fallback,
             "export_check": check_against_torch(ckpt, out / MODEL_FILE, exports)}
 
@@ -749,7 +766,21 @@ def _load(variant, directory: Path, man, config) -> OrtRunner:
     device = getattr(config, "device", "cpu")
     runner = OrtRunner(variant.name, session(directory / MODEL_FILE, threads, device), output_names(man))
     runner.device = device
+    if kernels := man.get("int8_kernels"):
+        runner.info["int8_kernels"] = kernels
+        _warn_saturation(directory, kernels, device)
     return runner
+
+
+def _warn_saturation(directory: Path, kernels: dict, device: str) -> None:
+    """One line when 8-bit weights built for VNNI run on a CPU whose int8 kernels saturate."""
+    from xopt.host import has_int8_dot
+    from xopt.progress import console
+
+    if device == "cpu" and not kernels.get("reduce_range") and not has_int8_dot():
+        console.print(f"warning: {directory} holds 8-bit int8 weights (built on a CPU with VNNI); this CPU has "
+                      "no VNNI, so ONNX Runtime's uint8 x int8 products can saturate: rebuild it here, or with "
+                      "`-o reduce_range=true`", highlight=False)
 
 
 VARIANTS = [

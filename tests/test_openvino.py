@@ -68,3 +68,27 @@ def test_int8_is_nncf_s_stock_recipe_and_runs_int8(model, tiny_suite, tmp_path):
     got = load_variant(tmp_path / "v").runner(ids, mask)["logits"]
     sqnr = 10 * np.log10((ref ** 2).sum() / ((ref - got) ** 2).sum())
     assert sqnr >= 10, sqnr
+
+
+def test_one_checkpoint_is_converted_once_for_every_openvino_variant(tiny_ckpt, tiny_suite, tmp_path, monkeypatch):
+    """Through one ExportCache, the three variants of a checkpoint (one with a manifest, which
+    identifies it) share one conversion: the float IRs are hard links of it, and int8 quantises it."""
+    import openvino as ov
+
+    from xopt.variants import ExportCache
+
+    d = tiny_ckpt
+    calls = []
+    real = ov.convert_model
+    monkeypatch.setattr(ov, "convert_model", lambda *a, **kw: calls.append(a) or real(*a, **kw))
+    names = ["openvino-fp32", "openvino-int8"] + (["openvino-bf16"] if REGISTRY["openvino-bf16"].unavailable_reason()
+                                                  is None else [])
+    with ExportCache() as exports:
+        for name in names:
+            opts = {"calib_data": str(tiny_suite), "calib_samples": 8} if REGISTRY[name].calibrated else None
+            compile_variant(d, name, tmp_path / name, options=opts, exports=exports)
+    assert len(calls) == 1
+    if "openvino-bf16" in names:
+        assert (tmp_path / "openvino-fp32" / "model.bin").samefile(tmp_path / "openvino-bf16" / "model.bin")
+    for name in names:
+        assert load_variant(tmp_path / name).manifest["variant"] == name       # each verifies and loads

@@ -366,6 +366,26 @@ class ExportCache:
             self._paths[key] = path
         return self._paths[key]
 
+    def derived(self, ckpt, name: str, make) -> Path:
+        """A directory of files that `make(directory)` derives from the checkpoint's export (an
+        OpenVINO IR, say), made once per checkpoint like the exports; callers link or copy them."""
+        import tempfile
+
+        ident = _identity(ckpt)
+        if ident is None:
+            d = Path(tempfile.mkdtemp(dir=self.root))
+            make(d)
+            return d
+        key = (ident, name)
+        if key not in self._paths or not self._paths[key].is_dir():
+            self.release(keep=ident)
+            d = self.root / ident[:16] / name
+            shutil.rmtree(d, ignore_errors=True)        # a make() that failed part-way
+            d.mkdir(parents=True)
+            make(d)
+            self._paths[key] = d
+        return self._paths[key]
+
     def reference(self, ckpt) -> tuple:
         """`torch_reference(ckpt)`, kept for the latest checkpoint."""
         ident = _identity(ckpt)

@@ -1,7 +1,8 @@
 """OpenVINO variants (CPU): the peer a deployment engineer picks beside ONNX Runtime.
 
-Each reads the checkpoint's plain ONNX export (`ExportCache`, unfused: OpenVINO applies its own
-transformations) through `openvino.convert_model` and saves OpenVINO IR (`model.xml` + `.bin`):
+Each starts from the checkpoint's plain ONNX export (`ExportCache`, unfused: OpenVINO applies its
+own transformations), converted once per checkpoint by `openvino.convert_model` into OpenVINO IR
+(`model.xml` + `.bin`; `ExportCache.derived`); the float variants hard-link that IR:
 - `openvino-fp32`: inference precision f32;
 - `openvino-bf16`: inference precision bf16, on CPUs with AVX512_BF16 or AMX (refused in one line
   elsewhere, where OpenVINO would silently run f32);
@@ -32,8 +33,8 @@ import numpy as np
 
 from xopt.errors import XoptError
 from xopt.progress import step
-from xopt.variants.base import (CalibratedConfig, Runner, Variant, VariantConfig, check_quantized, option,
-                                output_names, quantized_ops_record)
+from xopt.variants.base import (CalibratedConfig, Runner, Variant, VariantConfig, check_quantized, link_or_copy,
+                                option, output_names, quantized_ops_record)
 from xopt.variants.onnx import ExportCache
 
 IR = "model.xml"
@@ -75,11 +76,22 @@ class OpenVinoInt8Config(CalibratedConfig):
         _check_hint(self.hint)
 
 
-def _convert(ckpt, exports: ExportCache):
+def _float_ir(ckpt, exports: ExportCache) -> Path:
+    """The directory of the checkpoint's f32 IR, converted once per checkpoint (`ExportCache`):
+    openvino-fp32 and -bf16 hold the same IR, and openvino-int8 quantises it."""
+    def convert(d: Path) -> None:
+        import openvino as ov
+
+        with step("OpenVINO convert"):
+            _save(ov.convert_model(str(exports.get(ckpt, fuse=False))), d)
+
+    return exports.derived(ckpt, "openvino-ir", convert)
+
+
+def _read_float(ckpt, exports: ExportCache):
     import openvino as ov
 
-    with step("OpenVINO convert"):
-        return ov.convert_model(str(exports.get(ckpt, fuse=False)))
+    return ov.Core().read_model(str(_float_ir(ckpt, exports) / IR))
 
 
 def _save(model, out: Path) -> None:
@@ -92,7 +104,9 @@ def _build_float(variant, ckpt, out: Path, config: OpenVinoConfig, exports: Expo
     if variant.precision == "bf16" and not has_bf16():
         raise XoptError(f"{variant.name}: this CPU has neither AVX512_BF16 nor AMX; OpenVINO would run f32 "
                         "(use openvino-fp32)")
-    _save(_convert(ckpt, exports), out)
+    src = _float_ir(ckpt, exports)
+    for f in (IR, "model.bin"):
+        link_or_copy(src / f, out / f)
     return {}
 
 
@@ -104,7 +118,7 @@ def _build_int8(variant, ckpt, out: Path, config: OpenVinoInt8Config, exports: E
     calib = CalibrationSet.from_options({**config.calibration_options(), "calib_dev_samples": 0}, ckpt.path,
                                         ckpt.card.input_prefix)
     samples = [{"input_ids": ids, "attention_mask": mask} for ids, mask in calib.batches(ckpt.card.max_length)]
-    model = _convert(ckpt, exports)
+    model = _read_float(ckpt, exports)
     with step(f"NNCF quantize ({len(samples)} texts, transformer preset)"):
         q = nncf.quantize(model, nncf.Dataset(samples), model_type=nncf.ModelType.TRANSFORMER,
                           subset_size=len(samples))

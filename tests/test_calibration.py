@@ -279,7 +279,7 @@ def _tokenizer(path):
 
 def _fp32_onnx_outputs(tiny_ckpt, model_path):
     from xopt.batching import pad, tokenize
-    from xopt.variants.onnx import session
+    from xopt.variants.onnx_export import session
 
     tok = _tokenizer(tiny_ckpt)
     texts = ["query: Open the file", "query: ファイルを開けません", "query: Пароль изменён", "query: PNG image"]

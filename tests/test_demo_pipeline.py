@@ -32,7 +32,8 @@ def test_demo_benchmarks_only_its_shapes(monkeypatch, tmp_path):
 
 
 def test_onnx_variants_of_one_checkpoint_share_one_export_and_fusion(monkeypatch, tmp_path, tiny_ckpt, tiny_suite):
-    from xopt.variants import ExportCache, compile_variant, onnx
+    from xopt.variants import ExportCache, compile_variant
+    from xopt.variants import onnx_export as onnx
 
     counts = {"export": 0, "fuse": 0}
     real_export, real_fuse = onnx.export_onnx, onnx.fuse_bert

@@ -308,7 +308,7 @@ def test_trt_int8_qdq_onnx_is_symmetric_and_matches_fp32_in_onnxruntime(method, 
     from xopt.calibration.profile import Profile
     from xopt.modeling import open_checkpoint
     from xopt.variants.base import PROFILE_FILE
-    from xopt.variants.onnx import ExportCache, session
+    from xopt.variants.onnx_export import ExportCache, session
     from xopt.variants.tensorrt import build_qdq_onnx
 
     config = REGISTRY["trt-int8"].configure({"calib_data": str(tiny_suite), "calib_samples": 6,

@@ -124,7 +124,7 @@ def test_fusion_with_the_embedding_table_set_aside_gives_ort_s_own_fused_model(t
     from onnxruntime.transformers import optimizer
 
     from xopt.modeling import open_checkpoint
-    from xopt.variants import onnx as onnx_family
+    from xopt.variants import onnx_export as onnx_family
 
     ckpt = open_checkpoint(tiny_ckpt)
     onnx_family.export_onnx(ckpt, tmp_path / "raw.onnx")
@@ -146,7 +146,7 @@ def test_fusion_with_the_embedding_table_set_aside_gives_ort_s_own_fused_model(t
 def test_tables_are_not_put_back_under_a_name_the_graph_lost():
     from onnx import helper, numpy_helper
 
-    from xopt.variants import onnx as onnx_family
+    from xopt.variants import onnx_export as onnx_family
 
     table = numpy_helper.from_array(np.ones((onnx_family.ASIDE_MIN_ELEMENTS // 8 + 5000, 8), np.float32), "emb")
     model = helper.make_model(helper.make_graph(
@@ -184,7 +184,8 @@ def _fused_and_scales(tiny_ckpt, seed=0):
 def test_smoothing_the_fused_graph_keeps_its_function_and_its_fusions(tiny_ckpt, tmp_path):
     import onnx
 
-    from xopt.variants.onnx import session, smooth_fused_graph
+    from xopt.variants.onnx_export import session
+    from xopt.variants.onnx_graph import smooth_fused_graph
 
     model, scales = _fused_and_scales(tiny_ckpt)
     onnx.save(model, str(tmp_path / "fp32.onnx"))
@@ -205,7 +206,7 @@ def test_smoothing_the_fused_graph_keeps_its_function_and_its_fusions(tiny_ckpt,
 
 
 def test_smoothing_refuses_qkv_factors_that_differ(tiny_ckpt):
-    from xopt.variants.onnx import smooth_fused_graph
+    from xopt.variants.onnx_graph import smooth_fused_graph
 
     model, scales = _fused_and_scales(tiny_ckpt)
     q = next(n for n in scales if n.endswith("attention.self.query"))
@@ -464,6 +465,7 @@ def test_compile_shows_each_step_it_waits_on(tiny_ckpt, tiny_suite, tmp_path, mo
     import contextlib
 
     from xopt.variants import onnx as onnx_family
+    from xopt.variants import onnx_export
 
     seen = []
 
@@ -473,6 +475,7 @@ def test_compile_shows_each_step_it_waits_on(tiny_ckpt, tiny_suite, tmp_path, mo
         yield
 
     monkeypatch.setattr(onnx_family, "step", recorder)
+    monkeypatch.setattr(onnx_export, "step", recorder)
     compile_variant(tiny_ckpt, "onnx-int8", tmp_path / "v", options={"calib_data": str(tiny_suite),
                                                                      "calib_samples": 8})
     assert seen == ["ONNX export", "ONNX Runtime fusions", "ONNX Runtime quantiser (dynamic)", "check against PyTorch"]
@@ -484,7 +487,7 @@ def test_onnx_fp32_device_cuda_selects_ort_s_cuda_provider_or_says_what_is_missi
 
     from conftest import one_line_error
     from xopt.cli import app
-    from xopt.variants import onnx as onnx_family
+    from xopt.variants import onnx_export as onnx_family
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         res = CliRunner().invoke(app, ["compile", str(tiny_ckpt), "--variant", "onnx-fp32", "--device", "cuda",

@@ -189,7 +189,7 @@ def model_name_for(man: dict) -> str:
 
 def triton_config(variant_dir: Path, man: dict, name: str, batching: dict) -> tuple[dict, Path, str]:
     """(config as a dict, model file to put under 1/, its name there) for one variant."""
-    from xopt.variants.onnx import MODEL_FILE
+    from xopt.variants.onnx_export import MODEL_FILE
     from xopt.variants.tensorrt import ENGINE_FILE, ONNX_FILE
 
     variant = man["variant"]

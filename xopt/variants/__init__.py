@@ -28,7 +28,7 @@ from xopt import manifest as mf
 from xopt.errors import XoptError
 from xopt.variants.base import (TOKENIZER_FILES, KeepPolicy, Runner, Variant, VariantConfig, check_quantized,
                                 link_or_copy)
-from xopt.variants.onnx import ExportCache
+from xopt.variants.onnx_export import ExportCache
 
 __all__ = ["REGISTRY", "ExportCache", "KeepPolicy", "Loaded", "Runner", "Variant", "VariantConfig", "compile_variant",
            "get", "load_variant"]

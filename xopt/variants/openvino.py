@@ -35,7 +35,7 @@ from xopt.errors import XoptError
 from xopt.progress import step
 from xopt.variants.base import (CalibratedConfig, Runner, Variant, VariantConfig, check_quantized, link_or_copy,
                                 option, output_names, quantized_ops_record)
-from xopt.variants.onnx import ExportCache
+from xopt.variants.onnx_export import ExportCache
 
 IR = "model.xml"
 HINTS = ("latency", "throughput")

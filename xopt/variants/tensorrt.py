@@ -1,6 +1,6 @@
 """TensorRT variants: `trt-fp16`, `trt-int8` (explicit Q/DQ) and `torch-tensorrt`.
 
-Recipe, `trt-fp16`: the checkpoint's ONNX export (`xopt.variants.onnx.exported`: TorchScript
+Recipe, `trt-fp16`: the checkpoint's ONNX export (`xopt.variants.onnx_export.ExportCache`: TorchScript
 exporter, dynamic batch x sequence axes, unfused, opset 17) -> TensorRT's ONNX parser -> an
 engine built with the FP16 builder flag and one optimisation profile over batch x sequence
 (`min`/`opt`/`max` from the options) -> `model.engine`, an opaque file. The ONNX file the
@@ -336,7 +336,7 @@ def build_qdq_onnx(ckpt, out: Path, config: TrtInt8Config, exports) -> dict:
 
     import onnx
 
-    from xopt.variants.onnx import export_module
+    from xopt.variants.onnx_export import export_module
 
     from xopt.calibration.profile import onnx_node_to_module
     from xopt.calibration.run import calibrate_checkpoint

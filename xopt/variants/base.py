@@ -7,7 +7,7 @@ type in one line; the manifest stores it as `{"type", "version", "data"}` (`to_j
 loading reads it back with `from_json`, refusing another type or version.
 
 What a build really quantised is counted from the built artefact, not from the recipe's intent
-(`quantized_ops`: ONNX node types after ONNX Runtime's optimiser in `xopt.variants.onnx`, module
+(`quantized_ops`: ONNX node types after ONNX Runtime's optimiser in `xopt.variants.onnx_graph`, module
 types of a converted torch module here in `torch_quantized_ops`): the manifest stores
 `quantized_ops` ({"count", "ops": {op type: n}}) and `kept` (the Linears left in float, by
 module name), and `compile_variant` refuses a low-precision variant whose artefact has none.

@@ -37,6 +37,24 @@ def test_every_task_resolves_to_a_family():
         registry.family("ranker")
 
 
+def test_every_family_implements_the_protocol_s_signatures():
+    """`isinstance` on a runtime Protocol checks only that the names exist; this compares each
+    method's parameters (names, kinds, order) with the Protocol's, as callers use them."""
+    import inspect
+
+    proto = {n: f for n, f in vars(registry.TaskFamily).items() if inspect.isfunction(f) and not n.startswith("_")}
+    assert {"score", "decode", "features", "evaluate"} <= set(proto)
+
+    def params(f):
+        return [(p.name, p.kind) for p in inspect.signature(f).parameters.values()]
+
+    for n in registry.names():
+        fam = registry.family_of(n)
+        for name, f in proto.items():
+            impl = getattr(type(fam), name)
+            assert params(impl) == params(f), f"{fam.name}.{name}{inspect.signature(impl)} != Protocol{inspect.signature(f)}"
+
+
 @pytest.fixture(scope="module")
 def tok():
     from xopt.importers.e5 import e5_tokenizer

@@ -452,8 +452,8 @@ def _score_unit(loaded, tok, task, lang, data, batch_size, progress, threshold, 
 
     def run(seqs):
         return run_ids(loaded, seqs, tok.pad_token_id, batch_size, progress, f"{task.name} {lang}")
-    kw = {"output": view.output} if task.kind == "retrieval" else {}
-    return family(task.kind).evaluate(task, lang, data, tok, loaded.card, run, threshold, **kw)
+    return family(task.kind).evaluate(task, lang, data, tok, loaded.card, run, threshold,
+                                      output=view.output if view is not None else None)
 
 
 def _choose_bucc_threshold(loaded, tok, lang, data_dir, batch_size, progress, view) -> float:

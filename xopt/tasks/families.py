@@ -86,7 +86,7 @@ class Family:
     def texts(self, examples, joined: bool = False, lang: str | None = None) -> list:
         raise XoptError(f"task family {self.name!r} has no text for a length mix")
 
-    def evaluate(self, task, lang, data, tokenizer, card, run, threshold=None) -> tuple:
+    def evaluate(self, task, lang, data, tokenizer, card, run, threshold=None, output=None) -> tuple:
         raise XoptError(f"{task.name}: a {self.name} task is not evaluated zero-shot")
 
     def demo_outcomes(self, out: dict, examples: list, index: dict, labels: list) -> np.ndarray:
@@ -131,7 +131,7 @@ class SequenceFamily(Family):
             out.append(f"{a} {b or ''}".strip() if joined else (a, b) if b else a)
         return out
 
-    def evaluate(self, task, lang, data, tokenizer, card, run, threshold=None) -> tuple:
+    def evaluate(self, task, lang, data, tokenizer, card, run, threshold=None, output=None) -> tuple:
         from xopt.tasks import classify
 
         f = classify.features(data, tokenizer, task.labels, min(self.xtreme_max_length, card.max_length),
@@ -188,8 +188,8 @@ class ChoiceFamily(SequenceFamily):
     def texts(self, examples, joined=False, lang=None) -> list:
         return [f"{e['first']} {c}" if joined else (e["first"], c) for e in examples for c in e["choices"]]
 
-    def evaluate(self, task, lang, data, tokenizer, card, run, threshold=None) -> tuple:
-        return Family.evaluate(self, task, lang, data, tokenizer, card, run, threshold)
+    def evaluate(self, task, lang, data, tokenizer, card, run, threshold=None, output=None) -> tuple:
+        return Family.evaluate(self, task, lang, data, tokenizer, card, run, threshold, output)
 
     def demo_outcomes(self, out, examples, index, labels):
         return Family.demo_outcomes(self, out, examples, index, labels)
@@ -242,7 +242,7 @@ class TokenFamily(Family):
     def texts(self, examples, joined=False, lang=None) -> list:
         return [" ".join(e["tokens"]) for e in examples]
 
-    def evaluate(self, task, lang, data, tokenizer, card, run, threshold=None) -> tuple:
+    def evaluate(self, task, lang, data, tokenizer, card, run, threshold=None, output=None) -> tuple:
         from xopt.tasks import tagging
 
         feats = tagging.features(data, tokenizer, task.labels, min(self.xtreme_max_length, card.max_length),
@@ -298,7 +298,7 @@ class SpanFamily(Family):
     def texts(self, examples, joined=False, lang=None) -> list:
         return [f"{e['question']} {e['context']}" if joined else (e["question"], e["context"]) for e in examples]
 
-    def evaluate(self, task, lang, data, tokenizer, card, run, threshold=None) -> tuple:
+    def evaluate(self, task, lang, data, tokenizer, card, run, threshold=None, output=None) -> tuple:
         from xopt.tasks import qa
 
         feats = qa.features(data, tokenizer, min(self.xtreme_max_length, card.max_length), QA_DOC_STRIDE, 64,
@@ -370,18 +370,18 @@ class RetrievalFamily(Family):
             return list(examples.src) + (list(examples.en) if joined and lang == "en" else [])
         return [e["text"] for e in examples]
 
-    def evaluate(self, task, lang, data, tokenizer, card, run, threshold=None,
-                 output: str = "layer_embedding") -> tuple:
+    def evaluate(self, task, lang, data, tokenizer, card, run, threshold=None, output=None) -> tuple:
         """BUCC (task bucc2018: margin mining, F1 at `threshold`) or Tatoeba (any other task:
         xx -> en top-1 accuracy by cosine) on the variant's `output` embedding of both sides of
-        the Bitext `data`: "layer_embedding" (mean-pooled hidden states of the card's retrieval
-        layer, by default the middle one: XTREME's protocol) or "sentence_embedding" (the last
-        layer). The demo's retrieval task is scored by this same method, as Tatoeba."""
+        the Bitext `data`: "layer_embedding" (None: the default; mean-pooled hidden states of the
+        card's retrieval layer, by default the middle one: XTREME's protocol) or
+        "sentence_embedding" (the last layer). The demo's retrieval task is scored by this same
+        method, as Tatoeba."""
         from xopt.batching import tokenize
         from xopt.tasks import retrieval
 
         texts = data.src + data.en    # embeddings of both sides in one bucketed pass
-        emb = run(tokenize(tokenizer, texts, card.input_prefix, card.max_length))[output]
+        emb = run(tokenize(tokenizer, texts, card.input_prefix, card.max_length))[output or "layer_embedding"]
         src, en = emb[:len(data.src)], emb[len(data.src):]
         if task.name != "bucc2018":
             oc = retrieval.tatoeba_outcomes(src, en)

@@ -35,22 +35,8 @@ sources of its accuracy loss removed.
 Options: `calib_method` without `+smoothquant` skips step 2, `reduce_range=true|false` forces the
 weight width, `keep` a regex of Linears left in fp32, `keep_fp16`/`max_drop` the sensitivity fallback.
 
-Measured on the demo model (the demo-topic checkpoint from e5-small), 2-core AVX2 CPU, 1 thread:
-accuracy drop vs eager fp32 averaged over the demo languages of demo-topic and demo-retrieval
-(73 task x language cells), speed at batch 1 x 128 tokens relative to `ort-stock-int8` in
-interleaved rounds of one run (full tables: bench/results/):
-
-| candidate | avg drop | time vs peer |
-|---|---|---|
-| `ort-stock-int8` (peer) | -1.15 | 1.00x |
-| peer + reduce_range | -0.65 | ~1.0x |
-| peer with uint8 weights (U8U8) | -0.62 | |
-| peer, per-tensor weights + reduce_range | -5.85 | |
-| static Q/DQ min-max, FFN-out + head fp32 (`onnx-int8-static`) | -1.17 | 1.17x |
-| static Q/DQ + SmoothQuant 0.7 | -0.15 | 1.20x |
-| dynamic, FFN-out + head fp32 | -0.89 | 1.20x |
-| SmoothQuant folded into copied LayerNorms, dynamic | -0.34 | 1.12x |
-| SmoothQuant 0.7 as Mul + reduce_range (`onnx-int8`) | -0.10 | 1.00x |
+The candidates this recipe was chosen from, with their accuracy and speed, are in
+bench/results/int8-recipe-2026-11-30-cpu.md and int8-candidates-2026-11-30-cpu.md.
 
 Recipe, `onnx-int8-static` (config `OnnxInt8StaticConfig`): the unfused export (every MatMul
 visible), then ONNX Runtime's static quantiser in Q/DQ format: int8 weights per output

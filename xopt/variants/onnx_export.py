@@ -245,15 +245,35 @@ def write_hf_config(ckpt, out: Path) -> None:
     (out / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
+_FILE_HASHES: dict = {}      # (path, size, mtime_ns) -> sha256: a directory's files hashed once per process
+
+
+def _file_hash(path: Path) -> str:
+    from xopt.manifest import sha256_file
+
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        _FILE_HASHES[key] = sha256_file(path)
+    return _FILE_HASHES[key]
+
+
 def _identity(ckpt) -> str | None:
-    """The checkpoint's weights, head and config hashes from its manifest (None without one)."""
+    """The checkpoint's weights, head and config hashes: from its manifest, or for a plain
+    Hugging Face directory from its files (every safetensors shard and its index, config.json);
+    None when neither names a weight file."""
     import hashlib
 
     files = ckpt.manifest.get("files", {})
-    if not files:
-        return None
-    return hashlib.sha256(json.dumps({k: files.get(k) for k in ("model.safetensors", "head.safetensors",
-                                                                 "config.json")}, sort_keys=True).encode()).hexdigest()
+    if files:
+        files = {k: files.get(k) for k in ("model.safetensors", "head.safetensors", "config.json")}
+    else:
+        path = Path(ckpt.path)
+        names = sorted(p.name for p in path.glob("*.safetensors*")) + ["config.json"]
+        if len(names) == 1:
+            return None
+        files = {n: _file_hash(path / n) for n in names}
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
 class ExportCache:

@@ -74,8 +74,10 @@ def _bench_shapes(dirs: list, shapes, quick: bool, res: Path, progress) -> None:
     for seq_lens, lengths in (((128,), None), ((), "demo")):
         batches = tuple(b for b, s in shapes if (s is None) == (lengths is not None) and (s is None or s in seq_lens))
         if batches:
+            # --quick (CI's smoke run): a fixed 3-call warm-up instead of waiting for a stable median
             bench(dirs, batches=batches, seq_lens=seq_lens, lengths=lengths, rounds=2,
-                  min_time_s=0.2 if quick else 0.5, min_iters=5, max_time_s=5.0, out=res, progress=progress)
+                  min_time_s=0.2 if quick else 0.5, min_iters=5, max_time_s=5.0, out=res, progress=progress,
+                  warmup=3 if quick else None)
 
 
 def _compile_one_checkpoint(model: str, ckpt: Path, names: list[str], out: Path, calib: dict) -> dict:

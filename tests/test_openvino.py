@@ -70,17 +70,16 @@ def test_int8_is_nncf_s_stock_recipe_and_runs_int8(model, tiny_suite, tmp_path):
     assert sqnr >= 10, sqnr
 
 
-@pytest.mark.parametrize("kind", ["xopt", "hf"])
-def test_one_checkpoint_is_converted_once_for_every_openvino_variant(kind, model, tiny_ckpt, tiny_suite, tmp_path,
-                                                                     monkeypatch):
-    """Through one ExportCache, the three variants of a checkpoint share one conversion (an xopt
-    checkpoint is identified by its manifest, a plain HF directory by its files' hashes): the
-    float IRs are hard links of it, and int8 quantises it."""
+def test_one_checkpoint_is_converted_once_for_every_openvino_variant(model, tiny_suite, tmp_path, monkeypatch):
+    """Through one ExportCache, the three variants of a checkpoint share one conversion (a plain
+    HF directory is identified by its files' hashes; an xopt checkpoint by its manifest, as the
+    ONNX export test in test_demo_pipeline shows): the float IRs are hard links of it, and int8
+    quantises it."""
     import openvino as ov
 
     from xopt.variants import ExportCache
 
-    d = tiny_ckpt if kind == "xopt" else model[1]
+    d = model[1]
     calls = []
     real = ov.convert_model
     monkeypatch.setattr(ov, "convert_model", lambda *a, **kw: calls.append(a) or real(*a, **kw))

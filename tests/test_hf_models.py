@@ -300,6 +300,50 @@ def test_pickled_weights_only_are_refused_in_one_line(saved, tmp_path):
     _refused(pickled, tmp_path, "pytorch_model.bin", "safetensors", "save_pretrained")
 
 
+def _edited_copy(d, dst, edit):
+    """A copy of checkpoint `d` whose model.safetensors is `edit(tensors)`."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(d, dst)
+    tensors = load_file(str(dst / "model.safetensors"))
+    save_file(edit(tensors), str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return dst
+
+
+@pytest.mark.parametrize("arch,kind", [("xlm-roberta", "sequence"), ("bert", "none")])
+def test_weights_that_do_not_fill_the_model_are_refused_naming_the_tensors(arch, kind, saved, tmp_path):
+    """transformers fills missing tensors at random: a checkpoint without its encoder's layer 0,
+    with a tensor of another size, with an extra layer, or with no weights at all, is refused at
+    compile, at eval of a variant built before the edit, and never scored."""
+    import torch
+
+    _, _, d = saved(arch, kind)
+    compile_variant(d, "fp32", tmp_path / "built")
+    no_layer0 = _edited_copy(d, tmp_path / "no-layer0", lambda t: {k: v for k, v in t.items() if ".layer.0." not in k})
+    _refused(no_layer0, tmp_path, "missing", "layer.0.", "at random")
+    wrong = _edited_copy(d, tmp_path / "wrong-size", lambda t: {k: (torch.zeros(7) if k.endswith(
+        "layer.1.output.dense.bias") else v) for k, v in t.items()})
+    msg = one_line_error(run("compile", wrong, "--variant", "fp32", "--out", tmp_path / "w"))
+    assert "mismatched in size" in msg and "layer.1.output.dense.bias" in msg and not (tmp_path / "w").exists(), msg
+    extra = _edited_copy(d, tmp_path / "extra", lambda t: {**t, **{k.replace(".layer.1.", ".layer.9."): v.clone()
+                                                                  for k, v in t.items() if ".layer.1." in k}})
+    _refused(extra, tmp_path, "unexpected", "layer.9.")
+    (bare := tmp_path / "bare").mkdir()
+    (bare / "config.json").write_text((d / "config.json").read_text())
+    _refused(bare, tmp_path, "no weights")
+    # a variant directory whose weights lose the encoder after the build is refused at eval (by
+    # its manifest's hashes before anything loads)
+    import shutil
+
+    v = tmp_path / "built"
+    (v / "model.safetensors").unlink()
+    shutil.copy(no_layer0 / "model.safetensors", v / "model.safetensors")
+    msg = one_line_error(run("eval", v, "--suite", "demo", "--langs", "de"))
+    assert "model.safetensors" in msg, msg
+
+
 def test_user_checkpoint_round_trips_through_export_hf(saved, tmp_path):
     """`xopt export --format hf` of a user's task model writes that task model again: HF opens
     it with the same class and outputs, and it compiles as the original does."""

@@ -75,7 +75,12 @@ class TorchRunner(Runner):
 
 
 def build_weights(variant, ckpt, out: Path, config, exports=None) -> dict:
-    """The build of every variant that applies its recipe when loaded: link the weights."""
+    """The build of every variant that applies its recipe when loaded: link the weights, once
+    they are known to fill the model (`load_module` refuses missing, mismatched and stray
+    tensors; the recipes that export load the module for their export anyway)."""
+    from xopt.modeling import load_module
+
+    load_module(ckpt)
     for f in weight_files(ckpt.path):
         link_or_copy(ckpt.path / f, out / f)
     return {}

@@ -251,3 +251,26 @@ def num_layers(path: str | Path) -> int | None:
     except (OSError, ValueError):
         return None
     return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
+def from_pretrained(cls, path: Path, kw: dict):
+    """`cls.from_pretrained(path)`, refused in one line when the weights do not fill the model:
+    transformers initialises missing tensors at random and skips mismatched ones, so a checkpoint
+    without its encoder weights would otherwise be scored as a random encoder. Unexpected
+    tensors are refused where they fall inside the model's own modules (an extra layer, say);
+    those of heads the class does not have (classifier, qa_outputs, lm_head, pooler, ...) are
+    what loading an encoder from a task checkpoint leaves out."""
+    # ignore_mismatched_sizes: the mismatches come back in `info` (and are refused below)
+    # instead of as transformers' multi-line RuntimeError
+    model, info = cls.from_pretrained(str(path), output_loading_info=True, ignore_mismatched_sizes=True, **kw)
+    inside = {name for name, _ in model.named_children()} | {model.base_model_prefix}
+    problems = {"missing": sorted(info.get("missing_keys") or []),
+                "mismatched in size": sorted(str(k[0] if isinstance(k, tuple) else k)
+                                             for k in info.get("mismatched_keys") or []),
+                "unexpected": sorted(k for k in info.get("unexpected_keys") or [] if k.split(".")[0] in inside)}
+    said = [f"{len(v)} {what} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})" for what, v in problems.items() if v]
+    if said:
+        raise XoptError(f"checkpoint {path}: its weights do not match {type(model).__name__} of its config.json: "
+                        f"{'; '.join(said)} tensors; transformers would fill the gaps at random. Re-save the checkpoint "
+                        "with the model it was trained with (`model.save_pretrained(DIR)`)")
+    return model

@@ -419,9 +419,9 @@ def load_module(ckpt: Checkpoint, dtype=None):
     sdpa = json.loads((ckpt.path / "config.json").read_text()).get("model_type") != "deberta-v2"
     kw = {"attn_implementation": "sdpa" if sdpa else "eager", "dtype": dtype or torch.float32}
     if card.head_layout == "hf" and card.head != "none":
-        task = _from_pretrained(getattr(transformers, hf.AUTO_CLASSES[card.head]), ckpt.path, kw)
+        task = hf.from_pretrained(getattr(transformers, hf.AUTO_CLASSES[card.head]), ckpt.path, kw)
         return XoptModel(task.base_model, card.head_type, card.retrieval_layer, *hf.task_heads(task, card.head)).eval()
-    enc = _from_pretrained(transformers.AutoModel, ckpt.path, {**kw, **hf.pooler_kwargs(ckpt.path)})
+    enc = hf.from_pretrained(transformers.AutoModel, ckpt.path, {**kw, **hf.pooler_kwargs(ckpt.path)})
     model = build_module(enc, card)
     if model.has_head:
         if ckpt.head_state is not None:
@@ -431,29 +431,6 @@ def load_module(ckpt: Checkpoint, dtype=None):
         else:
             model.head.load_state_dict(load_file(str(ckpt.path / HEAD_FILE)))
     return model.eval()
-
-
-def _from_pretrained(cls, path: Path, kw: dict):
-    """`cls.from_pretrained(path)`, refused in one line when the weights do not fill the model:
-    transformers initialises missing tensors at random and skips mismatched ones, so a checkpoint
-    without its encoder weights would otherwise be scored as a random encoder. Unexpected
-    tensors are refused where they fall inside the model's own modules (an extra layer, say);
-    those of heads the class does not have (classifier, qa_outputs, lm_head, pooler, ...) are
-    what loading an encoder from a task checkpoint leaves out."""
-    # ignore_mismatched_sizes: the mismatches come back in `info` (and are refused below)
-    # instead of as transformers' multi-line RuntimeError
-    model, info = cls.from_pretrained(str(path), output_loading_info=True, ignore_mismatched_sizes=True, **kw)
-    inside = {name for name, _ in model.named_children()} | {model.base_model_prefix}
-    problems = {"missing": sorted(info.get("missing_keys") or []),
-                "mismatched in size": sorted(str(k[0] if isinstance(k, tuple) else k)
-                                             for k in info.get("mismatched_keys") or []),
-                "unexpected": sorted(k for k in info.get("unexpected_keys") or [] if k.split(".")[0] in inside)}
-    said = [f"{len(v)} {what} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})" for what, v in problems.items() if v]
-    if said:
-        raise XoptError(f"checkpoint {path}: its weights do not match {type(model).__name__} of its config.json: "
-                        f"{'; '.join(said)} tensors; transformers would fill the gaps at random. Re-save the checkpoint "
-                        "with the model it was trained with (`model.save_pretrained(DIR)`)")
-    return model
 
 
 def check_safetensors(path: Path) -> None:

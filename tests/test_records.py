@@ -28,6 +28,46 @@ def test_records_validate_and_append_round_trip(tmp_path):
         records.read([p], strict=True)
 
 
+def test_an_append_after_a_cut_line_starts_on_a_fresh_line(tmp_path, capsys):
+    """A crash or a full disk leaves a last line without its newline: the next append warns and
+    starts on the next line, so its first record stays readable and the cut line is skipped."""
+    p = tmp_path / "r.jsonl"
+    rec = records.record("bench", **_bench_fields())
+    records.append(p, [rec])
+    with open(p, "a") as f:
+        f.write(json.dumps(rec)[:40])                       # half a record, no newline
+    records.append(p, [rec, rec])
+    assert "last line is cut off" in capsys.readouterr().err
+    got, skipped = records.read([p])
+    assert len(got) == 3 and [s.where.rsplit(":", 1)[1] for s in skipped] == ["2"]
+    records.append(p, [rec])                                # a complete file: no warning, no blank line
+    assert capsys.readouterr().err == "" and p.read_text().count("\n") == 5
+
+
+def test_a_full_disk_is_one_line_and_the_next_append_does_not_glue_onto_its_remains(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    p = tmp_path / "r.jsonl"
+    rec = records.record("bench", **_bench_fields())
+    records.append(p, [rec])
+    real, calls = os.write, []
+
+    def full(fd, data):                                     # writes 30 bytes, then the disk is full
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real(fd, data[:30])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(XoptError, match="No space left on device") as e:
+        records.append(p, [rec, rec])
+    assert "\n" not in str(e.value) and "r.jsonl" in str(e.value)
+    monkeypatch.setattr(os, "write", real)
+    records.append(p, [rec])
+    got, skipped = records.read([p])
+    assert len(got) == 2 and len(skipped) == 1
+
 
 @pytest.mark.parametrize("field, value, expected", [
     ("p50_ms", "1.0", "float"),

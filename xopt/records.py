@@ -24,6 +24,7 @@ import dataclasses
 import json
 import numbers
 import os
+import sys
 import types
 import typing
 from dataclasses import dataclass
@@ -305,19 +306,38 @@ def is_xtreme_protocol(rec: dict) -> bool:
 # ---------------------------------------------------------------- files
 
 def append(path: str | Path, records: Iterable[dict]) -> int:
-    """Append records to a JSONL file in one write; returns how many."""
+    """Append records to a JSONL file in one write; returns how many. A file whose last line was
+    cut off (a crash or a full disk mid-write) gets its new records on a fresh line: the cut line
+    stays unreadable (readers skip it, and a warning says so) and is never extended into a
+    record. A failed write (a full disk) is one XoptError; what it left is such a cut line."""
     lines = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records)
     if not lines:
         return 0
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    data = lines.encode()
     try:
-        os.write(fd, lines.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            if _cut_tail(fd):
+                print(f"warning: {path}: its last line is cut off (no newline: a crash or a full disk while "
+                      "writing); it is skipped when read, and new records start on the next line", file=sys.stderr)
+                data = b"\n" + data
+            while data:
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise XoptError(f"{path}: could not append {lines.count(chr(10))} records: {e.strerror or e}; the records "
+                        "before them are kept (a partial last line is skipped when read)") from None
     return lines.count("\n")
+
+
+def _cut_tail(fd: int) -> bool:
+    """Whether the open file is non-empty and does not end with a newline."""
+    size = os.fstat(fd).st_size
+    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
 
 
 @dataclass

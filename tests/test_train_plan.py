@@ -208,6 +208,31 @@ def test_resume_gives_the_same_weights(tmp_path, ckpt32):
     assert steps == [2] and len(json.loads((xs / "manifest.json").read_text())["source"]["stages"]) == 2
 
 
+def test_a_resumed_run_writes_each_epoch_s_metrics_once(tmp_path, ckpt32, monkeypatch):
+    """Killed right after epoch 1's record (step 3) with its last state at step 2: the resumed run
+    replays step 3, and metrics.jsonl still holds epochs 1, 2, 3 once each."""
+    import xopt.train
+    from xopt.train import Stage, train
+
+    real = xopt.train.shutil.rmtree
+    monkeypatch.setattr(xopt.train.shutil, "rmtree", lambda p, *a, **kw: None if str(p).endswith(".state")
+                        else real(p, *a, **kw))          # keep the finished run's state dir to read its metrics
+    st = Stage("sst2", train="head", epochs=3, batch_size=4, max_examples=12, lr=1e-3, checkpoint_every=2)
+
+    def kill(step):
+        if step == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(ckpt32, "sst2", FIX, tmp_path / "cut", target_stage=st, on_step=kill)
+    metrics = tmp_path / ".cut.state" / "metrics.jsonl"
+    assert [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()] == [1]
+    steps = []
+    train(ckpt32, "sst2", FIX, tmp_path / "cut", target_stage=st, resume=True, on_step=steps.append)
+    assert steps[0] == 3                                   # step 3 (the end of epoch 1) ran again
+    assert [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()] == [1, 2, 3]
+
+
 def test_two_process_ddp_matches_one_process(tmp_path, ckpt32):
     body = """models = ["baseline"]
 [target]

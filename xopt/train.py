@@ -360,7 +360,15 @@ def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: s
     metrics = (state_root if single_out else out) / "metrics.jsonl"
 
     def records(role, stage_name):
-        return lambda rec: append_records(metrics, [{"kind": "train", "model": role, "stage": stage_name, **rec}])
+        # a resumed stage replays the epochs after its last saved state; their records are already
+        # in the file (written before the state was), so each epoch is written once
+        held = _epochs_held(metrics, role, stage_name) if resume else set()
+
+        def write(rec):
+            if rec["epoch"] not in held:
+                held.add(rec["epoch"])
+                append_records(metrics, [{"kind": "train", "model": role, "stage": stage_name, **rec}])
+        return write
 
     def fresh():     # the checkpoint's encoder, no head: a stage composes its own heads with it
         _seed_all(plan.seed)
@@ -413,6 +421,20 @@ def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: s
     if rank == 0 and single_out:
         shutil.rmtree(state_root, ignore_errors=True)    # finished: the checkpoint holds the history
     return written
+
+
+def _epochs_held(metrics: Path, role: str, stage: str) -> set:
+    """The epochs of (role, stage) that metrics.jsonl already records (unreadable lines skipped)."""
+    held = set()
+    if metrics.is_file():
+        for line in metrics.read_text(errors="replace").splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(r, dict) and r.get("model") == role and r.get("stage") == stage:
+                held.add(r.get("epoch"))
+    return held
 
 
 def _load_encoder(model, tensors: dict) -> None:

@@ -201,3 +201,25 @@ def test_a_nan_smoothquant_trial_is_never_the_best():
 
     with pytest.raises(XoptError, match="every trial alpha"):
         best_trial([(0.3, math.nan, "a"), (0.8, math.nan, "b")])
+
+
+def test_a_full_disk_is_one_line_leaves_nothing_and_xopt_debug_keeps_the_traceback(tiny_ckpt, tmp_path, monkeypatch):
+    """ENOSPC from deep inside a build reaches the CLI as one line naming the file; the atomic
+    output directory leaves nothing behind; XOPT_DEBUG=1 shows the traceback instead."""
+    import errno
+
+    from conftest import one_line_error
+    from xopt.variants import eager
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(eager, "link_or_copy", full)
+    out = tmp_path / "v"
+    res = CliRunner().invoke(app, ["compile", str(tiny_ckpt), "--variant", "fp32", "--out", str(out)])
+    msg = one_line_error(res)
+    assert "no space left on the device writing" in msg and "model.safetensors" in msg, msg
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".v")]
+    monkeypatch.setenv("XOPT_DEBUG", "1")
+    res = CliRunner().invoke(app, ["compile", str(tiny_ckpt), "--variant", "fp32", "--out", str(out)])
+    assert isinstance(res.exception, OSError) and res.exception.errno == errno.ENOSPC

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -81,8 +82,21 @@ def _renamed(ctx: typer.Context, new: str, old: str, old_value):
     return old_value
 
 
+def os_error_line(e: OSError) -> str:
+    """One line for an OS error reaching the CLI (a full disk, a missing or unreadable file)."""
+    import errno
+
+    where = f" {e.filename}" if e.filename else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the device writing{where or ' a file'}; free space (or point --out elsewhere) and " \
+               "run it again: what was half-written is removed"
+    return f"{e.strerror or e}{':' + where if where else ''}"
+
+
 def command(*args, **kwargs):
-    """app.command() whose XoptError becomes one line on stderr and exit code 2."""
+    """app.command() whose XoptError, or OSError from the OS or a library (a full disk, a file
+    that vanished), becomes one line on stderr and exit code 2. XOPT_DEBUG=1 keeps an OSError's
+    traceback; other exceptions are bugs and keep theirs."""
     def deco(fn):
         @functools.wraps(fn)
         def wrapper(*a, **kw):
@@ -90,6 +104,11 @@ def command(*args, **kwargs):
                 return fn(*a, **kw)
             except XoptError as e:
                 typer.echo(f"xopt: error: {e}", err=True)
+                raise typer.Exit(2) from None
+            except OSError as e:
+                if os.environ.get("XOPT_DEBUG") == "1":
+                    raise
+                typer.echo(f"xopt: error: {os_error_line(e)}", err=True)
                 raise typer.Exit(2) from None
         return app.command(*args, **kwargs)(wrapper)
     return deco

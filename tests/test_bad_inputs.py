@@ -223,3 +223,17 @@ def test_a_full_disk_is_one_line_leaves_nothing_and_xopt_debug_keeps_the_traceba
     monkeypatch.setenv("XOPT_DEBUG", "1")
     res = CliRunner().invoke(app, ["compile", str(tiny_ckpt), "--variant", "fp32", "--out", str(out)])
     assert isinstance(res.exception, OSError) and res.exception.errno == errno.ENOSPC
+
+
+@pytest.mark.parametrize("opts, flag", [
+    (["--latency-bound-ms", "-5"], "--latency-bound-ms"),
+    (["--latency-bound-ms", "nan"], "--latency-bound-ms"),
+    (["--latency-bound-ms", "0"], "--latency-bound-ms"),
+    (["--server-qps", "1:1e12"], "--server-qps"),
+    (["--server-qps", "50:5"], "LOW must be below HIGH"),
+])
+def test_absurd_server_options_are_refused_before_any_work(opts, flag, tmp_path):
+    from conftest import one_line_error
+
+    res = CliRunner().invoke(app, ["bench", str(tmp_path / "not-loaded"), "--scenario", "server", *opts])
+    assert flag in one_line_error(res)

@@ -135,6 +135,14 @@ def _positive(value, flag: str, example: str) -> None:
         raise XoptError(f"{flag} {value}: must be positive, e.g. {flag} {example}")
 
 
+def _bounded(value: float, flag: str, low: float, high: float, example: str) -> None:
+    """Refuse a number that is not finite, not above `low` or above `high`, before any work."""
+    import math
+
+    if not math.isfinite(value) or value <= low or value > high:
+        raise XoptError(f"{flag} {value:g}: expected a number above {low:g} and at most {high:g}, e.g. {flag} {example}")
+
+
 def _print_json(obj) -> None:
     typer.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
 
@@ -479,6 +487,12 @@ def bench_cmd(ctx: typer.Context, variant_dirs: Annotated[list[Path], typer.Argu
     qps = _csv(server_qps.replace(":", ","), float) if server_qps else None
     if qps is not None and len(qps) != 2:
         raise XoptError(f"--server-qps {server_qps}: expected LOW:HIGH, e.g. 5:200")
+    _bounded(latency_bound_ms, "--latency-bound-ms", 0.0, 3.6e6, "100")      # up to an hour per query
+    if qps is not None:
+        for q in qps:
+            _bounded(q, "--server-qps", 0.0, 1e5, "5:200")
+        if qps[0] >= qps[1]:
+            raise XoptError(f"--server-qps {server_qps}: LOW must be below HIGH, e.g. 5:200")
     loadgen = scenario != "fixed-batch"
     per = 1 if loadgen else max(rounds, 1)
     min_time = (duration / per) if duration is not None else (0.0 if iters is not None else 1.0)

@@ -114,9 +114,19 @@ def command(*args, **kwargs):
     return deco
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from xopt import __version__
+
+        typer.echo(f"xopt {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option(
-        "--verbose", help="Let libraries' import-time log lines and warnings through (torchao, torch).")] = False):
+        "--verbose", help="Let libraries' import-time log lines and warnings through (torchao, torch).")] = False,
+          version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                help="Print xopt's version and exit.")] = False):
     from xopt.host import env_threads
     from xopt.quiet import set_verbose
 

@@ -310,7 +310,6 @@ def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: s
     from xopt.manifest import atomic_write
     from xopt.modeling import ModelCard, NoHead, load_module, load_tokenizer, open_checkpoint, save_checkpoint
     from xopt.progress import bar
-    from xopt.records import append as append_records
     from xopt.tasks.registry import family
     from xopt.trainloop import barrier, dist_info, fit, head_of
 
@@ -360,15 +359,7 @@ def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: s
     metrics = (state_root if single_out else out) / "metrics.jsonl"
 
     def records(role, stage_name):
-        # a resumed stage replays the epochs after its last saved state; their records are already
-        # in the file (written before the state was), so each epoch is written once
-        held = _epochs_held(metrics, role, stage_name) if resume else set()
-
-        def write(rec):
-            if rec["epoch"] not in held:
-                held.add(rec["epoch"])
-                append_records(metrics, [{"kind": "train", "model": role, "stage": stage_name, **rec}])
-        return write
+        return _metrics_writer(metrics, role, stage_name, resume)
 
     def fresh():     # the checkpoint's encoder, no head: a stage composes its own heads with it
         _seed_all(plan.seed)
@@ -421,6 +412,21 @@ def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: s
     if rank == 0 and single_out:
         shutil.rmtree(state_root, ignore_errors=True)    # finished: the checkpoint holds the history
     return written
+
+
+def _metrics_writer(metrics: Path, role: str, stage: str, resume: bool):
+    """The callback that appends a stage's epoch records to metrics.jsonl. A resumed stage
+    replays the epochs after its last saved state, whose records were written before the state
+    was: each epoch is written once."""
+    from xopt.records import append as append_records
+
+    held = _epochs_held(metrics, role, stage) if resume else set()
+
+    def write(rec):
+        if rec["epoch"] not in held:
+            held.add(rec["epoch"])
+            append_records(metrics, [{"kind": "train", "model": role, "stage": stage, **rec}])
+    return write
 
 
 def _epochs_held(metrics: Path, role: str, stage: str) -> set:

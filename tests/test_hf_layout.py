@@ -127,7 +127,8 @@ def test_linear_sequence_head_is_a_sentence_transformers_directory_with_xopt_s_l
     assert torch.allclose(_sentence_transformers_forward(out, ids, mask), ref.logits, atol=1e-5)
     st = json.loads((out / "config_sentence_transformers.json").read_text())
     assert st["prompts"] == {"query": "query: "}
-    assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "a", "1": "b", "2": "c", "3": "d"}
+    assert "id2label" not in json.loads((out / "config.json").read_text())    # test below: no task class invited
+    assert json.loads((out / "xopt_card.json").read_text())["labels"] == ["a", "b", "c", "d"]
     if importlib.util.find_spec("sentence_transformers"):
         from sentence_transformers import SentenceTransformer
 
@@ -153,6 +154,41 @@ def test_encoder_only_checkpoint_is_a_sentence_transformers_directory_with_mean_
     m = mask.unsqueeze(-1).float()
     assert torch.allclose((h * m).sum(1) / m.sum(1), _xopt(ckpt).sentence_embedding, atol=1e-5)
     assert open_checkpoint(out).card.head == "none"
+
+
+@pytest.mark.parametrize("head,layout", [("sequence", "hf"), ("sequence", "linear"), ("token", "hf"),
+                                         ("token", "linear"), ("span", "hf"), ("span", "linear"), ("none", "hf")])
+def test_every_hf_export_loads_correctly_with_the_class_its_config_names(head, layout, tmp_path):
+    """What `pipeline()` and users do with a directory: open it with the Auto class its config's
+    `architectures` names. A task class gives xopt's logits; an encoder class gives xopt's
+    embedding, and then config.json carries no labels that would invite a task class (which
+    would load the encoder with a freshly initialised, random head and no error)."""
+    import transformers
+
+    labels = {"token": ["NOUN", "VERB", "ADJ"], "sequence": ["a", "b", "c"]}.get(head, ())
+    ckpt = _ckpt(tmp_path, head, labels, layout)
+    out = _export(ckpt, tmp_path / "hf")
+    config = json.loads((out / "config.json").read_text())
+    (arch,) = config["architectures"]
+    kind = next((k for k, auto in H.AUTO.items() if k != "none" and arch.endswith(auto.removeprefix("AutoModel"))),
+                "none")
+    model = getattr(transformers, H.AUTO[kind]).from_pretrained(str(out)).eval()
+    assert type(model).__name__ == arch
+    ids, mask = _batch(out)
+    ref = _xopt(ckpt)
+    with torch.no_grad():
+        got = model(input_ids=ids, attention_mask=mask)
+    if kind == "none":
+        assert not ({"id2label", "label2id", "num_labels"} & set(config))
+        m = mask.unsqueeze(-1).float()
+        assert torch.allclose((got.last_hidden_state * m).sum(1) / m.sum(1), ref.sentence_embedding, atol=1e-5)
+    else:
+        assert kind == head
+        if head == "span":
+            assert torch.allclose(got.start_logits, ref.start_logits, atol=1e-5)
+            assert torch.allclose(got.end_logits, ref.end_logits, atol=1e-5)
+        else:
+            assert torch.allclose(got.logits, ref.token_logits if head == "token" else ref.logits, atol=1e-5)
 
 
 def test_hf_format_refuses_triton_only_flags(tmp_path):

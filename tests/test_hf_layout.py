@@ -191,6 +191,31 @@ def test_every_hf_export_loads_correctly_with_the_class_its_config_names(head, l
             assert torch.allclose(got.logits, ref.token_logits if head == "token" else ref.logits, atol=1e-5)
 
 
+def _tokenizer_class(path):
+    return json.loads((path / "tokenizer_config.json").read_text())["tokenizer_class"]
+
+
+@pytest.mark.parametrize("arch", ["bert", "xlm-roberta"])
+def test_checkpoints_and_hf_exports_name_a_tokenizer_class_transformers_4_knows(arch, tmp_path):
+    """transformers 5 saves a tokenizer.json-backed tokenizer as `TokenizersBackend`, a class
+    transformers 4.x (what optimum-onnx pins) refuses to load. xopt's checkpoints, and HF exports
+    of directories that transformers 5 saved, name `PreTrainedTokenizerFast`, which reads the same
+    tokenizer.json in both and tokenizes as the saved tokenizer does (checked by hand with
+    transformers 4.57.6 and 5.25.0, where `BertTokenizerFast` in its place tokenizes differently)."""
+    from transformers import AutoTokenizer
+
+    model, tok = H.save_model(arch, "token", tmp_path / "plain")     # as transformers 5 saves a checkpoint
+    assert _tokenizer_class(tmp_path / "plain") == "TokenizersBackend"
+    ckpt = _ckpt(tmp_path, "none")
+    out = _export(tmp_path / "plain", tmp_path / "hf")
+    for d, ref in ((ckpt, AutoTokenizer.from_pretrained(str(tmp_path / "tok"))), (out, tok)):   # _ckpt's tokenizer
+        assert _tokenizer_class(d) == "PreTrainedTokenizerFast"
+        got = AutoTokenizer.from_pretrained(str(d))
+        assert got(TEXTS, padding=True)["input_ids"] == ref(TEXTS, padding=True)["input_ids"]
+        assert got.pad_token == ref.pad_token and got.cls_token == ref.cls_token
+    open_checkpoint(ckpt)      # the manifest hashes the rewritten file
+
+
 def test_hf_format_refuses_triton_only_flags(tmp_path):
     ckpt = _ckpt(tmp_path, "span")
     res = CliRunner().invoke(app, ["export", str(ckpt), "--format", "hf", "--out", str(tmp_path / "o"),

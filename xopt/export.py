@@ -303,6 +303,7 @@ def export_hf(ckpt_dir: str | Path, out: str | Path, force: bool = False) -> dic
     """Write checkpoint `ckpt_dir` in the Hugging Face layout of its head (`xopt.hf`'s module doc);
     returns what was written."""
     from xopt import manifest as mf
+    from xopt.hf import portable_tokenizer_config
     from xopt.modeling import load_module, open_checkpoint
 
     ckpt = open_checkpoint(ckpt_dir)
@@ -320,6 +321,7 @@ def export_hf(ckpt_dir: str | Path, out: str | Path, force: bool = False) -> dic
         for name in TOKENIZER_FILES:
             if (ckpt.path / name).is_file():
                 shutil.copyfile(ckpt.path / name, tmp / name)
+        portable_tokenizer_config(tmp)     # a checkpoint saved by transformers 5 names its TokenizersBackend
     return {"path": str(out), "format": "hf", "layout": layout, "head": card.head, "labels": labels}
 
 

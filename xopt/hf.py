@@ -21,7 +21,8 @@ such a directory's config.json names the encoder class and no labels: nothing in
 `AutoModelForSequenceClassification`, which would load it with a random classifier. Its labels
 are in the xopt model card.
 
-Every layout keeps the tokenizer files and the xopt model card (`xopt_card.json`: input prefix,
+Every layout keeps the tokenizer files (`tokenizer_class` as transformers 4.x and 5.x both read
+it: `portable_tokenizer_config`) and the xopt model card (`xopt_card.json`: input prefix,
 max length, task, retrieval layer); the sentence-transformers layouts also carry the input
 prefix as the "query" prompt (`config_sentence_transformers.json`).
 
@@ -170,6 +171,26 @@ def write_task_model(model, card, out: Path) -> str:
     save_file({k: v.detach().contiguous() for k, v in state.items() if k in want}, str(out / "model.safetensors"),
               metadata={"format": "pt"})
     return type(task).__name__
+
+
+# tokenizer classes transformers 5 writes that transformers 4.x does not know -> the class both
+# load the same tokenizer.json with (4.57 is what optimum-onnx pins)
+PORTABLE_TOKENIZER_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
+
+
+def portable_tokenizer_config(path: Path) -> None:
+    """Rewrite `path/tokenizer_config.json`'s `tokenizer_class` where transformers 5 named its own
+    backend (`TokenizersBackend`, unknown to transformers 4.x): `PreTrainedTokenizerFast` reads
+    tokenizer.json as it is in both. A model's own class (`XLMRobertaTokenizerFast`, ...) is
+    kept; it is not written in place of the generic one, since transformers 5's model classes
+    rebuild the pipeline from the vocabulary and tokenize a custom tokenizer.json differently."""
+    f = Path(path) / "tokenizer_config.json"
+    if not f.is_file() or not (Path(path) / "tokenizer.json").is_file():
+        return
+    config = json.loads(f.read_text(encoding="utf-8"))
+    if config.get("tokenizer_class") in PORTABLE_TOKENIZER_CLASSES:
+        config["tokenizer_class"] = PORTABLE_TOKENIZER_CLASSES[config["tokenizer_class"]]
+        f.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def hf_card(path: Path) -> tuple[dict, dict | None]:

@@ -45,7 +45,7 @@ LAYERS: dict[str, int] = {
     # 10 present
     "xopt.report": 10, "xopt.pick": 10, "xopt.export": 10,
     # 11 top
-    "xopt.pipeline": 11, "xopt.cli": 11,
+    "xopt.pipeline": 11, "xopt.cli": 11, "xopt.__main__": 11,
 }
 
 PACKAGES = ("xopt", "xopt.kernels", "xopt.calibration")

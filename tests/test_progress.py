@@ -68,3 +68,11 @@ def test_a_task_added_complete_is_reported_as_done(log):
         p.add_task("train stage 1", total=5, completed=5, rate="")    # a resumed run's finished stage
     (line,) = log()
     assert line.startswith("xopt: train stage 1: 5/5 in ") and "stopped" not in line
+
+
+def test_only_rank_0_of_a_launch_prints_lines(log, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    list(progress.track(range(2), "train"))
+    assert log() == []

@@ -27,7 +27,11 @@ def enabled() -> bool:
 
 
 def _log(line: str) -> None:
-    print(f"xopt: {line}", file=sys.stderr, flush=True)
+    """One progress line on stderr, from rank 0 only (a launcher's other ranks do the same work)."""
+    from xopt.dist import is_main
+
+    if is_main():
+        print(f"xopt: {line}", file=sys.stderr, flush=True)
 
 
 class LineProgress(Progress):

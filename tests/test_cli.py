@@ -157,18 +157,3 @@ def test_force_refuses_directories_xopt_did_not_write(tmp_path, tiny_ckpt):
     assert "holds an xopt checkpoint directory; --force replaces only a variant directory" in msg
     assert (mine / "notes.txt").read_text() == "keep me" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]       # no temp dir left behind
-
-
-def test_version_and_python_dash_m():
-    import subprocess
-    import sys
-
-    from typer.testing import CliRunner
-
-    from xopt import __version__
-    from xopt.cli import app
-
-    res = CliRunner().invoke(app, ["--version"])
-    assert res.exit_code == 0 and res.output.strip() == f"xopt {__version__}"
-    r = subprocess.run([sys.executable, "-m", "xopt", "--version"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and r.stdout.strip() == f"xopt {__version__}", r.stderr

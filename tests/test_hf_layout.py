@@ -127,7 +127,8 @@ def test_linear_sequence_head_is_a_sentence_transformers_directory_with_xopt_s_l
     assert torch.allclose(_sentence_transformers_forward(out, ids, mask), ref.logits, atol=1e-5)
     st = json.loads((out / "config_sentence_transformers.json").read_text())
     assert st["prompts"] == {"query": "query: "}
-    assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "a", "1": "b", "2": "c", "3": "d"}
+    assert "id2label" not in json.loads((out / "config.json").read_text())    # test below: no task class invited
+    assert json.loads((out / "xopt_card.json").read_text())["labels"] == ["a", "b", "c", "d"]
     if importlib.util.find_spec("sentence_transformers"):
         from sentence_transformers import SentenceTransformer
 
@@ -153,6 +154,66 @@ def test_encoder_only_checkpoint_is_a_sentence_transformers_directory_with_mean_
     m = mask.unsqueeze(-1).float()
     assert torch.allclose((h * m).sum(1) / m.sum(1), _xopt(ckpt).sentence_embedding, atol=1e-5)
     assert open_checkpoint(out).card.head == "none"
+
+
+@pytest.mark.parametrize("head,layout", [("sequence", "hf"), ("sequence", "linear"), ("token", "hf"),
+                                         ("token", "linear"), ("span", "hf"), ("span", "linear"), ("none", "hf")])
+def test_every_hf_export_loads_correctly_with_the_class_its_config_names(head, layout, tmp_path):
+    """What `pipeline()` and users do with a directory: open it with the Auto class its config's
+    `architectures` names. A task class gives xopt's logits; an encoder class gives xopt's
+    embedding, and then config.json carries no labels that would invite a task class (which
+    would load the encoder with a freshly initialised, random head and no error)."""
+    import transformers
+
+    labels = {"token": ["NOUN", "VERB", "ADJ"], "sequence": ["a", "b", "c"]}.get(head, ())
+    ckpt = _ckpt(tmp_path, head, labels, layout)
+    out = _export(ckpt, tmp_path / "hf")
+    config = json.loads((out / "config.json").read_text())
+    (arch,) = config["architectures"]
+    kind = next((k for k, auto in H.AUTO.items() if k != "none" and arch.endswith(auto.removeprefix("AutoModel"))),
+                "none")
+    model = getattr(transformers, H.AUTO[kind]).from_pretrained(str(out)).eval()
+    assert type(model).__name__ == arch
+    ids, mask = _batch(out)
+    ref = _xopt(ckpt)
+    with torch.no_grad():
+        got = model(input_ids=ids, attention_mask=mask)
+    if kind == "none":
+        assert not ({"id2label", "label2id", "num_labels"} & set(config))
+        m = mask.unsqueeze(-1).float()
+        assert torch.allclose((got.last_hidden_state * m).sum(1) / m.sum(1), ref.sentence_embedding, atol=1e-5)
+    else:
+        assert kind == head
+        if head == "span":
+            assert torch.allclose(got.start_logits, ref.start_logits, atol=1e-5)
+            assert torch.allclose(got.end_logits, ref.end_logits, atol=1e-5)
+        else:
+            assert torch.allclose(got.logits, ref.token_logits if head == "token" else ref.logits, atol=1e-5)
+
+
+def _tokenizer_class(path):
+    return json.loads((path / "tokenizer_config.json").read_text())["tokenizer_class"]
+
+
+@pytest.mark.parametrize("arch", ["bert", "xlm-roberta"])
+def test_checkpoints_and_hf_exports_name_a_tokenizer_class_transformers_4_knows(arch, tmp_path):
+    """transformers 5 saves a tokenizer.json-backed tokenizer as `TokenizersBackend`, a class
+    transformers 4.x (what optimum-onnx pins) refuses to load. xopt's checkpoints, and HF exports
+    of directories that transformers 5 saved, name `PreTrainedTokenizerFast`, which reads the same
+    tokenizer.json in both and tokenizes as the saved tokenizer does (checked by hand with
+    transformers 4.57.6 and 5.25.0, where `BertTokenizerFast` in its place tokenizes differently)."""
+    from transformers import AutoTokenizer
+
+    model, tok = H.save_model(arch, "token", tmp_path / "plain")     # as transformers 5 saves a checkpoint
+    assert _tokenizer_class(tmp_path / "plain") == "TokenizersBackend"
+    ckpt = _ckpt(tmp_path, "none")
+    out = _export(tmp_path / "plain", tmp_path / "hf")
+    for d, ref in ((ckpt, AutoTokenizer.from_pretrained(str(tmp_path / "tok"))), (out, tok)):   # _ckpt's tokenizer
+        assert _tokenizer_class(d) == "PreTrainedTokenizerFast"
+        got = AutoTokenizer.from_pretrained(str(d))
+        assert got(TEXTS, padding=True)["input_ids"] == ref(TEXTS, padding=True)["input_ids"]
+        assert got.pad_token == ref.pad_token and got.cls_token == ref.cls_token
+    open_checkpoint(ckpt)      # the manifest hashes the rewritten file
 
 
 def test_hf_format_refuses_triton_only_flags(tmp_path):

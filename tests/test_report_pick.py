@@ -286,3 +286,47 @@ def test_report_force_replaces_a_report_and_nothing_else(tmp_path):
                                         "only a report directory"):
         report.write(t, mine, force=True)
     assert [p.name for p in mine.iterdir()] == ["draft.md"]
+
+
+def _tiny_gain_records():
+    """fp32's gain is 1 example of 40 (+2.5 points, not significant); int8 gains 4 (retention 4.0
+    with an interval that spans orders of magnitude)."""
+    base, x32, x8 = ([1] * k + [0] * (40 - k) for k in (20, 21, 24))
+    return [ev(m, v, lang, o) for lang in ("de", "ja") for m, v, o in
+            (("baseline", "fp32", base), ("xstilts", "fp32", x32), ("baseline", "int8", base), ("xstilts", "int8", x8))]
+
+
+@pytest.mark.parametrize("case", ["significant", "not significant", "interval too wide"])
+def test_pick_json_says_what_the_tables_say(tmp_path, case):
+    """`xopt pick --json`: a drop is a positive number of points lost (reference minus score), and
+    a retention the summary table shows as n/a is null with the reason, never 4.0 +- 1e14."""
+    recs = {"significant": lambda: [ev(m, v, lang, o * 10) for (m, v, lang), o in OUT.items()],
+            "not significant": _tiny_gain_records,
+            "interval too wide": lambda: None}[case]()
+    p = _write(tmp_path, recs)
+    res = CliRunner().invoke(app, ["pick", str(p), "--json"])
+    assert res.exit_code == 0, res.output
+    got = {c["variant"]: c for c in json.loads(res.stdout)["candidates"]}
+    rows = {r["variant"]: r for r in analysis.summary_rows(analysis.load([p], "baseline", "xstilts"))}
+    for v, c in got.items():
+        st, table = c["tasks"]["t"], rows[v]["tasks"]["t"]
+        assert "score_drop" not in st
+        assert st["drop_points"] == pytest.approx(st["ref_score"] - st["score"])
+        table_na = table["retention_uncertain"] or not math.isfinite(table["retention"])   # terminal.summary_model
+        assert (st["retention"] is None) == table_na == bool(st["retention_na"]), (v, st)
+        assert (c["avg_retention"] is None) == bool(c["avg_retention_na"])
+    int8 = got["int8"]["tasks"]["t"]
+    if case == "not significant":
+        assert int8["drop_points"] == pytest.approx(-7.5)           # int8 scores higher: a negative drop
+        assert int8["retention"] is None and int8["retention_ci"] is None
+        assert "fp32 gain +2.5 is not significant" in int8["retention_na"]
+        assert got["int8"]["avg_retention"] is None and "not significant" in got["int8"]["avg_retention_na"]
+        text = CliRunner().invoke(app, ["pick", str(p)]).output
+        assert "drop -7.5 points), retention n/a: fp32 gain +2.5 is not significant" in text
+    else:
+        assert int8["drop_points"] == pytest.approx(25.0)            # 87.5 on fp32, 62.5 on int8: 25 points lost
+    if case == "significant":
+        assert int8["retention"] == pytest.approx(0.5) and int8["retention_na"] is None
+        assert got["int8"]["avg_retention"] == pytest.approx(0.5)
+    if case == "interval too wide":
+        assert int8["retention"] is None and "wider than 1" in int8["retention_na"]

@@ -1,4 +1,4 @@
-"""`python -m xopt ...` runs the `xopt` command."""
+"""`python -m xopt`: the `xopt` command, for environments where the script is not on PATH."""
 
 import sys
 

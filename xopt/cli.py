@@ -21,9 +21,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Does the cross-lingual gain of intermediate-task training survive compilation? "
                        "train -> compile -> eval -> bench -> report / pick.")
 
-# Options shared by several commands. One spelling per meaning, as optimum-cli and trtexec
-# spell them: --batch-size, --model (an input path), --device (where a variant runs),
-# --filter-model / --filter-device (which records a report reads), --min/opt/max-shapes.
+# Options shared by several commands, one kebab-case spelling per meaning: --batch-size, --model
+# (an input path), --device (where a variant runs), --filter-model / --filter-device (which
+# records a report reads), --min/opt/max-shapes. --model and --device are spelled as optimum-cli
+# spells them; the shapes take trtexec's value syntax (trtexec's own flag is --minShapes).
 Force = Annotated[bool, typer.Option("--force", help="Replace the output if it exists.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Sequences per call.")]
 BatchSizes = Annotated[str, typer.Option("--batch-size", help="Comma-separated batch sizes (server: the largest "
@@ -115,6 +116,7 @@ def command(*args, **kwargs):
 
 
 def _print_version(value: bool) -> None:
+    """`xopt --version`: the package version, then exit (eager: before any command is parsed)."""
     if value:
         from xopt import __version__
 
@@ -125,7 +127,7 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option(
         "--verbose", help="Let libraries' import-time log lines and warnings through (torchao, torch).")] = False,
-          version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+          version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
                                                 help="Print xopt's version and exit.")] = False):
     from xopt.host import env_threads
     from xopt.quiet import set_verbose
@@ -244,7 +246,7 @@ def train_cmd(plan: Annotated[Optional[Path], typer.Argument(
 
 
 @command("run")
-def run_cmd(plan: Annotated[Path, typer.Argument(help="Plan file (TOML): training stages plus a [run] section.")],
+def run_cmd(plan: Annotated[Path, typer.Argument(help="Plan file (TOML): training stages plus a \\[run] section.")],
             resume: Annotated[bool, typer.Option("--resume", help="Finish an interrupted run.")] = False,
             force: Force = False):
     """The whole flow from a plan: train -> compile -> eval -> bench -> report / pick."""

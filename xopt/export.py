@@ -302,14 +302,9 @@ def export(variant_dir: str | Path, fmt: str, out: str | Path, **kwargs) -> dict
 def export_hf(ckpt_dir: str | Path, out: str | Path, force: bool = False) -> dict:
     """Write checkpoint `ckpt_dir` in the Hugging Face layout of its head (`xopt.hf`'s module doc);
     returns what was written."""
-    from safetensors.torch import save_file
-
     from xopt import manifest as mf
+    from xopt.hf import portable_tokenizer_config
     from xopt.modeling import load_module, open_checkpoint
-    from xopt.quiet import quiet_imports
-
-    with quiet_imports():
-        from transformers import AutoConfig
 
     ckpt = open_checkpoint(ckpt_dir)
     card = ckpt.card
@@ -321,42 +316,61 @@ def export_hf(ckpt_dir: str | Path, out: str | Path, force: bool = False) -> dic
         if task_model:       # config.json with its id2label comes with the task model
             layout = write_task_model(module, card, tmp)
         else:
-            config = AutoConfig.from_pretrained(str(ckpt.path))
-            if card.head == "sequence":
-                config.id2label = dict(enumerate(labels))
-                config.label2id = {label: i for i, label in enumerate(labels)}
-            config.architectures = [type(module.encoder).__name__]
-            config.save_pretrained(str(tmp))
-            save_file({k: v.contiguous() for k, v in module.encoder.state_dict().items()
-                       if not k.endswith("position_ids")}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-            modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                       {"idx": 1, "name": "1", "path": POOLING_DIR, "type": "sentence_transformers.models.Pooling"}]
-            hidden = config.hidden_size
-            (tmp / POOLING_DIR).mkdir()
-            _write_json(tmp / POOLING_DIR / "config.json", {
-                "word_embedding_dimension": hidden, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
-                "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
-                "pooling_mode_weightedmean_tokens": False, "pooling_mode_lasttoken": False, "include_prompt": True})
-            if module.has_head:
-                (tmp / DENSE_DIR).mkdir()
-                _write_json(tmp / DENSE_DIR / "config.json", {
-                    "in_features": hidden, "out_features": module.head.out_features, "bias": True,
-                    "activation_function": IDENTITY})
-                save_file({f"linear.{k}": v.contiguous() for k, v in module.head.state_dict().items()},
-                          str(tmp / DENSE_DIR / "model.safetensors"))
-                modules.append({"idx": 2, "name": "2", "path": DENSE_DIR, "type": "sentence_transformers.models.Dense"})
-            _write_json(tmp / "modules.json", modules)
-            _write_json(tmp / "sentence_bert_config.json", {"max_seq_length": card.max_length, "do_lower_case": False})
-            layout = "sentence-transformers (" + ", ".join(m["type"].rsplit(".", 1)[1] for m in modules) + ")"
+            layout = _write_sentence_transformers(module, card, ckpt.path, tmp)
         _write_json(tmp / CARD_FILE, card.to_json())      # what config.json cannot say: prefix, max length, task
-        if not task_model:
-            prompt = {"prompts": {"query": card.input_prefix}, "default_prompt_name": "query"} \
-                if card.input_prefix else {"prompts": {}}
-            _write_json(tmp / "config_sentence_transformers.json", {**prompt, "similarity_fn_name": "cosine"})
         for name in TOKENIZER_FILES:
             if (ckpt.path / name).is_file():
                 shutil.copyfile(ckpt.path / name, tmp / name)
+        portable_tokenizer_config(tmp)     # a checkpoint saved by transformers 5 names its TokenizersBackend
     return {"path": str(out), "format": "hf", "layout": layout, "head": card.head, "labels": labels}
+
+
+def _write_sentence_transformers(module, card, src: Path, tmp: Path) -> str:
+    """An encoder (`<Arch>Model`) with the sentence-transformers modules over it: mean Pooling
+    and, for xopt's linear sequence head, Dense; returns the layout's name.
+
+    No Hugging Face task class computes mean pooling + one linear layer, so config.json names
+    the encoder class and carries no `id2label`/`label2id`: with labels there, transformers'
+    AutoModelForSequenceClassification and `pipeline("text-classification")` would load the
+    directory without an error and a freshly initialised classifier. The labels live in the
+    xopt card (`CARD_FILE`), which `xopt.hf.hf_card` reads back."""
+    from safetensors.torch import save_file
+
+    from xopt.quiet import quiet_imports
+
+    with quiet_imports():
+        from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(src))
+    config.num_labels = 2     # transformers' default labels, left out of config.json (a source may carry its own)
+    config.id2label = {0: "LABEL_0", 1: "LABEL_1"}
+    config.label2id = {"LABEL_0": 0, "LABEL_1": 1}
+    config.architectures = [type(module.encoder).__name__]
+    config.save_pretrained(str(tmp))
+    save_file({k: v.contiguous() for k, v in module.encoder.state_dict().items()
+               if not k.endswith("position_ids")}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": POOLING_DIR, "type": "sentence_transformers.models.Pooling"}]
+    hidden = config.hidden_size
+    (tmp / POOLING_DIR).mkdir()
+    _write_json(tmp / POOLING_DIR / "config.json", {
+        "word_embedding_dimension": hidden, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
+        "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False, "pooling_mode_lasttoken": False, "include_prompt": True})
+    if module.has_head:
+        (tmp / DENSE_DIR).mkdir()
+        _write_json(tmp / DENSE_DIR / "config.json", {
+            "in_features": hidden, "out_features": module.head.out_features, "bias": True,
+            "activation_function": IDENTITY})
+        save_file({f"linear.{k}": v.contiguous() for k, v in module.head.state_dict().items()},
+                  str(tmp / DENSE_DIR / "model.safetensors"))
+        modules.append({"idx": 2, "name": "2", "path": DENSE_DIR, "type": "sentence_transformers.models.Dense"})
+    _write_json(tmp / "modules.json", modules)
+    _write_json(tmp / "sentence_bert_config.json", {"max_seq_length": card.max_length, "do_lower_case": False})
+    prompt = {"prompts": {"query": card.input_prefix}, "default_prompt_name": "query"} \
+        if card.input_prefix else {"prompts": {}}
+    _write_json(tmp / "config_sentence_transformers.json", {**prompt, "similarity_fn_name": "cosine"})
+    return "sentence-transformers (" + ", ".join(m["type"].rsplit(".", 1)[1] for m in modules) + ")"
 
 
 def _write_json(path: Path, obj) -> None:

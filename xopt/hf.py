@@ -16,9 +16,13 @@ HF's, so they are written as `classifier` / `qa_outputs`), or, for xopt's linear
 and an encoder, as the encoder (`<Arch>Model`) with the sentence-transformers modules over it:
 `1_Pooling` (mean over the attention mask, as xopt) and, for a sequence head, `2_Dense` (the
 linear head, identity activation), so that `SentenceTransformer(DIR).encode(texts)` returns
-xopt's `logits` (encoder only: its `sentence_embedding`).
+xopt's `logits` (encoder only: its `sentence_embedding`). No HF task class computes that head, so
+such a directory's config.json names the encoder class and no labels: nothing in it invites
+`AutoModelForSequenceClassification`, which would load it with a random classifier. Its labels
+are in the xopt model card.
 
-Every layout keeps the tokenizer files and the xopt model card (`xopt_card.json`: input prefix,
+Every layout keeps the tokenizer files (`tokenizer_class` as transformers 4.x and 5.x both read
+it: `portable_tokenizer_config`) and the xopt model card (`xopt_card.json`: input prefix,
 max length, task, retrieval layer); the sentence-transformers layouts also carry the input
 prefix as the "query" prompt (`config_sentence_transformers.json`).
 
@@ -169,6 +173,26 @@ def write_task_model(model, card, out: Path) -> str:
     return type(task).__name__
 
 
+# tokenizer classes transformers 5 writes that transformers 4.x does not know -> the class both
+# load the same tokenizer.json with (4.57 is what optimum-onnx pins)
+PORTABLE_TOKENIZER_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
+
+
+def portable_tokenizer_config(path: Path) -> None:
+    """Rewrite `path/tokenizer_config.json`'s `tokenizer_class` where transformers 5 named its own
+    backend (`TokenizersBackend`, unknown to transformers 4.x): `PreTrainedTokenizerFast` reads
+    tokenizer.json as it is in both. A model's own class (`XLMRobertaTokenizerFast`, ...) is
+    kept; it is not written in place of the generic one, since transformers 5's model classes
+    rebuild the pipeline from the vocabulary and tokenize a custom tokenizer.json differently."""
+    f = Path(path) / "tokenizer_config.json"
+    if not f.is_file() or not (Path(path) / "tokenizer.json").is_file():
+        return
+    config = json.loads(f.read_text(encoding="utf-8"))
+    if config.get("tokenizer_class") in PORTABLE_TOKENIZER_CLASSES:
+        config["tokenizer_class"] = PORTABLE_TOKENIZER_CLASSES[config["tokenizer_class"]]
+        f.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def hf_card(path: Path) -> tuple[dict, dict | None]:
     """(model card JSON, head weights {name: tensor} or None) of a Hugging Face directory without
     an xopt manifest, read from its config's `architectures`/`id2label`, its weights and its
@@ -180,10 +204,10 @@ def hf_card(path: Path) -> tuple[dict, dict | None]:
     id2label = config.get("id2label") or {}
     labels = [id2label[k] for k in sorted(id2label, key=int)] if id2label else []
     card = {"pooling": "mean"}
-    xcard = path / CARD_FILE
-    if xcard.is_file():            # written by export_hf: prefix, max_length, task, retrieval layer
-        card.update({k: v for k, v in json.loads(xcard.read_text()).items() if k in ("input_prefix", "max_length",
-                                                                                     "task", "retrieval_layer")})
+    xcard = json.loads((path / CARD_FILE).read_text()) if (path / CARD_FILE).is_file() else {}
+    # written by export_hf: prefix, max_length, task, retrieval layer, and the labels of a linear
+    # sequence head, whose config.json names no labels (it names the encoder class)
+    card.update({k: v for k, v in xcard.items() if k in ("input_prefix", "max_length", "task", "retrieval_layer")})
     st = path / "config_sentence_transformers.json"
     if st.is_file():
         prompt = (json.loads(st.read_text()).get("prompts") or {}).get("query")
@@ -221,7 +245,8 @@ def hf_card(path: Path) -> tuple[dict, dict | None]:
             with safe_open(str(d / "model.safetensors"), "pt") as f:
                 head = {k.removeprefix("linear."): f.get_tensor(k) for k in f.keys()}
             n = dcfg["out_features"]
-            labels = labels if len(labels) == n else [f"LABEL_{i}" for i in range(n)]
+            labels = next((ls for ls in (xcard.get("labels") or [], labels) if len(ls) == n),
+                          [f"LABEL_{i}" for i in range(n)])
             return {**card, "head": "sequence", "labels": labels, "head_layout": "linear"}, head
     return card, None
 

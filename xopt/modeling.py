@@ -463,7 +463,7 @@ def save_checkpoint(model, tokenizer, card: ModelCard, out: Path, source: dict, 
     from safetensors.torch import save_file
 
     from xopt import manifest as mf
-    from xopt.hf import write_task_model
+    from xopt.hf import portable_tokenizer_config, write_task_model
 
     quiet_hf()
     if model.has_head and card.head_layout != model.head_layout:
@@ -476,5 +476,6 @@ def save_checkpoint(model, tokenizer, card: ModelCard, out: Path, source: dict, 
             if model.has_head:
                 save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, str(tmp / HEAD_FILE))
         tokenizer.save_pretrained(str(tmp))
+        portable_tokenizer_config(tmp)       # before the manifest hashes it
         mf.write(tmp, kind="checkpoint", source=source, extra={**(manifest_extra or {}), "model": card.to_json()})
     return out

@@ -19,13 +19,20 @@ one variant's memory.
 
 Ranking of the feasible: lowest p50, then higher average retention, then higher average
 score, then lower peak memory, then name: ties are broken deterministically and reported.
+
+Each candidate's per-task numbers say what the report's tables say (`--json` prints them):
+`drop_points` is the reference's score minus the variant's, in points (positive = points lost,
+negative = gained); `retention` is null where the tables show n/a, with the reason in
+`retention_na` (`xopt.analysis.retention_na`: no reference gain, or one that is not significant).
+`avg_retention` averages the tasks that have a retention, null with `avg_retention_na` when none
+has; the constraints (`--min-retention`, `--max-drop`) read the same point values.
 """
 
 from __future__ import annotations
 
 import math
 
-from xopt.analysis import fmt_ci, gain_stats, load, shape_label, summary_rows
+from xopt.analysis import fmt_ci, gain_stats, load, retention_na, shape_label, summary_rows
 from xopt.errors import XoptError
 
 
@@ -60,7 +67,7 @@ def pick(paths, max_p50_ms=None, max_p99_ms=None, batch: int = 1, seq_len: int |
             c = {"model": fam, "variant": v, "name": f"{fam}/{v}" if len(t.families) > 1 else v,
                  "p50_ms": b and b["p50_ms"], "p99_ms": b and b["p99_ms"],
                  "throughput_seq_s": b and b["throughput_seq_s"], "peak_mem_mb": b and b.get("peak_mem_mb"),
-                 "avg_retention": row["avg_retention"], "avg_score": row["avg_score"],
+                 "avg_retention": None, "avg_retention_na": None, "avg_score": row["avg_score"],
                  "fails": [], "miss": 0.0, "tasks": {}}
             nm = f"not measured (no bench record at {where})"
             if b is None:
@@ -85,6 +92,7 @@ def pick(paths, max_p50_ms=None, max_p99_ms=None, batch: int = 1, seq_len: int |
                     _fail(c, f"{label} {val:.2f} {unit} {'>' if low else '<'} {limit} {unit}",
                           abs(val - limit) / max(abs(limit), 1e-9))
             _quality(t, c, fam, v, row, reference, min_retention, min_lang_retention, max_drop)
+            _average_retention(c, t.primary_tasks(fam))
             cands.append(c)
     if shared:
         names = ", ".join(shared[:3]) + (" ..." if len(shared) > 3 else "")
@@ -137,16 +145,20 @@ def _quality(t, c, fam, v, row, reference, min_retention, min_lang_retention, ma
             if need:
                 _fail(c, f"{task}: not evaluated for both checkpoints on {v} and {reference}", math.inf)
             continue
-        c["tasks"][task] = {k: st[k] for k in ("score", "gain", "ref_gain", "retention", "retention_ci", "score_drop")}
+        na = retention_na(st, reference)
+        c["tasks"][task] = {"score": st["score"], "ref_score": st["ref_score"], "drop_points": -st["score_drop"],
+                            "gain": st["gain"], "ref_gain": st["ref_gain"],
+                            "retention": None if na else st["retention"], "retention_ci": None if na else
+                            st["retention_ci"], "retention_na": na}
         if min_retention is not None:
             if st["ref_gain"] <= 0:
                 c["tasks"][task]["note"] = f"no {reference} gain to retain ({st['ref_gain']:+.1f}); not checked"
             elif st["retention"] < min_retention:
                 _fail(c, f"{task}: retention {st['retention']:.2f} < {min_retention}",
                       (min_retention - st["retention"]) / max(min_retention, 1e-9))
-        if max_drop is not None and -st["score_drop"] > max_drop:
-            _fail(c, f"{task}: score drop {-st['score_drop']:.2f} > {max_drop} points",
-                  (-st["score_drop"] - max_drop) / max(max_drop, 1e-9))
+        drop = c["tasks"][task]["drop_points"]
+        if max_drop is not None and drop > max_drop:
+            _fail(c, f"{task}: score drop {drop:.2f} > {max_drop} points", (drop - max_drop) / max(max_drop, 1e-9))
         if min_lang_retention is not None:
             checked = 0
             for lang in st["langs"]:
@@ -163,6 +175,18 @@ def _quality(t, c, fam, v, row, reference, min_retention, min_lang_retention, ma
     if min_lang_retention is not None and c["tasks"] and not langs_checked:
         _fail(c, f"per-language retention not measurable: no language has a clear {reference} gain "
                  f"(interval above 0) in any task; evaluate more examples", math.inf)
+
+
+def _average_retention(c: dict, primary: list[str]) -> None:
+    """`avg_retention` over the primary tasks (one retrieval protocol per task) that have a
+    retention; null with the reason when none has (module doc)."""
+    tasks = [c["tasks"][k] for k in primary if k in c["tasks"]]
+    kept = [st["retention"] for st in tasks if st["retention"] is not None]
+    if kept:
+        c["avg_retention"] = float(sum(kept) / len(kept))
+    else:
+        c["avg_retention_na"] = ("no task has a retention: " + "; ".join(sorted({st["retention_na"] for st in tasks}))
+                                 if tasks else "no eval records of both checkpoints")
 
 
 RANK_KEYS = (("p50", "p50_ms", "{:.2f} ms", "slower"), ("average retention", "avg_retention", "{:.3f}", "lower"),
@@ -188,9 +212,9 @@ def _describe(c: dict) -> str:
     if c.get("peak_mem_mb"):
         parts.append(f"peak {c['peak_mem_mb']:.0f} MB")
     for task, st in c["tasks"].items():
-        ret = (st.get("note") or f"retention {fmt_ci(st['retention'], st['retention_ci'])}"
-               if st["ref_gain"] > 0 else f"no fp32 gain ({st['ref_gain']:+.1f})")
-        parts.append(f"{task} score {st['score']:.1f} (drop {-st['score_drop']:+.1f}), {ret}")
+        ret = (f"retention n/a: {st['retention_na']}" if st["retention_na"] else
+               f"retention {fmt_ci(st['retention'], st['retention_ci'])}")
+        parts.append(f"{task} score {st['score']:.1f} (drop {st['drop_points']:+.1f} points), {ret}")
     return "; ".join(parts)
 
 

@@ -15,7 +15,7 @@ from xopt.analysis.index import (BenchKey, EvalKey, RecordIndex, device_matches,
 from xopt.analysis.langs import LANGS, PAPER, RESOURCE_GROUPS, is_xlmr_large, lang_groups, paper_task
 from xopt.analysis.pareto import pareto_front
 from xopt.analysis.retention import (ROLES, fmt_ci, fmt_retention, gain_stats, lang_replicates, lang_scores,
-                                     retention_is_point, worst_language)
+                                     retention_is_point, retention_na, worst_language)
 from xopt.analysis.summary import default_shape, summary_rows
 
 __all__ = ["BenchKey", "EvalKey", "LANGS", "Outcomes", "PAPER", "RESOURCE_GROUPS", "ROLES", "RecordIndex",
@@ -23,5 +23,6 @@ __all__ = ["BenchKey", "EvalKey", "LANGS", "Outcomes", "PAPER", "RESOURCE_GROUPS
            "fmt_retention", "gain_stats",
            "is_xlmr_large", "lang_groups", "lang_replicates", "lang_scores", "length_dist", "load",
            "paper_task", "pareto_front", "per_language_cost", "percentile_ci", "replicate_means",
-           "resample_weights", "retention_is_point", "shape_key", "shape_label", "split_label", "summary_rows",
+           "resample_weights", "retention_is_point", "retention_na", "shape_key", "shape_label", "split_label",
+           "summary_rows",
            "task_label", "worst_language"]

@@ -126,6 +126,24 @@ def retention_is_point(st: dict) -> bool:
                 and not lo <= 0 <= hi)
 
 
+def retention_na(st: dict, reference: str = "fp32") -> str | None:
+    """Why a task's retention is not a number to quote (None: it is one), by the rule the demo's
+    summary table shows n/a by (`retention_uncertain`, or no finite value): a retention over a
+    gain that is not clearly above zero is noise divided by noise (4.0 with an interval of 1e14)."""
+    g = st["ref_gain"]
+    if g <= 0:
+        return f"no {reference} gain to retain ({g:+.1f})"
+    if not st["has_ci"]:
+        return f"no per-example outcomes: whether the {reference} gain ({g:+.1f}) is significant is unknown"
+    glo, ghi = st["ref_gain_ci"]
+    if glo <= 0 <= ghi:
+        return f"{reference} gain {g:+.1f} is not significant (its 95% interval {glo:+.1f}..{ghi:+.1f} contains 0)"
+    lo, hi = st["retention_ci"]
+    if not (np.isfinite(st["retention"]) and hi - lo < 1):
+        return f"retention interval {lo:.2f}..{hi:.2f} is wider than 1: the {reference} gain ({g:+.1f}) is too small"
+    return None
+
+
 def fmt_ci(x: float | None, ci, digits: int = 2) -> str:
     """`x [lo, hi]`, `x` when there is no interval, n/a when there is no value."""
     if x is None or not np.isfinite(x):

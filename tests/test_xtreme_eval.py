@@ -106,6 +106,20 @@ def test_all_nine_tasks_write_valid_records(all_records):
     assert all(r["normalisation"] == "mlqa" and len(r["em_outcomes"]) == r["n_examples"] for r in qa)
 
 
+def test_every_head_is_measured_batch_invariant_in_fp32(all_records):
+    """Every record of an XTREME eval carries the batch-invariance probe of its run (on the first
+    task's sequences); fp32 of every head, per-token outputs included, is invariant."""
+    _, recs = all_records
+    heads = {}
+    for r in recs:
+        bi = r["batch_invariance"]
+        heads.setdefault(r["model"], set()).update(bi["outputs"])
+        assert bi["invariant"] and bi["activation_scales"] is None and bi["batch"] >= 2, (r["model"], r["task"])
+        assert max(o["max_abs_diff"] for o in bi["outputs"].values()) <= 1e-5
+    outputs = set().union(*heads.values())
+    assert {"logits", "token_logits", "start_logits", "end_logits", "sentence_embedding"} <= outputs
+
+
 def test_retrieval_layer_last_scores_the_last_layer(variants, tmp_path, monkeypatch):
     from xopt.tasks.families import RetrievalFamily
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xopt import records
+from xopt import invariance, records
 from xopt.batching import length_batches, pad, tokenize
 from xopt.errors import XoptError
 from xopt.progress import bar
@@ -264,6 +264,7 @@ def eval_demo(loaded, suite: dict, tasks=demo.TASKS, langs=None, split: str = "t
                               f"eval {model}/{loaded.runner.name}")
         seconds = time.perf_counter() - t0
         timing = {"eval_s": round(seconds, 3), "examples_per_s": round(len(texts) / seconds, 2)}
+        common.update(invariance.fields(loaded, seqs, tok.pad_token_id, batch_size))
         index = {t: i for i, t in enumerate(texts)}
         row_of = {tuple(s): i for i, s in enumerate(seqs)}
 
@@ -445,12 +446,15 @@ def _load_units(units, data_dir, split, max_examples):
     return data
 
 
-def _score_unit(loaded, tok, task, lang, data, batch_size, progress, threshold, view=None):
+def _score_unit(loaded, tok, task, lang, data, batch_size, progress, threshold, view=None, seen=None):
     """(metric value, n_examples, extra record fields, examples run) of one task/language, scored by
-    the task's family (xopt.tasks.families) on the variant's outputs; retrieval on `view`'s embedding."""
+    the task's family (xopt.tasks.families) on the variant's outputs; retrieval on `view`'s embedding.
+    `seen` collects up to `batch_size` of the token sequences run (the batch-invariance probe)."""
     from xopt.tasks.registry import family
 
     def run(seqs):
+        if seen is not None:
+            seen.extend(seqs[:max(0, batch_size - len(seen))])
         return run_ids(loaded, seqs, tok.pad_token_id, batch_size, progress, f"{task.name} {lang}")
     return family(task.kind).evaluate(task, lang, data, tok, loaded.card, run, threshold,
                                       output=view.output if view is not None else None)
@@ -522,6 +526,7 @@ def evaluate_xtreme(variant_dir, data_dir, tasks=None, langs=None, split: str = 
     common = dict(model=loaded.model_name, variant=variant, suite="xtreme", split=split, **loaded.model_fields,
                   variant_dir=str(loaded.directory), rank=rank, world_size=world, **calibration_fields(loaded.manifest))
     sink = _Sink(out)
+    probe: list = []     # the first unit's token sequences, on which batch invariance is measured
     with bar() as progress:
         for t, lang in todo:
             task = X.TASKS[t]
@@ -530,8 +535,10 @@ def evaluate_xtreme(variant_dir, data_dir, tasks=None, langs=None, split: str = 
                                                                     view), "from": f"{variant} dev"}
             t0 = time.perf_counter()
             value, n, extra, n_run = _score_unit(loaded, tok, task, lang, data[(t, lang)], batch_size, progress,
-                                                 thresholds.get(lang), view)
+                                                 thresholds.get(lang), view, probe if t == todo[0][0] else None)
             sec = time.perf_counter() - t0
+            if probe and "batch_invariance" not in common:
+                common.update(invariance.fields(loaded, probe, tok.pad_token_id, batch_size))
             sink.add(records.record("eval", **common, task=t, lang=lang, metric=task.metric, value=value,
                                     n_examples=n, eval_s=round(sec, 3), sequences_run=n_run,
                                     examples_per_s=round(n / sec, 2), **extra, **fields(t)))

@@ -26,13 +26,15 @@ negative = gained); `retention` is null where the tables show n/a, with the reas
 `retention_na` (`xopt.analysis.retention_na`: no reference gain, or one that is not significant).
 `avg_retention` averages the tasks that have a retention, null with `avg_retention_na` when none
 has; the constraints (`--min-retention`, `--max-drop`) read the same point values.
+`batch_invariance` is the eval records' (xopt.invariance); a variant that is not batch invariant
+gets a line in `warnings` (printed under the pick), which no constraint reads.
 """
 
 from __future__ import annotations
 
 import math
 
-from xopt.analysis import fmt_ci, gain_stats, load, retention_na, shape_label, summary_rows
+from xopt.analysis import fmt_ci, gain_stats, invariance_text, load, retention_na, shape_label, summary_rows
 from xopt.errors import XoptError
 
 
@@ -68,7 +70,8 @@ def pick(paths, max_p50_ms=None, max_p99_ms=None, batch: int = 1, seq_len: int |
                  "p50_ms": b and b["p50_ms"], "p99_ms": b and b["p99_ms"],
                  "throughput_seq_s": b and b["throughput_seq_s"], "peak_mem_mb": b and b.get("peak_mem_mb"),
                  "avg_retention": None, "avg_retention_na": None, "avg_score": row["avg_score"],
-                 "fails": [], "miss": 0.0, "tasks": {}}
+                 "fails": [], "miss": 0.0, "tasks": {}, "batch_invariance": row["batch_invariance"],
+                 "warnings": _warnings(row)}
             nm = f"not measured (no bench record at {where})"
             if b is None:
                 _fail(c, f"p50 {nm}", math.inf)
@@ -112,6 +115,16 @@ def pick(paths, max_p50_ms=None, max_p99_ms=None, batch: int = 1, seq_len: int |
             "why_runner_up_lost": _why(chosen, runner_up) if chosen and runner_up else None,
             "closest": None if ok else (bad[0] if bad else None), "candidates": cands, "skipped": len(t.skipped),
             "hosts": list(t.hosts.values()), "notes": list(t.notes)}
+
+
+def _warnings(row: dict) -> list[str]:
+    """Reasons a candidate may answer otherwise in service than in the records, beside the
+    constraints (which they do not fail): a variant whose outputs depend on the batch."""
+    bi = row.get("batch_invariance")
+    if not bi or bi["invariant"]:
+        return []
+    return [f"not batch invariant: {invariance_text(bi)}; a server that batches requests (Triton's dynamic "
+            f"batching) answers differently from batch 1, and its scores are those of batch {bi['batch']}"]
 
 
 def json_safe(obj):
@@ -224,6 +237,7 @@ def render(choice: dict) -> str:
     if choice["chosen"]:
         c = choice["chosen"]
         lines.append(f"pick: {c['name']} ({_describe(c)})")
+        lines += [f"  warning: {w}" for w in c.get("warnings", [])]
         ru = choice["runner_up"]
         if ru:
             lines.append(f"runner-up: {ru['name']} lost: {choice['why_runner_up_lost']}")

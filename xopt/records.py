@@ -98,6 +98,11 @@ class EvalRecord(CommonFields):
     pooling: str | None = None
     rank: int | None = None
     world_size: int | None = None
+    # the variant's outputs for a sample of the eval's texts at batch 1 vs in one batch of the eval
+    # batch size (xopt.invariance): {batch, texts, max_abs_diff, argmax_agreement, min_cosine,
+    # invariant, tolerance, activation_scales, outputs: {name: {...}}, seconds}; the same on every
+    # record of one `xopt eval` run
+    batch_invariance: dict | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -16,11 +16,11 @@ from xopt.analysis.langs import LANGS, PAPER, RESOURCE_GROUPS, is_xlmr_large, la
 from xopt.analysis.pareto import pareto_front
 from xopt.analysis.retention import (ROLES, fmt_ci, fmt_retention, gain_stats, lang_replicates, lang_scores,
                                      retention_is_point, retention_na, worst_language)
-from xopt.analysis.summary import default_shape, summary_rows
+from xopt.analysis.summary import default_shape, invariance_cell, invariance_text, summary_rows
 
 __all__ = ["BenchKey", "EvalKey", "LANGS", "Outcomes", "PAPER", "RESOURCE_GROUPS", "ROLES", "RecordIndex",
            "bench_lang", "default_shape", "device_matches", "host_id", "host_label", "host_matches", "fmt_ci",
-           "fmt_retention", "gain_stats",
+           "fmt_retention", "gain_stats", "invariance_cell", "invariance_text",
            "is_xlmr_large", "lang_groups", "lang_replicates", "lang_scores", "length_dist", "load",
            "paper_task", "pareto_front", "per_language_cost", "percentile_ci", "replicate_means",
            "resample_weights", "retention_is_point", "retention_na", "shape_key", "shape_label", "split_label",

@@ -219,6 +219,16 @@ class RecordIndex:
         self._ev = {(k.family, k.role, k.variant, k.task, k.lang): r for k, r in self.evals.items()}
         self._bn = {(k.family, k.variant, k.batch, k.shape): r for k, r in self.bench.items()}
 
+    def batch_invariance(self, family: str, variant: str) -> dict | None:
+        """The `batch_invariance` (xopt.invariance) of the variant's eval records: the X-STILTs
+        checkpoint's when it has one (the checkpoint the pick serves), else the baseline's; the
+        last record that carries one."""
+        found = {}
+        for k, r in self.evals.items():
+            if k.family == family and k.variant == variant and r.get("batch_invariance"):
+                found[k.role] = r["batch_invariance"]
+        return found.get("xstilts") or found.get("baseline")
+
     def shapes(self, family: str | None = None) -> list[tuple[int, str]]:
         return sorted({(k.batch, k.shape) for k in self.bench if family in (None, k.family)})
 

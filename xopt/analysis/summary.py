@@ -47,7 +47,30 @@ def summary_rows(t: RecordIndex, reference="fp32", batch=1, shape: str | None = 
         # the tasks' 95% intervals, enveloped (exact for one task, conservative for several)
         row["avg_retention_span"] = ((min(st["retention_ci"][0] for st in kept), max(st["retention_ci"][1] for st in kept))
                                      if kept and all(np.isfinite(st["retention_ci"]).all() for st in kept) else None)
+        row["batch_invariance"] = t.batch_invariance(family, v)
         scores = [st["score"] for st in primary]
         row["avg_score"] = float(np.mean(scores)) if scores else None
         rows.append(row)
     return rows
+
+
+def invariance_text(bi: dict) -> str:
+    """What a `batch_invariance` record field (xopt.invariance) says, in one line: what differs
+    between batch 1 and the eval batch, over how many texts, and the variant's activation scales."""
+    parts = [f"max |Δ {bi.get('max_abs_diff_of') or 'output'}| {bi['max_abs_diff']:.2g} between batch 1 and "
+             f"batch {bi['batch']}"]
+    if bi.get("argmax_agreement") is not None:
+        parts.append(f"argmax agreement {bi['argmax_agreement']:.1%}")
+    if bi.get("min_cosine") is not None:
+        parts.append(f"min cosine {bi['min_cosine']:.5f}")
+    scales = bi.get("activation_scales")
+    return ", ".join(parts) + f" over {bi['texts']} texts" + (f" ({scales} activation scales)" if scales else "")
+
+
+def invariance_cell(bi: dict | None) -> str:
+    """The variant table's cell: yes/no with the largest difference (n/a: not measured)."""
+    if not bi:
+        return "n/a"
+    agree = bi.get("argmax_agreement")
+    extra = f", argmax {agree:.1%}" if agree is not None and agree < 1 else ""
+    return f"{'yes' if bi['invariant'] else 'no'} (Δ {bi['max_abs_diff']:.1g}{extra})"

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from xopt.analysis import (LANGS, PAPER, RecordIndex, fmt_ci, fmt_retention, gain_stats, lang_groups, paper_task,
-                           per_language_cost, shape_label, summary_rows, worst_language)
+from xopt.analysis import (LANGS, PAPER, RecordIndex, fmt_ci, fmt_retention, gain_stats, invariance_cell,
+                           invariance_text, lang_groups, paper_task, per_language_cost, shape_label, summary_rows,
+                           worst_language)
 from xopt.report.closing import protocol_notes, task_order
 from xopt.report.table import Doc, Mark, Table
 from xopt.report.terminal import cost_cell
@@ -20,7 +21,8 @@ def summary_section(doc: Doc, t: RecordIndex, fam: str, reference: str) -> list[
     header = ["variant"]
     for task in tasks:
         header += [f"{task} score", f"{task} gain", f"{task} retention", f"{task} worst lang"]
-    header += [f"p50 ms (b1 {shape_label(shape) if shape else ''})", f"speed-up vs {reference}"]
+    header += [f"p50 ms (b1 {shape_label(shape) if shape else ''})", f"speed-up vs {reference}",
+               "batch invariant (b1 vs eval batch)"]
     table = Table(header)
     for r in rows:
         cells = [r["variant"]]
@@ -32,9 +34,17 @@ def summary_section(doc: Doc, t: RecordIndex, fam: str, reference: str) -> list[
             w = st.get("worst")
             cells += [f"{st['score']:.2f}", fmt_ci(st["gain"], st["gain_ci"]), fmt_retention(st, reference),
                       f"{w[0]} ({w[1]:+.1f})" if w else "reference" if r["variant"] == reference else "no drop"]
-        cells += [cost_cell(r, "p50_ms"), f"{r['speedup']:.2f}x" if r.get("speedup") else "n/a"]
+        cells += [cost_cell(r, "p50_ms"), f"{r['speedup']:.2f}x" if r.get("speedup") else "n/a",
+                  invariance_cell(r.get("batch_invariance"))]
         table.add_row(*cells)
     doc.table(table)
+    varying = [f"{r['variant']}: {invariance_text(r['batch_invariance'])}" for r in rows
+               if r.get("batch_invariance") and not r["batch_invariance"]["invariant"]]
+    if varying:
+        doc.p("Not batch invariant: a text's outputs alone (batch 1) differ from its outputs among the eval "
+              "batch's neighbours beyond the tolerance, so a server that batches requests answers differently "
+              "from one that does not, and the scores above are those of the eval batch:")
+        doc.ul(varying)
     notes = protocol_notes(t, fam)
     if notes:
         doc.p("Retrieval tasks are named with the embedding they score (task@layer-pooling); two protocols of one "

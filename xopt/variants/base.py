@@ -377,6 +377,10 @@ class Variant:
     min_capability: tuple[int, int] | None = None   # CUDA compute capability
     cpu_flags: tuple[str, ...] = ()     # /proc/cpuinfo flags, any one of which the host needs
     peer: bool = False                  # a library's stock recipe that xopt's own are compared against
+    # how low-precision activations are scaled: "dynamic per tensor" (at run time over the whole
+    # batch: a text's answer depends on its batch neighbours), "dynamic per token" (per row) or
+    # "static" (calibrated); None for float variants. Reported beside xopt.invariance's measurement.
+    activation_scales: str | None = None
 
     @property
     def calibrated(self) -> bool:

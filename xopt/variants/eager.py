@@ -153,5 +153,6 @@ VARIANTS = [
             build=build_weights, load=_load_compile, config=CompileConfig()),
     Variant("int8-dynamic", backend="torch", precision="int8", device="cpu",
             description="int8 weights per channel + dynamic int8 activations (torch.ao, fbgemm)",
-            build=_build_int8_dynamic, load=_load_int8_dynamic, config=DynamicInt8Config()),
+            build=_build_int8_dynamic, load=_load_int8_dynamic, config=DynamicInt8Config(),
+            activation_scales="dynamic per tensor"),
 ]

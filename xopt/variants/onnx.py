@@ -326,12 +326,15 @@ VARIANTS = [
     Variant("onnx-int8", backend="onnxruntime", precision="int8", device="cpu",
             description="SmoothQuant on the fused graph, then ONNX Runtime dynamic int8 on every matmul "
                         "(QAttention, per-channel 7-bit weights); head fp32",
-            build=_build_int8, load=_load, requires=("onnxruntime",), config=OnnxInt8Config()),
+            build=_build_int8, load=_load, requires=("onnxruntime",), config=OnnxInt8Config(),
+            activation_scales="dynamic per tensor"),
     Variant("onnx-int8-static", backend="onnxruntime", precision="int8", device="cpu",
             description="ONNX Runtime static int8 (Q/DQ), per-channel weights, calibrated on a multilingual sample",
-            build=_build_int8_static, load=_load, requires=("onnxruntime",), config=OnnxInt8StaticConfig()),
+            build=_build_int8_static, load=_load, requires=("onnxruntime",), config=OnnxInt8StaticConfig(),
+            activation_scales="static"),
     Variant("ort-stock-int8", backend="onnxruntime", precision="int8", device="cpu",
             description="peer: ONNX Runtime's documented recipe (transformer optimiser, then quantize_dynamic: "
                         "every MatMul, per-channel int8 weights, nothing kept)",
-            build=_build_stock_int8, load=_load, requires=("onnxruntime",), config=OrtStockInt8Config(), peer=True),
+            build=_build_stock_int8, load=_load, requires=("onnxruntime",), config=OrtStockInt8Config(), peer=True,
+            activation_scales="dynamic per tensor"),
 ]

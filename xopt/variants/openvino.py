@@ -199,5 +199,6 @@ VARIANTS = [
             load=_load, requires=("openvino",), config=OpenVinoConfig(), cpu_flags=BF16_FLAGS, peer=True),
     Variant("openvino-int8", backend="openvino", precision="int8", device="cpu",
             description="peer: OpenVINO + NNCF post-training int8, transformer preset (the documented stock recipe)",
-            build=_build_int8, load=_load, requires=("openvino", "nncf"), config=OpenVinoInt8Config(), peer=True),
+            build=_build_int8, load=_load, requires=("openvino", "nncf"), config=OpenVinoInt8Config(), peer=True,
+            activation_scales="static"),
 ]

@@ -421,7 +421,7 @@ VARIANTS = [
             description="ONNX with explicit symmetric int8 Q/DQ (xopt.calibration ranges) -> TensorRT engine, "
                         "int8 GEMMs, fp16 elsewhere",
             build=_build_int8, load=_load_engine, config=TrtInt8Config(),
-            requires=("tensorrt",)),
+            requires=("tensorrt",), activation_scales="static"),
     Variant("torch-tensorrt", backend="torch_tensorrt", precision="fp16", device="cuda",
             description="torch_tensorrt dynamo compile, fp16, dynamic batch x sequence (compiled when loaded)",
             build=_build_weights, load=_load_torch_trt, config=TorchTrtConfig(), requires=("torch_tensorrt",)),

@@ -121,8 +121,10 @@ VARIANTS = [
     Variant("unpadded-int8", backend="xopt.kernels", precision="int8", device="auto",
             description="unpadded + W8A8: int8 per-channel weights, per-token int8 activations, int8 GEMM "
                         "with fused dequant/bias/GELU (Triton on CUDA; exact float64 products on CPU)",
-            build=build_weights, load=_load, config=UnpaddedInt8Config()),
+            build=build_weights, load=_load, config=UnpaddedInt8Config(),
+            activation_scales="dynamic per token"),
     Variant("unpadded-int8-static", backend="xopt.kernels", precision="int8", device="auto",
             description="unpadded-int8 with static activation scales calibrated by xopt.calibration",
-            build=_build_static, load=_load, config=UnpaddedStaticInt8Config()),
+            build=_build_static, load=_load, config=UnpaddedStaticInt8Config(),
+            activation_scales="static"),
 ]

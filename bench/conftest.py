@@ -5,8 +5,12 @@ Every benchmark here is marked with `timer=SAMPLE_CLOCK`, through which
 `xopt.measure.to_pytest_benchmark` replays those samples into pytest-benchmark's statistics.
 
     python -m pytest bench/ --benchmark-json=bench-now.json
-    python -m pytest bench/ --benchmark-compare=bench/baselines/cpu-x86-64-2t.json \
+    python -m pytest bench/ --benchmark-compare=bench/baselines/<kind>.json \
         --benchmark-compare-fail=median:15%
+
+Baselines are named by machine kind (`xopt.measure.machine_kind`: CPU model, ISA flags,
+threads). The run's header names this host's kind and its baseline file; a comparison with a
+baseline measured on another CPU model or ISA flag set says so in the header and the summary.
 """
 
 import os
@@ -17,7 +21,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from xopt.measure import SAMPLE_CLOCK, to_pytest_benchmark  # noqa: E402
+from xopt.measure import SAMPLE_CLOCK, baseline_mismatch, machine_kind, to_pytest_benchmark  # noqa: E402
 from xopt.scenarios.fixed_batch import Shape, measure_interleaved  # noqa: E402
 
 # Fixed budgets so that runs are comparable with the saved baselines.
@@ -33,6 +37,31 @@ def pytest_collection_modifyitems(config, items):
             own = item.get_closest_marker("benchmark")
             item.add_marker(pytest.mark.benchmark(**{**(own.kwargs if own else {}), "timer": SAMPLE_CLOCK}),
                             append=False)
+
+
+def _compare_notes(config) -> list[str]:
+    """This host's baseline file, and whether the baseline compared against (a JSON file given to
+    --benchmark-compare) was measured on this kind of CPU."""
+    import json
+
+    own = HERE / "baselines" / f"{machine_kind()}.json"
+    notes = [f"xopt machine kind: {machine_kind()} (baseline {own.relative_to(HERE.parent)}: "
+             f"{'saved' if own.is_file() else 'none saved for this machine'})"]
+    given = config.getoption("benchmark_compare", None)
+    if isinstance(given, str) and Path(given).is_file():
+        why = baseline_mismatch(json.loads(Path(given).read_text()).get("machine_info") or {}, given)
+        if why:
+            notes.append(f"WARNING: {why}")
+    return notes
+
+
+def pytest_report_header(config):
+    return _compare_notes(config)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    for line in _compare_notes(config)[1:]:
+        terminalreporter.write_line(line, yellow=True)
 
 
 @pytest.fixture(scope="session")

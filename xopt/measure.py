@@ -264,25 +264,62 @@ def gpu_env() -> dict | None:
         return None
 
 
+def threads_used() -> int | None:
+    """The intra-op threads a CPU measurement runs with: XOPT_THREADS (ONNX Runtime sessions), else
+    torch's thread count (which ONNX Runtime's and OpenVINO's defaults also follow: one per core)."""
+    from xopt.host import env_threads, host_info
+
+    return env_threads() or host_info().get("torch_threads") or os.cpu_count()
+
+
 def environment(device: str) -> dict:
-    """The `env` of a bench record: GPU state (on GPU), the harness's own cost, the load average."""
+    """The `env` of a bench record: GPU state (on GPU), the harness's own cost, the load average
+    and the threads it is compared with (a load above them means other work shared the cores)."""
     return {"gpu": gpu_env() if device.startswith("cuda") else None,
-            "harness_overhead_us": harness_overhead(), "loadavg": loadavg()}
+            "harness_overhead_us": harness_overhead(), "loadavg": loadavg(), "threads": threads_used()}
 
 
 # ---------------------------------------------------------------- pytest-benchmark bridge and baselines
 
-def machine_kind() -> str:
-    """A name for the kind of machine, for bench/baselines/<kind>.json: the GPU's name, or
-    the CPU's architecture and thread count."""
-    import platform
+def machine_kind(cpu: str | None = None, flags=None, threads: int | None = None) -> str:
+    """A name for the kind of machine, for bench/baselines/<kind>.json: the GPU's name, or the
+    CPU's model, the ISA extensions its recipes depend on (xopt.host.ISA_FLAGS) and the thread
+    count; by default this host's (`cpu`, `flags`, `threads` name another's)."""
     import re
 
-    from xopt.host import host_info
+    from xopt.host import ISA_FLAGS, host_info
 
     h = host_info()
-    name = f"cuda-{h['gpu']['name']}" if h.get("gpu") else f"cpu-{platform.machine()}-{h.get('torch_threads') or h['cpu_count']}t"
+    if cpu is None and h.get("gpu"):
+        name = f"cuda-{h['gpu']['name']}"
+    else:
+        cpu = cpu if cpu is not None else h["cpu"]
+        flags = h["cpu_flags"] if flags is None else [f for f in ISA_FLAGS if f in set(flags)]
+        name = f"cpu-{cpu}-{'-'.join(flags) or 'no-isa'}-{threads or threads_used()}t"
     return re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-").lower()
+
+
+def baseline_kind(machine_info: dict) -> str:
+    """machine_kind of the CPU a pytest-benchmark JSON's `machine_info` describes (its threads:
+    the CPU count pytest-benchmark saw)."""
+    cpu = machine_info.get("cpu") or {}
+    return machine_kind(cpu.get("brand_raw") or "unknown", cpu.get("flags") or [], cpu.get("count"))
+
+
+def baseline_mismatch(machine_info: dict, where: str = "the baseline") -> str | None:
+    """None when a baseline was measured on this host's kind of CPU (model and ISA flags), else
+    one line saying that a comparison with it compares two machines."""
+    from xopt.host import ISA_FLAGS, host_info
+
+    h = host_info()
+    cpu = machine_info.get("cpu") or {}
+    theirs = (cpu.get("brand_raw") or "unknown", [f for f in ISA_FLAGS if f in set(cpu.get("flags") or [])])
+    ours = (h["cpu"], list(h["cpu_flags"]))
+    if theirs == ours:
+        return None
+    return (f"{where} was measured on CPU {theirs[0]!r} [{' '.join(theirs[1]) or 'no ISA flags'}], this host is "
+            f"{ours[0]!r} [{' '.join(ours[1]) or 'no ISA flags'}]: a comparison says nothing about a regression; "
+            f"save a baseline for this machine as bench/baselines/{machine_kind()}.json")
 
 
 class SampleClock:

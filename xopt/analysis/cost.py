@@ -42,3 +42,21 @@ def per_language_cost(t: RecordIndex) -> list[dict]:
         out.append({"family": k.family, "variant": k.variant, "batch": k.batch, "lang": lang,
                     "mean_tokens": float(mean_tok), "measured_ms": r["p50_ms"], "implied_ms": implied})
     return sorted(out, key=lambda r: (r["family"], r["variant"], r["batch"], r["lang"]))
+
+
+def load_warnings(recs) -> list[str]:
+    """One line per variant whose bench records were measured while the 1-minute load average
+    exceeded the threads the measurement ran with (`env.loadavg`, `env.threads`, else the host's
+    torch threads): other work shared the cores, and its times are slow by an unknown factor."""
+    worst: dict[str, tuple[float, int]] = {}
+    for r in recs:
+        env = r.get("env") or {}
+        load, threads = (env.get("loadavg") or [None])[0], env.get("threads") or (r.get("host") or {}).get(
+            "torch_threads")
+        if r.get("kind") == "bench" and load is not None and threads and load > threads:
+            name = f"{r['model']}/{r['variant']}"
+            if load > worst.get(name, (0.0, 0))[0]:
+                worst[name] = (load, threads)
+    return [f"{name}: measured at a 1-minute load average of {load:.2f} on {threads} threads: other processes "
+            f"shared the cores, so its times are slow by an unknown factor; measure on an idle machine"
+            for name, (load, threads) in worst.items()]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from xopt.analysis import (LANGS, PAPER, RecordIndex, fmt_ci, fmt_retention, gain_stats, invariance_cell,
-                           invariance_text, lang_groups, paper_task, per_language_cost, shape_label, summary_rows,
+                           invariance_text, lang_groups, load_warnings, paper_task, per_language_cost, shape_label, summary_rows,
                            worst_language)
 from xopt.report.closing import protocol_notes, task_order
 from xopt.report.table import Doc, Mark, Table
@@ -141,6 +141,10 @@ def cost_section(doc: Doc, t: RecordIndex, fam: str) -> None:
     mine = [r for k, r in t.bench.items() if k.family == fam]
     if any(r.get("peak_mem_scope") == "shared process" for r in mine):
         doc.p("peak MB marked * was measured in one process holding every variant of its run, not per variant.")
+    loaded = load_warnings(mine)
+    if loaded:
+        doc.p("Measured on a loaded machine (the 1-minute load average above the threads measured with):")
+        doc.ul(loaded)
     if any(r.get("validity") not in (None, "VALID") for r in mine):
         doc.p("Shapes marked INVALID are LoadGen runs that LoadGen marked INVALID (see invalid_reason in the record).")
     table = Table(["variant", "batch", "shape", "device", "p50 ms", "p99 ms", "rounds", "seq/s", "tok/s", "peak MB",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xopt.analysis import shape_key, task_label
+from xopt.analysis import load_warnings, shape_key, task_label
 from xopt.errors import XoptError
 from xopt.report.render import to_rich
 from xopt.report.table import Column, Table
@@ -65,6 +65,8 @@ def print_bench(recs: list[dict], compare: str | None = None) -> None:
     from xopt.progress import out_console
 
     out_console().print(to_rich(bench_table(recs, compare)))
+    for line in load_warnings(recs):
+        out_console().print(f"warning: {line}", highlight=False, soft_wrap=True)
 
 
 def summary_model(rows: list[dict], tasks: list[str], reference: str = "fp32") -> Table:

@@ -146,12 +146,15 @@ def _pareto_panel(ax, t: RecordIndex, all_rows: dict, batch: int, key: str, bett
     """One panel: every (model, variant) at `batch` as a point, the staircase of the front, and the
     names of the variants withheld from it with the reason."""
     pts, names, withheld, spans = pareto_points(t, all_rows, batch, key, ykey, reference)
-    if withheld:
+    if withheld and pts:
         ax.text(0.01, 0.99, _withheld_text(withheld), transform=ax.transAxes, va="top", fontsize=7,
                 color="dimgrey")
-    if not pts:
+    if not pts:     # an empty panel: the reason in its middle, no axis to read
         ax.set_visible(bool(withheld))
         if withheld:
+            ax.text(0.5, 0.5, _withheld_text(withheld), transform=ax.transAxes, ha="center", va="center",
+                    fontsize=8, color="dimgrey")
+            ax.set_xticks([])
             ax.set_yticks([])
         return bool(withheld)
     xs, ys = zip(*pts)

@@ -1,6 +1,6 @@
 """report.html rendered by a real browser (headless Chromium; CI installs it): the page is not blank,
 and a report with many variants, tasks and languages fits a 1,400 px window (wide tables scroll in
-their own box, figures shrink to the page)."""
+their own box, figures shrink to the page); the heat maps the page embeds have values in their cells."""
 
 import html
 import json
@@ -82,3 +82,42 @@ def test_a_wide_report_fits_a_1400px_window(tmp_path):
     got = json.loads(html.unescape(m.group(1)))
     assert got["inner"] == WIDTH
     assert got["scroll"] <= WIDTH, f"the page is {got['scroll']} px wide in a {WIDTH} px window"
+
+
+def _grid_box(img):
+    """(top, bottom, left, right) of a heat map's cell grid in its PNG: the widest run of columns
+    holding saturated (coloured) pixels, the colour bar being a narrower run to its right."""
+    sat = (img.max(-1) - img.min(-1)) > 0.15
+    cols = sat.any(0)
+    runs, start = [], None
+    for x, on in enumerate(list(cols) + [False]):
+        if on and start is None:
+            start = x
+        elif not on and start is not None:
+            runs.append((x - start, start, x))
+            start = None
+    _, left, right = max(runs)
+    rows = np.flatnonzero(sat[:, left:right].any(1))
+    return rows[0], rows[-1] + 1, left, right
+
+
+def test_the_page_s_heat_maps_carry_their_values(tmp_path):
+    """Inside the cell grid of every heat map the page embeds there is dark ink (the values written
+    in the light cells; RdBu's darkest colours keep one channel above 0.37): a grid of bare colour
+    has none."""
+    import base64
+    import io
+
+    import matplotlib.image as mpimg
+
+    rep = tmp_path / "rep"
+    report.write_report([_wide_report(tmp_path)], rep)
+    page = (rep / "report.html").read_text()
+    maps = re.findall(r'<img alt="[^"]*score change[^"]*" src="data:image/png;base64,([^"]+)"', page)
+    assert len(maps) == 3                                      # one per task
+    for data in maps:
+        img = mpimg.imread(io.BytesIO(base64.b64decode(data)), format="png")[..., :3]
+        top, bottom, left, right = _grid_box(img)
+        inner = img[top + 3:bottom - 3, left + 3:right - 3]    # off the axes' frame
+        ink = (inner.max(-1) < 0.3).sum()
+        assert ink > 50, f"no values in the heat map's cells ({ink} dark pixels)"

@@ -51,6 +51,13 @@ def _wide_report(tmp_path):
     return p
 
 
+@pytest.fixture(scope="module")
+def wide_rep(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("wide")
+    report.write_report([_wide_report(tmp)], tmp / "rep")
+    return tmp / "rep"
+
+
 @needs_browser
 def test_chromium_renders_the_report(tmp_path):
     import matplotlib.image as mpimg
@@ -69,10 +76,8 @@ def test_chromium_renders_the_report(tmp_path):
 
 
 @needs_browser
-def test_a_wide_report_fits_a_1400px_window(tmp_path):
-    rep = tmp_path / "rep"
-    report.write_report([_wide_report(tmp_path)], rep)
-    page = (rep / "report.html").read_text()
+def test_a_wide_report_fits_a_1400px_window(tmp_path, wide_rep):
+    page = (wide_rep / "report.html").read_text()
     assert len(re.findall(r"<th>", page)) > 60          # the tables are wide enough to overflow unboxed
     probe = tmp_path / "probe.html"
     probe.write_text(page.replace("</body>", PROBE + "</body>"), encoding="utf-8")
@@ -101,7 +106,7 @@ def _grid_box(img):
     return rows[0], rows[-1] + 1, left, right
 
 
-def test_the_page_s_heat_maps_carry_their_values(tmp_path):
+def test_the_page_s_heat_maps_carry_their_values(wide_rep):
     """Inside the cell grid of every heat map the page embeds there is dark ink (the values written
     in the light cells; RdBu's darkest colours keep one channel above 0.37): a grid of bare colour
     has none."""
@@ -110,9 +115,7 @@ def test_the_page_s_heat_maps_carry_their_values(tmp_path):
 
     import matplotlib.image as mpimg
 
-    rep = tmp_path / "rep"
-    report.write_report([_wide_report(tmp_path)], rep)
-    page = (rep / "report.html").read_text()
+    page = (wide_rep / "report.html").read_text()
     maps = re.findall(r'<img alt="[^"]*score change[^"]*" src="data:image/png;base64,([^"]+)"', page)
     assert len(maps) == 3                                      # one per task
     for data in maps:

@@ -446,6 +446,12 @@ def test_the_ensemble_tokenizes_as_xopt_eval(onnx_variant, tmp_path, monkeypatch
                        for n in (done["name"], done["tokenizer"], done["ensemble"]))
     for cfg in (model, tok, ens):
         check_schema(cfg)
+    ModelConfig = triton_model_config()
+    if ModelConfig is not None:   # Triton's own schema, where tritonclient is installed
+        from google.protobuf import text_format
+
+        for n in (done["tokenizer"], done["ensemble"]):
+            text_format.Parse((repo / n / "config.pbtxt").read_text(), ModelConfig())
     # the step's outputs are the graph's inputs, the ensemble's outputs the graph's outputs
     ins, outs = onnx_io(onnx_variant / "model.onnx")
     check_against_graph(tok["output"], ins)

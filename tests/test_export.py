@@ -37,6 +37,11 @@ FIELDS = {
     "dynamic_batching": {"preferred_batch_size", "max_queue_delay_microseconds", "preserve_ordering",
                          "priority_levels", "default_priority_level", "default_queue_policy",
                          "priority_queue_policy"},
+    "parameters": {"key", "value"},            # map<string, ModelParameter>
+    "value": {"string_value"},                 # ModelParameter
+    "ensemble_scheduling": {"step"},
+    "step": {"model_name", "model_version", "input_map", "output_map", "model_namespace"},
+    "input_map": {"key", "value"}, "output_map": {"key", "value"},     # map<string, string>
 }
 DATA_TYPES = {"TYPE_BOOL", "TYPE_UINT8", "TYPE_UINT16", "TYPE_UINT32", "TYPE_UINT64", "TYPE_INT8", "TYPE_INT16",
               "TYPE_INT32", "TYPE_INT64", "TYPE_FP16", "TYPE_FP32", "TYPE_FP64", "TYPE_STRING", "TYPE_BF16"}
@@ -45,6 +50,7 @@ KINDS = {"KIND_AUTO", "KIND_GPU", "KIND_CPU", "KIND_MODEL"}
 
 def parse_pbtxt(text: str) -> dict:
     """The protobuf text-format subset config.pbtxt is written in, as {field: [values]}."""
+    text = re.sub(r'^\s*#.*$', "", text, flags=re.M)                 # comment lines
     toks = re.findall(r'"(?:[^"\\]|\\.)*"|[{}\[\]:,]|[^\s{}\[\]:,]+', text)
     pos = 0
 
@@ -89,7 +95,7 @@ def parse_pbtxt(text: str) -> dict:
 def check_schema(cfg: dict, scope: str = "") -> None:
     assert set(cfg) <= FIELDS[scope], f"{scope or 'ModelConfig'}: unknown fields {set(cfg) - FIELDS[scope]}"
     for key, vals in cfg.items():
-        if key in FIELDS and key != scope:
+        if key in FIELDS and key != scope and not (scope in ("input_map", "output_map") and key == "value"):
             for v in vals:
                 check_schema(v, key)
         if key == "data_type":
@@ -100,6 +106,13 @@ def check_schema(cfg: dict, scope: str = "") -> None:
             assert all(isinstance(v, int) for v in vals)
     if scope == "":
         assert len(cfg["name"]) == 1 and (cfg.get("backend") or cfg.get("platform"))
+
+
+def check_against_graph(tensors: list[dict], graph: list[dict]) -> None:
+    """config.pbtxt tensors (parsed) have the graph's names, types and shapes, less the batch axis."""
+    assert [t["name"][0] for t in tensors] == [g["name"] for g in graph]
+    for got, want in zip(tensors, graph):
+        assert got["data_type"] == [want["data_type"]] and got["dims"] == want["shape"][1:]
 
 
 def triton_model_config():
@@ -164,10 +177,9 @@ def test_onnx_variant_exports_a_triton_repository(onnx_variant, tmp_path):
 
     # names, types and shapes are the graph's, less the batch axis
     ins, outs = onnx_io(onnx_variant / "model.onnx")
-    assert [i["name"][0] for i in cfg["input"]] == [t["name"] for t in ins] == ["input_ids", "attention_mask"]
-    assert [o["name"][0] for o in cfg["output"]] == [t["name"] for t in outs]
-    for got, want in zip(cfg["input"] + cfg["output"], ins + outs):
-        assert got["data_type"] == [want["data_type"]] and got["dims"] == want["shape"][1:]
+    check_against_graph(cfg["input"], ins)
+    check_against_graph(cfg["output"], outs)
+    assert [t["name"] for t in ins] == ["input_ids", "attention_mask"]
     assert cfg["input"][0]["data_type"] == ["TYPE_INT64"] and cfg["input"][0]["dims"] == [-1]
     assert {o["name"][0]: o["dims"] for o in cfg["output"]}["sentence_embedding"] == [64]
 
@@ -345,3 +357,166 @@ def test_export_sits_on_top():
             assert not {m for m in names if m.startswith(("xopt.cli", "xopt.pipeline"))}
         elif path.name != "cli.py":
             assert "xopt.export" not in names, f"{path} imports xopt.export"
+
+
+# ---------------------------------------------------------------------------------------
+# The ensemble: TEXT -> tokenizer step (Triton Python backend) -> model
+
+TRITON_TYPES = {"TYPE_INT64": np.int64, "TYPE_INT32": np.int32, "TYPE_FP32": np.float32, "TYPE_STRING": np.object_}
+
+
+def fake_pb_utils():
+    """The part of Triton's `triton_python_backend_utils` the tokenizer step calls, with Triton's
+    signatures (tritonserver is not installed here)."""
+    import types
+
+    pb = types.ModuleType("triton_python_backend_utils")
+
+    class Tensor:
+        def __init__(self, name, array):
+            self._name, self._array = name, array
+
+        def name(self):
+            return self._name
+
+        def as_numpy(self):
+            return self._array
+
+    class InferenceResponse:
+        def __init__(self, output_tensors, error=None):
+            self._outputs, self._error = output_tensors, error
+
+        def output_tensors(self):
+            return self._outputs
+
+        def has_error(self):
+            return self._error is not None
+
+    pb.Tensor, pb.InferenceResponse = Tensor, InferenceResponse
+    pb.TritonError = type("TritonError", (Exception,), {})
+    pb.get_input_tensor_by_name = lambda request, name: request.get(name)
+    pb.triton_string_to_numpy = TRITON_TYPES.__getitem__
+    return pb
+
+
+def as_triton_json(cfg: dict) -> str:
+    """A parsed config.pbtxt as the JSON Triton hands a Python model in args["model_config"]."""
+    return json.dumps({"name": cfg["name"][0],
+                       "parameters": {p["key"][0]: {"string_value": p["value"][0]["string_value"][0]}
+                                      for p in cfg.get("parameters", [])},
+                       "input": [{"name": t["name"][0], "data_type": t["data_type"][0], "dims": t["dims"]}
+                                 for t in cfg["input"]],
+                       "output": [{"name": t["name"][0], "data_type": t["data_type"][0], "dims": t["dims"]}
+                                  for t in cfg["output"]]})
+
+
+def load_tokenizer_step(model_dir, monkeypatch):
+    """The exported model.py imported as tritonserver imports it, initialised with its config; and
+    the fake triton_python_backend_utils it sees."""
+    import importlib.util
+    import sys
+
+    pb = fake_pb_utils()
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
+    spec = importlib.util.spec_from_file_location(f"triton_model_{model_dir.name}", model_dir / "1" / "model.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    step = mod.TritonPythonModel()
+    cfg = parse_pbtxt((model_dir / "config.pbtxt").read_text())
+    step.initialize({"model_config": as_triton_json(cfg), "model_repository": str(model_dir), "model_version": "1",
+                     "model_name": model_dir.name})
+    return step, pb
+
+
+RAW = ["Open the file", "ファイルを開けません", "x", "Datei " * 300]       # the last one is cut at max length
+
+
+def test_the_ensemble_tokenizes_as_xopt_eval(onnx_variant, tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    from xopt.batching import pad, tokenize
+    from xopt.evaluate import run_texts
+    from xopt.modeling import load_tokenizer
+    from xopt.variants import load_variant
+
+    done = export(onnx_variant, "triton", tmp_path / "repo")
+    repo = tmp_path / "repo"
+    assert done["ensemble"] == "tiny-onnx-fp32-ensemble" and done["tokenizer"] == "tiny-onnx-fp32-tokenizer"
+    model, tok, ens = (parse_pbtxt((repo / n / "config.pbtxt").read_text())
+                       for n in (done["name"], done["tokenizer"], done["ensemble"]))
+    for cfg in (model, tok, ens):
+        check_schema(cfg)
+    ModelConfig = triton_model_config()
+    if ModelConfig is not None:   # Triton's own schema, where tritonclient is installed
+        from google.protobuf import text_format
+
+        for n in (done["tokenizer"], done["ensemble"]):
+            text_format.Parse((repo / n / "config.pbtxt").read_text(), ModelConfig())
+    # the step's outputs are the graph's inputs, the ensemble's outputs the graph's outputs
+    ins, outs = onnx_io(onnx_variant / "model.onnx")
+    check_against_graph(tok["output"], ins)
+    check_against_graph(ens["output"], outs)
+    assert tok["backend"] == ["python"] and ens["platform"] == ["ensemble"]
+    assert tok["input"] == ens["input"] == [{"name": ["TEXT"], "data_type": ["TYPE_STRING"], "dims": [1]}]
+    assert tok["max_batch_size"] == ens["max_batch_size"] == model["max_batch_size"]
+    first, second = ens["ensemble_scheduling"][0]["step"]
+    assert first["model_name"] == tok["name"] and second["model_name"] == model["name"]
+    wire = lambda m: {e["key"][0]: e["value"][0] for e in m}                    # noqa: E731
+    assert wire(first["input_map"]) == {"TEXT": "TEXT"}
+    assert wire(first["output_map"]) == wire(second["input_map"]) == {t["name"]: t["name"] for t in ins}
+    assert wire(second["output_map"]) == {t["name"]: t["name"] for t in outs}
+    request = json.loads((repo / done["ensemble"] / "request.json").read_text())["inputs"][0]
+    assert request["name"] == "TEXT" and request["datatype"] == "BYTES"
+    assert request["shape"] == [len(request["data"]), 1]
+    readme = (repo / done["ensemble"] / "README.md").read_text()
+    assert done["ensemble"] in readme and "'query: '" in readme
+    assert (repo / done["ensemble"] / "1").is_dir()
+
+    # the step, run as tritonserver runs it, gives the ids xopt eval tokenises to
+    step, pb = load_tokenizer_step(repo / done["tokenizer"], monkeypatch)
+    texts = np.array([t.encode() for t in RAW], dtype=object).reshape(-1, 1)
+    (resp,) = step.execute([{"TEXT": pb.Tensor("TEXT", texts)}])
+    assert not resp.has_error()
+    feeds = {t.name(): t.as_numpy() for t in resp.output_tensors()}
+    hf = load_tokenizer(onnx_variant)
+    card = load_variant(onnx_variant).card
+    ids, mask = pad(tokenize(hf, RAW, card.input_prefix, card.max_length), hf.pad_token_id)
+    assert feeds["input_ids"].dtype == np.int64 and feeds["input_ids"].shape[1] == card.max_length
+    np.testing.assert_array_equal(feeds["input_ids"], ids)
+    np.testing.assert_array_equal(feeds["attention_mask"], mask)
+    # and those ids in the exported ONNX model give what xopt eval's own path gives for the texts
+    sess = ort.InferenceSession(str(repo / done["name"] / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    want = run_texts(load_variant(onnx_variant), RAW)
+    assert set(got) == set(want)
+    for name in got:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5)
+    (empty,) = step.execute([{"TEXT": pb.Tensor("TEXT", np.zeros((0, 1), dtype=object))}])
+    assert empty.has_error()
+
+
+def test_dynamic_int8_says_what_dynamic_batching_does(onnx_variant, tmp_path):
+    """A graph that quantises activations at run time (ORT's quantize_dynamic, as ort-stock-int8 runs
+    it on the onnx-fp32 graph) gets the note in its config.pbtxt and the ensemble's README; the
+    float graph gets none."""
+    from xopt.variants.onnx import stock_quantize_dynamic
+
+    assert export(onnx_variant, "triton", tmp_path / "repo")["batching_note"] is None
+    d = tmp_path / "int8"
+    d.mkdir()
+    for f in onnx_variant.iterdir():
+        if f.name not in ("model.onnx", "manifest.json"):
+            shutil.copy(f, d / f.name)
+    stock_quantize_dynamic(onnx_variant / "model.onnx", d / "model.onnx")     # ort-stock-int8's recipe
+    man = json.loads((onnx_variant / "manifest.json").read_text())
+    mf.write(d, kind="variant", source=man["source"],
+             extra={**{k: man[k] for k in ("backend", "device", "model")}, "variant": "ort-stock-int8",
+                    "precision": "int8"})
+    done = export(d, "triton", tmp_path / "repo")
+    assert "DynamicQuantizeLinear" in done["batching_note"]
+    text = (tmp_path / "repo" / done["name"] / "config.pbtxt").read_text()
+    comment = " ".join(line[2:] for line in text.splitlines() if line.startswith("# "))
+    assert "dynamic batching a request's outputs depend on the requests batched with it" in comment
+    check_schema(parse_pbtxt(text))
+    readme = (tmp_path / "repo" / done["ensemble"] / "README.md").read_text()
+    assert "depend on the requests batched with it" in readme.replace("\n", " ")

@@ -43,7 +43,7 @@ LAYERS: dict[str, int] = {
     # 9 analysis
     "xopt.analysis": 9,
     # 10 present
-    "xopt.report": 10, "xopt.pick": 10, "xopt.export": 10,
+    "xopt.report": 10, "xopt.pick": 10, "xopt.export": 10, "xopt.triton_tokenizer": 10,
     # 11 top
     "xopt.pipeline": 11, "xopt.cli": 11, "xopt.__main__": 11,
 }

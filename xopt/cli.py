@@ -638,7 +638,8 @@ def export_cmd(variant_dir: Annotated[Path, typer.Argument(help="Variant directo
         return typer.echo(f"wrote {done['path']} ({done['layout']}); it opens with transformers' from_pretrained "
                           f"and as an xopt checkpoint (xopt compile {done['path']} ...)")
     typer.echo(f"wrote {done['path']} (batching from {done['batching_from']}); serve it with "
-               f"`tritonserver --model-repository {out}`")
+               f"`tritonserver --model-repository {out}`"
+               + (f"; send raw text to {done['ensemble']} (its README.md)" if done.get("ensemble") else ""))
 
 
 @command("demo")

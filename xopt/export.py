@@ -7,9 +7,18 @@ REPO/
   <model_name>/
     config.pbtxt          backend/platform, inputs, outputs, batching, instance group
     1/model.onnx          (ONNX variants)  or  1/model.plan  (TensorRT engines)
-    tokenizer.json ...    the variant's tokenizer files: clients tokenize before calling
+    tokenizer.json ...    the variant's tokenizer files, for clients that tokenize themselves
     xopt-manifest.json    the variant's manifest: provenance, model card (input prefix, labels)
+  <model_name>-tokenizer/ Python backend: TEXT -> the model's inputs, as `xopt eval` tokenises
+    config.pbtxt          its outputs = the model's inputs; parameters input_prefix, max_length, pad_id
+    1/model.py            xopt/triton_tokenizer.py (imports no xopt), 1/tokenizer.json
+  <model_name>-ensemble/  platform "ensemble": TEXT -> tokenizer -> model -> the model's outputs
+    config.pbtxt, 1/, README.md (how to call it), request.json (an HTTP/REST request body)
 ```
+
+A model whose ONNX graph quantises activations at run time (DynamicQuantizeLinear: one scale
+per tensor, over every row of the batch) gives a request outputs that depend on the requests
+Triton's dynamic batcher puts beside it; its config.pbtxt and the ensemble's README say so.
 
 What goes into `config.pbtxt` is read from the artefact, never assumed:
 - ONNX variants (`onnx-fp32`, `onnx-int8`, `onnx-int8-static`, `ort-stock-int8`) run on Triton's `onnxruntime`
@@ -36,12 +45,16 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import textwrap
 from pathlib import Path
 
 from xopt.errors import XoptError
 from xopt.hf import CARD_FILE, DENSE_DIR, HEAD_KEYS, IDENTITY, POOLING_DIR, TOKENIZER_FILES, write_task_model
 
 FORMATS = ("triton", "hf")
+TEXT = "TEXT"                  # the ensemble's input: one UTF-8 string per row
+TOKENIZER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")     # what the tokenizer step fills
+DYNAMIC_SCALE_OPS = ("DynamicQuantizeLinear", "DynamicQuantizeMatMul")   # activation scales taken per batch
 CONFIG = "config.pbtxt"
 VERSION = "1"
 DEFAULT_MAX_BATCH = 32
@@ -248,6 +261,104 @@ def triton_config(variant_dir: Path, man: dict, name: str, batching: dict) -> tu
     return cfg, src, dst
 
 
+def dynamic_scales(src: Path) -> list[str]:
+    """The ops of an ONNX graph that take int8 activation scales at run time, over the whole batch."""
+    import onnx
+
+    nodes = onnx.load(str(src), load_external_data=False).graph.node
+    return sorted({n.op_type for n in nodes if n.op_type in DYNAMIC_SCALE_OPS})
+
+
+def batching_note(ops: list[str]) -> str:
+    """What dynamic batching does to a model whose activation scales are taken per batch."""
+    return (f"int8 with activation scales computed at run time over the whole batch ({', '.join(ops)}): under "
+            f"dynamic batching a request's outputs depend on the requests batched with it, and differ from the same "
+            f"text sent alone. Remove dynamic_batching where answers must not depend on neighbours.")
+
+
+def tokenizer_params(variant_dir: Path, man: dict) -> dict | None:
+    """The tokenizer step's settings: the model card's input prefix and max length, and the pad id
+    of the tokenizer xopt eval loads (xopt.batching.tokenize and pad use the same three); None
+    without a tokenizer.json or a pad token (no ensemble then: clients tokenize)."""
+    from xopt.modeling import ModelCard, load_tokenizer
+
+    if not (variant_dir / "tokenizer.json").is_file():
+        return None
+    pad_id = load_tokenizer(variant_dir).pad_token_id
+    card = ModelCard.from_json(man.get("model") or {})
+    return None if pad_id is None else {"input_prefix": card.input_prefix, "max_length": card.max_length,
+                                        "pad_id": pad_id}
+
+
+def ensemble_configs(name: str, cfg: dict, params: dict) -> tuple[dict, dict]:
+    """(tokenizer step config, ensemble config) over model config `cfg`: TEXT -> `<name>-tokenizer`
+    (its outputs are the model's inputs: names, types, dims) -> `name` -> the model's outputs."""
+    unknown = [t["name"] for t in cfg["input"] if t["name"] not in TOKENIZER_INPUTS]
+    if unknown:
+        raise XoptError(f"{name}: input {unknown[0]} is none the tokenizer step fills ({', '.join(TOKENIZER_INPUTS)})")
+    batch = cfg["max_batch_size"]
+    text = {"name": TEXT, "data_type": Enum("TYPE_STRING"), "dims": [1] if batch else [-1]}
+    same = lambda ts: [{"key": t["name"], "value": t["name"]} for t in ts]   # noqa: E731
+    tok = {"name": f"{name}-tokenizer", "backend": "python", "max_batch_size": batch, "input": [text],
+           "output": [dict(t) for t in cfg["input"]], "instance_group": [{"count": 1, "kind": Enum("KIND_CPU")}],
+           "parameters": [{"key": k, "value": {"string_value": str(v)}} for k, v in params.items()]}
+    steps = [{"model_name": tok["name"], "model_version": -1, "input_map": same([text]),
+              "output_map": same(cfg["input"])},
+             {"model_name": name, "model_version": -1, "input_map": same(cfg["input"]),
+              "output_map": same(cfg["output"])}]
+    ens = {"name": f"{name}-ensemble", "platform": "ensemble", "max_batch_size": batch, "input": [text],
+           "output": [dict(t) for t in cfg["output"]], "ensemble_scheduling": {"step": steps}}
+    return tok, ens
+
+
+def ensemble_readme(tok: dict, ens: dict, params: dict, request: dict, note: str | None) -> str:
+    """How to call the ensemble; `request` is the HTTP body written beside it as request.json."""
+    outs = "\n".join(f"- `{o['name']}` {o['data_type']} dims {o['dims']}" for o in ens["output"])
+    texts, shape = request["inputs"][0]["data"], request["inputs"][0]["shape"]
+    return f"""# {ens['name']}: text in, the model's outputs out
+
+One request runs `{tok['name']}` (Python backend: tokenises TEXT as `xopt eval` does: prefix
+{params['input_prefix']!r}, the tokenizer's special tokens, truncation to {params['max_length']} tokens,
+padding to the request's longest text with id {params['pad_id']}), then `{ens['ensemble_scheduling']['step'][1]['model_name']}`.
+Send raw text, one string per row, without the prefix. The Python backend needs `tokenizers`
+and numpy in tritonserver's Python (`pip install tokenizers`).
+
+    curl -s localhost:8000/v2/models/{ens['name']}/infer -d @request.json
+
+    import numpy as np, tritonclient.http as http
+    client = http.InferenceServerClient("localhost:8000")
+    text = http.InferInput("{TEXT}", {shape}, "BYTES")
+    text.set_data_from_numpy(np.array({texts!r}, dtype=object).reshape({shape}))
+    client.infer("{ens['name']}", [text]).as_numpy("{ens['output'][0]['name']}")
+
+Outputs:
+{outs}
+
+Each request is padded to its own longest text, so the dynamic batcher joins only requests of one
+padded length.{chr(10) + chr(10) + note if note else ''}
+"""
+
+
+def _write_ensemble(repo: Path, variant_dir: Path, tok: dict, ens: dict, params: dict, note: str | None,
+                    force: bool) -> None:
+    from xopt import manifest as mf
+    from xopt.variants.base import link_or_copy
+
+    texts = ["Open the file", "Datei kann nicht geöffnet werden"]
+    request = {"inputs": [{"name": TEXT, "shape": [len(texts), 1] if ens["max_batch_size"] else [len(texts)],
+                           "datatype": "BYTES", "data": texts}]}
+    with mf.atomic_dir(repo / tok["name"], force=force) as tmp:
+        (tmp / CONFIG).write_text(to_pbtxt(tok) + "\n", encoding="utf-8")
+        (tmp / VERSION).mkdir()
+        shutil.copyfile(Path(__file__).with_name("triton_tokenizer.py"), tmp / VERSION / "model.py")
+        link_or_copy(variant_dir / "tokenizer.json", tmp / VERSION / "tokenizer.json")
+    with mf.atomic_dir(repo / ens["name"], force=force) as tmp:
+        (tmp / CONFIG).write_text(to_pbtxt(ens) + "\n", encoding="utf-8")
+        (tmp / VERSION).mkdir()            # Triton wants a version directory, empty for an ensemble
+        (tmp / "README.md").write_text(ensemble_readme(tok, ens, params, request, note), encoding="utf-8")
+        _write_json(tmp / "request.json", request)
+
+
 def export_triton(variant_dir: str | Path, repo: str | Path, name: str | None = None,
                   results: list[Path] | None = None, force: bool = False) -> dict:
     """Write `<repo>/<name>/` (config.pbtxt, 1/<model file>, tokenizer, manifest) for a
@@ -263,8 +374,15 @@ def export_triton(variant_dir: str | Path, repo: str | Path, name: str | None = 
     model = (man.get("model") or {}).get("name") or (man.get("source") or {}).get("name")
     batching = batching_from_records([Path(p) for p in results], man["variant"], model) if results else {}
     cfg, src, dst = triton_config(variant_dir, man, name, batching)
-    text = to_pbtxt(cfg) + "\n"
+    ops = dynamic_scales(src) if dst.endswith(".onnx") else []
+    note = batching_note(ops) if ops and cfg.get("dynamic_batching") else None
+    text = "".join(f"# {line}\n" for line in textwrap.wrap(note or "", 100)) + to_pbtxt(cfg) + "\n"
+    params = tokenizer_params(variant_dir, man)
+    tok, ens = ensemble_configs(name, cfg, params) if params else (None, None)
     out = Path(repo) / name
+    for d in [out] + [Path(repo) / c["name"] for c in (tok, ens) if c]:
+        if not force and (d.exists() or d.is_symlink()):   # before anything is written
+            raise XoptError(f"{d} already exists; pass --force to replace it")
     with mf.atomic_dir(out, force=force) as tmp:
         (tmp / CONFIG).write_text(text, encoding="utf-8")
         (tmp / VERSION).mkdir()
@@ -283,8 +401,12 @@ def export_triton(variant_dir: str | Path, repo: str | Path, name: str | None = 
             if (variant_dir / f).is_file():
                 link_or_copy(variant_dir / f, tmp / f)
         (tmp / "xopt-manifest.json").write_text(json.dumps(man, indent=2, ensure_ascii=False) + "\n")
+    if ens:
+        _write_ensemble(Path(repo), variant_dir, tok, ens, params, note, force)
     return {"path": str(out), "name": name, "format": "triton", "config": cfg, "config_text": text,
-            "batching_from": f"{len(results)} results file(s), shape {batching['shape']}" if batching else "defaults"}
+            "batching_from": f"{len(results)} results file(s), shape {batching['shape']}" if batching else "defaults",
+            "ensemble": ens["name"] if ens else None, "tokenizer": tok["name"] if tok else None,
+            "batching_note": note}
 
 
 def export(variant_dir: str | Path, fmt: str, out: str | Path, **kwargs) -> dict:

@@ -48,8 +48,8 @@ def build(t: RecordIndex, out: Path, reference: str = "fp32", closing: str | Non
         doc.h(2, "Pareto fronts" + (" across all model x variant pairs" if len(t.families) > 1 else ""))
         doc.p("Each point is one variant (of one model) at one batch size; the dashed line joins the points no "
               "other point beats on both axes. A variant whose retention interval contains 0 or is wider than 1 "
-              "is not drawn as a point in the retention panels (its name is listed there); its score is in the "
-              "score panels.")
+              "is not drawn as a point in the retention panels (its name and the reason are listed there); its "
+              "score is in the score panels. An axis whose values span more than 5x is logarithmic.")
         for name in pareto:
             doc.img(name, f"retention and score vs latency and throughput, batch {name[8:-4]}")
     size_section(doc, t, all_rows, reference, images)

@@ -9,8 +9,11 @@ from pathlib import Path
 
 from xopt.report.table import Bullets, Doc, Heading, Image, Mark, Para, Table
 
+# A table wider than the window scrolls inside its own box (.wide), so the page keeps the window's
+# width; figures shrink to it.
 HTML_STYLE = ("<style>body{font-family:sans-serif;margin:1.5em;background:#fff;color:#111}"
-              "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #bbb;padding:2px 6px;"
+              ".wide{max-width:100%;overflow-x:auto;margin:.5em 0 1.5em}"
+              "table{border-collapse:collapse}figure{margin:1em 0}td,th{border:1px solid #bbb;padding:2px 6px;"
               "font-size:13px;text-align:right;white-space:nowrap}td:first-child,th:first-child{text-align:left}"
               "th{background:#eef}td.worst{background:#fdd;font-weight:bold}img{max-width:100%}</style>")
 
@@ -60,7 +63,7 @@ def _html_table(t: Table) -> list[str]:
         rows.append("<tr>" + "".join(f'<td class="{e(c.why)}">{e(c.text)}</td>' if isinstance(c, Mark)
                                      else f"<td>{e(c)}</td>" for c in r) + "</tr>")
     caption = f"<caption>{e(t.title)}</caption>" if t.title else ""
-    return ["<table>" + caption + "".join(rows) + "</table>"] + [f"<p>{e(n)}</p>" for n in t.notes]
+    return ['<div class="wide"><table>' + caption + "".join(rows) + "</table></div>"] + [f"<p>{e(n)}</p>" for n in t.notes]
 
 
 def to_html(doc: Doc, image_dir: Path, title: str = "xopt report") -> str:

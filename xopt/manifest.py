@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 
 from xopt import __version__
-from xopt.errors import XoptError
+from xopt.errors import XoptError, disk_full, is_disk_full
 from xopt.host import host_info
 
 MANIFEST = "manifest.json"
@@ -197,8 +197,34 @@ def output_lock(out: Path):
         os.close(fd)
 
 
+def _written(out: Path, name: str | None) -> Path:
+    """The path a failed write of `out` names: a file of the staged dir as it would be in `out`,
+    the output itself for its temp files or a write without a file name."""
+    if not name:
+        return out
+    parts = Path(os.path.abspath(name)).parts
+    for i, part in enumerate(parts[:-1]):
+        if part.startswith(f".{out.name}.tmp-") and Path(*parts[:i]) == out.parent:
+            return out.joinpath(*parts[i + 2:]) if parts[i + 1] == "new" else out
+    return Path(name)
+
+
 @contextlib.contextmanager
-def atomic_dir(out: Path, force: bool = False, kind: str | None = None):
+def _full_disk_is_one_line(out: Path, need_bytes: int | None):
+    """A full disk while `out` is written (an OSError, or a library's error that says so) becomes
+    one XoptError, raised once the write's files are removed, so the free space it gives is real."""
+    try:
+        yield
+    except Exception as err:
+        if not is_disk_full(err) or os.environ.get("XOPT_DEBUG") == "1":    # debug: the error as raised
+            raise
+        name = (getattr(err, "filename2", None) or getattr(err, "filename", None)) if isinstance(err, OSError) else None
+        raise XoptError(f"{disk_full(_written(out, name), need_bytes)}: free space or write elsewhere; nothing "
+                        "half-written is kept") from err
+
+
+@contextlib.contextmanager
+def atomic_dir(out: Path, force: bool = False, kind: str | None = None, need_bytes: int | None = None):
     """Yield a temp dir for `out`, holding `out`'s lock; on success move it to `out`.
 
     An existing `out` is replaced only with `force`, and only when it is empty or an xopt
@@ -209,9 +235,10 @@ def atomic_dir(out: Path, force: bool = False, kind: str | None = None):
     The temp dir is `new/` inside a work dir beside `out` (`.NAME.tmp-PID-*`); while the block
     runs, Python's temp files (xopt's exports, libraries' scratch files) go to its `scratch/`, so
     every temp file of the write is removed with the work dir, or by the next write of `out`
-    after a kill."""
+    after a kill. A full disk is one line naming the file system, the file and, with
+    `need_bytes` (the writer's estimate of the output's size), what it needs."""
     out = Path(out)
-    with output_lock(out):
+    with output_lock(out), _full_disk_is_one_line(out, need_bytes):
         if out.exists() or out.is_symlink():
             if not force:
                 raise XoptError(f"{out} already exists; pass --force to replace it")

@@ -72,8 +72,10 @@ def compile_variant(checkpoint: str | Path, name: str, out: str | Path, force: b
     config = variant.configure(options)
     ckpt = open_checkpoint(checkpoint)
     out = Path(out)
+    # every variant holds (or passes through an export of) all the checkpoint's weights
+    need = sum(p.stat().st_size for p in ckpt.path.glob("*.safetensors"))
     # an own cache is made inside the atomic dir, so its exports are temp files of this write
-    with mf.atomic_dir(out, force=force, kind="variant") as tmp, \
+    with mf.atomic_dir(out, force=force, kind="variant", need_bytes=need) as tmp, \
             (ExportCache() if exports is None else contextlib.nullcontext(exports)) as exports:
         for f in TOKENIZER_FILES:
             if (ckpt.path / f).is_file():

@@ -75,24 +75,70 @@ def test_train_refuses_unknown_task_before_training(tmp_path, tiny_ckpt, tiny_su
     assert "unknown task 'nosuchtask'" in msg and not (tmp_path / "t").exists()
 
 
+def _compile_proc(tmp_path, ckpt, out, variant="onnx-fp32"):
+    """`xopt compile` in its own process, temp files under tmp_path/tmp."""
+    import os
+
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
+    return subprocess.Popen([sys.executable, "-m", "xopt.cli", "compile", str(ckpt), "--variant", variant,
+                             "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _wait_for_export(proc, out):
+    """Wait until the compile into `out` exports ONNX (inside its output's work dir)."""
+    deadline = time.monotonic() + 120
+    while not list(out.parent.glob(f".{out.name}.tmp-*/scratch/xopt-onnx-*")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()
+        time.sleep(0.01)
+
+
 def test_sigterm_mid_build_leaves_no_partial_variant(tmp_path, tiny_ckpt):
     """A killed `xopt compile` (CI timeout, scheduler) unwinds: exit 143, no half-built dir, no temp export."""
-    import os
     import signal
 
     out = tmp_path / "v" / "onnx-fp32"
-    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
-    (tmp_path / "tmp").mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "xopt.cli", "compile", str(tiny_ckpt), "--variant", "onnx-fp32",
-                             "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while not any((tmp_path / "tmp").glob("xopt-onnx-*")):   # the export has started
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()
-        time.sleep(0.01)
+    proc = _compile_proc(tmp_path, tiny_ckpt, out)
+    _wait_for_export(proc, out)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     assert not out.exists() and not list((tmp_path / "v").iterdir())
     assert not list((tmp_path / "tmp").iterdir())
+
+
+def test_sigkilled_compile_leaves_its_temp_files_to_the_next_run(tmp_path, tiny_ckpt):
+    """SIGKILL runs no cleanup: its work dir (with the ONNX export inside) stays beside the output,
+    nothing in $TMPDIR; the next compile into the same output removes it."""
+    import signal
+
+    from xopt.variants import compile_variant
+
+    out = tmp_path / "v" / "onnx-fp32"
+    proc = _compile_proc(tmp_path, tiny_ckpt, out)
+    _wait_for_export(proc, out)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert [p.name for p in out.parent.glob(".onnx-fp32.tmp-*")] and not list((tmp_path / "tmp").iterdir())
+    compile_variant(tiny_ckpt, "fp32", out)     # any variant: the next write of the output cleans
+    assert sorted(p.name for p in out.parent.iterdir()) == ["onnx-fp32"]
+
+
+def test_second_writer_of_one_output_is_refused_naming_the_holder(tmp_path, tiny_ckpt):
+    """While a process writes an output (holds its lock), `xopt compile` into it refuses in one line."""
+    import os
+
+    from xopt import manifest as mf
+
+    out = tmp_path / "v"
+    with mf.atomic_dir(out, kind="variant") as tmp:
+        (tmp / "mine.txt").write_text("first writer")
+        proc = _compile_proc(tmp_path, tiny_ckpt, out, variant="fp32")
+        assert proc.wait(timeout=120) == 2
+        lines = proc.stdout.read().decode().strip().splitlines()
+        assert lines == [f"xopt: error: {out} is being written by another xopt process (pid {os.getpid()}); "
+                         "wait for it to finish, or choose another output"]
+    assert (out / "mine.txt").read_text() == "first writer"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp", "v"]      # lock file and work dir removed
 
 
 def test_sigterm_exits_143_even_when_a_library_turns_the_exit_into_another_error():

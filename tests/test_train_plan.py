@@ -286,6 +286,42 @@ def test_bad_plans_fail_before_training(tmp_path, ckpt32, body, message):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_plan_out_xopt_did_not_write_is_refused_with_or_without_force(tmp_path, ckpt32):
+    """A plan whose `out` is someone's directory: its plan.toml and resolved.json stay theirs; a run
+    directory xopt wrote is replaced with --force."""
+    from conftest import one_line_error
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "plan.toml").write_text("my plan\n")
+    (mine / "resolved.json").write_text("{}\n")
+    body = '[target]\ntask = "sst2"\nsteps = 1\nbatch_size = 4\n'
+    plan = _plan(tmp_path / "p.toml", ckpt32, body, out="mine")
+    for flags in ([], ["--force"]):
+        line = one_line_error(CliRunner().invoke(app, ["train", str(plan), *flags]))
+        assert f"{mine} holds 2 entries not written by xopt (plan.toml, resolved.json)" in line
+    assert sorted(p.name for p in mine.iterdir()) == ["plan.toml", "resolved.json"]
+    assert (mine / "plan.toml").read_text() == "my plan\n" and (mine / "resolved.json").read_text() == "{}\n"
+    plan = _plan(tmp_path / "p.toml", ckpt32, body, out="run")
+    for flags in ([], ["--force"]):
+        res = CliRunner().invoke(app, ["train", str(plan), *flags])
+        assert res.exit_code == 0, res.output
+    assert (tmp_path / "run" / "baseline" / "manifest.json").is_file()
+
+
+def test_a_second_run_into_one_out_is_refused_while_the_first_holds_it(tmp_path, ckpt32):
+    from xopt import manifest as mf
+
+    plan = _plan(tmp_path / "p.toml", ckpt32, '[target]\ntask = "sst2"\nsteps = 1\nbatch_size = 4\n')
+    with mf.output_lock(tmp_path / "run"):      # as a first `xopt train` into run/ holds it
+        res = subprocess.run([sys.executable, "-m", "xopt.cli", "train", str(plan)], capture_output=True,
+                             text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        f"xopt: error: {tmp_path / 'run'} is being written by another xopt process (pid {os.getpid()}); wait "
+        "for it to finish, or choose another output"], res.stderr
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("target, head, metric_key", [("xnli", "sequence", "xnli"), ("udpos", "token", "udpos"),
                                                       ("xquad", "span", "xquad")])
 def test_xtreme_target_families(tmp_path, ckpt32, target, head, metric_key):

@@ -85,12 +85,12 @@ def _renamed(ctx: typer.Context, new: str, old: str, old_value):
 
 def os_error_line(e: OSError) -> str:
     """One line for an OS error reaching the CLI (a full disk, a missing or unreadable file)."""
-    import errno
+    from xopt.errors import disk_full, is_disk_full
 
     where = f" {e.filename}" if e.filename else ""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"no space left on the device writing{where or ' a file'}; free space (or point --out elsewhere) and " \
-               "run it again: what was half-written is removed"
+    if is_disk_full(e):      # a copy's OSError names the source first, the file written second
+        return f"{disk_full(e.filename2 or e.filename) if e.filename else 'no space left on the device'}: free " \
+            "space or write elsewhere"
     return f"{e.strerror or e}{':' + where if where else ''}"
 
 

@@ -1,7 +1,9 @@
 """Manifests of checkpoint and variant directories, and atomic directory writes.
 
 A directory is written into a sibling temp dir, every file fsync'ed, then renamed into
-place: a crash leaves either the old directory or the new one, never half of one.
+place: a crash leaves either the old directory or the new one, never half of one. The writer
+holds the output's lock (`.NAME.lock` beside it) meanwhile: a second writer of the same output
+is refused, and the next writer removes what a killed one left.
 `manifest.json` records what the directory holds (`files`: name -> sha256) and where it
 came from (`source`); `read` checks both, so a tampered, truncated or foreign directory
 is refused with a message instead of being loaded. Nothing here unpickles anything.
@@ -21,15 +23,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
 from xopt import __version__
-from xopt.errors import XoptError
+from xopt.errors import XoptError, disk_full, is_disk_full
 from xopt.host import host_info
 
 MANIFEST = "manifest.json"
@@ -39,6 +43,8 @@ HASH_FIELD = "manifest_sha256"
 STAMP = ".xopt-dir"
 # Kind of a directory written without a manifest and without a named kind.
 SCRATCH = "scratch"
+# Lock files (`.NAME.lock`) this process holds: `output_lock` is re-entrant.
+_HELD: set[Path] = set()
 
 # The command that rebuilds a directory of each kind, for refusal messages.
 REBUILD = {"variant": "`xopt compile {checkpoint} --variant {variant} --out {dir} --force`",
@@ -134,41 +140,133 @@ def stamp(directory: Path, kind: str) -> None:
     atomic_write(Path(directory) / STAMP, json.dumps({"kind": kind}) + "\n")
 
 
+def _leftovers(out: Path) -> list[Path]:
+    """The work dirs (`.NAME.tmp-*`) and replaced dirs (`.NAME.old-*`) of earlier writes of `out`."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)-[\w-]+")
+    return [p for p in out.parent.iterdir() if pattern.fullmatch(p.name)]
+
+
+def _acquire(path: Path, out: Path) -> int:
+    """An fd holding the exclusive flock of lock file `path`, with this pid written in it."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise XoptError(f"{out} is being written by another xopt process (pid {holder}); wait for it to "
+                            "finish, or choose another output") from None
+        try:      # a holder that finished unlinks the file: a lock on that unlinked file locks nothing
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_dir(out: Path, force: bool = False, kind: str | None = None):
-    """Yield a temp dir next to `out`; on success move it to `out`.
+def output_lock(out: Path):
+    """Hold the lock of output `out` (an flock on `.NAME.lock` beside it) for the block.
+
+    A second process that writes `out` meanwhile is refused in one line naming the holder's pid.
+    The kernel drops the lock of a process that dies, so the work dirs of earlier writes of `out`
+    found while holding it belong to dead runs, and are removed. Re-entrant within a process (a
+    training run's lock covers the checkpoint it writes into the same directory)."""
+    out = Path(os.path.abspath(out))
+    path = out.parent / f".{out.name}.lock"
+    if path in _HELD:
+        yield
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd = _acquire(path, out)
+    _HELD.add(path)
+    try:
+        for p in _leftovers(out):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink()
+        yield
+    finally:
+        _HELD.discard(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
+
+
+def _written(out: Path, name: str | None) -> Path:
+    """The path a failed write of `out` names: a file of the staged dir as it would be in `out`,
+    the output itself for its temp files or a write without a file name."""
+    if not name:
+        return out
+    parts = Path(os.path.abspath(name)).parts
+    for i, part in enumerate(parts[:-1]):
+        if part.startswith(f".{out.name}.tmp-") and Path(*parts[:i]) == out.parent:
+            return out.joinpath(*parts[i + 2:]) if parts[i + 1] == "new" else out
+    return Path(name)
+
+
+@contextlib.contextmanager
+def _full_disk_is_one_line(out: Path, need_bytes: int | None):
+    """A full disk while `out` is written (an OSError, or a library's error that says so) becomes
+    one XoptError, raised once the write's files are removed, so the free space it gives is real."""
+    try:
+        yield
+    except Exception as err:
+        if not is_disk_full(err) or os.environ.get("XOPT_DEBUG") == "1":    # debug: the error as raised
+            raise
+        name = (getattr(err, "filename2", None) or getattr(err, "filename", None)) if isinstance(err, OSError) else None
+        raise XoptError(f"{disk_full(_written(out, name), need_bytes)}: free space or write elsewhere; nothing "
+                        "half-written is kept") from err
+
+
+@contextlib.contextmanager
+def atomic_dir(out: Path, force: bool = False, kind: str | None = None, need_bytes: int | None = None):
+    """Yield a temp dir for `out`, holding `out`'s lock; on success move it to `out`.
 
     An existing `out` is replaced only with `force`, and only when it is empty or an xopt
     directory of the kind being written: `kind`, else the kind of the manifest the caller
     wrote into the temp dir. A directory written without a manifest is stamped with `kind`
-    (or "scratch") so that the next `force` can recognise it."""
+    (or "scratch") so that the next `force` can recognise it.
+
+    The temp dir is `new/` inside a work dir beside `out` (`.NAME.tmp-PID-*`); while the block
+    runs, Python's temp files (xopt's exports, libraries' scratch files) go to its `scratch/`, so
+    every temp file of the write is removed with the work dir, or by the next write of `out`
+    after a kill. A full disk is one line naming the file system, the file and, with
+    `need_bytes` (the writer's estimate of the output's size), what it needs."""
     out = Path(out)
-    if out.exists() or out.is_symlink():
-        if not force:
-            raise XoptError(f"{out} already exists; pass --force to replace it")
-        check_replaceable(out, kind)     # before the work: a foreign directory is refused at once
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)   # mkdtemp's 0700 would make shared results unreadable
-    try:
-        yield tmp
-        if not (tmp / MANIFEST).is_file():
-            (tmp / STAMP).write_text(json.dumps({"kind": kind or SCRATCH}) + "\n")
-        new_kind = dir_kind(tmp) or kind or SCRATCH
-        _fsync_tree(tmp)
+    with output_lock(out), _full_disk_is_one_line(out, need_bytes):
         if out.exists() or out.is_symlink():
-            check_replaceable(out, new_kind)
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            if not force:
+                raise XoptError(f"{out} already exists; pass --force to replace it")
+            check_replaceable(out, kind)     # before the work: a foreign directory is refused at once
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+        tmp, scratch = work / "new", work / "scratch"
+        try:
+            tmp.mkdir()          # the umask's mode, not mkdtemp's 0700: shared results stay readable
+            scratch.mkdir()
+            saved, tempfile.tempdir = tempfile.tempdir, str(scratch)
+            try:
+                yield tmp
+            finally:
+                tempfile.tempdir = saved
+            if not (tmp / MANIFEST).is_file():
+                (tmp / STAMP).write_text(json.dumps({"kind": kind or SCRATCH}) + "\n")
+            new_kind = dir_kind(tmp) or kind or SCRATCH
+            _fsync_tree(tmp)
+            if out.exists() or out.is_symlink():
+                check_replaceable(out, new_kind)
+                old = out.parent / f".{out.name}.old-{os.getpid()}"
+                os.rename(out, old)
+                os.rename(tmp, out)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, out)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def atomic_write(path: Path, text: str) -> Path:

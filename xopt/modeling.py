@@ -468,7 +468,8 @@ def save_checkpoint(model, tokenizer, card: ModelCard, out: Path, source: dict, 
     quiet_hf()
     if model.has_head and card.head_layout != model.head_layout:
         raise XoptError(f"model card says head layout {card.head_layout!r}, the model has {model.head_layout!r}")
-    with mf.atomic_dir(out, force=force, kind="checkpoint") as tmp:
+    need = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    with mf.atomic_dir(out, force=force, kind="checkpoint", need_bytes=need) as tmp:
         if model.has_head and model.head_layout == "hf":
             write_task_model(model, card, tmp)
         else:

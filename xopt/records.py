@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from xopt import __version__
-from xopt.errors import XoptError
+from xopt.errors import XoptError, disk_full, is_disk_full
 from xopt.host import host_info
 from xopt.manifest import now
 
@@ -334,8 +334,9 @@ def append(path: str | Path, records: Iterable[dict]) -> int:
         finally:
             os.close(fd)
     except OSError as e:
-        raise XoptError(f"{path}: could not append {lines.count(chr(10))} records: {e.strerror or e}; the records "
-                        "before them are kept (a partial last line is skipped when read)") from None
+        what = disk_full(path) if is_disk_full(e) else f"{path}: {e.strerror or e}"
+        raise XoptError(f"{what}; {lines.count(chr(10))} records not appended, the records before them are kept (a "
+                        "partial last line is skipped when read)") from None
     return lines.count("\n")
 
 

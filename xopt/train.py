@@ -306,7 +306,20 @@ def _seed_all(seed: int) -> None:
 def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: str | None = None,
              single_out: bool = False, on_step=None, name: str | None = None) -> dict:
     """Train the plan's checkpoints; returns {role: path}. `single_out`: `plan.out` is the one
-    checkpoint directory (the flags form) rather than a run directory."""
+    checkpoint directory (the flags form) rather than a run directory. Rank 0, which writes,
+    holds `plan.out`'s lock throughout: a second run into the same `out` is refused."""
+    import contextlib
+
+    from xopt.manifest import output_lock
+    from xopt.trainloop import dist_info
+
+    with output_lock(plan.out) if dist_info()[0] == 0 else contextlib.nullcontext():
+        return _run_plan(plan, resume, force, plan_text, single_out, on_step, name)
+
+
+def _run_plan(plan: Plan, resume: bool, force: bool, plan_text: str | None, single_out: bool, on_step,
+              name: str | None) -> dict:
+    from xopt import manifest as mf
     from xopt.manifest import atomic_write
     from xopt.modeling import ModelCard, NoHead, load_module, load_tokenizer, open_checkpoint, save_checkpoint
     from xopt.progress import bar
@@ -341,11 +354,18 @@ def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: s
         if state_root.exists() and not force:
             raise XoptError(f"{state_root} holds an unfinished run; pass --resume to continue it or --force to "
                             "start over")
+    # whatever the flags, xopt writes only into its own directories (or empty ones), as --force does
+    if not single_out:
+        mf.check_replaceable(out, "run")
+    for p in targets.values():
+        mf.check_replaceable(p, "checkpoint")
     rank, world, _ = dist_info()
     if rank == 0:
         if force and not resume and state_root.exists():
             shutil.rmtree(state_root)
         state_root.mkdir(parents=True, exist_ok=True)
+        if not single_out:
+            mf.stamp(out, "run")
         resolved = {"plan": _jsonable(plan), "world_size": world, "roles": roles,
                     "tasks": {n: {"kind": t.kind, "labels": family(t.kind).label_summary(t.labels),
                                   "train": len(t.train), "dev": len(t.dev)} for n, t in tasks.items()}}

@@ -19,6 +19,7 @@ load function in its family file, and one `Variant(...)` line in that file's `VA
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import time
 from dataclasses import dataclass
@@ -71,34 +72,32 @@ def compile_variant(checkpoint: str | Path, name: str, out: str | Path, force: b
     config = variant.configure(options)
     ckpt = open_checkpoint(checkpoint)
     out = Path(out)
-    own = exports is None
-    exports = ExportCache() if own else exports
-    try:
-        with mf.atomic_dir(out, force=force, kind="variant") as tmp:
-            for f in TOKENIZER_FILES:
-                if (ckpt.path / f).is_file():
-                    link_or_copy(ckpt.path / f, tmp / f)   # large and never modified: shared
-            t0 = time.perf_counter()
-            extra = variant.build(variant, ckpt, tmp, config, exports) or {}
-            build_s = time.perf_counter() - t0
-            check_quantized(name, variant.precision, extra.get("quantized_ops"))
-            weights = ckpt.path / "model.safetensors"
-            source = {"checkpoint": str(ckpt.path.resolve()),
-                      "name": ckpt.manifest.get("name", ckpt.path.name),
-                      "weights_sha256": ckpt.manifest.get("files", {}).get("model.safetensors")
-                      or (mf.sha256(weights) if weights.is_file() else None)}
-            man = mf.write(tmp, kind="variant", source=source, extra={
-                "variant": name, "backend": variant.backend, "precision": variant.precision,
-                "device": variant.device, "config": config.to_json(),
-                "calibration": extra.pop("calibration", None),
-                "build_s": round(build_s, 3),
-                "model": {**ckpt.card.to_json(), "name": source["name"],
-                          "role": ckpt.manifest.get("role"), "base_model": ckpt.manifest.get("base_model"),
-                          "num_layers": num_layers(ckpt.path), **param_counts(ckpt.path)},
-                **extra})
-    finally:
-        if own:
-            exports.close()
+    # every variant holds (or passes through an export of) all the checkpoint's weights
+    need = sum(p.stat().st_size for p in ckpt.path.glob("*.safetensors"))
+    # an own cache is made inside the atomic dir, so its exports are temp files of this write
+    with mf.atomic_dir(out, force=force, kind="variant", need_bytes=need) as tmp, \
+            (ExportCache() if exports is None else contextlib.nullcontext(exports)) as exports:
+        for f in TOKENIZER_FILES:
+            if (ckpt.path / f).is_file():
+                link_or_copy(ckpt.path / f, tmp / f)   # large and never modified: shared
+        t0 = time.perf_counter()
+        extra = variant.build(variant, ckpt, tmp, config, exports) or {}
+        build_s = time.perf_counter() - t0
+        check_quantized(name, variant.precision, extra.get("quantized_ops"))
+        weights = ckpt.path / "model.safetensors"
+        source = {"checkpoint": str(ckpt.path.resolve()),
+                  "name": ckpt.manifest.get("name", ckpt.path.name),
+                  "weights_sha256": ckpt.manifest.get("files", {}).get("model.safetensors")
+                  or (mf.sha256(weights) if weights.is_file() else None)}
+        man = mf.write(tmp, kind="variant", source=source, extra={
+            "variant": name, "backend": variant.backend, "precision": variant.precision,
+            "device": variant.device, "config": config.to_json(),
+            "calibration": extra.pop("calibration", None),
+            "build_s": round(build_s, 3),
+            "model": {**ckpt.card.to_json(), "name": source["name"],
+                      "role": ckpt.manifest.get("role"), "base_model": ckpt.manifest.get("base_model"),
+                      "num_layers": num_layers(ckpt.path), **param_counts(ckpt.path)},
+            **extra})
     return man
 
 

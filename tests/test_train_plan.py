@@ -419,3 +419,10 @@ def test_xopt_run_picks_under_the_plan_budget_and_rebuilds_stale_variants(tmp_pa
     assert mf.read(xs, kind="variant")["source"]["weights_sha256"] == \
         mf.read(run / "xstilts", kind="checkpoint")["files"]["model.safetensors"]
     assert sorted(evals()) == sorted(first)
+
+
+def test_jsonl_row_nested_past_the_parser_is_one_line(tmp_path):
+    p = tmp_path / "train.jsonl"
+    p.write_text('{"a": 1}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(XoptError, match=r"train\.jsonl:2: malformed JSON \(nested too deeply.*one JSON object per line"):
+        it._read_rows(p)

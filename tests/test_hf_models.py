@@ -383,3 +383,34 @@ def test_choice_head_is_hf_s_multiple_choice_forward(arch, tmp_path):
         ref = model(input_ids=b["input_ids"].view(2, 2, -1), attention_mask=b["attention_mask"].view(2, 2, -1)).logits
         got = ours(b["input_ids"], b["attention_mask"]).logits.view(2, -1)
     assert torch.allclose(ref, got, atol=FP32_TOL) and ours.classifier.out_features == 1
+
+
+@pytest.mark.parametrize("arch, held", [("xlm-roberta", 22), ("bert", 24)])
+def test_a_model_with_fewer_positions_than_the_max_length_reads_long_texts_truncated(arch, held, tmp_path):
+    """A checkpoint whose max_position_embeddings (24) is below xopt's default max length (512):
+    its inputs are truncated to the positions it holds (XLM-R numbers them from padding_idx + 1,
+    so 22), said once, and a 100-word sentence is scored instead of indexing past the table."""
+    import shutil
+
+    import transformers
+
+    d = tmp_path / "short"
+    cfg = H.config(arch)
+    cfg.max_position_embeddings = 24
+    transformers.AutoModel.from_config(cfg).save_pretrained(str(d))
+    H.tokenizer(arch, d)
+    data = tmp_path / "data"
+    shutil.copytree(FIX, data)
+    pairs = len((data / "tatoeba" / "tatoeba.deu-eng.deu").read_text(encoding="utf-8").splitlines())
+    for side, word in (("deu", "Hund "), ("eng", "dog ")):
+        with open(data / "tatoeba" / f"tatoeba.deu-eng.{side}", "a", encoding="utf-8") as f:
+            f.write(word * 100 + "\n")
+    res = run("compile", d, "--variant", "fp32", "--out", tmp_path / "v")
+    assert res.exit_code == 0, res.output
+    warnings = [ln for ln in res.stderr.splitlines() if ln.startswith("xopt: warning:")]
+    assert len(warnings) == 1 and f"truncated to {held} tokens" in warnings[0], res.stderr
+    assert json.loads((tmp_path / "v" / "manifest.json").read_text())["model"]["max_length"] == held
+    res = run("eval", tmp_path / "v", "--suite", "xtreme", "--data", data, "--tasks", "tatoeba", "--langs", "de",
+              "--out", tmp_path / "r.jsonl")
+    assert res.exit_code == 0, res.output
+    assert [r["n_examples"] for r in _records(tmp_path / "r.jsonl").values()] == [pairs + 1]

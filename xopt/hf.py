@@ -193,13 +193,39 @@ def portable_tokenizer_config(path: Path) -> None:
         f.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def read_config(path: Path) -> dict:
+    """A checkpoint's config.json as a dict, or one line naming it."""
+    from xopt.errors import read_json
+
+    fix = "re-save the checkpoint (`model.save_pretrained(DIR)` writes config.json)"
+    config = read_json(Path(path) / "config.json", "config.json", fix)
+    if not isinstance(config, dict):
+        raise XoptError(f"{Path(path) / 'config.json'}: not a table of settings; {fix}")
+    return config
+
+
+def position_limit(config: dict) -> int | None:
+    """The longest input, in tokens, the encoder's absolute position embeddings hold:
+    `max_position_embeddings` less the position offset (RoBERTa and XLM-R number positions from
+    padding_idx + 1); None where attention is relative only (DeBERTa-v2 without
+    `position_biased_input`)."""
+    n = config.get("max_position_embeddings")
+    if not isinstance(n, int) or isinstance(n, bool):
+        return None
+    if config.get("model_type") == "deberta-v2" and not config.get("position_biased_input", True):
+        return None
+    if config.get("model_type") in ("roberta", "xlm-roberta"):
+        n -= int(config.get("pad_token_id", 1)) + 1
+    return n
+
+
 def hf_card(path: Path) -> tuple[dict, dict | None]:
     """(model card JSON, head weights {name: tensor} or None) of a Hugging Face directory without
     an xopt manifest, read from its config's `architectures`/`id2label`, its weights and its
     sentence-transformers modules (module doc)."""
     from safetensors import safe_open
 
-    config = json.loads((path / "config.json").read_text())
+    config = read_config(path)
     arch = (config.get("architectures") or [""])[0]
     id2label = config.get("id2label") or {}
     labels = [id2label[k] for k in sorted(id2label, key=int)] if id2label else []

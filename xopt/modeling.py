@@ -36,6 +36,7 @@ Packaged models are imported by `xopt.importers`.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
@@ -357,12 +358,34 @@ def open_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
     man = mf.read(path, kind="checkpoint", verify=verify) if (path / mf.MANIFEST).exists() else {}
     for f in sorted(path.glob("*.safetensors")):     # without a manifest, no hash catches a cut-off copy
         check_safetensors(f)
-    if man:
-        return Checkpoint(path, ModelCard.from_json(man.get("model", {})), man)
-    from xopt.hf import hf_card       # a Hugging Face directory: its head from its config and weights
+    from xopt.hf import hf_card, read_config
 
-    card, head = hf_card(path)
-    return Checkpoint(path, ModelCard.from_json(card), man, head)
+    if man:
+        ckpt = Checkpoint(path, ModelCard.from_json(man.get("model", {})), man)
+    else:    # a Hugging Face directory: its head from its config and weights
+        card, head = hf_card(path)
+        ckpt = Checkpoint(path, ModelCard.from_json(card), man, head)
+    fit_positions(ckpt.card, read_config(path), path)
+    return ckpt
+
+
+_FITTED: set = set()
+
+
+def fit_positions(card: ModelCard, config: dict, where) -> None:
+    """Lower `card.max_length` to what the encoder's position embeddings hold (`hf.position_limit`):
+    a longer input would index past them. Says so once per checkpoint and process."""
+    from xopt.hf import position_limit
+
+    limit = position_limit(config)
+    if limit is None or card.max_length <= limit:
+        return
+    if str(where) not in _FITTED:
+        _FITTED.add(str(where))
+        print(f"xopt: warning: {where}: the model holds {limit} positions (max_position_embeddings "
+              f"{config['max_position_embeddings']}); inputs are truncated to {limit} tokens, not "
+              f"{card.max_length}", file=sys.stderr)
+    card.max_length = limit
 
 
 def quiet_hf() -> None:

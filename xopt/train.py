@@ -332,6 +332,8 @@ def run_plan(plan: Plan, resume: bool = False, force: bool = False, plan_text: s
             tasks[n] = load_task(n, plan.data, st)
         _check_stage(st, tasks, role)
     ckpt = open_checkpoint(plan.model)
+    for st in filter(None, (plan.intermediate, plan.target)):    # no longer than the model's positions
+        st.max_length = min(st.max_length, ckpt.card.max_length)
     targets = {r: (out if single_out else out / r) for r in roles}
     state_root = out.parent / f".{out.name}.state" if single_out else out / ".state"
     if not resume:

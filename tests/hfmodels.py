@@ -53,7 +53,7 @@ def config(arch: str, labels=None, hidden: int = 32, layers: int = 2):
     # state hardly depends on the input (logits move by ~1e-5), so a first-token head could not
     # tell a pair from its concatenation; at 0.2 they move by ~0.1-1
     kw = dict(vocab_size=300, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-              intermediate_size=48, max_position_embeddings=514, initializer_range=0.2)
+              intermediate_size=48, max_position_embeddings=140, initializer_range=0.2)
     if labels:
         kw |= {"id2label": dict(enumerate(labels)), "label2id": {label: i for i, label in enumerate(labels)}}
     if arch == "bert":

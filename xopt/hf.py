@@ -204,6 +204,24 @@ def read_config(path: Path) -> dict:
     return config
 
 
+def check_config(path: Path) -> None:
+    """Refuse in one line a config.json that transformers does not accept (a field of the wrong
+    type or range, an unknown model type): read here, before anything else reads it."""
+    from xopt.quiet import quiet_imports
+
+    with quiet_imports():
+        from transformers import AutoConfig
+    try:
+        AutoConfig.from_pretrained(str(path))
+    except Exception as e:     # transformers' validation errors have no common base below Exception
+        raise XoptError(f"{Path(path) / 'config.json'}: transformers does not accept it ({first_line(e)}); "
+                        "re-save the checkpoint with the model it was trained with") from e
+
+
+def first_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+
+
 def position_limit(config: dict) -> int | None:
     """The longest input, in tokens, the encoder's absolute position embeddings hold:
     `max_position_embeddings` less the position offset (RoBERTa and XLM-R number positions from
@@ -313,7 +331,11 @@ def from_pretrained(cls, path: Path, kw: dict):
     what loading an encoder from a task checkpoint leaves out."""
     # ignore_mismatched_sizes: the mismatches come back in `info` (and are refused below)
     # instead of as transformers' multi-line RuntimeError
-    model, info = cls.from_pretrained(str(path), output_loading_info=True, ignore_mismatched_sizes=True, **kw)
+    try:
+        model, info = cls.from_pretrained(str(path), output_loading_info=True, ignore_mismatched_sizes=True, **kw)
+    except (ValueError, KeyError, TypeError) as e:   # a config the model cannot be built from (heads, activation)
+        raise XoptError(f"checkpoint {path}: its config.json does not build {cls.__name__} "
+                        f"({first_line(e)}); re-save the checkpoint with the model it was trained with") from e
     inside = {name for name, _ in model.named_children()} | {model.base_model_prefix}
     problems = {"missing": sorted(info.get("missing_keys") or []),
                 "mismatched in size": sorted(str(k[0] if isinstance(k, tuple) else k)

@@ -358,33 +358,36 @@ def open_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
     man = mf.read(path, kind="checkpoint", verify=verify) if (path / mf.MANIFEST).exists() else {}
     for f in sorted(path.glob("*.safetensors")):     # without a manifest, no hash catches a cut-off copy
         check_safetensors(f)
-    from xopt.hf import hf_card, read_config
+    from xopt.hf import check_config, hf_card, read_config
 
+    check_config(path)
     if man:
-        ckpt = Checkpoint(path, ModelCard.from_json(man.get("model", {})), man)
+        ckpt, stated = Checkpoint(path, ModelCard.from_json(man.get("model", {})), man), True
     else:    # a Hugging Face directory: its head from its config and weights
         card, head = hf_card(path)
-        ckpt = Checkpoint(path, ModelCard.from_json(card), man, head)
-    fit_positions(ckpt.card, read_config(path), path)
+        ckpt, stated = Checkpoint(path, ModelCard.from_json(card), man, head), "max_length" in card
+    fit_positions(ckpt.card, read_config(path), path, stated)
     return ckpt
 
 
 _FITTED: set = set()
 
 
-def fit_positions(card: ModelCard, config: dict, where) -> None:
+def fit_positions(card: ModelCard, config: dict, where, stated: bool = True) -> None:
     """Lower `card.max_length` to what the encoder's position embeddings hold (`hf.position_limit`):
-    a longer input would index past them. Says so once per checkpoint and process."""
+    a longer input would index past them. A length the checkpoint states (its xopt model card) is
+    lowered with a warning, once per checkpoint and process; xopt's default, where nothing states
+    one (a Hugging Face directory), is the model's limit without one."""
     from xopt.hf import position_limit
 
     limit = position_limit(config)
     if limit is None or card.max_length <= limit:
         return
-    if str(where) not in _FITTED:
+    if stated and str(where) not in _FITTED:
         _FITTED.add(str(where))
         print(f"xopt: warning: {where}: the model holds {limit} positions (max_position_embeddings "
-              f"{config['max_position_embeddings']}); inputs are truncated to {limit} tokens, not "
-              f"{card.max_length}", file=sys.stderr)
+              f"{config['max_position_embeddings']}); inputs are truncated to {limit} tokens, not the "
+              f"{card.max_length} its model card says", file=sys.stderr)
     card.max_length = limit
 
 
@@ -416,8 +419,25 @@ def load_tokenizer(path: str | Path):
     if key not in _TOKENIZERS:
         if len(_TOKENIZERS) >= 8:
             _TOKENIZERS.pop(next(iter(_TOKENIZERS)))
-        _TOKENIZERS[key] = AutoTokenizer.from_pretrained(str(path))
+        try:
+            _TOKENIZERS[key] = AutoTokenizer.from_pretrained(str(path))
+        except Exception as e:    # tokenizers and transformers raise KeyError, ValueError, Exception, ...
+            from xopt.hf import first_line
+
+            raise XoptError(f"{path}: its tokenizer files do not load ({first_line(e)}); copy them from the "
+                            "model's source (`tokenizer.save_pretrained(DIR)` writes them)") from e
     return _TOKENIZERS[key]
+
+
+def check_tokenizer(path: Path, config: dict):
+    """The checkpoint's tokenizer, refused in one line where it does not load or gives token ids
+    past the model's embedding table (`vocab_size`)."""
+    tok = load_tokenizer(path)
+    vocab = config.get("vocab_size")
+    if isinstance(vocab, int) and len(tok) > vocab:
+        raise XoptError(f"{path}: its tokenizer has {len(tok)} tokens, the model's embeddings hold {vocab} "
+                        "(config.json vocab_size): not this model's tokenizer; copy the model's own tokenizer files")
+    return tok
 
 
 def load_module(ckpt: Checkpoint, dtype=None):

@@ -152,3 +152,30 @@ def test_openvino_ir_that_is_not_the_card_s_is_refused_at_load(tiny_ckpt, tiny_s
         _resign(d)
         msg = one_line_error(run("eval", d, "--suite", "demo", "--data", tiny_suite, "--out", tmp_path / "r.jsonl"))
         assert "model.xml" in msg and all(w in msg for w in words), (name, msg)
+
+
+@pytest.mark.parametrize("arch", ["bert", "xlm-roberta", "deberta-v2"])
+def test_parameter_estimate_from_the_config_is_the_model_s_size(arch):
+    import transformers
+
+    import hfmodels as H
+    from xopt.hf import param_estimate
+
+    cfg = H.config(arch)
+    real = sum(p.numel() for p in transformers.AutoModel.from_config(cfg).parameters())
+    assert abs(param_estimate(cfg.to_dict()) - real) <= 0.05 * real, (param_estimate(cfg.to_dict()), real)
+
+
+def test_config_larger_than_the_memory_is_refused_before_allocating(tmp_path, monkeypatch):
+    """A config.json whose sizes ask for more memory than the machine has available: one line
+    with both figures, before transformers allocates anything (here 384 MB against 100 MB)."""
+    import hfmodels as H
+    from xopt import host
+
+    monkeypatch.setattr(host, "available_memory", lambda: 100 * 2**20, raising=False)
+    ckpt = tmp_path / "ckpt"
+    H.save_model("bert", "sequence", ckpt)
+    _config(vocab_size=3_000_000)(ckpt)
+    msg = one_line_error(run("compile", ckpt, "--variant", "fp32", "--out", tmp_path / "v"))
+    assert "config.json: a model of ~0.4 GiB of parameters" in msg and "0.1 GiB available" in msg, msg
+    assert not (tmp_path / "v").exists()

@@ -213,9 +213,44 @@ def check_config(path: Path) -> None:
         from transformers import AutoConfig
     try:
         AutoConfig.from_pretrained(str(path))
+        check_memory(read_config(path), Path(path) / "config.json")
+    except XoptError:
+        raise
     except Exception as e:     # transformers' validation errors have no common base below Exception
         raise XoptError(f"{Path(path) / 'config.json'}: transformers does not accept it ({first_line(e)}); "
                         "re-save the checkpoint with the model it was trained with") from e
+
+
+def param_estimate(config: dict) -> int:
+    """Parameters an encoder of `config` holds, from its sizes alone (nothing allocated):
+    embeddings (vocab + positions + token types) x hidden, and per layer the attention's four
+    h x h projections and the feed-forward's two h x intermediate ones, biases and layer norms;
+    the head's h x h is within the rounding."""
+    def size(key, default=0):
+        v = config.get(key, default)
+        return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else default
+
+    h, i = size("hidden_size"), size("intermediate_size", 4 * size("hidden_size"))
+    positions, layer = size("max_position_embeddings"), 4 * h * h + 2 * h * i + 9 * h + i
+    if config.get("model_type") == "deberta-v2":    # relative position table, own projections of it
+        positions = (0 if config.get("position_biased_input") is False else positions) + 2 * (
+            size("max_relative_positions") or positions) * bool(config.get("relative_attention"))
+        layer += 0 if config.get("share_att_key") else 2 * h * h
+    emb = (size("vocab_size") + positions + size("type_vocab_size")) * h
+    return emb + size("num_hidden_layers") * layer + h * h
+
+
+def check_memory(config: dict, where, bytes_per_param: int = 4) -> None:
+    """Refuse in one line a config whose parameters alone exceed the memory this machine has
+    available, before anything allocates them."""
+    from xopt.host import available_memory
+
+    need, have = param_estimate(config) * bytes_per_param, available_memory()
+    if have is not None and need > have:
+        raise XoptError(f"{where}: a model of ~{need / 2**30:.1f} GiB of parameters "
+                        f"(hidden_size {config.get('hidden_size')}, {config.get('num_hidden_layers')} layers, "
+                        f"vocab_size {config.get('vocab_size')}, {bytes_per_param} bytes each); this machine has "
+                        f"{have / 2**30:.1f} GiB available: check those sizes, or use a machine with more memory")
 
 
 def first_line(e: BaseException) -> str:
@@ -331,6 +366,10 @@ def from_pretrained(cls, path: Path, kw: dict):
     what loading an encoder from a task checkpoint leaves out."""
     # ignore_mismatched_sizes: the mismatches come back in `info` (and are refused below)
     # instead of as transformers' multi-line RuntimeError
+    import torch
+
+    dtype = kw.get("dtype") if isinstance(kw.get("dtype"), torch.dtype) else torch.float32
+    check_memory(read_config(path), Path(path) / "config.json", dtype.itemsize)
     try:
         model, info = cls.from_pretrained(str(path), output_loading_info=True, ignore_mismatched_sizes=True, **kw)
     except (ValueError, KeyError, TypeError) as e:   # a config the model cannot be built from (heads, activation)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 from pathlib import Path
 
 from xopt.errors import XoptError
@@ -270,6 +271,25 @@ def position_limit(config: dict) -> int | None:
     if config.get("model_type") in ("roberta", "xlm-roberta"):
         n -= int(config.get("pad_token_id", 1)) + 1
     return n
+
+
+_FITTED: set = set()
+
+
+def fit_positions(card, config: dict, where, stated: bool = True) -> None:
+    """Lower `card.max_length` to what the encoder's position embeddings hold (`hf.position_limit`):
+    a longer input would index past them. A length the checkpoint states (its xopt model card) is
+    lowered with a warning, once per checkpoint and process; xopt's default, where nothing states
+    one (a Hugging Face directory), is the model's limit without one."""
+    limit = position_limit(config)
+    if limit is None or card.max_length <= limit:
+        return
+    if stated and str(where) not in _FITTED:
+        _FITTED.add(str(where))
+        print(f"xopt: warning: {where}: the model holds {limit} positions (max_position_embeddings "
+              f"{config['max_position_embeddings']}); inputs are truncated to {limit} tokens, not the "
+              f"{card.max_length} its model card says", file=sys.stderr)
+    card.max_length = limit
 
 
 def hf_card(path: Path) -> tuple[dict, dict | None]:

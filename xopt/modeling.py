@@ -36,7 +36,6 @@ Packaged models are imported by `xopt.importers`.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
@@ -358,7 +357,7 @@ def open_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
     man = mf.read(path, kind="checkpoint", verify=verify) if (path / mf.MANIFEST).exists() else {}
     for f in sorted(path.glob("*.safetensors")):     # without a manifest, no hash catches a cut-off copy
         check_safetensors(f)
-    from xopt.hf import check_config, hf_card, read_config
+    from xopt.hf import check_config, fit_positions, hf_card, read_config
 
     check_config(path)
     if man:
@@ -368,27 +367,6 @@ def open_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
         ckpt, stated = Checkpoint(path, ModelCard.from_json(card), man, head), "max_length" in card
     fit_positions(ckpt.card, read_config(path), path, stated)
     return ckpt
-
-
-_FITTED: set = set()
-
-
-def fit_positions(card: ModelCard, config: dict, where, stated: bool = True) -> None:
-    """Lower `card.max_length` to what the encoder's position embeddings hold (`hf.position_limit`):
-    a longer input would index past them. A length the checkpoint states (its xopt model card) is
-    lowered with a warning, once per checkpoint and process; xopt's default, where nothing states
-    one (a Hugging Face directory), is the model's limit without one."""
-    from xopt.hf import position_limit
-
-    limit = position_limit(config)
-    if limit is None or card.max_length <= limit:
-        return
-    if stated and str(where) not in _FITTED:
-        _FITTED.add(str(where))
-        print(f"xopt: warning: {where}: the model holds {limit} positions (max_position_embeddings "
-              f"{config['max_position_embeddings']}); inputs are truncated to {limit} tokens, not the "
-              f"{card.max_length} its model card says", file=sys.stderr)
-    card.max_length = limit
 
 
 def quiet_hf() -> None:

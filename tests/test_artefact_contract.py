@@ -103,6 +103,10 @@ def _config(**edit):
     return damage
 
 
+def _modules_without_type(d: Path) -> None:
+    (d / "modules.json").write_text('[{"path": "1_Pooling"}]')
+
+
 def _another_model_s_tokenizer(d: Path) -> None:
     from xopt.importers.e5 import e5_tokenizer
 
@@ -112,17 +116,20 @@ def _another_model_s_tokenizer(d: Path) -> None:
 @pytest.mark.parametrize("damage, words", [
     (_broken_tokenizer, ["tokenizer files do not load", "save_pretrained"]),
     (_another_model_s_tokenizer, ["its tokenizer has 250002 tokens", "hold 300", "not this model's tokenizer"]),
-    (_config(num_attention_heads=3), ["does not build AutoModelForSequenceClassification", "attention heads (3)"]),
-    (_config(hidden_act="nope"), ["does not build AutoModelForSequenceClassification", "KeyError: 'nope'"]),
+    (_config(num_attention_heads=3), ["does not build AutoModelFor", "attention heads (3)"]),
+    (_config(hidden_act="nope"), ["does not build AutoModelFor", "KeyError: 'nope'"]),
     (_config(layer_norm_eps=-1), ["config.json: transformers does not accept it", "layer_norm_eps"]),
-])
+    (lambda d: (d / "config.json").write_text("[" * 100_000 + "]" * 100_000), ["config.json", "RecursionError"]),
+    (lambda d: (d / "xopt_card.json").write_text('{"max_length": '), ["xopt_card.json", "malformed JSON"]),
+    (_modules_without_type, ["modules.json", "a type and a path"]),
+], ids=["tokenizer", "vocabulary", "heads", "activation", "field", "nested", "card", "modules"])
 def test_checkpoint_that_does_not_match_its_contract_is_refused_at_compile(tmp_path, damage, words):
     """A user's Hugging Face directory whose tokenizer or config.json cannot serve its weights:
     one line at compile, nothing written (not a traceback at eval)."""
     import hfmodels as H
 
     ckpt = tmp_path / "ckpt"
-    H.save_model("bert", "sequence", ckpt)
+    H.save_model("bert", "none" if damage is _modules_without_type else "sequence", ckpt)   # modules: encoders
     damage(ckpt)
     msg = one_line_error(run("compile", ckpt, "--variant", "fp32", "--out", tmp_path / "v"))
     for w in words:

@@ -140,7 +140,7 @@ def pooler_kwargs(path: Path) -> dict:
     the weights hold one (a BERT chain reuses it; see `new_heads`)."""
     from safetensors import safe_open
 
-    model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    model_type = read_config(path).get("model_type")
     if model_type not in ("bert", "roberta", "xlm-roberta"):
         return {}
     has = False
@@ -196,13 +196,19 @@ def portable_tokenizer_config(path: Path) -> None:
 
 def read_config(path: Path) -> dict:
     """A checkpoint's config.json as a dict, or one line naming it."""
+    return _table(Path(path) / "config.json")
+
+
+def _table(f: Path) -> dict:
+    """A JSON object of a checkpoint's (config.json, the xopt card, a sentence-transformers
+    module's config), or one line naming the file: missing, malformed, or not an object."""
     from xopt.errors import read_json
 
-    fix = "re-save the checkpoint (`model.save_pretrained(DIR)` writes config.json)"
-    config = read_json(Path(path) / "config.json", "config.json", fix)
-    if not isinstance(config, dict):
-        raise XoptError(f"{Path(path) / 'config.json'}: not a table of settings; {fix}")
-    return config
+    fix = "re-save the checkpoint (`model.save_pretrained(DIR)`)"
+    d = read_json(f, f.name, fix)
+    if not isinstance(d, dict):
+        raise XoptError(f"{f}: not a JSON object of settings; {fix}")
+    return d
 
 
 def check_config(path: Path) -> None:
@@ -303,13 +309,13 @@ def hf_card(path: Path) -> tuple[dict, dict | None]:
     id2label = config.get("id2label") or {}
     labels = [id2label[k] for k in sorted(id2label, key=int)] if id2label else []
     card = {"pooling": "mean"}
-    xcard = json.loads((path / CARD_FILE).read_text()) if (path / CARD_FILE).is_file() else {}
+    xcard = _table(path / CARD_FILE) if (path / CARD_FILE).is_file() else {}
     # written by export_hf: prefix, max_length, task, retrieval layer, and the labels of a linear
     # sequence head, whose config.json names no labels (it names the encoder class)
     card.update({k: v for k, v in xcard.items() if k in ("input_prefix", "max_length", "task", "retrieval_layer")})
     st = path / "config_sentence_transformers.json"
     if st.is_file():
-        prompt = (json.loads(st.read_text()).get("prompts") or {}).get("query")
+        prompt = (_table(st).get("prompts") or {}).get("query")
         if prompt:
             card["input_prefix"] = prompt
     kind = next((k for k, suffix in ARCH_SUFFIX.items() if arch.endswith(suffix)), None)
@@ -325,10 +331,15 @@ def hf_card(path: Path) -> tuple[dict, dict | None]:
         return {**card, "head": kind, "head_layout": "hf", **({"labels": labels} if kind != "span" else {})}, None
     modules = path / "modules.json"
     if modules.is_file():
-        mods = json.loads(modules.read_text())
+        from xopt.errors import read_json
+
+        mods = read_json(modules, modules.name, "re-save it with sentence-transformers' `model.save(DIR)`")
+        if not isinstance(mods, list) or not all(isinstance(m, dict) and isinstance(m.get("type"), str)
+                                                 and isinstance(m.get("path"), str) for m in mods):
+            raise XoptError(f"{modules}: not a list of modules with a type and a path each")
         pooling = [m for m in mods if m["type"].endswith("Pooling")]
         if pooling:
-            pcfg = json.loads((path / pooling[0]["path"] / "config.json").read_text())
+            pcfg = _table(path / pooling[0]["path"] / "config.json")
             if not pcfg.get("pooling_mode_mean_tokens"):
                 raise XoptError(f"{path}: its sentence-transformers Pooling is not mean pooling; xopt pools by the "
                                 "mean over the attention mask")
@@ -337,7 +348,7 @@ def hf_card(path: Path) -> tuple[dict, dict | None]:
             raise XoptError(f"{path}: {len(dense)} Dense modules; xopt's head is one linear layer")
         if dense:
             d = path / dense[0]["path"]
-            dcfg = json.loads((d / "config.json").read_text())
+            dcfg = _table(d / "config.json")
             if dcfg.get("activation_function", IDENTITY) != IDENTITY:
                 raise XoptError(f"{path}: its Dense module applies {dcfg['activation_function']}; xopt's head is "
                                 "linear (identity activation)")

@@ -186,3 +186,15 @@ def test_config_larger_than_the_memory_is_refused_before_allocating(tmp_path, mo
     msg = one_line_error(run("compile", ckpt, "--variant", "fp32", "--out", tmp_path / "v"))
     assert "config.json: a model of ~0.4 GiB of parameters" in msg and "0.1 GiB available" in msg, msg
     assert not (tmp_path / "v").exists()
+
+
+def test_xopt_debug_shows_the_library_error_behind_the_line(tmp_path, monkeypatch):
+    """The one line stands for a library's exception; XOPT_DEBUG=1 raises it with its traceback."""
+    import hfmodels as H
+
+    ckpt = tmp_path / "ckpt"
+    H.save_model("bert", "sequence", ckpt)
+    _broken_tokenizer(ckpt)
+    monkeypatch.setenv("XOPT_DEBUG", "1")
+    res = run("compile", ckpt, "--variant", "fp32", "--out", tmp_path / "v")
+    assert res.exit_code != 0 and isinstance(res.exception.__cause__, KeyError), res.exception

@@ -69,6 +69,7 @@ def test_suite_nested_past_the_parser_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("damage, words", [
     (lambda s: s["test"]["de"][1].pop("text"), "test.de[1] has no 'text'"),
+    (lambda s: s["test"]["de"][2].__setitem__("text", "  "), "test.de[2] has no 'text' (a string that is not blank)"),
     (lambda s: s["shared"][next(iter(s["shared"]))].__setitem__(0, "just a string"), "[0] is not an example"),
     (lambda s: s["tasks"]["demo-topic"]["train"][2].__setitem__("label", "planet"), "label 'planet' is not one of"),
     (lambda s: s["calibration"].__setitem__("de", [1, 2]), "'calibration'"),

@@ -269,9 +269,9 @@ def _suite_problem(suite: dict) -> str | None:
         for i, e in enumerate(exs):
             if not isinstance(e, dict):
                 return f"{where}[{i}] is not an example (a table)"
-            bad = [k for k in ("id", "text") if not isinstance(e.get(k), str)]
+            bad = [k for k in ("id", "text") if not isinstance(e.get(k), str) or not e[k].strip()]
             if bad:
-                return f"{where}[{i}] has no {bad[0]!r} (a string)"
+                return f"{where}[{i}] has no {bad[0]!r} (a string that is not blank)"
             if e.get("label") not in known:
                 return f"{where}[{i}] ({e['id']}): label {e.get('label')!r} is not one of {sorted(known)}"
     calib = suite.get("calibration", {})

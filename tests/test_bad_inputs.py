@@ -44,6 +44,11 @@ def _plan(tmp: Path, target_extra: str = "", run: str = "") -> Path:
     return p
 
 
+def _write(p: Path, text: str) -> Path:
+    p.write_text(text)
+    return p
+
+
 def _eval_record(**override) -> dict:
     rec = {"kind": "eval", "schema": 1, "model": "xstilts", "variant": "fp32", "host": {}, "xopt_version": "0",
            "created": "2026-01-01T00:00:00Z", "suite": "demo", "task": "demo-topic", "lang": "de", "split": "test",
@@ -98,6 +103,26 @@ ROWS = {
         ["train", str(_plan(c.tmp, "batch_size = 0"))], {}, ["[target]", "batch_size = 0", "at least 1"]),
     "plan grad_accum = 0": lambda c: (
         ["train", str(_plan(c.tmp, "grad_accum = 0"))], {}, ["[target]", "grad_accum = 0", "at least 1"]),
+    "plan epochs absurd": lambda c: (
+        ["train", str(_plan(c.tmp, "epochs = 1000000000"))], {}, ["[target]", "epochs = 1000000000", "at most 10000"]),
+    "plan lr absurd": lambda c: (
+        ["train", str(_plan(c.tmp, "lr = 1e9"))], {}, ["[target]", "lr = 1000000000.0", "at most 10"]),
+    "plan dropout above 1": lambda c: (
+        ["train", str(_plan(c.tmp, "dropout = 1.5"))], {}, ["dropout = 1.5", "at most 0.99", "probability"]),
+    "plan max_length absurd": lambda c: (
+        ["train", str(_plan(c.tmp, "max_length = 100000000"))], {}, ["max_length = 100000000", "at most 65536"]),
+    "plan average absurd": lambda c: (
+        ["train", str(_plan(c.tmp, "average = 100000"))], {}, ["average = 100000", "at most 100"]),
+    "plan seed beyond 32 bits": lambda c: (
+        ["train", str(_write(c.tmp / "plan.toml", 'model = "ckpt"\nout = "run"\nseed = 99999999999\n'
+                                                  '[target]\ntask = "demo-topic"\n'))], {},
+        ["seed = 99999999999", "at most 4294967295"]),
+    "plan [run] bench.batch absurd": lambda c: (
+        ["run", str(_plan(c.tmp, run="[run.bench]\nbatch = [100000000]"))], {},
+        ["bench.batch = 100000000", "at most 4096"]),
+    "plan [run] max_examples absurd": lambda c: (
+        ["run", str(_plan(c.tmp, run="[run]\nmax_examples = 100000000000"))], {},
+        ["max_examples = 100000000000", "at most 1000000000"]),
     "plan [run] bench = true": lambda c: (
         ["run", str(_plan(c.tmp, run="[run]\nbench = true"))], {}, ["[run]", "bench = true", "or false"]),
     "compile --keep bad regex": lambda c: (

@@ -58,3 +58,30 @@ def test_corrupt_suite_file(tmp_path):
     p.write_text("{not json")
     with pytest.raises(XoptError, match="corrupt demo suite"):
         demo.load_suite(p)
+
+
+def test_suite_nested_past_the_parser_is_one_line(tmp_path):
+    p = tmp_path / "s.json"
+    p.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(XoptError, match=r"corrupt demo suite: malformed JSON \(nested too deeply"):
+        demo.load_suite(p)
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda s: s["test"]["de"][1].pop("text"), "test.de[1] has no 'text'"),
+    (lambda s: s["test"]["de"][2].__setitem__("text", "  "), "test.de[2] has no 'text' (a string that is not blank)"),
+    (lambda s: s["shared"][next(iter(s["shared"]))].__setitem__(0, "just a string"), "[0] is not an example"),
+    (lambda s: s["tasks"]["demo-topic"]["train"][2].__setitem__("label", "planet"), "label 'planet' is not one of"),
+    (lambda s: s["calibration"].__setitem__("de", [1, 2]), "'calibration'"),
+    (lambda s: s.__setitem__("test", []), "'test' is not a table"),
+])
+def test_suite_entry_the_tasks_cannot_read_is_one_line(tiny_suite, tmp_path, damage, words):
+    """A suite example without `text` (or of another shape) is named at load, not a KeyError in
+    the middle of an evaluation."""
+    suite = json.loads(tiny_suite.read_text())
+    damage(suite)
+    p = tmp_path / "s.json"
+    p.write_text(json.dumps(suite))
+    with pytest.raises(XoptError, match="rebuild it") as e:
+        demo.load_suite(p)
+    assert words in str(e.value)

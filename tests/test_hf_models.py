@@ -383,3 +383,50 @@ def test_choice_head_is_hf_s_multiple_choice_forward(arch, tmp_path):
         ref = model(input_ids=b["input_ids"].view(2, 2, -1), attention_mask=b["attention_mask"].view(2, 2, -1)).logits
         got = ours(b["input_ids"], b["attention_mask"]).logits.view(2, -1)
     assert torch.allclose(ref, got, atol=FP32_TOL) and ours.classifier.out_features == 1
+
+
+def _few_positions(arch: str, d, card: bool):
+    """An encoder of `arch` holding 24 positions, as a Hugging Face directory or (`card`) an xopt
+    checkpoint whose model card states xopt's default max length, 512."""
+    import transformers
+
+    from xopt.modeling import ModelCard, build_module, save_checkpoint
+
+    cfg = H.config(arch)
+    cfg.max_position_embeddings = 24
+    enc = transformers.AutoModel.from_config(cfg)
+    if not card:
+        enc.save_pretrained(str(d))
+        return H.tokenizer(arch, d)
+    tok = H.tokenizer(arch, d.parent / "tok")
+    save_checkpoint(build_module(enc.eval(), ModelCard(max_length=512)), tok, ModelCard(max_length=512), d,
+                    {"kind": "test"})
+
+
+@pytest.mark.parametrize("arch, held, card", [("xlm-roberta", 22, False), ("bert", 24, False),
+                                              ("xlm-roberta", 22, True)])
+def test_a_model_with_fewer_positions_than_the_max_length_reads_long_texts_truncated(arch, held, card, tmp_path):
+    """A checkpoint whose max_position_embeddings (24) is below xopt's default max length (512):
+    its inputs are truncated to the positions it holds (XLM-R numbers them from padding_idx + 1,
+    so 22), and a 100-word sentence is scored instead of indexing past the table. A model card
+    that states 512 is lowered with one warning line; a Hugging Face directory states none."""
+    import shutil
+
+    d = tmp_path / "short"
+    _few_positions(arch, d, card)
+    data = tmp_path / "data"
+    shutil.copytree(FIX, data)
+    pairs = len((data / "tatoeba" / "tatoeba.deu-eng.deu").read_text(encoding="utf-8").splitlines())
+    for side, word in (("deu", "Hund "), ("eng", "dog ")):
+        with open(data / "tatoeba" / f"tatoeba.deu-eng.{side}", "a", encoding="utf-8") as f:
+            f.write(word * 100 + "\n")
+    res = run("compile", d, "--variant", "fp32", "--out", tmp_path / "v")
+    assert res.exit_code == 0, res.output
+    warnings = [ln for ln in res.stderr.splitlines() if ln.startswith("xopt: warning:")]
+    assert len(warnings) == card, res.stderr
+    assert not card or f"truncated to {held} tokens, not the 512 its model card says" in warnings[0]
+    assert json.loads((tmp_path / "v" / "manifest.json").read_text())["model"]["max_length"] == held
+    res = run("eval", tmp_path / "v", "--suite", "xtreme", "--data", data, "--tasks", "tatoeba", "--langs", "de",
+              "--out", tmp_path / "r.jsonl")
+    assert res.exit_code == 0, res.output
+    assert [r["n_examples"] for r in _records(tmp_path / "r.jsonl").values()] == [pairs + 1]

@@ -45,6 +45,9 @@ def test_foreign_corrupt_and_wrong_kind(tmp_path):
     (out / mf.MANIFEST).write_text("{")
     with pytest.raises(XoptError, match="corrupt manifest"):
         mf.read(out)
+    (out / mf.MANIFEST).write_text("[" * 100_000 + "]" * 100_000)     # past the JSON parser's stack
+    with pytest.raises(XoptError, match=r"corrupt manifest: malformed JSON \(nested too deeply"):
+        mf.read(out)
     with pytest.raises(XoptError, match="no manifest.json"):
         mf.read(tmp_path)
 

@@ -455,3 +455,25 @@ def test_xopt_run_picks_under_the_plan_budget_and_rebuilds_stale_variants(tmp_pa
     assert mf.read(xs, kind="variant")["source"]["weights_sha256"] == \
         mf.read(run / "xstilts", kind="checkpoint")["files"]["model.safetensors"]
     assert sorted(evals()) == sorted(first)
+
+
+def test_jsonl_row_nested_past_the_parser_is_one_line(tmp_path):
+    p = tmp_path / "train.jsonl"
+    p.write_text('{"a": 1}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(XoptError, match=r"train\.jsonl:2: malformed JSON \(nested too deeply.*one JSON object per line"):
+        it._read_rows(p)
+
+
+def test_a_schedule_past_the_step_bound_is_refused_before_it_is_built(monkeypatch):
+    """Epochs within the plan's bound can still multiply into a schedule too long to list: refused
+    in one line with the figures, before any step is listed."""
+    import numpy as np
+
+    from xopt import trainloop
+    from xopt.train import Stage
+
+    monkeypatch.setattr(trainloop, "MAX_STEPS", 1000, raising=False)
+    stage = Stage("x", epochs=10, batch_size=1)
+    with pytest.raises(XoptError, match=r"10 epochs of 200 steps make 2000 steps, more than 1000"):
+        trainloop.build_schedule({"x": np.arange(200)}, stage, 0)
+    assert len(trainloop.build_schedule({"x": np.arange(200)}, Stage("x", epochs=5, batch_size=1), 0)[0]) == 1000

@@ -182,3 +182,32 @@ def test_bad_input_is_one_clear_error(tmp_path):
         f.write("one more\n")
     with pytest.raises(XoptError, match="must be line-aligned"):
         X.load("tatoeba", "de", "test", root)
+
+
+def test_blank_retrieval_lines_are_not_sentences(tmp_path):
+    """Blank lines in Tatoeba's aligned files drop their pair (line i of each side is still a
+    pair); a BUCC sentence that is blank is no candidate, and its gold pair goes with it."""
+    root = _copy(tmp_path)
+    pairs = W.BITEXT["de"][0]
+    src = [pairs[0][0], "", pairs[1][0], "   ", pairs[2][0], pairs[3][0], ""]
+    en = [pairs[0][1], "", pairs[1][1], pairs[2][1], pairs[2][1], "\t", ""]
+    (root / "tatoeba" / "tatoeba.deu-eng.deu").write_text("".join(f"{s}\n" for s in src), encoding="utf-8")
+    (root / "tatoeba" / "tatoeba.deu-eng.eng").write_text("".join(f"{s}\n" for s in en), encoding="utf-8")
+    t = X.load("tatoeba", "de", "test", root)
+    assert list(zip(t.src, t.en)) == [pairs[0], pairs[1], (pairs[2][0], pairs[2][1])]
+    assert t.gold == {(i, i) for i in t.src_ids}
+    p = root / "bucc2018" / "de-en.test.de"
+    lines = p.read_text(encoding="utf-8").splitlines()
+    blank_id = lines[0].split("\t")[0]
+    lines[0] = f"{blank_id}\t  "
+    p.write_text("\n".join(lines) + "\n   \n", encoding="utf-8")
+    b = X.load("bucc2018", "de", "test", root)
+    assert blank_id not in b.src_ids and all(s.strip() for s in b.src + b.en)
+    assert len(b.gold) == len(W.BITEXT["de"][0]) - 1 and all(s != blank_id for s, _ in b.gold)
+
+
+def test_json_nested_past_the_parser_is_one_line(tmp_path):
+    root = _copy(tmp_path)
+    (root / "xquad" / "xquad.de.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(XoptError, match=r"xquad\.de\.json: malformed JSON \(nested too deeply"):
+        X.load("xquad", "de", "test", root)

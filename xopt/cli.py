@@ -96,14 +96,17 @@ def os_error_line(e: OSError) -> str:
 
 def command(*args, **kwargs):
     """app.command() whose XoptError, or OSError from the OS or a library (a full disk, a file
-    that vanished), becomes one line on stderr and exit code 2. XOPT_DEBUG=1 keeps an OSError's
-    traceback; other exceptions are bugs and keep theirs."""
+    that vanished), becomes one line on stderr and exit code 2. XOPT_DEBUG=1 keeps the traceback
+    of an OSError and of a library error an XoptError carries as its cause; other exceptions are
+    bugs and keep theirs."""
     def deco(fn):
         @functools.wraps(fn)
         def wrapper(*a, **kw):
             try:
                 return fn(*a, **kw)
             except XoptError as e:
+                if e.__cause__ is not None and os.environ.get("XOPT_DEBUG") == "1":
+                    raise      # a library's error put in one line: its traceback, for debugging
                 typer.echo(f"xopt: error: {e}", err=True)
                 raise typer.Exit(2) from None
             except OSError as e:

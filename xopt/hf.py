@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 from pathlib import Path
 
 from xopt.errors import XoptError
@@ -139,7 +140,7 @@ def pooler_kwargs(path: Path) -> dict:
     the weights hold one (a BERT chain reuses it; see `new_heads`)."""
     from safetensors import safe_open
 
-    model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    model_type = read_config(path).get("model_type")
     if model_type not in ("bert", "roberta", "xlm-roberta"):
         return {}
     has = False
@@ -193,24 +194,128 @@ def portable_tokenizer_config(path: Path) -> None:
         f.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def read_config(path: Path) -> dict:
+    """A checkpoint's config.json as a dict, or one line naming it."""
+    return _table(Path(path) / "config.json")
+
+
+def _table(f: Path) -> dict:
+    """A JSON object of a checkpoint's (config.json, the xopt card, a sentence-transformers
+    module's config), or one line naming the file: missing, malformed, or not an object."""
+    from xopt.errors import read_json
+
+    fix = "re-save the checkpoint (`model.save_pretrained(DIR)`)"
+    d = read_json(f, f.name, fix)
+    if not isinstance(d, dict):
+        raise XoptError(f"{f}: not a JSON object of settings; {fix}")
+    return d
+
+
+def check_config(path: Path) -> None:
+    """Refuse in one line a config.json that transformers does not accept (a field of the wrong
+    type or range, an unknown model type): read here, before anything else reads it."""
+    from xopt.quiet import quiet_imports
+
+    with quiet_imports():
+        from transformers import AutoConfig
+    try:
+        AutoConfig.from_pretrained(str(path))
+        check_memory(read_config(path), Path(path) / "config.json")
+    except XoptError:
+        raise
+    except Exception as e:     # transformers' validation errors have no common base below Exception
+        raise XoptError(f"{Path(path) / 'config.json'}: transformers does not accept it ({first_line(e)}); "
+                        "re-save the checkpoint with the model it was trained with") from e
+
+
+def param_estimate(config: dict) -> int:
+    """Parameters an encoder of `config` holds, from its sizes alone (nothing allocated):
+    embeddings (vocab + positions + token types) x hidden, and per layer the attention's four
+    h x h projections and the feed-forward's two h x intermediate ones, biases and layer norms;
+    the head's h x h is within the rounding."""
+    def size(key, default=0):
+        v = config.get(key, default)
+        return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else default
+
+    h, i = size("hidden_size"), size("intermediate_size", 4 * size("hidden_size"))
+    positions, layer = size("max_position_embeddings"), 4 * h * h + 2 * h * i + 9 * h + i
+    if config.get("model_type") == "deberta-v2":    # relative position table, own projections of it
+        positions = (0 if config.get("position_biased_input") is False else positions) + 2 * (
+            size("max_relative_positions") or positions) * bool(config.get("relative_attention"))
+        layer += 0 if config.get("share_att_key") else 2 * h * h
+    emb = (size("vocab_size") + positions + size("type_vocab_size")) * h
+    return emb + size("num_hidden_layers") * layer + h * h
+
+
+def check_memory(config: dict, where, bytes_per_param: int = 4) -> None:
+    """Refuse in one line a config whose parameters alone exceed the memory this machine has
+    available, before anything allocates them."""
+    from xopt.host import available_memory
+
+    need, have = param_estimate(config) * bytes_per_param, available_memory()
+    if have is not None and need > have:
+        raise XoptError(f"{where}: a model of ~{need / 2**30:.1f} GiB of parameters "
+                        f"(hidden_size {config.get('hidden_size')}, {config.get('num_hidden_layers')} layers, "
+                        f"vocab_size {config.get('vocab_size')}, {bytes_per_param} bytes each); this machine has "
+                        f"{have / 2**30:.1f} GiB available: check those sizes, or use a machine with more memory")
+
+
+def first_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+
+
+def position_limit(config: dict) -> int | None:
+    """The longest input, in tokens, the encoder's absolute position embeddings hold:
+    `max_position_embeddings` less the position offset (RoBERTa and XLM-R number positions from
+    padding_idx + 1); None where attention is relative only (DeBERTa-v2 without
+    `position_biased_input`)."""
+    n = config.get("max_position_embeddings")
+    if not isinstance(n, int) or isinstance(n, bool):
+        return None
+    if config.get("model_type") == "deberta-v2" and not config.get("position_biased_input", True):
+        return None
+    if config.get("model_type") in ("roberta", "xlm-roberta"):
+        n -= int(config.get("pad_token_id", 1)) + 1
+    return n
+
+
+_FITTED: set = set()
+
+
+def fit_positions(card, config: dict, where, stated: bool = True) -> None:
+    """Lower `card.max_length` to what the encoder's position embeddings hold (`hf.position_limit`):
+    a longer input would index past them. A length the checkpoint states (its xopt model card) is
+    lowered with a warning, once per checkpoint and process; xopt's default, where nothing states
+    one (a Hugging Face directory), is the model's limit without one."""
+    limit = position_limit(config)
+    if limit is None or card.max_length <= limit:
+        return
+    if stated and str(where) not in _FITTED:
+        _FITTED.add(str(where))
+        print(f"xopt: warning: {where}: the model holds {limit} positions (max_position_embeddings "
+              f"{config['max_position_embeddings']}); inputs are truncated to {limit} tokens, not the "
+              f"{card.max_length} its model card says", file=sys.stderr)
+    card.max_length = limit
+
+
 def hf_card(path: Path) -> tuple[dict, dict | None]:
     """(model card JSON, head weights {name: tensor} or None) of a Hugging Face directory without
     an xopt manifest, read from its config's `architectures`/`id2label`, its weights and its
     sentence-transformers modules (module doc)."""
     from safetensors import safe_open
 
-    config = json.loads((path / "config.json").read_text())
+    config = read_config(path)
     arch = (config.get("architectures") or [""])[0]
     id2label = config.get("id2label") or {}
     labels = [id2label[k] for k in sorted(id2label, key=int)] if id2label else []
     card = {"pooling": "mean"}
-    xcard = json.loads((path / CARD_FILE).read_text()) if (path / CARD_FILE).is_file() else {}
+    xcard = _table(path / CARD_FILE) if (path / CARD_FILE).is_file() else {}
     # written by export_hf: prefix, max_length, task, retrieval layer, and the labels of a linear
     # sequence head, whose config.json names no labels (it names the encoder class)
     card.update({k: v for k, v in xcard.items() if k in ("input_prefix", "max_length", "task", "retrieval_layer")})
     st = path / "config_sentence_transformers.json"
     if st.is_file():
-        prompt = (json.loads(st.read_text()).get("prompts") or {}).get("query")
+        prompt = (_table(st).get("prompts") or {}).get("query")
         if prompt:
             card["input_prefix"] = prompt
     kind = next((k for k, suffix in ARCH_SUFFIX.items() if arch.endswith(suffix)), None)
@@ -226,10 +331,15 @@ def hf_card(path: Path) -> tuple[dict, dict | None]:
         return {**card, "head": kind, "head_layout": "hf", **({"labels": labels} if kind != "span" else {})}, None
     modules = path / "modules.json"
     if modules.is_file():
-        mods = json.loads(modules.read_text())
+        from xopt.errors import read_json
+
+        mods = read_json(modules, modules.name, "re-save it with sentence-transformers' `model.save(DIR)`")
+        if not isinstance(mods, list) or not all(isinstance(m, dict) and isinstance(m.get("type"), str)
+                                                 and isinstance(m.get("path"), str) for m in mods):
+            raise XoptError(f"{modules}: not a list of modules with a type and a path each")
         pooling = [m for m in mods if m["type"].endswith("Pooling")]
         if pooling:
-            pcfg = json.loads((path / pooling[0]["path"] / "config.json").read_text())
+            pcfg = _table(path / pooling[0]["path"] / "config.json")
             if not pcfg.get("pooling_mode_mean_tokens"):
                 raise XoptError(f"{path}: its sentence-transformers Pooling is not mean pooling; xopt pools by the "
                                 "mean over the attention mask")
@@ -238,7 +348,7 @@ def hf_card(path: Path) -> tuple[dict, dict | None]:
             raise XoptError(f"{path}: {len(dense)} Dense modules; xopt's head is one linear layer")
         if dense:
             d = path / dense[0]["path"]
-            dcfg = json.loads((d / "config.json").read_text())
+            dcfg = _table(d / "config.json")
             if dcfg.get("activation_function", IDENTITY) != IDENTITY:
                 raise XoptError(f"{path}: its Dense module applies {dcfg['activation_function']}; xopt's head is "
                                 "linear (identity activation)")
@@ -287,7 +397,15 @@ def from_pretrained(cls, path: Path, kw: dict):
     what loading an encoder from a task checkpoint leaves out."""
     # ignore_mismatched_sizes: the mismatches come back in `info` (and are refused below)
     # instead of as transformers' multi-line RuntimeError
-    model, info = cls.from_pretrained(str(path), output_loading_info=True, ignore_mismatched_sizes=True, **kw)
+    import torch
+
+    dtype = kw.get("dtype") if isinstance(kw.get("dtype"), torch.dtype) else torch.float32
+    check_memory(read_config(path), Path(path) / "config.json", dtype.itemsize)
+    try:
+        model, info = cls.from_pretrained(str(path), output_loading_info=True, ignore_mismatched_sizes=True, **kw)
+    except (ValueError, KeyError, TypeError) as e:   # a config the model cannot be built from (heads, activation)
+        raise XoptError(f"checkpoint {path}: its config.json does not build {cls.__name__} "
+                        f"({first_line(e)}); re-save the checkpoint with the model it was trained with") from e
     inside = {name for name, _ in model.named_children()} | {model.base_model_prefix}
     problems = {"missing": sorted(info.get("missing_keys") or []),
                 "mismatched in size": sorted(str(k[0] if isinstance(k, tuple) else k)

@@ -28,6 +28,23 @@ def env_threads() -> int | None:
     return int(raw)
 
 
+def available_memory() -> int | None:
+    """Bytes of memory this process can still take without swapping (MemAvailable of
+    /proc/meminfo, else psutil's), None where neither says."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().available)
+
+
 def _version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist.replace("_", "-"))

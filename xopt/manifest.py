@@ -33,7 +33,11 @@ import tempfile
 from pathlib import Path
 
 from xopt import __version__
+<<<<<<< HEAD
 from xopt.errors import XoptError, disk_full, is_disk_full
+=======
+from xopt.errors import XoptError, parse_json
+>>>>>>> h-b
 from xopt.host import host_info
 
 MANIFEST = "manifest.json"
@@ -341,9 +345,10 @@ def read(directory: Path, *, kind: str | None = None, verify: bool = True) -> di
     if not path.is_file():
         raise XoptError(f"{directory}: no {MANIFEST}; not an xopt directory (build one with `xopt compile`)")
     try:
-        man = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        text = path.read_text()
+    except UnicodeDecodeError as e:
         raise XoptError(f"{path}: corrupt manifest ({e}); rebuild the directory") from None
+    man = parse_json(text, path, "rebuild the directory", "corrupt manifest")
     if not isinstance(man, dict) or man.get("format") != FORMAT:
         raise XoptError(f"{path}: not an xopt manifest (format {man.get('format') if isinstance(man, dict) else '?'!r})")
     rebuild = _rebuild(directory, man)

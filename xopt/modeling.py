@@ -357,12 +357,16 @@ def open_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
     man = mf.read(path, kind="checkpoint", verify=verify) if (path / mf.MANIFEST).exists() else {}
     for f in sorted(path.glob("*.safetensors")):     # without a manifest, no hash catches a cut-off copy
         check_safetensors(f)
-    if man:
-        return Checkpoint(path, ModelCard.from_json(man.get("model", {})), man)
-    from xopt.hf import hf_card       # a Hugging Face directory: its head from its config and weights
+    from xopt.hf import check_config, fit_positions, hf_card, read_config
 
-    card, head = hf_card(path)
-    return Checkpoint(path, ModelCard.from_json(card), man, head)
+    check_config(path)
+    if man:
+        ckpt, stated = Checkpoint(path, ModelCard.from_json(man.get("model", {})), man), True
+    else:    # a Hugging Face directory: its head from its config and weights
+        card, head = hf_card(path)
+        ckpt, stated = Checkpoint(path, ModelCard.from_json(card), man, head), "max_length" in card
+    fit_positions(ckpt.card, read_config(path), path, stated)
+    return ckpt
 
 
 def quiet_hf() -> None:
@@ -393,8 +397,25 @@ def load_tokenizer(path: str | Path):
     if key not in _TOKENIZERS:
         if len(_TOKENIZERS) >= 8:
             _TOKENIZERS.pop(next(iter(_TOKENIZERS)))
-        _TOKENIZERS[key] = AutoTokenizer.from_pretrained(str(path))
+        try:
+            _TOKENIZERS[key] = AutoTokenizer.from_pretrained(str(path))
+        except Exception as e:    # tokenizers and transformers raise KeyError, ValueError, Exception, ...
+            from xopt.hf import first_line
+
+            raise XoptError(f"{path}: its tokenizer files do not load ({first_line(e)}); copy them from the "
+                            "model's source (`tokenizer.save_pretrained(DIR)` writes them)") from e
     return _TOKENIZERS[key]
+
+
+def check_tokenizer(path: Path, config: dict):
+    """The checkpoint's tokenizer, refused in one line where it does not load or gives token ids
+    past the model's embedding table (`vocab_size`)."""
+    tok = load_tokenizer(path)
+    vocab = config.get("vocab_size")
+    if isinstance(vocab, int) and len(tok) > vocab:
+        raise XoptError(f"{path}: its tokenizer has {len(tok)} tokens, the model's embeddings hold {vocab} "
+                        "(config.json vocab_size): not this model's tokenizer; copy the model's own tokenizer files")
+    return tok
 
 
 def load_module(ckpt: Checkpoint, dtype=None):

@@ -268,6 +268,10 @@ def _check_run(cfg: dict, where: str) -> None:
         return isinstance(v, list) and v and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1
                                                  for x in v)
 
+    def at_most(key, v, high):
+        if v > high:
+            raise XoptError(f"{where}: {key} = {_toml(v)} must be at most {high}")
+
     checks = {"variants": (names, "a list of variant names"), "suite": (lambda v: isinstance(v, str), "a string"),
               "eval_data": (lambda v: isinstance(v, str), "a directory (a string)"),
               "tasks": (names, "a list of task names"), "langs": (names, "a list of language codes"),
@@ -280,6 +284,8 @@ def _check_run(cfg: dict, where: str) -> None:
     for key, (ok, expected) in checks.items():
         if key in cfg and not ok(cfg[key]):
             raise XoptError(f"{where}: {key} = {_toml(cfg[key])} is not {expected}")
+    if "max_examples" in cfg:
+        at_most("max_examples", cfg["max_examples"], 10**9)
     b = cfg.get("bench")
     if isinstance(b, dict):
         bad = [k for k in b if k not in ("batch", "seq_len", "min_time")]
@@ -288,9 +294,16 @@ def _check_run(cfg: dict, where: str) -> None:
         for key in ("batch", "seq_len"):
             if key in b and not sizes(b[key]):
                 raise XoptError(f"{where}: bench.{key} = {_toml(b[key])} is not a list of positive integers")
+            for v in b.get(key, []):     # a batch of batch x seq_len tokens is allocated at once
+                at_most(f"bench.{key}", v, BENCH_MAX[key])
         mt = b.get("min_time", 0.5)
         if not (isinstance(mt, (int, float)) and not isinstance(mt, bool) and 0 < mt < float("inf")):
             raise XoptError(f"{where}: bench.min_time = {_toml(mt)} is not a positive number of seconds")
+        at_most("bench.min_time", mt, BENCH_MAX["min_time"])
+
+
+# Largest [run] bench values: a batch and a length no encoder serves, an hour per shape.
+BENCH_MAX = {"batch": 4096, "seq_len": 65536, "min_time": 3600}
 
 
 def run_plan_file(path: Path, resume: bool = False, force: bool = False) -> dict:

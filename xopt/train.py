@@ -156,6 +156,9 @@ def _stage(d: dict, where: str) -> Stage:
     for k, low in _STAGE_MIN.items():
         if d.get(k) is not None and d[k] < low:
             raise XoptError(f"{where}: {k} = {d[k]} must be at least {low}")
+    for k, high in _STAGE_MAX.items():
+        if d.get(k) is not None and d[k] > high:
+            raise XoptError(f"{where}: {k} = {d[k]} must be at most {high:g}{_STAGE_WHY.get(k, '')}")
     return Stage(**d)
 
 
@@ -165,6 +168,15 @@ _STAGE_MIN = {"batch_size": 1, "grad_accum": 1, "epochs": 0, "steps": 1, "lr": 0
               "max_examples": 1, "top_layers": 0, "head_lr": 0, "weight_decay": 0, "dropout": 0, "cap": 1,
               "temperature": 0, "checkpoint_every": 0, "doc_stride": 1, "average": 1, "interpolate": 0,
               "probe_epochs": 0, "probe_lr": 0}
+
+# Largest allowed value: beyond these a plan asks for more steps, memory or runs than any machine
+# gives (the step schedule of every epoch is built up front), or for a rate or probability that
+# has no meaning.
+_STAGE_MAX = {"batch_size": 65536, "grad_accum": 65536, "epochs": 10000, "steps": 10**6, "lr": 10, "warmup": 10**6,
+              "max_length": 65536, "max_examples": 10**9, "top_layers": 1000, "head_lr": 10, "weight_decay": 10,
+              "dropout": 0.99, "cap": 10**9, "temperature": 1000, "checkpoint_every": 10**6, "doc_stride": 65536,
+              "average": 100, "probe_epochs": 10000, "probe_lr": 10}
+_STAGE_WHY = {"dropout": " (a probability)", "average": " (runs trained one after the other)"}
 
 
 def _is(value, tp) -> bool:
@@ -220,6 +232,8 @@ def load_plan(path: str | Path) -> Plan:
                   ("models", list), ("run", dict), ("head", str)):
         if k in d and not _is(d[k], tp):
             raise XoptError(f"plan {path}: {k} = {_shown(d[k])} is {_toml_type(d[k])}, expected {_type_name(tp)}")
+    if not 0 <= d.get("seed", 0) < 2**32:     # numpy's and torch's seeds are 32-bit
+        raise XoptError(f"plan {path}: seed = {d['seed']} must be at least 0 and at most {2**32 - 1}")
     data = d.get("data", {})
     if not (isinstance(data, str) or isinstance(data, dict) and all(isinstance(v, str) for v in data.values())):
         raise XoptError(f"plan {path}: data must be a directory (a string) or a table of task = \"path\"")
@@ -345,6 +359,8 @@ def _run_plan(plan: Plan, resume: bool, force: bool, plan_text: str | None, sing
             tasks[n] = load_task(n, plan.data, st)
         _check_stage(st, tasks, role)
     ckpt = open_checkpoint(plan.model)
+    for st in filter(None, (plan.intermediate, plan.target)):    # no longer than the model's positions
+        st.max_length = min(st.max_length, ckpt.card.max_length)
     targets = {r: (out if single_out else out / r) for r in roles}
     state_root = out.parent / f".{out.name}.state" if single_out else out / ".state"
     if not resume:

@@ -164,6 +164,9 @@ def mixture(sizes: dict[str, int], rule: str, cap: int | None, temperature: floa
     return {t: v / s for t, v in w.items()}
 
 
+MAX_STEPS = 10**6     # build_schedule lists every step's batch up front
+
+
 def build_schedule(lengths: dict[str, np.ndarray], stage, seed: int) -> tuple[list[tuple[str, np.ndarray]], int]:
     """[(task, global batch indices)] for every step, and the steps per epoch."""
     names = list(lengths)
@@ -172,6 +175,9 @@ def build_schedule(lengths: dict[str, np.ndarray], stage, seed: int) -> tuple[li
     per_epoch = sum(min(n, stage.cap or n) if stage.mixing == "capped" else n for n in sizes.values())
     epoch_steps = max(1, math.ceil(per_epoch / stage.batch_size))
     total = stage.steps or epoch_steps * stage.epochs
+    if total > MAX_STEPS:      # each step's batch is listed here, up front
+        raise XoptError(f"{stage.epochs} epochs of {epoch_steps} steps make {total} steps, more than {MAX_STEPS} (the "
+                        "schedule is built before training): lower epochs or set steps")
     streams = {t: [] for t in names}
     epochs_seen = {t: 0 for t in names}
     pick = np.random.RandomState([seed, 7919])

@@ -242,9 +242,43 @@ def save_suite(suite: dict, path: Path) -> Path:
 def load_suite(path: Path) -> dict:
     path = Path(path)
     suite = read_json(path, "demo suite", "omit --data to build and use the cached one (delete a corrupt one first)")
-    if suite.get("format") != FORMAT:
-        raise XoptError(f"{path}: not a demo suite (format {suite.get('format')!r})")
+    if not isinstance(suite, dict) or suite.get("format") != FORMAT:
+        raise XoptError(f"{path}: not a demo suite (format {suite.get('format') if isinstance(suite, dict) else None!r})")
+    if problem := _suite_problem(suite):
+        raise XoptError(f"{path}: {problem}; rebuild it (`xopt demo` builds the cached one) or fix that entry")
     return suite
+
+
+def _suite_problem(suite: dict) -> str | None:
+    """What in a demo suite is not what the tasks read (None: nothing): every example of every
+    task split, language and the shared set a table with string `id` and `text` and a label of
+    its task, the calibration texts strings; a missing or mistyped entry is named, index included."""
+    tasks = suite.get("tasks")
+    if not isinstance(tasks, dict) or not all(isinstance(t, dict) for t in tasks.values()):
+        return "'tasks' is not a table of tasks"
+    sets = {f"tasks.{n}.{split}": (t[split], set(t.get("labels") or ())) for n, t in tasks.items()
+            for split in ("train", "dev", "test") if split in t}
+    labels = set(tasks.get(TARGET, {}).get("labels") or ())
+    for key in ("test", "shared"):
+        if not isinstance(suite.get(key), dict):
+            return f"{key!r} is not a table of languages"
+        sets.update({f"{key}.{lang}": (exs, labels) for lang, exs in suite[key].items()})
+    for where, (exs, known) in sets.items():
+        if not isinstance(exs, list):
+            return f"{where} is not a list of examples"
+        for i, e in enumerate(exs):
+            if not isinstance(e, dict):
+                return f"{where}[{i}] is not an example (a table)"
+            bad = [k for k in ("id", "text") if not isinstance(e.get(k), str) or not e[k].strip()]
+            if bad:
+                return f"{where}[{i}] has no {bad[0]!r} (a string that is not blank)"
+            if e.get("label") not in known:
+                return f"{where}[{i}] ({e['id']}): label {e.get('label')!r} is not one of {sorted(known)}"
+    calib = suite.get("calibration", {})
+    if not isinstance(calib, dict) or not all(isinstance(ts, list) and all(isinstance(t, str) for t in ts)
+                                              for ts in calib.values()):
+        return "'calibration' is not a table of languages to lists of texts"
+    return None
 
 
 def summary(suite: dict) -> list[tuple[str, int, int, str]]:

@@ -29,11 +29,10 @@ answer is outside the window), `choice` ((context, choice) pairs scored by a
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from xopt.errors import XoptError
+from xopt.errors import XoptError, parse_json
 from xopt.tasks.registry import TaskData, TaskEntry, register_task
 
 NLI_LABELS = ["entailment", "neutral", "contradiction"]
@@ -54,10 +53,7 @@ def _read_jsonl(path: Path) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
             if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise XoptError(f"{path}:{i}: not JSON ({e.msg}); expected one JSON object per line") from None
+                rows.append(parse_json(line, f"{path}:{i}", "expected one JSON object per line"))
     return rows
 
 

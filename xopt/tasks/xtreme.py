@@ -41,7 +41,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xopt.errors import XoptError
+from xopt.errors import XoptError, parse_json
 from xopt.tasks.registry import TaskEntry, register_task
 
 SPLITS = ("train", "dev", "test")
@@ -146,6 +146,19 @@ class Bitext:
 
     def __len__(self) -> int:
         return len(self.src)
+
+    def without_blanks(self) -> "Bitext":
+        """The Bitext without its blank (empty or whitespace) sentences, which no retrieval can
+        score: Tatoeba's line-aligned sides (the same ids on both) lose the pair; otherwise each
+        side loses the sentence and the gold its pairs."""
+        src = [i for i, t in enumerate(self.src) if t.strip()]
+        en = [i for i, t in enumerate(self.en) if t.strip()]
+        if self.src_ids == self.en_ids:
+            src = en = sorted(set(src) & set(en))
+        src_ids, en_ids = [self.src_ids[i] for i in src], [self.en_ids[i] for i in en]
+        keep_s, keep_e = set(src_ids), set(en_ids)
+        return Bitext(self.lang, src_ids, [self.src[i] for i in src], en_ids, [self.en[i] for i in en],
+                      {(s, e) for s, e in self.gold if s in keep_s and e in keep_e}, self.distractors)
 
 
 def get_task(name: str) -> Task:
@@ -271,11 +284,10 @@ def read_tag_tsv(path: Path, task: Task) -> list[dict]:
 def read_squad(path: Path, task: Task, lang: str) -> list[dict]:
     """SQuAD v1.1 json (XQuAD, MLQA, TyDiQA-GoldP): data[].paragraphs[].{context, qas[]}."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise XoptError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise XoptError(f"{path}: not UTF-8 text ({e.reason})") from None
+    data = parse_json(text, path)
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise XoptError(f"{path}: not a SQuAD-format file (no top-level 'data' list)")
     out = []
@@ -310,7 +322,7 @@ def read_sentences(path: Path) -> tuple[list[str], list[str]]:
     ids, sents = [], []
     for i, line in _lines(path):
         line = line.rstrip("\r\n")
-        if not line:
+        if not line.strip():
             continue
         items = line.split("\t")
         if len(items) != 2 or not items[0]:
@@ -477,6 +489,8 @@ def load(task: str | Task, lang: str, split: str, data_dir: str | Path):
     check_split(t, split)
     kind, where = source_of(t, lang, Path(data_dir))
     data = load_hf(t, lang, split, where) if kind == "hf" else load_xtreme_layout(t, lang, split, where)
+    if isinstance(data, Bitext):
+        data = data.without_blanks()
     if len(data) == 0:
         raise XoptError(f"{t.name} {lang} {split} ({where}): empty split, no examples")
     return data

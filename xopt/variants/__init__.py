@@ -63,14 +63,15 @@ def compile_variant(checkpoint: str | Path, name: str, out: str | Path, force: b
     `options` are validated into the variant's config (unknown or inapplicable ones are refused
     before anything is built). `exports`: an `ExportCache` the caller owns, to share ONNX exports
     between the variants of one checkpoint; without one, exports last for this call only."""
-    from xopt.hf import num_layers, param_counts
-    from xopt.modeling import open_checkpoint
+    from xopt.hf import num_layers, param_counts, read_config
+    from xopt.modeling import check_tokenizer, open_checkpoint
 
     variant = get(name)
     if reason := variant.unavailable_reason():
         raise XoptError(f"variant {name} is not available on this host: {reason}")
     config = variant.configure(options)
     ckpt = open_checkpoint(checkpoint)
+    check_tokenizer(ckpt.path, read_config(ckpt.path))    # a tokenizer that fails later fails here
     out = Path(out)
     # every variant holds (or passes through an export of) all the checkpoint's weights
     need = sum(p.stat().st_size for p in ckpt.path.glob("*.safetensors"))

@@ -300,7 +300,8 @@ def _load(variant, directory: Path, man, config) -> OrtRunner:
 
     threads = env_threads()
     device = getattr(config, "device", "cpu")
-    runner = OrtRunner(variant.name, session(directory / MODEL_FILE, threads, device), output_names(man))
+    path = directory / MODEL_FILE
+    runner = OrtRunner(variant.name, session(path, threads, device), output_names(man), path)
     runner.device = device
     if kernels := man.get("int8_kernels"):
         runner.info["int8_kernels"] = kernels

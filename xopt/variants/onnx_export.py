@@ -32,14 +32,31 @@ MODEL_FILE = "model.onnx"
 OPSET = 17
 
 
+GRAPH_INPUTS = ("input_ids", "attention_mask")
+
+
+def check_io(where, inputs, outputs, fetch) -> None:
+    """Refuse in one line a graph (ONNX, OpenVINO IR) whose inputs are not xopt's two or whose
+    outputs lack one the model card names (`fetch`): another model's graph, not this variant's."""
+    if sorted(inputs) != sorted(GRAPH_INPUTS) or not set(fetch) <= set(outputs):
+        raise XoptError(f"{where}: the graph takes {', '.join(inputs)} and gives {', '.join(sorted(outputs))}; "
+                        f"its model card needs inputs {', '.join(GRAPH_INPUTS)} and outputs {', '.join(fetch)}: "
+                        "not this variant's graph, rebuild it with `xopt compile`")
+
+
 class OrtRunner(Runner):
-    def __init__(self, name, session, output_names):
+    """An ONNX Runtime session run as a Runner; the graph's inputs must be xopt's two and its
+    outputs hold the card's (`output_names`), or it is refused in one line naming `where`."""
+
+    def __init__(self, name, session, output_names, where="the ONNX graph"):
         from xopt.modeling import graph_names
 
         super().__init__(name, output_names)
         self.session = session
         self.input_names = [i.name for i in session.get_inputs()]
-        self.fetch = graph_names(output_names, {o.name for o in session.get_outputs()})
+        have = {o.name for o in session.get_outputs()}
+        self.fetch = graph_names(output_names, have)
+        check_io(where, self.input_names, have, self.fetch)
 
     def prepare(self, input_ids, attention_mask):
         return {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
@@ -88,7 +105,14 @@ def session(path: Path, threads: int | None = None, device: str = "cpu"):
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), so, providers=providers(device))
+    state = ort.capi.onnxruntime_pybind11_state
+    refused = tuple(getattr(state, n) for n in ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "InvalidProtobuf",
+                                                "InvalidGraph", "NotImplemented", "RuntimeException") if hasattr(state, n))
+    try:
+        return ort.InferenceSession(str(path), so, providers=providers(device))
+    except refused as e:    # a graph ONNX Runtime refuses (external data outside its directory, ...)
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise XoptError(f"{path}: ONNX Runtime cannot load this graph ({why}); rebuild it with `xopt compile`") from e
 
 
 def export_onnx(ckpt, path: Path) -> tuple[str, ...]:
@@ -221,7 +245,7 @@ def check_against_torch(ckpt, onnx_path: Path, exports: "ExportCache | None" = N
     reference computed once per checkpoint when an ExportCache is given)."""
     with step("check against PyTorch"):
         ids, mask, ref = exports.reference(ckpt) if exports is not None else torch_reference(ckpt)
-        got = OrtRunner("export check", session(onnx_path), ckpt.output_names)(ids, mask)   # xopt's names
+        got = OrtRunner("export check", session(onnx_path), ckpt.output_names, onnx_path)(ids, mask)   # xopt's names
     out = {}
     for name, r in zip(ckpt.output_names, ref):
         g = got[name]

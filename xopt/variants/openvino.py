@@ -35,7 +35,7 @@ from xopt.errors import XoptError
 from xopt.progress import step
 from xopt.variants.base import (CalibratedConfig, Runner, Variant, VariantConfig, check_quantized, link_or_copy,
                                 option, output_names, quantized_ops_record)
-from xopt.variants.onnx_export import ExportCache
+from xopt.variants.onnx_export import ExportCache, check_io
 
 IR = "model.xml"
 HINTS = ("latency", "throughput")
@@ -140,7 +140,11 @@ def _compile(directory: Path, hint: str, precision: str):
     if (threads := env_threads()) is not None:
         props["INFERENCE_NUM_THREADS"] = threads
     core = ov.Core()
-    return core.compile_model(core.read_model(str(directory / IR)), "CPU", props)
+    try:
+        return core.compile_model(core.read_model(str(directory / IR)), "CPU", props)
+    except RuntimeError as e:      # an IR OpenVINO refuses (a damaged or foreign model.xml / model.bin)
+        why = (str(e).strip().splitlines() or [""])[0][:200]
+        raise XoptError(f"{directory / IR}: OpenVINO cannot load it ({why}); rebuild it with `xopt compile`") from e
 
 
 def count_int8(compiled) -> tuple[dict, list[str]]:
@@ -169,6 +173,8 @@ class OpenVinoRunner(Runner):
         super().__init__(name, names, {"hint": hint, "inference_precision": precision or "default"})
         self.fetch = graph_names(names)
         model = _compile(directory, hint, precision)
+        check_io(directory / IR, [i.get_any_name() for i in model.inputs],
+                 {n for o in model.outputs for n in o.get_names()}, self.fetch)
         self.request, self.outputs = model.create_infer_request(), [model.output(n) for n in self.fetch]
 
     def prepare(self, input_ids, attention_mask):

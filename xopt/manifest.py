@@ -33,11 +33,7 @@ import tempfile
 from pathlib import Path
 
 from xopt import __version__
-<<<<<<< HEAD
-from xopt.errors import XoptError, disk_full, is_disk_full
-=======
-from xopt.errors import XoptError, parse_json
->>>>>>> h-b
+from xopt.errors import XoptError, disk_full, is_disk_full, parse_json
 from xopt.host import host_info
 
 MANIFEST = "manifest.json"

@@ -376,6 +376,7 @@ def _run_plan(plan: Plan, resume: bool, force: bool, plan_text: str | None, sing
     for p in targets.values():
         mf.check_replaceable(p, "checkpoint")
     rank, world, _ = dist_info()
+    barrier(world)          # every rank checks the directories before rank 0 writes into them
     if rank == 0:
         if force and not resume and state_root.exists():
             shutil.rmtree(state_root)

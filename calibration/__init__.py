@@ -55,7 +55,7 @@ class CalibrationSet:
     @functools.cached_property
     def tokenizer(self):
         """Loaded once per set (the XLM-R tokenizer takes seconds to load)."""
-        from xopt.modeling import load_tokenizer
+        from xopt.hf import load_tokenizer
 
         return load_tokenizer(self.tokenizer_dir)
 

@@ -272,7 +272,7 @@ def _qdq_inputs(graph):
 
 @functools.lru_cache(maxsize=1)
 def _tokenizer(path):
-    from xopt.modeling import load_tokenizer
+    from xopt.hf import load_tokenizer
 
     return load_tokenizer(path)   # seconds per load: once for this file
 

@@ -140,7 +140,7 @@ def onnx_variant(tiny_ckpt, tmp_path_factory):
 
 def _inputs(variant_dir):
     from xopt.evaluate import pad, tokenize
-    from xopt.modeling import load_tokenizer
+    from xopt.hf import load_tokenizer
 
     tok = load_tokenizer(variant_dir)
     return pad(tokenize(tok, TEXTS), tok.pad_token_id)
@@ -436,7 +436,7 @@ def test_the_ensemble_tokenizes_as_xopt_eval(onnx_variant, tmp_path, monkeypatch
 
     from xopt.batching import pad, tokenize
     from xopt.evaluate import run_texts
-    from xopt.modeling import load_tokenizer
+    from xopt.hf import load_tokenizer
     from xopt.variants import load_variant
 
     done = export(onnx_variant, "triton", tmp_path / "repo")

@@ -32,7 +32,7 @@ _INPUTS = {}
 def _inputs(ckpt):
     """The tokenised TEXTS, once per checkpoint (loading the 250k-piece tokenizer costs seconds)."""
     from xopt.batching import pad, tokenize
-    from xopt.modeling import load_tokenizer
+    from xopt.hf import load_tokenizer
 
     if ckpt not in _INPUTS:
         tok = load_tokenizer(ckpt)

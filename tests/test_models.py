@@ -1,3 +1,4 @@
+import json
 import struct
 
 import numpy as np
@@ -41,7 +42,8 @@ def _embed(ckpt_path, texts):
     import torch
 
     from xopt.batching import pad, tokenize
-    from xopt.modeling import load_module, load_tokenizer, open_checkpoint
+    from xopt.modeling import load_module, open_checkpoint
+    from xopt.hf import load_tokenizer
 
     ck = open_checkpoint(ckpt_path)
     tok = load_tokenizer(ck.path)
@@ -152,3 +154,22 @@ def test_head_classes_named_outputs_and_with_head():
     assert tagged.token_logits.shape == (2, 4, 3) and span.start_logits.shape == span.end_logits.shape == (2, 4)
     assert torch.equal(tagged.sentence_embedding, plain.sentence_embedding)
     assert tuple(tagged) == (tagged.sentence_embedding, tagged.layer_embedding, tagged.token_logits)
+
+
+def test_directories_with_the_same_tokenizer_files_share_one_parsed_tokenizer(tmp_path):
+    """A checkpoint and its variants carry the same tokenizer files: parsed once per process (XLM-R's
+    takes over a second); a directory whose files differ gets its own."""
+    import shutil
+
+    import hfmodels as H
+    from xopt.hf import load_tokenizer
+
+    a = tmp_path / "a"
+    H.save_model("bert", "sequence", a)
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    assert load_tokenizer(a) is load_tokenizer(b)
+    cfg = b / "tokenizer_config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "model_max_length": 77}))
+    other = load_tokenizer(b)
+    assert other is not load_tokenizer(a) and other.model_max_length == 77

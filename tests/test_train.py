@@ -48,7 +48,8 @@ def test_baseline_and_xstilts_checkpoints(tmp_path, tiny_ckpt, tiny_suite, head)
 
 def _fit_heads(ckpt_dir, suite, stage):
     """(encoder weights before, encoder after, head after) of one `fit` of `stage`."""
-    from xopt.modeling import NoHead, load_tokenizer
+    from xopt.modeling import NoHead
+    from xopt.hf import load_tokenizer
     from xopt.train import _seed_all, load_task
     from xopt.trainloop import fit, key
 

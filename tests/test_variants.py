@@ -25,7 +25,7 @@ TEXTS = ["query: Open the file", "query: ファイルを開けません", "query
 
 def _inputs(ckpt):
     from xopt.batching import pad, tokenize
-    from xopt.modeling import load_tokenizer
+    from xopt.hf import load_tokenizer
 
     tok = load_tokenizer(ckpt)
     return pad(tokenize(tok, TEXTS), tok.pad_token_id)

@@ -280,7 +280,8 @@ def tokenizer_params(variant_dir: Path, man: dict) -> dict | None:
     """The tokenizer step's settings: the model card's input prefix and max length, and the pad id
     of the tokenizer xopt eval loads (xopt.batching.tokenize and pad use the same three); None
     without a tokenizer.json or a pad token (no ensemble then: clients tokenize)."""
-    from xopt.modeling import ModelCard, load_tokenizer
+    from xopt.modeling import ModelCard
+    from xopt.hf import load_tokenizer
 
     if not (variant_dir / "tokenizer.json").is_file():
         return None

@@ -417,3 +417,61 @@ def from_pretrained(cls, path: Path, kw: dict):
                         f"{'; '.join(said)} tensors; transformers would fill the gaps at random. Re-save the checkpoint "
                         "with the model it was trained with (`model.save_pretrained(DIR)`)")
     return model
+
+
+_TOKENIZERS: dict = {}
+# The files AutoTokenizer reads; directories with the same contents (a checkpoint and each of its
+# variants) share one parsed tokenizer.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                    "vocab.txt", "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model")
+
+
+def _tokenizer_key(path: Path) -> tuple:
+    """What identifies a directory's tokenizer: its tokenizer files' contents and the config's
+    model_type (AutoTokenizer's fallback for the class)."""
+    import hashlib
+    import json
+
+    key = []
+    for name in _TOKENIZER_FILES:
+        f = path / name
+        if f.is_file():
+            key.append((name, hashlib.sha256(f.read_bytes()).hexdigest()))
+    cfg = path / "config.json"
+    try:
+        key.append(("model_type", json.loads(cfg.read_text()).get("model_type") if cfg.is_file() else None))
+    except (ValueError, OSError, AttributeError):
+        key.append(("config", str(path.resolve())))      # unreadable: not shared, the load says why
+    return tuple(key) if len(key) > 1 else (str(path.resolve()),)
+
+
+def load_tokenizer(path: str | Path):
+    """The tokenizer of a checkpoint or variant directory, parsed once per process and tokenizer
+    file (XLM-R's 250k-piece tokenizer.json takes seconds); an edited file is read again."""
+    from xopt.quiet import quiet_imports
+
+    with quiet_imports():
+        from transformers import AutoTokenizer
+
+    path = Path(path)
+    key = _tokenizer_key(path)
+    if key not in _TOKENIZERS:
+        if len(_TOKENIZERS) >= 8:
+            _TOKENIZERS.pop(next(iter(_TOKENIZERS)))
+        try:
+            _TOKENIZERS[key] = AutoTokenizer.from_pretrained(str(path))
+        except Exception as e:    # tokenizers and transformers raise KeyError, ValueError, Exception, ...
+            raise XoptError(f"{path}: its tokenizer files do not load ({first_line(e)}); copy them from the "
+                            "model's source (`tokenizer.save_pretrained(DIR)` writes them)") from e
+    return _TOKENIZERS[key]
+
+
+def check_tokenizer(path: Path, config: dict):
+    """The checkpoint's tokenizer, refused in one line where it does not load or gives token ids
+    past the model's embedding table (`vocab_size`)."""
+    tok = load_tokenizer(path)
+    vocab = config.get("vocab_size")
+    if isinstance(vocab, int) and len(tok) > vocab:
+        raise XoptError(f"{path}: its tokenizer has {len(tok)} tokens, the model's embeddings hold {vocab} "
+                        "(config.json vocab_size): not this model's tokenizer; copy the model's own tokenizer files")
+    return tok

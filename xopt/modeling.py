@@ -380,44 +380,6 @@ def quiet_hf() -> None:
     hf_logging.set_verbosity_error()
 
 
-_TOKENIZERS: dict = {}
-
-
-def load_tokenizer(path: str | Path):
-    """The tokenizer of a checkpoint or variant directory, parsed once per process and tokenizer
-    file (XLM-R's 250k-piece tokenizer.json takes seconds); an edited file is read again."""
-    from xopt.quiet import quiet_imports
-
-    with quiet_imports():
-        from transformers import AutoTokenizer
-
-    path = Path(path)
-    f = path / "tokenizer.json"
-    key = (str(path.resolve()), *((f.stat().st_mtime_ns, f.stat().st_size) if f.is_file() else ()))
-    if key not in _TOKENIZERS:
-        if len(_TOKENIZERS) >= 8:
-            _TOKENIZERS.pop(next(iter(_TOKENIZERS)))
-        try:
-            _TOKENIZERS[key] = AutoTokenizer.from_pretrained(str(path))
-        except Exception as e:    # tokenizers and transformers raise KeyError, ValueError, Exception, ...
-            from xopt.hf import first_line
-
-            raise XoptError(f"{path}: its tokenizer files do not load ({first_line(e)}); copy them from the "
-                            "model's source (`tokenizer.save_pretrained(DIR)` writes them)") from e
-    return _TOKENIZERS[key]
-
-
-def check_tokenizer(path: Path, config: dict):
-    """The checkpoint's tokenizer, refused in one line where it does not load or gives token ids
-    past the model's embedding table (`vocab_size`)."""
-    tok = load_tokenizer(path)
-    vocab = config.get("vocab_size")
-    if isinstance(vocab, int) and len(tok) > vocab:
-        raise XoptError(f"{path}: its tokenizer has {len(tok)} tokens, the model's embeddings hold {vocab} "
-                        "(config.json vocab_size): not this model's tokenizer; copy the model's own tokenizer files")
-    return tok
-
-
 def load_module(ckpt: Checkpoint, dtype=None):
     """Checkpoint -> XoptModel (eval mode) on CPU: the HF task model's encoder and head modules
     (layout "hf"), or the encoder and xopt's linear head (layout "linear")."""

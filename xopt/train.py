@@ -335,7 +335,8 @@ def _run_plan(plan: Plan, resume: bool, force: bool, plan_text: str | None, sing
               name: str | None) -> dict:
     from xopt import manifest as mf
     from xopt.manifest import atomic_write
-    from xopt.modeling import ModelCard, NoHead, load_module, load_tokenizer, open_checkpoint, save_checkpoint
+    from xopt.modeling import ModelCard, NoHead, load_module, open_checkpoint, save_checkpoint
+    from xopt.hf import load_tokenizer
     from xopt.progress import bar
     from xopt.tasks.registry import family
     from xopt.trainloop import barrier, dist_info, fit, head_of

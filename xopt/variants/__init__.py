@@ -64,7 +64,8 @@ def compile_variant(checkpoint: str | Path, name: str, out: str | Path, force: b
     before anything is built). `exports`: an `ExportCache` the caller owns, to share ONNX exports
     between the variants of one checkpoint; without one, exports last for this call only."""
     from xopt.hf import num_layers, param_counts, read_config
-    from xopt.modeling import check_tokenizer, open_checkpoint
+    from xopt.modeling import open_checkpoint
+    from xopt.hf import check_tokenizer
 
     variant = get(name)
     if reason := variant.unavailable_reason():
@@ -131,7 +132,7 @@ class Loaded:
         return {k: m[k] for k in ("base_model", "role", "params", "non_embedding_params") if m.get(k) is not None}
 
     def tokenizer(self):
-        from xopt.modeling import load_tokenizer
+        from xopt.hf import load_tokenizer
 
         return load_tokenizer(self.directory)
 

@@ -156,7 +156,7 @@ class BucketRunner(TorchRunner):
 def _compiled(variant, directory, man, module, config: CompileCudaConfig):
     import torch
 
-    from xopt.modeling import load_tokenizer
+    from xopt.hf import load_tokenizer
 
     t0 = time.perf_counter()
     compiled = torch.compile(module, mode=config.mode, dynamic=False)

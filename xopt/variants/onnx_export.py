@@ -230,7 +230,8 @@ def torch_reference(ckpt, texts=CHECK_TEXTS) -> tuple:
     """(input_ids, attention_mask, eager PyTorch outputs as numpy) of `texts` for the checkpoint."""
     import torch
 
-    from xopt.modeling import load_module, load_tokenizer
+    from xopt.modeling import load_module
+    from xopt.hf import load_tokenizer
 
     tok = load_tokenizer(ckpt.path)
     batch = tok(list(texts), padding=True, return_tensors="np")

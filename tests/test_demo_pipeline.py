@@ -77,3 +77,25 @@ def test_checkpoints_compile_in_parallel_processes_and_errors_come_back(tmp_path
     with pytest.raises(XoptError, match="not a directory"):
         pipeline.compile_checkpoints({"baseline": tiny_ckpt, "xstilts": tmp_path / "missing"}, ["fp32"],
                                      tmp_path / "v2", {})
+
+
+def test_a_pipeline_s_export_cache_lives_in_its_output_and_clears_dead_runs(tmp_path):
+    """`xopt demo` / `xopt run` keep their shared ONNX exports inside their output: what a killed
+    run left there (its pid gone) goes when the next cache is made; a live process's stays."""
+    import os
+    import subprocess
+    import sys
+
+    from xopt.variants import ExportCache
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    dead = tmp_path / f".xopt-onnx-{gone}-abc"
+    live = tmp_path / f".xopt-onnx-{os.getpid()}-def"
+    for d in (dead, live):
+        d.mkdir()
+        (d / "raw.onnx").write_bytes(b"x")
+    with ExportCache(under=tmp_path) as exports:
+        assert exports.root.parent == tmp_path and exports.root.is_dir()
+        assert not dead.exists() and live.is_dir()
+    assert not exports.root.exists()

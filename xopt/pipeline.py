@@ -86,7 +86,7 @@ def _compile_one_checkpoint(model: str, ckpt: Path, names: list[str], out: Path,
     from xopt.variants import REGISTRY, ExportCache, compile_variant
 
     dirs = {}
-    with ExportCache() as exports:        # one ONNX export per checkpoint, removed after its variants
+    with ExportCache(under=out) as exports:     # one ONNX export per checkpoint, removed after its variants
         for name in names:
             d = out / model / name
             t = time.perf_counter()
@@ -364,7 +364,7 @@ def run_plan_file(path: Path, resume: bool = False, force: bool = False) -> dict
     dirs = {}
     for model, ckpt in written.items():
         weights = _weights_sha256(ckpt)
-        with ExportCache() as exports:        # one ONNX export per checkpoint, removed after its variants
+        with ExportCache(under=out / "variants") as exports:   # one export per checkpoint, removed after it
             for name in variants:
                 d = out / "variants" / model / name
                 why = "--force" if force else _needs_build(d, weights)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -301,6 +302,23 @@ def _identity(ckpt) -> str | None:
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
+_PREFIX = ".xopt-onnx-"
+
+
+def _remove_dead_exports(under: Path) -> None:
+    """Remove the export caches (`.xopt-onnx-PID-*`) under `under` whose process no longer runs."""
+    for d in under.glob(f"{_PREFIX}*"):
+        pid = d.name[len(_PREFIX):].split("-")[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:      # another user's live process
+            pass
+
+
 class ExportCache:
     """ONNX exports (raw and fused) of checkpoints, kept while their owner builds variants.
 
@@ -310,11 +328,17 @@ class ExportCache:
     leaving the `with` block, or when the cache is garbage-collected). Callers link or copy
     the returned files, never modify them."""
 
-    def __init__(self):
+    def __init__(self, under: Path | None = None):
+        """`under`: the directory the exports live in (default: the temp dir); a pipeline passes
+        its output, so a killed run's exports stay inside what it wrote, and the next cache made
+        there removes those of processes that are gone."""
         import tempfile
         import weakref
 
-        self.root = Path(tempfile.mkdtemp(prefix="xopt-onnx-"))
+        if under is not None:
+            Path(under).mkdir(parents=True, exist_ok=True)
+            _remove_dead_exports(Path(under))
+        self.root = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=under))
         self._paths: dict[tuple[str, bool], Path] = {}
         self._reference: tuple[str | None, tuple | None] = (None, None)
         self._finalizer = weakref.finalize(self, shutil.rmtree, self.root, True)

@@ -88,7 +88,7 @@ def _compile_proc(tmp_path, ckpt, out, variant="onnx-fp32"):
 def _wait_for_export(proc, out):
     """Wait until the compile into `out` exports ONNX (inside its output's work dir)."""
     deadline = time.monotonic() + 120
-    while not list(out.parent.glob(f".{out.name}.tmp-*/scratch/xopt-onnx-*")):
+    while not list(out.parent.glob(f".{out.name}.tmp-*/scratch/.xopt-onnx-*")):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()
         time.sleep(0.01)
 

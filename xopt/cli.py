@@ -318,16 +318,15 @@ def compile_cmd(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint dire
     shapes = {"min": ("--min-shapes", min_shapes), "opt": ("--opt-shapes", opt_shapes),
               "max": ("--max-shapes", max_shapes)}
     if any(v is not None for _, v in shapes.values()):
-        from xopt.variants.tensorrt import profile_shape
-
-        takes = get(variant).config.options()
+        v = get(variant)
+        takes = v.config.options()
         for key, (flag, value) in shapes.items():
             if value is None:
                 continue
             if key not in takes:
                 raise XoptError(f"{flag} sets a TensorRT optimisation profile; variant {variant} has none "
                                 f"(variants with one: {', '.join(_profiled_variants())})")
-            opts[key], flag_of[key] = profile_shape(value, flag), flag
+            opts[key], flag_of[key] = v.parse_flag(key, value, flag), flag
     if device is not None:
         if device not in ("cpu", "cuda"):
             raise XoptError(f"--device {device}: use cpu or cuda")

@@ -72,7 +72,8 @@ import numpy as np
 from xopt.errors import XoptError
 from xopt.progress import step
 from xopt.variants.base import (CALIB_METHOD_HELP, FFN_OUT_AND_HEAD, HEAD, PROFILE_FILE, FallbackConfig,
-                                KeepPolicy, Variant, VariantConfig, link_or_copy, option, output_names)
+                                KeepPolicy, ServingSpec, Variant, VariantConfig, link_or_copy, option, output_names,
+                                require_file)
 from xopt.variants.onnx_export import (MODEL_FILE, ExportCache, OrtRunner, check_against_torch, export_module,
                                        providers, quiet, save_model, session, write_hf_config)
 from xopt.variants.onnx_graph import int8_facts, fused_linears, fused_op_counts, smooth_fused_graph
@@ -320,22 +321,29 @@ def _warn_saturation(directory: Path, kernels: dict, device: str) -> None:
                       "`-o reduce_range=true`", highlight=False)
 
 
+def onnx_serving(directory: Path, man: dict) -> ServingSpec:
+    """Triton's `onnxruntime` entry of an ONNX variant: the model file and its own I/O."""
+    model = require_file(directory, directory / MODEL_FILE, man["variant"])
+    return ServingSpec({"backend": "onnxruntime"}, model, "model.onnx", model)
+
+
 VARIANTS = [
     Variant("onnx-fp32", backend="onnxruntime", precision="fp32", device="cpu",
             description="ONNX export + ONNX Runtime BERT fusions, fp32, CPU execution provider (CUDA with --device cuda)",
-            build=_build_fp32, load=_load, requires=("onnxruntime",), config=OnnxConfig()),
+            build=_build_fp32, load=_load, requires=("onnxruntime",), config=OnnxConfig(),
+            serving=onnx_serving),
     Variant("onnx-int8", backend="onnxruntime", precision="int8", device="cpu",
             description="SmoothQuant on the fused graph, then ONNX Runtime dynamic int8 on every matmul "
                         "(QAttention, per-channel 7-bit weights); head fp32",
             build=_build_int8, load=_load, requires=("onnxruntime",), config=OnnxInt8Config(),
-            activation_scales="dynamic per tensor"),
+            activation_scales="dynamic per tensor", serving=onnx_serving),
     Variant("onnx-int8-static", backend="onnxruntime", precision="int8", device="cpu",
             description="ONNX Runtime static int8 (Q/DQ), per-channel weights, calibrated on a multilingual sample",
             build=_build_int8_static, load=_load, requires=("onnxruntime",), config=OnnxInt8StaticConfig(),
-            activation_scales="static"),
+            activation_scales="static", serving=onnx_serving),
     Variant("ort-stock-int8", backend="onnxruntime", precision="int8", device="cpu",
             description="peer: ONNX Runtime's documented recipe (transformer optimiser, then quantize_dynamic: "
                         "every MatMul, per-channel int8 weights, nothing kept)",
             build=_build_stock_int8, load=_load, requires=("onnxruntime",), config=OrtStockInt8Config(), peer=True,
-            activation_scales="dynamic per tensor"),
+            activation_scales="dynamic per tensor", serving=onnx_serving),
 ]

@@ -41,12 +41,13 @@ import numpy as np
 
 from xopt.errors import XoptError
 from xopt.progress import step
-from xopt.variants.base import (CALIB_METHOD_HELP, FFN_OUT_AND_HEAD, PROFILE_FILE, FallbackConfig, KeepPolicy,
-                                Runner, Variant, VariantConfig, link_or_copy, option, output_names)
+from xopt.variants.base import (CALIB_METHOD_HELP, FFN_OUT_AND_HEAD, MODEL_INPUTS, PROFILE_FILE, FallbackConfig,
+                                KeepPolicy, Runner, ServingSpec, Variant, VariantConfig, link_or_copy, option,
+                                output_names, require_file)
 
 ENGINE_FILE = "model.engine"
 ONNX_FILE = "model.onnx"
-INPUTS = ("input_ids", "attention_mask")
+INPUTS = MODEL_INPUTS
 
 
 def _shape(s: str) -> tuple[int, int]:
@@ -102,6 +103,11 @@ class _ProfileShapes(VariantConfig):
 
     def shapes(self) -> tuple[tuple[int, int], ...]:
         return _shape(self.min), _shape(self.opt), _shape(self.max)
+
+    @classmethod
+    def parse_flag(cls, key: str, value, flag: str):
+        """--min-shapes/--opt-shapes/--max-shapes take trtexec's shape syntax (`profile_shape`)."""
+        return profile_shape(value, flag) if key in ("min", "opt", "max") else value
 
 
 @dataclass(frozen=True)
@@ -319,6 +325,33 @@ class TrtRunner(Runner):
 
 
 # ---------------------------------------------------------------------------------------
+# What a built engine accepts and serves
+
+def engine_limits(man: dict) -> dict:
+    """{max_batch, max_seq_len} of an engine: its optimisation profile's max, as the manifest records it."""
+    hi = ((man.get("tensorrt") or {}).get("profile") or {}).get("max")
+    if isinstance(hi, (list, tuple)) and len(hi) == 2:
+        return {"max_batch": int(hi[0]), "max_seq_len": int(hi[1])}
+    return {}
+
+
+def engine_serving(directory: Path, man: dict) -> ServingSpec:
+    """Triton's `tensorrt_plan` entry of an engine: its I/O is the ONNX graph TensorRT parsed
+    (kept beside it), its batch range the profile the manifest records. Without a recorded
+    profile the range cannot be read back from the opaque engine, so the directory is refused."""
+    variant = man["variant"]
+    engine = require_file(directory, directory / ENGINE_FILE, variant)
+    if not engine_limits(man):
+        raise XoptError(f"{directory}: the manifest records no TensorRT optimisation profile, so the engine's "
+                        f"batch range is unknown; rebuild with `xopt compile --variant {variant} --force`")
+    if not (directory / ONNX_FILE).is_file():
+        raise XoptError(f"{directory}: {ONNX_FILE} (the graph the engine was parsed from) is missing; rebuild with "
+                        f"`xopt compile --variant {variant} --force`")
+    return ServingSpec({"platform": "tensorrt_plan"}, engine, "model.plan", directory / ONNX_FILE,
+                       engine_limits(man)["max_batch"])
+
+
+# ---------------------------------------------------------------------------------------
 # The variants
 
 def _build_fp16(variant, ckpt, out: Path, config: TrtConfig, exports) -> dict:
@@ -416,12 +449,13 @@ def _build_weights(variant, ckpt, out, config, exports=None):
 VARIANTS = [
     Variant("trt-fp16", backend="tensorrt", precision="fp16", device="cuda",
             description="ONNX -> TensorRT engine, fp16, one optimisation profile over batch x sequence",
-            build=_build_fp16, load=_load_engine, config=TrtConfig(), requires=("tensorrt",)),
+            build=_build_fp16, load=_load_engine, config=TrtConfig(), requires=("tensorrt",),
+            limits_of=engine_limits, serving=engine_serving),
     Variant("trt-int8", backend="tensorrt", precision="int8", device="cuda",
             description="ONNX with explicit symmetric int8 Q/DQ (xopt.calibration ranges) -> TensorRT engine, "
                         "int8 GEMMs, fp16 elsewhere",
             build=_build_int8, load=_load_engine, config=TrtInt8Config(),
-            requires=("tensorrt",), activation_scales="static"),
+            requires=("tensorrt",), activation_scales="static", limits_of=engine_limits, serving=engine_serving),
     Variant("torch-tensorrt", backend="torch_tensorrt", precision="fp16", device="cuda",
             description="torch_tensorrt dynamo compile, fp16, dynamic batch x sequence (compiled when loaded)",
             build=_build_weights, load=_load_torch_trt, config=TorchTrtConfig(), requires=("torch_tensorrt",)),

@@ -394,13 +394,15 @@ def calibrate_cmd(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint di
     """Calibrate a checkpoint on its own: write the calibration profile every int8 variant consumes."""
     from xopt.calibration.run import calibrate_to_file
     from xopt.variants import get
+    from xopt.variants.base import FallbackConfig
 
     policy = getattr(get(variant).config, "keep", None)     # the recipe's layers; none kept without one
     opts = {k: val for k, val in {"calib_data": str(calib_data) if calib_data else None,
                                   "calib_langs": calib_langs, "calib_samples": calib_samples,
                                   "calib_method": calib_method, "keep_fp16": keep_fp16, "max_drop": max_drop,
                                   "sensitivity_unit": sensitivity_unit}.items() if val is not None}
-    prof = calibrate_to_file(checkpoint, out, opts, force=force, results_out=results_out, variant=variant,
+    config = FallbackConfig.from_options(opts)       # the calibration options over their own defaults
+    prof = calibrate_to_file(checkpoint, out, config, force=force, results_out=results_out, variant=variant,
                              quantized=policy.quantizes if policy is not None else None)
     if json_out:
         return _print_json({k: v for k, v in prof.to_json().items() if k not in ("activations", "weights")})

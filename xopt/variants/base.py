@@ -286,7 +286,17 @@ CALIB_METHOD_HELP = ("minmax | percentile[:P] | entropy | mse, optionally +smoot
 
 @dataclass(frozen=True)
 class CalibratedConfig(VariantConfig):
-    """Options of the recipes that calibrate activation ranges (`xopt.calibration.run`)."""
+    """Options of the recipes that calibrate activation ranges (`xopt.calibration.run`, which
+    takes the config whole). `SMOOTHQUANT_ALPHAS` and `SMOOTHQUANT_LAYERS` are what SmoothQuant
+    uses where `smoothquant_alpha` / `smoothquant_layers` are unset; they are class constants, not
+    field defaults, so a manifest records only what the user chose."""
+
+    SMOOTHQUANT_ALPHAS: ClassVar[tuple[float, ...]] = (0.3, 0.5, 0.7, 0.85)
+    # The Linears that read a LayerNorm output, as in the SmoothQuant paper (QKV and FC1): their
+    # outlier channels are LayerNorm's, consistent across tokens, which smoothing moves into the
+    # weights. The attention-output and FFN-output inputs (attention context, GELU output) have no
+    # such fixed outlier channels, and smoothing them costs accuracy on the demo model.
+    SMOOTHQUANT_LAYERS: ClassVar[str] = r"attention\.self\.(query|key|value)$|intermediate\.dense$"
 
     calib_data: str | None = option(None, "str", "calibration texts: demo suite JSON, a text file, a directory "
                                                  "of <lang>.txt, or NAME:ARG (default: the demo suite)")
@@ -317,11 +327,22 @@ class CalibratedConfig(VariantConfig):
         if self.calib_dev_samples < 0:
             raise XoptError("--calib-dev-samples must be >= 0")
 
-    def calibration_options(self) -> dict:
-        """The options `xopt.calibration.run.calibrate_checkpoint` reads."""
-        names = [f.name for f in dataclasses.fields(CalibratedConfig)] + [
-            n for n in ("keep_fp16", "max_drop", "sensitivity_unit") if hasattr(self, n)]
-        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+    def smoothquant_alphas(self) -> list[float]:
+        """The SmoothQuant alphas to try: the given one, a comma list, or `SMOOTHQUANT_ALPHAS`."""
+        given = self.smoothquant_alpha
+        try:
+            alphas = list(self.SMOOTHQUANT_ALPHAS) if given is None else \
+                [float(a) for a in (given.split(",") if isinstance(given, str) else [given])]
+        except ValueError:
+            raise XoptError(f"smoothquant_alpha {given!r}: give a number or a comma list in [0, 1]") from None
+        if not alphas or not all(0 <= a <= 1 for a in alphas):
+            raise XoptError(f"smoothquant_alpha {given!r}: values must lie in [0, 1]")
+        return alphas
+
+    @property
+    def smoothquant_pattern(self) -> str:
+        """Regex of the Linears SmoothQuant smooths."""
+        return self.smoothquant_layers or self.SMOOTHQUANT_LAYERS
 
 
 @dataclass(frozen=True)

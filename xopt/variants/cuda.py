@@ -181,7 +181,7 @@ def _build_smooth(variant, ckpt, out, config: SmoothTorchaoConfig, exports=None)
     from xopt.calibration.run import calibrate_checkpoint
 
     build_weights(variant, ckpt, out, config)
-    prof, _ = calibrate_checkpoint(ckpt, config.calibration_options(), quantized=config.keep.quantizes)
+    prof, _ = calibrate_checkpoint(ckpt, config, quantized=config.keep.quantizes)
     prof.save(out / PROFILE_FILE)
     return {"calibration": prof.identity()}
 

@@ -181,7 +181,7 @@ def _build_int8(variant, ckpt, out: Path, config: OnnxInt8Config, exports: Expor
 
     from xopt.calibration.run import calibrate_checkpoint
 
-    profile, _ = calibrate_checkpoint(ckpt, config.calibration_options(), config.keep.quantizes)
+    profile, _ = calibrate_checkpoint(ckpt, config, config.keep.quantizes)
     model = onnx.load(str(exports.get(ckpt, fuse=True)))
     excluded, fallback = [], []
     for node, names in fused_linears(model.graph):
@@ -227,7 +227,7 @@ def _build_int8_static(variant, ckpt, out: Path, config: OnnxInt8StaticConfig, e
     from xopt.calibration.profile import onnx_node_to_module
     from xopt.calibration.run import calibrate_checkpoint
 
-    profile, module = calibrate_checkpoint(ckpt, config.calibration_options(), config.keep.quantizes)
+    profile, module = calibrate_checkpoint(ckpt, config, config.keep.quantizes)
     op_types = ["MatMul"]
     with tempfile.TemporaryDirectory(prefix="xopt-int8-") as tmpdir:
         if profile.smoothing:   # the smoothed module: its 1/s multiplies are in the graph

@@ -115,8 +115,7 @@ def _build_int8(variant, ckpt, out: Path, config: OpenVinoInt8Config, exports: E
 
     from xopt.calibration import CalibrationSet
 
-    calib = CalibrationSet.from_options({**config.calibration_options(), "calib_dev_samples": 0}, ckpt.path,
-                                        ckpt.card.input_prefix)
+    calib = CalibrationSet.from_config(config, ckpt.path, ckpt.card.input_prefix, dev_samples=0)
     samples = [{"input_ids": ids, "attention_mask": mask} for ids, mask in calib.batches(ckpt.card.max_length)]
     model = _read_float(ckpt, exports)
     with step(f"NNCF quantize ({len(samples)} texts, transformer preset)"):

@@ -374,7 +374,7 @@ def build_qdq_onnx(ckpt, out: Path, config: TrtInt8Config, exports) -> dict:
     from xopt.calibration.profile import onnx_node_to_module
     from xopt.calibration.run import calibrate_checkpoint
 
-    prof, module = calibrate_checkpoint(ckpt, config.calibration_options(), quantized=config.keep.quantizes)
+    prof, module = calibrate_checkpoint(ckpt, config, quantized=config.keep.quantizes)
     prof.save(out / PROFILE_FILE)
     with tempfile.TemporaryDirectory(prefix="xopt-trt-") as tmp:
         if prof.smoothing:

@@ -70,16 +70,31 @@ class CalibrationSet:
 
     @classmethod
     def from_options(cls, options: dict, tokenizer_dir=None, input_prefix: str = "") -> "CalibrationSet":
-        """From compile options: calib_data (suite JSON, text file or directory, NAME:ARG;
-        default: the demo suite), calib_langs ("all", "en" or a comma list), calib_samples,
-        calib_seed, calib_dev_samples (held-out sample, default 96)."""
-        n = int(options.get("calib_samples", 256))
-        seed = int(options.get("calib_seed", 0))
-        n_dev = int(options.get("calib_dev_samples", 96))
+        """From compile options as a dict: calib_data (suite JSON, text file or directory,
+        NAME:ARG; default: the demo suite), calib_langs ("all", "en" or a comma list),
+        calib_samples, calib_seed, calib_dev_samples (held-out sample, default 96)."""
+        return cls.draw(options.get("calib_data"), options.get("calib_langs", "all"),
+                        int(options.get("calib_samples", 256)), int(options.get("calib_seed", 0)),
+                        int(options.get("calib_dev_samples", 96)), tokenizer_dir, input_prefix)
+
+    @classmethod
+    def from_config(cls, config, tokenizer_dir=None, input_prefix: str = "",
+                    dev_samples: int | None = None) -> "CalibrationSet":
+        """From a calibrated recipe's config (its `calib_*` fields, as
+        `xopt.variants.base.CalibratedConfig` holds them); `dev_samples` overrides its held-out
+        sample size (0: a recipe that scores nothing on held-out texts)."""
+        return cls.draw(config.calib_data, config.calib_langs, int(config.calib_samples), int(config.calib_seed),
+                        int(config.calib_dev_samples if dev_samples is None else dev_samples), tokenizer_dir,
+                        input_prefix)
+
+    @classmethod
+    def draw(cls, data, spec, n: int, seed: int, n_dev: int, tokenizer_dir=None,
+             input_prefix: str = "") -> "CalibrationSet":
+        """`n` texts of source `data` in the languages `spec` names, balanced and stratified,
+        and a disjoint held-out sample of `n_dev`."""
         if n <= 0:
             raise XoptError("--calib-samples must be positive")
-        source, digest, pools = load_pools(options.get("calib_data"))
-        spec = options.get("calib_langs", "all")
+        source, digest, pools = load_pools(data)
         langs = sorted(pools) if spec in ("all", None, "") else [s.strip() for s in str(spec).split(",") if s.strip()]
         if not langs:
             raise XoptError("--calib-langs is empty; give all, en, or a comma-separated list of language codes")

@@ -177,6 +177,12 @@ def tensor_range(hist: Histogram, amax: float) -> tuple[float, float]:
     return max(hist.min, -amax), min(hist.max, amax)
 
 
+def int8_scale(amax):
+    """The step of a symmetric int8 grid (zero point 0) that clips at `amax`: amax / 127. Works
+    on a float, a numpy array or a torch tensor (per-channel amax), in its own dtype."""
+    return amax / 127.0
+
+
 def uint8_qparams(rmin: float, rmax: float) -> tuple[float, int]:
     """(scale, zero_point) of ONNX Runtime's asymmetric uint8 activations for [rmin, rmax]
     (the range is widened to include 0, as `onnxruntime.quantization.quant_utils` does)."""

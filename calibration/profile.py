@@ -55,8 +55,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from xopt.calibration.calibrators import (DEFAULTS, METHODS, Histogram, compute_amax, tensor_range,
-                                          uint8_qparams)
+from xopt.calibration.calibrators import (DEFAULTS, METHODS, Histogram, compute_amax, int8_scale,
+                                          tensor_range, uint8_qparams)
 from xopt.errors import XoptError, read_json
 
 FORMAT = "xopt-calibration-profile/1"
@@ -404,7 +404,7 @@ def fake_quantize(model, profile: Profile, skip: Iterable[str] = (), only: Itera
                 lin = mods[n]
                 w = lin.weight
                 amax = torch.as_tensor(profile.weights[n]["amax"], dtype=torch.float32).clamp(min=1e-12)
-                scale = (amax / 127.0).to(w.device)
+                scale = int8_scale(amax).to(w.device)
                 saved[n] = w.detach().clone()
                 w.copy_(torch.fake_quantize_per_channel_affine(
                     w.float(), scale, torch.zeros_like(scale, dtype=torch.int32), 0, -127, 127).to(w.dtype))

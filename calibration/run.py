@@ -1,15 +1,18 @@
 """Checkpoint -> calibration profile: what `xopt calibrate` and the int8 variants call.
 
-Options (the compile/calibrate flags, same names for every int8 variant):
+The recipe's config is passed whole (`xopt.variants.base.CalibratedConfig` or a subclass; its
+fields are read by name, so this layer imports no variant):
 - `calib_method`: minmax | percentile | entropy | mse, optionally `+smoothquant`
   ("smoothquant" alone = "minmax+smoothquant", as in the SmoothQuant paper);
-  "percentile:99.9" for another percentile than 99.99; `smoothquant_alpha` (a number; a comma
-  list to choose from; unset: chosen on the held-out sample from `SMOOTHQUANT_ALPHAS`);
+  "percentile:99.9" for another percentile than 99.99; `smoothquant_alphas()` (the alphas to
+  try: the given one, a comma list to choose from, or the config's defaults, chosen on the
+  held-out sample);
 - `calib_data`, `calib_langs`, `calib_samples`, `calib_seed`, `calib_dev_samples`
-  (see `xopt.calibration.CalibrationSet`);
-- `smoothquant_layers`: regex of the Linears SmoothQuant smooths (default `SMOOTHQUANT_LAYERS`);
+  (see `xopt.calibration.CalibrationSet.from_config`);
+- `smoothquant_pattern`: regex of the Linears SmoothQuant smooths (the config's default unless
+  `smoothquant_layers` is given);
 - `keep_fp16` (k) / `max_drop` (fidelity points): sensitivity-ranked fallback;
-  `sensitivity_unit`: layer | kind;
+  `sensitivity_unit`: layer | kind (configs without these fields have no fallback);
 - `calib_profile`: a saved profile to use instead of calibrating (checked against the model).
 
 `quantized` (a predicate on Linear names) says which Linears the calling recipe quantises; the
@@ -25,13 +28,6 @@ from typing import Callable
 
 from xopt.calibration.calibrators import METHODS
 from xopt.errors import XoptError
-
-SMOOTHQUANT_ALPHAS = (0.3, 0.5, 0.7, 0.85)
-# The Linears that read a LayerNorm output, as in the SmoothQuant paper (QKV and FC1): their
-# outlier channels are LayerNorm's, consistent across tokens, which smoothing moves into the
-# weights. The attention-output and FFN-output inputs (attention context, GELU output) have no
-# such fixed outlier channels, and smoothing them costs accuracy on the demo model.
-SMOOTHQUANT_LAYERS = r"attention\.self\.(query|key|value)$|intermediate\.dense$"
 
 
 def parse_method(spec: str | None) -> tuple[str, bool, dict]:
@@ -66,96 +62,115 @@ def model_info(ckpt, module) -> dict:
             "fingerprint": fingerprint(module)}
 
 
-def calibrate_checkpoint(ckpt, options: dict, quantized: Callable[[str], bool] | None = None, module=None):
-    """(Profile, module) for a checkpoint: the module is the fp32 XoptModel with the profile's
-    smoothing applied (what the recipe then exports or converts)."""
+def calibrate_checkpoint(ckpt, config, quantized: Callable[[str], bool] | None = None, module=None):
+    """(Profile, module) for a checkpoint under the recipe's `config`: the module is the fp32
+    XoptModel with the profile's smoothing applied (what the recipe then exports or converts)."""
     from xopt.calibration import CalibrationSet
-    from xopt.calibration import sensitivity as sens
-    from xopt.calibration.profile import (Profile, apply_smoothing, calibrate_model, collect_activation_stats,
-                                          fake_quantize, forward_loop_from_batches, linear_names, output_fidelity,
-                                          group_smoothing_factors)
+    from xopt.calibration.profile import calibrate_model, forward_loop_from_batches, linear_names
     from xopt.modeling import load_module
 
-    if options.get("calib_profile"):
-        if options.get("keep_fp16") is not None or options.get("max_drop") is not None:
-            raise XoptError("--keep-fp16/--max-drop choose layers while calibrating; a saved profile already "
-                            "carries its choice: recalibrate with them instead of passing --calib-profile")
-        prof = Profile.load(options["calib_profile"])
-        module = module if module is not None else load_module(ckpt)
-        prof.check(module, f"calibration profile {options['calib_profile']}")
-        prof.apply_smoothing(module)
-        return prof, module
-
+    keep_k, max_drop = getattr(config, "keep_fp16", None), getattr(config, "max_drop", None)
+    if config.calib_profile:
+        return _saved_profile(ckpt, config, keep_k, max_drop, module)
     # user errors first, before any model is loaded
-    method, smooth, params = parse_method(options.get("calib_method"))
-    keep_k = options.get("keep_fp16")
-    max_drop = options.get("max_drop")
+    method, smooth, params = parse_method(config.calib_method)
     if keep_k is not None and int(keep_k) < 0 or max_drop is not None and float(max_drop) < 0:
         raise XoptError("--keep-fp16 and --max-drop must be >= 0")
-    calib = CalibrationSet.from_options(options, tokenizer_dir=ckpt.path, input_prefix=ckpt.card.input_prefix)
+    calib = CalibrationSet.from_config(config, tokenizer_dir=ckpt.path, input_prefix=ckpt.card.input_prefix)
     module = module if module is not None else load_module(ckpt)
     info = model_info(ckpt, module)
     names = linear_names(module)
     qnames = [n for n in names if quantized is None or quantized(n)]
     loop = forward_loop_from_batches(list(calib.batches(ckpt.card.max_length)))   # tokenised once
-    given = options.get("smoothquant_alpha")
-    try:
-        alphas = list(SMOOTHQUANT_ALPHAS) if given is None else \
-            [float(a) for a in (given.split(",") if isinstance(given, str) else [given])]
-    except ValueError:
-        raise XoptError(f"smoothquant_alpha {given!r}: give a number or a comma list in [0, 1]") from None
-    if not alphas or not all(0 <= a <= 1 for a in alphas):
-        raise XoptError(f"smoothquant_alpha {given!r}: values must lie in [0, 1]")
+    alphas = config.smoothquant_alphas()
     # the held-out sample scores alpha trials and the fallback; one given alpha needs no trial
-    needs_dev = (smooth and len(alphas) > 1) or keep_k is not None or max_drop is not None
-    outs = ckpt.output_names
-    if needs_dev:
-        batches = sens.dev_batches(calib.tokenizer, calib.dev_texts, ckpt.card.input_prefix,
-                                   ckpt.card.max_length)
-        ref = sens.run_outputs(module, batches, outs)
-
+    dev = _held_out(ckpt, calib, module) if (smooth and len(alphas) > 1) or keep_k is not None \
+        or max_drop is not None else None
     smoothing = None
-    pattern = options.get("smoothquant_layers") or SMOOTHQUANT_LAYERS
+    pattern = config.smoothquant_pattern
     snames = [n for n in qnames if re.search(pattern, n)]
     if smooth and qnames and not snames:
         raise XoptError(f"smoothquant_layers {pattern!r} matches no quantised Linear of this model "
                         f"(e.g. {qnames[0]}); give --option smoothquant_layers=REGEX over Linear names")
     if smooth and snames:
-        stats = collect_activation_stats(module, loop, snames, channel_amax=True)
-        mods = dict(module.named_modules())
-        trials = []
-        orig = {n: mods[n].weight.detach().clone() for n in snames}
-        for alpha in alphas:
-            scales = group_smoothing_factors({n: stats[n].channel_amax for n in snames},
-                                             {n: mods[n].weight for n in snames}, alpha, snames)
-            if len(alphas) == 1:
-                trials.append((alpha, math.nan, scales))
-                break
-            handles = apply_smoothing(module, scales)
-            try:
-                trial = calibrate_model(module, loop, method, params, qnames, model_info=info,
-                                        smoothing={"alpha": alpha, "scales": {}})
-                with fake_quantize(module, trial, only=qnames):
-                    fid = output_fidelity(ref, sens.run_outputs(module, batches, outs))
-            finally:
-                _unsmooth(module, orig, handles)
-            trials.append((alpha, 100.0 - fid, scales))
-        alpha, _, scales = best_trial(trials)
-        apply_smoothing(module, scales)
-        smoothing = {"alpha": alpha, "chosen_on": "held-out sample" if len(alphas) > 1 else "given",
-                     "trials": [{"alpha": a, "drop": d} for a, d, _ in trials if d == d],
-                     "scales": {n: [float(v) for v in s] for n, s in scales.items()}}
-
+        smoothing = _smooth(module, loop, method, params, qnames, snames, alphas, info, dev)
     prof = calibrate_model(module, loop, method, params, names, calibration=calib.identity(), model_info=info,
                            smoothing=smoothing)
     if keep_k is not None or max_drop is not None:
-        ranking = sens.rank(module, prof, batches, outs, qnames, options.get("sensitivity_unit", "layer"), ref)
-        keep, drop = sens.choose_keep(module, prof, batches, outs, qnames, ranking, keep_k, max_drop, ref)
-        prof.keep, prof.sensitivity = keep, ranking
-        prof.params = {**prof.params, "fallback": {"keep_fp16": keep_k, "max_drop": max_drop,
-                                                   "unit": options.get("sensitivity_unit", "layer"),
-                                                   "drop_after_fallback": drop}}
+        _fallback(module, prof, qnames, getattr(config, "sensitivity_unit", "layer"), keep_k, max_drop, dev)
     return prof, module
+
+
+def _saved_profile(ckpt, config, keep_k, max_drop, module):
+    """(Profile, module) of `config.calib_profile`, checked against the checkpoint's weights."""
+    from xopt.calibration.profile import Profile
+    from xopt.modeling import load_module
+
+    if keep_k is not None or max_drop is not None:
+        raise XoptError("--keep-fp16/--max-drop choose layers while calibrating; a saved profile already "
+                        "carries its choice: recalibrate with them instead of passing --calib-profile")
+    prof = Profile.load(config.calib_profile)
+    module = module if module is not None else load_module(ckpt)
+    prof.check(module, f"calibration profile {config.calib_profile}")
+    prof.apply_smoothing(module)
+    return prof, module
+
+
+def _held_out(ckpt, calib, module) -> tuple:
+    """(batches, output names, the fp32 module's outputs) of the held-out sample."""
+    from xopt.calibration import sensitivity as sens
+
+    outs = ckpt.output_names
+    batches = sens.dev_batches(calib.tokenizer, calib.dev_texts, ckpt.card.input_prefix, ckpt.card.max_length)
+    return batches, outs, sens.run_outputs(module, batches, outs)
+
+
+def _smooth(module, loop, method, params, qnames, snames, alphas, info, dev) -> dict:
+    """SmoothQuant on the Linears `snames`: one trial per alpha (scored by the fidelity drop of the
+    fake-quantised model on the held-out sample `dev`, unless one alpha is given), the best one
+    applied to `module`; returns the profile's `smoothing` entry."""
+    from xopt.calibration import sensitivity as sens
+    from xopt.calibration.profile import (apply_smoothing, calibrate_model, collect_activation_stats,
+                                          fake_quantize, group_smoothing_factors, output_fidelity)
+
+    stats = collect_activation_stats(module, loop, snames, channel_amax=True)
+    mods = dict(module.named_modules())
+    trials = []
+    orig = {n: mods[n].weight.detach().clone() for n in snames}
+    for alpha in alphas:
+        scales = group_smoothing_factors({n: stats[n].channel_amax for n in snames},
+                                         {n: mods[n].weight for n in snames}, alpha, snames)
+        if len(alphas) == 1:
+            trials.append((alpha, math.nan, scales))
+            break
+        batches, outs, ref = dev
+        handles = apply_smoothing(module, scales)
+        try:
+            trial = calibrate_model(module, loop, method, params, qnames, model_info=info,
+                                    smoothing={"alpha": alpha, "scales": {}})
+            with fake_quantize(module, trial, only=qnames):
+                fid = output_fidelity(ref, sens.run_outputs(module, batches, outs))
+        finally:
+            _unsmooth(module, orig, handles)
+        trials.append((alpha, 100.0 - fid, scales))
+    alpha, _, scales = best_trial(trials)
+    apply_smoothing(module, scales)
+    return {"alpha": alpha, "chosen_on": "held-out sample" if len(alphas) > 1 else "given",
+            "trials": [{"alpha": a, "drop": d} for a, d, _ in trials if d == d],
+            "scales": {n: [float(v) for v in s] for n, s in scales.items()}}
+
+
+def _fallback(module, prof, qnames, unit: str, keep_k, max_drop, dev) -> None:
+    """Rank the quantised Linears by sensitivity on the held-out sample and keep the most
+    sensitive ones unquantised (`keep_k` of them, or until the drop is at most `max_drop`)."""
+    from xopt.calibration import sensitivity as sens
+
+    batches, outs, ref = dev
+    ranking = sens.rank(module, prof, batches, outs, qnames, unit, ref)
+    keep, drop = sens.choose_keep(module, prof, batches, outs, qnames, ranking, keep_k, max_drop, ref)
+    prof.keep, prof.sensitivity = keep, ranking
+    prof.params = {**prof.params, "fallback": {"keep_fp16": keep_k, "max_drop": max_drop, "unit": unit,
+                                               "drop_after_fallback": drop}}
 
 
 def best_trial(trials: list[tuple]) -> tuple:
@@ -199,10 +214,11 @@ def sensitivity_records(prof, model_name: str, variant: str) -> list[dict]:
             for r in prof.sensitivity]
 
 
-def calibrate_to_file(checkpoint, out, options: dict, force: bool = False, results_out=None,
+def calibrate_to_file(checkpoint, out, config, force: bool = False, results_out=None,
                       variant: str = "onnx-int8", quantized: Callable[[str], bool] | None = None):
-    """`xopt calibrate`: profile of a checkpoint written atomically to `out`. `quantized`: which
-    Linears the recipe of `variant` quantises (its `KeepPolicy.quantizes`; default: all)."""
+    """`xopt calibrate`: profile of a checkpoint under `config` (a calibrated config, see
+    `calibrate_checkpoint`) written atomically to `out`. `quantized`: which Linears the recipe
+    of `variant` quantises (its `KeepPolicy.quantizes`; default: all)."""
     from pathlib import Path
 
     from xopt import records
@@ -212,7 +228,7 @@ def calibrate_to_file(checkpoint, out, options: dict, force: bool = False, resul
     if out.exists() and not force:
         raise XoptError(f"{out} already exists; pass --force to replace it")
     ckpt = open_checkpoint(checkpoint)
-    prof, _ = calibrate_checkpoint(ckpt, options, quantized)
+    prof, _ = calibrate_checkpoint(ckpt, config, quantized)
     prof.save(out)
     if results_out and prof.sensitivity:
         records.append(results_out, sensitivity_records(prof, prof.model.get("name", "?"), variant))

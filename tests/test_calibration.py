@@ -166,9 +166,10 @@ def other_ckpt(tiny_suite, tmp_path_factory):
 def tiny_profile(tiny_ckpt, tiny_suite):
     from xopt.calibration.run import calibrate_checkpoint
     from xopt.modeling import open_checkpoint
+    from xopt.variants.base import CalibratedConfig
 
-    prof, module = calibrate_checkpoint(open_checkpoint(tiny_ckpt), {
-        "calib_data": str(tiny_suite), "calib_samples": 16, "calib_method": "percentile", "calib_dev_samples": 8})
+    prof, module = calibrate_checkpoint(open_checkpoint(tiny_ckpt), CalibratedConfig(
+        calib_data=str(tiny_suite), calib_samples=16, calib_method="percentile", calib_dev_samples=8))
     return prof
 
 

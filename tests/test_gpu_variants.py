@@ -275,7 +275,7 @@ def test_int8_recipes_quantise_the_right_linears_on_cpu(recipe, tiny_ckpt):
         ref = module(ids, mask)
     every = [n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)]
     if recipe == "int8":
-        names = quantize_torchao(module, "int8", TorchaoConfig().keep)
+        names = quantize_torchao(module, TorchaoConfig())
         is_int8 = lambda m: getattr(m.weight, "qdata", torch.empty(0)).dtype == torch.int8   # noqa: E731
     else:
         import bitsandbytes as bnb

@@ -8,9 +8,9 @@ is xopt.measure's; the scenarios are xopt.scenarios' (fixed-batch: interleaved r
 single-stream, offline, server: MLPerf LoadGen); length mixes come from
 xopt.scenarios.lengths.
 
-A runner may declare `limits = {"max_batch": B, "max_seq_len": T}`, or its manifest an
-engine's optimisation profile (`<backend>: {profile: {max: [B, T]}}`, as TensorRT variants
-record it): shapes beyond them are refused before anything is measured.
+A runner may declare `limits = {"max_batch": B, "max_seq_len": T}`, or its variant family read
+them from the manifest (`Variant.limits`: a TensorRT engine's optimisation profile): shapes
+beyond them are refused before anything is measured.
 """
 
 from __future__ import annotations
@@ -56,15 +56,14 @@ def _load_all(variant_dirs: list) -> tuple[dict, dict]:
 
 
 def runner_limits(lv) -> dict:
-    """{max_batch, max_seq_len} a variant accepts: the runner's `limits`, else an engine's
-    optimisation profile recorded in its manifest (`<backend>.profile.max` = [batch, seq])."""
+    """{max_batch, max_seq_len} a variant accepts: the runner's `limits`, else what its family
+    reads from the manifest (`Variant.limits`, e.g. an engine's optimisation profile)."""
+    from xopt.variants import REGISTRY
+
     lim = dict(getattr(lv.runner, "limits", None) or {})
-    for v in lv.manifest.values():
-        prof = v.get("profile") if isinstance(v, dict) else None
-        hi = prof.get("max") if isinstance(prof, dict) else None
-        if isinstance(hi, (list, tuple)) and len(hi) == 2:
-            lim.setdefault("max_batch", int(hi[0]))
-            lim.setdefault("max_seq_len", int(hi[1]))
+    variant = REGISTRY.get(lv.manifest.get("variant"))
+    for key, value in (variant.limits(lv.manifest) if variant else {}).items():
+        lim.setdefault(key, value)
     return lim
 
 
@@ -118,12 +117,14 @@ def _truncate(rows, max_len: int):
 
 def _rebuild_larger(lv, lim: dict, shape: Shape) -> str:
     """The `xopt compile` command that rebuilds `lv` with a profile whose max covers `shape`."""
+    from xopt.variants.base import max_shapes_flag
+
     man = lv.manifest
     src = (man.get("source") or {}).get("checkpoint") or "CHECKPOINT"
     b = max(shape.batch, lim.get("max_batch") or 0)
     t = max(shape.max_tokens, lim.get("max_seq_len") or 0)
     return (f"`xopt compile {src} --variant {man.get('variant', 'VARIANT')} --out {lv.directory} --force "
-            f"--max-shapes input_ids:{b}x{t},attention_mask:{b}x{t}`")
+            f"{max_shapes_flag(b, t)}`")
 
 
 def bench(variant_dirs: list, batches=(1, 8), seq_lens=(128,), lengths: str | None = None, rounds: int = 3,

@@ -319,16 +319,15 @@ def compile_cmd(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint dire
     shapes = {"min": ("--min-shapes", min_shapes), "opt": ("--opt-shapes", opt_shapes),
               "max": ("--max-shapes", max_shapes)}
     if any(v is not None for _, v in shapes.values()):
-        from xopt.variants.tensorrt import profile_shape
-
-        takes = get(variant).config.options()
+        v = get(variant)
+        takes = v.config.options()
         for key, (flag, value) in shapes.items():
             if value is None:
                 continue
             if key not in takes:
                 raise XoptError(f"{flag} sets a TensorRT optimisation profile; variant {variant} has none "
                                 f"(variants with one: {', '.join(_profiled_variants())})")
-            opts[key], flag_of[key] = profile_shape(value, flag), flag
+            opts[key], flag_of[key] = v.parse_flag(key, value, flag), flag
     if device is not None:
         if device not in ("cpu", "cuda"):
             raise XoptError(f"--device {device}: use cpu or cuda")
@@ -396,13 +395,15 @@ def calibrate_cmd(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint di
     """Calibrate a checkpoint on its own: write the calibration profile every int8 variant consumes."""
     from xopt.calibration.run import calibrate_to_file
     from xopt.variants import get
+    from xopt.variants.base import FallbackConfig
 
     policy = getattr(get(variant).config, "keep", None)     # the recipe's layers; none kept without one
     opts = {k: val for k, val in {"calib_data": str(calib_data) if calib_data else None,
                                   "calib_langs": calib_langs, "calib_samples": calib_samples,
                                   "calib_method": calib_method, "keep_fp16": keep_fp16, "max_drop": max_drop,
                                   "sensitivity_unit": sensitivity_unit}.items() if val is not None}
-    prof = calibrate_to_file(checkpoint, out, opts, force=force, results_out=results_out, variant=variant,
+    config = FallbackConfig.from_options(opts)       # the calibration options over their own defaults
+    prof = calibrate_to_file(checkpoint, out, config, force=force, results_out=results_out, variant=variant,
                              quantized=policy.quantizes if policy is not None else None)
     if json_out:
         return _print_json({k: v for k, v in prof.to_json().items() if k not in ("activations", "weights")})

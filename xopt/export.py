@@ -24,10 +24,13 @@ What goes into `config.pbtxt` is read from the artefact, never assumed:
 - ONNX variants (`onnx-fp32`, `onnx-int8`, `onnx-int8-static`, `ort-stock-int8`) run on Triton's `onnxruntime`
   backend; input/output names, element types and shapes come from the ONNX graph.
 - TensorRT engines (`trt-fp16`, `trt-int8`) run on the `tensorrt_plan` platform; the engine's
-  I/O is the ONNX graph it was parsed from (kept beside it, hashed in the manifest) or the
-  bindings the manifest records, and its batch range is the optimisation profile the manifest
-  records. An engine directory without a recorded profile is refused: the batch range cannot
-  be read back from the opaque engine without TensorRT.
+  I/O is the ONNX graph it was parsed from (kept beside it, hashed in the manifest), and its
+  batch range is the optimisation profile the manifest records. An engine directory without a
+  recorded profile is refused: the batch range cannot be read back from the opaque engine
+  without TensorRT.
+- Which variants Triton loads, and how, is each family's to say: its registry entry's `serving`
+  hook returns a `xopt.variants.base.ServingSpec` (platform, model file, the ONNX graph that
+  describes its I/O, the largest batch it accepts).
 - A leading dynamic axis is the batch axis: it is left out of `dims` and Triton batches
   requests along it (`max_batch_size` > 0, `dynamic_batching`).
 - `max_batch_size` and `dynamic_batching` come from the variant's bench records when
@@ -63,10 +66,6 @@ DEFAULT_QUEUE_DELAY_US = 100
 ONNX_TO_TRITON = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16", 5: "TYPE_INT16",
                   6: "TYPE_INT32", 7: "TYPE_INT64", 8: "TYPE_STRING", 9: "TYPE_BOOL", 10: "TYPE_FP16",
                   11: "TYPE_FP64", 12: "TYPE_UINT32", 13: "TYPE_UINT64", 16: "TYPE_BF16"}
-# TensorRT / numpy type names a manifest may record for engine bindings
-NAME_TO_TRITON = {"float32": "TYPE_FP32", "float": "TYPE_FP32", "float16": "TYPE_FP16", "half": "TYPE_FP16",
-                  "bfloat16": "TYPE_BF16", "int64": "TYPE_INT64", "int32": "TYPE_INT32", "int8": "TYPE_INT8",
-                  "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
 
 
 class Enum(str):
@@ -139,18 +138,6 @@ def external_data_files(path: Path) -> list[str]:
     return sorted({ExternalDataInfo(t).location for t in graph.initializer if uses_external_data(t)})
 
 
-def _recorded_bindings(bindings: list[dict], where: Path) -> tuple[list[dict], list[dict]]:
-    ins, outs = [], []
-    for b in bindings:
-        dtype = NAME_TO_TRITON.get(str(b.get("dtype", "")).lower().removeprefix("datatype.").removeprefix("torch."))
-        if dtype is None or "name" not in b or "shape" not in b:
-            raise XoptError(f"{where}: manifest binding {b} has no name/shape or an unknown dtype; rebuild the "
-                            f"variant with `xopt compile --force`")
-        row = {"name": b["name"], "data_type": dtype, "shape": [int(d) for d in b["shape"]]}
-        (ins if b.get("mode", b.get("io", "input")).lower().startswith("in") else outs).append(row)
-    return ins, outs
-
-
 def _batched(tensors: list[dict]) -> bool:
     return all(t["shape"] and t["shape"][0] == -1 for t in tensors)
 
@@ -186,12 +173,11 @@ def batching_from_records(results: list[Path], variant: str, model: str) -> dict
 # ---------------------------------------------------------------------------------------
 # The repository
 
-def _exportable() -> dict[str, str]:
-    """Variant name -> Triton backend key, for the variants whose artefact Triton loads."""
+def _exportable() -> dict:
+    """Variant name -> its registry entry, for the variants whose artefact Triton loads."""
     from xopt.variants import REGISTRY
 
-    return {n: {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt_plan"}[v.backend]
-            for n, v in REGISTRY.items() if v.backend in ("onnxruntime", "tensorrt")}
+    return {n: v for n, v in REGISTRY.items() if v.serving is not None}
 
 
 def model_name_for(man: dict) -> str:
@@ -202,39 +188,15 @@ def model_name_for(man: dict) -> str:
 
 def triton_config(variant_dir: Path, man: dict, name: str, batching: dict) -> tuple[dict, Path, str]:
     """(config as a dict, model file to put under 1/, its name there) for one variant."""
-    from xopt.variants.onnx_export import MODEL_FILE
-    from xopt.variants.tensorrt import ENGINE_FILE, ONNX_FILE
-
     variant = man["variant"]
     exportable = _exportable()
     if variant not in exportable:
         raise XoptError(f"{variant_dir}: variant {variant} has no artefact Triton loads; exportable variants: "
                         f"{', '.join(exportable)}")
-    kind = exportable[variant]
-    src, dst = (variant_dir / MODEL_FILE, "model.onnx") if kind == "onnxruntime" else \
-        (variant_dir / ENGINE_FILE, "model.plan")
-    if not src.is_file():
-        raise XoptError(f"{variant_dir}: {src.name} is missing; rebuild with `xopt compile --variant {variant} --force`")
-    if kind == "onnxruntime":
-        inputs, outputs = onnx_io(src)
-        head = {"name": name, "backend": "onnxruntime"}
-        profile_max = None
-    else:
-        trt = man.get("tensorrt") or {}
-        profile = trt.get("profile") or {}
-        if not profile.get("max"):
-            raise XoptError(f"{variant_dir}: the manifest records no TensorRT optimisation profile, so the engine's "
-                            f"batch range is unknown; rebuild with `xopt compile --variant {variant} --force`")
-        if trt.get("bindings"):
-            inputs, outputs = _recorded_bindings(trt["bindings"], variant_dir)
-        elif (variant_dir / ONNX_FILE).is_file():
-            inputs, outputs = onnx_io(variant_dir / ONNX_FILE)   # the graph TensorRT parsed
-        else:
-            raise XoptError(f"{variant_dir}: the manifest records no engine bindings and {ONNX_FILE} (the graph the "
-                            f"engine was parsed from) is missing; rebuild with `xopt compile --variant {variant} "
-                            f"--force`")
-        head = {"name": name, "platform": "tensorrt_plan"}
-        profile_max = int(profile["max"][0])
+    spec = exportable[variant].serving(variant_dir, man)
+    src, dst, profile_max = spec.model_file, spec.file_name, spec.max_batch
+    inputs, outputs = onnx_io(spec.io_graph)
+    head = {"name": name, **spec.head}
     batched = _batched(inputs) and _batched(outputs)
     max_batch = 0
     if batched:

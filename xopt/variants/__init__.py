@@ -14,7 +14,10 @@ files, refuse foreign or tampered directories and variants the host cannot run, 
 low-precision build whose counted `quantized_ops` (from its family's build) is zero.
 
 Adding a variant: a config dataclass (or an existing one with other defaults), a build and a
-load function in its family file, and one `Variant(...)` line in that file's `VARIANTS`.
+load function in its family file, and one `Variant(...)` line in that file's `VARIANTS`. What
+the rest of xopt asks of a recipe goes through its entry, never through its name: the config's
+command-line syntax (`Variant.parse_flag`), the shapes its artefact accepts (`Variant.limits`),
+how Triton serves it (`Variant.serving`), whether it is a library's stock recipe (`peer`).
 """
 
 from __future__ import annotations

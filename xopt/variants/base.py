@@ -40,6 +40,9 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "head.safet
 def weight_files(path: Path) -> list[str]:
     """The files of a checkpoint directory that hold its weights and config (shards included)."""
     return [f for f in WEIGHT_FILES if (path / f).is_file()] + sorted(p.name for p in path.glob("model-*.safetensors"))
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask")   # what every runner's `prepare` takes
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "sentencepiece.bpe.model")
 
@@ -246,6 +249,12 @@ class VariantConfig:
     def check(self, who: str) -> None:
         """Refuse combinations of values that cannot work (XoptError, one line)."""
 
+    @classmethod
+    def parse_flag(cls, key: str, value, flag: str):
+        """The value of option `key` given as command-line `flag`: a config whose options have
+        a syntax of their own on the command line (e.g. trtexec's shapes) reads it here."""
+        return value
+
     def to_json(self) -> dict:
         data = {f.name: dataclasses.asdict(v) if isinstance(v := getattr(self, f.name), KeepPolicy) else v
                 for f in dataclasses.fields(self)}
@@ -277,7 +286,17 @@ CALIB_METHOD_HELP = ("minmax | percentile[:P] | entropy | mse, optionally +smoot
 
 @dataclass(frozen=True)
 class CalibratedConfig(VariantConfig):
-    """Options of the recipes that calibrate activation ranges (`xopt.calibration.run`)."""
+    """Options of the recipes that calibrate activation ranges (`xopt.calibration.run`, which
+    takes the config whole). `SMOOTHQUANT_ALPHAS` and `SMOOTHQUANT_LAYERS` are what SmoothQuant
+    uses where `smoothquant_alpha` / `smoothquant_layers` are unset; they are class constants, not
+    field defaults, so a manifest records only what the user chose."""
+
+    SMOOTHQUANT_ALPHAS: ClassVar[tuple[float, ...]] = (0.3, 0.5, 0.7, 0.85)
+    # The Linears that read a LayerNorm output, as in the SmoothQuant paper (QKV and FC1): their
+    # outlier channels are LayerNorm's, consistent across tokens, which smoothing moves into the
+    # weights. The attention-output and FFN-output inputs (attention context, GELU output) have no
+    # such fixed outlier channels, and smoothing them costs accuracy on the demo model.
+    SMOOTHQUANT_LAYERS: ClassVar[str] = r"attention\.self\.(query|key|value)$|intermediate\.dense$"
 
     calib_data: str | None = option(None, "str", "calibration texts: demo suite JSON, a text file, a directory "
                                                  "of <lang>.txt, or NAME:ARG (default: the demo suite)")
@@ -308,11 +327,22 @@ class CalibratedConfig(VariantConfig):
         if self.calib_dev_samples < 0:
             raise XoptError("--calib-dev-samples must be >= 0")
 
-    def calibration_options(self) -> dict:
-        """The options `xopt.calibration.run.calibrate_checkpoint` reads."""
-        names = [f.name for f in dataclasses.fields(CalibratedConfig)] + [
-            n for n in ("keep_fp16", "max_drop", "sensitivity_unit") if hasattr(self, n)]
-        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+    def smoothquant_alphas(self) -> list[float]:
+        """The SmoothQuant alphas to try: the given one, a comma list, or `SMOOTHQUANT_ALPHAS`."""
+        given = self.smoothquant_alpha
+        try:
+            alphas = list(self.SMOOTHQUANT_ALPHAS) if given is None else \
+                [float(a) for a in (given.split(",") if isinstance(given, str) else [given])]
+        except ValueError:
+            raise XoptError(f"smoothquant_alpha {given!r}: give a number or a comma list in [0, 1]") from None
+        if not alphas or not all(0 <= a <= 1 for a in alphas):
+            raise XoptError(f"smoothquant_alpha {given!r}: values must lie in [0, 1]")
+        return alphas
+
+    @property
+    def smoothquant_pattern(self) -> str:
+        """Regex of the Linears SmoothQuant smooths."""
+        return self.smoothquant_layers or self.SMOOTHQUANT_LAYERS
 
 
 @dataclass(frozen=True)
@@ -334,6 +364,32 @@ class FallbackConfig(CalibratedConfig):
 
 # ---------------------------------------------------------------------------------------
 # Runners and the registry entry
+
+@dataclass(frozen=True)
+class ServingSpec:
+    """What a Triton model repository entry serves for a variant directory (`xopt export`):
+    `head` is the config's backend or platform ({"backend": "onnxruntime"}), `model_file` the
+    artefact put under the version directory as `file_name`, `io_graph` the ONNX graph whose
+    inputs and outputs are the artefact's, `max_batch` the largest batch the artefact accepts."""
+
+    head: dict
+    model_file: Path
+    file_name: str
+    io_graph: Path
+    max_batch: int | None = None
+
+
+def require_file(directory: Path, path: Path, variant: str) -> Path:
+    """`path` when it is a file, else the one-line error that says how to rebuild `directory`."""
+    if not path.is_file():
+        raise XoptError(f"{directory}: {path.name} is missing; rebuild with `xopt compile --variant {variant} --force`")
+    return path
+
+
+def max_shapes_flag(batch: int, seq_len: int) -> str:
+    """The `xopt compile` flag that asks for an optimisation profile up to batch x seq_len."""
+    return f"--max-shapes {','.join(f'{n}:{batch}x{seq_len}' for n in MODEL_INPUTS)}"
+
 
 class Runner:
     """Runs one compiled variant. `prepare` moves inputs to the backend's own form (kept out
@@ -381,10 +437,22 @@ class Variant:
     # batch: a text's answer depends on its batch neighbours), "dynamic per token" (per row) or
     # "static" (calibrated); None for float variants. Reported beside xopt.invariance's measurement.
     activation_scales: str | None = None
+    # manifest -> {"max_batch", "max_seq_len"} the built artefact accepts, when bounded
+    limits_of: Callable[[dict], dict] | None = None
+    # (directory, manifest) -> ServingSpec, for a variant whose artefact Triton loads
+    serving: Callable[[Path, dict], ServingSpec] | None = None
 
     @property
     def calibrated(self) -> bool:
         return isinstance(self.config, CalibratedConfig)
+
+    def limits(self, man: dict) -> dict:
+        """{"max_batch", "max_seq_len"} a directory of this variant accepts ({} when unbounded)."""
+        return dict(self.limits_of(man)) if self.limits_of else {}
+
+    def parse_flag(self, key: str, value, flag: str):
+        """Option `key` of this variant's config as given by command-line `flag`."""
+        return type(self.config).parse_flag(key, value, flag)
 
     def configure(self, options: dict | None) -> VariantConfig:
         return type(self.config).from_options(options, self.name)

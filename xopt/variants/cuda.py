@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
+from typing import ClassVar
 
 import numpy as np
 
@@ -77,18 +79,62 @@ class CompileCudaConfig(VariantConfig):
 
 @dataclass(frozen=True)
 class TorchaoConfig(CompileCudaConfig):
+    """torchao W8A8: the module runs in `DTYPE`, `torchao_config` is what `quantize_` applies,
+    `float_module` the module it applies it to. Each torchao recipe's config class says its own."""
+
+    DTYPE: ClassVar[str] = "float16"
+
     keep: KeepPolicy = option(KeepPolicy(FFN_OUT_AND_HEAD, "fp16"), "keep", KEEP_HELP)
     compile: bool = option(True, "bool", "compile per shape bucket (false: eager torchao, slower)")
+
+    def torchao_config(self):
+        from xopt.quiet import quiet_imports
+
+        with quiet_imports():         # torchao logs its C-extension loads at import
+            from torchao.quantization import Int8DynamicActivationInt8WeightConfig
+
+        # set_inductor_config=False: torchao would otherwise change torch.compile's global settings,
+        # which then leak into every variant compiled or benchmarked later in the same process
+        return Int8DynamicActivationInt8WeightConfig(set_inductor_config=False)
+
+    def float_module(self, directory, man):
+        """The variant's float module on the GPU, in `DTYPE`, before torchao converts it."""
+        return _gpu_module(directory, man, self.DTYPE)
 
 
 @dataclass(frozen=True)
 class Fp8Config(TorchaoConfig):
+    """fp8 e4m3 weights and activations, per-row scales; kept layers and the rest in bf16."""
+
+    DTYPE: ClassVar[str] = "bfloat16"
+
     keep: KeepPolicy = option(KeepPolicy(FFN_OUT_AND_HEAD, "bf16"), "keep", KEEP_HELP)
+
+    def torchao_config(self):
+        from xopt.quiet import quiet_imports
+
+        with quiet_imports():
+            from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+
+        return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
 
 
 @dataclass(frozen=True)
 class SmoothTorchaoConfig(CalibratedConfig, TorchaoConfig):
+    """int8 after SmoothQuant: the saved profile's factors are folded in before torchao converts."""
+
     calib_method: str = option("smoothquant", "str", CALIB_METHOD_HELP)
+
+    def float_module(self, directory, man):
+        import torch
+
+        from xopt.calibration.profile import Profile
+
+        module = variant_module(directory, man)
+        prof = Profile.load(directory / PROFILE_FILE)
+        prof.check(module, f"{directory / PROFILE_FILE}")
+        prof.apply_smoothing(module)            # W *= s; x / s in a pre-hook (moves to the GPU with it)
+        return module.to(device="cuda", dtype=getattr(torch, self.DTYPE))
 
     def check(self, who: str) -> None:
         from xopt.calibration.run import parse_method
@@ -167,8 +213,8 @@ def _compiled(variant, directory, man, module, config: CompileCudaConfig):
     return runner
 
 
-def _load_half(variant, directory, man, config: HalfConfig):
-    dtype = {"fp16": "float16", "bf16": "bfloat16"}[variant.precision]
+def _load_half(variant, directory, man, config: HalfConfig, dtype: str = "float16"):
+    """The HF model cast to `dtype` (each registry entry names its own)."""
     return TorchRunner(variant.name, _gpu_module(directory, man, dtype), output_names(man), "cuda")
 
 
@@ -181,26 +227,14 @@ def _build_smooth(variant, ckpt, out, config: SmoothTorchaoConfig, exports=None)
     from xopt.calibration.run import calibrate_checkpoint
 
     build_weights(variant, ckpt, out, config)
-    prof, _ = calibrate_checkpoint(ckpt, config.calibration_options(), quantized=config.keep.quantizes)
+    prof, _ = calibrate_checkpoint(ckpt, config, quantized=config.keep.quantizes)
     prof.save(out / PROFILE_FILE)
     return {"calibration": prof.identity()}
 
 
 def _load_torchao(variant, directory, man, config: TorchaoConfig):
-    import torch
-
-    dtype = "bfloat16" if variant.precision == "fp8" else "float16"
-    if isinstance(config, CalibratedConfig):    # int8-smooth: fold the profile's factors in first
-        from xopt.calibration.profile import Profile
-
-        module = variant_module(directory, man)
-        prof = Profile.load(directory / PROFILE_FILE)
-        prof.check(module, f"{directory / PROFILE_FILE}")
-        prof.apply_smoothing(module)            # W *= s; x / s in a pre-hook (moves to the GPU with it)
-        module = module.to(device="cuda", dtype=getattr(torch, dtype))
-    else:
-        module = _gpu_module(directory, man, dtype)
-    quantize_torchao(module, variant.precision, config.keep)
+    module = config.float_module(directory, man)
+    quantize_torchao(module, config)
     ops, kept = torch_quantized_ops(module)           # what torchao replaced, not what was asked for
     check_quantized(variant.name, variant.precision, ops)
     runner = _compiled(variant, directory, man, module, config) if config.compile else \
@@ -209,23 +243,19 @@ def _load_torchao(variant, directory, man, config: TorchaoConfig):
     return runner
 
 
-def quantize_torchao(module, precision: str, keep: KeepPolicy) -> list[str]:
-    """The `int8`/`fp8` recipe proper: torchao W8A8 (or fp8 per-row) on every Linear of `module`
-    not matched by `keep`, in place, on whatever device the module is on (int8 runs on the CPU
-    too, which is how the tests check torchao's API without a GPU). Returns the Linears' names."""
+def quantize_torchao(module, config: TorchaoConfig) -> list[str]:
+    """The `int8`/`fp8` recipe proper: torchao's conversion of `config` (W8A8, or fp8 per-row) on
+    every Linear of `module` not matched by `config.keep`, in place, on whatever device the module
+    is on (int8 runs on the CPU too, which is how the tests check torchao's API without a GPU).
+    Returns the Linears' names."""
     from xopt.quiet import quiet_imports
 
     with quiet_imports():         # torchao logs its C-extension loads at import
-        from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig,
-                                          Int8DynamicActivationInt8WeightConfig, PerRow, quantize_)
+        from torchao.quantization import quantize_
 
-    names = keep.linears(module)
-    # set_inductor_config=False: torchao would otherwise change torch.compile's global settings,
-    # which then leak into every variant compiled or benchmarked later in the same process
-    config = (Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
-              if precision == "fp8" else Int8DynamicActivationInt8WeightConfig(set_inductor_config=False))
+    names = config.keep.linears(module)
     wanted = set(names)
-    quantize_(module, config, filter_fn=lambda m, fqn: fqn in wanted)
+    quantize_(module, config.torchao_config(), filter_fn=lambda m, fqn: fqn in wanted)
     return names
 
 
@@ -265,10 +295,11 @@ def _load_bnb(variant, directory, man, config: BnbConfig):
 VARIANTS = [
     Variant("fp16", backend="torch", precision="fp16", device="cuda",
             description="HF model in fp16 on the GPU, SDPA attention",
-            build=build_weights, load=_load_half, config=HalfConfig()),
+            build=build_weights, load=partial(_load_half, dtype="float16"), config=HalfConfig()),
     Variant("bf16", backend="torch", precision="bf16", device="cuda",
             description="HF model in bf16 on the GPU, SDPA attention",
-            build=build_weights, load=_load_half, config=HalfConfig(), min_capability=(8, 0)),
+            build=build_weights, load=partial(_load_half, dtype="bfloat16"), config=HalfConfig(),
+            min_capability=(8, 0)),
     Variant("compile-cuda", backend="torch.compile", precision="fp16", device="cuda",
             description="fp16 + torch.compile max-autotune (inductor) + CUDA graphs per shape bucket",
             build=build_weights, load=_load_compile, config=CompileCudaConfig()),

@@ -72,10 +72,12 @@ import numpy as np
 from xopt.errors import XoptError
 from xopt.progress import step
 from xopt.variants.base import (CALIB_METHOD_HELP, FFN_OUT_AND_HEAD, HEAD, PROFILE_FILE, FallbackConfig,
-                                KeepPolicy, Variant, VariantConfig, link_or_copy, option, output_names)
-from xopt.variants.onnx_export import (MODEL_FILE, ExportCache, OrtRunner, check_against_torch, export_module,
+                                KeepPolicy, ServingSpec, Variant, VariantConfig, link_or_copy, option, output_names,
+                                require_file)
+from xopt.variants.onnx_export import (MODEL_FILE, ExportCache, OrtRunner, check_against_torch,
                                        providers, quiet, save_model, session, write_hf_config)
-from xopt.variants.onnx_graph import int8_facts, fused_linears, fused_op_counts, smooth_fused_graph
+from xopt.variants.onnx_graph import (calibrated_export, calibrated_matmuls, int8_facts, fused_linears,
+                                      fused_op_counts, smooth_fused_graph)
 
 
 # ---------------------------------------------------------------------------------------
@@ -180,7 +182,7 @@ def _build_int8(variant, ckpt, out: Path, config: OnnxInt8Config, exports: Expor
 
     from xopt.calibration.run import calibrate_checkpoint
 
-    profile, _ = calibrate_checkpoint(ckpt, config.calibration_options(), config.keep.quantizes)
+    profile, _ = calibrate_checkpoint(ckpt, config, config.keep.quantizes)
     model = onnx.load(str(exports.get(ckpt, fuse=True)))
     excluded, fallback = [], []
     for node, names in fused_linears(model.graph):
@@ -211,6 +213,29 @@ def _build_int8(variant, ckpt, out: Path, config: OnnxInt8Config, exports: Expor
             "export_check": check_against_torch(ckpt, out / MODEL_FILE, exports)}
 
 
+def _copy_shared_inputs(raw: Path, shared: list, dst: Path) -> Path:
+    """`raw` with each node of `shared` (a kept Linear that reads the same tensor as a quantised
+    one: a layer's query, key and value) reading an Identity copy of its input, so that it does
+    not read it through the quantised one's Q/DQ; ONNX Runtime removes the copies once the Q/DQ
+    are placed. Saved as `dst`."""
+    import onnx
+
+    model = onnx.load(str(raw))
+    by_name = {n.name: n for n in model.graph.node}
+    nodes = list(model.graph.node)
+    for n in shared:
+        node = by_name[n.name]
+        copy = onnx.helper.make_node("Identity", [node.input[0]], [node.input[0] + "_fp32_" + node.name],
+                                     name=node.name + "_fp32_input")
+        node.input[0] = copy.output[0]
+        nodes.insert(nodes.index(node), copy)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    save_model(model, dst)
+    del model
+    return dst
+
+
 def _build_int8_static(variant, ckpt, out: Path, config: OnnxInt8StaticConfig, exports: ExportCache) -> dict:
     """Calibrate (`xopt.calibration.run`: the method, languages, SmoothQuant and sensitivity
     fallback of the config, or a saved profile), then ONNX Runtime's static quantiser inserts
@@ -223,56 +248,23 @@ def _build_int8_static(variant, ckpt, out: Path, config: OnnxInt8StaticConfig, e
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
-    from xopt.calibration.profile import onnx_node_to_module
     from xopt.calibration.run import calibrate_checkpoint
 
-    profile, module = calibrate_checkpoint(ckpt, config.calibration_options(), config.keep.quantizes)
+    profile, module = calibrate_checkpoint(ckpt, config, config.keep.quantizes)
     op_types = ["MatMul"]
     with tempfile.TemporaryDirectory(prefix="xopt-int8-") as tmpdir:
-        if profile.smoothing:   # the smoothed module: its 1/s multiplies are in the graph
-            raw = Path(tmpdir) / "smoothed.onnx"
-            export_module(module, ckpt.output_names, raw)
-        else:
-            raw = exports.get(ckpt, fuse=False)
+        raw = calibrated_export(ckpt, profile, module, exports, Path(tmpdir))
         graph = onnx.load(str(raw), load_external_data=False).graph
+        matmuls = calibrated_matmuls(graph, profile, config.keep)
+        excluded = [n.name for n, what, _ in matmuls if what != "quantised"]
+        fallback = [n.name for n, what, _ in matmuls if what == "fallback"]
+        ranges = {n.input[0]: (np.array(e["rmin"], np.float32), np.array(e["rmax"], np.float32))
+                  for n, what, e in matmuls if what == "quantised"}
         weights = {i.name for i in graph.initializer}
-        excluded, fallback, ranges = [], [], {}
-        for n in graph.node:
-            if n.op_type not in op_types:
-                continue
-            name = onnx_node_to_module(n.name)
-            if not any(i in weights for i in n.input):
-                # attention's QK^T and PV multiply two activations, each of which one static scale
-                # would have to cover for every sentence; they stay fp32 (a few % of the FLOPs)
-                excluded.append(n.name)
-            elif config.keep.keeps(name) or name not in profile.activations:
-                excluded.append(n.name)
-            elif name in profile.keep:
-                excluded.append(n.name)
-                fallback.append(n.name)
-            else:
-                act = profile.activations[name]
-                ranges[n.input[0]] = (np.array(act["rmin"], np.float32), np.array(act["rmax"], np.float32))
         shared = [n for n in graph.node if n.name in excluded and n.input[0] in ranges and
                   any(i in weights for i in n.input[1:])]
         if shared:
-            # a kept Linear that reads the same tensor as a quantised one (a layer's query, key and
-            # value) would read it through the quantised one's Q/DQ: it reads an Identity copy
-            # instead, which ONNX Runtime removes once the Q/DQ are placed
-            model = onnx.load(str(raw))
-            by_name = {n.name: n for n in model.graph.node}
-            nodes = list(model.graph.node)
-            for n in shared:
-                node = by_name[n.name]
-                copy = onnx.helper.make_node("Identity", [node.input[0]], [node.input[0] + "_fp32_" + node.name],
-                                             name=node.name + "_fp32_input")
-                node.input[0] = copy.output[0]
-                nodes.insert(nodes.index(node), copy)
-            del model.graph.node[:]
-            model.graph.node.extend(nodes)
-            raw = Path(tmpdir) / "kept_inputs.onnx"
-            save_model(model, raw)
-            del model
+            raw = _copy_shared_inputs(raw, shared, Path(tmpdir) / "kept_inputs.onnx")
         cache = Path(tmpdir) / "ranges.json"
         save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges), cache)
         # Q/DQ on each MatMul's inputs only (as TensorRT's explicit quantisation and Model-Optimizer
@@ -320,22 +312,29 @@ def _warn_saturation(directory: Path, kernels: dict, device: str) -> None:
                       "`-o reduce_range=true`", highlight=False)
 
 
+def onnx_serving(directory: Path, man: dict) -> ServingSpec:
+    """Triton's `onnxruntime` entry of an ONNX variant: the model file and its own I/O."""
+    model = require_file(directory, directory / MODEL_FILE, man["variant"])
+    return ServingSpec({"backend": "onnxruntime"}, model, "model.onnx", model)
+
+
 VARIANTS = [
     Variant("onnx-fp32", backend="onnxruntime", precision="fp32", device="cpu",
             description="ONNX export + ONNX Runtime BERT fusions, fp32, CPU execution provider (CUDA with --device cuda)",
-            build=_build_fp32, load=_load, requires=("onnxruntime",), config=OnnxConfig()),
+            build=_build_fp32, load=_load, requires=("onnxruntime",), config=OnnxConfig(),
+            serving=onnx_serving),
     Variant("onnx-int8", backend="onnxruntime", precision="int8", device="cpu",
             description="SmoothQuant on the fused graph, then ONNX Runtime dynamic int8 on every matmul "
                         "(QAttention, per-channel 7-bit weights); head fp32",
             build=_build_int8, load=_load, requires=("onnxruntime",), config=OnnxInt8Config(),
-            activation_scales="dynamic per tensor"),
+            activation_scales="dynamic per tensor", serving=onnx_serving),
     Variant("onnx-int8-static", backend="onnxruntime", precision="int8", device="cpu",
             description="ONNX Runtime static int8 (Q/DQ), per-channel weights, calibrated on a multilingual sample",
             build=_build_int8_static, load=_load, requires=("onnxruntime",), config=OnnxInt8StaticConfig(),
-            activation_scales="static"),
+            activation_scales="static", serving=onnx_serving),
     Variant("ort-stock-int8", backend="onnxruntime", precision="int8", device="cpu",
             description="peer: ONNX Runtime's documented recipe (transformer optimiser, then quantize_dynamic: "
                         "every MatMul, per-channel int8 weights, nothing kept)",
             build=_build_stock_int8, load=_load, requires=("onnxruntime",), config=OrtStockInt8Config(), peer=True,
-            activation_scales="dynamic per tensor"),
+            activation_scales="dynamic per tensor", serving=onnx_serving),
 ]

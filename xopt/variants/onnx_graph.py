@@ -1,6 +1,7 @@
 """ONNX graph passes and counts of the ONNX Runtime recipes: the fused graph's Linears, the
-SmoothQuant pass on them, and what an optimised graph runs in low precision (`quantized_ops`,
-`kept`)."""
+SmoothQuant pass on them, what an optimised graph runs in low precision (`quantized_ops`,
+`kept`), and the graph and per-MatMul activation ranges the calibrated Q/DQ recipes
+(`onnx-int8-static`, `trt-int8`) quantise (`calibrated_export`, `calibrated_matmuls`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,46 @@ import numpy as np
 
 from xopt.errors import XoptError
 from xopt.variants.onnx_export import MODEL_FILE
+
+
+def calibrated_export(ckpt, profile, module, exports, tmp: Path) -> Path:
+    """The unfused ONNX graph a calibrated Q/DQ recipe quantises: with SmoothQuant factors in
+    `profile`, the smoothed `module` exported into `tmp` (its 1/s multiplies precede the MatMuls,
+    whose ranges the profile took on the smoothed inputs); else the checkpoint's shared export."""
+    from xopt.variants.onnx_export import export_module
+
+    if not profile.smoothing:
+        return exports.get(ckpt, fuse=False)
+    raw = Path(tmp) / "smoothed.onnx"
+    export_module(module, ckpt.output_names, raw)
+    return raw
+
+
+def calibrated_matmuls(graph, profile, keep) -> list[tuple]:
+    """(node, what a static int8 recipe does with it, its profile activation entry or None) for
+    each MatMul of an exported graph, in graph order. "activations": it multiplies two
+    activations (attention's QK^T and PV, which one static scale would have to cover for every
+    sentence); "kept": the `keep` policy keeps its Linear, or the profile has no range for it;
+    "fallback": the profile's sensitivity fallback keeps it; "quantised": it gets Q/DQ with the
+    entry's range (`amax` for a symmetric grid, `rmin`/`rmax` for an asymmetric one)."""
+    from xopt.calibration.profile import onnx_node_to_module
+
+    weights = {i.name for i in graph.initializer}
+    out = []
+    for n in graph.node:
+        if n.op_type != "MatMul":
+            continue
+        name = onnx_node_to_module(n.name)
+        if not any(i in weights for i in n.input):
+            out.append((n, "activations", None))
+        elif keep.keeps(name) or name not in profile.activations:
+            out.append((n, "kept", None))
+        elif name in profile.keep:
+            out.append((n, "fallback", None))
+        else:
+            out.append((n, "quantised", profile.activations[name]))
+    return out
+
 
 def fused_op_counts(path: Path) -> dict:
     import onnx

@@ -27,6 +27,7 @@ from the compiled model's runtime graph (`runtimePrecision` of its FullyConnecte
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,19 @@ def has_bf16() -> bool:
     from xopt.host import cpu_flags
 
     return bool(cpu_flags() & set(BF16_FLAGS))
+
+
+@dataclass(frozen=True)
+class InferencePrecision:
+    """What a variant asks of OpenVINO's CPU plugin: `hint` is its INFERENCE_PRECISION_HINT
+    (None: the library's default for the CPU, as a stock run gets), `needs_bf16` whether the
+    CPU must run bf16 natively (otherwise OpenVINO silently runs f32)."""
+
+    hint: str | None = None
+    needs_bf16: bool = False
+
+
+F32, BF16, LIBRARY_DEFAULT = InferencePrecision("f32"), InferencePrecision("bf16", True), InferencePrecision()
 
 
 HINT_HELP = "OpenVINO performance hint: latency (one request at a time) or throughput (streams for parallel requests)"
@@ -100,8 +114,9 @@ def _save(model, out: Path) -> None:
     ov.save_model(model, str(out / IR), compress_to_fp16=False)   # weights as they are: f32 or int8
 
 
-def _build_float(variant, ckpt, out: Path, config: OpenVinoConfig, exports: ExportCache) -> dict:
-    if variant.precision == "bf16" and not has_bf16():
+def _build_float(variant, ckpt, out: Path, config: OpenVinoConfig, exports: ExportCache,
+                 run: InferencePrecision = LIBRARY_DEFAULT) -> dict:
+    if run.needs_bf16 and not has_bf16():
         raise XoptError(f"{variant.name}: this CPU has neither AVX512_BF16 nor AMX; OpenVINO would run f32 "
                         "(use openvino-fp32)")
     src = _float_ir(ckpt, exports)
@@ -115,8 +130,7 @@ def _build_int8(variant, ckpt, out: Path, config: OpenVinoInt8Config, exports: E
 
     from xopt.calibration import CalibrationSet
 
-    calib = CalibrationSet.from_options({**config.calibration_options(), "calib_dev_samples": 0}, ckpt.path,
-                                        ckpt.card.input_prefix)
+    calib = CalibrationSet.from_config(config, ckpt.path, ckpt.card.input_prefix, dev_samples=0)
     samples = [{"input_ids": ids, "attention_mask": mask} for ids, mask in calib.batches(ckpt.card.max_length)]
     model = _read_float(ckpt, exports)
     with step(f"NNCF quantize ({len(samples)} texts, transformer preset)"):
@@ -188,21 +202,21 @@ class OpenVinoRunner(Runner):
         return {n: np.array(outputs[o]) for n, o in zip(self.output_names, self.outputs)}
 
 
-def _load(variant, directory: Path, man, config) -> OpenVinoRunner:
-    if variant.precision == "bf16" and not has_bf16():
+def _load(variant, directory: Path, man, config, run: InferencePrecision = LIBRARY_DEFAULT) -> OpenVinoRunner:
+    if run.needs_bf16 and not has_bf16():
         raise XoptError(f"{directory}: {variant.name} needs a CPU with AVX512_BF16 or AMX; this one has neither "
                         "(OpenVINO would run f32)")
-    precision = {"bf16": "bf16", "fp32": "f32"}.get(variant.precision)     # int8: the library's default
-    return OpenVinoRunner(variant.name, directory, output_names(man), config.hint, precision)
+    return OpenVinoRunner(variant.name, directory, output_names(man), config.hint, run.hint)
 
 
 VARIANTS = [
     Variant("openvino-fp32", backend="openvino", precision="fp32", device="cpu",
-            description="peer: OpenVINO on the plain ONNX export, f32", build=_build_float, load=_load,
-            requires=("openvino",), config=OpenVinoConfig(), peer=True),
+            description="peer: OpenVINO on the plain ONNX export, f32", build=partial(_build_float, run=F32),
+            load=partial(_load, run=F32), requires=("openvino",), config=OpenVinoConfig(), peer=True),
     Variant("openvino-bf16", backend="openvino", precision="bf16", device="cpu",
-            description="peer: OpenVINO, bf16 inference precision (CPUs with AVX512_BF16 or AMX)", build=_build_float,
-            load=_load, requires=("openvino",), config=OpenVinoConfig(), cpu_flags=BF16_FLAGS, peer=True),
+            description="peer: OpenVINO, bf16 inference precision (CPUs with AVX512_BF16 or AMX)",
+            build=partial(_build_float, run=BF16), load=partial(_load, run=BF16), requires=("openvino",),
+            config=OpenVinoConfig(), cpu_flags=BF16_FLAGS, peer=True),
     Variant("openvino-int8", backend="openvino", precision="int8", device="cpu",
             description="peer: OpenVINO + NNCF post-training int8, transformer preset (the documented stock recipe)",
             build=_build_int8, load=_load, requires=("openvino", "nncf"), config=OpenVinoInt8Config(), peer=True,

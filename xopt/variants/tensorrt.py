@@ -39,14 +39,16 @@ from pathlib import Path
 
 import numpy as np
 
+from xopt.calibration.calibrators import int8_scale
 from xopt.errors import XoptError
 from xopt.progress import step
-from xopt.variants.base import (CALIB_METHOD_HELP, FFN_OUT_AND_HEAD, PROFILE_FILE, FallbackConfig, KeepPolicy,
-                                Runner, Variant, VariantConfig, link_or_copy, option, output_names)
+from xopt.variants.base import (CALIB_METHOD_HELP, FFN_OUT_AND_HEAD, MODEL_INPUTS, PROFILE_FILE, FallbackConfig,
+                                KeepPolicy, Runner, ServingSpec, Variant, VariantConfig, link_or_copy, option,
+                                output_names, require_file)
 
 ENGINE_FILE = "model.engine"
 ONNX_FILE = "model.onnx"
-INPUTS = ("input_ids", "attention_mask")
+INPUTS = MODEL_INPUTS
 
 
 def _shape(s: str) -> tuple[int, int]:
@@ -103,6 +105,11 @@ class _ProfileShapes(VariantConfig):
     def shapes(self) -> tuple[tuple[int, int], ...]:
         return _shape(self.min), _shape(self.opt), _shape(self.max)
 
+    @classmethod
+    def parse_flag(cls, key: str, value, flag: str):
+        """--min-shapes/--opt-shapes/--max-shapes take trtexec's shape syntax (`profile_shape`)."""
+        return profile_shape(value, flag) if key in ("min", "opt", "max") else value
+
 
 @dataclass(frozen=True)
 class TrtConfig(_ProfileShapes):
@@ -154,7 +161,7 @@ def insert_qdq(src: Path, dst: Path, act_amax: dict[str, float], keep: KeepPolic
             raise XoptError(f"calibration range of {t!r} is {amax}: recalibrate (a constant or broken activation)")
         base = t.strip("/").replace("/", "_")
         s, z, q, dq = f"{base}_act_scale", f"{base}_act_zp", f"{base}_q", f"{base}_dq"
-        new_inits += [numpy_helper.from_array(np.asarray(amax / 127.0, dtype=np.float32), s), _int8_const(z, 0)]
+        new_inits += [numpy_helper.from_array(np.asarray(int8_scale(amax), dtype=np.float32), s), _int8_const(z, 0)]
         new_nodes += [helper.make_node("QuantizeLinear", [t, s, z], [q], name=f"{base}_QuantizeLinear"),
                       helper.make_node("DequantizeLinear", [q, s, z], [dq], name=f"{base}_DequantizeLinear")]
         qdq_of[t] = dq
@@ -162,16 +169,7 @@ def insert_qdq(src: Path, dst: Path, act_amax: dict[str, float], keep: KeepPolic
     for n in targets:
         w_name = n.input[1]
         if w_name not in done_w:
-            w = numpy_helper.to_array(inits[w_name]).astype(np.float32)          # [K, N]
-            scale = np.maximum(np.abs(w).max(axis=0), 1e-8) / 127.0
-            wq = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
-            base = w_name.strip("/").replace("/", "_")
-            qn, sn, zn, dn = f"{base}_int8", f"{base}_w_scale", f"{base}_w_zp", f"{base}_w_dq"
-            new_inits += [numpy_helper.from_array(wq, qn), numpy_helper.from_array(scale.astype(np.float32), sn),
-                          _int8_const(zn, np.zeros(w.shape[1]))]
-            new_nodes.append(helper.make_node("DequantizeLinear", [qn, sn, zn], [dn], name=f"{base}_DequantizeLinear",
-                                              axis=1))
-            done_w[w_name] = dn
+            done_w[w_name] = _int8_weight(inits[w_name], new_inits, new_nodes)
         n.input[0] = qdq_of[n.input[0]]
         n.input[1] = done_w[w_name]
     used = {i for n in g.node for i in n.input}
@@ -187,6 +185,22 @@ def insert_qdq(src: Path, dst: Path, act_amax: dict[str, float], keep: KeepPolic
     kept = [n.name for n in g.node if n.op_type == "MatMul" and n.input[1] in inits and n.name not in
             {t.name for t in targets}]
     return {"quantized": [n.name for n in targets], "kept_fp": kept}
+
+
+def _int8_weight(init, new_inits: list, new_nodes: list) -> str:
+    """A [K, N] MatMul weight as int8 per output channel (axis 1) behind a DequantizeLinear,
+    appended to `new_inits`/`new_nodes`; returns the DequantizeLinear's output name."""
+    from onnx import helper, numpy_helper
+
+    w = numpy_helper.to_array(init).astype(np.float32)          # [K, N]
+    scale = int8_scale(np.maximum(np.abs(w).max(axis=0), 1e-8))
+    wq = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+    base = init.name.strip("/").replace("/", "_")
+    qn, sn, zn, dn = f"{base}_int8", f"{base}_w_scale", f"{base}_w_zp", f"{base}_w_dq"
+    new_inits += [numpy_helper.from_array(wq, qn), numpy_helper.from_array(scale.astype(np.float32), sn),
+                  _int8_const(zn, np.zeros(w.shape[1]))]
+    new_nodes.append(helper.make_node("DequantizeLinear", [qn, sn, zn], [dn], name=f"{base}_DequantizeLinear", axis=1))
+    return dn
 
 
 def _toposort(nodes, available: set[str]):
@@ -319,6 +333,33 @@ class TrtRunner(Runner):
 
 
 # ---------------------------------------------------------------------------------------
+# What a built engine accepts and serves
+
+def engine_limits(man: dict) -> dict:
+    """{max_batch, max_seq_len} of an engine: its optimisation profile's max, as the manifest records it."""
+    hi = ((man.get("tensorrt") or {}).get("profile") or {}).get("max")
+    if isinstance(hi, (list, tuple)) and len(hi) == 2:
+        return {"max_batch": int(hi[0]), "max_seq_len": int(hi[1])}
+    return {}
+
+
+def engine_serving(directory: Path, man: dict) -> ServingSpec:
+    """Triton's `tensorrt_plan` entry of an engine: its I/O is the ONNX graph TensorRT parsed
+    (kept beside it), its batch range the profile the manifest records. Without a recorded
+    profile the range cannot be read back from the opaque engine, so the directory is refused."""
+    variant = man["variant"]
+    engine = require_file(directory, directory / ENGINE_FILE, variant)
+    if not engine_limits(man):
+        raise XoptError(f"{directory}: the manifest records no TensorRT optimisation profile, so the engine's "
+                        f"batch range is unknown; rebuild with `xopt compile --variant {variant} --force`")
+    if not (directory / ONNX_FILE).is_file():
+        raise XoptError(f"{directory}: {ONNX_FILE} (the graph the engine was parsed from) is missing; rebuild with "
+                        f"`xopt compile --variant {variant} --force`")
+    return ServingSpec({"platform": "tensorrt_plan"}, engine, "model.plan", directory / ONNX_FILE,
+                       engine_limits(man)["max_batch"])
+
+
+# ---------------------------------------------------------------------------------------
 # The variants
 
 def _build_fp16(variant, ckpt, out: Path, config: TrtConfig, exports) -> dict:
@@ -336,26 +377,15 @@ def build_qdq_onnx(ckpt, out: Path, config: TrtInt8Config, exports) -> dict:
 
     import onnx
 
-    from xopt.variants.onnx_export import export_module
-
-    from xopt.calibration.profile import onnx_node_to_module
     from xopt.calibration.run import calibrate_checkpoint
+    from xopt.variants.onnx_graph import calibrated_export, calibrated_matmuls
 
-    prof, module = calibrate_checkpoint(ckpt, config.calibration_options(), quantized=config.keep.quantizes)
+    prof, module = calibrate_checkpoint(ckpt, config, quantized=config.keep.quantizes)
     prof.save(out / PROFILE_FILE)
     with tempfile.TemporaryDirectory(prefix="xopt-trt-") as tmp:
-        if prof.smoothing:
-            raw = Path(tmp) / "smoothed.onnx"
-            export_module(module, ckpt.output_names, raw)
-        else:
-            raw = exports.get(ckpt, fuse=False)
-        kept_by_profile = set(prof.keep)
-        act = {}
-        for n in onnx.load(str(raw), load_external_data=False).graph.node:
-            if n.op_type == "MatMul":
-                mod = onnx_node_to_module(n.name)
-                if mod in prof.activations and mod not in kept_by_profile:
-                    act[n.name] = prof.activations[mod]["amax"]
+        raw = calibrated_export(ckpt, prof, module, exports, Path(tmp))
+        graph = onnx.load(str(raw), load_external_data=False).graph
+        act = {n.name: e["amax"] for n, what, e in calibrated_matmuls(graph, prof, config.keep) if what == "quantised"}
         placed = insert_qdq(raw, out / ONNX_FILE, act, config.keep)
     return {"calibration": prof.identity(), "qdq": placed}
 
@@ -416,12 +446,13 @@ def _build_weights(variant, ckpt, out, config, exports=None):
 VARIANTS = [
     Variant("trt-fp16", backend="tensorrt", precision="fp16", device="cuda",
             description="ONNX -> TensorRT engine, fp16, one optimisation profile over batch x sequence",
-            build=_build_fp16, load=_load_engine, config=TrtConfig(), requires=("tensorrt",)),
+            build=_build_fp16, load=_load_engine, config=TrtConfig(), requires=("tensorrt",),
+            limits_of=engine_limits, serving=engine_serving),
     Variant("trt-int8", backend="tensorrt", precision="int8", device="cuda",
             description="ONNX with explicit symmetric int8 Q/DQ (xopt.calibration ranges) -> TensorRT engine, "
                         "int8 GEMMs, fp16 elsewhere",
             build=_build_int8, load=_load_engine, config=TrtInt8Config(),
-            requires=("tensorrt",), activation_scales="static"),
+            requires=("tensorrt",), activation_scales="static", limits_of=engine_limits, serving=engine_serving),
     Variant("torch-tensorrt", backend="torch_tensorrt", precision="fp16", device="cuda",
             description="torch_tensorrt dynamo compile, fp16, dynamic batch x sequence (compiled when loaded)",
             build=_build_weights, load=_load_torch_trt, config=TorchTrtConfig(), requires=("torch_tensorrt",)),

@@ -45,6 +45,8 @@ KEEP_HELP = "regex of Linear module names left in the float dtype ('' quantises 
 
 @dataclass(frozen=True)
 class UnpaddedConfig(VariantConfig):
+    """Float kernels. `encoder_options` is what each config asks of `UnpaddedEncoder`."""
+
     device: str = option("auto", "str", "auto (CUDA when torch sees one), cuda or cpu")
     dtype: str = option("auto", "str", "auto (float16 on CUDA, float32 on CPU), float16, bfloat16 or float32")
 
@@ -54,10 +56,17 @@ class UnpaddedConfig(VariantConfig):
         if self.dtype not in ("auto", "float16", "bfloat16", "float32"):
             raise XoptError(f"{who}: dtype {self.dtype!r}: use auto, float16, bfloat16 or float32")
 
+    def encoder_options(self, directory, module) -> dict:
+        """`UnpaddedEncoder`'s int8, keep_fp and act_amax for this recipe."""
+        return {"int8": False, "keep_fp": "", "act_amax": None}
+
 
 @dataclass(frozen=True)
 class UnpaddedInt8Config(UnpaddedConfig):
     keep: KeepPolicy = option(KeepPolicy(FFN_OUT, "float"), "keep", KEEP_HELP)
+
+    def encoder_options(self, directory, module) -> dict:
+        return {"int8": True, "keep_fp": self.keep.pattern, "act_amax": None}
 
 
 @dataclass(frozen=True)
@@ -66,12 +75,21 @@ class UnpaddedStaticInt8Config(CalibratedConfig, UnpaddedInt8Config):
 
     calib_method: str = option("percentile", "str", CALIB_METHOD_HELP)
 
+    def encoder_options(self, directory, module) -> dict:
+        """int8 with the activation ranges of the profile saved at build time (checked against the weights)."""
+        from xopt.calibration.profile import Profile
+
+        prof = Profile.load(directory / PROFILE_FILE)
+        prof.check(module, str(directory / PROFILE_FILE))
+        return {**super().encoder_options(directory, module),
+                "act_amax": {n: e["amax"] for n, e in prof.activations.items()}}
+
 
 def _build_static(variant, ckpt, out, config: UnpaddedStaticInt8Config, exports=None) -> dict:
     from xopt.calibration.run import calibrate_checkpoint
 
     build_weights(variant, ckpt, out, config)
-    prof, _ = calibrate_checkpoint(ckpt, config.calibration_options(), quantized=config.keep.quantizes)
+    prof, _ = calibrate_checkpoint(ckpt, config, quantized=config.keep.quantizes)
     prof.save(out / PROFILE_FILE)
     return {"calibration": prof.identity()}
 
@@ -92,20 +110,12 @@ def _load(variant, directory, man, config: UnpaddedConfig):
         else getattr(torch, config.dtype)
     t0 = time.perf_counter()
     module = variant_module(directory, man)
-    act_amax = None
-    if isinstance(config, CalibratedConfig):
-        from xopt.calibration.profile import Profile
-
-        prof = Profile.load(directory / PROFILE_FILE)
-        prof.check(module, str(directory / PROFILE_FILE))
-        act_amax = {n: e["amax"] for n, e in prof.activations.items()}
-    keep = config.keep.pattern if isinstance(config, UnpaddedInt8Config) else ""
-    enc = UnpaddedEncoder(module, dtype=dtype, device=device, int8=variant.precision == "int8",
-                          keep_fp=keep, act_amax=act_amax)
+    opts = config.encoder_options(directory, module)
+    enc = UnpaddedEncoder(module, dtype=dtype, device=device, **opts)
     probe = torch.empty(0, device=device)
     quantized, kept = enc.int8_linears()
     counted = {}
-    if variant.precision == "int8":      # counted from the int8 weights in place, not from the keep pattern
+    if opts["int8"]:      # counted from the int8 weights in place, not from the keep pattern
         counted = {"quantized_ops": quantized_ops_record({"xopt.kernels.int8_linear": len(quantized)}), "kept": kept}
         check_quantized(variant.name, variant.precision, counted["quantized_ops"])
     return TorchRunner(variant.name, enc, output_names(man), device=device, info={

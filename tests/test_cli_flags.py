@@ -26,8 +26,8 @@ def calls(monkeypatch):
 
     got = {}
 
-    def bench(dirs, batches, seq_lens, *a, **kw):
-        got["bench"] = {"batches": batches, "seq_lens": seq_lens}
+    def bench(dirs, config, **kw):
+        got["bench"] = {"batches": list(config.batches), "seq_lens": list(config.seq_lens)}
         return []
 
     def load(paths, baseline, xstilts, model, device):

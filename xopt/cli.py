@@ -471,9 +471,11 @@ def bench_cmd(variant_dirs: Annotated[list[Path], typer.Argument(help="Variant d
                                            "(neighbours in length), beside the random padded draw.")] = False,
               out: OutResults = None, json_out: Json = False):
     """Latency / throughput / memory of variants, interleaved in the same run or under MLPerf LoadGen."""
-    from xopt.bench import bench, ratio_table
+    from xopt.bench import BenchConfig, bench, ratio_table
+    from xopt.measure import Timing
     from xopt.progress import bar
     from xopt.report import print_bench
+    from xopt.scenarios.registry import scenario as scenario_config
 
     _positive(rounds, "--rounds", "3")
     _positive(server_runs, "--server-runs", "8")
@@ -488,17 +490,17 @@ def bench_cmd(variant_dirs: Annotated[list[Path], typer.Argument(help="Variant d
             _bounded(q, "--server-qps", 0.0, 1e5, "5:200")
         if qps[0] >= qps[1]:
             raise XoptError(f"--server-qps {server_qps}: LOW must be below HIGH, e.g. 5:200")
-    loadgen = scenario != "fixed-batch"
-    per = 1 if loadgen else max(rounds, 1)
+    sc = scenario_config(scenario, rounds=rounds, latency_bound_ms=latency_bound_ms,
+                         qps=tuple(qps) if qps else None, max_runs=server_runs)
+    per = sc.splits         # fixed-batch splits --duration and --iters over its rounds
     min_time = (duration / per) if duration is not None else (0.0 if iters is not None else 1.0)
     min_iters = max(1, -(-iters // per)) if iters is not None else (3 if duration is not None else 10)
+    config = BenchConfig(batches=tuple(_csv(batch_size, int) or [1]), seq_lens=tuple(_csv(seq_len, int) or []),
+                         lengths=lengths, scenario=sc, compare=compare, data_dir=data, sort_by_length=sort_by_length,
+                         timing=Timing(min_iters=min_iters, min_time_s=min_time, max_time_s=max(10.0, 4 * min_time),
+                                       warmup=None if warmup == "auto" else int(warmup)))
     with bar() as progress:
-        recs = bench(variant_dirs, _csv(batch_size, int) or [1], _csv(seq_len, int) or [], lengths, rounds=rounds,
-                     min_iters=min_iters, min_time_s=min_time, max_time_s=max(10.0, 4 * min_time), out=out,
-                     progress=progress, scenario=scenario, warmup=None if warmup == "auto" else int(warmup),
-                     compare=compare, latency_bound_ms=latency_bound_ms,
-                     server_qps=tuple(qps) if qps else None, server_max_runs=server_runs, data_dir=data,
-                     sort_by_length=sort_by_length)
+        recs = bench(variant_dirs, config, out=out, progress=progress)
     if json_out:
         rows = [{k: v for k, v in r.items() if k != "host"} for r in recs]
         if compare:
@@ -507,7 +509,7 @@ def bench_cmd(variant_dirs: Annotated[list[Path], typer.Argument(help="Variant d
                                         "throughput_ratio": ratio["throughput_ratio"]}
         return _print_json(rows)
     print_bench(recs, compare)
-    if out and loadgen:
+    if out and recs and recs[0].get("loadgen_log_dir"):     # a LoadGen scenario's sweep
         typer.echo(f"LoadGen logs: {Path(recs[0]['loadgen_log_dir']).parent}")
 
 

@@ -14,6 +14,7 @@ from xopt.bench import BenchConfig, bench, ratio_table
 from xopt.cli import app
 from xopt.errors import XoptError
 from xopt.measure import Measurement, Timer, Timing, harness_overhead, machine_kind, warm
+from xopt.pick import Budget
 from xopt.scenarios.loadgen import Server, SingleStream, read_detail, server_search
 from xopt.scenarios.registry import scenario as scenario_config
 from test_measure import FakeRunner
@@ -385,7 +386,7 @@ def test_loadgen_invalid_runs_are_recorded_invalid_and_never_pass_the_server_sea
     assert single["invalid_reason"] == "minimum duration not met; Reduce target QPS to improve latency."
     out = tmp_path / "r.jsonl"
     records.append(out, [single])
-    c = pick.pick([out], seq_len=8, scenario="single-stream")
+    c = pick.pick([out], Budget(seq_len=8, scenario="single-stream"))
     assert c["chosen"] is None
     assert c["closest"]["fails"][0].startswith("LoadGen run INVALID (minimum duration not met; Reduce target QPS")
     from xopt.report.terminal import bench_table
@@ -403,13 +404,13 @@ def test_peak_memory_scope_and_pick_refuses_shared_process_memory(variants, tmp_
     assert {r["peak_mem_scope"] for r in recs} == {"shared process"}
     with pytest.raises(XoptError, match=r"--max-mem-mb: the peak memory of fp32, int8-dynamic was measured in one "
                                         r"process holding several variants .*bench each variant alone"):
-        pick.pick([shared], seq_len=8, max_mem_mb=10_000)
-    assert pick.pick([shared], seq_len=8)["chosen"] is not None       # other constraints still work
+        pick.pick([shared], Budget(seq_len=8, max_mem_mb=10_000))
+    assert pick.pick([shared], Budget(seq_len=8))["chosen"] is not None       # other constraints still work
     alone = tmp_path / "alone.jsonl"
     for v in ("fp32", "int8-dynamic"):
         (rec,) = _bench([variants / v], out=alone, **kw)
         assert rec["peak_mem_scope"] == "variant process" and rec["peak_mem_mb"] > 0
-    c = pick.pick([alone], seq_len=8, max_mem_mb=100_000)
+    c = pick.pick([alone], Budget(seq_len=8, max_mem_mb=100_000))
     assert c["chosen"] is not None and c["chosen"]["peak_mem_mb"] > 0
     res = CliRunner().invoke(app, ["pick", str(shared), "--seq-len", "8", "--max-mem-mb", "100"])
     assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output

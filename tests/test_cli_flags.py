@@ -30,12 +30,12 @@ def calls(monkeypatch):
         got["bench"] = {"batches": list(config.batches), "seq_lens": list(config.seq_lens)}
         return []
 
-    def load(paths, baseline, xstilts, model, device):
+    def load(paths, comparison, model, device):
         got["report"] = {"model": model, "device": device}
         raise XoptError("recorded")
 
-    def pick(paths, **kw):
-        got["pick"] = kw
+    def pick(paths, budget, comparison, **kw):
+        got["pick"] = {"batch": budget.batch, **kw}
         return {"chosen": None}
 
     def compile_variant(checkpoint, name, out, force=False, options=None):

@@ -527,11 +527,13 @@ def report_cmd(results_files: Annotated[list[Path], typer.Argument(help="Result 
                force: Force = False):
     """Gain-retention tables and plots: report.md, a single-file report.html, the PNGs and summary.csv
     (one row per variant x task x language and per variant x bench shape)."""
+    from xopt.analysis import Comparison
     from xopt.report import load, write
 
-    t = load(results_files, baseline, xstilts, filter_model, filter_device,
+    comparison = Comparison(reference, baseline, xstilts)
+    t = load(results_files, comparison, filter_model, filter_device,
              **{k: v for k, v in dict(split=split, suite=suite, host=filter_host).items() if v is not None})
-    path = write(t, out, reference, force=force)
+    path = write(t, out, comparison, force=force)
     for note in t.notes:
         typer.echo(f"note: {note}", err=True)
     if t.skipped:
@@ -570,13 +572,14 @@ def pick_cmd(results_files: Annotated[list[Path], typer.Argument(help="Result JS
              xstilts: Annotated[str, typer.Option("--xstilts")] = "xstilts",
              json_out: Json = False):
     """Choose the fastest variant that meets the constraints, and say why (exit 1 when none does)."""
-    from xopt.pick import json_safe, pick, render
+    from xopt.analysis import Comparison
+    from xopt.pick import Budget, json_safe, pick, render
 
-    choice = pick(results_files, max_p50_ms=max_p50_ms, max_p99_ms=max_p99_ms, batch=batch_size, seq_len=seq_len,
-                  lengths=lengths, min_throughput=min_throughput, min_retention=min_retention,
-                  min_lang_retention=min_lang_retention, max_mem_mb=max_mem_mb, max_drop=max_drop, device=filter_device,
-                  model=filter_model, reference=reference, baseline=baseline, xstilts=xstilts, split=split, suite=suite,
-                  host=filter_host, scenario=scenario)
+    budget = Budget(max_p50_ms=max_p50_ms, max_p99_ms=max_p99_ms, min_throughput=min_throughput,
+                    min_retention=min_retention, min_lang_retention=min_lang_retention, max_mem_mb=max_mem_mb,
+                    max_drop=max_drop, batch=batch_size, seq_len=seq_len, lengths=lengths, scenario=scenario)
+    choice = pick(results_files, budget, Comparison(reference, baseline, xstilts), device=filter_device,
+                  model=filter_model, split=split, suite=suite, host=filter_host)
     if json_out:
         _print_json(json_safe(choice))
     else:

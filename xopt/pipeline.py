@@ -137,7 +137,7 @@ def run_demo(out: Path, quick: bool = False, force: bool = False, full_bench: bo
     from xopt import manifest as mf
     from xopt import report, records
     from xopt.evaluate import eval_demo
-    from xopt.pick import pick, render
+    from xopt.pick import Budget, pick, render
     from xopt.progress import bar
     from xopt.tasks import demo
     from xopt.train import DEMO_HEAD, DEMO_INTERMEDIATE, DEMO_TARGET, train
@@ -201,7 +201,7 @@ def run_demo(out: Path, quick: bool = False, force: bool = False, full_bench: bo
     tables = report.load([res])
     rows = report.summary_rows(tables)
     # default budget: the fastest variant (batch 1, seq 128) within 1 point of fp32 on every task
-    choice = pick([res], max_drop=DEFAULT_MAX_DROP)
+    choice = pick([res], Budget(max_drop=DEFAULT_MAX_DROP))
     closing = report.closing_paragraph(tables, rows, choice)
     report_md = report.write(tables, out / "report", closing=closing)
     console.print(report.summary_table(rows, report.task_order(tables)))
@@ -326,7 +326,7 @@ def run_plan_file(path: Path, resume: bool = False, force: bool = False) -> dict
     from xopt.bench import BenchConfig, bench
     from xopt.evaluate import evaluate, held_units
     from xopt.measure import Timing
-    from xopt.pick import pick, render
+    from xopt.pick import Budget, pick, render
     from xopt.progress import bar
     from xopt.scenarios.fixed_batch import FixedBatch
     from xopt.tasks import xtreme
@@ -399,7 +399,7 @@ def run_plan_file(path: Path, resume: bool = False, force: bool = False) -> dict
     _step("report")
     report_md = report.write_report([res], out / "report", force=True)
     # the plan's quality budget (default as the demo's): the fastest variant within max_drop points of fp32
-    choice = pick([res], max_drop=float(max_drop)) if "xstilts" in written and "baseline" in written else None
+    choice = pick([res], Budget(max_drop=float(max_drop))) if "xstilts" in written and "baseline" in written else None
     if choice:
         console.print(render(choice))
     console.print(f"records: {res}\nreport:  {report_md}")

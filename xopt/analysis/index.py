@@ -39,6 +39,7 @@ import json
 from dataclasses import dataclass, field
 
 from xopt import records
+from xopt.analysis.comparison import DEFAULT, Comparison
 from xopt.records import is_xtreme_protocol, retrieval_protocol, shape_key
 from xopt.errors import XoptError
 
@@ -250,13 +251,14 @@ def device_matches(rec: dict, device: str) -> bool:
     return any(device.lower() in n for n in names if n)
 
 
-def load(paths, baseline: str = "baseline", xstilts: str = "xstilts", model: str | None = None,
-         device: str | None = None, split: str | None = None, suite: str | None = None,
-         host: str | None = None) -> RecordIndex:
+def load(paths, comparison: Comparison = DEFAULT, model: str | None = None, device: str | None = None,
+         split: str | None = None, suite: str | None = None, host: str | None = None) -> RecordIndex:
     """Valid records of `paths`, grouped by model family; what cannot be used goes to `skipped`.
+    `comparison`: the model names of the baseline and X-STILTs checkpoints.
     `split`, `suite`: only eval records of that split / suite; `host`: only bench records of
     that host (host_matches). Records of several splits or suites of one task, or bench
     records of several hosts, are refused unless these choose (see the module doc)."""
+    baseline, xstilts = comparison.baseline, comparison.xstilts
     recs, skipped = records.read(paths)
     t = RecordIndex(skipped=skipped, records=recs)
     # a record without base_model joins the family its model name has elsewhere, when unambiguous

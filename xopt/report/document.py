@@ -21,7 +21,7 @@ def build(t: RecordIndex, out: Path, comparison: Comparison = DEFAULT, closing: 
     (xopt.report.closing) shown first, under "In short"."""
     reference = comparison.reference
     all_rows = {fam: summary_rows(t, comparison, family=fam) for fam in t.families}
-    images = all_plots(t, all_rows, out, reference)
+    images = all_plots(t, all_rows, out, comparison)
     doc = Doc()
     doc.h(1, "xopt report")
     doc.p(f"Gain = score(X-STILTs) - score(baseline) on the same variant; retention = gain / gain on {reference}. "

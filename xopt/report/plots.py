@@ -11,7 +11,7 @@ import numpy as np
 
 from xopt.analysis import (RecordIndex, default_shape, pareto_front, per_language_cost, retention_is_point,
                            retention_na, shape_label)
-from xopt.analysis.comparison import DEFAULT
+from xopt.analysis.comparison import DEFAULT, Comparison
 
 
 def _pyplot():
@@ -318,7 +318,8 @@ def plot_sensitivity(rs: list[dict], model: str, variant: str, out: Path) -> str
     return name
 
 
-def all_plots(t: RecordIndex, all_rows: dict, out: Path, reference: str) -> list[str]:
-    """Every figure of the report except the calibration section's."""
+def all_plots(t: RecordIndex, all_rows: dict, out: Path, comparison: Comparison) -> list[str]:
+    """Every figure of the report except the calibration section's, against `comparison.reference`."""
+    reference = comparison.reference
     return (plot_pareto(t, all_rows, out, reference) + plot_heatmaps(t, out, reference)
             + plot_retention_vs_size(t, all_rows, out, reference) + plot_tokens_per_language(t, out))

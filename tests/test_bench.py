@@ -10,12 +10,23 @@ from typer.testing import CliRunner
 
 from conftest import one_line_error
 from xopt import records
-from xopt.bench import bench, ratio_table
+from xopt.bench import BenchConfig, bench, ratio_table
 from xopt.cli import app
 from xopt.errors import XoptError
-from xopt.measure import Measurement, Timer, harness_overhead, machine_kind, warm
-from xopt.scenarios.loadgen import read_detail, server_search
+from xopt.measure import Measurement, Timer, Timing, harness_overhead, machine_kind, warm
+from xopt.pick import Budget
+from xopt.scenarios.loadgen import Server, SingleStream, read_detail, server_search
+from xopt.scenarios.registry import scenario as scenario_config
 from test_measure import FakeRunner
+
+
+def _bench(dirs, out=None, *, scenario="fixed-batch", rounds=3, latency_bound_ms=100.0, server_qps=None,
+           server_max_runs=8, min_iters=10, min_time_s=0.5, max_time_s=10.0, warmup=None, **config):
+    """bench() with the sweep's config spelled as the CLI's options."""
+    sc = scenario_config(scenario, rounds=rounds, latency_bound_ms=latency_bound_ms, qps=server_qps,
+                         max_runs=server_max_runs)
+    timing = Timing(min_iters=min_iters, min_time_s=min_time_s, max_time_s=max_time_s, warmup=warmup)
+    return bench(dirs, BenchConfig(scenario=sc, timing=timing, **config), out=out)
 
 
 def test_harness_overhead_per_iteration_is_microseconds():
@@ -135,7 +146,7 @@ def suite_cache(tiny_suite, monkeypatch):
 def test_fixed_batch_records_per_language_and_ratio_table(variants, tmp_path, suite_cache):
     out = tmp_path / "r.jsonl"
     lang = next(la for la in ("ja", "ru") if la in suite_cache["shared"])
-    recs = bench([variants / "fp32", variants / "int8-dynamic"], batches=(2,), seq_lens=(16,),
+    recs = _bench([variants / "fp32", variants / "int8-dynamic"], batches=(2,), seq_lens=(16,),
                  lengths=f"demo:{lang}", rounds=2, min_iters=3, min_time_s=0.0, out=out, warmup=2)
     got, skipped = records.read([out], strict=True)
     assert len(got) == len(recs) == 4 and not skipped
@@ -164,16 +175,16 @@ def test_loadgen_scenarios_complete_on_a_tiny_model(variants, tmp_path):
     pytest.importorskip("mlperf_loadgen", reason="mlcommons-loadgen is a dependency of xopt")
     out = tmp_path / "lg.jsonl"
     kw = dict(seq_lens=(8,), min_iters=4, min_time_s=0.05, out=out, warmup=2)
-    single = bench([variants / "fp32"], batches=(4,), scenario="single-stream", **kw)[0]
+    single = _bench([variants / "fp32"], batches=(4,), scenario="single-stream", **kw)[0]
     assert single["batch"] == 1 and single["scenario"] == "single-stream" and single["samples"] >= 4
     assert single["loadgen"]["result_validity"] in ("VALID", "INVALID")
     assert 0 < single["p50_ms"] <= single["p90_ms"] <= single["p99_ms"] and single["throughput_seq_s"] > 0
     assert (tmp_path / "lg.loadgen").is_dir()
     assert read_detail(single["loadgen_log_dir"])["result_query_count"] >= 4
-    offline = bench([variants / "fp32"], batches=(4,), scenario="offline", **kw)[0]
+    offline = _bench([variants / "fp32"], batches=(4,), scenario="offline", **kw)[0]
     assert offline["latency_source"] == "timer_per_batch" and offline["samples"] >= 4
     assert offline["iters"] == len(range(0, offline["samples"], 4)) and offline["throughput_seq_s"] > 0
-    server = bench([variants / "fp32"], batches=(2,), scenario="server", latency_bound_ms=1000.0,
+    server = _bench([variants / "fp32"], batches=(2,), scenario="server", latency_bound_ms=1000.0,
                    server_qps=(5.0, 40.0), server_max_runs=3, **kw)[0]
     tried = [t["qps"] for t in server["server_search"]]
     assert 1 <= len(tried) <= 3 and all(5.0 <= q <= 40.0 for q in tried)
@@ -208,22 +219,22 @@ def test_xtreme_lengths_through_the_task_loaders(variants, monkeypatch, tmp_path
     import types
 
     with pytest.raises(XoptError, match="xtreme:TASK:LANG"):
-        bench([variants / "fp32"], lengths="xtreme:xnli")
+        _bench([variants / "fp32"], lengths="xtreme:xnli")
     import xopt.tasks
 
     fake = types.ModuleType("xopt.tasks.xtreme")        # the API bench needs of xopt.tasks.xtreme
     monkeypatch.setitem(sys.modules, "xopt.tasks.xtreme", fake)
     monkeypatch.setattr(xopt.tasks, "xtreme", fake, raising=False)
     with pytest.raises(XoptError, match="no load"):
-        bench([variants / "fp32"], lengths="xtreme:xnli:de")
+        _bench([variants / "fp32"], lengths="xtreme:xnli:de")
     pairs = [{"id": "1", "text_a": "ein kurzer Satz", "text_b": "noch ein etwas längerer Satz hier", "label": "x"},
              {"id": "2", "text_a": "kurz", "text_b": "", "label": "x"}]
     fake.get_task = lambda name: types.SimpleNamespace(name=name, family="classify")
     fake.load = lambda task, lang, split, data_dir: pairs if (lang, split, data_dir) == ("de", "test", tmp_path) \
         else pytest.fail("wrong arguments")
     with pytest.raises(XoptError, match="give --data"):
-        bench([variants / "fp32"], lengths="xtreme:xnli:de")
-    recs = bench([variants / "fp32"], batches=(1,), seq_lens=(), lengths="xtreme:xnli:de", rounds=1, min_iters=2,
+        _bench([variants / "fp32"], lengths="xtreme:xnli:de")
+    recs = _bench([variants / "fp32"], batches=(1,), seq_lens=(), lengths="xtreme:xnli:de", rounds=1, min_iters=2,
                  min_time_s=0.0, warmup=1, data_dir=tmp_path)
     from xopt.variants import load_variant
 
@@ -260,10 +271,10 @@ def test_engine_profile_limits_and_partial_sweeps(variants, tmp_path, monkeypatc
     monkeypatch.setattr(reg, "load_variant", limited)
     with pytest.raises(XoptError, match=r"beyond the engine's profile .max batch 4.; lower --batch-size .*"
                                         r"--max-shapes input_ids:8x32,attention_mask:8x32`"):
-        bench([variants / "fp32"], batches=(8,), seq_lens=(16,))
+        _bench([variants / "fp32"], batches=(8,), seq_lens=(16,))
     with pytest.raises(XoptError, match=r"48 tokens .*\(max 32\); lower --seq-len .*`xopt compile .* --variant fp32 "
                                         r".*--max-shapes input_ids:4x48,attention_mask:4x48`"):
-        bench([variants / "fp32"], batches=(1,), seq_lens=(48,))
+        _bench([variants / "fp32"], batches=(1,), seq_lens=(48,))
 
     def failing(d):      # batch 3 fails inside the backend (e.g. out of memory)
         lv = real_load(d)
@@ -280,7 +291,7 @@ def test_engine_profile_limits_and_partial_sweeps(variants, tmp_path, monkeypatc
     out = tmp_path / "partial.jsonl"
     with pytest.raises(XoptError, match=r"stopped at shape 2/2 \(b3xs8\): CUDA out of memory \(simulated\); "
                                         r"1 records of the 1 shapes before it kept in .*partial.jsonl") as e:
-        bench([variants / "fp32"], batches=(1, 3), seq_lens=(8,), rounds=1, min_iters=2, min_time_s=0.0,
+        _bench([variants / "fp32"], batches=(1, 3), seq_lens=(8,), rounds=1, min_iters=2, min_time_s=0.0,
               out=out, warmup=1)
     assert "\n" not in str(e.value)
     got, _ = records.read([out], strict=True)
@@ -313,9 +324,9 @@ def test_records_are_complete_when_built(variants, tmp_path, monkeypatch):
     monkeypatch.setattr(records, "record", spy)
     out = tmp_path / "r.jsonl"
     kw = dict(seq_lens=(8,), min_iters=3, min_time_s=0.02, out=out, warmup=1)
-    recs = bench([variants / "fp32"], batches=(2,), rounds=1, **kw)
+    recs = _bench([variants / "fp32"], batches=(2,), rounds=1, **kw)
     for scenario in ("single-stream", "offline"):
-        recs += bench([variants / "fp32"], batches=(2,), scenario=scenario, **kw)
+        recs += _bench([variants / "fp32"], batches=(2,), scenario=scenario, **kw)
     assert recs == built and records.read([out], strict=True)[0] == built
     single = next(r for r in built if r["scenario"] == "single-stream")
     assert single["latency_source"] == "loadgen_per_sample" and single["p50_ms"] == pytest.approx(
@@ -358,24 +369,24 @@ def test_loadgen_invalid_runs_are_recorded_invalid_and_never_pass_the_server_sea
         return read_detail(log_dir), sut
 
     monkeypatch.setattr(loadgen, "run_once", fake_run_once)
-    kw = dict(vocab_size=100, pad_id=1, warmup=1, latency_bound_ms=10.0)
-    rec = loadgen.run_scenario(_fake_loaded(), Shape(2, seq_len=8), "server", tmp_path / "lg", server_qps=(1.0, 100.0),
-                               server_max_runs=8, **kw)
+    kw = dict(vocab_size=100, pad_id=1, timing=Timing(min_time_s=1.0, warmup=1))
+    rec = loadgen.run_scenario(Server(latency_bound_ms=10.0, qps=(1.0, 100.0), max_runs=8), _fake_loaded(),
+                               Shape(2, seq_len=8), tmp_path / "lg", **kw)
     assert rec["server_max_qps"] is not None and rec["server_max_qps"] <= 10.0     # not the 50 QPS of INVALID runs
     assert rec["validity"] == "VALID" and rec["invalid_reason"] is None
     invalid = [s for s in rec["server_search"] if s["validity"] == "INVALID"]
     assert invalid and not any(s["ok"] for s in invalid)
     assert all(s["p99_ms"] <= 10.0 for s in invalid if s["qps"] <= 50)           # within the bound, still failed
     assert "minimum duration not met" in invalid[0]["invalid_reason"]
-    single = loadgen.run_scenario(_fake_loaded(), Shape(1, seq_len=8), "single-stream", tmp_path / "lg1", **kw)
+    single = loadgen.run_scenario(SingleStream(), _fake_loaded(), Shape(1, seq_len=8), tmp_path / "lg1", **kw)
     assert single["validity"] == "VALID"
     monkeypatch.setattr(loadgen, "run_once", lambda *a, **k: fake_run_once(*a, **{**k, "target_qps": 20.0}))
-    single = loadgen.run_scenario(_fake_loaded(), Shape(1, seq_len=8), "single-stream", tmp_path / "lg2", **kw)
+    single = loadgen.run_scenario(SingleStream(), _fake_loaded(), Shape(1, seq_len=8), tmp_path / "lg2", **kw)
     assert single["validity"] == "INVALID" and single["loadgen"]["result_validity"] == "INVALID"
     assert single["invalid_reason"] == "minimum duration not met; Reduce target QPS to improve latency."
     out = tmp_path / "r.jsonl"
     records.append(out, [single])
-    c = pick.pick([out], seq_len=8, scenario="single-stream")
+    c = pick.pick([out], Budget(seq_len=8, scenario="single-stream"))
     assert c["chosen"] is None
     assert c["closest"]["fails"][0].startswith("LoadGen run INVALID (minimum duration not met; Reduce target QPS")
     from xopt.report.terminal import bench_table
@@ -389,17 +400,17 @@ def test_peak_memory_scope_and_pick_refuses_shared_process_memory(variants, tmp_
 
     kw = dict(batches=(1,), seq_lens=(8,), rounds=1, min_iters=2, min_time_s=0.0, warmup=1)
     shared = tmp_path / "shared.jsonl"
-    recs = bench([variants / "fp32", variants / "int8-dynamic"], out=shared, **kw)
+    recs = _bench([variants / "fp32", variants / "int8-dynamic"], out=shared, **kw)
     assert {r["peak_mem_scope"] for r in recs} == {"shared process"}
     with pytest.raises(XoptError, match=r"--max-mem-mb: the peak memory of fp32, int8-dynamic was measured in one "
                                         r"process holding several variants .*bench each variant alone"):
-        pick.pick([shared], seq_len=8, max_mem_mb=10_000)
-    assert pick.pick([shared], seq_len=8)["chosen"] is not None       # other constraints still work
+        pick.pick([shared], Budget(seq_len=8, max_mem_mb=10_000))
+    assert pick.pick([shared], Budget(seq_len=8))["chosen"] is not None       # other constraints still work
     alone = tmp_path / "alone.jsonl"
     for v in ("fp32", "int8-dynamic"):
-        (rec,) = bench([variants / v], out=alone, **kw)
+        (rec,) = _bench([variants / v], out=alone, **kw)
         assert rec["peak_mem_scope"] == "variant process" and rec["peak_mem_mb"] > 0
-    c = pick.pick([alone], seq_len=8, max_mem_mb=100_000)
+    c = pick.pick([alone], Budget(seq_len=8, max_mem_mb=100_000))
     assert c["chosen"] is not None and c["chosen"]["peak_mem_mb"] > 0
     res = CliRunner().invoke(app, ["pick", str(shared), "--seq-len", "8", "--max-mem-mb", "100"])
     assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
@@ -422,7 +433,7 @@ def test_bench_runs_the_length_source_token_ids(variants, suite_cache, monkeypat
 
     monkeypatch.setattr(reg, "load_variant", recording)
     lang = next(la for la in ("ja", "ru") if la in suite_cache["shared"])
-    (rec,) = bench([variants / "fp32"], batches=(2,), seq_lens=(), lengths=f"demo:{lang}", rounds=1, min_iters=2,
+    (rec,) = _bench([variants / "fp32"], batches=(2,), seq_lens=(), lengths=f"demo:{lang}", rounds=1, min_iters=2,
                    min_time_s=0.0, warmup=1)
     assert rec["input_ids"] == "text" and rec["warmup_shapes"] >= 2
     lv = real_load(variants / "fp32")

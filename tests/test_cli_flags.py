@@ -1,9 +1,6 @@
 """The CLI's flag vocabulary: --batch-size, --model (an input path), --device (selects),
---filter-model / --filter-device, --min/opt/max-shapes; the old spellings as hidden aliases
-that print one deprecation line. The functions behind the commands are replaced by recorders,
-so these tests check what each flag hands over, not the work itself."""
-
-import json
+--filter-model / --filter-device, --min/opt/max-shapes. The functions behind the commands are
+replaced by recorders, so these tests check what each flag hands over, not the work itself."""
 
 import pytest
 from typer.testing import CliRunner
@@ -19,10 +16,6 @@ def run(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def _deprecation(res, old, new):
-    assert res.stderr.splitlines().count(f"xopt: warning: {old} is deprecated; use {new}") == 1, res.stderr
-
-
 @pytest.fixture
 def calls(monkeypatch):
     """Replace bench, report's load, pick and compile_variant with recorders of their arguments."""
@@ -33,16 +26,16 @@ def calls(monkeypatch):
 
     got = {}
 
-    def bench(dirs, batches, seq_lens, *a, **kw):
-        got["bench"] = {"batches": batches, "seq_lens": seq_lens}
+    def bench(dirs, config, **kw):
+        got["bench"] = {"batches": list(config.batches), "seq_lens": list(config.seq_lens)}
         return []
 
-    def load(paths, baseline, xstilts, model, device):
+    def load(paths, comparison, model, device):
         got["report"] = {"model": model, "device": device}
         raise XoptError("recorded")
 
-    def pick(paths, **kw):
-        got["pick"] = kw
+    def pick(paths, budget, comparison, **kw):
+        got["pick"] = {"batch": budget.batch, **kw}
         return {"chosen": None}
 
     def compile_variant(checkpoint, name, out, force=False, options=None):
@@ -69,45 +62,26 @@ def test_help_shows_new_spellings_only():
         assert not any(f in res.stdout for f in hidden), (cmd, res.stdout)
 
 
-def test_bench_batch_size_and_its_old_spelling(calls, tmp_path):
+def test_bench_batch_size(calls, tmp_path):
     res = run("bench", tmp_path, "--batch-size", "1,4", "--seq-len", "16", "--json")
     assert res.exit_code == 0 and res.stderr == "", res.output
     assert calls["bench"] == {"batches": [1, 4], "seq_lens": [16]}
-    res = run("bench", tmp_path, "--batch", "2,8", "--json")
-    assert res.exit_code == 0, res.output
-    _deprecation(res, "--batch", "--batch-size")
-    assert calls["bench"]["batches"] == [2, 8]
-    assert "not both" in one_line_error(run("bench", tmp_path, "--batch", "2", "--batch-size", "4"))
 
 
-def test_report_filters_and_their_old_spellings(calls, tmp_path):
+def test_report_filters(calls, tmp_path):
     res = run("report", tmp_path / "r.jsonl", "--out", tmp_path / "rep", "--filter-model", "e5-small",
               "--filter-device", "cuda")
     assert "recorded" in one_line_error(res)
     assert calls["report"] == {"model": "e5-small", "device": "cuda"}
-    res = run("report", tmp_path / "r.jsonl", "--out", tmp_path / "rep", "--model", "xlmr", "--device", "cpu")
-    assert res.exit_code == 2
-    _deprecation(res, "--model", "--filter-model")
-    _deprecation(res, "--device", "--filter-device")
-    assert calls["report"] == {"model": "xlmr", "device": "cpu"}
 
 
-def test_pick_batch_size_filters_and_their_old_spellings(calls, tmp_path):
+def test_pick_batch_size_and_filters(calls, tmp_path):
     res = run("pick", tmp_path / "r.jsonl", "--batch-size", "8", "--filter-model", "e5-small", "--filter-device",
               "cuda", "--json")
     assert res.exit_code == 1 and res.stderr == "", res.output     # the recorder chooses nothing
     assert (calls["pick"]["batch"], calls["pick"]["model"], calls["pick"]["device"]) == (8, "e5-small", "cuda")
     res = run("pick", tmp_path / "r.jsonl", "--json")
     assert (calls["pick"]["batch"], calls["pick"]["model"], calls["pick"]["device"]) == (1, None, None)
-    res = run("pick", tmp_path / "r.jsonl", "--batch", "4", "--model", "xlmr", "--device", "cpu", "--json")
-    assert res.exit_code == 1 and json.loads(res.stdout) == {"chosen": None}
-    for old, new in (("--batch", "--batch-size"), ("--model", "--filter-model"), ("--device", "--filter-device")):
-        _deprecation(res, old, new)
-    assert (calls["pick"]["batch"], calls["pick"]["model"], calls["pick"]["device"]) == (4, "xlmr", "cpu")
-    res = run("pick", tmp_path / "r.jsonl", "--batch", "4,8")      # the deprecation line, then the error
-    assert res.exit_code == 2 and res.stderr.splitlines() == [
-        "xopt: warning: --batch is deprecated; use --batch-size",
-        "xopt: error: --batch 4,8: expected one batch size, e.g. --batch-size 8"], res.output
 
 
 def test_compile_shapes_reach_the_tensorrt_profile(calls, tmp_path):

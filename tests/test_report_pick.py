@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from xopt import analysis, pick, report, records
 from xopt.cli import app
 from xopt.errors import XoptError
+from xopt.pick import Budget
 
 OUT = {  # (model, variant, lang) -> per-example outcomes
     ("baseline", "fp32", "de"): [1, 0, 0, 0], ("xstilts", "fp32", "de"): [1, 1, 1, 0],
@@ -123,10 +124,10 @@ def test_models_of_several_sizes_and_references(tmp_path):
     # pick across model x variant pairs: e5-small int8 is fastest; a retention floor moves it to xlm-r int8
     c = pick.pick([p])
     assert c["chosen"]["name"] == "e5-small/int8"
-    c = pick.pick([p], min_retention=0.7)
+    c = pick.pick([p], Budget(min_retention=0.7))
     assert c["chosen"]["name"] == "e5-small/fp32" and c["runner_up"]["name"] == "xlm-roberta-large/int8"
     assert c["why_runner_up_lost"] == "slower p50: 22.40 ms vs 11.80 ms"      # the smaller model wins on both
-    assert pick.pick([p], model="e5-small", min_retention=0.7)["chosen"]["name"] == "fp32"
+    assert pick.pick([p], Budget(min_retention=0.7), model="e5-small")["chosen"]["name"] == "fp32"
     with pytest.raises(XoptError, match="--filter-model bert: no records of that model; models in the records: "):
         report.load([p], model="bert")
 
@@ -146,28 +147,28 @@ def test_tokens_per_language_section(tmp_path):
 
 def test_pick_cases(tmp_path):
     p = _write(tmp_path)
-    c = pick.pick([p], max_drop=30)
+    c = pick.pick([p], Budget(max_drop=30))
     assert c["chosen"]["variant"] == "int8" and c["runner_up"]["variant"] == "fp32"
     assert "slower p50: 10.00 ms vs 4.00 ms" in pick.render(c)
-    c = pick.pick([p], min_retention=0.8)
+    c = pick.pick([p], Budget(min_retention=0.8))
     assert c["chosen"]["variant"] == "fp32"
     assert "retention 0.50 < 0.8" in "; ".join(c["runner_up"]["fails"])
-    c = pick.pick([p], max_p50_ms=3)
+    c = pick.pick([p], Budget(max_p50_ms=3))
     assert c["chosen"] is None and c["closest"]["variant"] == "int8"
     assert "no variant meets" in pick.render(c) and "p50 4.00 ms > 3" in pick.render(c)
-    c = pick.pick([p], batch=8)
+    c = pick.pick([p], Budget(batch=8))
     assert c["chosen"] is None and "p50 not measured (no bench record at batch 8, seq 128)" in pick.render(c)
     assert math.isclose(pick.pick([p])["chosen"]["p50_ms"], 4.0)
-    c = pick.pick([p], min_throughput=300)
+    c = pick.pick([p], Budget(min_throughput=300))
     assert c["chosen"] is None and "closest: int8, which misses: throughput 250.00 sequences/s < 300" in pick.render(c)
-    c = pick.pick([p], min_lang_retention=0.6)      # 4 examples: no language's fp32 gain is clear
+    c = pick.pick([p], Budget(min_lang_retention=0.6))      # 4 examples: no language's fp32 gain is clear
     assert c["chosen"] is None and "no language has a clear fp32 gain" in pick.render(c)
     p10 = _write(tmp_path, [ev(m, v, lang, o * 10) for (m, v, lang), o in OUT.items()], name="r10.jsonl")
-    c = pick.pick([p10], min_lang_retention=0.6)    # 40 examples: de and ja keep 0.5 of their gains on int8
+    c = pick.pick([p10], Budget(min_lang_retention=0.6))    # 40 examples: de and ja keep 0.5 of their gains on int8
     assert c["chosen"]["variant"] == "fp32" and "t/de: retention 0.50 < 0.6" in c["why_runner_up_lost"]
     assert c["chosen"]["tasks"]["t"]["langs_checked"] == 2
     with pytest.raises(XoptError, match="either --seq-len or --lengths"):
-        pick.pick([p], seq_len=128, lengths="demo")
+        pick.pick([p], Budget(seq_len=128, lengths="demo"))
 
 
 def test_pick_ties_and_missing_measurements(tmp_path):
@@ -182,11 +183,11 @@ def test_pick_ties_and_missing_measurements(tmp_path):
     assert c["chosen"]["variant"] == "bf16" and c["runner_up"]["variant"] == "fp16"
     assert "tied on every measure" in c["why_runner_up_lost"]       # bf16 < fp16 by name: deterministic
     assert [x["variant"] for x in sorted(c["candidates"], key=pick._rank)][:3] == ["bf16", "fp16", "int8"]
-    c = pick.pick([p], max_mem_mb=500)  # bf16/fp16 have no memory figure: not measured, not skipped
+    c = pick.pick([p], Budget(max_mem_mb=500))  # bf16/fp16 have no memory figure: not measured, not skipped
     assert c["chosen"]["variant"] == "int8"
     fp16 = next(x for x in c["candidates"] if x["variant"] == "fp16")
     assert fp16["fails"] == ["peak memory not measured (the bench record has no peak_mem_mb)"]
-    c = pick.pick([p], max_mem_mb=50)
+    c = pick.pick([p], Budget(max_mem_mb=50))
     assert c["chosen"] is None and "peak memory 100.00 MB > 50" in pick.render(c)
     c = pick.pick([p], device="cuda")
     assert c["chosen"] is None and "device cuda" in pick.render(c)
@@ -307,7 +308,7 @@ def test_pick_json_says_what_the_tables_say(tmp_path, case):
     res = CliRunner().invoke(app, ["pick", str(p), "--json"])
     assert res.exit_code == 0, res.output
     got = {c["variant"]: c for c in json.loads(res.stdout)["candidates"]}
-    rows = {r["variant"]: r for r in analysis.summary_rows(analysis.load([p], "baseline", "xstilts"))}
+    rows = {r["variant"]: r for r in analysis.summary_rows(analysis.load([p]))}
     for v, c in got.items():
         st, table = c["tasks"]["t"], rows[v]["tasks"]["t"]
         assert "score_drop" not in st

@@ -13,6 +13,7 @@ from xopt import analysis, pick, records, report
 from xopt.cli import app
 from xopt.errors import XoptError
 from xopt.evaluate import parse_retrieval_layer, resolve_retrieval_layer
+from xopt.pick import Budget
 
 
 # ------------------------------------------------------------------ parsing and resolving
@@ -84,7 +85,7 @@ def test_eval_records_carry_layer_and_pooling(tmp_path, tiny_ckpt, tiny_suite, m
                for r in per_lang)
     assert all("retrieval_layer" not in r for r in recs if r["task"] == "demo-topic")
     # the second run appended only the last-layer protocol's retrieval units next to the first's
-    t = analysis.load([out], baseline="tiny", xstilts="nobody")
+    t = analysis.load([out], analysis.Comparison(baseline="tiny", xstilts="nobody"))
     assert set(t.tasks()) == {"demo-topic", "demo-retrieval@L1-mean", "demo-retrieval@L2-mean"}
     # the eval table labels the protocol
     res = run(app, args + ["--retrieval-layer", "last", "--tasks", "demo-retrieval"])
@@ -164,7 +165,7 @@ def _paragraph(tmp_path, topic_gain: float, **kw) -> str:
     p = tmp_path / f"r{topic_gain}.jsonl"
     records.append(p, _records(topic_gain, **kw))
     t = analysis.load([p])
-    return report.closing_paragraph(t, analysis.summary_rows(t), pick.pick([p], max_drop=1.0))
+    return report.closing_paragraph(t, analysis.summary_rows(t), pick.pick([p], Budget(max_drop=1.0)))
 
 
 def test_closing_paragraph_with_a_clear_gain(tmp_path):

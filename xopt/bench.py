@@ -16,16 +16,36 @@ beyond them are refused before anything is measured.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from xopt import records
 from xopt.errors import XoptError
-from xopt.measure import proc_status_mb
+from xopt.measure import Timing, proc_status_mb
 from xopt.records import shape_key
-from xopt.scenarios.fixed_batch import Shape, measure_interleaved, to_record
+from xopt.scenarios.base import ScenarioConfig, Sweep
+from xopt.scenarios.fixed_batch import FixedBatch, Shape
 from xopt.scenarios.lengths import check_lengths_spec, length_sources
 
-SCENARIOS = ("fixed-batch", "single-stream", "offline", "server")
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What one sweep measures and how: the batch sizes and fixed lengths, the real length mixes
+    (`lengths`, a spec of xopt.scenarios.lengths; `data_dir`: the XTREME data for `xtreme:`
+    mixes; `sort_by_length`: each mix at batch > 1 also in length-sorted batches), the scenario
+    (a config of xopt.scenarios.registry), the timed loop's bounds, the variant the ratio
+    table compares with (`compare`, one of those measured), and where LoadGen's logs go
+    (`loadgen_dir`; default `<out>.loadgen/` beside the results file)."""
+
+    batches: tuple[int, ...] = (1, 8)
+    seq_lens: tuple[int, ...] = (128,)
+    lengths: str | None = None
+    scenario: ScenarioConfig = FixedBatch()
+    timing: Timing = Timing()
+    compare: str | None = None
+    data_dir: Path | None = None
+    sort_by_length: bool = False
+    loadgen_dir: Path | None = None
 
 
 def _load_all(variant_dirs: list) -> tuple[dict, dict]:
@@ -67,18 +87,16 @@ def runner_limits(lv) -> dict:
     return lim
 
 
-def make_shapes(loaded: dict, batches, seq_lens, lengths: str | None, scenario: str,
-                data_dir=None, sort_by_length: bool = False) -> list[Shape]:
+def make_shapes(loaded: dict, cfg: BenchConfig) -> list[Shape]:
     """Every shape of the sweep, checked against the models' maximum length and the
-    runners' declared limits before anything is measured. `sort_by_length` adds, beside each
+    runners' declared limits before anything is measured. `cfg.sort_by_length` adds, beside each
     length mix at batch > 1, the same mix in length-sorted batches."""
     first = next(iter(loaded.values()))
     max_len = min(lv.card.max_length for lv in loaded.values())
-    if scenario == "single-stream":
-        batches = [1]            # one sample per query by definition
+    batches, seq_lens, lengths = cfg.scenario.batches(list(cfg.batches)), list(cfg.seq_lens), cfg.lengths
     if any(b < 1 for b in batches) or any(s < 1 for s in seq_lens):
         raise XoptError("--batch-size and --seq-len take positive integers")
-    sources = (length_sources(lengths, first.tokenizer(), first.card.input_prefix, data_dir, max_len)
+    sources = (length_sources(lengths, first.tokenizer(), first.card.input_prefix, cfg.data_dir, max_len)
                if lengths else [])
     shapes = []
     for b in batches:
@@ -87,7 +105,7 @@ def make_shapes(loaded: dict, batches, seq_lens, lengths: str | None, scenario: 
                 raise XoptError(f"--seq-len {s} exceeds the model's maximum length {max_len}; use --seq-len <= {max_len}")
             shapes.append(Shape(b, seq_len=s))
         for src in sources:      # sentences longer than the model's limit are truncated, as in eval
-            for srt in (False, True) if sort_by_length and b > 1 else (False,):
+            for srt in (False, True) if cfg.sort_by_length and b > 1 else (False,):
                 shapes.append(Shape(b, lengths=[min(x, max_len) for x in src.lengths], source=src.source,
                                     lang=src.lang, split=src.split, rows=_truncate(src.rows, max_len),
                                     sort_by_length=srt))
@@ -127,14 +145,10 @@ def _rebuild_larger(lv, lim: dict, shape: Shape) -> str:
             f"{max_shapes_flag(b, t)}`")
 
 
-def bench(variant_dirs: list, batches=(1, 8), seq_lens=(128,), lengths: str | None = None, rounds: int = 3,
-          min_iters: int = 10, min_time_s: float = 0.5, max_time_s: float = 10.0, out: str | Path | None = None,
-          progress=None, scenario: str = "fixed-batch", warmup: int | None = None, compare: str | None = None,
-          latency_bound_ms: float = 100.0, server_qps: tuple[float, float] | None = None,
-          server_max_runs: int = 8, loadgen_dir: str | Path | None = None, data_dir=None,
-          sort_by_length: bool = False) -> list[dict]:
-    """Measure every variant on every shape; records are appended to `out` shape by shape,
-    so an interrupted sweep keeps what it measured (and the error says where it stopped).
+def bench(variant_dirs: list, config: BenchConfig = BenchConfig(), out: str | Path | None = None,
+          progress=None) -> list[dict]:
+    """Measure every variant on every shape of `config`; records are appended to `out` shape by
+    shape, so an interrupted sweep keeps what it measured (and the error says where it stopped).
 
     Every variant is loaded before anything is measured, so with several variants the peak
     memory is that of a process holding all of them: records say `peak_mem_scope` "shared
@@ -143,40 +157,23 @@ def bench(variant_dirs: list, batches=(1, 8), seq_lens=(128,), lengths: str | No
     (seconds) for every variant, and would lose the interleaved rounds.
 
     `fixed-batch` measures the variants in interleaved rounds; `single-stream`, `offline`
-    and `server` run MLPerf LoadGen (xopt.scenarios.loadgen), whose logs go to `loadgen_dir` (default:
-    `<out>.loadgen/` beside the results file)."""
-    if scenario not in SCENARIOS:
-        raise XoptError(f"--scenario {scenario}: expected one of {', '.join(SCENARIOS)}")
-    if lengths:
-        check_lengths_spec(lengths)
+    and `server` run MLPerf LoadGen (xopt.scenarios.loadgen), whose logs go to a new directory
+    per sweep in `config.loadgen_dir` (default: `<out>.loadgen/` beside the results file)."""
+    if config.lengths:
+        check_lengths_spec(config.lengths)
     loaded, load = _load_all(variant_dirs)
+    compare = config.compare
     if compare and compare not in {lv.manifest["variant"] for lv in loaded.values()}:
         raise XoptError(f"--compare {compare}: not among the variants given "
                         f"({', '.join(lv.manifest['variant'] for lv in loaded.values())})")
-    shapes = make_shapes(loaded, list(batches), list(seq_lens), lengths, scenario, data_dir, sort_by_length)
+    shapes = make_shapes(loaded, config)
     tok = next(iter(loaded.values())).tokenizer()
-    if scenario != "fixed-batch":
-        import tempfile
-
-        from xopt.scenarios import loadgen
-
-        lg_root = Path(loadgen_dir) if loadgen_dir else (
-            Path(out).with_suffix(".loadgen") if out else Path(tempfile.gettempdir()) / "xopt-loadgen")
-        lg_root.mkdir(parents=True, exist_ok=True)      # one new directory per sweep: logs are never overwritten
-        lg_run = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%dT%H%M%S-"), dir=lg_root)).resolve()
+    sweep = Sweep(loaded, load, len(tok), tok.pad_token_id, config.timing, progress,
+                  config.scenario.prepare(config.loadgen_dir, out))
     recs = []
     for i, shape in enumerate(shapes):
         try:
-            if scenario == "fixed-batch":
-                ms = measure_interleaved({k: lv.runner for k, lv in loaded.items()}, shape, len(tok),
-                                         tok.pad_token_id, rounds, min_iters, min_time_s, max_time_s, progress, warmup)
-                shape_recs = [to_record(loaded[k], shape, m, load=load[k]) for k, m in ms.items()]
-            else:
-                shape_recs = [loadgen.run_scenario(
-                    lv, shape, scenario, lg_run, vocab_size=len(tok), pad_id=tok.pad_token_id,
-                    min_time_s=min_time_s, min_queries=min_iters, warmup=warmup,
-                    latency_bound_ms=latency_bound_ms, server_qps=server_qps, server_max_runs=server_max_runs,
-                    progress=progress, load=load[k]) for k, lv in loaded.items()]
+            shape_recs = config.scenario.run(sweep, shape)
         except (XoptError, RuntimeError, MemoryError, KeyboardInterrupt) as e:
             why = "interrupted" if isinstance(e, KeyboardInterrupt) else str(e).strip().splitlines()[0][:300]
             kept = f"; {len(recs)} records of the {i} shapes before it kept" + (f" in {out}" if out else "")

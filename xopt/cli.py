@@ -50,11 +50,6 @@ MinShapes = Annotated[Optional[str], typer.Option("--min-shapes", help="Smallest
 OptShapes = Annotated[Optional[str], typer.Option("--opt-shapes", help="Shapes the engine is tuned for, "
                                                                         + _SHAPES_HELP.removeprefix("of the ") + ".")]
 MaxShapes = Annotated[Optional[str], typer.Option("--max-shapes", help="Largest shapes " + _SHAPES_HELP + ".")]
-# Old spellings, hidden; each still works and prints one deprecation line (see _renamed).
-OldBatch = Annotated[Optional[str], typer.Option("--batch", hidden=True, help="Deprecated: --batch-size.")]
-OldModelFilter = Annotated[Optional[str], typer.Option("--model", hidden=True, help="Deprecated: --filter-model.")]
-OldDeviceFilter = Annotated[Optional[str], typer.Option("--device", hidden=True,
-                                                        help="Deprecated: --filter-device.")]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 OutResults = Annotated[Optional[Path], typer.Option("--out", help="Append records to this JSONL file.")]
 Data = Annotated[Optional[Path], typer.Option("--data", help="Demo suite JSON (default: built from the "
@@ -68,19 +63,6 @@ def _csv(value: str | None, cast=str) -> list | None:
         return [cast(v.strip()) for v in value.split(",") if v.strip()]
     except ValueError:
         raise XoptError(f"cannot parse {value!r} as a comma-separated list of {cast.__name__}") from None
-
-
-def _renamed(ctx: typer.Context, new: str, old: str, old_value):
-    """The value of option `new`, or of its deprecated spelling `old` (a hidden option) when that
-    is given, with one deprecation line on stderr. The command's parameter is named after `new`."""
-    name = new.lstrip("-").replace("-", "_")
-    if old_value is None:
-        return ctx.params[name]
-    source = ctx.get_parameter_source(name)
-    if source is not None and source.name == "COMMANDLINE":
-        raise XoptError(f"give {new} or its deprecated spelling {old}, not both")
-    typer.echo(f"xopt: warning: {old} is deprecated; use {new}", err=True)
-    return old_value
 
 
 def os_error_line(e: OSError) -> str:
@@ -457,9 +439,8 @@ def eval_cmd(variant_dir: Annotated[Path, typer.Argument(help="Variant directory
 
 
 @command("bench")
-def bench_cmd(ctx: typer.Context, variant_dirs: Annotated[list[Path], typer.Argument(help="Variant directories.")],
+def bench_cmd(variant_dirs: Annotated[list[Path], typer.Argument(help="Variant directories.")],
               batch_size: BatchSizes = "1,8",
-              batch: OldBatch = None,
               seq_len: Annotated[str, typer.Option("--seq-len", help="Comma-separated fixed lengths ('' for "
                                                                      "none).")] = "128",
               lengths: Annotated[Optional[str], typer.Option(
@@ -492,13 +473,14 @@ def bench_cmd(ctx: typer.Context, variant_dirs: Annotated[list[Path], typer.Argu
                                            "(neighbours in length), beside the random padded draw.")] = False,
               out: OutResults = None, json_out: Json = False):
     """Latency / throughput / memory of variants, interleaved in the same run or under MLPerf LoadGen."""
-    from xopt.bench import bench, ratio_table
+    from xopt.bench import BenchConfig, bench, ratio_table
+    from xopt.measure import Timing
     from xopt.progress import bar
     from xopt.report import print_bench
+    from xopt.scenarios.registry import scenario as scenario_config
 
     _positive(rounds, "--rounds", "3")
     _positive(server_runs, "--server-runs", "8")
-    batch = _renamed(ctx, "--batch-size", "--batch", batch)
     if warmup != "auto" and not warmup.isdigit():
         raise XoptError(f"--warmup {warmup}: expected auto or a number of calls")
     qps = _csv(server_qps.replace(":", ","), float) if server_qps else None
@@ -510,17 +492,17 @@ def bench_cmd(ctx: typer.Context, variant_dirs: Annotated[list[Path], typer.Argu
             _bounded(q, "--server-qps", 0.0, 1e5, "5:200")
         if qps[0] >= qps[1]:
             raise XoptError(f"--server-qps {server_qps}: LOW must be below HIGH, e.g. 5:200")
-    loadgen = scenario != "fixed-batch"
-    per = 1 if loadgen else max(rounds, 1)
+    sc = scenario_config(scenario, rounds=rounds, latency_bound_ms=latency_bound_ms,
+                         qps=tuple(qps) if qps else None, max_runs=server_runs)
+    per = sc.splits         # fixed-batch splits --duration and --iters over its rounds
     min_time = (duration / per) if duration is not None else (0.0 if iters is not None else 1.0)
     min_iters = max(1, -(-iters // per)) if iters is not None else (3 if duration is not None else 10)
+    config = BenchConfig(batches=tuple(_csv(batch_size, int) or [1]), seq_lens=tuple(_csv(seq_len, int) or []),
+                         lengths=lengths, scenario=sc, compare=compare, data_dir=data, sort_by_length=sort_by_length,
+                         timing=Timing(min_iters=min_iters, min_time_s=min_time, max_time_s=max(10.0, 4 * min_time),
+                                       warmup=None if warmup == "auto" else int(warmup)))
     with bar() as progress:
-        recs = bench(variant_dirs, _csv(batch, int) or [1], _csv(seq_len, int) or [], lengths, rounds=rounds,
-                     min_iters=min_iters, min_time_s=min_time, max_time_s=max(10.0, 4 * min_time), out=out,
-                     progress=progress, scenario=scenario, warmup=None if warmup == "auto" else int(warmup),
-                     compare=compare, latency_bound_ms=latency_bound_ms,
-                     server_qps=tuple(qps) if qps else None, server_max_runs=server_runs, data_dir=data,
-                     sort_by_length=sort_by_length)
+        recs = bench(variant_dirs, config, out=out, progress=progress)
     if json_out:
         rows = [{k: v for k, v in r.items() if k != "host"} for r in recs]
         if compare:
@@ -529,12 +511,12 @@ def bench_cmd(ctx: typer.Context, variant_dirs: Annotated[list[Path], typer.Argu
                                         "throughput_ratio": ratio["throughput_ratio"]}
         return _print_json(rows)
     print_bench(recs, compare)
-    if out and loadgen:
+    if out and recs and recs[0].get("loadgen_log_dir"):     # a LoadGen scenario's sweep
         typer.echo(f"LoadGen logs: {Path(recs[0]['loadgen_log_dir']).parent}")
 
 
 @command("report")
-def report_cmd(ctx: typer.Context, results_files: Annotated[list[Path], typer.Argument(help="Result JSONL files.")],
+def report_cmd(results_files: Annotated[list[Path], typer.Argument(help="Result JSONL files.")],
                out: Annotated[Path, typer.Option("--out", help="Report directory.")],
                reference: Annotated[str, typer.Option("--reference")] = "fp32",
                baseline: Annotated[str, typer.Option("--baseline", help="Model name of the baseline.")] = "baseline",
@@ -544,17 +526,16 @@ def report_cmd(ctx: typer.Context, results_files: Annotated[list[Path], typer.Ar
                split: Split = None,
                suite: Suite = None,
                filter_host: FilterHost = None,
-               model: OldModelFilter = None,
-               device: OldDeviceFilter = None,
                force: Force = False):
     """Gain-retention tables and plots: report.md, a single-file report.html, the PNGs and summary.csv
     (one row per variant x task x language and per variant x bench shape)."""
+    from xopt.analysis import Comparison
     from xopt.report import load, write
 
-    t = load(results_files, baseline, xstilts, _renamed(ctx, "--filter-model", "--model", model),
-             _renamed(ctx, "--filter-device", "--device", device),
+    comparison = Comparison(reference, baseline, xstilts)
+    t = load(results_files, comparison, filter_model, filter_device,
              **{k: v for k, v in dict(split=split, suite=suite, host=filter_host).items() if v is not None})
-    path = write(t, out, reference, force=force)
+    path = write(t, out, comparison, force=force)
     for note in t.notes:
         typer.echo(f"note: {note}", err=True)
     if t.skipped:
@@ -564,11 +545,10 @@ def report_cmd(ctx: typer.Context, results_files: Annotated[list[Path], typer.Ar
 
 
 @command("pick")
-def pick_cmd(ctx: typer.Context, results_files: Annotated[list[Path], typer.Argument(help="Result JSONL files.")],
+def pick_cmd(results_files: Annotated[list[Path], typer.Argument(help="Result JSONL files.")],
              max_p50_ms: Annotated[Optional[float], typer.Option("--max-p50-ms")] = None,
              max_p99_ms: Annotated[Optional[float], typer.Option("--max-p99-ms")] = None,
              batch_size: BatchSize = 1,
-             batch: OldBatch = None,
              seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Fixed length (default 128).")] = None,
              lengths: Annotated[Optional[str], typer.Option(
                  "--lengths", help="Length mix the bench used instead (e.g. demo, demo:ja).")] = None,
@@ -589,27 +569,19 @@ def pick_cmd(ctx: typer.Context, results_files: Annotated[list[Path], typer.Argu
              split: Split = None,
              suite: Suite = None,
              filter_host: FilterHost = None,
-             device: OldDeviceFilter = None,
-             model: OldModelFilter = None,
              reference: Annotated[str, typer.Option("--reference")] = "fp32",
              baseline: Annotated[str, typer.Option("--baseline")] = "baseline",
              xstilts: Annotated[str, typer.Option("--xstilts")] = "xstilts",
              json_out: Json = False):
     """Choose the fastest variant that meets the constraints, and say why (exit 1 when none does)."""
-    from xopt.pick import json_safe, pick, render
+    from xopt.analysis import Comparison
+    from xopt.pick import Budget, json_safe, pick, render
 
-    batch = _renamed(ctx, "--batch-size", "--batch", batch)
-    if isinstance(batch, str):          # the deprecated spelling's value
-        if not batch.strip().isdigit():
-            raise XoptError(f"--batch {batch}: expected one batch size, e.g. --batch-size 8")
-        batch = int(batch)
-    device = _renamed(ctx, "--filter-device", "--device", device)
-    model = _renamed(ctx, "--filter-model", "--model", model)
-    choice = pick(results_files, max_p50_ms=max_p50_ms, max_p99_ms=max_p99_ms, batch=batch, seq_len=seq_len,
-                  lengths=lengths, min_throughput=min_throughput, min_retention=min_retention,
-                  min_lang_retention=min_lang_retention, max_mem_mb=max_mem_mb, max_drop=max_drop, device=device,
-                  model=model, reference=reference, baseline=baseline, xstilts=xstilts, split=split, suite=suite,
-                  host=filter_host, scenario=scenario)
+    budget = Budget(max_p50_ms=max_p50_ms, max_p99_ms=max_p99_ms, min_throughput=min_throughput,
+                    min_retention=min_retention, min_lang_retention=min_lang_retention, max_mem_mb=max_mem_mb,
+                    max_drop=max_drop, batch=batch_size, seq_len=seq_len, lengths=lengths, scenario=scenario)
+    choice = pick(results_files, budget, Comparison(reference, baseline, xstilts), device=filter_device,
+                  model=filter_model, split=split, suite=suite, host=filter_host)
     if json_out:
         _print_json(json_safe(choice))
     else:

@@ -38,6 +38,19 @@ import numpy as np
 from xopt.errors import XoptError
 
 
+@dataclass(frozen=True)
+class Timing:
+    """The bounds of each variant's timed loop on a shape: at least `min_iters` calls *and*
+    `min_time_s` seconds, at most `max_time_s`; `warmup` calls, or None for the bounded
+    warm-up that runs until the moving median is stable (module doc). LoadGen scenarios read
+    `min_iters` as the minimum query count and `min_time_s` as the minimum duration."""
+
+    min_iters: int = 10
+    min_time_s: float = 0.5
+    max_time_s: float = 10.0
+    warmup: int | None = None
+
+
 def percentiles(samples_ms) -> dict:
     a = np.asarray(samples_ms, dtype=np.float64)
     return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),

@@ -33,9 +33,30 @@ gets a line in `warnings` (printed under the pick), which no constraint reads.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from xopt.analysis import fmt_ci, gain_stats, invariance_text, load, retention_na, shape_label, summary_rows
+from xopt.analysis.comparison import DEFAULT, Comparison
 from xopt.errors import XoptError
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The constraints a pick must meet (None: not constrained) and the operating point the cost
+    constraints are read at: `batch`, one shape (`seq_len`, default 128, or a `lengths` mix) and
+    the bench `scenario` (None: fixed-batch). Retention and drop as in the module doc."""
+
+    max_p50_ms: float | None = None
+    max_p99_ms: float | None = None
+    min_throughput: float | None = None
+    min_retention: float | None = None
+    min_lang_retention: float | None = None
+    max_mem_mb: float | None = None
+    max_drop: float | None = None
+    batch: int = 1
+    seq_len: int | None = None
+    lengths: str | None = None
+    scenario: str | None = None
 
 
 def _shape(seq_len: int | None, lengths: str | None, scenario: str | None = None) -> str:
@@ -52,50 +73,22 @@ def _fail(c: dict, text: str, miss: float = 1.0) -> None:
     c["miss"] += miss
 
 
-def pick(paths, max_p50_ms=None, max_p99_ms=None, batch: int = 1, seq_len: int | None = None,
-         lengths: str | None = None, min_throughput=None, min_retention=None, min_lang_retention=None,
-         max_mem_mb=None, max_drop=None, device: str | None = None, model: str | None = None,
-         reference="fp32", baseline="baseline", xstilts="xstilts", split: str | None = None,
-         suite: str | None = None, host: str | None = None, scenario: str | None = None) -> dict:
-    t = load(paths, baseline, xstilts, model, device, split=split, suite=suite, host=host)
-    shape = _shape(seq_len, lengths, scenario)
-    where = f"batch {batch}, {shape_label(shape)}" + (f", device {device}" if device else "")
+def pick(paths, budget: Budget = Budget(), comparison: Comparison = DEFAULT, device: str | None = None,
+         model: str | None = None, split: str | None = None, suite: str | None = None,
+         host: str | None = None) -> dict:
+    """The fastest candidate of the records of `paths` within `budget`, the runner-up and why it
+    lost, or the closest miss; `device`, `model`, `split`, `suite`, `host` choose the records."""
+    t = load(paths, comparison, model, device, split=split, suite=suite, host=host)
+    shape = _shape(budget.seq_len, budget.lengths, budget.scenario)
+    where = f"batch {budget.batch}, {shape_label(shape)}" + (f", device {device}" if device else "")
     cands, shared = [], []
     for fam in t.families:
-        rows = {r["variant"]: r for r in summary_rows(t, reference, batch, shape, family=fam)}
+        rows = {r["variant"]: r for r in summary_rows(t, comparison, budget.batch, shape, family=fam)}
         for v in t.variants(fam):
-            b = t.bn(fam, v, batch, shape)
-            row = rows[v]
-            c = {"model": fam, "variant": v, "name": f"{fam}/{v}" if len(t.families) > 1 else v,
-                 "p50_ms": b and b["p50_ms"], "p99_ms": b and b["p99_ms"],
-                 "throughput_seq_s": b and b["throughput_seq_s"], "peak_mem_mb": b and b.get("peak_mem_mb"),
-                 "avg_retention": None, "avg_retention_na": None, "avg_score": row["avg_score"],
-                 "fails": [], "miss": 0.0, "tasks": {}, "batch_invariance": row["batch_invariance"],
-                 "warnings": _warnings(row)}
-            nm = f"not measured (no bench record at {where})"
-            if b is None:
-                _fail(c, f"p50 {nm}", math.inf)
-            elif b.get("validity") not in (None, "VALID"):
-                _fail(c, f"LoadGen run {b['validity']} ({b.get('invalid_reason') or 'see its log'}): "
-                         f"{b.get('loadgen_log_dir') or 'no log directory'}", math.inf)
-            if b is not None and max_mem_mb is not None and b.get("peak_mem_scope") == "shared process":
+            b = t.bn(fam, v, budget.batch, shape)
+            c = _candidate(t, fam, v, rows[v], b, budget, where, comparison.reference)
+            if b is not None and budget.max_mem_mb is not None and b.get("peak_mem_scope") == "shared process":
                 shared.append(c["name"])
-            for key, limit, unit, low in (("p50_ms", max_p50_ms, "ms", True), ("p99_ms", max_p99_ms, "ms", True),
-                                          ("throughput_seq_s", min_throughput, "sequences/s", False),
-                                          ("peak_mem_mb", max_mem_mb, "MB", True)):
-                if limit is None or (b is None and key == "p50_ms"):
-                    continue
-                label = {"p50_ms": "p50", "p99_ms": "p99", "throughput_seq_s": "throughput",
-                         "peak_mem_mb": "peak memory"}[key]
-                val = c[key]
-                if val is None:
-                    _fail(c, f"{label} {nm if b is None else 'not measured (the bench record has no ' + key + ')'}",
-                          math.inf)
-                elif (val > limit) if low else (val < limit):
-                    _fail(c, f"{label} {val:.2f} {unit} {'>' if low else '<'} {limit} {unit}",
-                          abs(val - limit) / max(abs(limit), 1e-9))
-            _quality(t, c, fam, v, row, reference, min_retention, min_lang_retention, max_drop)
-            _average_retention(c, t.primary_tasks(fam))
             cands.append(c)
     if shared:
         names = ", ".join(shared[:3]) + (" ..." if len(shared) > 3 else "")
@@ -104,17 +97,50 @@ def pick(paths, max_p50_ms=None, max_p99_ms=None, batch: int = 1, seq_len: int |
                         f"alone (one variant directory per `xopt bench`) and pick on those records")
     ok = sorted((c for c in cands if not c["fails"]), key=_rank)
     bad = sorted((c for c in cands if c["fails"]), key=lambda c: (len(c["fails"]), c["miss"], _rank(c)))
-    constraints = {k: v for k, v in dict(max_p50_ms=max_p50_ms, max_p99_ms=max_p99_ms, batch=batch, shape=shape,
-                                         min_throughput=min_throughput, min_retention=min_retention,
-                                         min_lang_retention=min_lang_retention, max_mem_mb=max_mem_mb,
-                                         max_drop=max_drop, device=device, model=model, split=split, suite=suite,
-                                         host=host).items() if v is not None}
+    bg = budget
+    constraints = {k: v for k, v in dict(max_p50_ms=bg.max_p50_ms, max_p99_ms=bg.max_p99_ms, batch=bg.batch,
+                                         shape=shape, min_throughput=bg.min_throughput,
+                                         min_retention=bg.min_retention, min_lang_retention=bg.min_lang_retention,
+                                         max_mem_mb=bg.max_mem_mb, max_drop=bg.max_drop, device=device, model=model,
+                                         split=split, suite=suite, host=host).items() if v is not None}
     chosen = ok[0] if ok else None
     runner_up = ok[1] if len(ok) > 1 else (bad[0] if bad else None)
     return {"constraints": constraints, "chosen": chosen, "runner_up": runner_up,
             "why_runner_up_lost": _why(chosen, runner_up) if chosen and runner_up else None,
             "closest": None if ok else (bad[0] if bad else None), "candidates": cands, "skipped": len(t.skipped),
             "hosts": list(t.hosts.values()), "notes": list(t.notes)}
+
+
+def _candidate(t, fam: str, v: str, row: dict, b: dict | None, budget: Budget, where: str, reference: str) -> dict:
+    """One candidate (model `fam`, variant `v`): its cost from bench record `b` (None: not
+    measured at `where`), its quality from summary row `row`, and the constraints it fails."""
+    c = {"model": fam, "variant": v, "name": f"{fam}/{v}" if len(t.families) > 1 else v,
+         "p50_ms": b and b["p50_ms"], "p99_ms": b and b["p99_ms"],
+         "throughput_seq_s": b and b["throughput_seq_s"], "peak_mem_mb": b and b.get("peak_mem_mb"),
+         "avg_retention": None, "avg_retention_na": None, "avg_score": row["avg_score"],
+         "fails": [], "miss": 0.0, "tasks": {}, "batch_invariance": row["batch_invariance"],
+         "warnings": _warnings(row)}
+    nm = f"not measured (no bench record at {where})"
+    if b is None:
+        _fail(c, f"p50 {nm}", math.inf)
+    elif b.get("validity") not in (None, "VALID"):
+        _fail(c, f"LoadGen run {b['validity']} ({b.get('invalid_reason') or 'see its log'}): "
+                 f"{b.get('loadgen_log_dir') or 'no log directory'}", math.inf)
+    for key, limit, unit, low in (("p50_ms", budget.max_p50_ms, "ms", True), ("p99_ms", budget.max_p99_ms, "ms", True),
+                                  ("throughput_seq_s", budget.min_throughput, "sequences/s", False),
+                                  ("peak_mem_mb", budget.max_mem_mb, "MB", True)):
+        if limit is None or (b is None and key == "p50_ms"):
+            continue
+        label = {"p50_ms": "p50", "p99_ms": "p99", "throughput_seq_s": "throughput", "peak_mem_mb": "peak memory"}[key]
+        val = c[key]
+        if val is None:
+            _fail(c, f"{label} {nm if b is None else 'not measured (the bench record has no ' + key + ')'}", math.inf)
+        elif (val > limit) if low else (val < limit):
+            _fail(c, f"{label} {val:.2f} {unit} {'>' if low else '<'} {limit} {unit}",
+                  abs(val - limit) / max(abs(limit), 1e-9))
+    _quality(t, c, fam, v, row, reference, budget)
+    _average_retention(c, t.primary_tasks(fam))
+    return c
 
 
 def _warnings(row: dict) -> list[str]:
@@ -147,7 +173,8 @@ def _rank(c: dict):
             _num(c["peak_mem_mb"]), c["name"])
 
 
-def _quality(t, c, fam, v, row, reference, min_retention, min_lang_retention, max_drop) -> None:
+def _quality(t, c, fam, v, row, reference: str, budget: Budget) -> None:
+    min_retention, min_lang_retention, max_drop = budget.min_retention, budget.min_lang_retention, budget.max_drop
     need = min_retention is not None or max_drop is not None or min_lang_retention is not None
     if need and not t.tasks(fam):
         _fail(c, "retention not measured (no eval records)", math.inf)

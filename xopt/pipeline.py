@@ -69,15 +69,18 @@ def _step(name: str):
 def _bench_shapes(dirs: list, shapes, quick: bool, res: Path, progress) -> None:
     """Benchmark `dirs` on `shapes` ((batch, seq_len | None = the demo length mix)), one call per
     kind of shape so that no other combination is measured."""
-    from xopt.bench import bench
+    from xopt.bench import BenchConfig, bench
+    from xopt.measure import Timing
+    from xopt.scenarios.fixed_batch import FixedBatch
 
     for seq_lens, lengths in (((128,), None), ((), "demo")):
         batches = tuple(b for b, s in shapes if (s is None) == (lengths is not None) and (s is None or s in seq_lens))
         if batches:
             # --quick (CI's smoke run): a fixed 3-call warm-up instead of waiting for a stable median
-            bench(dirs, batches=batches, seq_lens=seq_lens, lengths=lengths, rounds=2,
-                  min_time_s=0.2 if quick else 0.5, min_iters=5, max_time_s=5.0, out=res, progress=progress,
-                  warmup=3 if quick else None)
+            timing = Timing(min_iters=5, min_time_s=0.2 if quick else 0.5, max_time_s=5.0,
+                            warmup=3 if quick else None)
+            bench(dirs, BenchConfig(batches=batches, seq_lens=seq_lens, lengths=lengths, scenario=FixedBatch(rounds=2),
+                                    timing=timing), out=res, progress=progress)
 
 
 def _compile_one_checkpoint(model: str, ckpt: Path, names: list[str], out: Path, calib: dict) -> dict:
@@ -134,7 +137,7 @@ def run_demo(out: Path, quick: bool = False, force: bool = False, full_bench: bo
     from xopt import manifest as mf
     from xopt import report, records
     from xopt.evaluate import eval_demo
-    from xopt.pick import pick, render
+    from xopt.pick import Budget, pick, render
     from xopt.progress import bar
     from xopt.tasks import demo
     from xopt.train import DEMO_HEAD, DEMO_INTERMEDIATE, DEMO_TARGET, train
@@ -198,7 +201,7 @@ def run_demo(out: Path, quick: bool = False, force: bool = False, full_bench: bo
     tables = report.load([res])
     rows = report.summary_rows(tables)
     # default budget: the fastest variant (batch 1, seq 128) within 1 point of fp32 on every task
-    choice = pick([res], max_drop=DEFAULT_MAX_DROP)
+    choice = pick([res], Budget(max_drop=DEFAULT_MAX_DROP))
     closing = report.closing_paragraph(tables, rows, choice)
     report_md = report.write(tables, out / "report", closing=closing)
     console.print(report.summary_table(rows, report.task_order(tables)))
@@ -320,10 +323,12 @@ def run_plan_file(path: Path, resume: bool = False, force: bool = False) -> dict
     the checkpoint's (its manifest's source.weights_sha256), and always with `force`; with
     `resume`, evaluation skips the units results.jsonl already holds for that variant."""
     from xopt import report
-    from xopt.bench import bench
+    from xopt.bench import BenchConfig, bench
     from xopt.evaluate import evaluate, held_units
-    from xopt.pick import pick, render
+    from xopt.measure import Timing
+    from xopt.pick import Budget, pick, render
     from xopt.progress import bar
+    from xopt.scenarios.fixed_batch import FixedBatch
     from xopt.tasks import xtreme
     from xopt.train import load_plan, run_plan
     from xopt.variants import REGISTRY, ExportCache, compile_variant
@@ -386,14 +391,15 @@ def run_plan_file(path: Path, resume: bool = False, force: bool = False) -> dict
         t = _step("benchmark")
         with bar() as progress:
             bench([d for (m, _), d in dirs.items() if m == "xstilts"] or list(dirs.values()),
-                  batches=tuple(b.get("batch", (1, 8))), seq_lens=tuple(b.get("seq_len", (128,))),
-                  rounds=2, min_time_s=float(b.get("min_time", 0.5)), min_iters=5, max_time_s=10.0, out=res,
-                  progress=progress)
+                  BenchConfig(batches=tuple(b.get("batch", (1, 8))), seq_lens=tuple(b.get("seq_len", (128,))),
+                              scenario=FixedBatch(rounds=2),
+                              timing=Timing(min_iters=5, min_time_s=float(b.get("min_time", 0.5)), max_time_s=10.0)),
+                  out=res, progress=progress)
         timings["bench_s"] = time.perf_counter() - t
     _step("report")
     report_md = report.write_report([res], out / "report", force=True)
     # the plan's quality budget (default as the demo's): the fastest variant within max_drop points of fp32
-    choice = pick([res], max_drop=float(max_drop)) if "xstilts" in written and "baseline" in written else None
+    choice = pick([res], Budget(max_drop=float(max_drop))) if "xstilts" in written and "baseline" in written else None
     if choice:
         console.print(render(choice))
     console.print(f"records: {res}\nreport:  {report_md}")

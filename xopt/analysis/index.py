@@ -39,6 +39,7 @@ import json
 from dataclasses import dataclass, field
 
 from xopt import records
+from xopt.analysis.comparison import DEFAULT, Comparison
 from xopt.records import is_xtreme_protocol, retrieval_protocol, shape_key
 from xopt.errors import XoptError
 
@@ -250,13 +251,14 @@ def device_matches(rec: dict, device: str) -> bool:
     return any(device.lower() in n for n in names if n)
 
 
-def load(paths, baseline: str = "baseline", xstilts: str = "xstilts", model: str | None = None,
-         device: str | None = None, split: str | None = None, suite: str | None = None,
-         host: str | None = None) -> RecordIndex:
+def load(paths, comparison: Comparison = DEFAULT, model: str | None = None, device: str | None = None,
+         split: str | None = None, suite: str | None = None, host: str | None = None) -> RecordIndex:
     """Valid records of `paths`, grouped by model family; what cannot be used goes to `skipped`.
+    `comparison`: the model names of the baseline and X-STILTs checkpoints.
     `split`, `suite`: only eval records of that split / suite; `host`: only bench records of
     that host (host_matches). Records of several splits or suites of one task, or bench
     records of several hosts, are refused unless these choose (see the module doc)."""
+    baseline, xstilts = comparison.baseline, comparison.xstilts
     recs, skipped = records.read(paths)
     t = RecordIndex(skipped=skipped, records=recs)
     # a record without base_model joins the family its model name has elsewhere, when unambiguous
@@ -315,20 +317,7 @@ def load(paths, baseline: str = "baseline", xstilts: str = "xstilts", model: str
     if model is not None and not t.evals and not t.bench:
         fams = sorted({r.get("base_model") or "(unnamed model)" for r in recs})
         raise XoptError(f"--filter-model {model}: no records of that model; models in the records: {', '.join(fams)}")
-    for what, opt, val, have in (("split", "--split", split, t.evals), ("suite", "--suite", suite, t.evals),
-                                 ("host", "--filter-host", host, t.bench)):
-        if val is not None and not have and left_out[what]:
-            raise XoptError(f"{opt} {val}: no records of that {what}; the records have: "
-                            f"{', '.join(sorted(left_out[what]))}")
-    _refuse_mixed(t)
-    if not t.evals and not t.bench:
-        first = f" ({len(t.skipped)} skipped; first: {t.skipped[0].where}: {t.skipped[0].why})" if t.skipped else ""
-        raise XoptError(f"no usable records in {', '.join(map(str, paths))}{first}")
-    for what, opt, val in (("split", "--split", split), ("suite", "--suite", suite), ("host", "--filter-host", host)):
-        if left_out[what]:
-            shown = next(iter(t.hosts.values())) if what == "host" and t.hosts else val
-            t.notes.append(f"{opt} {val}: records of {what} {shown} only; "
-                           f"left out: {', '.join(sorted(left_out[what]))}")
+    _check_chosen(t, paths, {"split": split, "suite": suite, "host": host}, left_out)
     if devs:
         t.notes.append(f"bench records of one variant on several devices: {', '.join(sorted(devs))}; the last "
                        f"one is shown; pass --filter-device to choose")
@@ -337,6 +326,27 @@ def load(paths, baseline: str = "baseline", xstilts: str = "xstilts", model: str
                        f"separate, the size and Pareto sections compare them; pass --filter-model NAME for one model only")
     t.index()
     return t
+
+
+def _check_chosen(t: RecordIndex, paths, chosen: dict, left_out: dict) -> None:
+    """One line when a --split/--suite/--filter-host value matches no record, when records of
+    several suites, splits or hosts are mixed, or when nothing usable is left; else a note per
+    choice that left records out. `chosen`: {split, suite, host} (None: not chosen);
+    `left_out`: the values of the records each choice left out."""
+    opts = {"split": ("--split", t.evals), "suite": ("--suite", t.evals), "host": ("--filter-host", t.bench)}
+    for what, (opt, have) in opts.items():
+        if chosen[what] is not None and not have and left_out[what]:
+            raise XoptError(f"{opt} {chosen[what]}: no records of that {what}; the records have: "
+                            f"{', '.join(sorted(left_out[what]))}")
+    _refuse_mixed(t)
+    if not t.evals and not t.bench:
+        first = f" ({len(t.skipped)} skipped; first: {t.skipped[0].where}: {t.skipped[0].why})" if t.skipped else ""
+        raise XoptError(f"no usable records in {', '.join(map(str, paths))}{first}")
+    for what, (opt, _) in opts.items():
+        if left_out[what]:
+            shown = next(iter(t.hosts.values())) if what == "host" and t.hosts else chosen[what]
+            t.notes.append(f"{opt} {chosen[what]}: records of {what} {shown} only; "
+                           f"left out: {', '.join(sorted(left_out[what]))}")
 
 
 def _refuse_mixed(t: RecordIndex) -> None:

@@ -23,6 +23,7 @@ from collections import Counter
 import numpy as np
 
 from xopt.analysis.bootstrap import Outcomes, percentile_ci, resample_weights
+from xopt.analysis.comparison import DEFAULT
 from xopt.analysis.index import RecordIndex
 
 # (short name, checkpoint role, on the reference variant?) of the four scores behind a retention
@@ -74,7 +75,7 @@ def lang_scores(t: RecordIndex, family: str, task: str, lang: str, variant: str,
     return got
 
 
-def gain_stats(t: RecordIndex, task: str, variant: str, reference: str = "fp32", langs=None,
+def gain_stats(t: RecordIndex, task: str, variant: str, reference: str = DEFAULT.reference, langs=None,
                family: str | None = None, n_boot: int = 1000, seed: int = 0) -> dict | None:
     """Average over `langs` (default: all but en) of score, gain and retention, with 95%
     paired-bootstrap intervals (None when some language lacks per-example outcomes).
@@ -105,7 +106,7 @@ def gain_stats(t: RecordIndex, task: str, variant: str, reference: str = "fp32",
     return st
 
 
-def worst_language(t: RecordIndex, task: str, variant: str, reference: str = "fp32",
+def worst_language(t: RecordIndex, task: str, variant: str, reference: str = DEFAULT.reference,
                    family: str | None = None) -> tuple[str, float] | None:
     """The zero-shot language whose X-STILTs score drops most from the reference."""
     family = family or t.family
@@ -126,7 +127,7 @@ def retention_is_point(st: dict) -> bool:
                 and not lo <= 0 <= hi)
 
 
-def retention_na(st: dict, reference: str = "fp32") -> str | None:
+def retention_na(st: dict, reference: str = DEFAULT.reference) -> str | None:
     """Why a task's retention is not a number to quote (None: it is one), by the rule the demo's
     summary table shows n/a by (`retention_uncertain`, or no finite value): a retention over a
     gain that is not clearly above zero is noise divided by noise (4.0 with an interval of 1e14)."""
@@ -153,7 +154,7 @@ def fmt_ci(x: float | None, ci, digits: int = 2) -> str:
     return f"{x:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
 
 
-def fmt_retention(st: dict, reference: str = "fp32", short: bool = False) -> str:
+def fmt_retention(st: dict, reference: str = DEFAULT.reference, short: bool = False) -> str:
     """A retention with its interval, flagged when the gain is too small to say (see the module doc)."""
     if st["ref_gain"] <= 0:
         return "n/a: no gain" if short else f"n/a: no {reference} gain ({st['ref_gain']:+.1f})"

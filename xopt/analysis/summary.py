@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from xopt.analysis.comparison import DEFAULT, Comparison
 from xopt.analysis.index import RecordIndex
 from xopt.analysis.retention import gain_stats, retention_is_point, worst_language
 
@@ -14,12 +15,14 @@ def default_shape(t: RecordIndex, family: str, batch: int = 1) -> str | None:
     return "s128" if "s128" in shapes else (shapes[0] if shapes else None)
 
 
-def summary_rows(t: RecordIndex, reference="fp32", batch=1, shape: str | None = None,
+def summary_rows(t: RecordIndex, comparison: Comparison = DEFAULT, batch=1, shape: str | None = None,
                  family: str | None = None) -> list[dict]:
-    """One row per variant of `family`: per task score/gain/retention/worst language, and cost
-    (absent keys = not measured). `avg_retention_is_point`: every task averaged into
-    `avg_retention` has a retention precise enough to plot (retention_is_point);
-    `avg_retention_span`: the lowest and highest end of those tasks' 95% intervals."""
+    """One row per variant of `family`: per task score/gain/retention/worst language against
+    `comparison.reference`, and cost (absent keys = not measured). `avg_retention_is_point`:
+    every task averaged into `avg_retention` has a retention precise enough to plot
+    (retention_is_point); `avg_retention_span`: the lowest and highest end of those tasks' 95%
+    intervals."""
+    reference = comparison.reference
     family = family or t.family
     shape = shape or default_shape(t, family, batch)
     rows = []

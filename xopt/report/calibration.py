@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from xopt.analysis import percentile_ci, replicate_means, resample_weights, task_label
+from xopt.analysis.comparison import DEFAULT
 from xopt.report.table import Doc, Table
 
 
@@ -73,7 +74,7 @@ def _pair_table(model: str, task: str, by: dict, by2: dict, ref: dict, reference
     return table, diffs
 
 
-def calibration_section(doc: Doc, recs: list[dict], reference: str = "fp32", out: Path | None = None,
+def calibration_section(doc: Doc, recs: list[dict], reference: str = DEFAULT.reference, out: Path | None = None,
                         n_boot: int = 1000, seed: int = 0) -> None:
     """The report's calibration section (nothing when the records hold none).
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from xopt.analysis import RecordIndex, is_xlmr_large, load, summary_rows
+from xopt.analysis.comparison import DEFAULT, Comparison
 from xopt.report.calibration import calibration_section
 from xopt.report.closing import task_order
 from xopt.report.plots import all_plots, heatmap_name
@@ -15,11 +16,12 @@ from xopt.report.render import to_html, to_markdown
 from xopt.report.table import Doc
 
 
-def build(t: RecordIndex, out: Path, reference: str = "fp32", closing: str | None = None) -> Doc:
+def build(t: RecordIndex, out: Path, comparison: Comparison = DEFAULT, closing: str | None = None) -> Doc:
     """The report's document; PNGs are written into `out`. `closing`: a paragraph in plain words
     (xopt.report.closing) shown first, under "In short"."""
-    all_rows = {fam: summary_rows(t, reference, family=fam) for fam in t.families}
-    images = all_plots(t, all_rows, out, reference)
+    reference = comparison.reference
+    all_rows = {fam: summary_rows(t, comparison, family=fam) for fam in t.families}
+    images = all_plots(t, all_rows, out, comparison)
     doc = Doc()
     doc.h(1, "xopt report")
     doc.p(f"Gain = score(X-STILTs) - score(baseline) on the same variant; retention = gain / gain on {reference}. "
@@ -33,11 +35,11 @@ def build(t: RecordIndex, out: Path, reference: str = "fp32", closing: str | Non
     for fam in t.families:
         doc.h(2, f"Model: {fam}" + (f" ({t.sizes[fam]['params'] / 1e6:.1f}M parameters)" if fam in t.sizes else ""))
         if is_xlmr_large(fam):
-            reference_section(doc, t, fam, reference)
+            reference_section(doc, t, fam, comparison)
         if t.tasks(fam):
-            summary_section(doc, t, fam, reference)
+            summary_section(doc, t, fam, comparison)
         for task in task_order(t, fam):
-            task_section(doc, t, fam, task, reference)
+            task_section(doc, t, fam, task, comparison)
         cost_section(doc, t, fam)
         for task in task_order(t, fam):
             name = heatmap_name(t, fam, task)
@@ -52,7 +54,7 @@ def build(t: RecordIndex, out: Path, reference: str = "fp32", closing: str | Non
               "score is in the score panels. An axis whose values span more than 5x is logarithmic.")
         for name in pareto:
             doc.img(name, f"retention and score vs latency and throughput, batch {name[8:-4]}")
-    size_section(doc, t, all_rows, reference, images)
+    size_section(doc, t, all_rows, comparison, images)
     tokens_section(doc, t, images)
     calibration_section(doc, t.records, reference, out)
     if t.skipped:
@@ -61,7 +63,7 @@ def build(t: RecordIndex, out: Path, reference: str = "fp32", closing: str | Non
     return doc
 
 
-def write(t: RecordIndex, out: Path, reference: str = "fp32", force: bool = False, records=None,
+def write(t: RecordIndex, out: Path, comparison: Comparison = DEFAULT, force: bool = False, records=None,
           closing: str | None = None) -> Path:
     """report.md, report.html (images embedded), the PNGs and summary.csv (the flat table, see
     xopt.report.flat) in `out`, written atomically with a manifest of kind "report", so that
@@ -70,18 +72,17 @@ def write(t: RecordIndex, out: Path, reference: str = "fp32", force: bool = Fals
     from xopt.report.flat import summary_csv
 
     with mf.atomic_dir(Path(out), force=force, kind="report") as tmp:
-        doc = build(t, tmp, reference, closing)
+        doc = build(t, tmp, comparison, closing)
         (tmp / "report.md").write_text(to_markdown(doc), encoding="utf-8")
         (tmp / "report.html").write_text(to_html(doc, tmp), encoding="utf-8")
-        (tmp / "summary.csv").write_text(summary_csv(t, reference), encoding="utf-8")
-        mf.write(tmp, kind="report", source={"reference": reference,
+        (tmp / "summary.csv").write_text(summary_csv(t, comparison), encoding="utf-8")
+        mf.write(tmp, kind="report", source={"reference": comparison.reference,
                                               "records": [str(p) for p in records] if records else None})
     return Path(out) / "report.md"
 
 
-def write_report(paths, out: Path, reference="fp32", baseline="baseline", xstilts="xstilts",
-                 force: bool = False, model: str | None = None, split: str | None = None,
-                 suite: str | None = None, host: str | None = None) -> Path:
+def write_report(paths, out: Path, comparison: Comparison = DEFAULT, force: bool = False, model: str | None = None,
+                 split: str | None = None, suite: str | None = None, host: str | None = None) -> Path:
     """`xopt report`: load the records of `paths` and write the report into `out`."""
-    return write(load(paths, baseline, xstilts, model, split=split, suite=suite, host=host), out, reference, force,
+    return write(load(paths, comparison, model, split=split, suite=suite, host=host), out, comparison, force,
                  records=list(paths))

@@ -19,6 +19,7 @@ import io
 import math
 
 from xopt.analysis import RecordIndex, gain_stats
+from xopt.analysis.comparison import DEFAULT, Comparison
 
 EVAL_COLUMNS = ("suite", "split", "metric", "n_examples", "score", "baseline_score", "gain", "reference_gain",
                 "retention", "retention_lo", "retention_hi", "retention_uncertain")
@@ -31,7 +32,7 @@ def _num(x):
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
 
 
-def eval_rows(t: RecordIndex, reference: str = "fp32") -> list[dict]:
+def eval_rows(t: RecordIndex, comparison: Comparison = DEFAULT) -> list[dict]:
     rows = []
     for fam in t.families:
         for variant in t.variants(fam):
@@ -47,7 +48,8 @@ def eval_rows(t: RecordIndex, reference: str = "fp32") -> list[dict]:
                            "score": x["value"] if x else None, "baseline_score": b["value"] if b else None}
                     if x and b:
                         row["gain"] = x["value"] - b["value"]
-                    st = gain_stats(t, task, variant, reference, langs=[lang], family=fam) if lang != "en" else None
+                    st = (gain_stats(t, task, variant, comparison.reference, langs=[lang], family=fam)
+                          if lang != "en" else None)
                     if st:
                         lo, hi = st["retention_ci"]
                         row.update(reference_gain=st["ref_gain"], retention=_num(st["retention"]),
@@ -68,11 +70,11 @@ def bench_rows(t: RecordIndex) -> list[dict]:
     return rows
 
 
-def summary_csv(t: RecordIndex, reference: str = "fp32") -> str:
+def summary_csv(t: RecordIndex, comparison: Comparison = DEFAULT) -> str:
     """summary.csv's text: eval rows, then bench rows, in the columns of COLUMNS."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
-    for row in eval_rows(t, reference) + bench_rows(t):
+    for row in eval_rows(t, comparison) + bench_rows(t):
         w.writerow({c: "" if row.get(c) is None else row[c] for c in COLUMNS})
     return buf.getvalue()

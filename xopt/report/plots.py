@@ -11,6 +11,7 @@ import numpy as np
 
 from xopt.analysis import (RecordIndex, default_shape, pareto_front, per_language_cost, retention_is_point,
                            retention_na, shape_label)
+from xopt.analysis.comparison import DEFAULT, Comparison
 
 
 def _pyplot():
@@ -111,7 +112,7 @@ def why_not_drawn(t: RecordIndex, fam: str, row: dict, reference: str) -> str:
     return "; ".join(reasons) or "no retention to show"
 
 
-def pareto_points(t: RecordIndex, all_rows: dict, batch: int, key: str, ykey: str, reference: str = "fp32"):
+def pareto_points(t: RecordIndex, all_rows: dict, batch: int, key: str, ykey: str, reference: str = DEFAULT.reference):
     """(points, their names, [(name, why)] withheld, retention spans) of one panel: (cost `key`,
     `ykey`) per (model, variant) benchmarked at `batch`. A retention that is missing or not precise
     enough (retention_is_point) is withheld with the tables' reason: a point would present noise as
@@ -142,7 +143,7 @@ def _withheld_text(withheld: list) -> str:
 
 
 def _pareto_panel(ax, t: RecordIndex, all_rows: dict, batch: int, key: str, better_low: bool, ykey: str,
-                  reference: str = "fp32") -> bool:
+                  reference: str = DEFAULT.reference) -> bool:
     """One panel: every (model, variant) at `batch` as a point, the staircase of the front, and the
     names of the variants withheld from it with the reason."""
     pts, names, withheld, spans = pareto_points(t, all_rows, batch, key, ykey, reference)
@@ -317,7 +318,8 @@ def plot_sensitivity(rs: list[dict], model: str, variant: str, out: Path) -> str
     return name
 
 
-def all_plots(t: RecordIndex, all_rows: dict, out: Path, reference: str) -> list[str]:
-    """Every figure of the report except the calibration section's."""
+def all_plots(t: RecordIndex, all_rows: dict, out: Path, comparison: Comparison) -> list[str]:
+    """Every figure of the report except the calibration section's, against `comparison.reference`."""
+    reference = comparison.reference
     return (plot_pareto(t, all_rows, out, reference) + plot_heatmaps(t, out, reference)
             + plot_retention_vs_size(t, all_rows, out, reference) + plot_tokens_per_language(t, out))

@@ -8,15 +8,17 @@ import numpy as np
 from xopt.analysis import (LANGS, PAPER, RecordIndex, fmt_ci, fmt_retention, gain_stats, invariance_cell,
                            invariance_text, lang_groups, load_warnings, paper_task, per_language_cost, shape_label, summary_rows,
                            worst_language)
+from xopt.analysis.comparison import Comparison
 from xopt.report.closing import protocol_notes, task_order
 from xopt.report.table import Doc, Mark, Table
 from xopt.report.terminal import cost_cell
 
 
-def summary_section(doc: Doc, t: RecordIndex, fam: str, reference: str) -> list[dict]:
+def summary_section(doc: Doc, t: RecordIndex, fam: str, comparison: Comparison) -> list[dict]:
     """Per variant: per task score, gain, retention and worst language; p50 and speed-up."""
+    reference = comparison.reference
     tasks = task_order(t, fam)
-    rows = summary_rows(t, reference, family=fam)
+    rows = summary_rows(t, comparison, family=fam)
     shape = rows[0]["shape"] if rows else None
     header = ["variant"]
     for task in tasks:
@@ -53,8 +55,9 @@ def summary_section(doc: Doc, t: RecordIndex, fam: str, reference: str) -> list[
     return rows
 
 
-def task_section(doc: Doc, t: RecordIndex, fam: str, task: str, reference: str) -> None:
+def task_section(doc: Doc, t: RecordIndex, fam: str, task: str, comparison: Comparison) -> None:
     """Per language, then per language group: the reference's gain and each variant's gain and retention."""
+    reference = comparison.reference
     langs = t.langs(task, fam)
     variants = [v for v in t.variants(fam) if v != reference]
     worst = {v: (w[0] if (w := worst_language(t, task, v, reference, fam)) else None) for v in variants}
@@ -105,8 +108,9 @@ def task_section(doc: Doc, t: RecordIndex, fam: str, task: str, reference: str) 
         doc.table(table)
 
 
-def reference_section(doc: Doc, t: RecordIndex, fam: str, reference: str) -> None:
+def reference_section(doc: Doc, t: RecordIndex, fam: str, comparison: Comparison) -> None:
     """The X-STILTs paper's figures beside our fp32 reproduction (XLM-R large only)."""
+    reference = comparison.reference
     table = Table(["task", "metric", "paper baseline", "paper X-STILTs", "paper gain", f"our baseline ({reference})",
                    f"our X-STILTs ({reference})", "our gain", "languages"])
     for task in t.tasks(fam):
@@ -167,8 +171,9 @@ def cost_section(doc: Doc, t: RecordIndex, fam: str) -> None:
     doc.table(table)
 
 
-def size_section(doc: Doc, t: RecordIndex, all_rows: dict, reference: str, images: list) -> None:
+def size_section(doc: Doc, t: RecordIndex, all_rows: dict, comparison: Comparison, images: list) -> None:
     """Average retention per variant for models of different sizes."""
+    reference = comparison.reference
     fams = [f for f in t.families if f in t.sizes]
     if not fams:
         return

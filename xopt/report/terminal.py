@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from xopt.analysis import load_warnings, shape_key, task_label
+from xopt.analysis.comparison import DEFAULT
 from xopt.errors import XoptError
 from xopt.report.render import to_rich
 from xopt.report.table import Column, Table
@@ -69,7 +70,7 @@ def print_bench(recs: list[dict], compare: str | None = None) -> None:
         out_console().print(f"warning: {line}", highlight=False, soft_wrap=True)
 
 
-def summary_model(rows: list[dict], tasks: list[str], reference: str = "fp32") -> Table:
+def summary_model(rows: list[dict], tasks: list[str], reference: str = DEFAULT.reference) -> Table:
     """The demo's closing table, two columns per task (score over its worst language's change;
     retention or the reference gain), narrow enough for a 160-column log with three tasks."""
     cols = [Column("variant")]
@@ -101,6 +102,6 @@ def summary_model(rows: list[dict], tasks: list[str], reference: str = "fp32") -
     return t
 
 
-def summary_table(rows: list[dict], tasks: list[str], reference: str = "fp32"):
+def summary_table(rows: list[dict], tasks: list[str], reference: str = DEFAULT.reference):
     """The demo's closing table as a rich table."""
     return to_rich(summary_model(rows, tasks, reference))

@@ -13,6 +13,7 @@ import numpy as np
 
 from xopt import records
 from xopt.measure import Measurement, MemoryProbe, Timer, environment, percentiles, timed_loop, warm
+from xopt.scenarios.base import ScenarioConfig, Sweep
 
 
 @dataclass
@@ -123,6 +124,26 @@ def measure_interleaved(runners: dict, shape: Shape, vocab_size: int, pad_id: in
             if progress:
                 progress.update(tasks[name], advance=1, rate=f"p50 {ms[name].round_p50_ms[-1]:.2f} ms")
     return ms
+
+
+@dataclass(frozen=True)
+class FixedBatch(ScenarioConfig):
+    """Every variant on each shape in `rounds` interleaved rounds; the timed budget is split
+    over the rounds."""
+
+    name = "fixed-batch"
+    rounds: int = 3
+
+    @property
+    def splits(self) -> int:
+        return max(self.rounds, 1)
+
+    def run(self, sweep: Sweep, shape: Shape) -> list[dict]:
+        tm = sweep.timing
+        ms = measure_interleaved({k: lv.runner for k, lv in sweep.loaded.items()}, shape, sweep.vocab_size,
+                                 sweep.pad_id, self.rounds, tm.min_iters, tm.min_time_s, tm.max_time_s,
+                                 sweep.progress, tm.warmup)
+        return [to_record(sweep.loaded[k], shape, m, load=sweep.load[k]) for k, m in ms.items()]
 
 
 def to_record(loaded, shape: Shape, m: Measurement, scenario: str = "fixed-batch", load: dict | None = None,

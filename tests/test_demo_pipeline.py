@@ -21,13 +21,13 @@ def test_demo_benchmarks_only_its_shapes(monkeypatch, tmp_path):
     import xopt.bench
 
     calls = []
-    monkeypatch.setattr(xopt.bench, "bench", lambda dirs, **kw: calls.append(kw))
+    monkeypatch.setattr(xopt.bench, "bench", lambda dirs, cfg, **kw: calls.append(cfg))
     pipeline._bench_shapes(["d"], pipeline.DEMO_SHAPES, True, tmp_path / "r.jsonl", None)
-    assert [(c["batches"], c["seq_lens"], c["lengths"]) for c in calls] == [((1,), (128,), None), ((8,), (), "demo")]
+    assert [(c.batches, c.seq_lens, c.lengths) for c in calls] == [((1,), (128,), None), ((8,), (), "demo")]
     calls.clear()
     pipeline._bench_shapes(["d"], pipeline.DEMO_SHAPES + pipeline.FULL_BENCH_SHAPES, False, tmp_path / "r.jsonl",
                            None)
-    assert [(c["batches"], c["seq_lens"], c["lengths"]) for c in calls] == [((1, 8), (128,), None),
+    assert [(c.batches, c.seq_lens, c.lengths) for c in calls] == [((1, 8), (128,), None),
                                                                           ((8, 1), (), "demo")]
 
 

@@ -242,6 +242,7 @@ def test_bucc_without_distractors_is_recorded_and_reported(tmp_path, monkeypatch
 
     from xopt import analysis, records
     from xopt.report.render import to_markdown
+    from xopt.analysis.comparison import Comparison
     from xopt.report.sections import task_section
     from xopt.report.table import Doc
     from xopt.tasks import registry
@@ -281,5 +282,5 @@ def test_bucc_without_distractors_is_recorded_and_reported(tmp_path, monkeypatch
     records.append(p, rec)
     t = analysis.load([p])
     doc = Doc()
-    task_section(doc, t, t.family, "bucc2018", "fp32")
+    task_section(doc, t, t.family, "bucc2018", Comparison(reference="fp32"))
     assert "bucc2018 de mined among the gold pairs only" in to_markdown(doc)

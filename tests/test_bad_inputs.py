@@ -80,9 +80,12 @@ def _truncate(f: Path) -> None:
 
 
 def _nan_fidelity(c: Ctx) -> None:
-    from xopt.calibration import profile
+    from xopt.calibration import profile, sensitivity
 
-    c.monkeypatch.setattr(profile, "output_fidelity", lambda ref, got: math.nan)
+    # both names: sensitivity binds profile's function when first imported, and a first import
+    # under this patch would otherwise keep the NaN stand-in for the rest of the session
+    for mod in (profile, sensitivity):
+        c.monkeypatch.setattr(mod, "output_fidelity", lambda ref, got: math.nan)
 
 
 # id -> builder(ctx) -> (args, env, words the line must contain)

@@ -28,7 +28,6 @@ from pathlib import Path
 
 from xopt.errors import XoptError
 from xopt.plan import HEAD_CHOICES, Plan, Stage, check_stage, is_retrieval_target, jsonable, load_plan, load_task
-from xopt.stagerun import StageJob, load_encoder, metrics_writer, run_stage
 
 # the entry points cli.py, pipeline.py and users' scripts import from here (the plan's names are xopt.plan's)
 __all__ = ["DEMO_HEAD", "DEMO_INTERMEDIATE", "DEMO_TARGET", "HEAD_CHOICES", "Plan", "Stage", "load_plan",
@@ -202,6 +201,7 @@ def _train_role(run: _Run, role: str, inter: dict | None, progress) -> dict | No
     """Train `role`'s stages on the checkpoint's encoder (X-STILTs: the intermediate stage's
     result `inter`, trained here if None) and save its checkpoint; returns `inter`."""
     from xopt.modeling import ModelCard, NoHead, load_module
+    from xopt.stagerun import load_encoder, run_stage
     from xopt.trainloop import barrier
 
     plan, card0 = run.plan, run.ckpt.card
@@ -228,7 +228,10 @@ def _train_role(run: _Run, role: str, inter: dict | None, progress) -> dict | No
     return inter
 
 
-def _job(run: _Run, model, stage: Stage, role: str, stage_name: str, progress) -> StageJob:
+def _job(run: _Run, model, stage: Stage, role: str, stage_name: str, progress):
+    """The `StageJob` of `role`'s stage `stage_name` (intermediate or target) on `model`."""
+    from xopt.stagerun import StageJob, metrics_writer
+
     return StageJob(model, run.tok, run.ckpt.card.input_prefix, {n: run.tasks[n] for n in stage.tasks}, stage,
                     run.plan.seed, progress, metrics_writer(run.meta_dir / "metrics.jsonl", role, stage_name,
                                                             run.resume), run.layout)

@@ -469,11 +469,11 @@ def test_a_schedule_past_the_step_bound_is_refused_before_it_is_built(monkeypatc
     in one line with the figures, before any step is listed."""
     import numpy as np
 
-    from xopt import trainloop
+    from xopt import schedule
     from xopt.train import Stage
 
-    monkeypatch.setattr(trainloop, "MAX_STEPS", 1000, raising=False)
+    monkeypatch.setattr(schedule, "MAX_STEPS", 1000, raising=False)
     stage = Stage("x", epochs=10, batch_size=1)
     with pytest.raises(XoptError, match=r"10 epochs of 200 steps make 2000 steps, more than 1000"):
-        trainloop.build_schedule({"x": np.arange(200)}, stage, 0)
-    assert len(trainloop.build_schedule({"x": np.arange(200)}, Stage("x", epochs=5, batch_size=1), 0)[0]) == 1000
+        schedule.build_schedule({"x": np.arange(200)}, stage, 0)
+    assert len(schedule.build_schedule({"x": np.arange(200)}, Stage("x", epochs=5, batch_size=1), 0)[0]) == 1000

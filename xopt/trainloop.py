@@ -1,19 +1,12 @@
 """The training loop of `xopt train`: one stage (one task, or a mixture of tasks) on the one model.
 
-- Model: `XoptModel` (xopt.modeling) with one head per task of the stage, composed with the
-  shared encoder so the loss is computed on the contract's outputs (`logits`, `token_logits`,
-  `start_logits`/`end_logits`). A head is Hugging Face's own task head (layout "hf": e.g.
-  XLM-R's dense -> tanh -> out_proj on <s>, BERT's pooler -> classifier) or xopt's linear head
-  ("linear": on the mean-pooled embedding, or on every token). Multiple-choice tasks score each
-  (context, choice) pair with HF's *ForMultipleChoice head (1 output) and take the softmax over
-  the choices. Continued MLM uses a token head whose weight is the (frozen) word-embedding
-  matrix, applied to the masked positions only (a [B, T, 250k] logit tensor would not fit).
-- Schedule: decided up front from the seed: per task, epochs of length-grouped batches
-  (shuffle, sort within mega-batches of 50 batches, shuffle the batches); per step, which task
-  (mixing rule: `proportional`, `capped` at `cap` examples, or `temperature` n^(1/T)). So
-  step k's batch is a function of (seed, k) alone: resuming and running on N processes see
-  the same global batches. Dropout/masking randomness is re-seeded every step from
-  (seed, step, rank), which is what makes `--resume` exact without pickled RNG objects.
+- Model: `XoptModel` (xopt.modeling) with one head per task of the stage (xopt.trainee),
+  composed with the shared encoder so the loss is computed on the contract's outputs (`logits`,
+  `token_logits`, `start_logits`/`end_logits`). Multiple-choice tasks score each (context,
+  choice) pair with HF's *ForMultipleChoice head (1 output) and take the softmax over the choices.
+- Schedule: decided up front from the seed (xopt.schedule), so step k's batch is a function of
+  (seed, k) alone. Dropout/masking randomness is re-seeded every step from (seed, step, rank),
+  which is what makes `--resume` exact without pickled RNG objects.
 - Data parallel: under `torchrun` (WORLD_SIZE > 1) the process group comes from
   `torch.distributed` (nccl on GPU, gloo on CPU) and the model is wrapped in
   DistributedDataParallel; each rank takes its slice of the global batch (batch_size is
@@ -21,22 +14,28 @@
 - State: every `checkpoint_every` steps (and at each epoch end) rank 0 writes trainable
   weights, the best weights so far, AdamW moments (safetensors), scheduler/scaler/history
   (JSON) into a temp dir renamed into place; a killed run loses at most one interval.
+- A stage, step by step: featurize the data, build the trainee and freeze what the stage does
+  not train (xopt.trainee), the optimiser's parameter groups and learning-rate schedule
+  (xopt.schedule), then each step (`_step`) and each epoch's end (`_end_of_epoch`: dev score,
+  record, best weights), and last the best epoch's weights (`_finish`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from contextlib import nullcontext
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from xopt.batching import pad
 from xopt.errors import XoptError
-from xopt.tasks.registry import TaskData
-from xopt.tasks.registry import family
+from xopt.schedule import build_schedule, lr_schedule, param_groups
+from xopt.tasks.registry import TaskData, family
+from xopt.trainee import build_trainee, freeze, key
 
 EVAL_BATCH = 64
 
@@ -64,132 +63,6 @@ def barrier(world: int) -> None:
         import torch.distributed as dist
 
         dist.barrier()
-
-
-def head_of(task: TaskData, vocab: int = 0):
-    """The head class a task trains (xopt.modeling), with its number of outputs."""
-    return family(task.kind).head_for(task, vocab)
-
-
-def head_chain(model, head, layout: str, labels=None):
-    """A fresh head for `model`'s encoder as one module: forward(hidden, embedding) -> scores,
-    and `xopt_state()`, its weights under XoptModel's names (`XoptModel.load_head_state`)."""
-    from torch import nn
-
-    class Chain(nn.Module):
-        def __init__(self, fresh):
-            super().__init__()
-            self.names, self.reads = fresh.chain, fresh.reads
-            self.mods = nn.ModuleList(fresh.head_modules().values())
-
-        def forward(self, hidden, embedding):
-            x = embedding if self.reads == "mean" else hidden
-            for m in self.mods:
-                x = m(x)
-            return x
-
-        def xopt_state(self) -> dict:
-            return {f"{n}.{k}": v.detach().cpu().contiguous() for n, m in zip(self.names, self.mods)
-                    for k, v in m.state_dict().items()}
-
-    return Chain(model.with_head(head, layout=layout, labels=labels))
-
-
-def make_trainee(model, tasks: dict[str, TaskData], layout: str = "hf"):
-    """The encoder of `model` composed with one head per task (`head_chain`, in `layout`):
-    forward(task, ids, mask) -> that head's named outputs. `model`'s own head (if any) is unused;
-    a head through BERT's pooler trains the encoder's pooler, as HF's task model does."""
-    from torch import nn
-
-    enc = model.encoder
-    hidden, vocab = enc.config.hidden_size, enc.config.vocab_size
-
-    class Trainee(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-            self.heads = nn.ModuleDict()
-            self.head_types = {}
-            for name, t in tasks.items():
-                head = head_of(t, vocab)
-                if family(t.kind).ties_embeddings:
-                    lin = nn.Linear(hidden, head.width)
-                    lin.weight = enc.embeddings.word_embeddings.weight    # tied, as BERT's MLM decoder
-                    self.heads[key(name)] = lin
-                else:
-                    self.heads[key(name)] = head_chain(model, head, layout, t.labels if head.needs_labels else None)
-                self.head_types[name] = head
-
-        def forward(self, task: str, input_ids, attention_mask, mlm_positions=None):
-            lin = self.heads[key(task)]
-            if mlm_positions is not None:     # hidden states of masked positions only
-                hidden_states = self.model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-                return lin(hidden_states[mlm_positions])
-            head = self.head_types[task]
-            hidden, embedding, layer_embedding = self.model.encode(input_ids, attention_mask)
-            return head.outputs(embedding, layer_embedding, lin(hidden, embedding))
-
-    return Trainee()
-
-
-def key(task: str) -> str:
-    return task.replace(".", "_")
-
-
-# --- schedule ----------------------------------------------------------------------------------
-
-def epoch_batches(lengths: np.ndarray, batch: int, rng: np.random.RandomState, grouped: bool) -> list[np.ndarray]:
-    perm = rng.permutation(len(lengths))
-    if not grouped:
-        return [perm[i:i + batch] for i in range(0, len(perm), batch)]
-    mega = batch * 50
-    out = []
-    for i in range(0, len(perm), mega):
-        chunk = perm[i:i + mega]
-        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
-        out += [chunk[j:j + batch] for j in range(0, len(chunk), batch)]
-    return [out[i] for i in rng.permutation(len(out))]
-
-
-def mixture(sizes: dict[str, int], rule: str, cap: int | None, temperature: float) -> dict[str, float]:
-    if rule == "proportional":
-        w = {t: float(n) for t, n in sizes.items()}
-    elif rule == "capped":
-        w = {t: float(min(n, cap or n)) for t, n in sizes.items()}
-    elif rule == "temperature":
-        w = {t: float(n) ** (1.0 / temperature) for t, n in sizes.items()}
-    else:
-        raise XoptError(f"unknown mixing rule {rule!r}; use proportional, capped or temperature")
-    s = sum(w.values())
-    return {t: v / s for t, v in w.items()}
-
-
-MAX_STEPS = 10**6     # build_schedule lists every step's batch up front
-
-
-def build_schedule(lengths: dict[str, np.ndarray], stage, seed: int) -> tuple[list[tuple[str, np.ndarray]], int]:
-    """[(task, global batch indices)] for every step, and the steps per epoch."""
-    names = list(lengths)
-    sizes = {t: len(v) for t, v in lengths.items()}
-    probs = mixture(sizes, stage.mixing, stage.cap, stage.temperature)
-    per_epoch = sum(min(n, stage.cap or n) if stage.mixing == "capped" else n for n in sizes.values())
-    epoch_steps = max(1, math.ceil(per_epoch / stage.batch_size))
-    total = stage.steps or epoch_steps * stage.epochs
-    if total > MAX_STEPS:      # each step's batch is listed here, up front
-        raise XoptError(f"{stage.epochs} epochs of {epoch_steps} steps make {total} steps, more than {MAX_STEPS} (the "
-                        "schedule is built before training): lower epochs or set steps")
-    streams = {t: [] for t in names}
-    epochs_seen = {t: 0 for t in names}
-    pick = np.random.RandomState([seed, 7919])
-    sched = []
-    for _ in range(total):
-        t = names[0] if len(names) == 1 else names[pick.choice(len(names), p=[probs[n] for n in names])]
-        if not streams[t]:
-            rng = np.random.RandomState([seed, names.index(t), epochs_seen[t]])
-            streams[t] = epoch_batches(lengths[t], stage.batch_size, rng, stage.length_grouped)
-            epochs_seen[t] += 1
-        sched.append((t, streams[t].pop(0)))
-    return sched, epoch_steps
 
 
 # --- batches -----------------------------------------------------------------------------------
@@ -293,6 +166,44 @@ def load_state(path: Path, named: dict, opt, sched, scaler) -> tuple[dict, dict 
 
 # --- the stage ---------------------------------------------------------------------------------
 
+@dataclass
+class _Loop:
+    """What the steps of one stage share: the data, the model being trained, its optimiser."""
+    tasks: dict
+    stage: object
+    seed: int
+    tok: object
+    feats: dict          # task -> train features
+    dev: dict            # task -> (this rank's dev examples, their features)
+    frozen: dict         # head-only stages: task -> {"train", "dev"} -> frozen encoder features
+    lengths: dict        # task -> token count of each train feature
+    trainee: object
+    net: object          # the trainee, or its DistributedDataParallel wrapper
+    named: dict          # the trained parameters by name
+    opt: object
+    sched: object
+    scaler: object
+    amp: object          # autocast dtype (None: fp32)
+    steps: list          # [(task, global batch indices)] of every step
+    epoch_steps: int
+    rank: int
+    world: int
+    device: object
+
+    @property
+    def head_only(self) -> bool:
+        return self.stage.train == "head"
+
+
+@dataclass
+class _Clock:
+    """Training time and tokens since `start` (the first step this process runs), evaluation apart."""
+    start: int
+    t0: float = field(default_factory=time.perf_counter)
+    tokens: int = 0
+    eval_s: float = 0.0
+
+
 def fit(model, tok, prefix: str, tasks: dict[str, TaskData], stage, seed: int, state_dir: Path | None = None,
         resume: bool = False, progress=None, records=None, label: str = "", on_step=None,
         features: dict | None = None, heads: dict | None = None, layout: str = "hf") -> dict:
@@ -300,152 +211,170 @@ def fit(model, tok, prefix: str, tasks: dict[str, TaskData], stage, seed: int, s
     Head-only stages return the frozen sentence embeddings they trained on as `features`; passing
     them back (same model, tasks and stage) skips recomputing them. `heads`: the heads' starting
     weights (a state dict of the trainee's heads, e.g. a linear probe's) instead of fresh ones."""
-    import torch
-
-    from xopt.tasks.intermediate import featurize
-
     rank, world, device = dist_info()
     if stage.batch_size % (world * stage.grad_accum):
         raise XoptError(f"batch_size {stage.batch_size} is not divisible by {world} processes x grad_accum "
                         f"{stage.grad_accum}")
+    feats, dev = _featurize(tasks, stage, tok, prefix, rank, world)
+    trainee = build_trainee(model, tasks, layout, seed, device, heads, stage.dropout)
+    freeze(model, trainee, tasks, stage)
+    frozen = _frozen_features(model, trainee, tasks, feats, dev, tok, device, features) if stage.train == "head" else {}
+    loop = _setup(trainee, tasks, stage, seed, tok, feats, dev, frozen, (rank, world, device))
+    meta = {"step": 0, "best": None, "history": [], "losses": []}
+    best = None
+    if resume and state_dir is not None and (state_dir / "state.json").is_file():
+        meta, best = load_state(state_dir, loop.named, loop.opt, loop.sched, loop.scaler)
+    total = len(loop.steps)
+    bar_id = progress.add_task(f"{label}{'+'.join(tasks)} ({stage.train})", total=total, completed=meta["step"],
+                               rate="") if progress and rank == 0 else None
+    clock = _Clock(start=meta["step"])
+    for step in range(clock.start, total):
+        clock.tokens += _step(loop, step, meta)
+        meta["step"] = step + 1
+        if bar_id is not None:
+            rate = (step + 1 - clock.start) / (time.perf_counter() - clock.t0)
+            progress.update(bar_id, advance=1, rate=f"loss {np.mean(meta['losses'][-20:]):.3f} {rate:.2f} step/s")
+        end_of_epoch = (step + 1) % loop.epoch_steps == 0 or step + 1 == total
+        if end_of_epoch and _end_of_epoch(loop, meta, step, clock, records):
+            best = {n: p.detach().cpu().clone() for n, p in loop.named.items()}
+        # head-only stages (seconds of work) save only when asked to
+        if state_dir is not None and ((end_of_epoch and not loop.head_only) or (stage.checkpoint_every and
+                                                            (step + 1) % stage.checkpoint_every == 0)):
+            if rank == 0:
+                save_state(state_dir, loop.named, loop.opt, loop.sched, loop.scaler, meta, best)
+            barrier(world)
+        if on_step:
+            on_step(step + 1)
+    return _finish(loop, model, meta, best)
+
+
+def _featurize(tasks: dict[str, TaskData], stage, tok, prefix: str, rank: int, world: int) -> tuple[dict, dict]:
+    """Every task's train features (its first `max_examples`), and this rank's shard of its dev
+    examples with their features (tasks without a dev split have none)."""
+    from xopt.tasks.intermediate import featurize
+
     feats = {n: featurize(t, t.train[:stage.max_examples] if stage.max_examples else t.train, tok, prefix,
                           stage.max_length, stage.doc_stride) for n, t in tasks.items()}
     dev = {}
     for n, t in tasks.items():
-        if t.dev:    # this rank's shard of the dev examples
+        if t.dev:
             shard = t.dev[rank::world]
             dev[n] = (shard, featurize(t, shard, tok, prefix, stage.max_length, stage.doc_stride))
-    torch.manual_seed(seed)
-    trainee = make_trainee(model, tasks, layout).to(device)
-    if heads is not None:
-        trainee.heads.load_state_dict(heads)
-    if stage.dropout is not None:      # the encoder's and the heads' (HF's heads have their own dropout)
-        for m in trainee.modules():
-            if isinstance(m, torch.nn.Dropout):
-                m.p = stage.dropout
-    head_only = stage.train == "head"
+    return feats, dev
+
+
+def _frozen_features(model, trainee, tasks, feats, dev, tok, device, features: dict | None) -> dict:
+    """What a head-only stage's heads read from the frozen encoder, per task and split (`features`
+    when a previous run of the same stage computed them)."""
+    import torch
+
+    model.eval()
+    if features is not None:
+        return features
     frozen = {}
-    for p in model.parameters():
-        p.requires_grad_(False)
-    if head_only and features is not None:
-        model.eval()
-        frozen = features
-    elif head_only:
-        model.eval()
-        with torch.inference_mode():
-            for n, t in tasks.items():
-                reads = trainee.heads[key(n)].reads
-                frozen[n] = {s: _embed(model, fs, tok, device, reads)
-                             for s, fs in (("train", feats[n]), ("dev", dev[n][1] if n in dev else None)) if fs}
-    else:
-        n_layers = model.encoder.config.num_hidden_layers
-        first = n_layers - (stage.top_layers or n_layers)
-        for pname, p in model.encoder.named_parameters():
-            layer = int(pname.split(".")[2]) if pname.startswith("encoder.layer.") else -1
-            p.requires_grad_(layer >= first)
-    tied = {key(n) for n, t in tasks.items() if family(t.kind).ties_embeddings}   # the frozen word embeddings
-    for n, h in trainee.heads.items():
-        for pname, p in h.named_parameters():
-            p.requires_grad_(not (n in tied and pname == "weight"))
+    with torch.inference_mode():
+        for n in tasks:
+            reads = trainee.heads[key(n)].reads
+            frozen[n] = {s: _embed(model, fs, tok, device, reads)
+                         for s, fs in (("train", feats[n]), ("dev", dev[n][1] if n in dev else None)) if fs}
+    return frozen
+
+
+def _setup(trainee, tasks, stage, seed: int, tok, feats, dev, frozen, where) -> _Loop:
+    """The optimiser (AdamW over the trained weights), the step schedule and its learning rate,
+    autocast and the gradient scaler, and the DDP wrapper for encoder stages on several processes."""
+    import torch
+
+    rank, world, device = where
     named = {n: p for n, p in trainee.named_parameters() if p.requires_grad}
-    decay = [p for n, p in named.items() if p.ndim > 1 and "LayerNorm" not in n]
-    no_decay = [p for n, p in named.items() if not (p.ndim > 1 and "LayerNorm" not in n)]
-    groups = [{"params": decay, "weight_decay": stage.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if stage.head_lr is not None and not head_only:    # fresh heads at their own rate, the encoder at stage.lr
-        heads = {id(p) for p in trainee.heads.parameters()}
-        groups = [{**g, "params": [p for p in g["params"] if (id(p) in heads) == is_head],
-                   "lr": stage.head_lr if is_head else stage.lr} for is_head in (False, True) for g in groups]
-        groups = [g for g in groups if g["params"]]
-    opt = torch.optim.AdamW(groups, lr=stage.lr)
+    opt = torch.optim.AdamW(param_groups(named, trainee.heads.parameters(), stage), lr=stage.lr)
     lengths = {n: np.array([family(t.kind).length(f) for f in feats[n]]) for n, t in tasks.items()}
-    sched_steps, epoch_steps = build_schedule(lengths, stage, seed)
-    total = len(sched_steps)
-    warm = int(stage.warmup * total) if stage.warmup < 1 else int(stage.warmup)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / max(1, warm), max(0.0, (total - s) / max(1, total - warm))))
+    steps, epoch_steps = build_schedule(lengths, stage, seed)
+    sched = lr_schedule(opt, stage, len(steps))
     amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[stage.precision]
     if amp is torch.float16 and device.type != "cuda":
         raise XoptError("precision fp16 needs a CUDA GPU; use bf16 (or fp32) on CPU")
     scaler = torch.amp.GradScaler("cuda", enabled=amp is torch.float16)
     net = trainee
-    if world > 1 and not head_only:
+    if world > 1 and stage.train != "head":
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         net = DDP(trainee, device_ids=[device.index] if device.type == "cuda" else None,
                   find_unused_parameters=len(tasks) > 1)
-    meta = {"step": 0, "best": None, "history": [], "losses": []}
-    best = None
-    if resume and state_dir is not None and (state_dir / "state.json").is_file():
-        meta, best = load_state(state_dir, named, opt, sched, scaler)
-    start = meta["step"]
-    bar_id = progress.add_task(f"{label}{'+'.join(tasks)} ({stage.train})", total=total, completed=start,
-                               rate="") if progress and rank == 0 else None
-    t0, tokens0, done_tokens, eval_s = time.perf_counter(), 0, 0, 0.0
-    for step in range(start, total):
-        name, idx = sched_steps[step]
-        task = tasks[name]
-        torch.manual_seed(seed * 1_000_003 + step * 1009 + rank)       # dropout: a function of (seed, step, rank)
-        trainee.train(not head_only)
-        # head-only: every rank trains the same head on the whole batch (nothing to reduce)
-        local = idx if head_only else np.array_split(idx, world)[rank]
-        micro = [m for m in np.array_split(local, stage.grad_accum) if len(m)]
-        step_loss = 0.0
-        for j, m in enumerate(micro):
-            b = {k: v.to(device) for k, v in collate(task, feats[name], m, tok, seed, step).items()}
-            ctx = net.no_sync() if world > 1 and net is not trainee and j < len(micro) - 1 else nullcontext()
-            with ctx, torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                loss = loss_of(net, task, name, b, frozen[name]["train"][m] if head_only else None)
-                scaled = loss * (len(m) / len(local))
-            scaler.scale(scaled).backward()
-            step_loss += float(scaled.detach())
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(list(named.values()), 1.0)
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        meta["losses"].append(step_loss)
-        done_tokens += int(lengths[name][idx].sum())
-        meta["step"] = step + 1
-        if bar_id is not None:
-            rate = (step + 1 - start) / (time.perf_counter() - t0)
-            progress.update(bar_id, advance=1, rate=f"loss {np.mean(meta['losses'][-20:]):.3f} {rate:.2f} step/s")
-        end_of_epoch = (step + 1) % epoch_steps == 0 or step + 1 == total
-        if end_of_epoch:
-            dt = time.perf_counter() - t0 - eval_s          # training time only
-            te = time.perf_counter()
-            score, per_task = _evaluate(trainee, tasks, dev, tok, device, frozen, world, rank, amp)
-            eval_s += time.perf_counter() - te
-            rec = {"epoch": math.ceil((step + 1) / epoch_steps), "step": step + 1,
-                   "train_loss": float(np.mean(meta["losses"])), "dev": per_task, "dev_score": score,
-                   "lr": sched.get_last_lr()[0], "steps_per_s": round((step + 1 - start) / dt, 3),
-                   "tokens_per_s": round((done_tokens - tokens0) / dt, 1), "eval_s": round(eval_s, 2)}
-            meta["history"].append(rec)
-            meta["losses"] = []
-            if records is not None and rank == 0:
-                records(rec)
-            if score is None or meta["best"] is None or score > meta["best"]:   # no dev split: the last epoch
-                meta["best"] = score
-                best = {n: p.detach().cpu().clone() for n, p in named.items()}
-        # head-only stages (seconds of work) save only when asked to
-        if state_dir is not None and ((end_of_epoch and not head_only) or (stage.checkpoint_every and
-                                                       (step + 1) % stage.checkpoint_every == 0)):
-            if rank == 0:
-                save_state(state_dir, named, opt, sched, scaler, meta, best)
-            barrier(world)
-        if on_step:
-            on_step(step + 1)
+    return _Loop(tasks, stage, seed, tok, feats, dev, frozen, lengths, trainee, net, named, opt, sched, scaler, amp,
+                 steps, epoch_steps, rank, world, device)
+
+
+def _step(loop: _Loop, step: int, meta: dict) -> int:
+    """Step `step` of the schedule: this rank's slice of the global batch in `grad_accum`
+    micro-batches, one clipped optimiser step; its loss goes to meta["losses"]. Returns the
+    global batch's token count."""
+    import torch
+
+    name, idx = loop.steps[step]
+    task = loop.tasks[name]
+    torch.manual_seed(loop.seed * 1_000_003 + step * 1009 + loop.rank)    # dropout: a function of (seed, step, rank)
+    loop.trainee.train(not loop.head_only)
+    # head-only: every rank trains the same head on the whole batch (nothing to reduce)
+    local = idx if loop.head_only else np.array_split(idx, loop.world)[loop.rank]
+    micro = [m for m in np.array_split(local, loop.stage.grad_accum) if len(m)]
+    step_loss = 0.0
+    for j, m in enumerate(micro):
+        b = {k: v.to(loop.device) for k, v in collate(task, loop.feats[name], m, loop.tok, loop.seed, step).items()}
+        # DDP reduces the gradients once, after the last micro-batch
+        ctx = loop.net.no_sync() if loop.net is not loop.trainee and j < len(micro) - 1 else nullcontext()
+        with ctx, torch.autocast(loop.device.type, dtype=loop.amp or torch.float32, enabled=loop.amp is not None):
+            loss = loss_of(loop.net, task, name, b, loop.frozen[name]["train"][m] if loop.head_only else None)
+            scaled = loss * (len(m) / len(local))
+        loop.scaler.scale(scaled).backward()
+        step_loss += float(scaled.detach())
+    loop.scaler.unscale_(loop.opt)
+    torch.nn.utils.clip_grad_norm_(list(loop.named.values()), 1.0)
+    loop.scaler.step(loop.opt)
+    loop.scaler.update()
+    loop.sched.step()
+    loop.opt.zero_grad(set_to_none=True)
+    meta["losses"].append(step_loss)
+    return int(loop.lengths[name][idx].sum())
+
+
+def _end_of_epoch(loop: _Loop, meta: dict, step: int, clock: _Clock, records) -> bool:
+    """Score the dev splits, append the epoch's record to meta["history"] (and to `records` on
+    rank 0); whether this epoch is the best so far (without a dev split: the last one is)."""
+    dt = time.perf_counter() - clock.t0 - clock.eval_s          # training time only
+    te = time.perf_counter()
+    score, per_task = _evaluate(loop.trainee, loop.tasks, loop.dev, loop.tok, loop.device, loop.frozen, loop.world,
+                                loop.rank, loop.amp)
+    clock.eval_s += time.perf_counter() - te
+    rec = {"epoch": math.ceil((step + 1) / loop.epoch_steps), "step": step + 1,
+           "train_loss": float(np.mean(meta["losses"])), "dev": per_task, "dev_score": score,
+           "lr": loop.sched.get_last_lr()[0], "steps_per_s": round((step + 1 - clock.start) / dt, 3),
+           "tokens_per_s": round(clock.tokens / dt, 1), "eval_s": round(clock.eval_s, 2)}
+    meta["history"].append(rec)
+    meta["losses"] = []
+    if records is not None and loop.rank == 0:
+        records(rec)
+    if score is None or meta["best"] is None or score > meta["best"]:
+        meta["best"] = score
+        return True
+    return False
+
+
+def _finish(loop: _Loop, model, meta: dict, best: dict | None) -> dict:
+    """Load the best epoch's weights, freeze everything; what `fit` returns."""
+    import torch
+
     if best:
         with torch.no_grad():
-            for n, p in named.items():
+            for n, p in loop.named.items():
                 p.copy_(best[n].to(p.device))
-    for p in trainee.parameters():
+    for p in loop.trainee.parameters():
         p.requires_grad_(False)
     model.eval()
-    return {"trainee": trainee, "history": meta["history"], "best_dev": meta["best"], "steps": total,
-            "epoch_steps": epoch_steps, "world_size": world,
-            "train_examples": {n: len(f) for n, f in feats.items()},
-            **({"features": frozen} if head_only else {})}
+    return {"trainee": loop.trainee, "history": meta["history"], "best_dev": meta["best"], "steps": len(loop.steps),
+            "epoch_steps": loop.epoch_steps, "world_size": loop.world,
+            "train_examples": {n: len(f) for n, f in loop.feats.items()},
+            **({"features": loop.frozen} if loop.head_only else {})}
 
 
 def average_states(states: list[dict]) -> dict:

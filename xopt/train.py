@@ -33,13 +33,12 @@ from xopt.plan import HEAD_CHOICES, Plan, Stage, check_stage, is_retrieval_targe
 __all__ = ["DEMO_HEAD", "DEMO_INTERMEDIATE", "DEMO_TARGET", "HEAD_CHOICES", "Plan", "Stage", "load_plan",
            "load_task", "run_plan", "train"]
 
-# every transformer layer at a small rate (the embeddings stay frozen: 82% of the parameters,
-# the multilingual vocabulary); the fresh head is first trained alone on the frozen encoder (a
-# linear probe: LP-FT, Kumar et al. 2022), so that the encoder's training starts from a head that
-# already points the right way instead of dragging the encoder with random gradients, which is
-# what costs the encoder its cross-lingual alignment. Of the designs measured, this one gives the
-# most stable gain over draws of the English examples and seeds, positive in every draw
-# (bench/results/demo-design-study-2026-11-30-cpu.md)
+# The demo's intermediate stage trains every transformer layer at a small rate (the embeddings,
+# 82% of the parameters and the multilingual vocabulary, stay frozen); the fresh head is first
+# trained alone on the frozen encoder (a linear probe: LP-FT, Kumar et al. 2022), so that the
+# encoder's training starts from a head that already points the right way instead of dragging the
+# encoder with random gradients, which costs it its cross-lingual alignment. The design study
+# behind this choice: bench/results/demo-design-study-2026-11-30-cpu.md
 DEMO_INTERMEDIATE = Stage("demo-intermediate", train="encoder", epochs=1, lr=3e-5, batch_size=16, probe_epochs=10)
 DEMO_TARGET = Stage("demo-topic", train="head", epochs=100, lr=3e-3, batch_size=64, length_grouped=False)
 # `xopt demo --head`: the head its measured gain is for (bench/results/demo-heads-2026-12-07-cpu.md)

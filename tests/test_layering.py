@@ -47,6 +47,8 @@ LAYERS: dict[str, int] = {
     "xopt.report": 10, "xopt.pick": 10, "xopt.export": 10, "xopt.triton_tokenizer": 10,
     # 11 top
     "xopt.pipeline": 11, "xopt.cli": 11, "xopt.__main__": 11,
+    "xopt.cli_options": 11, "xopt.cli_train": 11, "xopt.cli_compile": 11, "xopt.cli_measure": 11,
+    "xopt.cli_results": 11,
 }
 
 PACKAGES = ("xopt", "xopt.kernels", "xopt.calibration")

@@ -134,32 +134,17 @@ def run_demo(out: Path, quick: bool = False, force: bool = False, full_bench: bo
              head: str | None = None) -> dict:
     """`xopt demo`; `head`: the heads both checkpoints train (xopt.train.HEAD_CHOICES; None:
     DEMO_HEAD)."""
-    from xopt import manifest as mf
-    from xopt import report, records
+    from xopt import records
     from xopt.evaluate import eval_demo
-    from xopt.pick import Budget, pick, render
     from xopt.progress import bar
-    from xopt.tasks import demo
-    from xopt.train import DEMO_HEAD, DEMO_INTERMEDIATE, DEMO_TARGET, train
-    from xopt.variants import REGISTRY, load_variant
+    from xopt.variants import load_variant
 
-    out = Path(out)
-    if out.exists() or out.is_symlink():
-        if not force:
-            raise XoptError(f"{out} already exists; pass --force to replace it")
-        mf.check_replaceable(out, "demo")      # only a demo's own directory (or an empty one) is removed
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    mf.stamp(out, "demo")
+    out = _demo_dir(out, force)
     res = out / "results.jsonl"
     timings = {}
 
     t = _step("demo suite (gettext catalogs)")
-    suite_path = demo.ensure_suite()
-    suite = demo.load_suite(suite_path)
-    langs = [lang for lang in (demo.QUICK_LANGS + ("en",) if quick else suite["test"]) if lang in suite["test"]]
-    console.print(f"{suite_path}: {len(suite['languages'])} languages; catalog pairs per language: " +
-                  ", ".join(f"{lang} {n}" for lang, n, _, _ in demo.summary(suite)))
+    suite_path, suite, langs = _demo_suite(quick)
     timings["suite_s"] = time.perf_counter() - t
 
     t = _step("model: multilingual-e5-small")
@@ -167,22 +152,11 @@ def run_demo(out: Path, quick: bool = False, force: bool = False, full_bench: bo
     timings["import_s"] = time.perf_counter() - t
 
     t = _step("train baseline and X-STILTs")
-    ckpts = out / "checkpoints"
-    inter = replace(DEMO_INTERMEDIATE, max_examples=320) if quick else DEMO_INTERMEDIATE
-    head = head or DEMO_HEAD
-    train(base, demo.TARGET, suite_path, ckpts / "baseline", target_stage=DEMO_TARGET, head=head)
-    train(base, demo.TARGET, suite_path, ckpts / "xstilts", intermediate=demo.INTERMEDIATE,
-          target_stage=DEMO_TARGET, intermediate_stage=inter, head=head)
+    ckpts = _train_demo(base, suite_path, out / "checkpoints", quick, head)
     timings["train_s"] = time.perf_counter() - t
 
     t = _step(f"compile {', '.join(DEMO_VARIANTS)}")
-    names = [n for n in DEMO_VARIANTS if REGISTRY[n].unavailable_reason() is None]
-    for n in DEMO_VARIANTS:
-        if n not in names:
-            console.print(f"skipping {n}: {REGISTRY[n].unavailable_reason()}", highlight=False)
-    calib = {"calib_data": str(suite_path), **({"calib_samples": 64} if quick else {})}
-    dirs = compile_checkpoints({model: ckpts / model for model in ("baseline", "xstilts")}, names,
-                               out / "variants", calib)
+    names, dirs = _compile_demo(ckpts, suite_path, out / "variants", quick)
     timings["compile_s"] = time.perf_counter() - t
 
     t = _step("evaluate every variant on every demo language")
@@ -198,17 +172,7 @@ def run_demo(out: Path, quick: bool = False, force: bool = False, full_bench: bo
     timings["bench_s"] = time.perf_counter() - t
 
     t = _step("report")
-    tables = report.load([res])
-    rows = report.summary_rows(tables)
-    # default budget: the fastest variant (batch 1, seq 128) within 1 point of fp32 on every task
-    choice = pick([res], Budget(max_drop=DEFAULT_MAX_DROP))
-    closing = report.closing_paragraph(tables, rows, choice)
-    report_md = report.write(tables, out / "report", closing=closing)
-    console.print(report.summary_table(rows, report.task_order(tables)))
-    for note in report.protocol_notes(tables):
-        console.print(note, highlight=False)
-    console.print(render(choice))
-    console.print(f"html report: {report_md.with_suffix('.html')}")
+    rows, choice, closing, report_md = _report_demo(res, out / "report")
     timings["report_s"] = time.perf_counter() - t
     timings["total_s"] = sum(timings.values())
     console.print(f"records: {res}\nreport:  {report_md}\n" +
@@ -217,6 +181,83 @@ def run_demo(out: Path, quick: bool = False, force: bool = False, full_bench: bo
     console.print(closing, highlight=False, soft_wrap=True)     # one line: the terminal wraps it
     return {"results": res, "report": report_md, "rows": rows, "pick": choice, "timings": timings,
             "closing": closing}
+
+
+def _demo_dir(out: Path, force: bool) -> Path:
+    """The demo's output directory, created empty and stamped as a demo's; an existing one is
+    replaced with `force`, and only when it is a demo's own (or empty)."""
+    from xopt import manifest as mf
+
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise XoptError(f"{out} already exists; pass --force to replace it")
+        mf.check_replaceable(out, "demo")      # only a demo's own directory (or an empty one) is removed
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    mf.stamp(out, "demo")
+    return out
+
+
+def _demo_suite(quick: bool) -> tuple[Path, dict, list[str]]:
+    """The demo suite (built from the gettext catalogs and cached): its path, its content and the
+    languages the demo evaluates (`quick`: demo.QUICK_LANGS and en)."""
+    from xopt.tasks import demo
+
+    suite_path = demo.ensure_suite()
+    suite = demo.load_suite(suite_path)
+    langs = [lang for lang in (demo.QUICK_LANGS + ("en",) if quick else suite["test"]) if lang in suite["test"]]
+    console.print(f"{suite_path}: {len(suite['languages'])} languages; catalog pairs per language: " +
+                  ", ".join(f"{lang} {n}" for lang, n, _, _ in demo.summary(suite)))
+    return suite_path, suite, langs
+
+
+def _train_demo(base: Path, suite_path: Path, ckpts: Path, quick: bool, head: str | None) -> Path:
+    """Train the baseline and the X-STILTs checkpoint of `base` into ckpts/baseline and
+    ckpts/xstilts; `quick`: a shorter intermediate stage."""
+    from xopt.tasks import demo
+    from xopt.train import DEMO_HEAD, DEMO_INTERMEDIATE, DEMO_TARGET, train
+
+    inter = replace(DEMO_INTERMEDIATE, max_examples=320) if quick else DEMO_INTERMEDIATE
+    head = head or DEMO_HEAD
+    train(base, demo.TARGET, suite_path, ckpts / "baseline", target_stage=DEMO_TARGET, head=head)
+    train(base, demo.TARGET, suite_path, ckpts / "xstilts", intermediate=demo.INTERMEDIATE,
+          target_stage=DEMO_TARGET, intermediate_stage=inter, head=head)
+    return ckpts
+
+
+def _compile_demo(ckpts: Path, suite_path: Path, out: Path, quick: bool) -> tuple[list[str], dict]:
+    """Compile the DEMO_VARIANTS this host can build of both checkpoints into out/<model>/<name>
+    (one line for each skipped); (the variants built, {(model, name): directory})."""
+    from xopt.variants import REGISTRY
+
+    names = [n for n in DEMO_VARIANTS if REGISTRY[n].unavailable_reason() is None]
+    for n in DEMO_VARIANTS:
+        if n not in names:
+            console.print(f"skipping {n}: {REGISTRY[n].unavailable_reason()}", highlight=False)
+    calib = {"calib_data": str(suite_path), **({"calib_samples": 64} if quick else {})}
+    dirs = compile_checkpoints({model: ckpts / model for model in ("baseline", "xstilts")}, names, out, calib)
+    return names, dirs
+
+
+def _report_demo(res: Path, out: Path) -> tuple[list, dict, str, Path]:
+    """Write the report of the records in `res` into `out`, pick under the default budget and print
+    the summary table and the pick; (summary rows, the pick, the closing paragraph, report.md)."""
+    from xopt import report
+    from xopt.pick import Budget, pick, render
+
+    tables = report.load([res])
+    rows = report.summary_rows(tables)
+    # default budget: the fastest variant (batch 1, seq 128) within 1 point of fp32 on every task
+    choice = pick([res], Budget(max_drop=DEFAULT_MAX_DROP))
+    closing = report.closing_paragraph(tables, rows, choice)
+    report_md = report.write(tables, out, closing=closing)
+    console.print(report.summary_table(rows, report.task_order(tables)))
+    for note in report.protocol_notes(tables):
+        console.print(note, highlight=False)
+    console.print(render(choice))
+    console.print(f"html report: {report_md.with_suffix('.html')}")
+    return rows, choice, closing, report_md
 
 
 # Quality budget of `xopt run`'s pick when the plan sets none: at most this X-STILTs score drop
@@ -323,18 +364,51 @@ def run_plan_file(path: Path, resume: bool = False, force: bool = False) -> dict
     the checkpoint's (its manifest's source.weights_sha256), and always with `force`; with
     `resume`, evaluation skips the units results.jsonl already holds for that variant."""
     from xopt import report
-    from xopt.bench import BenchConfig, bench
-    from xopt.evaluate import evaluate, held_units
-    from xopt.measure import Timing
     from xopt.pick import Budget, pick, render
-    from xopt.progress import bar
-    from xopt.scenarios.fixed_batch import FixedBatch
     from xopt.tasks import xtreme
     from xopt.train import load_plan, run_plan
-    from xopt.variants import REGISTRY, ExportCache, compile_variant
 
     path = Path(path)
     plan = load_plan(path)
+    cfg, max_drop, variants = _run_section(path, plan)
+    target = plan.target.tasks[0]
+    suite = cfg.get("suite") or ("xtreme" if target in xtreme.TASKS else "demo")
+    eval_data = cfg.get("eval_data")
+    eval_data = str(path.parent / eval_data) if eval_data else plan.data.get("root")
+    tasks = cfg.get("tasks") or ([target] if suite == "xtreme" else None)
+    out = Path(plan.out)
+    res = out / "results.jsonl"
+    if res.exists() and not (resume or force):
+        raise XoptError(f"{res} already exists; pass --force to redo the run (or --resume to finish it)")
+    t = _step("train")
+    written = run_plan(plan, resume=resume, force=force, plan_text=path.read_text())
+    timings = {"train_s": time.perf_counter() - t}
+    if force and res.exists():
+        res.unlink()
+    t = _step("compile, evaluate")
+    dirs = _compile_evaluate(written, variants, cfg, out=out, res=res, suite=suite, eval_data=eval_data,
+                             tasks=tasks, force=force, resume=resume)
+    timings["compile_eval_s"] = time.perf_counter() - t
+    b = cfg.get("bench", {})
+    if b is not False:
+        t = _step("benchmark")
+        _bench_run(dirs, b, res)
+        timings["bench_s"] = time.perf_counter() - t
+    _step("report")
+    report_md = report.write_report([res], out / "report", force=True)
+    # the plan's quality budget (default as the demo's): the fastest variant within max_drop points of fp32
+    choice = pick([res], Budget(max_drop=float(max_drop))) if "xstilts" in written and "baseline" in written else None
+    if choice:
+        console.print(render(choice))
+    console.print(f"records: {res}\nreport:  {report_md}")
+    return {"results": res, "report": report_md, "pick": choice, "checkpoints": written, "timings": timings}
+
+
+def _run_section(path: Path, plan) -> tuple[dict, float, list[str]]:
+    """The plan's [run] section, refused in one line where a key or value is wrong, before any
+    training starts; (its values, the pick's max_drop, the variants to build)."""
+    from xopt.variants import REGISTRY
+
     cfg = dict(plan.run)
     known = {"variants", "suite", "eval_data", "tasks", "langs", "split", "max_examples", "calib", "bench",
              "max_drop"}
@@ -351,21 +425,16 @@ def run_plan_file(path: Path, resume: bool = False, force: bool = False) -> dict
     unknown = [v for v in variants if v not in REGISTRY]
     if unknown:
         raise XoptError(f"plan {path} [run]: unknown variant {unknown[0]!r}; see `xopt variants`")
-    target = plan.target.tasks[0]
-    suite = cfg.get("suite") or ("xtreme" if target in xtreme.TASKS else "demo")
-    eval_data = cfg.get("eval_data")
-    eval_data = str(path.parent / eval_data) if eval_data else plan.data.get("root")
-    tasks = cfg.get("tasks") or ([target] if suite == "xtreme" else None)
-    out = Path(plan.out)
-    res = out / "results.jsonl"
-    if res.exists() and not (resume or force):
-        raise XoptError(f"{res} already exists; pass --force to redo the run (or --resume to finish it)")
-    t = _step("train")
-    written = run_plan(plan, resume=resume, force=force, plan_text=path.read_text())
-    timings = {"train_s": time.perf_counter() - t}
-    if force and res.exists():
-        res.unlink()
-    t = _step("compile, evaluate")
+    return cfg, max_drop, variants
+
+
+def _compile_evaluate(written: dict, variants: list[str], cfg: dict, *, out: Path, res: Path, suite: str,
+                      eval_data: str | None, tasks: list[str] | None, force: bool, resume: bool) -> dict:
+    """Compile each checkpoint of `written` ({model: checkpoint}) into out/variants/<model>/<name>
+    where it needs a build, and evaluate every variant into `res`; {(model, name): directory}."""
+    from xopt.evaluate import evaluate, held_units
+    from xopt.variants import REGISTRY, ExportCache, compile_variant
+
     dirs = {}
     for model, ckpt in written.items():
         weights = _weights_sha256(ckpt)
@@ -385,22 +454,20 @@ def run_plan_file(path: Path, resume: bool = False, force: bool = False) -> dict
                 dirs[(model, name)] = d
                 evaluate(d, suite, eval_data, tasks, cfg.get("langs"), cfg.get("split", "test"),
                          max_examples=cfg.get("max_examples"), out=res, resume=resume and not why)
-    timings["compile_eval_s"] = time.perf_counter() - t
-    b = cfg.get("bench", {})
-    if b is not False:
-        t = _step("benchmark")
-        with bar() as progress:
-            bench([d for (m, _), d in dirs.items() if m == "xstilts"] or list(dirs.values()),
-                  BenchConfig(batches=tuple(b.get("batch", (1, 8))), seq_lens=tuple(b.get("seq_len", (128,))),
-                              scenario=FixedBatch(rounds=2),
-                              timing=Timing(min_iters=5, min_time_s=float(b.get("min_time", 0.5)), max_time_s=10.0)),
-                  out=res, progress=progress)
-        timings["bench_s"] = time.perf_counter() - t
-    _step("report")
-    report_md = report.write_report([res], out / "report", force=True)
-    # the plan's quality budget (default as the demo's): the fastest variant within max_drop points of fp32
-    choice = pick([res], Budget(max_drop=float(max_drop))) if "xstilts" in written and "baseline" in written else None
-    if choice:
-        console.print(render(choice))
-    console.print(f"records: {res}\nreport:  {report_md}")
-    return {"results": res, "report": report_md, "pick": choice, "checkpoints": written, "timings": timings}
+    return dirs
+
+
+def _bench_run(dirs: dict, b: dict, res: Path) -> None:
+    """Benchmark the X-STILTs variants of `dirs` (every variant when the plan has no X-STILTs) on
+    the plan's bench table `b`, records appended to `res`."""
+    from xopt.bench import BenchConfig, bench
+    from xopt.measure import Timing
+    from xopt.progress import bar
+    from xopt.scenarios.fixed_batch import FixedBatch
+
+    with bar() as progress:
+        bench([d for (m, _), d in dirs.items() if m == "xstilts"] or list(dirs.values()),
+              BenchConfig(batches=tuple(b.get("batch", (1, 8))), seq_lens=tuple(b.get("seq_len", (128,))),
+                          scenario=FixedBatch(rounds=2),
+                          timing=Timing(min_iters=5, min_time_s=float(b.get("min_time", 0.5)), max_time_s=10.0)),
+              out=res, progress=progress)

@@ -22,7 +22,7 @@ def import_cmd(name: Annotated[str, typer.Argument(help="Packaged model to impor
 
 
 def train_cmd(plan: Annotated[Optional[Path], typer.Argument(
-                  help="Plan file (TOML): encoder, stages, hyper-parameters, outputs (see xopt/train.py).")] = None,
+                  help="Plan file (TOML): encoder, stages, hyper-parameters, outputs (see xopt/plan.py).")] = None,
               model: ModelPath = None,
               out: Annotated[Optional[Path], typer.Option(
                   "--out", help="Checkpoint directory to write (with a plan: its run directory).")] = None,

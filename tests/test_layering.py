@@ -39,7 +39,7 @@ LAYERS: dict[str, int] = {
     # 7 measure
     "xopt.measure": 7, "xopt.scenarios": 7,
     # 8 work
-    "xopt.train": 8, "xopt.trainloop": 8, "xopt.evaluate": 8, "xopt.bench": 8, "xopt.invariance": 8,
+    "xopt.train": 8, "xopt.trainloop": 8, "xopt.evaluate": 8, "xopt.eval_units": 8, "xopt.bench": 8, "xopt.invariance": 8,
     # 9 analysis
     "xopt.analysis": 9,
     # 10 present

@@ -42,6 +42,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from xopt.errors import XoptError, read_json
+from xopt.tasks import xtreme
 from xopt.tasks.catalogs import APT_LINE, LOCALE_DIR, locale_catalogs, read_mo
 from xopt.tasks.registry import TaskEntry, register_task
 
@@ -319,4 +320,13 @@ def _load_entry(name: str, data: dict, stage):
 
 register_task(TaskEntry(TARGET, "sequence", "demo", _load_entry))
 register_task(TaskEntry(INTERMEDIATE, "sequence", "demo", _load_entry))
-register_task(TaskEntry(RETRIEVAL, "retrieval", "demo"))
+def bitext(lang: str, examples: list[dict]):
+    """One language's test examples as a Tatoeba bitext: each translation (`text`) and its English `source`."""
+    from xopt.tasks.xtreme import Bitext
+
+    ids = [e["id"] for e in examples]
+    return Bitext(lang, ids, [e["text"] for e in examples], list(ids), [e["source"] for e in examples])
+
+
+# the retrieval task is scored as XTREME's Tatoeba: its spec is Tatoeba's
+register_task(TaskEntry(RETRIEVAL, "retrieval", "demo", spec=xtreme.TASKS["tatoeba"]))

@@ -50,6 +50,7 @@ class Family:
     frozen_features = False
     ties_embeddings = False     # the head's weight is the encoder's word-embedding matrix (frozen)
     skips_english = False       # demo: English -> English has nothing to measure
+    scores_embedding = False    # scored on the sentence embedding `--retrieval-layer` chooses (no head)
     xtreme_max_length = 128
 
     def head_for(self, task, vocab: int = 0):
@@ -371,7 +372,7 @@ class MlmFamily(Family):
 class RetrievalFamily(Family):
     """Sentence retrieval on the encoder's embeddings: no head, nothing to train."""
 
-    name, trainable, skips_english = "retrieval", False, True
+    name, trainable, skips_english, scores_embedding = "retrieval", False, True, True
     xtreme_max_length = None     # the model's maximum
 
     def texts(self, examples, joined=False, lang=None) -> list:

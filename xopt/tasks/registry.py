@@ -44,6 +44,7 @@ class TaskFamily(Protocol):
     frozen_features: bool  # head-only training on frozen sentence embeddings works
     ties_embeddings: bool  # the head's weight is the encoder's word-embedding matrix (frozen)
     skips_english: bool    # demo: English -> English has nothing to measure
+    scores_embedding: bool  # scored on the sentence embedding `--retrieval-layer` chooses (no head)
 
     def head_for(self, task, vocab: int = 0): ...
     def label_summary(self, labels: list): ...

@@ -10,9 +10,11 @@
 | `retrieval` | none | xtreme.Bitext (BUCC mining, Tatoeba); demo: {"text", "source"} translation pairs |
 
 Training (xopt.trainloop) uses `features`, `length`, `collate`, `loss`, `rows`, `decode` and
-`score` (summable dev statistics); zero-shot evaluation (xopt.evaluate) uses `evaluate` (one
-XTREME task and language; the demo's retrieval task too, as Tatoeba) and `demo_outcomes` (the
-demo's classification task); bench length mixes and calibration use `texts`.
+`score` (summable dev statistics); zero-shot evaluation (xopt.evaluate) uses `prepare` (what a
+task's units need besides their data, before the model runs: BUCC's dev-chosen threshold),
+`evaluate` (one XTREME task and language; the demo's retrieval task too, as Tatoeba) and
+`demo_outcomes` (the demo's classification task); the report describes a retrieval protocol
+with `scoring_note`; bench length mixes and calibration use `texts`.
 """
 
 from __future__ import annotations

@@ -30,6 +30,9 @@ Sources (`data_dir` may hold any mix; per task the first that exists wins):
    gold: an unlabelled split is refused with a message (use the original files or the HF source).
 3. tests/fixtures/xtreme/: a few examples per task in exactly the layout of 2.
 
+Each `Task` says as data where its files are (`files`, `hf`) and which reader reads them (`form`:
+xopt.tasks.xtreme_files for the download layout, xopt.tasks.xtreme_hf for the hub's configs).
+
 Errors a user can cause (missing file, malformed line as file:line, unknown task or language, a
 label outside the label set, an empty split) raise one-line `XoptError`s.
 """

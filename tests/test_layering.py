@@ -40,7 +40,7 @@ LAYERS: dict[str, int] = {
     "xopt.measure": 7, "xopt.scenarios": 7,
     # 8 work
     "xopt.plan": 8, "xopt.train": 8, "xopt.stagerun": 8, "xopt.trainloop": 8, "xopt.trainee": 8, "xopt.schedule": 8,
-    "xopt.evaluate": 8, "xopt.bench": 8, "xopt.invariance": 8,
+    "xopt.evaluate": 8, "xopt.eval_units": 8, "xopt.bench": 8, "xopt.invariance": 8,
     # 9 analysis
     "xopt.analysis": 9,
     # 10 present

@@ -38,21 +38,22 @@ def test_every_task_resolves_to_a_family():
 
 
 def test_every_family_implements_the_protocol_s_signatures():
-    """`isinstance` on a runtime Protocol checks only that the names exist; this compares each
-    method's parameters (names, kinds, order) with the Protocol's, as callers use them."""
+    """`isinstance` on a runtime Protocol checks only that the names exist; this compares, for
+    every registered family and every Protocol method, the implementation's parameters (names,
+    kinds, order and defaults) with the Protocol's, as callers use them."""
     import inspect
 
     proto = {n: f for n, f in vars(registry.TaskFamily).items() if inspect.isfunction(f) and not n.startswith("_")}
-    assert {"score", "decode", "features", "evaluate"} <= set(proto)
+    assert {"score", "decode", "features", "evaluate", "prepare", "scoring_note"} <= set(proto)
 
     def params(f):
-        return [(p.name, p.kind) for p in inspect.signature(f).parameters.values()]
+        return [(p.name, p.kind, p.default) for p in inspect.signature(f).parameters.values()]
 
-    for n in registry.names():
-        fam = registry.family_of(n)
-        for name, f in proto.items():
-            impl = getattr(type(fam), name)
-            assert params(impl) == params(f), f"{fam.name}.{name}{inspect.signature(impl)} != Protocol{inspect.signature(f)}"
+    assert registry.FAMILIES
+    wrong = [f"{fam.name}.{name}{inspect.signature(getattr(type(fam), name))} != Protocol{inspect.signature(f)}"
+             for fam in registry.FAMILIES.values() for name, f in proto.items()
+             if params(getattr(type(fam), name)) != params(f)]
+    assert not wrong, "\n".join(wrong)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from xopt.analysis import RecordIndex, split_label
+from xopt.tasks.registry import scoring_note
 from xopt.variants import REGISTRY
 
 
@@ -45,12 +46,7 @@ def protocol_name(label: str, protocols: dict) -> str:
 
 def protocol_notes(t: RecordIndex, family: str | None = None) -> list[str]:
     """One line per retrieval task label: which embedding it scores and how."""
-    out = []
-    for label, p in sorted(t.protocols(family).items()):
-        how = ("mined as XTREME's BUCC" if p["task"] == "bucc2018" else
-               "scored as XTREME's Tatoeba (xx -> en top-1 by cosine)")
-        out.append(f"{label}: {_embedding(p)}; {how}")
-    return out
+    return [f"{label}: {_embedding(p)}; {scoring_note(p['task'])}" for label, p in sorted(t.protocols(family).items())]
 
 
 def task_order(t: RecordIndex, family: str | None = None) -> list[str]:

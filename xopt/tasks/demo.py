@@ -42,6 +42,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from xopt.errors import XoptError, read_json
+from xopt.tasks import xtreme
 from xopt.tasks.catalogs import APT_LINE, LOCALE_DIR, locale_catalogs, read_mo
 from xopt.tasks.registry import TaskEntry, register_task
 
@@ -114,16 +115,39 @@ def build_suite(locale_dir: Path = LOCALE_DIR, seed: int = 0, per_label: int = 2
                 intermediate_per_label: int = 250, calib_per_lang: int = 64, min_pairs: int = 200,
                 min_shared: int = 100, progress=None) -> dict:
     """Read the catalogs and build the suite (a JSON-able dict). See the module doc."""
-    catalogs = tuple(TARGET_LABELS) + tuple(INTERMEDIATE_LABELS)
-    found = locale_catalogs(Path(locale_dir), catalogs)
+    found = locale_catalogs(Path(locale_dir), tuple(TARGET_LABELS) + tuple(INTERMEDIATE_LABELS))
     if not found:
         raise XoptError(f"no gettext catalogs under {locale_dir}; install them: {APT_LINE}")
+    pairs_by_lang, english = _read_pairs(found, progress)
+    keep = _kept_keys(english)
+    rng = random.Random(seed)   # one generator through every step, in this order: the splits depend on it
+    tasks = _english_tasks(keep, english, rng, per_label, train_per_label, intermediate_per_label)
+    counts, test, calib, test_pools = _language_sets(pairs_by_lang, keep, english, rng, per_label, calib_per_lang,
+                                                     min_pairs)
+    # English: its own test set (source side) for in-language scores and calibration text
+    test["en"] = [{"id": e["id"], "source": e["text"], "text": e["text"], "label": e["label"]}
+                  for e in tasks[TARGET]["test"]]
+    en_train = [e["text"] for t in (TARGET, INTERMEDIATE) for e in tasks[t]["train"]]
+    rng.shuffle(en_train)
+    calib["en"] = en_train[:calib_per_lang]
     label_of = {**TARGET_LABELS, **INTERMEDIATE_LABELS}
-    task_of = {**{c: TARGET for c in TARGET_LABELS}, **{c: INTERMEDIATE for c in INTERMEDIATE_LABELS}}
+    shared_langs, shared_ids = _shared_set(test_pools, min_shared)
+    shared = {lang: sorted(({"id": i, "source": english[(test_pools[lang][i][0], test_pools[lang][i][1])],
+                             "text": test_pools[lang][i][2], "label": label_of[test_pools[lang][i][0]]}
+                            for i in shared_ids), key=lambda e: e["id"]) for lang in shared_langs}
+    return {"format": FORMAT, "seed": seed, "locale_dir": str(locale_dir),
+            "catalogs": {"target": TARGET_LABELS, "intermediate": INTERMEDIATE_LABELS},
+            "languages": sorted(test), "pair_counts": counts, "tasks": tasks,
+            "test": test, "shared": shared, "calibration": calib,
+            "params": {"per_label": per_label, "train_per_label": train_per_label,
+                       "intermediate_per_label": intermediate_per_label, "min_pairs": min_pairs}}
 
-    # 1. read every catalog of every locale we may use
+
+def _read_pairs(found: dict, progress) -> tuple[dict[str, list], dict[tuple[str, str], str]]:
+    """Step 1: every usable (catalog, msgid, translation) of every locale we may use, per
+    language, and {(catalog, msgid): cleaned English}."""
     pairs_by_lang: dict[str, list] = {}
-    english: dict[tuple[str, str], str] = {}  # (catalog, msgid) -> cleaned English
+    english: dict[tuple[str, str], str] = {}
     wanted = {lang: LOCALE_OF.get(lang, lang) for lang in XTREME_LANGS if lang != "en"}
     items = [(lang, loc) for lang, loc in wanted.items() if loc in found]
     for lang, loc in (progress(items, "reading catalogs") if progress else items):
@@ -140,9 +164,12 @@ def build_suite(locale_dir: Path = LOCALE_DIR, seed: int = 0, per_label: int = 2
                 english[(cat, p.source)] = src
                 prs.append((cat, p.source, tgt))
         pairs_by_lang[lang] = prs
+    return pairs_by_lang, english
 
-    # 2. the English pool: drop normalised duplicates (across catalogs too: ambiguous labels);
-    #    a text of a target catalog stays the target's, its intermediate copies are dropped
+
+def _kept_keys(english: dict) -> set:
+    """Step 2, the English pool: normalised duplicates dropped (across catalogs too: ambiguous
+    labels); a text of a target catalog stays the target's, its intermediate copies are dropped."""
     by_norm = defaultdict(list)
     for key, src in english.items():
         by_norm[norm(src)].append(key)
@@ -151,11 +178,15 @@ def build_suite(locale_dir: Path = LOCALE_DIR, seed: int = 0, per_label: int = 2
         pool = [k for k in keys if k[0] in TARGET_LABELS] or keys
         if len({c for c, _ in pool}) == 1:
             keep.add(min(pool))
+    return keep
 
-    rng = random.Random(seed)
+
+def _english_tasks(keep: set, english: dict, rng, per_label: int, train_per_label: int,
+                   intermediate_per_label: int) -> dict:
+    """Step 3: the English train/dev/test splits of the target and intermediate tasks (the
+    intermediate task has no test split: its test messages train it)."""
     tasks = {}
     for task, labels in ((TARGET, TARGET_LABELS), (INTERMEDIATE, INTERMEDIATE_LABELS)):
-        label_names = sorted(set(labels.values()))
         cap = train_per_label if task == TARGET else intermediate_per_label
         splits = {"train": [], "dev": [], "test": []}
         for cat, label in labels.items():
@@ -169,9 +200,17 @@ def build_suite(locale_dir: Path = LOCALE_DIR, seed: int = 0, per_label: int = 2
                                   for k in ks[:limit]]
         for split in splits.values():
             split.sort(key=lambda e: e["id"])
-        tasks[task] = {"labels": label_names, "catalogs": labels, **{k: v for k, v in splits.items() if v}}
+        tasks[task] = {"labels": sorted(set(labels.values())), "catalogs": labels,
+                       **{k: v for k, v in splits.items() if v}}
+    return tasks
 
-    # 3. per-language test sets (translations of English test messages) and calibration text
+
+def _language_sets(pairs_by_lang: dict, keep: set, english: dict, rng, per_label: int, calib_per_lang: int,
+                   min_pairs: int) -> tuple[dict, dict, dict, dict]:
+    """Step 4, per language with at least `min_pairs` kept pairs: its test set (translations of
+    English test messages, `per_label` per label), calibration text (from train messages) and test
+    pool {example id: (catalog, msgid, translation)}; and every language's kept pair count."""
+    label_of = {**TARGET_LABELS, **INTERMEDIATE_LABELS}
     counts, test, calib, test_pools = {}, {}, {}, {}
     for lang, prs in sorted(pairs_by_lang.items()):
         seen, pool = set(), []
@@ -184,7 +223,7 @@ def build_suite(locale_dir: Path = LOCALE_DIR, seed: int = 0, per_label: int = 2
         counts[lang] = len(pool)
         if len(pool) < min_pairs:
             continue
-        tp = [p for p in pool if task_of[p[0]] == TARGET and split_of(p[0], p[1]) == "test"]
+        tp = [p for p in pool if p[0] in TARGET_LABELS and split_of(p[0], p[1]) == "test"]
         test_pools[lang] = {_example_id(c, m): (c, m, t) for c, m, t in tp}
         by_label = defaultdict(list)
         for p in tp:
@@ -199,23 +238,7 @@ def build_suite(locale_dir: Path = LOCALE_DIR, seed: int = 0, per_label: int = 2
         cp = [t for c, m, t in pool if split_of(c, m) == "train"]
         rng.shuffle(cp)
         calib[lang] = cp[:calib_per_lang]
-    # English: its own test set (source side) for in-language scores and calibration text
-    test["en"] = [{"id": e["id"], "source": e["text"], "text": e["text"], "label": e["label"]}
-                  for e in tasks[TARGET]["test"]]
-    en_train = [e["text"] for t in (TARGET, INTERMEDIATE) for e in tasks[t]["train"]]
-    rng.shuffle(en_train)
-    calib["en"] = en_train[:calib_per_lang]
-
-    shared_langs, shared_ids = _shared_set(test_pools, min_shared)
-    shared = {lang: sorted(({"id": i, "source": english[(test_pools[lang][i][0], test_pools[lang][i][1])],
-                             "text": test_pools[lang][i][2], "label": label_of[test_pools[lang][i][0]]}
-                            for i in shared_ids), key=lambda e: e["id"]) for lang in shared_langs}
-    return {"format": FORMAT, "seed": seed, "locale_dir": str(locale_dir),
-            "catalogs": {"target": TARGET_LABELS, "intermediate": INTERMEDIATE_LABELS},
-            "languages": sorted(test), "pair_counts": counts, "tasks": tasks,
-            "test": test, "shared": shared, "calibration": calib,
-            "params": {"per_label": per_label, "train_per_label": train_per_label,
-                       "intermediate_per_label": intermediate_per_label, "min_pairs": min_pairs}}
+    return counts, test, calib, test_pools
 
 
 def _shared_set(pools: dict[str, dict], min_shared: int) -> tuple[list[str], list[str]]:
@@ -319,4 +342,13 @@ def _load_entry(name: str, data: dict, stage):
 
 register_task(TaskEntry(TARGET, "sequence", "demo", _load_entry))
 register_task(TaskEntry(INTERMEDIATE, "sequence", "demo", _load_entry))
-register_task(TaskEntry(RETRIEVAL, "retrieval", "demo"))
+def bitext(lang: str, examples: list[dict]):
+    """One language's test examples as a Tatoeba bitext: each translation (`text`) and its English `source`."""
+    from xopt.tasks.xtreme import Bitext
+
+    ids = [e["id"] for e in examples]
+    return Bitext(lang, ids, [e["text"] for e in examples], list(ids), [e["source"] for e in examples])
+
+
+# the retrieval task is scored as XTREME's Tatoeba: its spec is Tatoeba's
+register_task(TaskEntry(RETRIEVAL, "retrieval", "demo", spec=xtreme.TASKS["tatoeba"]))

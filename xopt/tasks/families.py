@@ -10,9 +10,11 @@
 | `retrieval` | none | xtreme.Bitext (BUCC mining, Tatoeba); demo: {"text", "source"} translation pairs |
 
 Training (xopt.trainloop) uses `features`, `length`, `collate`, `loss`, `rows`, `decode` and
-`score` (summable dev statistics); zero-shot evaluation (xopt.evaluate) uses `evaluate` (one
-XTREME task and language; the demo's retrieval task too, as Tatoeba) and `demo_outcomes` (the
-demo's classification task); bench length mixes and calibration use `texts`.
+`score` (summable dev statistics); zero-shot evaluation (xopt.evaluate) uses `prepare` (what a
+task's units need besides their data, before the model runs: BUCC's dev-chosen threshold),
+`evaluate` (one XTREME task and language; the demo's retrieval task too, as Tatoeba) and
+`demo_outcomes` (the demo's classification task); the report describes a retrieval protocol
+with `scoring_note`; bench length mixes and calibration use `texts`.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class Family:
     frozen_features = False
     ties_embeddings = False     # the head's weight is the encoder's word-embedding matrix (frozen)
     skips_english = False       # demo: English -> English has nothing to measure
+    scores_embedding = False    # scored on the sentence embedding `--retrieval-layer` chooses (no head)
     xtreme_max_length = 128
 
     def head_for(self, task, vocab: int = 0):
@@ -86,8 +89,18 @@ class Family:
     def texts(self, examples, joined: bool = False, lang: str | None = None) -> list:
         raise XoptError(f"task family {self.name!r} has no text for a length mix")
 
+    def prepare(self, task, langs: list, ctx) -> dict:
+        """What scoring `task` on `langs` needs besides their data, checked before the model runs:
+        {lang: a function, called when that unit is scored, that returns `evaluate`'s `threshold`};
+        `ctx` is the run's registry.EvalContext. Most tasks need nothing."""
+        return {}
+
     def evaluate(self, task, lang, data, tokenizer, card, run, threshold=None, output=None) -> tuple:
         raise XoptError(f"{task.name}: a {self.name} task is not evaluated zero-shot")
+
+    def scoring_note(self, task) -> str:
+        """How a task's records are scored, in words (the report's protocol notes)."""
+        return f"scored by {task.metric}"
 
     def demo_outcomes(self, out: dict, examples: list, index: dict, labels: list) -> np.ndarray:
         raise XoptError(f"a {self.name} task is not a demo task")
@@ -361,7 +374,7 @@ class MlmFamily(Family):
 class RetrievalFamily(Family):
     """Sentence retrieval on the encoder's embeddings: no head, nothing to train."""
 
-    name, trainable, skips_english = "retrieval", False, True
+    name, trainable, skips_english, scores_embedding = "retrieval", False, True, True
     xtreme_max_length = None     # the model's maximum
 
     def texts(self, examples, joined=False, lang=None) -> list:
@@ -370,31 +383,87 @@ class RetrievalFamily(Family):
             return list(examples.src) + (list(examples.en) if joined and lang == "en" else [])
         return [e["text"] for e in examples]
 
+    def prepare(self, task, langs, ctx) -> dict:
+        """BUCC's threshold (XTREME's protocol): chosen on the task's `threshold_split` (dev) by the
+        reference variant and read back from its records (`ctx.choices_from`) by every other
+        variant; a variant without one is refused before the model runs. Tatoeba needs nothing."""
+        split = task.threshold_split
+        if split is None or not langs:
+            return {}
+        given = _reference_thresholds(task, ctx) if ctx.choices_from else {}
+        src = "records:" + ",".join(map(str, ctx.choices_from or ()))
+        out = {}
+        for lang in langs:
+            if lang in given:
+                out[lang] = lambda v=given[lang]: {"value": v, "from": src}
+            elif ctx.variant != ctx.reference:
+                raise XoptError(f"{task.name} {lang}: variant {ctx.variant} is scored with the threshold the "
+                                f"{ctx.reference} variant of model {ctx.model!r} chose on {split}; evaluate that "
+                                "first and pass --bucc-threshold-from ITS_RESULTS.jsonl")
+            else:
+                ctx.load(task, lang, split)   # fail before running if the dev gold is missing
+                out[lang] = lambda lang=lang: self._choose_threshold(task, lang, ctx)
+        return out
+
+    def _choose_threshold(self, task, lang, ctx) -> dict:
+        """XTREME's bucc_optimize: mine the threshold split, pick the F1-optimal threshold on its gold pairs."""
+        from xopt.tasks import retrieval
+
+        dev = ctx.load(task, lang, task.threshold_split)
+        emb = ctx.run(dev.src + dev.en, f"{task.name} {lang} {task.threshold_split} threshold")[ctx.output]
+        cands = retrieval.mine(emb[:len(dev.src)], emb[len(dev.src):], k=4)
+        return {"value": retrieval.optimal_threshold(cands, _gold_rows(dev)),
+                "from": f"{ctx.variant} {task.threshold_split}"}
+
     def evaluate(self, task, lang, data, tokenizer, card, run, threshold=None, output=None) -> tuple:
-        """BUCC (task bucc2018: margin mining, F1 at `threshold`) or Tatoeba (any other task:
-        xx -> en top-1 accuracy by cosine) on the variant's `output` embedding of both sides of
-        the Bitext `data`: "layer_embedding" (None: the default; mean-pooled hidden states of the
-        card's retrieval layer, by default the middle one: XTREME's protocol) or
-        "sentence_embedding" (the last layer). The demo's retrieval task is scored by this same
-        method, as Tatoeba."""
+        """BUCC (a task with a `threshold_split`: margin mining, F1 at `threshold`) or Tatoeba (xx ->
+        en top-1 accuracy by cosine) on the variant's `output` embedding of both sides of the Bitext
+        `data`: "layer_embedding" (None: the default; mean-pooled hidden states of the card's
+        retrieval layer, by default the middle one: XTREME's protocol) or "sentence_embedding" (the
+        last layer). The demo's retrieval task is scored by this same method, as Tatoeba."""
         from xopt.batching import tokenize
         from xopt.tasks import retrieval
 
         texts = data.src + data.en    # embeddings of both sides in one bucketed pass
         emb = run(tokenize(tokenizer, texts, card.input_prefix, card.max_length))[output or "layer_embedding"]
         src, en = emb[:len(data.src)], emb[len(data.src):]
-        if task.name != "bucc2018":
+        if task.threshold_split is None:
             oc = retrieval.tatoeba_outcomes(src, en)
             return float(oc.mean() * 100), len(oc), {"outcomes": oc.tolist(), "outcome_kind": "mean"}, len(texts)
         cands = retrieval.mine(src, en, k=4)
-        s_index, e_index = {i: n for n, i in enumerate(data.src_ids)}, {i: n for n, i in enumerate(data.en_ids)}
-        gold = {(s_index[s], e_index[e]) for s, e in data.gold}
-        counts = retrieval.bucc_counts(cands, threshold["value"], gold, len(data.src))
+        counts = retrieval.bucc_counts(cands, threshold["value"], _gold_rows(data), len(data.src))
         nz = np.flatnonzero(counts.any(1))
         return (retrieval.f1(counts), len(data.gold),
                 {"counts": counts[nz].tolist(), "count_units": nz.tolist(), "n_units": len(data.src),
                  "outcome_kind": "counts", "threshold": threshold["value"], "threshold_from": threshold["from"],
                  "margin": "ratio", "k": 4, "distractors": data.distractors}, len(texts))
+
+    def scoring_note(self, task) -> str:
+        if getattr(task, "threshold_split", None):
+            return "mined as XTREME's BUCC"
+        return "scored as XTREME's Tatoeba (xx -> en top-1 by cosine)"
+
+
+def _gold_rows(data) -> set:
+    """A Bitext's gold pairs as (src row, en row) indices."""
+    s_index, e_index = {i: n for n, i in enumerate(data.src_ids)}, {i: n for n, i in enumerate(data.en_ids)}
+    return {(s_index[s], e_index[e]) for s, e in data.gold}
+
+
+def _reference_thresholds(task, ctx) -> dict[str, float]:
+    """{lang: threshold} of the reference variant's `task` records of `ctx.model` in
+    `ctx.choices_from`, measured under retrieval `ctx.protocol` (records that carry none, written
+    before schema 2, count as any)."""
+    from xopt import records
+
+    recs, _ = records.read(ctx.choices_from, strict=True)
+    out = {}
+    for r in recs:
+        if (r["kind"] == "eval" and r.get("suite") == ctx.suite and r["task"] == task.name and r["model"] == ctx.model
+                and r["variant"] == ctx.reference and "threshold" in r
+                and records.retrieval_protocol(r) in (None, ctx.protocol)):
+            out[r["lang"]] = float(r["threshold"])
+    return out
 
 
 for _fam in (SequenceFamily(), ChoiceFamily(), TokenFamily(), SpanFamily(), MlmFamily(), RetrievalFamily()):

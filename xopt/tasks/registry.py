@@ -20,6 +20,20 @@ from typing import Any, Callable, Protocol, runtime_checkable
 from xopt.errors import XoptError
 
 
+@dataclass
+class EvalContext:
+    """What a family's `prepare` may ask of the evaluation run it prepares a unit for."""
+    suite: str                        # the records' suite ("xtreme", "demo")
+    model: str                        # the model's name, as its records carry it
+    variant: str                      # the variant's registry name
+    reference: str                    # the variant whose dev-split choices every variant of the model reuses
+    protocol: str | None              # the retrieval protocol of the run (xopt.records.retrieval_protocol)
+    output: str | None                # the runner output retrieval scores (None: the family's default)
+    choices_from: list | None         # records files holding the reference's choices (--bucc-threshold-from)
+    load: Callable[[Any, str, str], Any]     # (task, lang, split) -> that split's data
+    run: Callable[[list[str], str], dict]   # (texts, progress description) -> the variant's outputs
+
+
 @runtime_checkable
 class TaskFamily(Protocol):
     name: str             # registry key; TaskData.kind of the tasks in this family
@@ -28,8 +42,12 @@ class TaskFamily(Protocol):
     trainable: bool       # has English training data and a head to train
     target: bool          # may be a target task (else intermediate only)
     frozen_features: bool  # head-only training on frozen sentence embeddings works
+    ties_embeddings: bool  # the head's weight is the encoder's word-embedding matrix (frozen)
+    skips_english: bool    # demo: English -> English has nothing to measure
+    scores_embedding: bool  # scored on the sentence embedding `--retrieval-layer` chooses (no head)
 
     def head_for(self, task, vocab: int = 0): ...
+    def label_summary(self, labels: list): ...
     def features(self, task, examples: list, tokenizer, prefix: str, max_length: int, doc_stride: int = 64): ...
     def length(self, feature: dict) -> int: ...
     def collate(self, task, feats: list, idx, tok, seed: int, step: int) -> dict: ...
@@ -38,8 +56,10 @@ class TaskFamily(Protocol):
     def decode(self, task, examples: list, feats: list, outs: list): ...
     def score(self, task, examples: list, feats: list, preds) -> list[float]: ...
     def texts(self, examples, joined: bool = False, lang: str | None = None) -> list: ...
+    def prepare(self, task, langs: list, ctx: EvalContext) -> dict: ...
     def evaluate(self, task, lang: str, data, tokenizer, card, run: Callable, threshold=None,
                  output: str | None = None) -> tuple: ...
+    def scoring_note(self, task) -> str: ...
     def demo_outcomes(self, out: dict, examples: list, index: dict, labels: list): ...
 
 
@@ -97,6 +117,14 @@ def family_of(name: str) -> TaskFamily:
     if entry is None:
         raise XoptError(f"unknown task {name!r}; known: {', '.join(names())}")
     return family(entry.family)
+
+
+def scoring_note(name: str) -> str:
+    """How the records of task `name` are scored, in words (the report's protocol notes). Only
+    retrieval records carry a protocol, so a task this registry does not hold is described as
+    the retrieval family describes a task it knows nothing more of."""
+    entry = task(name)
+    return family(entry.family if entry else "retrieval").scoring_note(entry.spec if entry else None)
 
 
 def is_trainable(entry: TaskEntry) -> bool:

@@ -30,23 +30,26 @@ Sources (`data_dir` may hold any mix; per task the first that exists wins):
    gold: an unlabelled split is refused with a message (use the original files or the HF source).
 3. tests/fixtures/xtreme/: a few examples per task in exactly the layout of 2.
 
+Each `Task` says as data where its files are (`files`, `hf`) and which reader reads them (`form`:
+xopt.tasks.xtreme_files for the download layout, xopt.tasks.xtreme_hf for the hub's configs).
+
 Errors a user can cause (missing file, malformed line as file:line, unknown task or language, a
 label outside the label set, an empty split) raise one-line `XoptError`s.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from xopt.errors import XoptError, parse_json
+from xopt.errors import XoptError
+from xopt.tasks import xtreme_files
 from xopt.tasks.registry import TaskEntry, register_task
+from xopt.tasks.xtreme_files import Bitext, read_squad  # noqa: F401  (part of this module's API)
+from xopt.tasks.xtreme_hf import load_hf
 
 SPLITS = ("train", "dev", "test")
-HF_SPLIT = {"train": "train", "dev": "validation", "test": "test"}
-HF_TEST_IS_VALIDATION = ("xquad", "tydiqa", "tatoeba")   # the hub has only these tasks' "validation"
 
 XNLI_LABELS = ("contradiction", "entailment", "neutral")
 PAWSX_LABELS = ("0", "1")
@@ -94,6 +97,14 @@ class Task:
     labels: tuple[str, ...] = ()
     splits: tuple[str, ...] = SPLITS      # splits XTREME distributes (train: English only)
     head: str = "none"           # ModelCard.head the task needs
+    form: str = ""               # its file format: the reader of xtreme_files.READERS and xtreme_hf.READERS
+    files: tuple[str, ...] = ()  # its files in the download layout under the data root ({lang}, {split}, {lang3})
+    file_splits: tuple = ()      # (split, the split its files are named by) where they differ
+    hf: str = ""                 # its google/xtreme config ({lang}, {name}: udpos's language name, {lang3})
+    hf_label: str = ""           # the hub's label column (classify, tagging)
+    hf_test: str = "test"        # the hub's split that holds XTREME's test set
+    hf_select: Callable | None = None      # (rows, lang) -> one language's rows of a config shared by several
+    threshold_split: str | None = None     # retrieval: pairs are mined above a threshold chosen on this split
 
     @property
     def kind(self) -> str:
@@ -101,25 +112,51 @@ class Task:
         return KIND_OF[self.family]
 
     def hf_config(self, lang: str) -> str:
-        return {"xnli": "XNLI", "pawsx": f"PAWS-X.{lang}", "udpos": f"udpos.{UDPOS_NAMES.get(lang, lang)}",
-                "panx": f"PAN-X.{lang}", "xquad": f"XQuAD.{lang}", "mlqa": f"MLQA.{lang}.{lang}",
-                "tydiqa": "tydiqa", "bucc2018": f"bucc18.{lang}",
-                "tatoeba": f"tatoeba.{TATOEBA_LANG3.get(lang, lang)}", "squad": "squad"}[self.name]
+        return self.hf.format(lang=lang, name=UDPOS_NAMES.get(lang, lang), lang3=TATOEBA_LANG3.get(lang, lang))
+
+
+def _langs(name: str) -> tuple[str, ...]:
+    return tuple(LANGS[name].split())
+
+
+def _by_language(rows: list, lang: str) -> list:
+    """XNLI's hub config holds every language: its rows in `lang`."""
+    return [r for r in rows if r["language"] == lang]
+
+
+def _by_tydiqa_id(rows: list, lang: str) -> list:
+    """TyDiQA's hub config holds every language: its rows whose id starts with `lang`'s name."""
+    return [r for r in rows if str(r["id"]).split("-")[0] == TYDIQA_NAMES[lang]]
 
 
 TASKS: dict[str, Task] = {t.name: t for t in (
-    Task("xnli", "classify", "accuracy", tuple(LANGS["xnli"].split()), XNLI_LABELS, head="sequence"),
-    Task("pawsx", "classify", "accuracy", tuple(LANGS["pawsx"].split()), PAWSX_LABELS, head="sequence"),
-    Task("udpos", "tagging", "f1", tuple(LANGS["udpos"].split()), UDPOS_LABELS, head="token"),
-    Task("panx", "tagging", "f1", tuple(LANGS["panx"].split()), PANX_LABELS, head="token"),
-    Task("xquad", "qa", "f1", tuple(LANGS["xquad"].split()), splits=("test",), head="span"),
-    Task("mlqa", "qa", "f1", tuple(LANGS["mlqa"].split()), splits=("dev", "test"), head="span"),
-    Task("tydiqa", "qa", "f1", tuple(LANGS["tydiqa"].split()), splits=("train", "test"), head="span"),
-    Task("bucc2018", "retrieval", "f1", tuple(LANGS["bucc2018"].split()), splits=("dev", "test")),
-    Task("tatoeba", "retrieval", "accuracy", tuple(LANGS["tatoeba"].split()), splits=("test",)),
+    Task("xnli", "classify", "accuracy", _langs("xnli"), XNLI_LABELS, head="sequence", form="pairs",
+         files=("xnli/{split}-{lang}.tsv",), hf="XNLI", hf_label="gold_label", hf_select=_by_language),
+    Task("pawsx", "classify", "accuracy", _langs("pawsx"), PAWSX_LABELS, head="sequence", form="pairs",
+         files=("pawsx/{split}-{lang}.tsv",), hf="PAWS-X.{lang}", hf_label="label"),
+    Task("udpos", "tagging", "f1", _langs("udpos"), UDPOS_LABELS, head="token", form="tags",
+         files=("udpos/{split}-{lang}.tsv",), hf="udpos.{name}", hf_label="pos_tags"),
+    Task("panx", "tagging", "f1", _langs("panx"), PANX_LABELS, head="token", form="tags",
+         files=("panx/{split}-{lang}.tsv",), hf="PAN-X.{lang}", hf_label="ner_tags"),
+    Task("xquad", "qa", "f1", _langs("xquad"), splits=("test",), head="span", form="squad",
+         files=("xquad/xquad.{lang}.json",), hf="XQuAD.{lang}", hf_test="validation"),
+    Task("mlqa", "qa", "f1", _langs("mlqa"), splits=("dev", "test"), head="span", form="squad",
+         files=("mlqa/MLQA_V1/{split}/{split}-context-{lang}-question-{lang}.json",), hf="MLQA.{lang}.{lang}"),
+    # XTREME evaluates TyDiQA-GoldP on its dev set
+    Task("tydiqa", "qa", "f1", _langs("tydiqa"), splits=("train", "test"), head="span", form="squad",
+         files=("tydiqa/tydiqa-goldp-v1.1-{split}/tydiqa.goldp.{lang}.{split}.json",), file_splits=(("test", "dev"),),
+         hf="tydiqa", hf_test="validation", hf_select=_by_tydiqa_id),
+    Task("bucc2018", "retrieval", "f1", _langs("bucc2018"), splits=("dev", "test"), form="bucc",
+         files=("bucc2018/{lang}-en.{split}.{lang}", "bucc2018/{lang}-en.{split}.en", "bucc2018/{lang}-en.{split}.gold"),
+         hf="bucc18.{lang}", threshold_split="dev"),
+    Task("tatoeba", "retrieval", "accuracy", _langs("tatoeba"), splits=("test",), form="tatoeba",
+         files=("tatoeba/tatoeba.{lang3}-eng.{lang3}", "tatoeba/tatoeba.{lang3}-eng.eng"), hf="tatoeba.{lang3}",
+         hf_test="validation"),
     # English training data of the QA tasks (not evaluated): squad/{train,dev}-v1.1.json
-    Task("squad", "qa", "f1", ("en",), splits=("train", "dev"), head="span"),
+    Task("squad", "qa", "f1", ("en",), splits=("train", "dev"), head="span", form="squad",
+         files=("squad/{split}-v1.1.json",), hf="squad"),
 )}
+
 EVAL_TASKS = ("xnli", "pawsx", "udpos", "panx", "xquad", "mlqa", "tydiqa", "bucc2018", "tatoeba")
 # The English training data XTREME fine-tunes on for each target task (`xopt train` trains on these).
 TRAIN_TASK = {"xnli": "xnli", "pawsx": "pawsx", "udpos": "udpos", "panx": "panx", "xquad": "squad",
@@ -129,36 +166,6 @@ TRAIN_TASK = {"xnli": "xnli", "pawsx": "pawsx", "udpos": "udpos", "panx": "panx"
 # XTREME's data forms -> task families (xopt.tasks.families)
 KIND_OF = {"classify": "sequence", "tagging": "token", "qa": "span", "retrieval": "retrieval"}
 
-
-@dataclass
-class Bitext:
-    """Retrieval data of one language: sentences in `lang` (src) and English, and the gold pairs.
-    Tatoeba: src[i] and en[i] are translations (gold = i <-> i); BUCC: gold is a set of id pairs.
-    `distractors`: the sides hold sentences without a translation too (BUCC's own files); false
-    where the source keeps only the gold pairs (the hub's bucc18), which makes mining easier."""
-    lang: str
-    src_ids: list[str]
-    src: list[str]
-    en_ids: list[str]
-    en: list[str]
-    gold: set = field(default_factory=set)   # {(src_id, en_id)}
-    distractors: bool = True
-
-    def __len__(self) -> int:
-        return len(self.src)
-
-    def without_blanks(self) -> "Bitext":
-        """The Bitext without its blank (empty or whitespace) sentences, which no retrieval can
-        score: Tatoeba's line-aligned sides (the same ids on both) lose the pair; otherwise each
-        side loses the sentence and the gold its pairs."""
-        src = [i for i, t in enumerate(self.src) if t.strip()]
-        en = [i for i, t in enumerate(self.en) if t.strip()]
-        if self.src_ids == self.en_ids:
-            src = en = sorted(set(src) & set(en))
-        src_ids, en_ids = [self.src_ids[i] for i in src], [self.en_ids[i] for i in en]
-        keep_s, keep_e = set(src_ids), set(en_ids)
-        return Bitext(self.lang, src_ids, [self.src[i] for i in src], en_ids, [self.en[i] for i in en],
-                      {(s, e) for s, e in self.gold if s in keep_s and e in keep_e}, self.distractors)
 
 
 def get_task(name: str) -> Task:
@@ -183,288 +190,12 @@ def check_split(task: Task, split: str) -> None:
 
 def xtreme_paths(task: Task, lang: str, split: str, root: Path) -> list[Path]:
     """Files of XTREME's download layout for (task, lang, split) under `root`."""
-    n = task.name
-    if n in ("xnli", "pawsx", "udpos", "panx"):
-        return [root / n / f"{split}-{lang}.tsv"]
-    if n == "xquad":
-        return [root / "xquad" / f"xquad.{lang}.json"]
-    if n == "squad":
-        return [root / "squad" / f"{split}-v1.1.json"]
-    if n == "mlqa":
-        return [root / "mlqa" / "MLQA_V1" / split / f"{split}-context-{lang}-question-{lang}.json"]
-    if n == "tydiqa":   # XTREME evaluates TyDiQA-GoldP on its dev set
-        s = "train" if split == "train" else "dev"
-        return [root / "tydiqa" / f"tydiqa-goldp-v1.1-{s}" / f"tydiqa.goldp.{lang}.{s}.json"]
-    if n == "bucc2018":
-        base = root / "bucc2018" / f"{lang}-en.{split}"
-        return [Path(f"{base}.{lang}"), Path(f"{base}.en"), Path(f"{base}.gold")]
-    if n == "tatoeba":
-        l3 = TATOEBA_LANG3[lang]
-        return [root / "tatoeba" / f"tatoeba.{l3}-eng.{l3}", root / "tatoeba" / f"tatoeba.{l3}-eng.eng"]
-    raise AssertionError(n)
-
-
-def _need(path: Path, task: Task, lang: str, split: str) -> Path:
-    if not path.is_file():
-        raise XoptError(f"{path}: missing {task.name} {split} file for language {lang!r} "
-                        f"(expected XTREME's download layout or a google/xtreme HF directory under --data; or restrict --langs)")
-    return path
-
-
-def _lines(path: Path):
-    try:
-        with open(path, encoding="utf-8", newline="") as f:
-            yield from enumerate(f, 1)
-    except UnicodeDecodeError as e:
-        raise XoptError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-
-
-def _unlabelled(where: str, task: Task) -> XoptError:
-    return XoptError(f"{where}: no label ({task.name}'s split is unlabelled: XTREME's download script strips "
-                     "test labels; evaluate a labelled split (--split dev) or use the original files / HF source)")
-
-
-def _check_label(label: str, task: Task, where: str) -> str:
-    if label not in task.labels:
-        raise XoptError(f"{where}: label {label!r} is not in {task.name}'s label set ({' '.join(task.labels)})")
-    return label
-
-
-def read_pair_tsv(path: Path, task: Task) -> list[dict]:
-    """xnli/pawsx `{split}-{lang}.tsv`: sentence1 TAB sentence2 TAB label (csv-quoted, as XTREME writes)."""
-    out = []
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t")
-        try:
-            for row in reader:
-                where = f"{path}:{reader.line_num}"
-                if not row or row == [""]:
-                    continue
-                if len(row) == 2:
-                    raise _unlabelled(where, task)
-                if len(row) != 3:
-                    raise XoptError(f"{where}: malformed line: expected sentence1<TAB>sentence2<TAB>label, "
-                                    f"got {len(row)} field(s)")
-                label = "contradiction" if row[2].strip() == "contradictory" else row[2].strip()
-                out.append({"id": f"{path.stem}:{reader.line_num}", "text_a": row[0], "text_b": row[1],
-                            "label": _check_label(label, task, where)})
-        except csv.Error as e:
-            raise XoptError(f"{path}:{reader.line_num}: malformed line ({e})") from None
-        except UnicodeDecodeError as e:
-            raise XoptError(f"{path}: not UTF-8 text ({e.reason})") from None
-    return out
-
-
-def read_tag_tsv(path: Path, task: Task) -> list[dict]:
-    """udpos/panx `{split}-{lang}.tsv`: one `token TAB tag` per line, a blank line between sentences."""
-    out, tokens, tags, start = [], [], [], 1
-
-    def flush():
-        if tokens:
-            out.append({"id": f"{path.stem}:{start}", "tokens": list(tokens), "tags": list(tags)})
-        tokens.clear(); tags.clear()
-
-    for i, line in _lines(path):
-        line = line.rstrip("\r\n")
-        if not line.strip():
-            flush()
-            start = i + 1
-            continue
-        items = line.split("\t")
-        if len(items) == 1:
-            raise _unlabelled(f"{path}:{i}", task)
-        if len(items) != 2 or not items[0].strip():
-            raise XoptError(f"{path}:{i}: malformed line: expected token<TAB>tag, got {line[:60]!r}")
-        tokens.append(items[0].strip())
-        tags.append(_check_label(items[1].strip(), task, f"{path}:{i}"))
-    flush()
-    return out
-
-
-def read_squad(path: Path, task: Task, lang: str) -> list[dict]:
-    """SQuAD v1.1 json (XQuAD, MLQA, TyDiQA-GoldP): data[].paragraphs[].{context, qas[]}."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise XoptError(f"{path}: not UTF-8 text ({e.reason})") from None
-    data = parse_json(text, path)
-    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-        raise XoptError(f"{path}: not a SQuAD-format file (no top-level 'data' list)")
-    out = []
-    try:
-        for doc in data["data"]:
-            for par in doc["paragraphs"]:
-                ctx = par["context"]
-                for qa in par["qas"]:
-                    answers = [{"text": a["text"], "answer_start": int(a["answer_start"])} for a in qa["answers"]]
-                    out.append({"id": str(qa["id"]), "context": ctx, "question": qa["question"],
-                                "answers": answers})
-    except (KeyError, TypeError, ValueError) as e:
-        raise XoptError(f"{path}: malformed SQuAD entry ({type(e).__name__}: {e})") from None
-    return out
-
-
-def check_qa(examples: list[dict], task: Task, where: str) -> list[dict]:
-    """Every answer must be a span of its context; an all-empty answer set means stripped labels."""
-    for e in examples:
-        if not e["answers"] or all(a["text"] == "" for a in e["answers"]):
-            raise _unlabelled(f"{where} (question {e['id']})", task)
-        for a in e["answers"]:
-            s = a["answer_start"]
-            if e["context"][s:s + len(a["text"])] != a["text"]:
-                raise XoptError(f"{where}: question {e['id']}: answer {a['text']!r} is not at offset {s} of its "
-                                "context")
-    return examples
-
-
-def read_sentences(path: Path) -> tuple[list[str], list[str]]:
-    """BUCC `.sentences` files: `id TAB sentence` per line."""
-    ids, sents = [], []
-    for i, line in _lines(path):
-        line = line.rstrip("\r\n")
-        if not line.strip():
-            continue
-        items = line.split("\t")
-        if len(items) != 2 or not items[0]:
-            raise XoptError(f"{path}:{i}: malformed line: expected id<TAB>sentence")
-        ids.append(items[0]); sents.append(items[1])
-    return ids, sents
-
-
-def read_bucc(paths: list[Path], task: Task, lang: str, split: str) -> Bitext:
-    src_p, en_p, gold_p = paths
-    src_ids, src = read_sentences(_need(src_p, task, lang, split))
-    en_ids, en = read_sentences(_need(en_p, task, lang, split))
-    if not gold_p.is_file():
-        raise XoptError(f"{gold_p}: missing BUCC gold file (XTREME's download script deletes the test gold; "
-                        "evaluate --split dev or restore the original bucc2018 training-gold files)")
-    known_s, known_e = set(src_ids), set(en_ids)
-    gold = set()
-    for i, line in _lines(gold_p):
-        line = line.strip()
-        if not line:
-            continue
-        items = line.split("\t")
-        if len(items) != 2 or items[0] not in known_s or items[1] not in known_e:
-            raise XoptError(f"{gold_p}:{i}: malformed gold line: expected {lang}-id<TAB>en-id of the sentence files")
-        gold.add((items[0], items[1]))
-    return Bitext(lang, src_ids, src, en_ids, en, gold)
-
-
-def read_tatoeba(paths: list[Path], task: Task, lang: str, split: str) -> Bitext:
-    src_p, en_p = (_need(p, task, lang, split) for p in paths)
-    src = [ln.rstrip("\r\n") for _, ln in _lines(src_p)]
-    en = [ln.rstrip("\r\n") for _, ln in _lines(en_p)]
-    if len(src) != len(en):
-        raise XoptError(f"{src_p}: {len(src)} lines but {en_p} has {len(en)}; Tatoeba files must be line-aligned")
-    ids = [str(i) for i in range(len(src))]
-    return Bitext(lang, ids, src, list(ids), en, {(i, i) for i in ids})
+    split = dict(task.file_splits).get(split, split)
+    return [root / f.format(lang=lang, split=split, lang3=TATOEBA_LANG3.get(lang, lang)) for f in task.files]
 
 
 def load_xtreme_layout(task: Task, lang: str, split: str, root: Path):
-    paths = xtreme_paths(task, lang, split, root)
-    if task.family == "retrieval":
-        return (read_bucc if task.name == "bucc2018" else read_tatoeba)(paths, task, lang, split)
-    path = _need(paths[0], task, lang, split)
-    if task.family == "classify":
-        return read_pair_tsv(path, task)
-    if task.family == "tagging":
-        return read_tag_tsv(path, task)
-    return check_qa(read_squad(path, task, lang), task, str(path))
-
-
-# --------------------------------------------------------------------------- Hugging Face datasets
-
-def _need_module(name: str, where: Path):
-    import importlib
-
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        raise XoptError(f"{where}: reading Hugging Face dataset directories needs `datasets`: "
-                        "pip install 'xopt[xtreme]'") from None
-
-
-def hf_split(task: Task, split: str) -> str:
-    return "validation" if split == "test" and task.name in HF_TEST_IS_VALIDATION else HF_SPLIT[split]
-
-
-def _hf_rows(cfg_dir: Path, split: str, task: Task, lang: str):
-    """(rows as a list of dicts, {column: ClassLabel names}) of one split of a google/xtreme config dir."""
-    name = hf_split(task, split)
-    if (cfg_dir / "dataset_dict.json").is_file() or (cfg_dir / "state.json").is_file():
-        datasets = _need_module("datasets", cfg_dir)
-
-        datasets.disable_progress_bars()
-        ds = datasets.load_from_disk(str(cfg_dir))
-        if isinstance(ds, datasets.DatasetDict):
-            if name not in ds:
-                raise XoptError(f"{cfg_dir}: no {name!r} split (it has: {', '.join(ds)})")
-            ds = ds[name]
-        names = {k: f.feature.names if hasattr(f, "feature") and hasattr(f.feature, "names") else
-                 getattr(f, "names", None) for k, f in ds.features.items()}
-        return ds.to_list(), {k: v for k, v in names.items() if v}
-    files = sorted(cfg_dir.glob(f"{name}-*.parquet")) + sorted((cfg_dir / name).glob("*.parquet"))
-    if not files:
-        raise XoptError(f"{cfg_dir}: no {name} split (expected save_to_disk output or {name}-*.parquet)")
-    pq = _need_module("pyarrow.parquet", cfg_dir)
-    rows, names = [], {}
-    for f in files:
-        table = pq.read_table(f)
-        meta = (table.schema.metadata or {}).get(b"huggingface")
-        if meta:   # datasets stores the features (ClassLabel names) in the parquet metadata
-            feats = json.loads(meta).get("info", {}).get("features", {})
-            for k, v in feats.items():
-                inner = v.get("feature", v) if isinstance(v, dict) else {}
-                if isinstance(inner, dict) and inner.get("names"):
-                    names[k] = inner["names"]
-                elif isinstance(v, list) and v and isinstance(v[0], dict) and v[0].get("names"):
-                    names[k] = v[0]["names"]
-        rows += table.to_pylist()
-    return rows, names
-
-
-def load_hf(task: Task, lang: str, split: str, cfg_dir: Path):
-    rows, names = _hf_rows(cfg_dir, split, task, lang)
-    where = f"{cfg_dir}[{hf_split(task, split)}]"
-
-    def lab(value, column, i):
-        if isinstance(value, int) and column in names:
-            value = names[column][value]
-        return _check_label(str(value), task, f"{where}:{i}")
-
-    n = task.name
-    try:
-        if n == "xnli":
-            rows = [r for r in rows if r["language"] == lang]
-            return [{"id": f"{lang}-{i}", "text_a": r["sentence1"], "text_b": r["sentence2"],
-                     "label": lab(r["gold_label"], "gold_label", i)} for i, r in enumerate(rows)]
-        if n == "pawsx":
-            return [{"id": f"{lang}-{i}", "text_a": r["sentence1"], "text_b": r["sentence2"],
-                     "label": lab(r["label"], "label", i)} for i, r in enumerate(rows)]
-        if task.family == "tagging":
-            col = "pos_tags" if n == "udpos" else "ner_tags"
-            return [{"id": f"{lang}-{i}", "tokens": list(r["tokens"]),
-                     "tags": [lab(t, col, i) for t in r[col]]} for i, r in enumerate(rows)]
-        if task.family == "qa":
-            if n == "tydiqa":
-                rows = [r for r in rows if str(r["id"]).split("-")[0] == TYDIQA_NAMES[lang]]
-            exs = [{"id": str(r["id"]), "context": r["context"], "question": r["question"],
-                    "answers": [{"text": t, "answer_start": int(s)} for t, s in
-                                zip(r["answers"]["text"], r["answers"]["answer_start"])]} for r in rows]
-            return check_qa(exs, task, where)
-        if n == "bucc2018":   # the hub's bucc18 keeps only the gold pairs: mining among them
-            src_ids = [f"{lang}-{i}" for i in range(len(rows))]
-            en_ids = [f"en-{i}" for i in range(len(rows))]
-            return Bitext(lang, src_ids, [r["source_sentence"] for r in rows], en_ids,
-                          [r["target_sentence"] for r in rows], set(zip(src_ids, en_ids)), distractors=False)
-        if n == "tatoeba":
-            ids = [str(i) for i in range(len(rows))]
-            return Bitext(lang, ids, [r["source_sentence"] for r in rows], list(ids),
-                          [r["target_sentence"] for r in rows], {(i, i) for i in ids})
-    except KeyError as e:
-        raise XoptError(f"{where}: column {e} missing: not the google/xtreme {task.hf_config(lang)} config") from None
-    raise AssertionError(n)
+    return xtreme_files.READERS[task.form](xtreme_paths(task, lang, split, root), task, lang, split)
 
 
 # --------------------------------------------------------------------------- entry point

@@ -27,7 +27,7 @@ LAYERS: dict[str, int] = {
     # 1 files
     "xopt.manifest": 1,
     # 2 records
-    "xopt.records": 2,
+    "xopt.records": 2, "xopt.comparison": 2,
     # 3 model
     "xopt.modeling": 3, "xopt.hf": 3, "xopt.importers": 3, "xopt.batching": 3,
     # 4 tasks

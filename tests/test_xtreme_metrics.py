@@ -242,7 +242,7 @@ def test_bucc_without_distractors_is_recorded_and_reported(tmp_path, monkeypatch
 
     from xopt import analysis, records
     from xopt.report.render import to_markdown
-    from xopt.analysis.comparison import Comparison
+    from xopt.comparison import Comparison
     from xopt.report.sections import task_section
     from xopt.report.table import Doc
     from xopt.tasks import registry

@@ -45,7 +45,7 @@ def eval_cmd(variant_dir: Annotated[Path, typer.Argument(help="Variant directory
     layer = parse_retrieval_layer(retrieval_layer)
 
     recs = evaluate(variant_dir, suite, data, csv_list(tasks), csv_list(langs), split, batch_size, max_examples,
-                    xtreme={"bucc_threshold_from": bucc_threshold_from} if suite == "xtreme" else None,
+                    threshold_from=bucc_threshold_from,
                     out=out, resume=resume, retrieval_layer=layer)
     if json_out:
         return print_json([{k: v for k, v in r.items() if k not in ("outcomes", "em_outcomes", "counts",

@@ -9,13 +9,14 @@ import typer
 
 from xopt.cli_options import (BatchSize, FilterDevice, FilterHost, FilterModel, Force, Json, Split, Suite,
                               print_json)
+from xopt.comparison import DEFAULT
 
 
 def report_cmd(results_files: Annotated[list[Path], typer.Argument(help="Result JSONL files.")],
                out: Annotated[Path, typer.Option("--out", help="Report directory.")],
-               reference: Annotated[str, typer.Option("--reference")] = "fp32",
-               baseline: Annotated[str, typer.Option("--baseline", help="Model name of the baseline.")] = "baseline",
-               xstilts: Annotated[str, typer.Option("--xstilts", help="Model name of X-STILTs.")] = "xstilts",
+               reference: Annotated[str, typer.Option("--reference")] = DEFAULT.reference,
+               baseline: Annotated[str, typer.Option("--baseline", help="Model name of the baseline.")] = DEFAULT.baseline,
+               xstilts: Annotated[str, typer.Option("--xstilts", help="Model name of X-STILTs.")] = DEFAULT.xstilts,
                filter_model: FilterModel = None,
                filter_device: FilterDevice = None,
                split: Split = None,
@@ -63,9 +64,9 @@ def pick_cmd(results_files: Annotated[list[Path], typer.Argument(help="Result JS
              split: Split = None,
              suite: Suite = None,
              filter_host: FilterHost = None,
-             reference: Annotated[str, typer.Option("--reference")] = "fp32",
-             baseline: Annotated[str, typer.Option("--baseline")] = "baseline",
-             xstilts: Annotated[str, typer.Option("--xstilts")] = "xstilts",
+             reference: Annotated[str, typer.Option("--reference")] = DEFAULT.reference,
+             baseline: Annotated[str, typer.Option("--baseline")] = DEFAULT.baseline,
+             xstilts: Annotated[str, typer.Option("--xstilts")] = DEFAULT.xstilts,
              json_out: Json = False):
     """Choose the fastest variant that meets the constraints, and say why (exit 1 when none does)."""
     from xopt.analysis import Comparison

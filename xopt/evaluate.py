@@ -27,6 +27,7 @@ import numpy as np
 
 from xopt import invariance
 from xopt.batching import tokenize
+from xopt.comparison import DEFAULT
 from xopt.errors import XoptError
 from xopt.eval_units import (RETRIEVAL_LAYER_NAMES, RetrievalView, Sink as _Sink, Unit,  # noqa: F401 (API)
                              held_units, parse_retrieval_layer, resolve_retrieval_layer, retrieval_view,
@@ -164,29 +165,40 @@ def _ids_digest(exs) -> str:
 
 def evaluate(variant_dir: str | Path, suite: str, data: str | Path | None = None, tasks=None, langs=None,
              split: str = "test", batch_size: int = 64, max_examples: int | None = None,
-             xtreme: dict | None = None, out: str | Path | None = None, resume: bool = False,
+             threshold_from=None, out: str | Path | None = None, resume: bool = False,
              retrieval_layer="middle") -> list[dict]:
-    """`xopt eval`: the records of one variant on a suite. With `out`, each task x language unit's
-    records are appended to it as soon as the unit is scored (under torchrun: to this process's
-    own file, see `shard_out_path`); `resume` skips the units that file already holds.
-    `retrieval_layer`: the embedding retrieval tasks score (parse_retrieval_layer)."""
-    from xopt.variants import load_variant
-
+    """`xopt eval`: the records of one variant on a suite (SUITES). With `out`, each task x language
+    unit's records are appended to it as soon as the unit is scored (under torchrun: to this
+    process's own file, see `shard_out_path`); `resume` skips the units that file already holds.
+    `threshold_from`: records files of the reference variant whose dev-chosen thresholds the
+    families that need one read (XTREME's BUCC); `retrieval_layer`: the embedding retrieval tasks
+    score (parse_retrieval_layer)."""
     if resume and out is None:
         raise XoptError("--resume needs --out FILE: the records file of the run to finish")
     retrieval_layer = parse_retrieval_layer(retrieval_layer)
     out = shard_out_path(out) if out is not None else None
-    if suite == "xtreme":
-        if data is None:
-            raise XoptError("--suite xtreme needs --data DIR (XTREME's download layout or google/xtreme HF dirs)")
-        return evaluate_xtreme(variant_dir, data, tasks, langs, split, batch_size, max_examples, **(xtreme or {}),
-                               out=out, resume=resume, retrieval_layer=retrieval_layer)
-    if suite != "demo":
-        raise XoptError(f"unknown suite {suite!r}; available: demo, xtreme")
+    run = SUITES.get(suite)
+    if run is None:
+        raise XoptError(f"unknown suite {suite!r}; available: {', '.join(SUITES)}")
+    return run(variant_dir, data, tasks, langs, split, batch_size, max_examples, threshold_from, out, resume,
+               retrieval_layer)
+
+
+def _evaluate_demo(variant_dir, data, tasks, langs, split, batch_size, max_examples, threshold_from, out, resume,
+                   retrieval_layer) -> list[dict]:
+    from xopt.variants import load_variant
+
     suite_data = demo.load_suite(Path(data) if data else demo.ensure_suite())
-    loaded = load_variant(variant_dir)
-    return eval_demo(loaded, suite_data, tuple(tasks or demo.TASKS), langs, split, batch_size, max_examples,
-                     out=out, resume=resume, retrieval_layers=(retrieval_layer,))
+    return eval_demo(load_variant(variant_dir), suite_data, tuple(tasks or demo.TASKS), langs, split, batch_size,
+                     max_examples, out=out, resume=resume, retrieval_layers=(retrieval_layer,))
+
+
+def _evaluate_xtreme(variant_dir, data, tasks, langs, split, batch_size, max_examples, threshold_from, out, resume,
+                     retrieval_layer) -> list[dict]:
+    if data is None:
+        raise XoptError("--suite xtreme needs --data DIR (XTREME's download layout or google/xtreme HF dirs)")
+    return evaluate_xtreme(variant_dir, data, tasks, langs, split, batch_size, max_examples, threshold_from,
+                           out=out, resume=resume, retrieval_layer=retrieval_layer)
 
 
 
@@ -205,9 +217,6 @@ def evaluate(variant_dir: str | Path, suite: str, data: str | Path | None = None
 # bucc_optimize) and stored in its record; other variants of the same model read it back from
 # those records (`--bucc-threshold-from RESULTS.jsonl`), so every variant is scored with the
 # reference's threshold.
-
-REFERENCE_VARIANT = "fp32"
-
 
 def shard() -> tuple[int, int]:
     """(rank, world size) of this process as set by torchrun / accelerate launch (RANK, WORLD_SIZE)."""
@@ -329,7 +338,7 @@ class XtremeSuite:
         from xopt.tasks import xtreme as X
 
         view = self.view
-        ctx = registry.EvalContext(self.name, self.model, self.variant, REFERENCE_VARIANT,
+        ctx = registry.EvalContext(self.name, self.model, self.variant, DEFAULT.reference,
                                    view.protocol if view else None, view.output if view else None,
                                    self.threshold_from, lambda t, lang, split: X.load(t, lang, split, self.data_dir),
                                    self._run_texts)
@@ -395,6 +404,10 @@ def evaluate_xtreme(variant_dir, data_dir, tasks=None, langs=None, split: str = 
     suite = XtremeSuite(load_variant(variant_dir), data_dir, tasks, langs, split, batch_size, max_examples,
                         bucc_threshold_from, retrieval_layer, rank, world)
     return run_units(suite, out, resume)
+
+
+# `xopt eval --suite NAME`: how each suite's records are made
+SUITES = {"demo": _evaluate_demo, "xtreme": _evaluate_xtreme}
 
 
 def _gather(summary: list) -> list:

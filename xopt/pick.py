@@ -36,7 +36,7 @@ import math
 from dataclasses import dataclass
 
 from xopt.analysis import fmt_ci, gain_stats, invariance_text, load, retention_na, shape_label, summary_rows
-from xopt.analysis.comparison import DEFAULT, Comparison
+from xopt.comparison import DEFAULT, Comparison
 from xopt.errors import XoptError
 
 

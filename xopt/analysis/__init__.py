@@ -1,6 +1,5 @@
 """Analysis of result records, shared by `xopt report` and `xopt pick` (layer below both).
 
-- comparison: which checkpoints and which reference variant a report or pick compares;
 - index: the typed record index (EvalKey, BenchKey, RecordIndex, load, shape_key);
 - bootstrap: per-example outcomes and the one paired resampling over examples;
 - retention: score, gain, retention and their intervals; summary: one row per variant;
@@ -10,7 +9,7 @@ Nothing here imports xopt.report, xopt.pick or xopt.cli.
 """
 
 from xopt.analysis.bootstrap import Outcomes, percentile_ci, replicate_means, resample_weights
-from xopt.analysis.comparison import Comparison
+from xopt.comparison import Comparison
 from xopt.analysis.cost import bench_lang, length_dist, load_warnings, per_language_cost
 from xopt.analysis.index import (BenchKey, EvalKey, RecordIndex, device_matches, host_id, host_label, host_matches,
                                  load, shape_key, shape_label, split_label, task_label)

@@ -39,7 +39,7 @@ import json
 from dataclasses import dataclass, field
 
 from xopt import records
-from xopt.analysis.comparison import DEFAULT, Comparison
+from xopt.comparison import DEFAULT, Comparison
 from xopt.records import is_xtreme_protocol, retrieval_protocol, shape_key
 from xopt.errors import XoptError
 

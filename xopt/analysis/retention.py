@@ -23,7 +23,7 @@ from collections import Counter
 import numpy as np
 
 from xopt.analysis.bootstrap import Outcomes, percentile_ci, resample_weights
-from xopt.analysis.comparison import DEFAULT
+from xopt.comparison import DEFAULT
 from xopt.analysis.index import RecordIndex
 
 # (short name, checkpoint role, on the reference variant?) of the four scores behind a retention

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xopt.analysis.comparison import DEFAULT, Comparison
+from xopt.comparison import DEFAULT, Comparison
 from xopt.analysis.index import RecordIndex
 from xopt.analysis.retention import gain_stats, retention_is_point, worst_language
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from xopt.analysis import percentile_ci, replicate_means, resample_weights, task_label
-from xopt.analysis.comparison import DEFAULT
+from xopt.comparison import DEFAULT
 from xopt.report.table import Doc, Table
 
 

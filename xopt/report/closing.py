@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from xopt.analysis import RecordIndex, split_label
+from xopt.comparison import DEFAULT
 from xopt.tasks.registry import scoring_note
 from xopt.variants import REGISTRY
 
@@ -77,7 +78,7 @@ def _speed(row: dict, stock_row: dict | None, reference: str) -> str:
     return f"p50 {row['p50_ms']:.1f} ms, " + " and ".join(p for p in parts if p)
 
 
-def closing_paragraph(t: RecordIndex, rows: list[dict], choice: dict | None, reference: str = "fp32",
+def closing_paragraph(t: RecordIndex, rows: list[dict], choice: dict | None, reference: str = DEFAULT.reference,
                       family: str | None = None) -> str:
     """The plain-words paragraph (module doc) for one model family's summary `rows`."""
     family = family or t.family

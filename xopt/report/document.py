@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from xopt.analysis import RecordIndex, is_xlmr_large, load, summary_rows
-from xopt.analysis.comparison import DEFAULT, Comparison
+from xopt.comparison import DEFAULT, Comparison
 from xopt.report.calibration import calibration_section
 from xopt.report.closing import task_order
 from xopt.report.plots import all_plots, heatmap_name

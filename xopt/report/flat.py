@@ -19,7 +19,7 @@ import io
 import math
 
 from xopt.analysis import RecordIndex, gain_stats
-from xopt.analysis.comparison import DEFAULT, Comparison
+from xopt.comparison import DEFAULT, Comparison
 
 EVAL_COLUMNS = ("suite", "split", "metric", "n_examples", "score", "baseline_score", "gain", "reference_gain",
                 "retention", "retention_lo", "retention_hi", "retention_uncertain")

@@ -11,7 +11,7 @@ import numpy as np
 
 from xopt.analysis import (RecordIndex, default_shape, pareto_front, per_language_cost, retention_is_point,
                            retention_na, shape_label)
-from xopt.analysis.comparison import DEFAULT, Comparison
+from xopt.comparison import DEFAULT, Comparison
 
 
 def _pyplot():

@@ -8,7 +8,7 @@ import numpy as np
 from xopt.analysis import (LANGS, PAPER, RecordIndex, fmt_ci, fmt_retention, gain_stats, invariance_cell,
                            invariance_text, lang_groups, load_warnings, paper_task, per_language_cost, shape_label, summary_rows,
                            worst_language)
-from xopt.analysis.comparison import Comparison
+from xopt.comparison import Comparison
 from xopt.report.closing import protocol_notes, task_order
 from xopt.report.table import Doc, Mark, Table
 from xopt.report.terminal import cost_cell

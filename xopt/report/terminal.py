@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from xopt.analysis import load_warnings, shape_key, task_label
-from xopt.analysis.comparison import DEFAULT
+from xopt.comparison import DEFAULT
 from xopt.errors import XoptError
 from xopt.report.render import to_rich
 from xopt.report.table import Column, Table

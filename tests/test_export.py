@@ -139,7 +139,7 @@ def onnx_variant(tiny_ckpt, tmp_path_factory):
 
 
 def _inputs(variant_dir):
-    from xopt.evaluate import pad, tokenize
+    from xopt.batching import pad, tokenize
     from xopt.hf import load_tokenizer
 
     tok = load_tokenizer(variant_dir)

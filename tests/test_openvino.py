@@ -33,18 +33,18 @@ def test_fp32_gives_hf_s_logits_at_batch_1_and_batched(model, tmp_path):
 
 
 def test_bf16_is_refused_in_one_line_without_bf16(model, tmp_path, monkeypatch):
-    from xopt.variants import openvino
+    from xopt import host
 
     _, d, ids, mask, ref = model
-    monkeypatch.setattr(openvino, "has_bf16", lambda: False)
-    with pytest.raises(XoptError, match="AVX512_BF16"):
+    own = host.cpu_flags()
+    monkeypatch.setattr(host, "cpu_flags", lambda: own - {"avx512_bf16", "amx_bf16"})
+    with pytest.raises(XoptError, match=r"openvino-bf16 is not available on this host: needs a CPU with avx512_bf16"):
         compile_variant(d, "openvino-bf16", tmp_path / "v")
     assert not (tmp_path / "v").exists()
-    monkeypatch.setattr(openvino, "has_bf16", lambda: True)      # the IR builds anywhere; running needs bf16
+    monkeypatch.setattr(host, "cpu_flags", lambda: own | {"avx512_bf16"})   # the IR builds anywhere
     compile_variant(d, "openvino-bf16", tmp_path / "v")
-    from xopt.host import cpu_flags
-
-    if cpu_flags() & {"avx512_bf16", "amx_bf16"}:
+    monkeypatch.setattr(host, "cpu_flags", lambda: own)
+    if own & {"avx512_bf16", "amx_bf16"}:
         got = load_variant(tmp_path / "v").runner(ids, mask)["logits"]
         cos = (got * ref).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1))
         assert cos.min() >= 0.99

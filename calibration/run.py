@@ -214,11 +214,12 @@ def sensitivity_records(prof, model_name: str, variant: str) -> list[dict]:
             for r in prof.sensitivity]
 
 
-def calibrate_to_file(checkpoint, out, config, force: bool = False, results_out=None,
-                      variant: str = "onnx-int8", quantized: Callable[[str], bool] | None = None):
+def calibrate_to_file(checkpoint, out, config, *, variant: str, force: bool = False, results_out=None,
+                      quantized: Callable[[str], bool] | None = None):
     """`xopt calibrate`: profile of a checkpoint under `config` (a calibrated config, see
-    `calibrate_checkpoint`) written atomically to `out`. `quantized`: which Linears the recipe
-    of `variant` quantises (its `KeepPolicy.quantizes`; default: all)."""
+    `calibrate_checkpoint`) written atomically to `out`. `variant`: the recipe the profile is
+    for (its sensitivity records name it); `quantized`: which Linears it quantises (its
+    `KeepPolicy.quantizes`; default: all)."""
     from pathlib import Path
 
     from xopt import records

@@ -49,6 +49,7 @@ import contextlib
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -73,12 +74,21 @@ def linear_names(model) -> list[str]:
 def onnx_node_to_module(node_name: str) -> str:
     """`/encoder/layer.0/attention/self/query/MatMul` -> `encoder.layer.0.attention.self.query`
     (the TorchScript exporter's scope naming; `/classifier/out_proj/Gemm` -> `classifier.out_proj`).
-    An encoder-only graph is exported through `xopt.modeling.WithHidden`, whose `model` scope
-    is dropped: no XoptModel module is named `model`."""
+    The scope ends at its first op-named part: ONNX Runtime's quantiser and optimiser and
+    OpenVINO's NNCF append to the exporter's name (`/head/Gemm_MatMul/...`,
+    `.../query/MatMul/fq_weights_1` -> the module). An encoder-only graph is exported through
+    `xopt.modeling.WithHidden`, whose `model` scope is dropped: no XoptModel module is named `model`.
+    This is the one translation from ONNX node names to module names."""
     parts = node_name.strip("/").split("/")
     if parts[0] == "model":
         parts = parts[1:]
+    for i, part in enumerate(parts[:-1]):
+        if _OP_PART.match(part):
+            return ".".join(parts[:i])
     return ".".join(parts[:-1])
+
+
+_OP_PART = re.compile(r"(MatMul|Gemm|FusedMatMul|Add)")
 
 
 def module_to_onnx_node(name: str, op: str = "MatMul") -> str:

@@ -53,9 +53,10 @@ MatMulIntegerToFloat, QAttention, QEmbedLayerNormalization, QLinear*/QGemm, and 
 weight comes from a DequantizeLinear. `kept` lists the float MatMul/Gemm/Attention nodes that
 still hold a weight, by module name: the Linears that stay fp32.
 
-ONNX node names map to module names through `xopt.calibration.profile.onnx_node_to_module`
-(the TorchScript exporter names a Linear's MatMul/Gemm by its module scope), so every keep
-rule here is the `KeepPolicy` over module names that the PyTorch recipes use.
+ONNX node names map to module names through `xopt.calibration.profile.onnx_node_to_module`,
+the one mapping (the TorchScript exporter names a Linear's MatMul/Gemm by its module scope; the
+names ONNX Runtime rewrites keep that scope as their prefix), so every keep rule and every `kept`
+list here is the `KeepPolicy` over module names that the PyTorch recipes use.
 
 The export, its check against PyTorch, the export cache and ONNX Runtime sessions are in
 `onnx_export.py` (shared with the OpenVINO and TensorRT families); the graph passes (SmoothQuant

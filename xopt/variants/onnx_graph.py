@@ -91,24 +91,11 @@ def optimized_graph(path: Path):
         return onnx.load(so.optimized_model_filepath).graph
 
 
-def _module_of(node_name: str) -> str:
-    """The module a (possibly rewritten) node belongs to: its scope up to the first op-named part
-    (`/head/Gemm_MatMul/...` -> `head`: the quantiser and the optimiser append to the exporter's name)."""
-    import re
-
-    if not node_name.startswith("/"):
-        return node_name
-    parts = node_name.strip("/").split("/")
-    for i, p in enumerate(parts):
-        if re.match(r"(MatMul|Gemm|FusedMatMul|Add)", p):
-            return ".".join(parts[:i])
-    return ".".join(parts[:-1])
-
-
 def count_quantized_ops(path: Path) -> tuple[dict, list[str]]:
     """(`quantized_ops`, kept) of an ONNX model as ONNX Runtime runs it: low-precision node types
     (a MatMul/Gemm fed a DequantizeLinear weight counts as `<op><-DequantizeLinear`), and the
     module names of the float MatMul/Gemm/Attention nodes that hold a weight."""
+    from xopt.calibration.profile import onnx_node_to_module
     from xopt.variants.base import quantized_ops_record
 
     graph = optimized_graph(path)
@@ -124,7 +111,7 @@ def count_quantized_ops(path: Path) -> tuple[dict, list[str]]:
             if feed is not None and feed.op_type == "DequantizeLinear":
                 hist[f"{n.op_type}<-DequantizeLinear"] += 1
             elif n.input[1] in weights:
-                kept.append(_module_of(n.name))
+                kept.append(onnx_node_to_module(n.name))
         elif n.op_type == "Attention":
             kept.append(n.name)   # fused float attention: the layer's query, key and value Linears
     return quantized_ops_record(dict(hist)), kept

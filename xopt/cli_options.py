@@ -36,6 +36,10 @@ Suite = Annotated[Optional[str], typer.Option(
 FilterHost = Annotated[Optional[str], typer.Option(
     "--filter-host", help="Only bench records of this host: its digest or part of its name (GPU, CPU), as "
                           "the error or the report names it; needed when the records come from several.")]
+# What `report` and `pick` compare (xopt.comparison; its defaults are the options')
+Reference = Annotated[str, typer.Option("--reference", help="Variant whose X-STILTs gain the others keep.")]
+Baseline = Annotated[str, typer.Option("--baseline", help="Model name of the baseline.")]
+XStilts = Annotated[str, typer.Option("--xstilts", help="Model name of X-STILTs.")]
 _SHAPES_HELP = ("of the TensorRT optimisation profile, in trtexec's syntax: NAME:BATCHxSEQUENCE per input, "
                 "comma-separated, e.g. input_ids:1x16,attention_mask:1x16 (one shape for every input)")
 MinShapes = Annotated[Optional[str], typer.Option("--min-shapes", help="Smallest shapes " + _SHAPES_HELP + ".")]

@@ -7,16 +7,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from xopt.cli_options import (BatchSize, FilterDevice, FilterHost, FilterModel, Force, Json, Split, Suite,
-                              print_json)
-from xopt.comparison import DEFAULT
+from xopt.cli_options import (BatchSize, Baseline, FilterDevice, FilterHost, FilterModel, Force, Json, Reference,
+                              Split, Suite, XStilts, print_json)
+from xopt.comparison import DEFAULT, Comparison
 
 
 def report_cmd(results_files: Annotated[list[Path], typer.Argument(help="Result JSONL files.")],
                out: Annotated[Path, typer.Option("--out", help="Report directory.")],
-               reference: Annotated[str, typer.Option("--reference")] = DEFAULT.reference,
-               baseline: Annotated[str, typer.Option("--baseline", help="Model name of the baseline.")] = DEFAULT.baseline,
-               xstilts: Annotated[str, typer.Option("--xstilts", help="Model name of X-STILTs.")] = DEFAULT.xstilts,
+               reference: Reference = DEFAULT.reference,
+               baseline: Baseline = DEFAULT.baseline,
+               xstilts: XStilts = DEFAULT.xstilts,
                filter_model: FilterModel = None,
                filter_device: FilterDevice = None,
                split: Split = None,
@@ -25,7 +25,6 @@ def report_cmd(results_files: Annotated[list[Path], typer.Argument(help="Result 
                force: Force = False):
     """Gain-retention tables and plots: report.md, a single-file report.html, the PNGs and summary.csv
     (one row per variant x task x language and per variant x bench shape)."""
-    from xopt.analysis import Comparison
     from xopt.report import load, write
 
     comparison = Comparison(reference, baseline, xstilts)
@@ -64,12 +63,11 @@ def pick_cmd(results_files: Annotated[list[Path], typer.Argument(help="Result JS
              split: Split = None,
              suite: Suite = None,
              filter_host: FilterHost = None,
-             reference: Annotated[str, typer.Option("--reference")] = DEFAULT.reference,
-             baseline: Annotated[str, typer.Option("--baseline")] = DEFAULT.baseline,
-             xstilts: Annotated[str, typer.Option("--xstilts")] = DEFAULT.xstilts,
+             reference: Reference = DEFAULT.reference,
+             baseline: Baseline = DEFAULT.baseline,
+             xstilts: XStilts = DEFAULT.xstilts,
              json_out: Json = False):
     """Choose the fastest variant that meets the constraints, and say why (exit 1 when none does)."""
-    from xopt.analysis import Comparison
     from xopt.pick import Budget, json_safe, pick, render
 
     budget = Budget(max_p50_ms=max_p50_ms, max_p99_ms=max_p99_ms, min_throughput=min_throughput,

@@ -123,9 +123,8 @@ def _stage(d: dict, where: str) -> Stage:
             raise XoptError(f"{where}: {k} = {_shown(v)} is {_toml_type(v)}, expected {_type_name(hints[k])}")
     if not all(isinstance(t, str) and t for t in ([d["task"]] if isinstance(d["task"], str) else d["task"])):
         raise XoptError(f"{where}: tasks must be task names (strings)")
-    for k in ("mlm",):
-        if not all(isinstance(f, str) for f in d.get(k, [])):
-            raise XoptError(f"{where}: {k} must be a list of file names")
+    if not all(isinstance(f, str) for f in d.get("mlm", [])):
+        raise XoptError(f"{where}: mlm must be a list of file names")
     if not all(isinstance(fs, list) and all(isinstance(f, str) for f in fs) for fs in d.get("translated", {}).values()):
         raise XoptError(f"{where}: translated must map task names to lists of file names")
     for k, low in _STAGE_MIN.items():
@@ -144,10 +143,11 @@ _STAGE_MIN = {"batch_size": 1, "grad_accum": 1, "epochs": 0, "steps": 1, "lr": 0
               "temperature": 0, "checkpoint_every": 0, "doc_stride": 1, "average": 1, "interpolate": 0,
               "probe_epochs": 0, "probe_lr": 0}
 
+MAX_STEPS = 10**6     # the step schedule lists every step's batch up front (xopt.schedule)
 # Largest allowed value: beyond these a plan asks for more steps, memory or runs than any machine
 # gives (the step schedule of every epoch is built up front), or for a rate or probability that
 # has no meaning.
-_STAGE_MAX = {"batch_size": 65536, "grad_accum": 65536, "epochs": 10000, "steps": 10**6, "lr": 10, "warmup": 10**6,
+_STAGE_MAX = {"batch_size": 65536, "grad_accum": 65536, "epochs": 10000, "steps": MAX_STEPS, "lr": 10, "warmup": 10**6,
               "max_length": 65536, "max_examples": 10**9, "top_layers": 1000, "head_lr": 10, "weight_decay": 10,
               "dropout": 0.99, "cap": 10**9, "temperature": 1000, "checkpoint_every": 10**6, "doc_stride": 65536,
               "average": 100, "probe_epochs": 10000, "probe_lr": 10}
@@ -222,7 +222,7 @@ def load_plan(path: str | Path) -> Plan:
                 intermediate=_stage(d["intermediate"], f"plan {path} [intermediate]") if "intermediate" in d else None,
                 data=data, seed=int(d.get("seed", 0)), models=list(d.get("models", ["baseline", "xstilts"])),
                 run=dict(d.get("run", {})), head=d.get("head", "hf"))
-    for st in filter(None, (plan.intermediate,)):
+    if (st := plan.intermediate) is not None:
         st.mlm = [str(base / f) for f in st.mlm]
         st.translated = {t: [str(base / f) for f in fs] for t, fs in st.translated.items()}
     return plan

@@ -15,8 +15,7 @@ import math
 import numpy as np
 
 from xopt.errors import XoptError
-
-MAX_STEPS = 10**6     # build_schedule lists every step's batch up front
+from xopt.plan import MAX_STEPS
 
 
 def epoch_batches(lengths: np.ndarray, batch: int, rng: np.random.RandomState, grouped: bool) -> list[np.ndarray]:

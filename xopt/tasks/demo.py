@@ -340,15 +340,13 @@ def _load_entry(name: str, data: dict, stage):
     return TaskData(name, "sequence", t["labels"], t["train"], t["dev"])
 
 
+def bitext(lang: str, examples: list[dict]) -> xtreme.Bitext:
+    """One language's test examples as a Tatoeba bitext: each translation (`text`) and its English `source`."""
+    ids = [e["id"] for e in examples]
+    return xtreme.Bitext(lang, ids, [e["text"] for e in examples], list(ids), [e["source"] for e in examples])
+
+
 register_task(TaskEntry(TARGET, "sequence", "demo", _load_entry))
 register_task(TaskEntry(INTERMEDIATE, "sequence", "demo", _load_entry))
-def bitext(lang: str, examples: list[dict]):
-    """One language's test examples as a Tatoeba bitext: each translation (`text`) and its English `source`."""
-    from xopt.tasks.xtreme import Bitext
-
-    ids = [e["id"] for e in examples]
-    return Bitext(lang, ids, [e["text"] for e in examples], list(ids), [e["source"] for e in examples])
-
-
 # the retrieval task is scored as XTREME's Tatoeba: its spec is Tatoeba's
 register_task(TaskEntry(RETRIEVAL, "retrieval", "demo", spec=xtreme.TASKS["tatoeba"]))

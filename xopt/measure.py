@@ -320,7 +320,7 @@ def baseline_kind(machine_info: dict) -> str:
 
 
 def baseline_mismatch(machine_info: dict, where: str = "the baseline") -> str | None:
-    """None when a baseline was measured on this host's kind of CPU (model and ISA flags), else
+    """None when a baseline comes from this host's kind of CPU (model and ISA flags), else
     one line saying that a comparison with it compares two machines."""
     from xopt.host import ISA_FLAGS, host_info
 

@@ -112,8 +112,8 @@ def pick(paths, budget: Budget = Budget(), comparison: Comparison = DEFAULT, dev
 
 
 def _candidate(t, fam: str, v: str, row: dict, b: dict | None, budget: Budget, where: str, reference: str) -> dict:
-    """One candidate (model `fam`, variant `v`): its cost from bench record `b` (None: not
-    measured at `where`), its quality from summary row `row`, and the constraints it fails."""
+    """One candidate (model `fam`, variant `v`): its cost from bench record `b` (None: no
+    record at `where`), its quality from summary row `row`, and the constraints it fails."""
     c = {"model": fam, "variant": v, "name": f"{fam}/{v}" if len(t.families) > 1 else v,
          "p50_ms": b and b["p50_ms"], "p99_ms": b and b["p99_ms"],
          "throughput_seq_s": b and b["throughput_seq_s"], "peak_mem_mb": b and b.get("peak_mem_mb"),
